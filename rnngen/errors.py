@@ -1,0 +1,23 @@
+"""Exceptions raised by rnngen."""
+from __future__ import annotations
+
+
+class SpecError(ValueError):
+    """A cell spec is malformed.  ``problems`` lists every (file, line, message)."""
+
+    def __init__(self, path: str, problems: list[tuple[int, str]]):
+        self.path = str(path)
+        self.problems = sorted(problems, key=lambda p: p[0])
+        lines = [f"{self.path}:{line}: {msg}" if line else f"{self.path}: {msg}"
+                 for line, msg in self.problems]
+        n = len(self.problems)
+        super().__init__(f"{n} problem{'s' if n != 1 else ''} in cell spec {self.path}:\n  "
+                         + "\n  ".join(lines))
+
+
+class BuildError(RuntimeError):
+    """Generating, compiling or loading a kernel library failed."""
+
+
+class KernelError(RuntimeError):
+    """A generated C entry point returned a non-zero status."""

@@ -1,0 +1,597 @@
+"""Stage 2: lower a checked spec plus concrete parameter values to a typed IR.
+
+The IR is a DAG of per-element nodes (one value per sample and hidden unit),
+hash-consed so that a sub-expression written twice is computed once.  From it
+this module derives the structure fast RNN kernels use:
+
+* *hoisted* nodes depend on the input and the weights only (``x @ W``, biases,
+  elementwise functions of them).  All ``x @ W`` products are one GEMM over
+  every (sample, step) row with the W matrices side by side; the hoisted nodes
+  that step nodes read (the *roots*) are computed once, before the time loop.
+* *step* nodes depend on the state.  A product ``e @ U`` of a step value needs
+  ``e`` first, so each node gets a *phase*: phase(e @ U) = phase(e) + 1.  Per
+  step, phase p runs the GEMMs of phase p (products that share an operand are
+  one GEMM, the U matrices side by side) and then one fused elementwise loop.
+* the backward pass is derived from the same nodes by reverse-mode
+  differentiation; the forward pass saves (in *slots*, one [B, H] block per
+  step) every value the backward partials read and every GEMM operand.
+
+Everything here is plain data; :mod:`rnngen.render` turns it into C.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import expr as E
+from .errors import SpecError
+from .functions import ACTIVATIONS, FUNCTIONS, check_activation
+from .spec import CellSpec
+
+GENERATOR_VERSION = "0.1.0"
+
+LEAF_OPS = ("const", "bias", "xprod", "state", "started")
+STEP_LEAVES = ("state", "started", "matmul")
+
+
+@dataclass(eq=False)
+class Node:
+    id: int
+    op: str          # const bias xprod state started matmul neg add sub mul div call assign
+    args: tuple
+    attr: object     # const: float; bias/xprod/matmul: weight name; state: (state, lag);
+                     # started: lag; call: function name; assign: state name
+    varying: bool    # depends on the state (computed inside the time loop)
+    label: str = ""  # a readable C-safe name
+
+    @property
+    def is_const(self):
+        return self.op == "const"
+
+    @property
+    def hoisted(self):
+        return not self.varying and self.op != "const"
+
+    def __repr__(self):
+        return f"Node({self.id}:{self.op}:{self.label})"
+
+
+@dataclass(frozen=True)
+class Weight:
+    name: str          # concrete name (family members are NAME_k)
+    role: str          # "input matrix" | "recurrent matrix" | "vector"
+    shape: tuple       # of "input_dim"/"output_dim"
+    init: str          # concrete init name
+    line: int
+
+    def dims(self, input_dim: int, output_dim: int) -> tuple:
+        m = {"input_dim": input_dim, "output_dim": output_dim}
+        return tuple(m[d] for d in self.shape)
+
+
+@dataclass
+class Group:
+    """One GEMM of a step: operand @ [U_1 | U_2 | ...]."""
+    name: str
+    phase: int
+    operand: Node
+    matmuls: list      # Node(op=matmul), column block k is matmuls[k]
+
+    @property
+    def width(self):
+        return len(self.matmuls)
+
+
+@dataclass
+class CellIR:
+    spec: CellSpec
+    name: str                  # C-safe lower-case cell name
+    params: dict               # concrete parameter values
+    weights: list              # of Weight, in weights= order
+    states: list               # of str
+    output: str
+    lags: dict                 # state -> number of registers kept (max lag, >= 1)
+    nodes: list                # reachable nodes in topological order
+    assigns: dict              # state -> assign node
+    xprods: list               # xprod nodes, column blocks of the input GEMM
+    roots: list                # hoisted nodes read by step nodes, column blocks of XP
+    hoisted: list              # every hoisted node in topological order
+    phases: dict               # node -> phase (step nodes)
+    nphases: int               # loops 0..nphases-1
+    loops: list                # loop p -> step nodes computed in it (topological)
+    groups: list               # of Group, ordered by phase
+    slots: list                # nodes whose per-step value is stored
+    owner: dict                # node -> loop index that owns its adjoint
+    buffered: list             # nodes whose adjoint lives in a [B, H] buffer
+    users: dict = field(default_factory=dict)
+
+    def weight(self, name):
+        return next(w for w in self.weights if w.name == name)
+
+    def groups_of_phase(self, p):
+        return [g for g in self.groups if g.phase == p]
+
+    def group_of(self, matmul: Node):
+        for g in self.groups:
+            if matmul in g.matmuls:
+                return g, g.matmuls.index(matmul)
+        raise KeyError(matmul)
+
+
+def c_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", s).lower()
+
+
+class _Lowering:
+    def __init__(self, spec: CellSpec, params: dict):
+        self.spec = spec
+        self.params = params
+        self.problems: list[tuple[int, str]] = []
+        self.nodes: list[Node] = []
+        self.cache: dict = {}
+        self.weights: dict[str, Weight] = {}
+        self.families: dict[str, list[str]] = {}
+        self.weight_order: list[str] = []
+        self.used_weights: set = set()
+        self.lags = {s: 1 for s in spec.states}
+
+    # -- node construction (hash-consed) ------------------------------------
+    def node(self, op, args=(), attr=None):
+        key = (op, tuple(a.id for a in args), attr)
+        if key in self.cache:
+            return self.cache[key]
+        varying = op in ("state", "started", "matmul", "assign") or any(a.varying for a in args)
+        n = Node(len(self.nodes), op, tuple(args), attr, varying)
+        self.nodes.append(n)
+        self.cache[key] = n
+        return n
+
+    def const(self, v):
+        return self.node("const", (), float(v))
+
+    def err(self, line, msg):
+        self.problems.append((line, msg))
+        raise _Abort()
+
+    # -- weights ---------------------------------------------------------------
+    def declare_weights(self):
+        for w in self.spec.weights:
+            init = self.params.get(w.init, w.init)
+            if w.count is None:
+                names = [w.name]
+            else:
+                count = w.count if isinstance(w.count, int) else self.params[w.count]
+                names = [f"{w.name}_{k}" for k in range(1, count + 1)]
+                self.families[w.name] = names
+            for n in names:
+                if n in self.weights:
+                    self.problems.append((w.line, f"weight {n!r} is declared twice (a family "
+                                                  f"{w.name}[k] is named {w.name}_k)"))
+                    continue
+                self.weights[n] = Weight(n, w.role, w.shape, init, w.line)
+                self.weight_order.append(n)
+
+    # -- expressions -------------------------------------------------------------
+    # A lowered value is one of ("x", None), ("vec", Node), ("int", int),
+    # ("mat", Weight).
+    def lower(self, e, env, loopvars):
+        if isinstance(e, E.Num):
+            return ("vec", self.const(e.value))
+        if isinstance(e, E.Name):
+            return self.lower_name(e.id, e.line, env, loopvars)
+        if isinstance(e, E.Subscript):
+            return self.lower_subscript(e, env, loopvars)
+        if isinstance(e, E.Neg):
+            v = self.vec(self.lower(e.arg, env, loopvars), e.line, "the operand of unary -")
+            if v.is_const:
+                return ("vec", self.const(-v.attr))
+            return ("vec", self.node("neg", (v,)))
+        if isinstance(e, E.BinOp):
+            if e.op in "+-":
+                terms = []
+                self.sum_terms(e, 1, env, loopvars, terms)
+                return ("vec", self.build_sum(terms))
+            if e.op == "@":
+                return self.lower_matmul(e, env, loopvars)
+            a = self.vec(self.lower(e.left, env, loopvars), e.line, f"the left operand of {e.op}")
+            b = self.vec(self.lower(e.right, env, loopvars), e.line,
+                         f"the right operand of {e.op}")
+            if a.is_const and b.is_const:
+                if e.op == "/" and b.attr == 0:
+                    self.err(e.line, "division by the constant 0")
+                return ("vec", self.const(a.attr * b.attr if e.op == "*" else a.attr / b.attr))
+            return ("vec", self.node("mul" if e.op == "*" else "div", (a, b)))
+        if isinstance(e, E.Call):
+            return self.lower_call(e, env, loopvars)
+        raise TypeError(e)  # pragma: no cover
+
+    def vec(self, lowered, line, what):
+        kind, val = lowered
+        if kind == "vec":
+            return val
+        if kind == "x":
+            self.err(line, f"{what}: the input x can only be used as x @ W (a matrix product "
+                           "with an [input_dim, output_dim] weight)")
+        if kind == "mat":
+            self.err(line, f"{what}: weight {val.name!r} has shape [{', '.join(val.shape)}] and "
+                           "can only be the right operand of @")
+        if kind == "int":
+            return self.const(val)
+        raise TypeError(kind)  # pragma: no cover
+
+    def lower_name(self, name, line, env, loopvars):
+        if name in loopvars:
+            return ("int", loopvars[name])
+        if name == "x":
+            return ("x", None)
+        if name in env:
+            return ("vec", env[name])
+        if name in self.weights:
+            self.used_weights.add(name)
+            w = self.weights[name]
+            if w.role == "vector":
+                return ("vec", self.node("bias", (), name))
+            return ("mat", w)
+        if name in self.families:
+            self.err(line, f"weight family {name!r} needs a subscript, e.g. {name}[1] .. "
+                           f"{name}[{len(self.families[name])}]")
+        p = self.spec.param(name)
+        if p is not None:
+            if p.kind == "int":
+                return ("int", self.params[name])
+            if p.kind == "activation":
+                self.err(line, f"activation parameter {name!r} must be called: {name}(...)")
+            self.err(line, f"init parameter {name!r} can only be used as a weight's init")
+        if name in ("input_dim", "output_dim"):
+            self.err(line, f"{name} can only be used in weight shapes")
+        if name in FUNCTIONS or name in ("sum", "started"):
+            self.err(line, f"function {name!r} must be called: {name}(...)")
+        if name in self.later_defined:
+            self.err(line, self.forward_ref_message(name, line))
+        known = sorted(set(env) | set(self.weights) | set(self.spec.states) | {"x"}
+                       | {p.name for p in self.spec.params})
+        from .spec import _suggest
+        self.err(line, f"unknown name {name!r}{_suggest(name, known)}; known here: "
+                       f"{', '.join(known)}")
+
+    def int_value(self, e, env, loopvars, what):
+        kind, val = self.lower(e, env, loopvars)
+        if kind == "int":
+            return val
+        if kind == "vec" and val.is_const and float(val.attr).is_integer():
+            return int(val.attr)
+        self.err(e.line, f"{what} must be an integer (a number, an integer parameter or "
+                         "a sum() index)")
+
+    def lower_subscript(self, e, env, loopvars):
+        idx = self.int_value(e.index, env, loopvars, f"the subscript of {e.name}")
+        if e.name in self.spec.states:
+            if idx >= 0:
+                self.err(e.line, f"lag subscript {e.name}[{idx}] must be negative: "
+                                 f"{e.name}[-1] is the previous step, {e.name}[-k] k real "
+                                 "steps back")
+            self.lags[e.name] = max(self.lags[e.name], -idx)
+            return ("vec", self.node("state", (), (e.name, -idx)))
+        if e.name in self.families:
+            members = self.families[e.name]
+            if not 1 <= idx <= len(members):
+                self.err(e.line, f"{e.name}[{idx}] is out of range: the family has "
+                                 f"{e.name}[1] .. {e.name}[{len(members)}]")
+            return self.lower_name(members[idx - 1], e.line, env, loopvars)
+        self.err(e.line, f"{e.name!r} cannot be subscripted: only states (lags, h[-2]) and "
+                         "weight families (count:) can")
+
+    def lower_matmul(self, e, env, loopvars):
+        left = self.lower(e.left, env, loopvars)
+        right = self.lower(e.right, env, loopvars)
+        if right[0] != "mat":
+            self.err(e.line, "the right operand of @ must be a matrix weight")
+        w = right[1]
+        if left[0] == "x":
+            if w.role != "input matrix":
+                self.err(e.line, f"shape mismatch in x @ {w.name}: x has input_dim columns, so "
+                                 f"{w.name} must have shape [input_dim, output_dim], not "
+                                 f"[{', '.join(w.shape)}]")
+            return ("vec", self.node("xprod", (), w.name))
+        a = self.vec(left, e.line, "the left operand of @")
+        if w.role != "recurrent matrix":
+            self.err(e.line, f"shape mismatch in (...) @ {w.name}: the left operand has "
+                             f"output_dim columns, so {w.name} must have shape "
+                             f"[output_dim, output_dim], not [{', '.join(w.shape)}]")
+        if a.is_const:
+            self.err(e.line, f"the left operand of @ {w.name} is a constant")
+        return ("vec", self.node("matmul", (a,), w.name))
+
+    def lower_call(self, e, env, loopvars):
+        if e.func == "sum":
+            terms = []
+            self.sum_terms(e, 1, env, loopvars, terms)
+            return ("vec", self.build_sum(terms))
+        if e.func == "started":
+            if len(e.args) != 1 or not isinstance(e.args[0], E.Subscript) \
+                    or e.args[0].name not in self.spec.states:
+                self.err(e.line, "started() takes one lagged state, e.g. started(h[-k]): 1 where "
+                                 "the sample has had k real steps, else 0")
+            kind, ref = self.lower(e.args[0], env, loopvars)
+            return ("vec", self.node("started", (), ref.attr[1]))
+        fname = e.func
+        p = self.spec.param(fname)
+        if p is not None:
+            if p.kind != "activation":
+                self.err(e.line, f"parameter {fname!r} is not an activation and cannot be called")
+            fname = self.params[fname]
+        elif fname not in FUNCTIONS:
+            acts = [p.name for p in self.spec.params if p.kind == "activation"]
+            self.err(e.line, f"unknown function {e.func!r}; callable here: "
+                             f"{', '.join(list(FUNCTIONS) + acts + ['sum', 'started'])}")
+        if len(e.args) != 1:
+            self.err(e.line, f"{e.func}() takes exactly one argument, got {len(e.args)}")
+        a = self.vec(self.lower(e.args[0], env, loopvars), e.line, f"the argument of {e.func}")
+        return ("vec", self.node("call", (a,), fname))
+
+    def sum_terms(self, e, sign, env, loopvars, out):
+        if isinstance(e, E.BinOp) and e.op in "+-":
+            self.sum_terms(e.left, sign, env, loopvars, out)
+            self.sum_terms(e.right, sign if e.op == "+" else -sign, env, loopvars, out)
+        elif isinstance(e, E.Call) and e.func == "sum":
+            if len(e.args) != 4 or not isinstance(e.args[0], E.Name):
+                self.err(e.line, "sum takes (k, first, last, expression), e.g. "
+                                 "sum(k, 1, depth, h[-k] @ U[k])")
+            var = e.args[0].id
+            if var in env or var in self.weights or var in loopvars or var == "x":
+                self.err(e.line, f"sum index {var!r} shadows another name")
+            lo = self.int_value(e.args[1], env, loopvars, "the first value of sum()")
+            hi = self.int_value(e.args[2], env, loopvars, "the last value of sum()")
+            if hi < lo:
+                self.err(e.line, f"sum() from {lo} to {hi} is empty")
+            for k in range(lo, hi + 1):
+                self.sum_terms(e.args[3], sign, env, dict(loopvars, **{var: k}), out)
+        else:
+            out.append((sign, self.vec(self.lower(e, env, loopvars), e.line, "a term of a sum")))
+
+    def build_sum(self, terms):
+        """Fold a flat sum: constants first, then input-only terms, then step terms,
+        so that the input-only part is one hoisted sub-expression."""
+        c = sum(s * t.attr for s, t in terms if t.is_const)
+        rest = [(s, t) for s, t in terms if not t.is_const]
+        ordered = [st for st in rest if not st[1].varying] + [st for st in rest if st[1].varying]
+        acc = None
+        if c != 0 or not ordered:
+            acc = self.const(c)
+        for s, t in ordered:
+            if acc is None:
+                acc = t if s > 0 else self.node("neg", (t,))
+            else:
+                acc = self.node("add" if s > 0 else "sub", (acc, t))
+        return acc
+
+    # -- equations ------------------------------------------------------------
+    def forward_ref_message(self, name, line):
+        # Is there a cycle through later definitions?
+        defs = self.all_defs
+        path = [name]
+        seen = {name}
+        stack = [(name, [name])]
+        while stack:
+            cur, p = stack.pop()
+            for ref in defs.get(cur, ()):
+                if ref == self.current_target:
+                    cyc = " -> ".join(p[::-1][:0] + [self.current_target] + p + [ref])
+                    return (f"cycle: {cyc}; the equations of {self.current_target!r} and "
+                            f"{name!r} depend on each other")
+                if ref in defs and ref not in seen:
+                    seen.add(ref)
+                    stack.append((ref, p + [ref]))
+        del path
+        return (f"{name!r} is used before it is defined (on line {self.def_line[name]}); "
+                "move its equation up")
+
+    def run(self):
+        spec = self.spec
+        self.declare_weights()
+        env: dict[str, Node] = {}
+        assigned: dict[str, int] = {}
+        locals_line: dict[str, int] = {}
+        self.all_defs = {}
+        self.def_line = {}
+        for eq in spec.equations:
+            self.def_line.setdefault(eq.target, eq.line)
+            self.all_defs.setdefault(eq.target, set()).update(
+                n.id for n in E.names_in(eq.expr) if n.id not in spec.states)
+        for s in spec.states:
+            env[s] = self.node("state", (), (s, 1))
+        used_locals: set = set()
+        for i, eq in enumerate(spec.equations):
+            self.current_target = eq.target
+            self.later_defined = {q.target for q in spec.equations[i:]
+                                  if q.target not in spec.states}
+            for n in E.names_in(eq.expr):
+                used_locals.add(n.id)
+            t = eq.target
+            if t == "x" or t in self.weights or t in self.families or spec.param(t) \
+                    or t in FUNCTIONS or t in ("sum", "started", "input_dim", "output_dim"):
+                self.problems.append((eq.line, f"cannot assign to {t!r}: it is the input, a "
+                                               "weight, a parameter or a function"))
+                continue
+            if t in assigned:
+                self.problems.append((eq.line, f"{t!r} is assigned twice (first on line "
+                                               f"{assigned[t]}); each name is defined once"))
+                continue
+            try:
+                kind, val = self.lower(eq.expr, env, {})
+                val = self.vec((kind, val), eq.line, f"the value of {t}")
+            except _Abort:
+                assigned[t] = eq.line
+                env.pop(t, None) if t not in spec.states else None
+                continue
+            assigned[t] = eq.line
+            if t in spec.states:
+                env[t] = self.node("assign", (val,), t)
+            else:
+                locals_line[t] = eq.line
+                env[t] = val
+                if not val.label and not val.is_const:
+                    val.label = c_name(t)
+        for s in spec.states:
+            if s not in assigned:
+                self.problems.append((0, f"state {s!r} is never assigned in step; add an "
+                                         f"equation '{s} = ...'"))
+        for t, line in locals_line.items():
+            if t not in used_locals:
+                self.problems.append((line, f"{t!r} is defined but never used"))
+        for name, w in self.weights.items():
+            if name not in self.used_weights:
+                self.problems.append((w.line, f"weight {name!r} is declared but not used in step"))
+        if self.problems:
+            raise SpecError(spec.path, self.problems)
+        return {s: env[s] for s in spec.states}
+
+
+class _Abort(Exception):
+    pass
+
+
+def resolve_params(spec: CellSpec, values: Optional[dict] = None) -> dict:
+    """Defaults overridden by ``values``; raise ValueError/TypeError on bad values."""
+    values = dict(values or {})
+    out = {}
+    for p in spec.params:
+        v = values.pop(p.name, p.default)
+        if p.kind == "activation":
+            v = check_activation(v, p.name)
+        elif p.kind == "init":
+            from .initializers import check_init
+            v = check_init(v, p.name)
+        else:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{p.name} must be an integer >= 1, got {v!r}")
+        out[p.name] = v
+    if values:
+        raise TypeError(f"{spec.name} has no parameter(s) {', '.join(map(repr, values))}; "
+                        f"its parameters are {', '.join(p.name for p in spec.params)}")
+    return out
+
+
+def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
+    params = resolve_params(spec, params)
+    low = _Lowering(spec, params)
+    assigns = low.run()
+
+    # reachable nodes, topological (creation) order
+    reach = set()
+    stack = list(assigns.values())
+    while stack:
+        n = stack.pop()
+        if n.id in reach:
+            continue
+        reach.add(n.id)
+        stack.extend(n.args)
+    nodes = [n for n in low.nodes if n.id in reach]
+    users: dict = {n: [] for n in nodes}
+    for n in nodes:
+        for a in n.args:
+            users[a].append(n)
+
+    for s, n in assigns.items():
+        n.label = c_name(s) + "_new"
+    taken = set()
+    for n in nodes:
+        base = n.label or {"state": lambda: f"{n.attr[0]}_lag{n.attr[1]}" if n.attr[1] > 1
+                           else n.attr[0] + "_prev",
+                           "started": lambda: f"started{n.attr}",
+                           "xprod": lambda: f"x_{n.attr}",
+                           "bias": lambda: n.attr,
+                           "matmul": lambda: f"{n.args[0].label or 't' + str(n.args[0].id)}_{n.attr}",
+                           }.get(n.op, lambda: f"t{n.id}")()
+        base = c_name(base)
+        lab = base if base not in taken else f"{base}_{n.id}"
+        taken.add(lab)
+        n.label = lab
+
+    hoisted = [n for n in nodes if n.hoisted]
+    xprods = [n for n in nodes if n.op == "xprod"]
+    roots = [n for n in hoisted if any(u.varying for u in users[n])]
+
+    # phases
+    phase: dict = {}
+    for n in nodes:
+        if not n.varying:
+            continue
+        if n.op in ("state", "started"):
+            phase[n] = 0
+        elif n.op == "matmul":
+            phase[n] = phase.get(n.args[0], 0) + 1
+        else:
+            phase[n] = max([phase[a] for a in n.args if a.varying] + [0])
+    nphases = max(phase.values()) + 1
+    # As late as possible: an elementwise node moves to the loop of its first
+    # user, so it stays in a register instead of crossing loops.  GEMM operands
+    # stay where they are (their product's phase was derived from them).
+    for n in reversed(nodes):
+        if not n.varying or n.op in STEP_LEAVES:
+            continue
+        late = [phase[u] - 1 if u.op == "matmul" else phase[u] for u in users[n]]
+        phase[n] = min(late) if late else nphases - 1
+    loops = [[n for n in nodes if n.varying and n.op not in STEP_LEAVES and phase[n] == p]
+             for p in range(nphases)]
+
+    groups = []
+    for p in range(1, nphases):
+        by_operand: dict = {}
+        for n in nodes:
+            if n.op == "matmul" and phase[n] == p:
+                by_operand.setdefault(n.args[0], []).append(n)
+        for operand, mms in by_operand.items():
+            groups.append(Group(f"g{len(groups)}", p, operand, mms))
+    operands = {g.operand for g in groups}
+
+    def loop_of(n):
+        """The loop that computes n's value (or, for leaves, first has it)."""
+        return phase[n] if n.varying else 0
+
+    # values the backward partials read
+    needed = set()
+    for n in nodes:
+        if not n.varying or n.op in STEP_LEAVES:
+            continue
+        if n.op == "mul":
+            needed.update(n.args)
+        elif n.op == "div":
+            needed.update((n.args[1], n))
+        elif n.op == "call":
+            f = FUNCTIONS[n.attr]
+            if f.uses_x:
+                needed.add(n.args[0])
+            if f.uses_y:
+                needed.add(n)
+    slots = []
+    for n in nodes:
+        if not n.varying:
+            continue
+        cross = n.op not in STEP_LEAVES and any(loop_of(u) != phase[n] for u in users[n])
+        if n in operands or n in needed or cross:
+            slots.append(n)
+    # a hoisted GEMM operand is copied into a slot too (so dU is one GEMM over slots)
+    for g in groups:
+        if not g.operand.varying and g.operand not in slots and not g.operand.is_const:
+            slots.append(g.operand)
+
+    owner = {n: phase[n] for n in nodes if n.varying and n.op not in ("state", "started")}
+    for n in nodes:
+        if n.op == "matmul":   # own the adjoint where the users are
+            owner[n] = min(phase[u] for u in users[n])
+    buffered = []
+    for n in nodes:
+        if n in owner:
+            if n.op == "assign" or n in operands or any(phase[u] != owner[n] for u in users[n]):
+                buffered.append(n)
+        elif n.hoisted and n in operands:
+            buffered.append(n)
+
+    return CellIR(spec=spec, name=c_name(spec.name), params=params,
+                  weights=[low.weights[w] for w in low.weight_order], states=list(spec.states),
+                  output=spec.output, lags=dict(low.lags), nodes=nodes, assigns=assigns,
+                  xprods=xprods, roots=roots, hoisted=hoisted, phases=phase, nphases=nphases,
+                  loops=loops, groups=groups, slots=slots, owner=owner, buffered=buffered,
+                  users=users)

@@ -1,0 +1,78 @@
+"""The whole chain, stage by stage: spec -> IR -> C sources -> library -> kernel.
+
+    load_spec (spec.py) -> compute_ir (ir.py) -> render_c (render.py)
+        -> build_library (build.py) -> Kernel (runtime.py)
+
+``make`` and the layers both go through :func:`compile_cell`; nothing else
+reaches across stages.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional
+
+from .build import build_library, runtime_header
+from .ir import CellIR, compute_ir
+from .render import render_c
+from .runtime import Kernel
+from .spec import CellSpec, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+GENERATED = ROOT / "generated"
+
+_kernels: dict = {}
+_lock = threading.Lock()
+
+
+def source_name(spec: CellSpec) -> str:
+    p = Path(spec.path).resolve()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return p.name
+
+
+def generate(spec: CellSpec, params: Optional[dict] = None) -> tuple[CellIR, str, str]:
+    """(ir, header, source) for a spec and parameter values (defaults where missing)."""
+    ir = compute_ir(spec, params)
+    header, source = render_c(ir, source_name(spec))
+    return ir, header, source
+
+
+def compile_cell(spec: CellSpec, params: Optional[dict] = None) -> Kernel:
+    """The loaded kernel for ``spec`` with ``params``; built at most once per process."""
+    ir, header, source = generate(spec, params)
+    key = (spec.digest, tuple(sorted(ir.params.items())), source)
+    with _lock:
+        k = _kernels.get(key)
+        if k is None:
+            lib = build_library(ir.name, header, source)
+            k = _kernels[key] = Kernel(ir, lib, runtime_header(), header)
+    return k
+
+
+def builtin_specs() -> list[Path]:
+    return sorted(SPECS.glob("*.yaml"))
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True
+
+
+def generated_files() -> dict[Path, str]:
+    """What generated/ must contain: every spec in specs/ with default parameters."""
+    out = {}
+    for p in builtin_specs():
+        spec = load_spec(p)
+        ir, header, source = generate(spec)
+        out[GENERATED / f"{ir.name}.h"] = header
+        out[GENERATED / f"{ir.name}.c"] = source
+    return out

@@ -1,0 +1,304 @@
+"""Stage 3: render a CellIR into C sources (one .c and one .h per cell).
+
+The per-element math (forward values, reverse-mode partials, adjoint routing)
+is produced here once, as C statements that index buffers with ``b``, ``j``,
+``bj`` (= b*H + j), ``r`` (= b*T + t, a row of the input GEMM) and ``t``.
+A dialect supplies only type names, literals and math function names, so a
+CUDA dialect reuses the same statements inside its own kernel frame and
+launch code.  Templates (``templates/*.j2``) hold the frame: signatures,
+buffer layout, loops and GEMM calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from .functions import FUNCTIONS
+from .ir import GENERATOR_VERSION, CellIR, Node
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a C-like language spells types, literals and math functions."""
+    name: str
+    ctype: str
+    suffix: str            # function-name suffix, e.g. "_f32"
+    lit_suffix: str        # "f" for float literals
+    math_suffix: str       # "f" for expf, tanhf, ...
+    gemm: str              # GEMM macro name in the runtime header
+
+    def lit(self, v: float) -> str:
+        s = repr(float(v))
+        if "inf" in s or "nan" in s:
+            raise ValueError(f"constant {v} is not finite")
+        return s + self.lit_suffix
+
+    def math(self, fname: str) -> str:
+        return fname + self.math_suffix
+
+    def fmt(self, template: str, **kw) -> str:
+        names = {k: self.math(k) for k in ("exp", "tanh", "fmax", "fmin", "log1p",
+                                             "expm1", "fabs")}
+        consts = {"one": self.lit(1), "zero": self.lit(0), "c0_2": self.lit(0.2),
+                  "c0_5": self.lit(0.5)}
+        return template.format(**names, **consts, **kw)
+
+
+C_F32 = Dialect("c", "float", "_f32", "f", "f", "RNNGEN_GEMM_F32")
+C_F64 = Dialect("c", "double", "_f64", "", "", "RNNGEN_GEMM_F64")
+C_DIALECTS = (C_F32, C_F64)
+
+
+class CellMath:
+    """Per-element statements for one cell, in one dialect."""
+
+    def __init__(self, ir: CellIR, d: Dialect):
+        self.ir = ir
+        self.d = d
+        self.root_index = {n: i for i, n in enumerate(ir.roots)}
+        self.xprod_index = {n: i for i, n in enumerate(ir.xprods)}
+        self.slot_set = set(ir.slots)
+        self.buf_set = set(ir.buffered)
+
+    # -- value access --------------------------------------------------------
+    def root_ref(self, n):
+        return f"XP[(size_t)r * LDXP + {self.root_index[n]} * (size_t)H + j]"
+
+    def fwd_val(self, n: Node, loop: int) -> str:
+        ir = self.ir
+        if n.is_const:
+            return self.d.lit(n.attr)
+        if n.hoisted:
+            return self.root_ref(n)
+        if n.op == "state":
+            s, k = n.attr
+            return f"L_{s}_{k}[bj]"
+        if n.op == "started":
+            return f"(nreal[b] >= {n.attr} ? {self.d.lit(1)} : {self.d.lit(0)})"
+        if n.op == "matmul":
+            g, k = ir.group_of(n)
+            return f"S_{g.name}[(size_t)b * LDS_{g.name} + {k} * (size_t)H + j]"
+        if ir.phases[n] == loop:
+            return f"v_{n.label}"
+        return f"s_{n.label}[bj]"
+
+    def bwd_val(self, n: Node) -> str:
+        if n.is_const:
+            return self.d.lit(n.attr)
+        if n.hoisted:
+            return self.root_ref(n)
+        assert n in self.slot_set, n
+        return f"s_{n.label}[bj]"
+
+    def value_expr(self, n: Node, val) -> str:
+        a = [val(x) for x in n.args]
+        if n.op == "neg":
+            return f"-({a[0]})"
+        if n.op in ("add", "sub", "mul", "div"):
+            op = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[n.op]
+            return f"{a[0]} {op} {a[1]}"
+        if n.op == "call":
+            return self.d.fmt(FUNCTIONS[n.attr].value, x=a[0])
+        if n.op == "assign":
+            return a[0]
+        raise ValueError(n.op)  # pragma: no cover
+
+    def partials(self, n: Node, val) -> list:
+        """[(arg, factor or None for 1, negate)] for the reverse pass."""
+        if n.op in ("add", "assign"):
+            return [(a, None) for a in n.args]
+        if n.op == "sub":
+            return [(n.args[0], None), (n.args[1], "-1")]
+        if n.op == "neg":
+            return [(n.args[0], "-1")]
+        if n.op == "mul":
+            a, b = n.args
+            return [(a, val(b)), (b, val(a))]
+        if n.op == "div":
+            a, b = n.args
+            return [(a, f"{self.d.lit(1)} / {val(b)}"), (b, f"-{val(n)} / {val(b)}")]
+        if n.op == "call":
+            f = FUNCTIONS[n.attr]
+            x = val(n.args[0]) if f.uses_x else None
+            y = val(n) if f.uses_y else None
+            return [(n.args[0], self.d.fmt(f.deriv, x=x, y=y))]
+        raise ValueError(n.op)  # pragma: no cover
+
+    @staticmethod
+    def times(g, factor):
+        if factor is None:
+            return g
+        if factor == "-1":
+            return f"-{g}"
+        return f"{g} * ({factor})"
+
+    # -- hoisted loop (rows r of the input GEMM) -----------------------------
+    def hoisted_values(self):
+        """Statements computing every hoisted node from XW and the biases."""
+        out = []
+        for n in self.ir.hoisted:
+            if n.op == "xprod":
+                e = f"XW[(size_t)r * LDXW + {self.xprod_index[n]} * (size_t)H + j]"
+            elif n.op == "bias":
+                e = f"w_{n.attr}[j]"
+            else:
+                e = self.value_expr(n, self.hoisted_local)
+            out.append(f"const {self.d.ctype} v_{n.label} = {e};")
+        return out
+
+    def hoisted_local(self, n):
+        return self.d.lit(n.attr) if n.is_const else f"v_{n.label}"
+
+    def hoisted_forward(self):
+        out = self.hoisted_values()
+        for i, n in enumerate(self.ir.roots):
+            out.append(f"XP[(size_t)r * LDXP + {i} * (size_t)H + j] = v_{n.label};  /* root {i} */")
+        return out
+
+    def hoisted_backward(self):
+        ir, d = self.ir, self.d
+        out = self.hoisted_values()
+        out.append(" ".join(f"(void)v_{n.label};" for n in ir.hoisted))
+        for n in ir.hoisted:
+            init = self.root_ref(n).replace("XP[", "dXP[") if n in self.root_index else d.lit(0)
+            out.append(f"{d.ctype} g_{n.label} = {init};")
+        for n in reversed(ir.hoisted):
+            g = f"g_{n.label}"
+            if n.op == "xprod":
+                out.append(f"dXW[(size_t)r * LDXW + {self.xprod_index[n]} * (size_t)H + j] = {g};")
+            elif n.op == "bias":
+                out.append(f"dw_{n.attr}[j] += {g};")
+            else:
+                for a, f in self.partials(n, self.hoisted_local):
+                    if not a.is_const:
+                        out.append(f"g_{a.label} += {self.times(g, f)};")
+        return out
+
+    # -- step loops ----------------------------------------------------------
+    def forward_loop(self, p: int):
+        ir, d = self.ir, self.d
+        out = []
+        val = lambda n: self.fwd_val(n, p)  # noqa: E731
+        if p == 0:   # leaves whose per-step value must be kept
+            for n in ir.slots:
+                if n.op in ("state", "started") or n.hoisted:
+                    out.append(f"s_{n.label}[bj] = {val(n)};")
+        for n in ir.loops[p]:
+            out.append(f"const {d.ctype} v_{n.label} = {self.value_expr(n, val)};")
+            if n in self.slot_set:
+                out.append(f"s_{n.label}[bj] = v_{n.label};")
+        for n in ir.slots:   # products whose values the backward pass reads
+            if n.op == "matmul" and ir.phases[n] == p:
+                out.append(f"s_{n.label}[bj] = {val(n)};")
+        return out
+
+    def update(self):
+        """Masked register update, in the last loop: a padded step keeps every state."""
+        ir = self.ir
+        out = ["if (m) {"]
+        for s in ir.states:
+            for k in range(ir.lags[s], 1, -1):
+                out.append(f"    L_{s}_{k}[bj] = L_{s}_{k - 1}[bj];")
+            out.append(f"    L_{s}_1[bj] = v_{ir.assigns[s].label};")
+        out.append("}")
+        out.append(f"y[(size_t)r * H + j] = L_{ir.output}_1[bj];")
+        return out
+
+    def adjoint_target(self, a: Node, p: int):
+        """Where a contribution to a's adjoint goes, from backward loop p."""
+        ir = self.ir
+        if a.is_const or a.op == "started":
+            return None
+        if a.op == "state":
+            s, k = a.attr
+            return f"dL_{s}_{k}[bj]"
+        if a.hoisted:
+            if a in self.buf_set:   # a root that is also a GEMM operand
+                return f"d_{a.label}[bj]"
+            return self.root_ref(a).replace("XP[", "dXP[")
+        if ir.owner[a] == p:
+            return f"g_{a.label}"
+        return f"d_{a.label}[bj]"
+
+    def backward_loop(self, p: int):
+        ir, d = self.ir, self.d
+        owned = [n for n in ir.nodes if ir.owner.get(n) == p]
+        out = []
+        for n in owned:
+            init = f"d_{n.label}[bj]" if n in self.buf_set else d.lit(0)
+            out.append(f"{d.ctype} g_{n.label} = {init};")
+        for n in reversed(owned):
+            g = f"g_{n.label}"
+            if n.op == "matmul":
+                grp, k = ir.group_of(n)
+                out.append(f"dS_{grp.name}[((size_t)t * B + b) * LDS_{grp.name} + {k} * (size_t)H"
+                           f" + j] = {g};")
+                continue
+            for a, f in self.partials(n, self.bwd_val):
+                tgt = self.adjoint_target(a, p)
+                if tgt is not None:
+                    out.append(f"{tgt} += {self.times(g, f)};")
+        if p == 0:   # hoisted GEMM operands: their adjoint buffer flows to dXP
+            for n in ir.buffered:
+                if n.hoisted:
+                    out.append(f"{self.root_ref(n).replace('XP[', 'dXP[')} += d_{n.label}[bj];")
+        return out
+
+    def operand_grad_target(self, g):
+        """(pointer, comment) receiving dOperand += dS @ Ucat^T."""
+        a = g.operand
+        if a.op == "state":
+            s, k = a.attr
+            return f"dL_{s}_{k}"
+        return f"d_{a.label}"
+
+
+def describe(n: Node) -> str:
+    """A short readable form of a node, for comments."""
+    if n.is_const:
+        return repr(n.attr)
+    if n.op == "state":
+        s, k = n.attr
+        return s if k == 1 else f"{s}[-{k}]"
+    if n.op == "started":
+        return f"started(lag {n.attr})"
+    if n.op == "bias":
+        return n.attr
+    if n.op == "xprod":
+        return f"x @ {n.attr}"
+    if n.op == "matmul":
+        return f"{n.args[0].label} @ {n.attr}"
+    if n.op == "call":
+        return f"{n.attr}({n.args[0].label})"
+    if n.op == "assign":
+        return f"new {n.attr}"
+    sym = {"neg": "-", "add": "+", "sub": "-", "mul": "*", "div": "/"}[n.op]
+    if n.op == "neg":
+        return f"-{n.args[0].label}"
+    return f"{n.args[0].label if not n.args[0].is_const else n.args[0].attr} {sym} " \
+           f"{n.args[1].label if not n.args[1].is_const else n.args[1].attr}"
+
+
+def _env():
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def template_files():
+    return sorted(p for p in TEMPLATES.iterdir() if p.is_file())
+
+
+def render_c(ir: CellIR, source_name: str) -> tuple[str, str]:
+    """Return (header text, C source text) for the cell."""
+    env = _env()
+    ctx = dict(ir=ir, version=GENERATOR_VERSION, source=source_name,
+               spec_digest=ir.spec.digest[:16], describe=describe,
+               dialects=[(d, CellMath(ir, d)) for d in C_DIALECTS],
+               prefix=f"rnngen_{ir.name}",
+               header=f"{ir.name}.h")
+    return env.get_template("cell.h.j2").render(**ctx), env.get_template("cell.c.j2").render(**ctx)

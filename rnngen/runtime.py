@@ -1,0 +1,88 @@
+"""Stage 5: load a compiled cell through cffi and call its entry points.
+
+The cffi declarations are cut from the very header the C code includes
+(runtime header between its cdef markers, then the cell header without
+preprocessor lines), so they cannot drift apart.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import cffi
+import numpy as np
+
+from .errors import KernelError
+from .ir import CellIR
+
+STATUS = {
+    -1: "a dimension (T, B, D or H) is smaller than 1",
+    -2: "a required pointer is NULL",
+    -3: "the sizes overflow the BLAS's 32-bit integers; use fewer steps or samples per call",
+    -4: "truncate_gradient must be -1 or a positive number of steps",
+}
+DTYPES = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("double", "_f64")}
+
+
+def cdef_from_headers(runtime_header: str, cell_header: str) -> str:
+    m = re.search(r"/\* cdef-begin.*?\*/(.*)/\* cdef-end \*/", runtime_header, re.S)
+    body = m.group(1) if m else ""
+    lines = [ln for ln in cell_header.splitlines() if not ln.lstrip().startswith("#")]
+    return body + "\n" + "\n".join(lines)
+
+
+class Kernel:
+    """The compiled forward/backward of one cell (both dtypes)."""
+
+    def __init__(self, ir: CellIR, lib_path, runtime_header: str, cell_header: str):
+        self.ir = ir
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(cdef_from_headers(runtime_header, cell_header))
+        self.lib = self.ffi.dlopen(str(lib_path))
+        self.prefix = f"rnngen_{ir.name}"
+
+    def _check(self, status: int, what: str):
+        if status != 0:
+            raise KernelError(f"{self.ir.spec.name} {what}: {STATUS.get(status, 'status')} "
+                              f"(status {status})")
+
+    def sizes(self, T, B, D, H) -> tuple[int, int]:
+        save = self.ffi.new("long long *")
+        work = self.ffi.new("long long *")
+        self._check(getattr(self.lib, f"{self.prefix}_sizes")(T, B, D, H, save, work), "sizes")
+        return int(save[0]), int(work[0])
+
+    def _ptr(self, ctype, arr: Optional[np.ndarray]):
+        if arr is None:
+            return self.ffi.NULL
+        return self.ffi.from_buffer(ctype + "[]", arr)
+
+    def forward(self, x, mask, weights, H, training: bool):
+        """x [B,T,D] contiguous; mask uint8 [B,T] or None; returns (y [B,T,H], save)."""
+        B, T, D = x.shape
+        ctype, sfx = DTYPES[x.dtype]
+        n_save, n_work = self.sizes(T, B, D, H)
+        y = np.empty((B, T, H), dtype=x.dtype)
+        save = np.empty(n_save, dtype=x.dtype) if training else None
+        work = np.empty(n_work, dtype=x.dtype)
+        p = lambda a: self._ptr(ctype, a)  # noqa: E731
+        st = getattr(self.lib, f"{self.prefix}_forward{sfx}")(
+            T, B, D, H, p(x), self._ptr("unsigned char", mask), *[p(w) for w in weights],
+            p(y), p(save), p(work))
+        self._check(st, "forward")
+        return y, save
+
+    def backward(self, x, mask, weights, save, dy, truncate: int):
+        B, T, D = x.shape
+        H = dy.shape[2]
+        ctype, sfx = DTYPES[x.dtype]
+        _, n_work = self.sizes(T, B, D, H)
+        dx = np.empty_like(x)
+        grads = [np.empty_like(w) for w in weights]
+        work = np.empty(n_work, dtype=x.dtype)
+        p = lambda a: self._ptr(ctype, a)  # noqa: E731
+        st = getattr(self.lib, f"{self.prefix}_backward{sfx}")(
+            T, B, D, H, int(truncate), p(x), self._ptr("unsigned char", mask),
+            *[p(w) for w in weights], p(save), p(dy), p(dx), *[p(g) for g in grads], p(work))
+        self._check(st, "backward")
+        return dx, grads
