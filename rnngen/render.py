@@ -300,5 +300,7 @@ def render_c(ir: CellIR, source_name: str) -> tuple[str, str]:
                spec_digest=ir.spec.digest[:16], describe=describe,
                dialects=[(d, CellMath(ir, d)) for d in C_DIALECTS],
                prefix=f"rnngen_{ir.name}",
-               header=f"{ir.name}.h")
+               header=f"{ir.name}.h",
+               code_params=", ".join(f"{p.name}={ir.params[p.name]}" for p in ir.spec.params
+                                     if p.kind != "init") or "none")
     return env.get_template("cell.h.j2").render(**ctx), env.get_template("cell.c.j2").render(**ctx)

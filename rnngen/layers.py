@@ -1,0 +1,394 @@
+"""Keras-style layers (the seed's constructor arguments) on top of the kernels.
+
+``SimpleRNN, SimpleDeepRNN, GRU, LSTM, JZS1, JZS2, JZS3`` are made from the
+specs in ``specs/`` exactly as :func:`rnngen.load_cell` makes a class from a
+user's own spec.  Every input is checked here, before any C code runs.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from .initializers import check_init, initialize
+from .ir import resolve_params
+from .pipeline import SPECS, builtin_specs, compile_cell
+from .spec import CellSpec, load_spec
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+_COMMON = ("weights", "truncate_gradient", "return_sequences", "input_dim", "input_length")
+
+
+def _check_dtype(dtype) -> str:
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return name
+
+
+def _check_pos_int(v, what, allow_none=False):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{what} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _as_float_array(a, what, dtype):
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a)
+        except Exception:   # noqa: BLE001 - anything numpy cannot read
+            raise TypeError(f"{what} must be a numpy array, got {type(a).__name__}") from None
+    if a.dtype.kind != "f":
+        raise TypeError(f"{what} must hold floating-point numbers (float32 or float64), "
+                        f"got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+class Recurrent:
+    """Base class of the recurrent layers; subclasses set ``spec``."""
+
+    spec: CellSpec = None  # type: ignore[assignment]
+
+    def __init__(self, output_dim, *args, **kwargs):
+        bound = self.__signature__.bind(output_dim, *args, **kwargs)
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        self.output_dim = _check_pos_int(a.pop("output_dim"), "output_dim")
+        self.dtype = _check_dtype(a.pop("dtype"))
+        seed = a.pop("seed")
+        self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        tg = a.pop("truncate_gradient")
+        if isinstance(tg, bool) or not isinstance(tg, (int, np.integer)) or (tg < 1 and tg != -1):
+            raise ValueError(f"truncate_gradient must be -1 (full BPTT) or a positive number "
+                             f"of steps, got {tg!r}")
+        self.truncate_gradient = int(tg)
+        rs = a.pop("return_sequences")
+        if not isinstance(rs, (bool, np.bool_)):
+            raise TypeError(f"return_sequences must be True or False, got {rs!r}")
+        self.return_sequences = bool(rs)
+        self.input_dim = _check_pos_int(a.pop("input_dim"), "input_dim", allow_none=True)
+        self.input_length = _check_pos_int(a.pop("input_length"), "input_length", allow_none=True)
+        weights = a.pop("weights")
+        self.params = resolve_params(self.spec, a)      # checks activations, inits, ints
+        self._kernel = None
+        self._weights: Optional[list] = None
+        self._last = None
+        self.grads: Optional[list] = None
+        if weights is not None:
+            if not isinstance(weights, (list, tuple)):
+                raise TypeError("weights must be a list of numpy arrays "
+                                f"({self._expected_text()})")
+            if self.input_dim is None:
+                self.input_dim = self._infer_input_dim(weights)
+            self.build(self.input_dim)
+            self.set_weights(weights)
+        elif self.input_dim is not None:
+            self.build(self.input_dim)
+
+    # -- construction --------------------------------------------------------
+    @property
+    def _code_params(self) -> dict:
+        return {p.name: self.params[p.name] for p in self.spec.params if p.kind != "init"}
+
+    def _ir(self):
+        from .ir import compute_ir
+        return compute_ir(self.spec, self._code_params)
+
+    def weight_names(self) -> list[str]:
+        """Names of the weights, in the order of get_weights() / weights=."""
+        return [w.name for w in (self._kernel.ir if self._kernel else self._ir()).weights]
+
+    def weight_shapes(self, input_dim: Optional[int] = None) -> list[tuple]:
+        d = input_dim if input_dim is not None else self.input_dim
+        ir = self._kernel.ir if self._kernel else self._ir()
+        return [w.dims(d if d is not None else "input_dim", self.output_dim) for w in ir.weights]
+
+    def _expected_text(self, input_dim=None) -> str:
+        names = self.weight_names()
+        shapes = self.weight_shapes(input_dim)
+        return (f"{type(self).__name__} expects {len(names)} arrays: "
+                + ", ".join(f"{n} {tuple(s)}" for n, s in zip(names, shapes)))
+
+    def _infer_input_dim(self, weights):
+        ir = self._ir()
+        for w, arr in zip(ir.weights, weights):
+            if w.role == "input matrix" and np.ndim(arr) == 2:
+                return int(np.shape(arr)[0])
+        raise ValueError("cannot tell input_dim from weights; " + self._expected_text())
+
+    def build(self, input_dim: int) -> None:
+        self.input_dim = _check_pos_int(input_dim, "input_dim")
+        self._kernel = compile_cell(self.spec, self._code_params)
+        ws = []
+        for w in self._kernel.ir.weights:
+            init = self.params.get(w.init, w.init)
+            ws.append(initialize(check_init(init), w.dims(self.input_dim, self.output_dim),
+                                 self._rng))
+        self._weights = [np.ascontiguousarray(w, dtype=_DTYPES[self.dtype]) for w in ws]
+
+    @property
+    def built(self) -> bool:
+        return self._kernel is not None
+
+    # -- weights ----------------------------------------------------------------
+    def get_weights(self) -> list:
+        if not self.built:
+            raise ValueError(f"{type(self).__name__} has no weights yet: give input_dim, "
+                             "weights=, or call it on an input first")
+        return [w.copy() for w in self._weights]
+
+    def set_weights(self, weights) -> None:
+        if not self.built:
+            self.build(self._infer_input_dim(weights))
+        names = self.weight_names()
+        shapes = self.weight_shapes()
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(names):
+            n = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+            raise ValueError(f"wrong number of weights: got {n}; {self._expected_text()}")
+        out = []
+        for name, shape, w in zip(names, shapes, weights):
+            arr = _as_float_array(w, f"weight {name}", _DTYPES[self.dtype]) \
+                if not (isinstance(w, np.ndarray) and w.dtype.kind in "iu") else \
+                np.ascontiguousarray(w, dtype=_DTYPES[self.dtype])
+            if arr.shape != tuple(shape):
+                raise ValueError(f"weight {name} has shape {arr.shape}, expected {tuple(shape)}; "
+                                 f"{self._expected_text()}")
+            out.append(arr.copy())
+        self._weights = out
+
+    # -- config -------------------------------------------------------------------
+    def get_config(self) -> dict:
+        cfg = {"class_name": type(self).__name__, "output_dim": self.output_dim}
+        cfg.update(self.params)
+        cfg.update(truncate_gradient=self.truncate_gradient,
+                   return_sequences=self.return_sequences, input_dim=self.input_dim,
+                   input_length=self.input_length, dtype=self.dtype)
+        if not _is_builtin(self.spec):
+            cfg["spec_path"] = str(Path(self.spec.path).resolve())
+        return cfg
+
+    @property
+    def output_shape(self) -> tuple:
+        if self.return_sequences:
+            return (None, self.input_length, self.output_dim)
+        return (None, self.output_dim)
+
+    def compute_mask(self, x=None, mask=None):
+        """The mask passed on: the input mask with return_sequences, else None."""
+        return mask if self.return_sequences else None
+
+    # -- running ---------------------------------------------------------------------
+    def _check_input(self, x, mask):
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x) if isinstance(x, (list, tuple)) else x
+            if not isinstance(x, np.ndarray):
+                raise TypeError(f"x must be a numpy array (nb_samples, timesteps, input_dim), "
+                                f"got {type(x).__name__}")
+        if x.ndim != 3:
+            raise ValueError(f"x must have 3 dimensions (nb_samples, timesteps, input_dim), "
+                             f"got shape {x.shape}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"x must be a float32 or float64 array, got dtype {x.dtype}")
+        B, T, D = x.shape
+        if B < 1 or T < 1:
+            raise ValueError(f"x must have at least one sample and one step, got shape {x.shape}")
+        if self.input_dim is not None and D != self.input_dim:
+            raise ValueError(f"x has input_dim {D}, but the layer was built for input_dim "
+                             f"{self.input_dim}: expected shape (nb_samples, timesteps, "
+                             f"{self.input_dim})")
+        if self.input_length is not None and T != self.input_length:
+            raise ValueError(f"x has {T} timesteps, but input_length={self.input_length}")
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.shape != (B, T):
+                raise ValueError(f"mask must have shape (nb_samples, timesteps) = {(B, T)}, got "
+                                 f"{m.shape}")
+            if m.dtype != np.bool_:
+                if m.dtype.kind not in "iuf" or not np.all((m == 0) | (m == 1)):
+                    raise ValueError("mask must be boolean or hold only 0 and 1")
+            mask = np.ascontiguousarray(m != 0, dtype=np.uint8)
+        return x, mask
+
+    def forward(self, x, mask=None, *, training: bool = True):
+        """Run the layer on x (nb_samples, timesteps, input_dim); see output_shape."""
+        x, mask = self._check_input(x, mask)
+        if not self.built:
+            self.build(x.shape[2])
+        x = np.ascontiguousarray(x, dtype=_DTYPES[self.dtype])
+        y, save = self._kernel.forward(x, mask, self._weights, self.output_dim, training)
+        self._last = (x, mask, save, [w for w in self._weights]) if training else None
+        return y if self.return_sequences else y[:, -1, :].copy()
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """Gradient of the loss w.r.t. the last forward's input; fills self.grads."""
+        if self._last is None:
+            raise ValueError("backward() needs a forward(x) with training=True first")
+        x, mask, save, weights = self._last
+        B, T, _ = x.shape
+        expected = (B, T, self.output_dim) if self.return_sequences else (B, self.output_dim)
+        dy = _as_float_array(dy, "dy", _DTYPES[self.dtype])
+        if dy.shape != expected:
+            raise ValueError(f"dy must have the shape of the last output {expected}, got "
+                             f"{dy.shape}")
+        if not self.return_sequences:
+            full = np.zeros((B, T, self.output_dim), dtype=dy.dtype)
+            full[:, -1, :] = dy
+            dy = full
+        dx, grads = self._kernel.backward(x, mask, weights, save, dy, self.truncate_gradient)
+        self.grads = grads
+        return dx
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(output_dim={self.output_dim}, input_dim={self.input_dim}, "
+                f"return_sequences={self.return_sequences}, dtype={self.dtype!r})")
+
+
+def _signature(spec: CellSpec) -> inspect.Signature:
+    P = inspect.Parameter
+    params = [P("output_dim", P.POSITIONAL_OR_KEYWORD)]
+    params += [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.default) for p in spec.params]
+    params += [P("weights", P.POSITIONAL_OR_KEYWORD, default=None),
+               P("truncate_gradient", P.POSITIONAL_OR_KEYWORD, default=-1),
+               P("return_sequences", P.POSITIONAL_OR_KEYWORD, default=False),
+               P("input_dim", P.POSITIONAL_OR_KEYWORD, default=None),
+               P("input_length", P.POSITIONAL_OR_KEYWORD, default=None),
+               P("dtype", P.KEYWORD_ONLY, default="float32"),
+               P("seed", P.KEYWORD_ONLY, default=None)]
+    return inspect.Signature(params)
+
+
+def layer_class(spec: CellSpec) -> type:
+    """A Recurrent subclass for a loaded spec."""
+    sig = _signature(spec)
+    doc = (f"{spec.doc}\n\n{spec.name}{sig}\n\n"
+           f"Generated by rnngen from {spec.path}.")
+    cls = type(spec.name, (Recurrent,), {"spec": spec, "__doc__": doc, "__signature__": sig,
+                                         "__module__": __name__})
+    return cls
+
+
+def load_cell(path: Union[str, Path]) -> type:
+    """The layer class for a cell spec file (checked now; compiled on first use)."""
+    return layer_class(load_spec(path))
+
+
+def _is_builtin(spec: CellSpec) -> bool:
+    try:
+        return Path(spec.path).resolve().parent == SPECS.resolve()
+    except OSError:
+        return False
+
+
+class Embedding:
+    """Turns indices (nb_samples, timesteps) into vectors; mask_zero=True masks index 0."""
+
+    def __init__(self, input_dim, output_dim, init="uniform", mask_zero=False, weights=None, *,
+                 dtype="float32", seed=None):
+        self.input_dim = _check_pos_int(input_dim, "input_dim")
+        self.output_dim = _check_pos_int(output_dim, "output_dim")
+        self.init = check_init(init)
+        self.mask_zero = bool(mask_zero)
+        self.dtype = _check_dtype(dtype)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.W = initialize(self.init, (self.input_dim, self.output_dim), rng).astype(self.dtype)
+        self.grads = None
+        self._last = None
+        if weights is not None:
+            self.set_weights(weights)
+
+    def get_weights(self):
+        return [self.W.copy()]
+
+    def set_weights(self, weights):
+        shape = (self.input_dim, self.output_dim)
+        if not isinstance(weights, (list, tuple)) or len(weights) != 1:
+            raise ValueError(f"Embedding expects 1 weight array: W {shape}")
+        w = np.asarray(weights[0])
+        if w.shape != shape:
+            raise ValueError(f"Embedding weight W has shape {w.shape}, expected {shape}")
+        self.W = np.array(w, dtype=self.dtype)
+
+    def _check(self, indices):
+        idx = np.asarray(indices)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"Embedding indices must be integers, got dtype {idx.dtype}")
+        if idx.ndim != 2:
+            raise ValueError(f"Embedding indices must have shape (nb_samples, timesteps), got "
+                             f"{idx.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.input_dim):
+            raise ValueError(f"Embedding indices must be in [0, {self.input_dim}), got "
+                             f"{idx.min()} .. {idx.max()}")
+        return idx
+
+    def forward(self, indices):
+        idx = self._check(indices)
+        self._last = idx
+        return self.W[idx]
+
+    __call__ = forward
+
+    def compute_mask(self, indices):
+        if not self.mask_zero:
+            return None
+        return self._check(indices) != 0
+
+    def backward(self, dy):
+        if self._last is None:
+            raise ValueError("backward() needs a forward(indices) first")
+        dy = np.asarray(dy)
+        if dy.shape != self._last.shape + (self.output_dim,):
+            raise ValueError(f"dy must have shape {self._last.shape + (self.output_dim,)}, got "
+                             f"{dy.shape}")
+        g = np.zeros_like(self.W)
+        np.add.at(g, self._last, dy.astype(self.dtype))
+        self.grads = [g]
+        return None
+
+    def get_config(self):
+        return {"class_name": "Embedding", "input_dim": self.input_dim,
+                "output_dim": self.output_dim, "init": self.init, "mask_zero": self.mask_zero,
+                "dtype": self.dtype}
+
+    @property
+    def output_shape(self):
+        return (None, None, self.output_dim)
+
+
+BUILTIN: dict[str, type] = {}
+for _p in builtin_specs():
+    _cls = load_cell(_p)
+    BUILTIN[_cls.__name__] = _cls
+    globals()[_cls.__name__] = _cls
+
+SimpleRNN = BUILTIN["SimpleRNN"]
+SimpleDeepRNN = BUILTIN["SimpleDeepRNN"]
+GRU = BUILTIN["GRU"]
+LSTM = BUILTIN["LSTM"]
+JZS1 = BUILTIN["JZS1"]
+JZS2 = BUILTIN["JZS2"]
+JZS3 = BUILTIN["JZS3"]
+
+
+def from_config(config: dict):
+    """Rebuild a layer (without its weights) from get_config()'s dictionary."""
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError("config must be a dict from get_config() with a 'class_name' key")
+    cfg = dict(config)
+    name = cfg.pop("class_name")
+    if name == "Embedding":
+        return Embedding(**cfg)
+    spec_path = cfg.pop("spec_path", None)
+    if spec_path is not None:
+        cls = load_cell(spec_path)
+    elif name in BUILTIN:
+        cls = BUILTIN[name]
+    else:
+        raise ValueError(f"unknown layer class {name!r}; built-in: {', '.join(BUILTIN)}, "
+                         "Embedding (a custom cell's config carries its spec_path)")
+    return cls(**cfg)
