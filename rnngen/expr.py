@@ -99,6 +99,7 @@ def _tokenize(text: str, first_line: int, problems: list):
             nxt = text.find("\n", pos)
             pos = len(text) if nxt < 0 else nxt
             toks.append(("bad", None, line))
+            depth = 0          # resynchronise at the next line
             continue
         kind = m.lastgroup
         val = m.group()

@@ -221,6 +221,8 @@ class _Lowering:
         raise TypeError(kind)  # pragma: no cover
 
     def lower_name(self, name, line, env, loopvars):
+        if name in self.poisoned:     # its own equation already reported a problem
+            raise _Abort()
         if name in loopvars:
             return ("int", loopvars[name])
         if name == "x":
@@ -347,12 +349,18 @@ class _Lowering:
                 self.err(e.line, f"sum() from {lo} to {hi} is empty")
             for k in range(lo, hi + 1):
                 self.sum_terms(e.args[3], sign, env, dict(loopvars, **{var: k}), out)
-        else:
-            out.append((sign, self.vec(self.lower(e, env, loopvars), e.line, "a term of a sum")))
+        else:   # keep going after a bad term, so every term's problems are reported
+            try:
+                out.append((sign, self.vec(self.lower(e, env, loopvars), e.line,
+                                           "a term of a sum")))
+            except _Abort:
+                out.append((sign, None))
 
     def build_sum(self, terms):
         """Fold a flat sum: constants first, then input-only terms, then step terms,
         so that the input-only part is one hoisted sub-expression."""
+        if any(t is None for _, t in terms):
+            raise _Abort()
         c = sum(s * t.attr for s, t in terms if t.is_const)
         rest = [(s, t) for s, t in terms if not t.is_const]
         ordered = [st for st in rest if not st[1].varying] + [st for st in rest if st[1].varying]
@@ -401,6 +409,10 @@ class _Lowering:
                 n.id for n in E.names_in(eq.expr) if n.id not in spec.states)
         for s in spec.states:
             env[s] = self.node("state", (), (s, 1))
+        self.poisoned: set = set()
+        for eq in spec.equations:     # usage, read from the text (even of a bad equation)
+            for n in E.names_in(eq.expr):
+                self.used_weights.update(self.families.get(n.id, [n.id]))
         used_locals: set = set()
         for i, eq in enumerate(spec.equations):
             self.current_target = eq.target
@@ -423,7 +435,7 @@ class _Lowering:
                 val = self.vec((kind, val), eq.line, f"the value of {t}")
             except _Abort:
                 assigned[t] = eq.line
-                env.pop(t, None) if t not in spec.states else None
+                self.poisoned.add(t)
                 continue
             assigned[t] = eq.line
             if t in spec.states:

@@ -275,7 +275,10 @@ def layer_class(spec: CellSpec) -> type:
 
 def load_cell(path: Union[str, Path]) -> type:
     """The layer class for a cell spec file (checked now; compiled on first use)."""
-    return layer_class(load_spec(path))
+    from .ir import compute_ir
+    spec = load_spec(path)
+    compute_ir(spec)          # every problem of the equations is reported now
+    return layer_class(spec)
 
 
 def _is_builtin(spec: CellSpec) -> bool:

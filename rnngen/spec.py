@@ -295,8 +295,9 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
         body = _scalar(sn, problems, "step")
         if body is not None:
             first = sn.start_mark.line + (2 if sn.style in ("|", ">") else 1)
+            before = len(problems)
             equations = parse_equations(body, first, problems)
-            if not equations:
+            if not equations and len(problems) == before:
                 problems.append((_line(sn), "step: no equations"))
 
     if problems:
