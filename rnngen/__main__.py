@@ -13,13 +13,13 @@ import sys
 import time
 
 from .errors import SpecError
-from .pipeline import GENERATED, generated_files, write_if_changed
+from .pipeline import generated_files, stale_generated, write_if_changed
 
 
 def cmd_generate() -> int:
     files = generated_files()
     changed = [p for p, text in files.items() if write_if_changed(p, text)]
-    stale = [p for p in GENERATED.glob("*.[ch]") if p not in files]
+    _, stale = stale_generated(files)
     for p in stale:
         p.unlink()
     print(f"generated/: {len(files)} files, {len(changed)} rewritten, {len(stale)} removed")
@@ -38,11 +38,9 @@ def cmd_build() -> int:
 
 
 def cmd_check() -> int:
-    files = generated_files()
-    bad = [str(p) for p, text in files.items() if not p.exists() or p.read_text() != text]
-    bad += [str(p) for p in GENERATED.glob("*.[ch]") if p not in files]
-    if bad:
-        print("generated/ is out of date (run make): " + ", ".join(bad))
+    stale, extra = stale_generated(generated_files())
+    if stale or extra:
+        print("generated/ is out of date (run make): " + ", ".join(map(str, stale + extra)))
         return 1
     print("generated/ is up to date")
     return 0

@@ -378,20 +378,18 @@ class _Lowering:
     def forward_ref_message(self, name, line):
         # Is there a cycle through later definitions?
         defs = self.all_defs
-        path = [name]
         seen = {name}
         stack = [(name, [name])]
         while stack:
             cur, p = stack.pop()
             for ref in defs.get(cur, ()):
                 if ref == self.current_target:
-                    cyc = " -> ".join(p[::-1][:0] + [self.current_target] + p + [ref])
+                    cyc = " -> ".join([self.current_target] + p + [ref])
                     return (f"cycle: {cyc}; the equations of {self.current_target!r} and "
                             f"{name!r} depend on each other")
                 if ref in defs and ref not in seen:
                     seen.add(ref)
                     stack.append((ref, p + [ref]))
-        del path
         return (f"{name!r} is used before it is defined (on line {self.def_line[name]}); "
                 "move its equation up")
 

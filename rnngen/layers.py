@@ -18,7 +18,6 @@ from .pipeline import SPECS, builtin_specs, compile_cell
 from .spec import CellSpec, load_spec
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
-_COMMON = ("weights", "truncate_gradient", "return_sequences", "input_dim", "input_length")
 
 
 def _check_dtype(dtype) -> str:

@@ -67,6 +67,13 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
+def stale_generated(files: dict[Path, str]) -> tuple[list[Path], list[Path]]:
+    """(files in generated/ that differ from ``files`` or are missing, files not in ``files``)."""
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+    extra = [p for p in GENERATED.glob("*.[ch]") if p not in files]
+    return stale, extra
+
+
 def generated_files() -> dict[Path, str]:
     """What generated/ must contain: every spec in specs/ with default parameters."""
     out = {}

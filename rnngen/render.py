@@ -65,8 +65,9 @@ class CellMath:
         self.buf_set = set(ir.buffered)
 
     # -- value access --------------------------------------------------------
-    def root_ref(self, n):
-        return f"XP[(size_t)r * LDXP + {self.root_index[n]} * (size_t)H + j]"
+    def root_ref(self, n, buf="XP"):
+        """n's entry in the hoisted roots (buf="XP") or in their adjoints (buf="dXP")."""
+        return f"{buf}[(size_t)r * LDXP + {self.root_index[n]} * (size_t)H + j]"
 
     def fwd_val(self, n: Node, loop: int) -> str:
         ir = self.ir
@@ -164,7 +165,7 @@ class CellMath:
         out = self.hoisted_values()
         out.append(" ".join(f"(void)v_{n.label};" for n in ir.hoisted))
         for n in ir.hoisted:
-            init = self.root_ref(n).replace("XP[", "dXP[") if n in self.root_index else d.lit(0)
+            init = self.root_ref(n, "dXP") if n in self.root_index else d.lit(0)
             out.append(f"{d.ctype} g_{n.label} = {init};")
         for n in reversed(ir.hoisted):
             g = f"g_{n.label}"
@@ -219,7 +220,7 @@ class CellMath:
         if a.hoisted:
             if a in self.buf_set:   # a root that is also a GEMM operand
                 return f"d_{a.label}[bj]"
-            return self.root_ref(a).replace("XP[", "dXP[")
+            return self.root_ref(a, "dXP")
         if ir.owner[a] == p:
             return f"g_{a.label}"
         return f"d_{a.label}[bj]"
@@ -245,7 +246,7 @@ class CellMath:
         if p == 0:   # hoisted GEMM operands: their adjoint buffer flows to dXP
             for n in ir.buffered:
                 if n.hoisted:
-                    out.append(f"{self.root_ref(n).replace('XP[', 'dXP[')} += d_{n.label}[bj];")
+                    out.append(f"{self.root_ref(n, 'dXP')} += d_{n.label}[bj];")
         return out
 
     def operand_grad_target(self, g):

@@ -4,13 +4,12 @@ import subprocess
 import pytest
 
 from rnngen import build
-from rnngen.pipeline import GENERATED, ROOT, generated_files
+from rnngen.pipeline import GENERATED, ROOT, generated_files, stale_generated
 
 
 def test_generated_is_up_to_date():
     files = generated_files()
-    stale = [p.name for p, text in files.items() if not p.exists() or p.read_text() != text]
-    extra = [p.name for p in GENERATED.glob("*.[ch]") if p not in files]
+    stale, extra = stale_generated(files)
     assert not stale and not extra, f"run make: stale {stale}, extra {extra}"
     assert len(files) == 14
 
