@@ -10,6 +10,7 @@
  */
 #include <string.h>
 #include <math.h>
+#include <omp.h>
 #include "lstm.h"
 
 #define NW 4     /* blocks of the input GEMM */
@@ -24,10 +25,18 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
     *save_size = (long long)((size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * T * BH);
-    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * BH + (size_t)B;
+    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * 2 * BH
+             + (size_t)RNNGEN_MAX_THREADS * B;
     n += (2 * (size_t)H + B + (size_t)T * B) * 4 * (size_t)H;   /* g0 */
     n += (size_t)(4 + 2) * BH;
     *work_size = (long long)n;
+    return RNNGEN_OK;
+}
+
+int rnngen_lstm_set_threads(int n)
+{
+    if (n < 0) return RNNGEN_EDIM;
+    rnngen_thread_count = n;
     return RNNGEN_OK;
 }
 
@@ -57,7 +66,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
     const size_t LDS_g0 = 4 * (size_t)H;
-    const int Teff = save ? T : 1;   /* inference keeps one step of slots */
+    const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
@@ -71,129 +80,160 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     float *dL_c_1 = p; p += BH;  /* [B,H] its adjoint */
     float *d_c_new = p; p += BH;  /* [B,H] adjoint of new c */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    float *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     float *iXP = p; p += (size_t)B * T * LDXP;
-    float *iSL = p; p += (size_t)NSLOT * BH;
+    float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
-
-    (void)dXW; (void)dXP; (void)LDXP; (void)p;
-    (void)dWcat;
-    (void)dUcat_g0; (void)dS_g0;
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)L_h_1; (void)dL_h_1;
+    (void)L_c_1; (void)dL_c_1;
     (void)d_c_new;
     (void)d_h_new;
-    (void)dL_h_1;
-    (void)dL_c_1;
+
     float *XW = save ? save : iXW;
     float *XP = save ? save + (size_t)B * T * LDXW : iXP;
     float *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)XP;
-    for (int i = 0; i < D; i++)   /* block 0: W_i */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W_i + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < D; i++)   /* block 1: W_f */
-        memcpy(Wcat + (size_t)i * LDXW + 1 * (size_t)H, w_W_f + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < D; i++)   /* block 2: W_c */
-        memcpy(Wcat + (size_t)i * LDXW + 2 * (size_t)H, w_W_c + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < D; i++)   /* block 3: W_o */
-        memcpy(Wcat + (size_t)i * LDXW + 3 * (size_t)H, w_W_o + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U_i + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)H, w_U_f + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 2 * (size_t)H, w_U_c + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 3 * (size_t)H, w_U_o + (size_t)i * H, (size_t)H * sizeof(float));
+    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    /* input GEMM for all steps */
-    RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, 1, x, D, Wcat, (int)LDXW, 0, XW, (int)LDXW);
-    for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
-        for (int j = 0; j < H; j++) {
-            const float v_x_w_i = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const float v_b_i = w_b_i[j];
-            const float v_t5 = v_x_w_i + v_b_i;
-            const float v_x_w_f = XW[(size_t)r * LDXW + 1 * (size_t)H + j];
-            const float v_b_f = w_b_f[j];
-            const float v_t11 = v_x_w_f + v_b_f;
-            const float v_x_w_c = XW[(size_t)r * LDXW + 2 * (size_t)H + j];
-            const float v_b_c = w_b_c[j];
-            const float v_t18 = v_x_w_c + v_b_c;
-            const float v_x_w_o = XW[(size_t)r * LDXW + 3 * (size_t)H + j];
-            const float v_b_o = w_b_o[j];
-            const float v_t27 = v_x_w_o + v_b_o;
-            XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-            XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-            XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
-            XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+
+        float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W_i */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W_i + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < D; i++)   /* block 1: W_f */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_f + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < D; i++)   /* block 2: W_c */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < D; i++)   /* block 3: W_o */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 0 * nU, w_U_i + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 1 * nU, w_U_f + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 2 * nU, w_U_c + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 3 * nU, w_U_o + (size_t)i * H + j0, nU * sizeof(float));
         }
-    }
-    memset(L_h_1, 0, BH * sizeof(float));
-    memset(L_c_1, 0, BH * sizeof(float));
-    memset(nreal, 0, (size_t)B * sizeof(float));
 
-    for (int t = 0; t < T; t++) {
-        const size_t ts = save ? (size_t)t : 0;
-        float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        float *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
-        float *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
-        float *s_f = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t12) */
-        float *s_t20 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(t19) */
-        float *s_o = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t28) */
-        float *s_t30 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
-
-
-        /* phase 0 */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                s_h_prev[bj] = L_h_1[bj];
-                s_c_prev[bj] = L_c_1[bj];
+        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const float v_b_i = w_b_i[j];
+                const float v_t5 = v_x_w_i + v_b_i;
+                const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                const float v_b_f = w_b_f[j];
+                const float v_t11 = v_x_w_f + v_b_f;
+                const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                const float v_b_c = w_b_c[j];
+                const float v_t18 = v_x_w_c + v_b_c;
+                const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                const float v_b_o = w_b_o[j];
+                const float v_t27 = v_x_w_o + v_b_o;
+                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
+                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
+                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
+                XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
             }
         }
-
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, 1, s_h_prev, H, Ucat_g0, (int)LDS_g0, 0, S_g0, (int)LDS_g0);
-        /* phase 1 */
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                const float v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 0 * (size_t)H + j];
-                const float v_i = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t6) + 0.5f));
-                s_i[bj] = v_i;
-                const float v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 1 * (size_t)H + j];
-                const float v_f = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t12) + 0.5f));
-                s_f[bj] = v_f;
-                const float v_t14 = v_f * L_c_1[bj];
-                const float v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 2 * (size_t)H + j];
-                const float v_t20 = tanhf(v_t19);
-                s_t20[bj] = v_t20;
-                const float v_t21 = v_i * v_t20;
-                const float v_t22 = v_t14 + v_t21;
-                const float v_c_new = v_t22;
-                const float v_t28 = XP[(size_t)r * LDXP + 3 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 3 * (size_t)H + j];
-                const float v_o = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t28) + 0.5f));
-                s_o[bj] = v_o;
-                const float v_t30 = tanhf(v_c_new);
-                s_t30[bj] = v_t30;
-                const float v_t31 = v_o * v_t30;
-                const float v_h_new = v_t31;
-                if (m) {
-                    L_h_1[bj] = v_h_new;
-                    L_c_1[bj] = v_c_new;
+            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            memset(L_c_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            nreal[b] = 0;
+        }
+
+        for (int t = 0; t < T; t++) {
+            const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            float *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
+            float *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
+            float *s_f = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t12) */
+            float *s_t20 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(t19) */
+            float *s_o = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t28) */
+            float *s_t30 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(c_new) */
+    (void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
+
+            /* phase 0 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    s_h_prev[bj] = L_h_1[bj];
+                    s_c_prev[bj] = L_c_1[bj];
                 }
-                y[(size_t)r * H + j] = L_h_1[bj];
             }
-        }
 
-        for (int b = 0; b < B; b++)
-            nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+#pragma omp barrier
+            /* every thread wrote its units of the operand; GEMM this thread's columns */
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, 4 * (int)nU, H, 1, s_h_prev, H, Ucat_g0 + 4 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 4 * (size_t)j0, (int)LDS_g0);
+            /* phase 1 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const float v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_i = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t6) + 0.5f));
+                    s_i[bj] = v_i;
+                    const float v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const float v_f = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t12) + 0.5f));
+                    s_f[bj] = v_f;
+                    const float v_t14 = v_f * L_c_1[bj];
+                    const float v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
+                    const float v_t20 = rnngen_tanhf(v_t19);
+                    s_t20[bj] = v_t20;
+                    const float v_t21 = v_i * v_t20;
+                    const float v_t22 = v_t14 + v_t21;
+                    const float v_c_new = v_t22;
+                    const float v_t28 = XP[(size_t)r * LDXP + 3 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+                    const float v_o = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t28) + 0.5f));
+                    s_o[bj] = v_o;
+                    const float v_t30 = rnngen_tanhf(v_c_new);
+                    s_t30[bj] = v_t30;
+                    const float v_t31 = v_o * v_t30;
+                    const float v_h_new = v_t31;
+                    if (m) {
+                        L_h_1[bj] = v_h_new;
+                        L_c_1[bj] = v_c_new;
+                    }
+                    y[(size_t)r * H + j] = L_h_1[bj];
+                }
+            }
+
+            for (int b = 0; b < B; b++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+        }
     }
     return RNNGEN_OK;
 }
@@ -251,226 +291,290 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     float *dL_c_1 = p; p += BH;  /* [B,H] its adjoint */
     float *d_c_new = p; p += BH;  /* [B,H] adjoint of new c */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    float *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     float *iXP = p; p += (size_t)B * T * LDXP;
-    float *iSL = p; p += (size_t)NSLOT * BH;
+    float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)L_h_1; (void)dL_h_1;
+    (void)L_c_1; (void)dL_c_1;
+    (void)d_c_new;
+    (void)d_h_new;
 
-    (void)iXW; (void)iXP; (void)iSL; (void)nreal; (void)p; (void)LDXP;
-    (void)S_g0;
-    (void)L_h_1;
-    (void)L_c_1;
-    float *XW = (float *)save;                            /* [B*T, NW*H] x @ Wcat */
-    float *XP = XW + (size_t)B * T * LDXW;          /* [B*T, NR*H] hoisted roots */
-    float *SL = XP + (size_t)B * T * LDXP;          /* [NSLOT, T, B, H] per-step values */
+    const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
+    const float *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
+    float *SL = (float *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    (void)XW; (void)XP; (void)SL;
-    for (int i = 0; i < D; i++)   /* block 0: W_i */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W_i + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < D; i++)   /* block 1: W_f */
-        memcpy(Wcat + (size_t)i * LDXW + 1 * (size_t)H, w_W_f + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < D; i++)   /* block 2: W_c */
-        memcpy(Wcat + (size_t)i * LDXW + 2 * (size_t)H, w_W_c + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < D; i++)   /* block 3: W_o */
-        memcpy(Wcat + (size_t)i * LDXW + 3 * (size_t)H, w_W_o + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U_i + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)H, w_U_f + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 2 * (size_t)H, w_U_c + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 3 * (size_t)H, w_U_o + (size_t)i * H, (size_t)H * sizeof(float));
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (4 - 1) * (size_t)j0;
 
-    memset(dw_W_i, 0, (size_t)D * H * sizeof(float));
-    memset(dw_U_i, 0, (size_t)H * H * sizeof(float));
-    memset(dw_b_i, 0, (size_t)H * sizeof(float));
-    memset(dw_W_c, 0, (size_t)D * H * sizeof(float));
-    memset(dw_U_c, 0, (size_t)H * H * sizeof(float));
-    memset(dw_b_c, 0, (size_t)H * sizeof(float));
-    memset(dw_W_f, 0, (size_t)D * H * sizeof(float));
-    memset(dw_U_f, 0, (size_t)H * H * sizeof(float));
-    memset(dw_b_f, 0, (size_t)H * sizeof(float));
-    memset(dw_W_o, 0, (size_t)D * H * sizeof(float));
-    memset(dw_U_o, 0, (size_t)H * H * sizeof(float));
-    memset(dw_b_o, 0, (size_t)H * sizeof(float));
-    memset(dXP, 0, (size_t)B * T * LDXP * sizeof(float));
-    memset(dXW, 0, (size_t)B * T * LDXW * sizeof(float));
-    memset(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(float));
-    memset(dL_h_1, 0, BH * sizeof(float));
-    memset(dL_c_1, 0, BH * sizeof(float));
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W_i */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W_i + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < D; i++)   /* block 1: W_f */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_f + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < D; i++)   /* block 2: W_c */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < D; i++)   /* block 3: W_o */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 0 * nU, w_U_i + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 1 * nU, w_U_f + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 2 * nU, w_U_c + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 3 * nU, w_U_o + (size_t)i * H + j0, nU * sizeof(float));
+        }
 
-    for (int t = T - 1; t >= t0; t--) {
-        const size_t ts = (size_t)t;
-        float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        float *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
-        float *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
-        float *s_f = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t12) */
-        float *s_t20 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(t19) */
-        float *s_o = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t28) */
-        float *s_t30 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
-
-
-        /* dy reaches the carried output at every step; at a real step the
-         * registers shift back and the new states receive their adjoints */
+        /* zero this thread's units of every weight gradient and accumulator */
+        for (int i = 0; i < D; i++)
+            memset(dw_W_i + (size_t)i * H + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_i + (size_t)i * H + j0, 0, nU * sizeof(float));
+        memset(dw_b_i + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < D; i++)
+            memset(dw_W_c + (size_t)i * H + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_c + (size_t)i * H + j0, 0, nU * sizeof(float));
+        memset(dw_b_c + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < D; i++)
+            memset(dw_W_f + (size_t)i * H + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_f + (size_t)i * H + j0, 0, nU * sizeof(float));
+        memset(dw_b_f + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < D; i++)
+            memset(dw_W_o + (size_t)i * H + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_o + (size_t)i * H + j0, 0, nU * sizeof(float));
+        memset(dw_b_o + j0, 0, nU * sizeof(float));
+        for (size_t r = 0; r < (size_t)B * T; r++)
+            for (int k = 0; k < NR; k++)
+                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(float));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g0 + r * LDS_g0 + 4 * (size_t)j0, 0, 4 * nU * sizeof(float));
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                dL_h_1[bj] += dy[r * H + j];
-                d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
-                if (m) {
-                    dL_h_1[bj] = 0.0f;
-                }
-                d_c_new[bj] = m ? dL_c_1[bj] : 0.0f;
-                if (m) {
-                    dL_c_1[bj] = 0.0f;
+            memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            memset(dL_c_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+        }
+
+        for (int t = T - 1; t >= t0; t--) {
+            const size_t ts = (size_t)t;
+            float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            float *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
+            float *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
+            float *s_f = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t12) */
+            float *s_t20 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(t19) */
+            float *s_o = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t28) */
+            float *s_t30 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(c_new) */
+    (void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
+
+            /* dy reaches the carried output at every step; at a real step the
+             * registers shift back and the new states receive their adjoints */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    dL_h_1[bj] += dy[r * H + j];
+                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
+                    if (m) {
+                        dL_h_1[bj] = 0.0f;
+                    }
+                    d_c_new[bj] = m ? dL_c_1[bj] : 0.0f;
+                    if (m) {
+                        dL_c_1[bj] = 0.0f;
+                    }
                 }
             }
+
+            /* phase 1, reversed */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+                if (!m) continue;                     /* padded rows contribute nothing */
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    float g_h_prev_u_i = 0.0f;
+                    float g_t6 = 0.0f;
+                    float g_i = 0.0f;
+                    float g_h_prev_u_f = 0.0f;
+                    float g_t12 = 0.0f;
+                    float g_f = 0.0f;
+                    float g_t14 = 0.0f;
+                    float g_h_prev_u_c = 0.0f;
+                    float g_t19 = 0.0f;
+                    float g_t20 = 0.0f;
+                    float g_t21 = 0.0f;
+                    float g_t22 = 0.0f;
+                    float g_c_new = d_c_new[bj];
+                    float g_h_prev_u_o = 0.0f;
+                    float g_t28 = 0.0f;
+                    float g_o = 0.0f;
+                    float g_t30 = 0.0f;
+                    float g_t31 = 0.0f;
+                    float g_h_new = d_h_new[bj];
+                    g_t31 += g_h_new;
+                    g_o += g_t31 * (s_t30[bj]);
+                    g_t30 += g_t31 * (s_o[bj]);
+                    g_c_new += g_t30 * ((1.0f - s_t30[bj] * s_t30[bj]));
+                    g_t28 += g_o * (((s_o[bj]) > 0.0f && (s_o[bj]) < 1.0f ? 0.2f : 0.0f));
+                    dXP[(size_t)r * LDXP + 3 * (size_t)H + j] += g_t28;
+                    g_h_prev_u_o += g_t28;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
+                    g_t22 += g_c_new;
+                    g_t14 += g_t22;
+                    g_t21 += g_t22;
+                    g_i += g_t21 * (s_t20[bj]);
+                    g_t20 += g_t21 * (s_i[bj]);
+                    g_t19 += g_t20 * ((1.0f - s_t20[bj] * s_t20[bj]));
+                    dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t19;
+                    g_h_prev_u_c += g_t19;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
+                    g_f += g_t14 * (s_c_prev[bj]);
+                    dL_c_1[bj] += g_t14 * (s_f[bj]);
+                    g_t12 += g_f * (((s_f[bj]) > 0.0f && (s_f[bj]) < 1.0f ? 0.2f : 0.0f));
+                    dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t12;
+                    g_h_prev_u_f += g_t12;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
+                    g_t6 += g_i * (((s_i[bj]) > 0.0f && (s_i[bj]) < 1.0f ? 0.2f : 0.0f));
+                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t6;
+                    g_h_prev_u_i += g_t6;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+                }
+            }
+
+#pragma omp barrier
+            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, dL_h_1 + j0, H);
         }
 
-        /* phase 1, reversed (padded rows contribute nothing) */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                if (!m) continue;
-                float g_h_prev_u_i = 0.0f;
-                float g_t6 = 0.0f;
-                float g_i = 0.0f;
-                float g_h_prev_u_f = 0.0f;
-                float g_t12 = 0.0f;
-                float g_f = 0.0f;
-                float g_t14 = 0.0f;
-                float g_h_prev_u_c = 0.0f;
-                float g_t19 = 0.0f;
-                float g_t20 = 0.0f;
-                float g_t21 = 0.0f;
-                float g_t22 = 0.0f;
-                float g_c_new = d_c_new[bj];
-                float g_h_prev_u_o = 0.0f;
-                float g_t28 = 0.0f;
-                float g_o = 0.0f;
-                float g_t30 = 0.0f;
-                float g_t31 = 0.0f;
-                float g_h_new = d_h_new[bj];
-                g_t31 += g_h_new;
-                g_o += g_t31 * (s_t30[bj]);
-                g_t30 += g_t31 * (s_o[bj]);
-                g_c_new += g_t30 * ((1.0f - s_t30[bj] * s_t30[bj]));
-                g_t28 += g_o * (((s_o[bj]) > 0.0f && (s_o[bj]) < 1.0f ? 0.2f : 0.0f));
-                dXP[(size_t)r * LDXP + 3 * (size_t)H + j] += g_t28;
-                g_h_prev_u_o += g_t28;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 3 * (size_t)H + j] = g_h_prev_u_o;
-                g_t22 += g_c_new;
-                g_t14 += g_t22;
-                g_t21 += g_t22;
-                g_i += g_t21 * (s_t20[bj]);
-                g_t20 += g_t21 * (s_i[bj]);
-                g_t19 += g_t20 * ((1.0f - s_t20[bj] * s_t20[bj]));
-                dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t19;
-                g_h_prev_u_c += g_t19;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 2 * (size_t)H + j] = g_h_prev_u_c;
-                g_f += g_t14 * (s_c_prev[bj]);
-                dL_c_1[bj] += g_t14 * (s_f[bj]);
-                g_t12 += g_f * (((s_f[bj]) > 0.0f && (s_f[bj]) < 1.0f ? 0.2f : 0.0f));
-                dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t12;
-                g_h_prev_u_f += g_t12;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 1 * (size_t)H + j] = g_h_prev_u_f;
-                g_t6 += g_i * (((s_i[bj]) > 0.0f && (s_i[bj]) < 1.0f ? 0.2f : 0.0f));
-                dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t6;
-                g_h_prev_u_i += g_t6;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 0 * (size_t)H + j] = g_h_prev_u_i;
+        if (nU > 0) {
+            /* recurrent weight gradients, this thread's columns: one GEMM per group */
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 4 * (int)nU, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + 4 * (size_t)j0, (int)LDS_g0, 0, dUcat_g0 + 4 * (size_t)j0, (int)LDS_g0);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_i[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_f[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 1 * nU + j];
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_c[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 2 * nU + j];
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_o[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 3 * nU + j];
+        }
+
+        /* hoisted part, reversed: dXW and the bias gradients */
+        for (size_t r = 0; r < (size_t)B * T; r++) {
+            const int t = (int)(r % (size_t)T);
+            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
+                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+                continue;
+            }
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const float v_b_i = w_b_i[j];
+                const float v_t5 = v_x_w_i + v_b_i;
+                const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                const float v_b_f = w_b_f[j];
+                const float v_t11 = v_x_w_f + v_b_f;
+                const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                const float v_b_c = w_b_c[j];
+                const float v_t18 = v_x_w_c + v_b_c;
+                const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                const float v_b_o = w_b_o[j];
+                const float v_t27 = v_x_w_o + v_b_o;
+                (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
+                float g_x_w_i = 0.0f;
+                float g_b_i = 0.0f;
+                float g_t5 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
+                float g_x_w_f = 0.0f;
+                float g_b_f = 0.0f;
+                float g_t11 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
+                float g_x_w_c = 0.0f;
+                float g_b_c = 0.0f;
+                float g_t18 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
+                float g_x_w_o = 0.0f;
+                float g_b_o = 0.0f;
+                float g_t27 = dXP[(size_t)r * LDXP + 3 * (size_t)H + j];
+                g_x_w_o += g_t27;
+                g_b_o += g_t27;
+                dw_b_o[j] += g_b_o;
+                dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
+                g_x_w_c += g_t18;
+                g_b_c += g_t18;
+                dw_b_c[j] += g_b_c;
+                dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
+                g_x_w_f += g_t11;
+                g_b_f += g_t11;
+                dw_b_f[j] += g_b_f;
+                dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
+                g_x_w_i += g_t5;
+                g_b_i += g_t5;
+                dw_b_i[j] += g_b_i;
+                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
             }
         }
-
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0, (int)LDS_g0, 1, dL_h_1, H);
-    }
-
-    /* recurrent weight gradients: one GEMM per group over the steps reached */
-    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0, (int)LDS_g0, 0, dUcat_g0, (int)LDS_g0);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_i[i * H + j] += dUcat_g0[i * LDS_g0 + 0 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_f[i * H + j] += dUcat_g0[i * LDS_g0 + 1 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_c[i * H + j] += dUcat_g0[i * LDS_g0 + 2 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_o[i * H + j] += dUcat_g0[i * LDS_g0 + 3 * (size_t)H + j];
-
-    /* hoisted part, reversed: dXW and the bias gradients */
-    for (size_t r = 0; r < (size_t)B * T; r++) {
-        const int t = (int)(r % (size_t)T);
-        if (t < t0 || (mask && !mask[r])) continue;
-        for (int j = 0; j < H; j++) {
-            const float v_x_w_i = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const float v_b_i = w_b_i[j];
-            const float v_t5 = v_x_w_i + v_b_i;
-            const float v_x_w_f = XW[(size_t)r * LDXW + 1 * (size_t)H + j];
-            const float v_b_f = w_b_f[j];
-            const float v_t11 = v_x_w_f + v_b_f;
-            const float v_x_w_c = XW[(size_t)r * LDXW + 2 * (size_t)H + j];
-            const float v_b_c = w_b_c[j];
-            const float v_t18 = v_x_w_c + v_b_c;
-            const float v_x_w_o = XW[(size_t)r * LDXW + 3 * (size_t)H + j];
-            const float v_b_o = w_b_o[j];
-            const float v_t27 = v_x_w_o + v_b_o;
-            (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
-            float g_x_w_i = 0.0f;
-            float g_b_i = 0.0f;
-            float g_t5 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-            float g_x_w_f = 0.0f;
-            float g_b_f = 0.0f;
-            float g_t11 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
-            float g_x_w_c = 0.0f;
-            float g_b_c = 0.0f;
-            float g_t18 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
-            float g_x_w_o = 0.0f;
-            float g_b_o = 0.0f;
-            float g_t27 = dXP[(size_t)r * LDXP + 3 * (size_t)H + j];
-            g_x_w_o += g_t27;
-            g_b_o += g_t27;
-            dw_b_o[j] += g_b_o;
-            dXW[(size_t)r * LDXW + 3 * (size_t)H + j] = g_x_w_o;
-            g_x_w_c += g_t18;
-            g_b_c += g_t18;
-            dw_b_c[j] += g_b_c;
-            dXW[(size_t)r * LDXW + 2 * (size_t)H + j] = g_x_w_c;
-            g_x_w_f += g_t11;
-            g_b_f += g_t11;
-            dw_b_f[j] += g_b_f;
-            dXW[(size_t)r * LDXW + 1 * (size_t)H + j] = g_x_w_f;
-            g_x_w_i += g_t5;
-            g_b_i += g_t5;
-            dw_b_i[j] += g_b_i;
-            dXW[(size_t)r * LDXW + 0 * (size_t)H + j] = g_x_w_i;
+        if (nU > 0) {
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W_i[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W_f[i * H + j] += dWcat[i * LDXW + OFFW + 1 * nU + j];
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W_c[i * H + j] += dWcat[i * LDXW + OFFW + 2 * nU + j];
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W_o[i * H + j] += dWcat[i * LDXW + OFFW + 3 * nU + j];
         }
+#pragma omp barrier
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
+        int d0, d1;
+        rnngen_share(D, 1, tid, nt, &d0, &d1);
+        if (d1 > d0)
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
     }
-    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, 1, x, D, dXW, (int)LDXW, 0, dWcat, (int)LDXW);
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W_i[i * H + j] += dWcat[i * LDXW + 0 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W_f[i * H + j] += dWcat[i * LDXW + 1 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W_c[i * H + j] += dWcat[i * LDXW + 2 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W_o[i * H + j] += dWcat[i * LDXW + 3 * (size_t)H + j];
-    RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, 1, dXW, (int)LDXW, Wcat, (int)LDXW, 0, dx, D);
     return RNNGEN_OK;
 }
 
@@ -500,7 +604,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
     const size_t LDS_g0 = 4 * (size_t)H;
-    const int Teff = save ? T : 1;   /* inference keeps one step of slots */
+    const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
@@ -514,129 +618,160 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     double *dL_c_1 = p; p += BH;  /* [B,H] its adjoint */
     double *d_c_new = p; p += BH;  /* [B,H] adjoint of new c */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    double *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     double *iXP = p; p += (size_t)B * T * LDXP;
-    double *iSL = p; p += (size_t)NSLOT * BH;
+    double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
-
-    (void)dXW; (void)dXP; (void)LDXP; (void)p;
-    (void)dWcat;
-    (void)dUcat_g0; (void)dS_g0;
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)L_h_1; (void)dL_h_1;
+    (void)L_c_1; (void)dL_c_1;
     (void)d_c_new;
     (void)d_h_new;
-    (void)dL_h_1;
-    (void)dL_c_1;
+
     double *XW = save ? save : iXW;
     double *XP = save ? save + (size_t)B * T * LDXW : iXP;
     double *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)XP;
-    for (int i = 0; i < D; i++)   /* block 0: W_i */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W_i + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < D; i++)   /* block 1: W_f */
-        memcpy(Wcat + (size_t)i * LDXW + 1 * (size_t)H, w_W_f + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < D; i++)   /* block 2: W_c */
-        memcpy(Wcat + (size_t)i * LDXW + 2 * (size_t)H, w_W_c + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < D; i++)   /* block 3: W_o */
-        memcpy(Wcat + (size_t)i * LDXW + 3 * (size_t)H, w_W_o + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U_i + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)H, w_U_f + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 2 * (size_t)H, w_U_c + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 3 * (size_t)H, w_U_o + (size_t)i * H, (size_t)H * sizeof(double));
+    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    /* input GEMM for all steps */
-    RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, 1, x, D, Wcat, (int)LDXW, 0, XW, (int)LDXW);
-    for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
-        for (int j = 0; j < H; j++) {
-            const double v_x_w_i = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const double v_b_i = w_b_i[j];
-            const double v_t5 = v_x_w_i + v_b_i;
-            const double v_x_w_f = XW[(size_t)r * LDXW + 1 * (size_t)H + j];
-            const double v_b_f = w_b_f[j];
-            const double v_t11 = v_x_w_f + v_b_f;
-            const double v_x_w_c = XW[(size_t)r * LDXW + 2 * (size_t)H + j];
-            const double v_b_c = w_b_c[j];
-            const double v_t18 = v_x_w_c + v_b_c;
-            const double v_x_w_o = XW[(size_t)r * LDXW + 3 * (size_t)H + j];
-            const double v_b_o = w_b_o[j];
-            const double v_t27 = v_x_w_o + v_b_o;
-            XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-            XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-            XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
-            XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+
+        double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W_i */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W_i + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < D; i++)   /* block 1: W_f */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_f + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < D; i++)   /* block 2: W_c */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < D; i++)   /* block 3: W_o */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 0 * nU, w_U_i + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 1 * nU, w_U_f + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 2 * nU, w_U_c + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 3 * nU, w_U_o + (size_t)i * H + j0, nU * sizeof(double));
         }
-    }
-    memset(L_h_1, 0, BH * sizeof(double));
-    memset(L_c_1, 0, BH * sizeof(double));
-    memset(nreal, 0, (size_t)B * sizeof(double));
 
-    for (int t = 0; t < T; t++) {
-        const size_t ts = save ? (size_t)t : 0;
-        double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        double *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
-        double *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
-        double *s_f = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t12) */
-        double *s_t20 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(t19) */
-        double *s_o = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t28) */
-        double *s_t30 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
-
-
-        /* phase 0 */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                s_h_prev[bj] = L_h_1[bj];
-                s_c_prev[bj] = L_c_1[bj];
+        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const double v_b_i = w_b_i[j];
+                const double v_t5 = v_x_w_i + v_b_i;
+                const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                const double v_b_f = w_b_f[j];
+                const double v_t11 = v_x_w_f + v_b_f;
+                const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                const double v_b_c = w_b_c[j];
+                const double v_t18 = v_x_w_c + v_b_c;
+                const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                const double v_b_o = w_b_o[j];
+                const double v_t27 = v_x_w_o + v_b_o;
+                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
+                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
+                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
+                XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
             }
         }
-
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, 1, s_h_prev, H, Ucat_g0, (int)LDS_g0, 0, S_g0, (int)LDS_g0);
-        /* phase 1 */
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                const double v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 0 * (size_t)H + j];
-                const double v_i = fmin(1.0, fmax(0.0, 0.2 * (v_t6) + 0.5));
-                s_i[bj] = v_i;
-                const double v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 1 * (size_t)H + j];
-                const double v_f = fmin(1.0, fmax(0.0, 0.2 * (v_t12) + 0.5));
-                s_f[bj] = v_f;
-                const double v_t14 = v_f * L_c_1[bj];
-                const double v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 2 * (size_t)H + j];
-                const double v_t20 = tanh(v_t19);
-                s_t20[bj] = v_t20;
-                const double v_t21 = v_i * v_t20;
-                const double v_t22 = v_t14 + v_t21;
-                const double v_c_new = v_t22;
-                const double v_t28 = XP[(size_t)r * LDXP + 3 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 3 * (size_t)H + j];
-                const double v_o = fmin(1.0, fmax(0.0, 0.2 * (v_t28) + 0.5));
-                s_o[bj] = v_o;
-                const double v_t30 = tanh(v_c_new);
-                s_t30[bj] = v_t30;
-                const double v_t31 = v_o * v_t30;
-                const double v_h_new = v_t31;
-                if (m) {
-                    L_h_1[bj] = v_h_new;
-                    L_c_1[bj] = v_c_new;
+            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            memset(L_c_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            nreal[b] = 0;
+        }
+
+        for (int t = 0; t < T; t++) {
+            const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            double *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
+            double *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
+            double *s_f = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t12) */
+            double *s_t20 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(t19) */
+            double *s_o = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t28) */
+            double *s_t30 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(c_new) */
+    (void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
+
+            /* phase 0 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    s_h_prev[bj] = L_h_1[bj];
+                    s_c_prev[bj] = L_c_1[bj];
                 }
-                y[(size_t)r * H + j] = L_h_1[bj];
             }
-        }
 
-        for (int b = 0; b < B; b++)
-            nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+#pragma omp barrier
+            /* every thread wrote its units of the operand; GEMM this thread's columns */
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, 4 * (int)nU, H, 1, s_h_prev, H, Ucat_g0 + 4 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 4 * (size_t)j0, (int)LDS_g0);
+            /* phase 1 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const double v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_i = fmin(1.0, fmax(0.0, 0.2 * (v_t6) + 0.5));
+                    s_i[bj] = v_i;
+                    const double v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const double v_f = fmin(1.0, fmax(0.0, 0.2 * (v_t12) + 0.5));
+                    s_f[bj] = v_f;
+                    const double v_t14 = v_f * L_c_1[bj];
+                    const double v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
+                    const double v_t20 = tanh(v_t19);
+                    s_t20[bj] = v_t20;
+                    const double v_t21 = v_i * v_t20;
+                    const double v_t22 = v_t14 + v_t21;
+                    const double v_c_new = v_t22;
+                    const double v_t28 = XP[(size_t)r * LDXP + 3 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+                    const double v_o = fmin(1.0, fmax(0.0, 0.2 * (v_t28) + 0.5));
+                    s_o[bj] = v_o;
+                    const double v_t30 = tanh(v_c_new);
+                    s_t30[bj] = v_t30;
+                    const double v_t31 = v_o * v_t30;
+                    const double v_h_new = v_t31;
+                    if (m) {
+                        L_h_1[bj] = v_h_new;
+                        L_c_1[bj] = v_c_new;
+                    }
+                    y[(size_t)r * H + j] = L_h_1[bj];
+                }
+            }
+
+            for (int b = 0; b < B; b++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+        }
     }
     return RNNGEN_OK;
 }
@@ -694,225 +829,289 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     double *dL_c_1 = p; p += BH;  /* [B,H] its adjoint */
     double *d_c_new = p; p += BH;  /* [B,H] adjoint of new c */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    double *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     double *iXP = p; p += (size_t)B * T * LDXP;
-    double *iSL = p; p += (size_t)NSLOT * BH;
+    double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)L_h_1; (void)dL_h_1;
+    (void)L_c_1; (void)dL_c_1;
+    (void)d_c_new;
+    (void)d_h_new;
 
-    (void)iXW; (void)iXP; (void)iSL; (void)nreal; (void)p; (void)LDXP;
-    (void)S_g0;
-    (void)L_h_1;
-    (void)L_c_1;
-    double *XW = (double *)save;                            /* [B*T, NW*H] x @ Wcat */
-    double *XP = XW + (size_t)B * T * LDXW;          /* [B*T, NR*H] hoisted roots */
-    double *SL = XP + (size_t)B * T * LDXP;          /* [NSLOT, T, B, H] per-step values */
+    const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
+    const double *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
+    double *SL = (double *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    (void)XW; (void)XP; (void)SL;
-    for (int i = 0; i < D; i++)   /* block 0: W_i */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W_i + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < D; i++)   /* block 1: W_f */
-        memcpy(Wcat + (size_t)i * LDXW + 1 * (size_t)H, w_W_f + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < D; i++)   /* block 2: W_c */
-        memcpy(Wcat + (size_t)i * LDXW + 2 * (size_t)H, w_W_c + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < D; i++)   /* block 3: W_o */
-        memcpy(Wcat + (size_t)i * LDXW + 3 * (size_t)H, w_W_o + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U_i + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)H, w_U_f + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 2 * (size_t)H, w_U_c + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 3 * (size_t)H, w_U_o + (size_t)i * H, (size_t)H * sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (4 - 1) * (size_t)j0;
 
-    memset(dw_W_i, 0, (size_t)D * H * sizeof(double));
-    memset(dw_U_i, 0, (size_t)H * H * sizeof(double));
-    memset(dw_b_i, 0, (size_t)H * sizeof(double));
-    memset(dw_W_c, 0, (size_t)D * H * sizeof(double));
-    memset(dw_U_c, 0, (size_t)H * H * sizeof(double));
-    memset(dw_b_c, 0, (size_t)H * sizeof(double));
-    memset(dw_W_f, 0, (size_t)D * H * sizeof(double));
-    memset(dw_U_f, 0, (size_t)H * H * sizeof(double));
-    memset(dw_b_f, 0, (size_t)H * sizeof(double));
-    memset(dw_W_o, 0, (size_t)D * H * sizeof(double));
-    memset(dw_U_o, 0, (size_t)H * H * sizeof(double));
-    memset(dw_b_o, 0, (size_t)H * sizeof(double));
-    memset(dXP, 0, (size_t)B * T * LDXP * sizeof(double));
-    memset(dXW, 0, (size_t)B * T * LDXW * sizeof(double));
-    memset(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(double));
-    memset(dL_h_1, 0, BH * sizeof(double));
-    memset(dL_c_1, 0, BH * sizeof(double));
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W_i */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W_i + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < D; i++)   /* block 1: W_f */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_f + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < D; i++)   /* block 2: W_c */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < D; i++)   /* block 3: W_o */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 0 * nU, w_U_i + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 1 * nU, w_U_f + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 2 * nU, w_U_c + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 3 * nU, w_U_o + (size_t)i * H + j0, nU * sizeof(double));
+        }
 
-    for (int t = T - 1; t >= t0; t--) {
-        const size_t ts = (size_t)t;
-        double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        double *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
-        double *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
-        double *s_f = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t12) */
-        double *s_t20 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(t19) */
-        double *s_o = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t28) */
-        double *s_t30 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
-
-
-        /* dy reaches the carried output at every step; at a real step the
-         * registers shift back and the new states receive their adjoints */
+        /* zero this thread's units of every weight gradient and accumulator */
+        for (int i = 0; i < D; i++)
+            memset(dw_W_i + (size_t)i * H + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_i + (size_t)i * H + j0, 0, nU * sizeof(double));
+        memset(dw_b_i + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < D; i++)
+            memset(dw_W_c + (size_t)i * H + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_c + (size_t)i * H + j0, 0, nU * sizeof(double));
+        memset(dw_b_c + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < D; i++)
+            memset(dw_W_f + (size_t)i * H + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_f + (size_t)i * H + j0, 0, nU * sizeof(double));
+        memset(dw_b_f + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < D; i++)
+            memset(dw_W_o + (size_t)i * H + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_o + (size_t)i * H + j0, 0, nU * sizeof(double));
+        memset(dw_b_o + j0, 0, nU * sizeof(double));
+        for (size_t r = 0; r < (size_t)B * T; r++)
+            for (int k = 0; k < NR; k++)
+                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(double));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g0 + r * LDS_g0 + 4 * (size_t)j0, 0, 4 * nU * sizeof(double));
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                dL_h_1[bj] += dy[r * H + j];
-                d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
-                if (m) {
-                    dL_h_1[bj] = 0.0;
-                }
-                d_c_new[bj] = m ? dL_c_1[bj] : 0.0;
-                if (m) {
-                    dL_c_1[bj] = 0.0;
+            memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            memset(dL_c_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+        }
+
+        for (int t = T - 1; t >= t0; t--) {
+            const size_t ts = (size_t)t;
+            double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            double *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
+            double *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
+            double *s_f = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t12) */
+            double *s_t20 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(t19) */
+            double *s_o = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t28) */
+            double *s_t30 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(c_new) */
+    (void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
+
+            /* dy reaches the carried output at every step; at a real step the
+             * registers shift back and the new states receive their adjoints */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    dL_h_1[bj] += dy[r * H + j];
+                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
+                    if (m) {
+                        dL_h_1[bj] = 0.0;
+                    }
+                    d_c_new[bj] = m ? dL_c_1[bj] : 0.0;
+                    if (m) {
+                        dL_c_1[bj] = 0.0;
+                    }
                 }
             }
+
+            /* phase 1, reversed */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+                if (!m) continue;                     /* padded rows contribute nothing */
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    double g_h_prev_u_i = 0.0;
+                    double g_t6 = 0.0;
+                    double g_i = 0.0;
+                    double g_h_prev_u_f = 0.0;
+                    double g_t12 = 0.0;
+                    double g_f = 0.0;
+                    double g_t14 = 0.0;
+                    double g_h_prev_u_c = 0.0;
+                    double g_t19 = 0.0;
+                    double g_t20 = 0.0;
+                    double g_t21 = 0.0;
+                    double g_t22 = 0.0;
+                    double g_c_new = d_c_new[bj];
+                    double g_h_prev_u_o = 0.0;
+                    double g_t28 = 0.0;
+                    double g_o = 0.0;
+                    double g_t30 = 0.0;
+                    double g_t31 = 0.0;
+                    double g_h_new = d_h_new[bj];
+                    g_t31 += g_h_new;
+                    g_o += g_t31 * (s_t30[bj]);
+                    g_t30 += g_t31 * (s_o[bj]);
+                    g_c_new += g_t30 * ((1.0 - s_t30[bj] * s_t30[bj]));
+                    g_t28 += g_o * (((s_o[bj]) > 0.0 && (s_o[bj]) < 1.0 ? 0.2 : 0.0));
+                    dXP[(size_t)r * LDXP + 3 * (size_t)H + j] += g_t28;
+                    g_h_prev_u_o += g_t28;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
+                    g_t22 += g_c_new;
+                    g_t14 += g_t22;
+                    g_t21 += g_t22;
+                    g_i += g_t21 * (s_t20[bj]);
+                    g_t20 += g_t21 * (s_i[bj]);
+                    g_t19 += g_t20 * ((1.0 - s_t20[bj] * s_t20[bj]));
+                    dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t19;
+                    g_h_prev_u_c += g_t19;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
+                    g_f += g_t14 * (s_c_prev[bj]);
+                    dL_c_1[bj] += g_t14 * (s_f[bj]);
+                    g_t12 += g_f * (((s_f[bj]) > 0.0 && (s_f[bj]) < 1.0 ? 0.2 : 0.0));
+                    dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t12;
+                    g_h_prev_u_f += g_t12;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
+                    g_t6 += g_i * (((s_i[bj]) > 0.0 && (s_i[bj]) < 1.0 ? 0.2 : 0.0));
+                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t6;
+                    g_h_prev_u_i += g_t6;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+                }
+            }
+
+#pragma omp barrier
+            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, dL_h_1 + j0, H);
         }
 
-        /* phase 1, reversed (padded rows contribute nothing) */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                if (!m) continue;
-                double g_h_prev_u_i = 0.0;
-                double g_t6 = 0.0;
-                double g_i = 0.0;
-                double g_h_prev_u_f = 0.0;
-                double g_t12 = 0.0;
-                double g_f = 0.0;
-                double g_t14 = 0.0;
-                double g_h_prev_u_c = 0.0;
-                double g_t19 = 0.0;
-                double g_t20 = 0.0;
-                double g_t21 = 0.0;
-                double g_t22 = 0.0;
-                double g_c_new = d_c_new[bj];
-                double g_h_prev_u_o = 0.0;
-                double g_t28 = 0.0;
-                double g_o = 0.0;
-                double g_t30 = 0.0;
-                double g_t31 = 0.0;
-                double g_h_new = d_h_new[bj];
-                g_t31 += g_h_new;
-                g_o += g_t31 * (s_t30[bj]);
-                g_t30 += g_t31 * (s_o[bj]);
-                g_c_new += g_t30 * ((1.0 - s_t30[bj] * s_t30[bj]));
-                g_t28 += g_o * (((s_o[bj]) > 0.0 && (s_o[bj]) < 1.0 ? 0.2 : 0.0));
-                dXP[(size_t)r * LDXP + 3 * (size_t)H + j] += g_t28;
-                g_h_prev_u_o += g_t28;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 3 * (size_t)H + j] = g_h_prev_u_o;
-                g_t22 += g_c_new;
-                g_t14 += g_t22;
-                g_t21 += g_t22;
-                g_i += g_t21 * (s_t20[bj]);
-                g_t20 += g_t21 * (s_i[bj]);
-                g_t19 += g_t20 * ((1.0 - s_t20[bj] * s_t20[bj]));
-                dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t19;
-                g_h_prev_u_c += g_t19;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 2 * (size_t)H + j] = g_h_prev_u_c;
-                g_f += g_t14 * (s_c_prev[bj]);
-                dL_c_1[bj] += g_t14 * (s_f[bj]);
-                g_t12 += g_f * (((s_f[bj]) > 0.0 && (s_f[bj]) < 1.0 ? 0.2 : 0.0));
-                dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t12;
-                g_h_prev_u_f += g_t12;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 1 * (size_t)H + j] = g_h_prev_u_f;
-                g_t6 += g_i * (((s_i[bj]) > 0.0 && (s_i[bj]) < 1.0 ? 0.2 : 0.0));
-                dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t6;
-                g_h_prev_u_i += g_t6;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 0 * (size_t)H + j] = g_h_prev_u_i;
+        if (nU > 0) {
+            /* recurrent weight gradients, this thread's columns: one GEMM per group */
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 4 * (int)nU, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + 4 * (size_t)j0, (int)LDS_g0, 0, dUcat_g0 + 4 * (size_t)j0, (int)LDS_g0);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_i[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_f[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 1 * nU + j];
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_c[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 2 * nU + j];
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_o[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 3 * nU + j];
+        }
+
+        /* hoisted part, reversed: dXW and the bias gradients */
+        for (size_t r = 0; r < (size_t)B * T; r++) {
+            const int t = (int)(r % (size_t)T);
+            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
+                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+                continue;
+            }
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const double v_b_i = w_b_i[j];
+                const double v_t5 = v_x_w_i + v_b_i;
+                const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                const double v_b_f = w_b_f[j];
+                const double v_t11 = v_x_w_f + v_b_f;
+                const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                const double v_b_c = w_b_c[j];
+                const double v_t18 = v_x_w_c + v_b_c;
+                const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                const double v_b_o = w_b_o[j];
+                const double v_t27 = v_x_w_o + v_b_o;
+                (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
+                double g_x_w_i = 0.0;
+                double g_b_i = 0.0;
+                double g_t5 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
+                double g_x_w_f = 0.0;
+                double g_b_f = 0.0;
+                double g_t11 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
+                double g_x_w_c = 0.0;
+                double g_b_c = 0.0;
+                double g_t18 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
+                double g_x_w_o = 0.0;
+                double g_b_o = 0.0;
+                double g_t27 = dXP[(size_t)r * LDXP + 3 * (size_t)H + j];
+                g_x_w_o += g_t27;
+                g_b_o += g_t27;
+                dw_b_o[j] += g_b_o;
+                dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
+                g_x_w_c += g_t18;
+                g_b_c += g_t18;
+                dw_b_c[j] += g_b_c;
+                dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
+                g_x_w_f += g_t11;
+                g_b_f += g_t11;
+                dw_b_f[j] += g_b_f;
+                dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
+                g_x_w_i += g_t5;
+                g_b_i += g_t5;
+                dw_b_i[j] += g_b_i;
+                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
             }
         }
-
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0, (int)LDS_g0, 1, dL_h_1, H);
-    }
-
-    /* recurrent weight gradients: one GEMM per group over the steps reached */
-    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0, (int)LDS_g0, 0, dUcat_g0, (int)LDS_g0);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_i[i * H + j] += dUcat_g0[i * LDS_g0 + 0 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_f[i * H + j] += dUcat_g0[i * LDS_g0 + 1 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_c[i * H + j] += dUcat_g0[i * LDS_g0 + 2 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_o[i * H + j] += dUcat_g0[i * LDS_g0 + 3 * (size_t)H + j];
-
-    /* hoisted part, reversed: dXW and the bias gradients */
-    for (size_t r = 0; r < (size_t)B * T; r++) {
-        const int t = (int)(r % (size_t)T);
-        if (t < t0 || (mask && !mask[r])) continue;
-        for (int j = 0; j < H; j++) {
-            const double v_x_w_i = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const double v_b_i = w_b_i[j];
-            const double v_t5 = v_x_w_i + v_b_i;
-            const double v_x_w_f = XW[(size_t)r * LDXW + 1 * (size_t)H + j];
-            const double v_b_f = w_b_f[j];
-            const double v_t11 = v_x_w_f + v_b_f;
-            const double v_x_w_c = XW[(size_t)r * LDXW + 2 * (size_t)H + j];
-            const double v_b_c = w_b_c[j];
-            const double v_t18 = v_x_w_c + v_b_c;
-            const double v_x_w_o = XW[(size_t)r * LDXW + 3 * (size_t)H + j];
-            const double v_b_o = w_b_o[j];
-            const double v_t27 = v_x_w_o + v_b_o;
-            (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
-            double g_x_w_i = 0.0;
-            double g_b_i = 0.0;
-            double g_t5 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-            double g_x_w_f = 0.0;
-            double g_b_f = 0.0;
-            double g_t11 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
-            double g_x_w_c = 0.0;
-            double g_b_c = 0.0;
-            double g_t18 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
-            double g_x_w_o = 0.0;
-            double g_b_o = 0.0;
-            double g_t27 = dXP[(size_t)r * LDXP + 3 * (size_t)H + j];
-            g_x_w_o += g_t27;
-            g_b_o += g_t27;
-            dw_b_o[j] += g_b_o;
-            dXW[(size_t)r * LDXW + 3 * (size_t)H + j] = g_x_w_o;
-            g_x_w_c += g_t18;
-            g_b_c += g_t18;
-            dw_b_c[j] += g_b_c;
-            dXW[(size_t)r * LDXW + 2 * (size_t)H + j] = g_x_w_c;
-            g_x_w_f += g_t11;
-            g_b_f += g_t11;
-            dw_b_f[j] += g_b_f;
-            dXW[(size_t)r * LDXW + 1 * (size_t)H + j] = g_x_w_f;
-            g_x_w_i += g_t5;
-            g_b_i += g_t5;
-            dw_b_i[j] += g_b_i;
-            dXW[(size_t)r * LDXW + 0 * (size_t)H + j] = g_x_w_i;
+        if (nU > 0) {
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W_i[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W_f[i * H + j] += dWcat[i * LDXW + OFFW + 1 * nU + j];
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W_c[i * H + j] += dWcat[i * LDXW + OFFW + 2 * nU + j];
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W_o[i * H + j] += dWcat[i * LDXW + OFFW + 3 * nU + j];
         }
+#pragma omp barrier
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
+        int d0, d1;
+        rnngen_share(D, 1, tid, nt, &d0, &d1);
+        if (d1 > d0)
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
     }
-    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, 1, x, D, dXW, (int)LDXW, 0, dWcat, (int)LDXW);
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W_i[i * H + j] += dWcat[i * LDXW + 0 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W_f[i * H + j] += dWcat[i * LDXW + 1 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W_c[i * H + j] += dWcat[i * LDXW + 2 * (size_t)H + j];
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W_o[i * H + j] += dWcat[i * LDXW + 3 * (size_t)H + j];
-    RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, 1, dXW, (int)LDXW, Wcat, (int)LDXW, 0, dx, D);
     return RNNGEN_OK;
 }

@@ -11,6 +11,10 @@
  * backward (save_size) and of the scratch both need (work_size). */
 int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long long *work_size);
 
+/* Threads the kernels use: n > 0 exactly n (at most one per 16 hidden units),
+ * 0 OpenMP's count (OMP_NUM_THREADS, else one per core).  RNNGEN_EDIM if n < 0. */
+int rnngen_lstm_set_threads(int n);
+
 /* Forward over all steps.  save == NULL: inference (nothing kept for backward). */
 int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     const float *x, const unsigned char *mask,

@@ -10,6 +10,7 @@
  */
 #include <string.h>
 #include <math.h>
+#include <omp.h>
 #include "simpledeeprnn.h"
 
 #define NW 1     /* blocks of the input GEMM */
@@ -24,12 +25,20 @@ int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size,
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
     *save_size = (long long)((size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * T * BH);
-    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * BH + (size_t)B;
+    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * 2 * BH
+             + (size_t)RNNGEN_MAX_THREADS * B;
     n += (2 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H;   /* g0 */
     n += (2 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H;   /* g1 */
     n += (2 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H;   /* g2 */
     n += (size_t)(6 + 1) * BH;
     *work_size = (long long)n;
+    return RNNGEN_OK;
+}
+
+int rnngen_simpledeeprnn_set_threads(int n)
+{
+    if (n < 0) return RNNGEN_EDIM;
+    rnngen_thread_count = n;
     return RNNGEN_OK;
 }
 
@@ -54,7 +63,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
-    const int Teff = save ? T : 1;   /* inference keeps one step of slots */
+    const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
@@ -77,117 +86,152 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     float *L_h_3 = p; p += BH;   /* [B,H] h, 3 real step(s) back */
     float *dL_h_3 = p; p += BH;  /* [B,H] its adjoint */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    float *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     float *iXP = p; p += (size_t)B * T * LDXP;
-    float *iSL = p; p += (size_t)NSLOT * BH;
+    float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
-
-    (void)dXW; (void)dXP; (void)LDXP; (void)p;
-    (void)dWcat;
-    (void)dUcat_g0; (void)dS_g0;
-    (void)dUcat_g1; (void)dS_g1;
-    (void)dUcat_g2; (void)dS_g2;
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Ucat_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
+    (void)Ucat_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
+    (void)L_h_1; (void)dL_h_1;
+    (void)L_h_2; (void)dL_h_2;
+    (void)L_h_3; (void)dL_h_3;
     (void)d_h_new;
-    (void)dL_h_1;
-    (void)dL_h_2;
-    (void)dL_h_3;
+
     float *XW = save ? save : iXW;
     float *XP = save ? save + (size_t)B * T * LDXW : iXP;
     float *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)XP;
-    for (int i = 0; i < D; i++)   /* block 0: W */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U_1 */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U_1 + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g1 block 0: U_2 */
-        memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 0 * (size_t)H, w_U_2 + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g2 block 0: U_3 */
-        memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 0 * (size_t)H, w_U_3 + (size_t)i * H, (size_t)H * sizeof(float));
+    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    /* input GEMM for all steps */
-    RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, 1, x, D, Wcat, (int)LDXW, 0, XW, (int)LDXW);
-    for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
-        for (int j = 0; j < H; j++) {
-            const float v_x_w = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const float v_b = w_b[j];
-            const float v_t23 = v_x_w + v_b;
-            XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+        const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+        const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+
+        float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U_1 */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U_1 + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g1 block 0: U_2 */
+                memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 1 * (size_t)j0 + 0 * nU, w_U_2 + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g2 block 0: U_3 */
+                memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 1 * (size_t)j0 + 0 * nU, w_U_3 + (size_t)i * H + j0, nU * sizeof(float));
         }
-    }
-    memset(L_h_1, 0, BH * sizeof(float));
-    memset(L_h_2, 0, BH * sizeof(float));
-    memset(L_h_3, 0, BH * sizeof(float));
-    memset(nreal, 0, (size_t)B * sizeof(float));
 
-    for (int t = 0; t < T; t++) {
-        const size_t ts = save ? (size_t)t : 0;
-        float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        float *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
-        float *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-        float *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-        float *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
-        float *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-        float *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-        float *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
-        float *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-        float *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-(void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
-
-
-        /* phase 0 */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                s_h_prev[bj] = L_h_1[bj];
-                s_started1[bj] = (nreal[b] >= 1 ? 1.0f : 0.0f);
-                s_h_lag2[bj] = L_h_2[bj];
-                s_started2[bj] = (nreal[b] >= 2 ? 1.0f : 0.0f);
-                s_h_lag3[bj] = L_h_3[bj];
-                s_started3[bj] = (nreal[b] >= 3 ? 1.0f : 0.0f);
+        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const float v_b = w_b[j];
+                const float v_t23 = v_x_w + v_b;
+                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
             }
         }
-
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, 1, s_h_prev, H, Ucat_g0, (int)LDS_g0, 0, S_g0, (int)LDS_g0);
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, (int)LDS_g1, H, 1, s_h_lag2, H, Ucat_g1, (int)LDS_g1, 0, S_g1, (int)LDS_g1);
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, (int)LDS_g2, H, 1, s_h_lag3, H, Ucat_g2, (int)LDS_g2, 0, S_g2, (int)LDS_g2);
-        /* phase 1 */
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                const float v_t7 = fminf(1.0f, fmaxf(0.0f, 0.2f * (S_g0[(size_t)b * LDS_g0 + 0 * (size_t)H + j]) + 0.5f));
-                s_t7[bj] = v_t7;
-                const float v_t8 = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_t7;
-                const float v_t14 = fminf(1.0f, fmaxf(0.0f, 0.2f * (S_g1[(size_t)b * LDS_g1 + 0 * (size_t)H + j]) + 0.5f));
-                s_t14[bj] = v_t14;
-                const float v_t15 = (nreal[b] >= 2 ? 1.0f : 0.0f) * v_t14;
-                const float v_t21 = fminf(1.0f, fmaxf(0.0f, 0.2f * (S_g2[(size_t)b * LDS_g2 + 0 * (size_t)H + j]) + 0.5f));
-                s_t21[bj] = v_t21;
-                const float v_t22 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_t21;
-                const float v_t24 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + v_t8;
-                const float v_t25 = v_t24 + v_t15;
-                const float v_t26 = v_t25 + v_t22;
-                const float v_t27 = 1.0f / (1.0f + expf(-(v_t26)));
-                s_t27[bj] = v_t27;
-                const float v_h_new = v_t27;
-                if (m) {
-                    L_h_3[bj] = L_h_2[bj];
-                    L_h_2[bj] = L_h_1[bj];
-                    L_h_1[bj] = v_h_new;
+            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            memset(L_h_3 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            nreal[b] = 0;
+        }
+
+        for (int t = 0; t < T; t++) {
+            const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            float *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
+            float *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+            float *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+            float *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
+            float *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+            float *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+            float *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
+            float *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+            float *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+    (void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
+
+
+            /* phase 0 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    s_h_prev[bj] = L_h_1[bj];
+                    s_started1[bj] = (nreal[b] >= 1 ? 1.0f : 0.0f);
+                    s_h_lag2[bj] = L_h_2[bj];
+                    s_started2[bj] = (nreal[b] >= 2 ? 1.0f : 0.0f);
+                    s_h_lag3[bj] = L_h_3[bj];
+                    s_started3[bj] = (nreal[b] >= 3 ? 1.0f : 0.0f);
                 }
-                y[(size_t)r * H + j] = L_h_1[bj];
             }
-        }
 
-        for (int b = 0; b < B; b++)
-            nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+#pragma omp barrier
+            /* every thread wrote its units of the operand; GEMM this thread's columns */
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_prev, H, Ucat_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_lag2, H, Ucat_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, S_g1 + 1 * (size_t)j0, (int)LDS_g1);
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_lag3, H, Ucat_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, S_g2 + 1 * (size_t)j0, (int)LDS_g2);
+            /* phase 1 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const float v_t7 = fminf(1.0f, fmaxf(0.0f, 0.2f * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5f));
+                    s_t7[bj] = v_t7;
+                    const float v_t8 = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_t7;
+                    const float v_t14 = fminf(1.0f, fmaxf(0.0f, 0.2f * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5f));
+                    s_t14[bj] = v_t14;
+                    const float v_t15 = (nreal[b] >= 2 ? 1.0f : 0.0f) * v_t14;
+                    const float v_t21 = fminf(1.0f, fmaxf(0.0f, 0.2f * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5f));
+                    s_t21[bj] = v_t21;
+                    const float v_t22 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_t21;
+                    const float v_t24 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + v_t8;
+                    const float v_t25 = v_t24 + v_t15;
+                    const float v_t26 = v_t25 + v_t22;
+                    const float v_t27 = 1.0f / (1.0f + rnngen_expf(-(v_t26)));
+                    s_t27[bj] = v_t27;
+                    const float v_h_new = v_t27;
+                    if (m) {
+                        L_h_3[bj] = L_h_2[bj];
+                        L_h_2[bj] = L_h_1[bj];
+                        L_h_1[bj] = v_h_new;
+                    }
+                    y[(size_t)r * H + j] = L_h_1[bj];
+                }
+            }
+
+            for (int b = 0; b < B; b++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+        }
     }
     return RNNGEN_OK;
 }
@@ -242,165 +286,228 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     float *L_h_3 = p; p += BH;   /* [B,H] h, 3 real step(s) back */
     float *dL_h_3 = p; p += BH;  /* [B,H] its adjoint */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    float *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     float *iXP = p; p += (size_t)B * T * LDXP;
-    float *iSL = p; p += (size_t)NSLOT * BH;
+    float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Ucat_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
+    (void)Ucat_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
+    (void)L_h_1; (void)dL_h_1;
+    (void)L_h_2; (void)dL_h_2;
+    (void)L_h_3; (void)dL_h_3;
+    (void)d_h_new;
 
-    (void)iXW; (void)iXP; (void)iSL; (void)nreal; (void)p; (void)LDXP;
-    (void)S_g0;
-    (void)S_g1;
-    (void)S_g2;
-    (void)L_h_1;
-    (void)L_h_2;
-    (void)L_h_3;
-    float *XW = (float *)save;                            /* [B*T, NW*H] x @ Wcat */
-    float *XP = XW + (size_t)B * T * LDXW;          /* [B*T, NR*H] hoisted roots */
-    float *SL = XP + (size_t)B * T * LDXP;          /* [NSLOT, T, B, H] per-step values */
+    const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
+    const float *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
+    float *SL = (float *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    (void)XW; (void)XP; (void)SL;
-    for (int i = 0; i < D; i++)   /* block 0: W */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U_1 */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U_1 + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g1 block 0: U_2 */
-        memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 0 * (size_t)H, w_U_2 + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g2 block 0: U_3 */
-        memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 0 * (size_t)H, w_U_3 + (size_t)i * H, (size_t)H * sizeof(float));
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+        const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+        const size_t OFF_g2 = (1 - 1) * (size_t)j0;
 
-    memset(dw_W, 0, (size_t)D * H * sizeof(float));
-    memset(dw_U_1, 0, (size_t)H * H * sizeof(float));
-    memset(dw_U_2, 0, (size_t)H * H * sizeof(float));
-    memset(dw_U_3, 0, (size_t)H * H * sizeof(float));
-    memset(dw_b, 0, (size_t)H * sizeof(float));
-    memset(dXP, 0, (size_t)B * T * LDXP * sizeof(float));
-    memset(dXW, 0, (size_t)B * T * LDXW * sizeof(float));
-    memset(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(float));
-    memset(dS_g1, 0, (size_t)T * B * LDS_g1 * sizeof(float));
-    memset(dS_g2, 0, (size_t)T * B * LDS_g2 * sizeof(float));
-    memset(dL_h_1, 0, BH * sizeof(float));
-    memset(dL_h_2, 0, BH * sizeof(float));
-    memset(dL_h_3, 0, BH * sizeof(float));
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U_1 */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U_1 + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g1 block 0: U_2 */
+                memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 1 * (size_t)j0 + 0 * nU, w_U_2 + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g2 block 0: U_3 */
+                memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 1 * (size_t)j0 + 0 * nU, w_U_3 + (size_t)i * H + j0, nU * sizeof(float));
+        }
 
-    for (int t = T - 1; t >= t0; t--) {
-        const size_t ts = (size_t)t;
-        float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        float *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
-        float *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-        float *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-        float *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
-        float *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-        float *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-        float *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
-        float *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-        float *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-(void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
-
-
-        /* dy reaches the carried output at every step; at a real step the
-         * registers shift back and the new states receive their adjoints */
+        /* zero this thread's units of every weight gradient and accumulator */
+        for (int i = 0; i < D; i++)
+            memset(dw_W + (size_t)i * H + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_1 + (size_t)i * H + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_2 + (size_t)i * H + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_3 + (size_t)i * H + j0, 0, nU * sizeof(float));
+        memset(dw_b + j0, 0, nU * sizeof(float));
+        for (size_t r = 0; r < (size_t)B * T; r++)
+            for (int k = 0; k < NR; k++)
+                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(float));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g1 + r * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g2 + r * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                dL_h_1[bj] += dy[r * H + j];
-                d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
-                if (m) {
-                    dL_h_1[bj] = dL_h_2[bj];
-                    dL_h_2[bj] = dL_h_3[bj];
-                    dL_h_3[bj] = 0.0f;
+            memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(float));
+        }
+
+        for (int t = T - 1; t >= t0; t--) {
+            const size_t ts = (size_t)t;
+            float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            float *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
+            float *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+            float *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+            float *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
+            float *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+            float *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+            float *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
+            float *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+            float *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+    (void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
+
+
+            /* dy reaches the carried output at every step; at a real step the
+             * registers shift back and the new states receive their adjoints */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    dL_h_1[bj] += dy[r * H + j];
+                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
+                    if (m) {
+                        dL_h_1[bj] = dL_h_2[bj];
+                        dL_h_2[bj] = dL_h_3[bj];
+                        dL_h_3[bj] = 0.0f;
+                    }
                 }
             }
+
+            /* phase 1, reversed */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+                if (!m) continue;                     /* padded rows contribute nothing */
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    float g_h_prev_u_1 = 0.0f;
+                    float g_t7 = 0.0f;
+                    float g_t8 = 0.0f;
+                    float g_h_lag2_u_2 = 0.0f;
+                    float g_t14 = 0.0f;
+                    float g_t15 = 0.0f;
+                    float g_h_lag3_u_3 = 0.0f;
+                    float g_t21 = 0.0f;
+                    float g_t22 = 0.0f;
+                    float g_t24 = 0.0f;
+                    float g_t25 = 0.0f;
+                    float g_t26 = 0.0f;
+                    float g_t27 = 0.0f;
+                    float g_h_new = d_h_new[bj];
+                    g_t27 += g_h_new;
+                    g_t26 += g_t27 * (s_t27[bj] * (1.0f - s_t27[bj]));
+                    g_t25 += g_t26;
+                    g_t22 += g_t26;
+                    g_t24 += g_t25;
+                    g_t15 += g_t25;
+                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t24;
+                    g_t8 += g_t24;
+                    g_t21 += g_t22 * (s_started3[bj]);
+                    g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0f && (s_t21[bj]) < 1.0f ? 0.2f : 0.0f));
+                    dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
+                    g_t14 += g_t15 * (s_started2[bj]);
+                    g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0f && (s_t14[bj]) < 1.0f ? 0.2f : 0.0f));
+                    dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
+                    g_t7 += g_t8 * (s_started1[bj]);
+                    g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0f && (s_t7[bj]) < 1.0f ? 0.2f : 0.0f));
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                }
+            }
+
+#pragma omp barrier
+            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, dL_h_1 + j0, H);
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g1, 1, dS_g1 + (size_t)t * B * LDS_g1, (int)LDS_g1, Ucat_g1 + (size_t)j0 * LDS_g1, (int)LDS_g1, 1, dL_h_2 + j0, H);
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g2, 1, dS_g2 + (size_t)t * B * LDS_g2, (int)LDS_g2, Ucat_g2 + (size_t)j0 * LDS_g2, (int)LDS_g2, 1, dL_h_3 + j0, H);
         }
 
-        /* phase 1, reversed (padded rows contribute nothing) */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                if (!m) continue;
-                float g_h_prev_u_1 = 0.0f;
-                float g_t7 = 0.0f;
-                float g_t8 = 0.0f;
-                float g_h_lag2_u_2 = 0.0f;
-                float g_t14 = 0.0f;
-                float g_t15 = 0.0f;
-                float g_h_lag3_u_3 = 0.0f;
-                float g_t21 = 0.0f;
-                float g_t22 = 0.0f;
-                float g_t24 = 0.0f;
-                float g_t25 = 0.0f;
-                float g_t26 = 0.0f;
-                float g_t27 = 0.0f;
-                float g_h_new = d_h_new[bj];
-                g_t27 += g_h_new;
-                g_t26 += g_t27 * (s_t27[bj] * (1.0f - s_t27[bj]));
-                g_t25 += g_t26;
-                g_t22 += g_t26;
-                g_t24 += g_t25;
-                g_t15 += g_t25;
-                dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t24;
-                g_t8 += g_t24;
-                g_t21 += g_t22 * (s_started3[bj]);
-                g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0f && (s_t21[bj]) < 1.0f ? 0.2f : 0.0f));
-                dS_g2[((size_t)t * B + b) * LDS_g2 + 0 * (size_t)H + j] = g_h_lag3_u_3;
-                g_t14 += g_t15 * (s_started2[bj]);
-                g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0f && (s_t14[bj]) < 1.0f ? 0.2f : 0.0f));
-                dS_g1[((size_t)t * B + b) * LDS_g1 + 0 * (size_t)H + j] = g_h_lag2_u_2;
-                g_t7 += g_t8 * (s_started1[bj]);
-                g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0f && (s_t7[bj]) < 1.0f ? 0.2f : 0.0f));
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 0 * (size_t)H + j] = g_h_prev_u_1;
+        if (nU > 0) {
+            /* recurrent weight gradients, this thread's columns: one GEMM per group */
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, dUcat_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_1[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (3 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, dUcat_g1 + 1 * (size_t)j0, (int)LDS_g1);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_2[i * H + j] += dUcat_g1[i * LDS_g1 + OFF_g1 + 0 * nU + j];
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (6 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, dUcat_g2 + 1 * (size_t)j0, (int)LDS_g2);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_3[i * H + j] += dUcat_g2[i * LDS_g2 + OFF_g2 + 0 * nU + j];
+        }
+
+        /* hoisted part, reversed: dXW and the bias gradients */
+        for (size_t r = 0; r < (size_t)B * T; r++) {
+            const int t = (int)(r % (size_t)T);
+            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
+                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+                continue;
+            }
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const float v_b = w_b[j];
+                const float v_t23 = v_x_w + v_b;
+                (void)v_x_w; (void)v_b; (void)v_t23;
+                float g_x_w = 0.0f;
+                float g_b = 0.0f;
+                float g_t23 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
+                g_x_w += g_t23;
+                g_b += g_t23;
+                dw_b[j] += g_b;
+                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
             }
         }
-
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0, (int)LDS_g0, 1, dL_h_1, H);
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, 1, dS_g1 + (size_t)t * B * LDS_g1, (int)LDS_g1, Ucat_g1, (int)LDS_g1, 1, dL_h_2, H);
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g2, 1, dS_g2 + (size_t)t * B * LDS_g2, (int)LDS_g2, Ucat_g2, (int)LDS_g2, 1, dL_h_3, H);
-    }
-
-    /* recurrent weight gradients: one GEMM per group over the steps reached */
-    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0, (int)LDS_g0, 0, dUcat_g0, (int)LDS_g0);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_1[i * H + j] += dUcat_g0[i * LDS_g0 + 0 * (size_t)H + j];
-    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, (int)LDS_g1, (T - t0) * B, 1, SL + (3 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1, (int)LDS_g1, 0, dUcat_g1, (int)LDS_g1);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_2[i * H + j] += dUcat_g1[i * LDS_g1 + 0 * (size_t)H + j];
-    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, (int)LDS_g2, (T - t0) * B, 1, SL + (6 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2, (int)LDS_g2, 0, dUcat_g2, (int)LDS_g2);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_3[i * H + j] += dUcat_g2[i * LDS_g2 + 0 * (size_t)H + j];
-
-    /* hoisted part, reversed: dXW and the bias gradients */
-    for (size_t r = 0; r < (size_t)B * T; r++) {
-        const int t = (int)(r % (size_t)T);
-        if (t < t0 || (mask && !mask[r])) continue;
-        for (int j = 0; j < H; j++) {
-            const float v_x_w = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const float v_b = w_b[j];
-            const float v_t23 = v_x_w + v_b;
-            (void)v_x_w; (void)v_b; (void)v_t23;
-            float g_x_w = 0.0f;
-            float g_b = 0.0f;
-            float g_t23 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-            g_x_w += g_t23;
-            g_b += g_t23;
-            dw_b[j] += g_b;
-            dXW[(size_t)r * LDXW + 0 * (size_t)H + j] = g_x_w;
+        if (nU > 0) {
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
         }
+#pragma omp barrier
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
+        int d0, d1;
+        rnngen_share(D, 1, tid, nt, &d0, &d1);
+        if (d1 > d0)
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
     }
-    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, 1, x, D, dXW, (int)LDXW, 0, dWcat, (int)LDXW);
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W[i * H + j] += dWcat[i * LDXW + 0 * (size_t)H + j];
-    RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, 1, dXW, (int)LDXW, Wcat, (int)LDXW, 0, dx, D);
     return RNNGEN_OK;
 }
 
@@ -425,7 +532,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
-    const int Teff = save ? T : 1;   /* inference keeps one step of slots */
+    const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
@@ -448,117 +555,152 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     double *L_h_3 = p; p += BH;   /* [B,H] h, 3 real step(s) back */
     double *dL_h_3 = p; p += BH;  /* [B,H] its adjoint */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    double *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     double *iXP = p; p += (size_t)B * T * LDXP;
-    double *iSL = p; p += (size_t)NSLOT * BH;
+    double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
-
-    (void)dXW; (void)dXP; (void)LDXP; (void)p;
-    (void)dWcat;
-    (void)dUcat_g0; (void)dS_g0;
-    (void)dUcat_g1; (void)dS_g1;
-    (void)dUcat_g2; (void)dS_g2;
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Ucat_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
+    (void)Ucat_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
+    (void)L_h_1; (void)dL_h_1;
+    (void)L_h_2; (void)dL_h_2;
+    (void)L_h_3; (void)dL_h_3;
     (void)d_h_new;
-    (void)dL_h_1;
-    (void)dL_h_2;
-    (void)dL_h_3;
+
     double *XW = save ? save : iXW;
     double *XP = save ? save + (size_t)B * T * LDXW : iXP;
     double *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)XP;
-    for (int i = 0; i < D; i++)   /* block 0: W */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U_1 */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U_1 + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g1 block 0: U_2 */
-        memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 0 * (size_t)H, w_U_2 + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g2 block 0: U_3 */
-        memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 0 * (size_t)H, w_U_3 + (size_t)i * H, (size_t)H * sizeof(double));
+    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    /* input GEMM for all steps */
-    RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, 1, x, D, Wcat, (int)LDXW, 0, XW, (int)LDXW);
-    for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
-        for (int j = 0; j < H; j++) {
-            const double v_x_w = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const double v_b = w_b[j];
-            const double v_t23 = v_x_w + v_b;
-            XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+        const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+        const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+
+        double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U_1 */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U_1 + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g1 block 0: U_2 */
+                memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 1 * (size_t)j0 + 0 * nU, w_U_2 + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g2 block 0: U_3 */
+                memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 1 * (size_t)j0 + 0 * nU, w_U_3 + (size_t)i * H + j0, nU * sizeof(double));
         }
-    }
-    memset(L_h_1, 0, BH * sizeof(double));
-    memset(L_h_2, 0, BH * sizeof(double));
-    memset(L_h_3, 0, BH * sizeof(double));
-    memset(nreal, 0, (size_t)B * sizeof(double));
 
-    for (int t = 0; t < T; t++) {
-        const size_t ts = save ? (size_t)t : 0;
-        double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        double *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
-        double *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-        double *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-        double *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
-        double *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-        double *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-        double *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
-        double *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-        double *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-(void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
-
-
-        /* phase 0 */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                s_h_prev[bj] = L_h_1[bj];
-                s_started1[bj] = (nreal[b] >= 1 ? 1.0 : 0.0);
-                s_h_lag2[bj] = L_h_2[bj];
-                s_started2[bj] = (nreal[b] >= 2 ? 1.0 : 0.0);
-                s_h_lag3[bj] = L_h_3[bj];
-                s_started3[bj] = (nreal[b] >= 3 ? 1.0 : 0.0);
+        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const double v_b = w_b[j];
+                const double v_t23 = v_x_w + v_b;
+                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
             }
         }
-
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, 1, s_h_prev, H, Ucat_g0, (int)LDS_g0, 0, S_g0, (int)LDS_g0);
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, (int)LDS_g1, H, 1, s_h_lag2, H, Ucat_g1, (int)LDS_g1, 0, S_g1, (int)LDS_g1);
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, (int)LDS_g2, H, 1, s_h_lag3, H, Ucat_g2, (int)LDS_g2, 0, S_g2, (int)LDS_g2);
-        /* phase 1 */
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                const double v_t7 = fmin(1.0, fmax(0.0, 0.2 * (S_g0[(size_t)b * LDS_g0 + 0 * (size_t)H + j]) + 0.5));
-                s_t7[bj] = v_t7;
-                const double v_t8 = (nreal[b] >= 1 ? 1.0 : 0.0) * v_t7;
-                const double v_t14 = fmin(1.0, fmax(0.0, 0.2 * (S_g1[(size_t)b * LDS_g1 + 0 * (size_t)H + j]) + 0.5));
-                s_t14[bj] = v_t14;
-                const double v_t15 = (nreal[b] >= 2 ? 1.0 : 0.0) * v_t14;
-                const double v_t21 = fmin(1.0, fmax(0.0, 0.2 * (S_g2[(size_t)b * LDS_g2 + 0 * (size_t)H + j]) + 0.5));
-                s_t21[bj] = v_t21;
-                const double v_t22 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_t21;
-                const double v_t24 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + v_t8;
-                const double v_t25 = v_t24 + v_t15;
-                const double v_t26 = v_t25 + v_t22;
-                const double v_t27 = 1.0 / (1.0 + exp(-(v_t26)));
-                s_t27[bj] = v_t27;
-                const double v_h_new = v_t27;
-                if (m) {
-                    L_h_3[bj] = L_h_2[bj];
-                    L_h_2[bj] = L_h_1[bj];
-                    L_h_1[bj] = v_h_new;
+            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            memset(L_h_3 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            nreal[b] = 0;
+        }
+
+        for (int t = 0; t < T; t++) {
+            const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            double *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
+            double *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+            double *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+            double *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
+            double *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+            double *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+            double *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
+            double *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+            double *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+    (void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
+
+
+            /* phase 0 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    s_h_prev[bj] = L_h_1[bj];
+                    s_started1[bj] = (nreal[b] >= 1 ? 1.0 : 0.0);
+                    s_h_lag2[bj] = L_h_2[bj];
+                    s_started2[bj] = (nreal[b] >= 2 ? 1.0 : 0.0);
+                    s_h_lag3[bj] = L_h_3[bj];
+                    s_started3[bj] = (nreal[b] >= 3 ? 1.0 : 0.0);
                 }
-                y[(size_t)r * H + j] = L_h_1[bj];
             }
-        }
 
-        for (int b = 0; b < B; b++)
-            nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+#pragma omp barrier
+            /* every thread wrote its units of the operand; GEMM this thread's columns */
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_prev, H, Ucat_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_lag2, H, Ucat_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, S_g1 + 1 * (size_t)j0, (int)LDS_g1);
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_lag3, H, Ucat_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, S_g2 + 1 * (size_t)j0, (int)LDS_g2);
+            /* phase 1 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const double v_t7 = fmin(1.0, fmax(0.0, 0.2 * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5));
+                    s_t7[bj] = v_t7;
+                    const double v_t8 = (nreal[b] >= 1 ? 1.0 : 0.0) * v_t7;
+                    const double v_t14 = fmin(1.0, fmax(0.0, 0.2 * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5));
+                    s_t14[bj] = v_t14;
+                    const double v_t15 = (nreal[b] >= 2 ? 1.0 : 0.0) * v_t14;
+                    const double v_t21 = fmin(1.0, fmax(0.0, 0.2 * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5));
+                    s_t21[bj] = v_t21;
+                    const double v_t22 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_t21;
+                    const double v_t24 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + v_t8;
+                    const double v_t25 = v_t24 + v_t15;
+                    const double v_t26 = v_t25 + v_t22;
+                    const double v_t27 = 1.0 / (1.0 + exp(-(v_t26)));
+                    s_t27[bj] = v_t27;
+                    const double v_h_new = v_t27;
+                    if (m) {
+                        L_h_3[bj] = L_h_2[bj];
+                        L_h_2[bj] = L_h_1[bj];
+                        L_h_1[bj] = v_h_new;
+                    }
+                    y[(size_t)r * H + j] = L_h_1[bj];
+                }
+            }
+
+            for (int b = 0; b < B; b++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+        }
     }
     return RNNGEN_OK;
 }
@@ -613,164 +755,227 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     double *L_h_3 = p; p += BH;   /* [B,H] h, 3 real step(s) back */
     double *dL_h_3 = p; p += BH;  /* [B,H] its adjoint */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    double *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     double *iXP = p; p += (size_t)B * T * LDXP;
-    double *iSL = p; p += (size_t)NSLOT * BH;
+    double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Ucat_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
+    (void)Ucat_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
+    (void)L_h_1; (void)dL_h_1;
+    (void)L_h_2; (void)dL_h_2;
+    (void)L_h_3; (void)dL_h_3;
+    (void)d_h_new;
 
-    (void)iXW; (void)iXP; (void)iSL; (void)nreal; (void)p; (void)LDXP;
-    (void)S_g0;
-    (void)S_g1;
-    (void)S_g2;
-    (void)L_h_1;
-    (void)L_h_2;
-    (void)L_h_3;
-    double *XW = (double *)save;                            /* [B*T, NW*H] x @ Wcat */
-    double *XP = XW + (size_t)B * T * LDXW;          /* [B*T, NR*H] hoisted roots */
-    double *SL = XP + (size_t)B * T * LDXP;          /* [NSLOT, T, B, H] per-step values */
+    const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
+    const double *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
+    double *SL = (double *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    (void)XW; (void)XP; (void)SL;
-    for (int i = 0; i < D; i++)   /* block 0: W */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U_1 */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U_1 + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g1 block 0: U_2 */
-        memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 0 * (size_t)H, w_U_2 + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g2 block 0: U_3 */
-        memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 0 * (size_t)H, w_U_3 + (size_t)i * H, (size_t)H * sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+        const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+        const size_t OFF_g2 = (1 - 1) * (size_t)j0;
 
-    memset(dw_W, 0, (size_t)D * H * sizeof(double));
-    memset(dw_U_1, 0, (size_t)H * H * sizeof(double));
-    memset(dw_U_2, 0, (size_t)H * H * sizeof(double));
-    memset(dw_U_3, 0, (size_t)H * H * sizeof(double));
-    memset(dw_b, 0, (size_t)H * sizeof(double));
-    memset(dXP, 0, (size_t)B * T * LDXP * sizeof(double));
-    memset(dXW, 0, (size_t)B * T * LDXW * sizeof(double));
-    memset(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(double));
-    memset(dS_g1, 0, (size_t)T * B * LDS_g1 * sizeof(double));
-    memset(dS_g2, 0, (size_t)T * B * LDS_g2 * sizeof(double));
-    memset(dL_h_1, 0, BH * sizeof(double));
-    memset(dL_h_2, 0, BH * sizeof(double));
-    memset(dL_h_3, 0, BH * sizeof(double));
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U_1 */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U_1 + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g1 block 0: U_2 */
+                memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 1 * (size_t)j0 + 0 * nU, w_U_2 + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g2 block 0: U_3 */
+                memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 1 * (size_t)j0 + 0 * nU, w_U_3 + (size_t)i * H + j0, nU * sizeof(double));
+        }
 
-    for (int t = T - 1; t >= t0; t--) {
-        const size_t ts = (size_t)t;
-        double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        double *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
-        double *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-        double *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-        double *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
-        double *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-        double *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-        double *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
-        double *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-        double *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-(void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
-
-
-        /* dy reaches the carried output at every step; at a real step the
-         * registers shift back and the new states receive their adjoints */
+        /* zero this thread's units of every weight gradient and accumulator */
+        for (int i = 0; i < D; i++)
+            memset(dw_W + (size_t)i * H + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_1 + (size_t)i * H + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_2 + (size_t)i * H + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < H; i++)
+            memset(dw_U_3 + (size_t)i * H + j0, 0, nU * sizeof(double));
+        memset(dw_b + j0, 0, nU * sizeof(double));
+        for (size_t r = 0; r < (size_t)B * T; r++)
+            for (int k = 0; k < NR; k++)
+                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(double));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g1 + r * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g2 + r * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                dL_h_1[bj] += dy[r * H + j];
-                d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
-                if (m) {
-                    dL_h_1[bj] = dL_h_2[bj];
-                    dL_h_2[bj] = dL_h_3[bj];
-                    dL_h_3[bj] = 0.0;
+            memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(double));
+        }
+
+        for (int t = T - 1; t >= t0; t--) {
+            const size_t ts = (size_t)t;
+            double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            double *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
+            double *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+            double *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+            double *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
+            double *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+            double *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+            double *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
+            double *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+            double *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+    (void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
+
+
+            /* dy reaches the carried output at every step; at a real step the
+             * registers shift back and the new states receive their adjoints */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    dL_h_1[bj] += dy[r * H + j];
+                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
+                    if (m) {
+                        dL_h_1[bj] = dL_h_2[bj];
+                        dL_h_2[bj] = dL_h_3[bj];
+                        dL_h_3[bj] = 0.0;
+                    }
                 }
             }
+
+            /* phase 1, reversed */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+                if (!m) continue;                     /* padded rows contribute nothing */
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    double g_h_prev_u_1 = 0.0;
+                    double g_t7 = 0.0;
+                    double g_t8 = 0.0;
+                    double g_h_lag2_u_2 = 0.0;
+                    double g_t14 = 0.0;
+                    double g_t15 = 0.0;
+                    double g_h_lag3_u_3 = 0.0;
+                    double g_t21 = 0.0;
+                    double g_t22 = 0.0;
+                    double g_t24 = 0.0;
+                    double g_t25 = 0.0;
+                    double g_t26 = 0.0;
+                    double g_t27 = 0.0;
+                    double g_h_new = d_h_new[bj];
+                    g_t27 += g_h_new;
+                    g_t26 += g_t27 * (s_t27[bj] * (1.0 - s_t27[bj]));
+                    g_t25 += g_t26;
+                    g_t22 += g_t26;
+                    g_t24 += g_t25;
+                    g_t15 += g_t25;
+                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t24;
+                    g_t8 += g_t24;
+                    g_t21 += g_t22 * (s_started3[bj]);
+                    g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0 && (s_t21[bj]) < 1.0 ? 0.2 : 0.0));
+                    dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
+                    g_t14 += g_t15 * (s_started2[bj]);
+                    g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0 && (s_t14[bj]) < 1.0 ? 0.2 : 0.0));
+                    dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
+                    g_t7 += g_t8 * (s_started1[bj]);
+                    g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0 && (s_t7[bj]) < 1.0 ? 0.2 : 0.0));
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                }
+            }
+
+#pragma omp barrier
+            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, dL_h_1 + j0, H);
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g1, 1, dS_g1 + (size_t)t * B * LDS_g1, (int)LDS_g1, Ucat_g1 + (size_t)j0 * LDS_g1, (int)LDS_g1, 1, dL_h_2 + j0, H);
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g2, 1, dS_g2 + (size_t)t * B * LDS_g2, (int)LDS_g2, Ucat_g2 + (size_t)j0 * LDS_g2, (int)LDS_g2, 1, dL_h_3 + j0, H);
         }
 
-        /* phase 1, reversed (padded rows contribute nothing) */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                if (!m) continue;
-                double g_h_prev_u_1 = 0.0;
-                double g_t7 = 0.0;
-                double g_t8 = 0.0;
-                double g_h_lag2_u_2 = 0.0;
-                double g_t14 = 0.0;
-                double g_t15 = 0.0;
-                double g_h_lag3_u_3 = 0.0;
-                double g_t21 = 0.0;
-                double g_t22 = 0.0;
-                double g_t24 = 0.0;
-                double g_t25 = 0.0;
-                double g_t26 = 0.0;
-                double g_t27 = 0.0;
-                double g_h_new = d_h_new[bj];
-                g_t27 += g_h_new;
-                g_t26 += g_t27 * (s_t27[bj] * (1.0 - s_t27[bj]));
-                g_t25 += g_t26;
-                g_t22 += g_t26;
-                g_t24 += g_t25;
-                g_t15 += g_t25;
-                dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t24;
-                g_t8 += g_t24;
-                g_t21 += g_t22 * (s_started3[bj]);
-                g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0 && (s_t21[bj]) < 1.0 ? 0.2 : 0.0));
-                dS_g2[((size_t)t * B + b) * LDS_g2 + 0 * (size_t)H + j] = g_h_lag3_u_3;
-                g_t14 += g_t15 * (s_started2[bj]);
-                g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0 && (s_t14[bj]) < 1.0 ? 0.2 : 0.0));
-                dS_g1[((size_t)t * B + b) * LDS_g1 + 0 * (size_t)H + j] = g_h_lag2_u_2;
-                g_t7 += g_t8 * (s_started1[bj]);
-                g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0 && (s_t7[bj]) < 1.0 ? 0.2 : 0.0));
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 0 * (size_t)H + j] = g_h_prev_u_1;
+        if (nU > 0) {
+            /* recurrent weight gradients, this thread's columns: one GEMM per group */
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, dUcat_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_1[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (3 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, dUcat_g1 + 1 * (size_t)j0, (int)LDS_g1);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_2[i * H + j] += dUcat_g1[i * LDS_g1 + OFF_g1 + 0 * nU + j];
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (6 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, dUcat_g2 + 1 * (size_t)j0, (int)LDS_g2);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U_3[i * H + j] += dUcat_g2[i * LDS_g2 + OFF_g2 + 0 * nU + j];
+        }
+
+        /* hoisted part, reversed: dXW and the bias gradients */
+        for (size_t r = 0; r < (size_t)B * T; r++) {
+            const int t = (int)(r % (size_t)T);
+            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
+                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+                continue;
+            }
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const double v_b = w_b[j];
+                const double v_t23 = v_x_w + v_b;
+                (void)v_x_w; (void)v_b; (void)v_t23;
+                double g_x_w = 0.0;
+                double g_b = 0.0;
+                double g_t23 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
+                g_x_w += g_t23;
+                g_b += g_t23;
+                dw_b[j] += g_b;
+                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
             }
         }
-
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0, (int)LDS_g0, 1, dL_h_1, H);
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, 1, dS_g1 + (size_t)t * B * LDS_g1, (int)LDS_g1, Ucat_g1, (int)LDS_g1, 1, dL_h_2, H);
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g2, 1, dS_g2 + (size_t)t * B * LDS_g2, (int)LDS_g2, Ucat_g2, (int)LDS_g2, 1, dL_h_3, H);
-    }
-
-    /* recurrent weight gradients: one GEMM per group over the steps reached */
-    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0, (int)LDS_g0, 0, dUcat_g0, (int)LDS_g0);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_1[i * H + j] += dUcat_g0[i * LDS_g0 + 0 * (size_t)H + j];
-    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, (int)LDS_g1, (T - t0) * B, 1, SL + (3 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1, (int)LDS_g1, 0, dUcat_g1, (int)LDS_g1);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_2[i * H + j] += dUcat_g1[i * LDS_g1 + 0 * (size_t)H + j];
-    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, (int)LDS_g2, (T - t0) * B, 1, SL + (6 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2, (int)LDS_g2, 0, dUcat_g2, (int)LDS_g2);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U_3[i * H + j] += dUcat_g2[i * LDS_g2 + 0 * (size_t)H + j];
-
-    /* hoisted part, reversed: dXW and the bias gradients */
-    for (size_t r = 0; r < (size_t)B * T; r++) {
-        const int t = (int)(r % (size_t)T);
-        if (t < t0 || (mask && !mask[r])) continue;
-        for (int j = 0; j < H; j++) {
-            const double v_x_w = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const double v_b = w_b[j];
-            const double v_t23 = v_x_w + v_b;
-            (void)v_x_w; (void)v_b; (void)v_t23;
-            double g_x_w = 0.0;
-            double g_b = 0.0;
-            double g_t23 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-            g_x_w += g_t23;
-            g_b += g_t23;
-            dw_b[j] += g_b;
-            dXW[(size_t)r * LDXW + 0 * (size_t)H + j] = g_x_w;
+        if (nU > 0) {
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
         }
+#pragma omp barrier
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
+        int d0, d1;
+        rnngen_share(D, 1, tid, nt, &d0, &d1);
+        if (d1 > d0)
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
     }
-    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, 1, x, D, dXW, (int)LDXW, 0, dWcat, (int)LDXW);
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W[i * H + j] += dWcat[i * LDXW + 0 * (size_t)H + j];
-    RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, 1, dXW, (int)LDXW, Wcat, (int)LDXW, 0, dx, D);
     return RNNGEN_OK;
 }

@@ -10,6 +10,7 @@
  */
 #include <string.h>
 #include <math.h>
+#include <omp.h>
 #include "simplernn.h"
 
 #define NW 1     /* blocks of the input GEMM */
@@ -24,10 +25,18 @@ int rnngen_simplernn_sizes(int T, int B, int D, int H, long long *save_size, lon
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
     *save_size = (long long)((size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * T * BH);
-    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * BH + (size_t)B;
+    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * 2 * BH
+             + (size_t)RNNGEN_MAX_THREADS * B;
     n += (2 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H;   /* g0 */
     n += (size_t)(2 + 1) * BH;
     *work_size = (long long)n;
+    return RNNGEN_OK;
+}
+
+int rnngen_simplernn_set_threads(int n)
+{
+    if (n < 0) return RNNGEN_EDIM;
+    rnngen_thread_count = n;
     return RNNGEN_OK;
 }
 
@@ -48,7 +57,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
     if (!x || !y || !work || !w_W || !w_U || !w_b) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
     const size_t LDS_g0 = 1 * (size_t)H;
-    const int Teff = save ? T : 1;   /* inference keeps one step of slots */
+    const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
@@ -59,79 +68,110 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
     float *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    float *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     float *iXP = p; p += (size_t)B * T * LDXP;
-    float *iSL = p; p += (size_t)NSLOT * BH;
+    float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
-
-    (void)dXW; (void)dXP; (void)LDXP; (void)p;
-    (void)dWcat;
-    (void)dUcat_g0; (void)dS_g0;
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)L_h_1; (void)dL_h_1;
     (void)d_h_new;
-    (void)dL_h_1;
+
     float *XW = save ? save : iXW;
     float *XP = save ? save + (size_t)B * T * LDXW : iXP;
     float *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)XP;
-    for (int i = 0; i < D; i++)   /* block 0: W */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U + (size_t)i * H, (size_t)H * sizeof(float));
+    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    /* input GEMM for all steps */
-    RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, 1, x, D, Wcat, (int)LDXW, 0, XW, (int)LDXW);
-    for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
-        for (int j = 0; j < H; j++) {
-            const float v_x_w = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const float v_b = w_b[j];
-            const float v_t4 = v_x_w + v_b;
-            XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+
+        float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U + (size_t)i * H + j0, nU * sizeof(float));
         }
-    }
-    memset(L_h_1, 0, BH * sizeof(float));
-    memset(nreal, 0, (size_t)B * sizeof(float));
 
-    for (int t = 0; t < T; t++) {
-        const size_t ts = save ? (size_t)t : 0;
-        float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        float *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
-
-
-        /* phase 0 */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                s_h_prev[bj] = L_h_1[bj];
+        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const float v_b = w_b[j];
+                const float v_t4 = v_x_w + v_b;
+                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
             }
         }
-
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, 1, s_h_prev, H, Ucat_g0, (int)LDS_g0, 0, S_g0, (int)LDS_g0);
-        /* phase 1 */
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                const float v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 0 * (size_t)H + j];
-                const float v_t6 = 1.0f / (1.0f + expf(-(v_t5)));
-                s_t6[bj] = v_t6;
-                const float v_h_new = v_t6;
-                if (m) {
-                    L_h_1[bj] = v_h_new;
+            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            nreal[b] = 0;
+        }
+
+        for (int t = 0; t < T; t++) {
+            const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            float *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
+    (void)s_h_prev; (void)s_t6;
+
+
+            /* phase 0 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    s_h_prev[bj] = L_h_1[bj];
                 }
-                y[(size_t)r * H + j] = L_h_1[bj];
             }
-        }
 
-        for (int b = 0; b < B; b++)
-            nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+#pragma omp barrier
+            /* every thread wrote its units of the operand; GEMM this thread's columns */
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_prev, H, Ucat_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            /* phase 1 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const float v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_t6 = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
+                    s_t6[bj] = v_t6;
+                    const float v_h_new = v_t6;
+                    if (m) {
+                        L_h_1[bj] = v_h_new;
+                    }
+                    y[(size_t)r * H + j] = L_h_1[bj];
+                }
+            }
+
+            for (int b = 0; b < B; b++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+        }
     }
     return RNNGEN_OK;
 }
@@ -168,109 +208,160 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     float *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    float *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     float *iXP = p; p += (size_t)B * T * LDXP;
-    float *iSL = p; p += (size_t)NSLOT * BH;
+    float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)L_h_1; (void)dL_h_1;
+    (void)d_h_new;
 
-    (void)iXW; (void)iXP; (void)iSL; (void)nreal; (void)p; (void)LDXP;
-    (void)S_g0;
-    (void)L_h_1;
-    float *XW = (float *)save;                            /* [B*T, NW*H] x @ Wcat */
-    float *XP = XW + (size_t)B * T * LDXW;          /* [B*T, NR*H] hoisted roots */
-    float *SL = XP + (size_t)B * T * LDXP;          /* [NSLOT, T, B, H] per-step values */
+    const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
+    const float *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
+    float *SL = (float *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    (void)XW; (void)XP; (void)SL;
-    for (int i = 0; i < D; i++)   /* block 0: W */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W + (size_t)i * H, (size_t)H * sizeof(float));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U + (size_t)i * H, (size_t)H * sizeof(float));
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (1 - 1) * (size_t)j0;
 
-    memset(dw_W, 0, (size_t)D * H * sizeof(float));
-    memset(dw_U, 0, (size_t)H * H * sizeof(float));
-    memset(dw_b, 0, (size_t)H * sizeof(float));
-    memset(dXP, 0, (size_t)B * T * LDXP * sizeof(float));
-    memset(dXW, 0, (size_t)B * T * LDXW * sizeof(float));
-    memset(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(float));
-    memset(dL_h_1, 0, BH * sizeof(float));
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(float));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U + (size_t)i * H + j0, nU * sizeof(float));
+        }
 
-    for (int t = T - 1; t >= t0; t--) {
-        const size_t ts = (size_t)t;
-        float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        float *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
-
-
-        /* dy reaches the carried output at every step; at a real step the
-         * registers shift back and the new states receive their adjoints */
+        /* zero this thread's units of every weight gradient and accumulator */
+        for (int i = 0; i < D; i++)
+            memset(dw_W + (size_t)i * H + j0, 0, nU * sizeof(float));
+        for (int i = 0; i < H; i++)
+            memset(dw_U + (size_t)i * H + j0, 0, nU * sizeof(float));
+        memset(dw_b + j0, 0, nU * sizeof(float));
+        for (size_t r = 0; r < (size_t)B * T; r++)
+            for (int k = 0; k < NR; k++)
+                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(float));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                dL_h_1[bj] += dy[r * H + j];
-                d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
-                if (m) {
-                    dL_h_1[bj] = 0.0f;
+            memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+        }
+
+        for (int t = T - 1; t >= t0; t--) {
+            const size_t ts = (size_t)t;
+            float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            float *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
+    (void)s_h_prev; (void)s_t6;
+
+
+            /* dy reaches the carried output at every step; at a real step the
+             * registers shift back and the new states receive their adjoints */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    dL_h_1[bj] += dy[r * H + j];
+                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
+                    if (m) {
+                        dL_h_1[bj] = 0.0f;
+                    }
                 }
             }
+
+            /* phase 1, reversed */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+                if (!m) continue;                     /* padded rows contribute nothing */
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    float g_h_prev_u = 0.0f;
+                    float g_t5 = 0.0f;
+                    float g_t6 = 0.0f;
+                    float g_h_new = d_h_new[bj];
+                    g_t6 += g_h_new;
+                    g_t5 += g_t6 * (s_t6[bj] * (1.0f - s_t6[bj]));
+                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t5;
+                    g_h_prev_u += g_t5;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                }
+            }
+
+#pragma omp barrier
+            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
+            if (nU > 0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, dL_h_1 + j0, H);
         }
 
-        /* phase 1, reversed (padded rows contribute nothing) */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                if (!m) continue;
-                float g_h_prev_u = 0.0f;
-                float g_t5 = 0.0f;
-                float g_t6 = 0.0f;
-                float g_h_new = d_h_new[bj];
-                g_t6 += g_h_new;
-                g_t5 += g_t6 * (s_t6[bj] * (1.0f - s_t6[bj]));
-                dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t5;
-                g_h_prev_u += g_t5;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 0 * (size_t)H + j] = g_h_prev_u;
+        if (nU > 0) {
+            /* recurrent weight gradients, this thread's columns: one GEMM per group */
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, dUcat_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
+        }
+
+        /* hoisted part, reversed: dXW and the bias gradients */
+        for (size_t r = 0; r < (size_t)B * T; r++) {
+            const int t = (int)(r % (size_t)T);
+            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
+                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+                continue;
+            }
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const float v_b = w_b[j];
+                const float v_t4 = v_x_w + v_b;
+                (void)v_x_w; (void)v_b; (void)v_t4;
+                float g_x_w = 0.0f;
+                float g_b = 0.0f;
+                float g_t4 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
+                g_x_w += g_t4;
+                g_b += g_t4;
+                dw_b[j] += g_b;
+                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
             }
         }
-
-        RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0, (int)LDS_g0, 1, dL_h_1, H);
-    }
-
-    /* recurrent weight gradients: one GEMM per group over the steps reached */
-    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0, (int)LDS_g0, 0, dUcat_g0, (int)LDS_g0);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U[i * H + j] += dUcat_g0[i * LDS_g0 + 0 * (size_t)H + j];
-
-    /* hoisted part, reversed: dXW and the bias gradients */
-    for (size_t r = 0; r < (size_t)B * T; r++) {
-        const int t = (int)(r % (size_t)T);
-        if (t < t0 || (mask && !mask[r])) continue;
-        for (int j = 0; j < H; j++) {
-            const float v_x_w = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const float v_b = w_b[j];
-            const float v_t4 = v_x_w + v_b;
-            (void)v_x_w; (void)v_b; (void)v_t4;
-            float g_x_w = 0.0f;
-            float g_b = 0.0f;
-            float g_t4 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-            g_x_w += g_t4;
-            g_b += g_t4;
-            dw_b[j] += g_b;
-            dXW[(size_t)r * LDXW + 0 * (size_t)H + j] = g_x_w;
+        if (nU > 0) {
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
         }
+#pragma omp barrier
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
+        int d0, d1;
+        rnngen_share(D, 1, tid, nt, &d0, &d1);
+        if (d1 > d0)
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
     }
-    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, 1, x, D, dXW, (int)LDXW, 0, dWcat, (int)LDXW);
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W[i * H + j] += dWcat[i * LDXW + 0 * (size_t)H + j];
-    RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, 1, dXW, (int)LDXW, Wcat, (int)LDXW, 0, dx, D);
     return RNNGEN_OK;
 }
 
@@ -291,7 +382,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
     if (!x || !y || !work || !w_W || !w_U || !w_b) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
     const size_t LDS_g0 = 1 * (size_t)H;
-    const int Teff = save ? T : 1;   /* inference keeps one step of slots */
+    const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
@@ -302,79 +393,110 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
     double *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    double *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     double *iXP = p; p += (size_t)B * T * LDXP;
-    double *iSL = p; p += (size_t)NSLOT * BH;
+    double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
-
-    (void)dXW; (void)dXP; (void)LDXP; (void)p;
-    (void)dWcat;
-    (void)dUcat_g0; (void)dS_g0;
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)L_h_1; (void)dL_h_1;
     (void)d_h_new;
-    (void)dL_h_1;
+
     double *XW = save ? save : iXW;
     double *XP = save ? save + (size_t)B * T * LDXW : iXP;
     double *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)XP;
-    for (int i = 0; i < D; i++)   /* block 0: W */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U + (size_t)i * H, (size_t)H * sizeof(double));
+    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    /* input GEMM for all steps */
-    RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, 1, x, D, Wcat, (int)LDXW, 0, XW, (int)LDXW);
-    for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
-        for (int j = 0; j < H; j++) {
-            const double v_x_w = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const double v_b = w_b[j];
-            const double v_t4 = v_x_w + v_b;
-            XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+
+        double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U + (size_t)i * H + j0, nU * sizeof(double));
         }
-    }
-    memset(L_h_1, 0, BH * sizeof(double));
-    memset(nreal, 0, (size_t)B * sizeof(double));
 
-    for (int t = 0; t < T; t++) {
-        const size_t ts = save ? (size_t)t : 0;
-        double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        double *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
-
-
-        /* phase 0 */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                s_h_prev[bj] = L_h_1[bj];
+        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const double v_b = w_b[j];
+                const double v_t4 = v_x_w + v_b;
+                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
             }
         }
-
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, 1, s_h_prev, H, Ucat_g0, (int)LDS_g0, 0, S_g0, (int)LDS_g0);
-        /* phase 1 */
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                const double v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + 0 * (size_t)H + j];
-                const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
-                s_t6[bj] = v_t6;
-                const double v_h_new = v_t6;
-                if (m) {
-                    L_h_1[bj] = v_h_new;
+            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            nreal[b] = 0;
+        }
+
+        for (int t = 0; t < T; t++) {
+            const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            double *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
+    (void)s_h_prev; (void)s_t6;
+
+
+            /* phase 0 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    s_h_prev[bj] = L_h_1[bj];
                 }
-                y[(size_t)r * H + j] = L_h_1[bj];
             }
-        }
 
-        for (int b = 0; b < B; b++)
-            nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+#pragma omp barrier
+            /* every thread wrote its units of the operand; GEMM this thread's columns */
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_prev, H, Ucat_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            /* phase 1 */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const double v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
+                    s_t6[bj] = v_t6;
+                    const double v_h_new = v_t6;
+                    if (m) {
+                        L_h_1[bj] = v_h_new;
+                    }
+                    y[(size_t)r * H + j] = L_h_1[bj];
+                }
+            }
+
+            for (int b = 0; b < B; b++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+        }
     }
     return RNNGEN_OK;
 }
@@ -411,108 +533,159 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     double *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    double *nreal = p; p += (size_t)B;         /* [B] real steps seen so far */
+    double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
     double *iXP = p; p += (size_t)B * T * LDXP;
-    double *iSL = p; p += (size_t)NSLOT * BH;
+    double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    /* forward uses some of these, backward others */
+    (void)Wcat; (void)dWcat;
+    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)L_h_1; (void)dL_h_1;
+    (void)d_h_new;
 
-    (void)iXW; (void)iXP; (void)iSL; (void)nreal; (void)p; (void)LDXP;
-    (void)S_g0;
-    (void)L_h_1;
-    double *XW = (double *)save;                            /* [B*T, NW*H] x @ Wcat */
-    double *XP = XW + (size_t)B * T * LDXW;          /* [B*T, NR*H] hoisted roots */
-    double *SL = XP + (size_t)B * T * LDXP;          /* [NSLOT, T, B, H] per-step values */
+    const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
+    const double *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
+    double *SL = (double *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    const int nt = rnngen_threads(H);
+    rnngen_blas_serial();
 
-    (void)XW; (void)XP; (void)SL;
-    for (int i = 0; i < D; i++)   /* block 0: W */
-        memcpy(Wcat + (size_t)i * LDXW + 0 * (size_t)H, w_W + (size_t)i * H, (size_t)H * sizeof(double));
-    for (int i = 0; i < H; i++)   /* g0 block 0: U */
-        memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 0 * (size_t)H, w_U + (size_t)i * H, (size_t)H * sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        /* This thread owns hidden units [j0, j1): their columns of every
+         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
+         * their elementwise work, and their rows of the weight gradients. */
+        const int tid = omp_get_thread_num();
+        int j0, j1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const size_t nU = (size_t)(j1 - j0);
+        (void)nU;
+        const size_t OFFW = (NW - 1) * (size_t)j0;
+        const size_t OFF_g0 = (1 - 1) * (size_t)j0;
 
-    memset(dw_W, 0, (size_t)D * H * sizeof(double));
-    memset(dw_U, 0, (size_t)H * H * sizeof(double));
-    memset(dw_b, 0, (size_t)H * sizeof(double));
-    memset(dXP, 0, (size_t)B * T * LDXP * sizeof(double));
-    memset(dXW, 0, (size_t)B * T * LDXW * sizeof(double));
-    memset(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(double));
-    memset(dL_h_1, 0, BH * sizeof(double));
+        if (nU > 0) {   /* this thread's columns of the packed weights */
+            for (int i = 0; i < D; i++)   /* block 0: W */
+                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(double));
+            for (int i = 0; i < H; i++)   /* g0 block 0: U */
+                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U + (size_t)i * H + j0, nU * sizeof(double));
+        }
 
-    for (int t = T - 1; t >= t0; t--) {
-        const size_t ts = (size_t)t;
-        double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-        double *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
-
-
-        /* dy reaches the carried output at every step; at a real step the
-         * registers shift back and the new states receive their adjoints */
+        /* zero this thread's units of every weight gradient and accumulator */
+        for (int i = 0; i < D; i++)
+            memset(dw_W + (size_t)i * H + j0, 0, nU * sizeof(double));
+        for (int i = 0; i < H; i++)
+            memset(dw_U + (size_t)i * H + j0, 0, nU * sizeof(double));
+        memset(dw_b + j0, 0, nU * sizeof(double));
+        for (size_t r = 0; r < (size_t)B * T; r++)
+            for (int k = 0; k < NR; k++)
+                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(double));
+        if (mask)   /* padded rows of dS are never written: zero them all */
+            for (size_t r = 0; r < (size_t)T * B; r++)
+                memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
         for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                dL_h_1[bj] += dy[r * H + j];
-                d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
-                if (m) {
-                    dL_h_1[bj] = 0.0;
+            memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+        }
+
+        for (int t = T - 1; t >= t0; t--) {
+            const size_t ts = (size_t)t;
+            double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+            double *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
+    (void)s_h_prev; (void)s_t6;
+
+
+            /* dy reaches the carried output at every step; at a real step the
+             * registers shift back and the new states receive their adjoints */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    dL_h_1[bj] += dy[r * H + j];
+                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
+                    if (m) {
+                        dL_h_1[bj] = 0.0;
+                    }
                 }
             }
+
+            /* phase 1, reversed */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const int m = mask ? mask[r] != 0 : 1;
+                (void)r; (void)m;
+                if (!m) continue;                     /* padded rows contribute nothing */
+    #pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    double g_h_prev_u = 0.0;
+                    double g_t5 = 0.0;
+                    double g_t6 = 0.0;
+                    double g_h_new = d_h_new[bj];
+                    g_t6 += g_h_new;
+                    g_t5 += g_t6 * (s_t6[bj] * (1.0 - s_t6[bj]));
+                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t5;
+                    g_h_prev_u += g_t5;
+                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                }
+            }
+
+#pragma omp barrier
+            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
+            if (nU > 0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, dL_h_1 + j0, H);
         }
 
-        /* phase 1, reversed (padded rows contribute nothing) */
-        for (int b = 0; b < B; b++) {
-            const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
-            const int m = mask ? mask[r] != 0 : 1;
-            for (int j = 0; j < H; j++) {
-                const size_t bj = (size_t)b * H + j;
-                (void)r; (void)m; (void)bj;
-                if (!m) continue;
-                double g_h_prev_u = 0.0;
-                double g_t5 = 0.0;
-                double g_t6 = 0.0;
-                double g_h_new = d_h_new[bj];
-                g_t6 += g_h_new;
-                g_t5 += g_t6 * (s_t6[bj] * (1.0 - s_t6[bj]));
-                dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t5;
-                g_h_prev_u += g_t5;
-                dS_g0[((size_t)t * B + b) * LDS_g0 + 0 * (size_t)H + j] = g_h_prev_u;
+        if (nU > 0) {
+            /* recurrent weight gradients, this thread's columns: one GEMM per group */
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, dUcat_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            for (size_t i = 0; i < (size_t)H; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_U[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
+        }
+
+        /* hoisted part, reversed: dXW and the bias gradients */
+        for (size_t r = 0; r < (size_t)B * T; r++) {
+            const int t = (int)(r % (size_t)T);
+            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
+                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+                continue;
+            }
+#pragma omp simd
+            for (int j = j0; j < j1; j++) {
+                const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                const double v_b = w_b[j];
+                const double v_t4 = v_x_w + v_b;
+                (void)v_x_w; (void)v_b; (void)v_t4;
+                double g_x_w = 0.0;
+                double g_b = 0.0;
+                double g_t4 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
+                g_x_w += g_t4;
+                g_b += g_t4;
+                dw_b[j] += g_b;
+                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
             }
         }
-
-        RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0, (int)LDS_g0, 1, dL_h_1, H);
-    }
-
-    /* recurrent weight gradients: one GEMM per group over the steps reached */
-    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0, (int)LDS_g0, 0, dUcat_g0, (int)LDS_g0);
-    for (size_t i = 0; i < (size_t)H; i++)
-        for (int j = 0; j < H; j++)
-            dw_U[i * H + j] += dUcat_g0[i * LDS_g0 + 0 * (size_t)H + j];
-
-    /* hoisted part, reversed: dXW and the bias gradients */
-    for (size_t r = 0; r < (size_t)B * T; r++) {
-        const int t = (int)(r % (size_t)T);
-        if (t < t0 || (mask && !mask[r])) continue;
-        for (int j = 0; j < H; j++) {
-            const double v_x_w = XW[(size_t)r * LDXW + 0 * (size_t)H + j];
-            const double v_b = w_b[j];
-            const double v_t4 = v_x_w + v_b;
-            (void)v_x_w; (void)v_b; (void)v_t4;
-            double g_x_w = 0.0;
-            double g_b = 0.0;
-            double g_t4 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-            g_x_w += g_t4;
-            g_b += g_t4;
-            dw_b[j] += g_b;
-            dXW[(size_t)r * LDXW + 0 * (size_t)H + j] = g_x_w;
+        if (nU > 0) {
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
+            for (size_t i = 0; i < (size_t)D; i++)
+#pragma omp simd
+                for (int j = j0; j < j1; j++)
+                    dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
         }
+#pragma omp barrier
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
+        int d0, d1;
+        rnngen_share(D, 1, tid, nt, &d0, &d1);
+        if (d1 > d0)
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
     }
-    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, 1, x, D, dXW, (int)LDXW, 0, dWcat, (int)LDXW);
-    for (size_t i = 0; i < (size_t)D; i++)
-        for (int j = 0; j < H; j++)
-            dw_W[i * H + j] += dWcat[i * LDXW + 0 * (size_t)H + j];
-    RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, 1, dXW, (int)LDXW, Wcat, (int)LDXW, 0, dx, D);
     return RNNGEN_OK;
 }

@@ -7,10 +7,23 @@
 from .errors import BuildError, KernelError, SpecError
 
 __version__ = "0.1.0"
-__all__ = ["load_cell", "SpecError", "BuildError", "KernelError", "__version__"]
+__all__ = ["load_cell", "set_num_threads", "get_num_threads", "SpecError", "BuildError",
+           "KernelError", "__version__"]
 
 
 def load_cell(path):
     """Return a layer class for the cell spec at ``path`` (used like rnngen.layers.GRU)."""
     from .layers import load_cell as _load
     return _load(path)
+
+
+def set_num_threads(n):
+    """Threads the kernels use: n > 0, or 0 for OpenMP's count (the default)."""
+    from .pipeline import set_num_threads as _set
+    _set(n)
+
+
+def get_num_threads():
+    """The count set by set_num_threads (0: OpenMP's count)."""
+    from .pipeline import get_num_threads as _get
+    return _get()

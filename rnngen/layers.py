@@ -218,7 +218,8 @@ class Recurrent:
         if not self.built:
             self.build(x.shape[2])
         x = np.ascontiguousarray(x, dtype=_DTYPES[self.dtype])
-        y, save = self._kernel.forward(x, mask, self._weights, self.output_dim, training)
+        old = self._last[2] if self._last is not None else None   # backward only reads the last
+        y, save = self._kernel.forward(x, mask, self._weights, self.output_dim, training, old)
         self._last = (x, mask, save, [w for w in self._weights]) if training else None
         return y if self.return_sequences else y[:, -1, :].copy()
 

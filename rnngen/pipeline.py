@@ -24,6 +24,7 @@ GENERATED = ROOT / "generated"
 
 _kernels: dict = {}
 _lock = threading.Lock()
+_threads = 0     # 0: OpenMP's count
 
 
 def source_name(spec: CellSpec) -> str:
@@ -50,7 +51,27 @@ def compile_cell(spec: CellSpec, params: Optional[dict] = None) -> Kernel:
         if k is None:
             lib = build_library(ir.name, header, source)
             k = _kernels[key] = Kernel(ir, lib, runtime_header(), header)
+            k.set_threads(_threads)
     return k
+
+
+def set_num_threads(n: int) -> None:
+    """Threads every kernel uses from now on: n > 0, or 0 for OpenMP's count
+    (OMP_NUM_THREADS, else one per core).  A kernel never uses more than one
+    thread per 16 hidden units."""
+    global _threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"the number of threads must be 0 (automatic) or a positive int, "
+                         f"got {n!r}")
+    with _lock:
+        _threads = n
+        for k in _kernels.values():
+            k.set_threads(n)
+
+
+def get_num_threads() -> int:
+    """The count set by set_num_threads (0: OpenMP's)."""
+    return _threads
 
 
 def builtin_specs() -> list[Path]:

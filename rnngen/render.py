@@ -30,6 +30,7 @@ class Dialect:
     lit_suffix: str        # "f" for float literals
     math_suffix: str       # "f" for expf, tanhf, ...
     gemm: str              # GEMM macro name in the runtime header
+    fast_math: tuple = ()  # (name, replacement) pairs, e.g. vectorisable exp for float
 
     def lit(self, v: float) -> str:
         s = repr(float(v))
@@ -38,7 +39,7 @@ class Dialect:
         return s + self.lit_suffix
 
     def math(self, fname: str) -> str:
-        return fname + self.math_suffix
+        return dict(self.fast_math).get(fname, fname + self.math_suffix)
 
     def fmt(self, template: str, **kw) -> str:
         names = {k: self.math(k) for k in ("exp", "tanh", "fmax", "fmin", "log1p",
@@ -48,7 +49,8 @@ class Dialect:
         return template.format(**names, **consts, **kw)
 
 
-C_F32 = Dialect("c", "float", "_f32", "f", "f", "RNNGEN_GEMM_F32")
+C_F32 = Dialect("c", "float", "_f32", "f", "f", "RNNGEN_GEMM_F32",
+                (("exp", "rnngen_expf"), ("tanh", "rnngen_tanhf")))
 C_F64 = Dialect("c", "double", "_f64", "", "", "RNNGEN_GEMM_F64")
 C_DIALECTS = (C_F32, C_F64)
 
@@ -82,7 +84,7 @@ class CellMath:
             return f"(nreal[b] >= {n.attr} ? {self.d.lit(1)} : {self.d.lit(0)})"
         if n.op == "matmul":
             g, k = ir.group_of(n)
-            return f"S_{g.name}[(size_t)b * LDS_{g.name} + {k} * (size_t)H + j]"
+            return f"S_{g.name}[(size_t)b * LDS_{g.name} + OFF_{g.name} + {k} * nU + j]"
         if ir.phases[n] == loop:
             return f"v_{n.label}"
         return f"s_{n.label}[bj]"
@@ -143,7 +145,7 @@ class CellMath:
         out = []
         for n in self.ir.hoisted:
             if n.op == "xprod":
-                e = f"XW[(size_t)r * LDXW + {self.xprod_index[n]} * (size_t)H + j]"
+                e = f"XW[(size_t)r * LDXW + OFFW + {self.xprod_index[n]} * nU + j]"
             elif n.op == "bias":
                 e = f"w_{n.attr}[j]"
             else:
@@ -170,7 +172,7 @@ class CellMath:
         for n in reversed(ir.hoisted):
             g = f"g_{n.label}"
             if n.op == "xprod":
-                out.append(f"dXW[(size_t)r * LDXW + {self.xprod_index[n]} * (size_t)H + j] = {g};")
+                out.append(f"dXW[(size_t)r * LDXW + OFFW + {self.xprod_index[n]} * nU + j] = {g};")
             elif n.op == "bias":
                 out.append(f"dw_{n.attr}[j] += {g};")
             else:
@@ -236,8 +238,8 @@ class CellMath:
             g = f"g_{n.label}"
             if n.op == "matmul":
                 grp, k = ir.group_of(n)
-                out.append(f"dS_{grp.name}[((size_t)t * B + b) * LDS_{grp.name} + {k} * (size_t)H"
-                           f" + j] = {g};")
+                out.append(f"dS_{grp.name}[((size_t)t * B + b) * LDS_{grp.name} + OFF_{grp.name}"
+                           f" + {k} * nU + j] = {g};")
                 continue
             for a, f in self.partials(n, self.bwd_val):
                 tgt = self.adjoint_target(a, p)

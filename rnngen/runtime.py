@@ -7,6 +7,7 @@ preprocessor lines), so they cannot drift apart.
 from __future__ import annotations
 
 import re
+import threading
 from typing import Optional
 
 import cffi
@@ -40,6 +41,22 @@ class Kernel:
         self.ffi.cdef(cdef_from_headers(runtime_header, cell_header))
         self.lib = self.ffi.dlopen(str(lib_path))
         self.prefix = f"rnngen_{ir.name}"
+        self._local = threading.local()   # scratch buffers, one set per calling thread
+
+    def set_threads(self, n: int) -> None:
+        """Threads the kernels use (0: OpenMP's count, OMP_NUM_THREADS or the cores)."""
+        st = getattr(self.lib, f"{self.prefix}_set_threads")(int(n))
+        if st != 0:
+            raise ValueError(f"the number of threads must be 0 (automatic) or positive, got {n}")
+
+    def _work(self, n: int, dtype) -> np.ndarray:
+        """Scratch of n elements, kept between calls: a fresh buffer each call would cost
+        page faults on every first touch (tens of MB for the larger problems)."""
+        bufs = self._local.__dict__.setdefault("bufs", {})
+        buf = bufs.get(dtype)
+        if buf is None or buf.size < n:
+            buf = bufs[dtype] = np.empty(max(n, 1), dtype=dtype)
+        return buf
 
     def _check(self, status: int, what: str):
         if status != 0:
@@ -57,14 +74,19 @@ class Kernel:
             return self.ffi.NULL
         return self.ffi.from_buffer(ctype + "[]", arr)
 
-    def forward(self, x, mask, weights, H, training: bool):
-        """x [B,T,D] contiguous; mask uint8 [B,T] or None; returns (y [B,T,H], save)."""
+    def forward(self, x, mask, weights, H, training: bool, save=None):
+        """x [B,T,D] contiguous; mask uint8 [B,T] or None; returns (y [B,T,H], save).
+
+        ``save``: a buffer from an earlier call to reuse when it has the right size."""
         B, T, D = x.shape
         ctype, sfx = DTYPES[x.dtype]
         n_save, n_work = self.sizes(T, B, D, H)
         y = np.empty((B, T, H), dtype=x.dtype)
-        save = np.empty(n_save, dtype=x.dtype) if training else None
-        work = np.empty(n_work, dtype=x.dtype)
+        if not training:
+            save = None
+        elif save is None or save.size != n_save or save.dtype != x.dtype:
+            save = np.empty(n_save, dtype=x.dtype)
+        work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731
         st = getattr(self.lib, f"{self.prefix}_forward{sfx}")(
             T, B, D, H, p(x), self._ptr("unsigned char", mask), *[p(w) for w in weights],
@@ -79,7 +101,7 @@ class Kernel:
         _, n_work = self.sizes(T, B, D, H)
         dx = np.empty_like(x)
         grads = [np.empty_like(w) for w in weights]
-        work = np.empty(n_work, dtype=x.dtype)
+        work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731
         st = getattr(self.lib, f"{self.prefix}_backward{sfx}")(
             T, B, D, H, int(truncate), p(x), self._ptr("unsigned char", mask),

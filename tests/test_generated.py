@@ -17,7 +17,7 @@ def test_generated_is_up_to_date():
 @pytest.mark.parametrize("source", sorted(p.name for p in GENERATED.glob("*.c")))
 def test_generated_c_compiles_with_warnings_as_errors(tmp_path, source):
     inc, _, _ = build.blas_paths()
-    cmd = [build.CC, "-std=c11", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-O2", "-c",
+    cmd = [build.CC, "-std=c11", "-fopenmp", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-O2", "-c",
            str(GENERATED / source), "-o", str(tmp_path / "x.o"), f"-I{GENERATED}",
            f"-I{ROOT / 'templates'}", f"-I{inc}"]
     res = subprocess.run(cmd, capture_output=True, text=True)

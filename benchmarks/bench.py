@@ -1,0 +1,349 @@
+"""`make bench`: rnngen's kernels side by side with peers, in one run.
+
+For every seed cell and configuration (T, B, D, H), float32, it times inference
+(forward only) and training (the forward that saves what backward needs, then
+backward with full BPTT), interleaving rnngen and its peers call by call on the
+same inputs and thread count.  Each result is the median of the timed calls
+after warm-up, reported as ms, GFLOP/s (matrix-product FLOPs only: forward
+2*T*B*H*(D*nW + H*nU) for nW input and nU recurrent H-wide products; training
+3x that), the fraction of this machine's SGEMM rate (a large square product
+through the same BLAS rnngen uses), and peer ms / rnngen ms.
+
+Before timing, each peer's output (and for training, its dx) is compared with
+rnngen's, so every column computes the same thing.  Writes a table to the
+terminal, results.json and ratios.png under benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import peers  # noqa: E402
+import rnngen  # noqa: E402
+from rnngen import layers  # noqa: E402
+
+CONFIGS = [(100, 32, 128, 256), (50, 64, 512, 512), (200, 1, 64, 128), (25, 128, 256, 1024)]
+# (label, rnngen class, extra layer arguments): the seven seed layers with their default
+# activations, plus LSTM with sigmoid gates, where nn.LSTM computes exactly the same cell
+CELLS = [
+    ("SimpleRNN", "SimpleRNN", {}),
+    ("SimpleDeepRNN", "SimpleDeepRNN", {}),
+    ("GRU", "GRU", {}),
+    ("LSTM", "LSTM", {}),
+    ("LSTM-sigmoid", "LSTM", {"inner_activation": "sigmoid"}),
+    ("JZS1", "JZS1", {}),
+    ("JZS2", "JZS2", {}),
+    ("JZS3", "JZS3", {}),
+]
+PEERS = [
+    ("nn.LSTM", "torch", peers.TorchLSTMPeer),
+    ("torch eager", "torch", peers.TorchEagerPeer),
+    ("jax scan", "jax", peers.JaxPeer),
+    ("numpy", "numpy", peers.NumpyPeer),
+]
+
+
+# ------------------------------------------------------------------ machine
+def sgemm_rate(n: int = 2048, reps: int = 5) -> dict:
+    """GFLOP/s of an n x n x n float32 product through scipy-openblas32 (rnngen's BLAS),
+    and through numpy's own BLAS for comparison."""
+    import cffi
+    from rnngen.build import blas_paths
+    _, libdir, lib = blas_paths()
+    ffi = cffi.FFI()
+    ffi.cdef("void scipy_cblas_sgemm(int, int, int, int, int, int, float, const float *, int,"
+             " const float *, int, float, float *, int);")
+    blas = ffi.dlopen(str(Path(libdir) / f"lib{lib}.so"))
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    pa, pb, pc = (ffi.from_buffer("float[]", v) for v in (a, b, c))
+    flop = 2.0 * n ** 3
+
+    def ours():
+        blas.scipy_cblas_sgemm(101, 111, 111, n, n, n, 1.0, pa, n, pb, n, 0.0, pc, n)
+
+    out = {}
+    for name, fn in (("scipy-openblas32", ours), ("numpy", lambda: a @ b)):
+        fn()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        out[name] = flop / min(ts) / 1e9
+    assert np.allclose(c, a @ b, rtol=1e-3, atol=1e-2), "SGEMM check failed"
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+# ------------------------------------------------------------------ one case
+def flops(layer, T, B, D, H) -> float:
+    ir = layer._kernel.ir
+    n_in = sum(1 for w in ir.weights if w.role == "input matrix")
+    n_rec = sum(1 for w in ir.weights if w.role == "recurrent matrix")
+    return 2.0 * T * B * H * (D * n_in + H * n_rec)
+
+
+def close(a, b, tol) -> float:
+    """Largest difference relative to the largest magnitude."""
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def run_case(label, cls, extra, cfg, reps, warmup, peer_objs_factory):
+    T, B, D, H = cfg
+    rng = np.random.default_rng(1)
+    layer = getattr(layers, cls)(H, input_dim=D, return_sequences=True, dtype="float32",
+                                 seed=0, **extra)
+    x = rng.uniform(-1, 1, (B, T, D)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (B, T, H)).astype(np.float32)
+    weights = dict(zip(layer.weight_names(), layer.get_weights()))
+    params = layer.params
+
+    def rn_fwd():
+        return layer.forward(x, training=False)
+
+    def rn_train():
+        layer.forward(x)
+        return layer.backward(dy)
+
+    y_ref = rn_fwd()
+    dx_ref = rn_train()
+    fns = {"inference": [("rnngen", rn_fwd)], "training": [("rnngen", rn_train)]}
+    notes = {}
+    for pname, obj in peer_objs_factory(cls, params, weights):
+        if isinstance(obj, str):          # missing or not applicable
+            notes[pname] = obj
+            continue
+        err = close(obj.forward(x), y_ref, 0)
+        exact = getattr(obj, "exact", True)
+        if exact and err > 2e-3:
+            raise AssertionError(f"{label} {cfg}: {pname} forward differs from rnngen by {err:.2e}")
+        if not exact:
+            notes[pname] = "timing only: sigmoid gates, not this cell's hard_sigmoid"
+        fns["inference"].append((pname, lambda o=obj: o.forward(x)))
+        if obj.trains:
+            if exact:
+                err = close(obj.train(x, dy), dx_ref, 0)
+                if err > 5e-3:
+                    raise AssertionError(f"{label} {cfg}: {pname} dx differs from rnngen by "
+                                         f"{err:.2e}")
+            fns["training"].append((pname, lambda o=obj: o.train(x, dy)))
+    fl = flops(layer, T, B, D, H)
+    out = {}
+    for mode, lst in fns.items():
+        times = {n: [] for n, _ in lst}
+        for _ in range(warmup):
+            for n, f in lst:
+                f()
+        for _ in range(reps):
+            for n, f in lst:         # interleaved: one call of each, in turn
+                t0 = time.perf_counter()
+                f()
+                times[n].append(time.perf_counter() - t0)
+        med = {n: statistics.median(v) for n, v in times.items()}
+        mf = fl * (3 if mode == "training" else 1)
+        out[mode] = {
+            "flop": mf,
+            "ms": {n: 1e3 * v for n, v in med.items()},
+            "gflops": {n: mf / v / 1e9 for n, v in med.items()},
+            "ratio": {n: med[n] / med["rnngen"] for n in med if n != "rnngen"},
+        }
+    out["notes"] = notes
+    return out
+
+
+def make_factory(wanted):
+    mods = {m: peers.available(m) for m in ("torch", "jax", "numpy")}
+
+    def factory(cls, params, weights):
+        for pname, mod, pcls in PEERS:
+            if pname not in wanted:
+                continue
+            if pname == "nn.LSTM" and cls != "LSTM":
+                continue
+            if mods[mod] is None:
+                yield pname, f"missing: {mod} is not installed (pip install -e '.[bench]')"
+                continue
+            yield pname, pcls(cls, params, weights)
+    return factory, mods
+
+
+# ------------------------------------------------------------------ report
+def table(results, mode, sgemm, peer_names) -> str:
+    head = ["cell", "T,B,D,H", "ms", "GFLOP/s", "SGEMM"] + [f"x {p}" for p in peer_names]
+    rows = []
+    for r in results:
+        m = r[mode]
+        cells = [r["cell"], ",".join(map(str, r["config"])), f"{m['ms']['rnngen']:.2f}",
+                 f"{m['gflops']['rnngen']:.0f}", f"{m['gflops']['rnngen'] / sgemm:.0%}"]
+        for p in peer_names:
+            if p in m["ratio"]:
+                cells.append(f"{m['ratio'][p]:.2f}")
+            else:
+                cells.append("-")
+        rows.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(head)]
+    fmt = lambda cs: "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths)) + " |"  # noqa
+    lines = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [fmt(c) for c in rows]
+    return "\n".join(lines)
+
+
+def targets(results, sgemm) -> list[tuple[str, bool, str]]:
+    """The issue's targets, each with whether it holds in this run and the worst case."""
+    out = []
+
+    def check(desc, items, bound):
+        items = [(v, k) for v, k in items if v is not None]
+        if not items:
+            out.append((desc, False, "no data"))
+            return
+        worst = min(items)
+        out.append((desc, worst[0] >= bound, f"worst {worst[0]:.2f} ({worst[1]})"))
+
+    def ratios(mode, peer, pred):
+        return [(r[mode]["ratio"].get(peer), f"{r['cell']} {r['config']}")
+                for r in results if pred(r)]
+
+    b32 = lambda r: r["config"][1] == 32   # noqa: E731
+    b1 = lambda r: r["config"][1] == 1     # noqa: E731
+    seed = lambda r: r["cell"] != "LSTM-sigmoid"  # noqa: E731
+    check("training >= 3x jax at B=32", ratios("training", "jax scan",
+                                               lambda r: b32(r) and seed(r)), 3)
+    check("training >= 5x torch eager at B=32", ratios("training", "torch eager",
+                                                       lambda r: b32(r) and seed(r)), 5)
+    check("training >= 5x jax at B=1", ratios("training", "jax scan",
+                                              lambda r: b1(r) and seed(r)), 5)
+    check("training >= 5x torch eager at B=1", ratios("training", "torch eager",
+                                                      lambda r: b1(r) and seed(r)), 5)
+    lstm = lambda r: r["cell"].startswith("LSTM")  # noqa: E731
+    check("LSTM inference >= 1.0x nn.LSTM at B>=32", ratios(
+        "inference", "nn.LSTM", lambda r: lstm(r) and r["config"][1] >= 32), 1.0)
+    check("LSTM inference >= 1.5x nn.LSTM at B=1", ratios(
+        "inference", "nn.LSTM", lambda r: lstm(r) and b1(r)), 1.5)
+    check("LSTM training >= 1.5x nn.LSTM", ratios("training", "nn.LSTM", lstm), 1.5)
+    check("inference >= 80% of SGEMM at B>=32", [
+        (r["inference"]["gflops"]["rnngen"] / sgemm, f"{r['cell']} {r['config']}")
+        for r in results if r["config"][1] >= 32], 0.8)
+    return out
+
+
+def chart(results, peer_names, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001
+        return "matplotlib is not installed: no chart"
+    fig, axes = plt.subplots(2, 1, figsize=(max(10, len(results) * 0.55), 9), sharex=True)
+    labels = [f"{r['cell']}\n{','.join(map(str, r['config']))}" for r in results]
+    xs = np.arange(len(results))
+    width = 0.8 / max(len(peer_names), 1)
+    for ax, mode in zip(axes, ("inference", "training")):
+        for i, p in enumerate(peer_names):
+            vals = [r[mode]["ratio"].get(p, np.nan) for r in results]
+            ax.bar(xs + (i - (len(peer_names) - 1) / 2) * width, vals, width, label=p)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("peer time / rnngen time")
+        ax.set_title(f"{mode}: how many times faster rnngen is (log scale)")
+        ax.legend(fontsize=8)
+    axes[1].set_xticks(xs, labels, rotation=90, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return str(path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cells", default=",".join(c[0] for c in CELLS),
+                    help="comma-separated cell labels")
+    ap.add_argument("--configs", default=";".join(",".join(map(str, c)) for c in CONFIGS),
+                    help="semicolon-separated T,B,D,H")
+    ap.add_argument("--peers", default=",".join(p[0] for p in PEERS))
+    ap.add_argument("--reps", type=int, default=7, help="timed calls per implementation")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    a = ap.parse_args(argv)
+
+    cells = [c for c in CELLS if c[0] in a.cells.split(",")]
+    unknown = set(a.cells.split(",")) - {c[0] for c in CELLS}
+    if unknown:
+        ap.error(f"unknown cells {sorted(unknown)}; known: {[c[0] for c in CELLS]}")
+    configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")]
+    wanted = a.peers.split(",")
+    factory, mods = make_factory(wanted)
+    if mods["torch"] is not None:
+        mods["torch"].set_num_threads(os.cpu_count())
+    peer_names = [p[0] for p in PEERS if p[0] in wanted]
+
+    info = machine()
+    info["versions"] = {m: getattr(v, "__version__", "?") if v else "missing"
+                        for m, v in mods.items()}
+    rates = sgemm_rate()
+    sgemm = rates["scipy-openblas32"]
+    print(f"machine: {info['cpu']}, {info['cores']} cores; peers: {info['versions']}")
+    print(f"SGEMM 2048^3: {sgemm:.0f} GFLOP/s through scipy-openblas32 "
+          f"(numpy's BLAS: {rates['numpy']:.0f})")
+
+    results = []
+    for label, cls, extra in cells:
+        for cfg in configs:
+            t0 = time.perf_counter()
+            r = run_case(label, cls, extra, cfg, a.reps, a.warmup, factory)
+            r.update(cell=label, config=list(cfg))
+            results.append(r)
+            print(f"  {label:14s} {str(cfg):22s} inference {r['inference']['ms']['rnngen']:8.2f} ms"
+                  f"  training {r['training']['ms']['rnngen']:8.2f} ms"
+                  f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            for p, why in r["notes"].items():
+                if why.startswith("missing"):
+                    print(f"    {p}: {why}")
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for mode in ("inference", "training"):
+        print(f"\n{mode} (float32; ratio = peer time / rnngen time, >1 means rnngen is faster)")
+        print(table(results, mode, sgemm, peer_names))
+    tg = targets(results, sgemm)
+    print("\ntargets:")
+    for desc, ok, worst in tg:
+        print(f"  [{'ok' if ok else 'MISSED'}] {desc}: {worst}")
+    missing = {p: n for r in results for p, n in r["notes"].items() if n.startswith("missing")}
+    for p, n in missing.items():
+        print(f"  peer {p} {n}")
+    doc = {"machine": info, "sgemm_gflops": rates, "results": results,
+           "targets": [{"target": d, "met": ok, "worst": w} for d, ok, w in tg],
+           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (out / "results.json").write_text(json.dumps(doc, indent=1))
+    print(f"\nwrote {out / 'results.json'} and {chart(results, peer_names, out / 'ratios.png')}")
+
+
+if __name__ == "__main__":
+    main()

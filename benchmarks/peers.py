@@ -1,0 +1,250 @@
+"""The seed cells written for the benchmark's peers: numpy, a PyTorch eager
+step loop with autograd, and jax.jit of jax.lax.scan with jax.grad.
+
+Every peer is written the way a careful user would write it: the input
+products x @ W of all steps are one matrix product before the loop (as in
+rnngen), and only the recurrent products run per step.  The step functions are
+written once against a small namespace ``F`` of the framework's functions, so
+the three peers compute the same equations; bench.py checks each peer's output
+against rnngen's before timing it.
+
+None of this is imported by rnngen.
+"""
+from __future__ import annotations
+
+import importlib
+from types import SimpleNamespace
+
+import numpy as np
+
+# which weights are input matrices (hoisted x @ W), per cell, in a fixed order
+INPUT_WEIGHTS = {
+    "SimpleRNN": ["W"],
+    "SimpleDeepRNN": ["W"],
+    "GRU": ["W_z", "W_r", "W_h"],
+    "LSTM": ["W_i", "W_f", "W_c", "W_o"],
+    "JZS1": ["W_z", "W_r", "Pmat"],
+    "JZS2": ["W_z", "Pmat", "W_h"],
+    "JZS3": ["W_z", "W_r", "W_h"],
+}
+
+
+def n_states(cell: str, params: dict) -> int:
+    """Registers carried between steps (h first; SimpleDeepRNN keeps depth lags of h)."""
+    if cell == "SimpleDeepRNN":
+        return params["depth"]
+    return 2 if cell == "LSTM" else 1
+
+
+def step(cell: str, F, w: dict, xw: list, st: tuple, t):
+    """One step: the new registers from x @ W of this step (xw) and the old ones (st)."""
+    act, inner = F.act, F.inner
+    h = st[0]
+    if cell == "SimpleRNN":
+        return (act(xw[0] + w["b"] + h @ w["U"]),)
+    if cell == "SimpleDeepRNN":
+        s = xw[0] + w["b"]
+        for k in range(1, len(st) + 1):   # a lag before the first step contributes zero
+            s = s + F.started(t, k) * inner(st[k - 1] @ w[f"U_{k}"])
+        return (act(s),) + tuple(st[:-1])
+    if cell == "GRU":
+        z = inner(xw[0] + w["b_z"] + h @ w["U_z"])
+        r = inner(xw[1] + w["b_r"] + h @ w["U_r"])
+        hh = act(xw[2] + w["b_h"] + (r * h) @ w["U_h"])
+        return (z * h + (1 - z) * hh,)
+    if cell == "LSTM":
+        c = st[1]
+        i = inner(xw[0] + w["b_i"] + h @ w["U_i"])
+        f = inner(xw[1] + w["b_f"] + h @ w["U_f"])
+        c = f * c + i * act(xw[2] + w["b_c"] + h @ w["U_c"])
+        o = inner(xw[3] + w["b_o"] + h @ w["U_o"])
+        return (o * act(c), c)
+    if cell == "JZS1":
+        z = inner(xw[0] + w["b_z"])
+        r = inner(xw[1] + w["b_r"] + h @ w["U_r"])
+        hh = act(F.tanh(xw[2]) + w["b_h"] + (r * h) @ w["U_h"])
+        return (hh * z + h * (1 - z),)
+    if cell == "JZS2":
+        z = inner(xw[0] + w["b_z"] + h @ w["U_z"])
+        r = inner(xw[1] + w["b_r"] + h @ w["U_r"])
+        hh = act(xw[2] + w["b_h"] + (r * h) @ w["U_h"])
+        return (hh * z + h * (1 - z),)
+    if cell == "JZS3":
+        z = inner(xw[0] + w["b_z"] + F.tanh(h) @ w["U_z"])
+        r = inner(xw[1] + w["b_r"] + h @ w["U_r"])
+        hh = act(xw[2] + w["b_h"] + (r * h) @ w["U_h"])
+        return (hh * z + h * (1 - z),)
+    raise KeyError(cell)
+
+
+def _namespace(cell_params: dict, sigmoid, clip, tanh, relu, softplus, started):
+    funcs = {
+        "sigmoid": sigmoid,
+        "hard_sigmoid": lambda v: clip(0.2 * v + 0.5, 0.0, 1.0),
+        "tanh": tanh,
+        "relu": relu,
+        "softplus": softplus,
+        "linear": lambda v: v,
+    }
+    return SimpleNamespace(act=funcs[cell_params["activation"]],
+                           inner=funcs.get(cell_params.get("inner_activation"), None),
+                           tanh=tanh, started=started)
+
+
+def available(name: str):
+    """The module if it imports, else None (a missing peer is reported, not hidden)."""
+    try:
+        return importlib.import_module(name)
+    except Exception:   # noqa: BLE001 - any failure to import means "missing"
+        return None
+
+
+# ---------------------------------------------------------------- numpy
+class NumpyPeer:
+    name = "numpy"
+    trains = False    # forward only: a hand-written numpy backward per cell is not a peer users have
+
+    def __init__(self, cell, params, weights: dict):
+        self.cell, self.params = cell, params
+        self.w = weights
+        self.Wcat = np.concatenate([weights[n] for n in INPUT_WEIGHTS[cell]], axis=1)
+        self.F = _namespace(params, lambda v: 1 / (1 + np.exp(-v)), np.clip, np.tanh,
+                            lambda v: np.maximum(v, 0), lambda v: np.logaddexp(0, v),
+                            lambda t, k: np.float32(t >= k))
+
+    def forward(self, x):
+        B, T, D = x.shape
+        H = self.Wcat.shape[1] // len(INPUT_WEIGHTS[self.cell])
+        n = len(INPUT_WEIGHTS[self.cell])
+        xw = (x.reshape(B * T, D) @ self.Wcat).reshape(B, T, n, H)
+        st = tuple(np.zeros((B, H), x.dtype) for _ in range(n_states(self.cell, self.params)))
+        y = np.empty((B, T, H), x.dtype)
+        for t in range(T):
+            st = step(self.cell, self.F, self.w, [xw[:, t, k] for k in range(n)], st, t)
+            y[:, t] = st[0]
+        return y
+
+
+# ---------------------------------------------------------------- PyTorch
+class TorchEagerPeer:
+    name = "torch eager"
+    trains = True
+
+    def __init__(self, cell, params, weights: dict):
+        import torch
+        self.torch = torch
+        self.cell, self.params = cell, params
+        self.w = {k: torch.tensor(v, requires_grad=True) for k, v in weights.items()}
+        self.inputs = INPUT_WEIGHTS[cell]
+        self.F = _namespace(params, torch.sigmoid, torch.clamp, torch.tanh, torch.relu,
+                            torch.nn.functional.softplus, lambda t, k: float(t >= k))
+
+    def _run(self, x):
+        torch = self.torch
+        B, T, D = x.shape
+        H = self.w[self.inputs[0]].shape[1]
+        Wcat = torch.cat([self.w[n] for n in self.inputs], dim=1)
+        n = len(self.inputs)
+        xw = (x.reshape(B * T, D) @ Wcat).reshape(B, T, n, H)
+        st = tuple(x.new_zeros((B, H)) for _ in range(n_states(self.cell, self.params)))
+        ys = []
+        for t in range(T):
+            st = step(self.cell, self.F, self.w, [xw[:, t, k] for k in range(n)], st, t)
+            ys.append(st[0])
+        return torch.stack(ys, dim=1)
+
+    def forward(self, x):
+        with self.torch.no_grad():
+            return self._run(self.torch.from_numpy(x)).numpy()
+
+    def train(self, x, dy):
+        """Forward, then backward of sum(y * dy); returns dx (weight grads stay in .grad)."""
+        torch = self.torch
+        xt = torch.from_numpy(x).requires_grad_(True)
+        for v in self.w.values():
+            v.grad = None
+        y = self._run(xt)
+        y.backward(torch.from_numpy(dy))
+        return xt.grad.numpy()
+
+
+class TorchLSTMPeer:
+    """torch.nn.LSTM (oneDNN on the CPU).  Its gates use sigmoid; it computes the seed
+    LSTM exactly when inner_activation='sigmoid' (and activation='tanh')."""
+    name = "nn.LSTM"
+    trains = True
+
+    def __init__(self, cell, params, weights: dict):
+        import torch
+        self.torch = torch
+        D, H = weights["W_i"].shape
+        self.mod = torch.nn.LSTM(D, H, batch_first=True)
+        order = ["i", "f", "c", "o"]      # PyTorch's gate order i, f, g, o
+        with torch.no_grad():
+            self.mod.weight_ih_l0.copy_(torch.tensor(
+                np.concatenate([weights[f"W_{g}"].T for g in order], axis=0)))
+            self.mod.weight_hh_l0.copy_(torch.tensor(
+                np.concatenate([weights[f"U_{g}"].T for g in order], axis=0)))
+            self.mod.bias_ih_l0.copy_(torch.tensor(
+                np.concatenate([weights[f"b_{g}"] for g in order])))
+            self.mod.bias_hh_l0.zero_()
+        self.exact = params.get("inner_activation") == "sigmoid" and params["activation"] == "tanh"
+
+    def forward(self, x):
+        with self.torch.no_grad():
+            return self.mod(self.torch.from_numpy(x))[0].numpy()
+
+    def train(self, x, dy):
+        torch = self.torch
+        xt = torch.from_numpy(x).requires_grad_(True)
+        self.mod.zero_grad(set_to_none=True)
+        y = self.mod(xt)[0]
+        y.backward(torch.from_numpy(dy))
+        return xt.grad.numpy()
+
+
+# ---------------------------------------------------------------- JAX
+class JaxPeer:
+    name = "jax scan"
+    trains = True
+
+    def __init__(self, cell, params, weights: dict):
+        import jax
+        import jax.numpy as jnp
+        self.jax = jax
+        self.cell, self.params = cell, params
+        self.w = {k: jnp.asarray(v) for k, v in weights.items()}
+        inputs = INPUT_WEIGHTS[cell]
+        F = _namespace(params, jax.nn.sigmoid, jnp.clip, jnp.tanh, jax.nn.relu,
+                       jax.nn.softplus, lambda t, k: (t >= k).astype(jnp.float32))
+        nst = n_states(cell, params)
+
+        def run(w, x):
+            B, T, D = x.shape
+            H = w[inputs[0]].shape[1]
+            n = len(inputs)
+            Wcat = jnp.concatenate([w[k] for k in inputs], axis=1)
+            xw = (x.reshape(B * T, D) @ Wcat).reshape(B, T, n, H).transpose(1, 2, 0, 3)
+
+            def body(carry, xw_t):
+                st, t = carry
+                st = step(cell, F, w, [xw_t[k] for k in range(n)], st, t)
+                return (st, t + 1), st[0]
+
+            st0 = tuple(jnp.zeros((B, H), x.dtype) for _ in range(nst))
+            _, ys = jax.lax.scan(body, (st0, jnp.int32(0)), xw)
+            return ys.transpose(1, 0, 2)
+
+        def loss(w, x, dy):
+            return jnp.sum(run(w, x) * dy)
+
+        self._fwd = jax.jit(run)
+        self._grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+    def forward(self, x):
+        return np.asarray(self._fwd(self.w, x).block_until_ready())
+
+    def train(self, x, dy):
+        gw, gx = self._grad(self.w, x, dy)
+        self.jax.block_until_ready(gw)
+        return np.asarray(gx)

@@ -1,0 +1,95 @@
+"""The threaded kernels: every thread count gives the reference's forward and the
+single-thread gradients (which test_against_reference checks by finite differences).
+
+H = 37 splits into unit slices of 16, 16 and 5, so slices of unequal width, a
+thread with a partial block and (with 4 threads asked) a cap at 3 are covered."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rnngen
+import reference as ref
+from helpers import CELLS
+from rnngen import layers
+
+B, T, D, H = 3, 7, 5, 37
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    yield
+    rnngen.set_num_threads(0)
+
+
+def _mask():
+    m = np.ones((B, T), bool)
+    m[1, :2] = False
+    m[2, 4:] = False
+    m[0, 3] = False
+    return m
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_thread_counts_agree(name, masked):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(B, T, D))
+    dy = rng.normal(size=(B, T, H))
+    p = dict(ref.DEFAULTS[name])
+    W = [rng.normal(scale=0.3, size=s) for s in ref.weight_shapes(name, D, H)]
+    mask = _mask() if masked else None
+    y_ref, _ = ref.run(name, p, W, x, mask)
+    results = {}
+    for nt in (1, 2, 3, 4):
+        rnngen.set_num_threads(nt)
+        layer = getattr(layers, name)(H, weights=W, return_sequences=True, dtype="float64")
+        y = layer.forward(x, mask)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-12)
+        results[nt] = (layer.backward(dy), layer.grads)
+    dx1, g1 = results[1]
+    for nt in (2, 3, 4):
+        dx, g = results[nt]
+        np.testing.assert_allclose(dx, dx1, rtol=1e-10, atol=1e-12)
+        for a, b in zip(g, g1):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("truncate", [1, 3])
+def test_threads_with_truncation(truncate):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(B, T, D))
+    dy = rng.normal(size=(B, T, H))
+    out = []
+    for nt in (1, 3):
+        rnngen.set_num_threads(nt)
+        layer = layers.GRU(H, input_dim=D, return_sequences=True, dtype="float64", seed=1,
+                           truncate_gradient=truncate)
+        layer.forward(x, _mask())
+        out.append((layer.backward(dy), layer.grads))
+    np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(out[1][1], out[0][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_threads_match_float64():
+    """The float32 kernels use their own vectorised exp/tanh: compare with float64 over
+    inputs large enough to reach every branch (|x| < 0.625 and beyond, saturation)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(scale=3.0, size=(B, T, D))
+    for name in ("SimpleRNN", "LSTM", "JZS1"):
+        rnngen.set_num_threads(2)
+        l64 = getattr(layers, name)(H, input_dim=D, return_sequences=True, dtype="float64",
+                                    seed=2)
+        l32 = getattr(layers, name)(H, weights=[w.astype(np.float32) for w in l64.get_weights()],
+                                    return_sequences=True, dtype="float32")
+        np.testing.assert_allclose(l32.forward(x.astype(np.float32)), l64.forward(x),
+                                   rtol=1e-5, atol=2e-6)
+
+
+def test_set_num_threads_checks_its_argument():
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="number of threads"):
+            rnngen.set_num_threads(bad)
+    rnngen.set_num_threads(2)
+    assert rnngen.get_num_threads() == 2
