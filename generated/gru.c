@@ -196,7 +196,7 @@ int rnngen_gru_forward_f32(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     const float v_t11 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
-                    const float v_r = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t11) + 0.5f));
+                    const float v_r = rnngen_minf(rnngen_maxf(0.2f * (v_t11) + 0.5f, 0.0f), 1.0f);
                     s_r[bj] = v_r;
                     const float v_t15 = v_r * L_h_1[bj];
                     s_t15[bj] = v_t15;
@@ -217,7 +217,7 @@ int rnngen_gru_forward_f32(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     const float v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
-                    const float v_z = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t5) + 0.5f));
+                    const float v_z = rnngen_minf(rnngen_maxf(0.2f * (v_t5) + 0.5f, 0.0f), 1.0f);
                     s_z[bj] = v_z;
                     const float v_t18 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const float v_hh = 1.0f / (1.0f + rnngen_expf(-(v_t18)));
@@ -714,7 +714,7 @@ int rnngen_gru_forward_f64(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     const double v_t11 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
-                    const double v_r = fmin(1.0, fmax(0.0, 0.2 * (v_t11) + 0.5));
+                    const double v_r = rnngen_min(rnngen_max(0.2 * (v_t11) + 0.5, 0.0), 1.0);
                     s_r[bj] = v_r;
                     const double v_t15 = v_r * L_h_1[bj];
                     s_t15[bj] = v_t15;
@@ -735,7 +735,7 @@ int rnngen_gru_forward_f64(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     const double v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
-                    const double v_z = fmin(1.0, fmax(0.0, 0.2 * (v_t5) + 0.5));
+                    const double v_z = rnngen_min(rnngen_max(0.2 * (v_t5) + 0.5, 0.0), 1.0);
                     s_z[bj] = v_z;
                     const double v_t18 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const double v_hh = 1.0 / (1.0 + exp(-(v_t18)));

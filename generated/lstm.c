@@ -204,10 +204,10 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     const float v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
-                    const float v_i = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t6) + 0.5f));
+                    const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_t6) + 0.5f, 0.0f), 1.0f);
                     s_i[bj] = v_i;
                     const float v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
-                    const float v_f = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t12) + 0.5f));
+                    const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_t12) + 0.5f, 0.0f), 1.0f);
                     s_f[bj] = v_f;
                     const float v_t14 = v_f * L_c_1[bj];
                     const float v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
@@ -217,7 +217,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
                     const float v_t22 = v_t14 + v_t21;
                     const float v_c_new = v_t22;
                     const float v_t28 = XP[(size_t)r * LDXP + 3 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
-                    const float v_o = fminf(1.0f, fmaxf(0.0f, 0.2f * (v_t28) + 0.5f));
+                    const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_t28) + 0.5f, 0.0f), 1.0f);
                     s_o[bj] = v_o;
                     const float v_t30 = rnngen_tanhf(v_c_new);
                     s_t30[bj] = v_t30;
@@ -742,10 +742,10 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     const double v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
-                    const double v_i = fmin(1.0, fmax(0.0, 0.2 * (v_t6) + 0.5));
+                    const double v_i = rnngen_min(rnngen_max(0.2 * (v_t6) + 0.5, 0.0), 1.0);
                     s_i[bj] = v_i;
                     const double v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
-                    const double v_f = fmin(1.0, fmax(0.0, 0.2 * (v_t12) + 0.5));
+                    const double v_f = rnngen_min(rnngen_max(0.2 * (v_t12) + 0.5, 0.0), 1.0);
                     s_f[bj] = v_f;
                     const double v_t14 = v_f * L_c_1[bj];
                     const double v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
@@ -755,7 +755,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
                     const double v_t22 = v_t14 + v_t21;
                     const double v_c_new = v_t22;
                     const double v_t28 = XP[(size_t)r * LDXP + 3 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
-                    const double v_o = fmin(1.0, fmax(0.0, 0.2 * (v_t28) + 0.5));
+                    const double v_o = rnngen_min(rnngen_max(0.2 * (v_t28) + 0.5, 0.0), 1.0);
                     s_o[bj] = v_o;
                     const double v_t30 = tanh(v_c_new);
                     s_t30[bj] = v_t30;

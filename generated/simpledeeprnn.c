@@ -205,13 +205,13 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_t7 = fminf(1.0f, fmaxf(0.0f, 0.2f * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5f));
+                    const float v_t7 = rnngen_minf(rnngen_maxf(0.2f * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
                     s_t7[bj] = v_t7;
                     const float v_t8 = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_t7;
-                    const float v_t14 = fminf(1.0f, fmaxf(0.0f, 0.2f * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5f));
+                    const float v_t14 = rnngen_minf(rnngen_maxf(0.2f * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
                     s_t14[bj] = v_t14;
                     const float v_t15 = (nreal[b] >= 2 ? 1.0f : 0.0f) * v_t14;
-                    const float v_t21 = fminf(1.0f, fmaxf(0.0f, 0.2f * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5f));
+                    const float v_t21 = rnngen_minf(rnngen_maxf(0.2f * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
                     s_t21[bj] = v_t21;
                     const float v_t22 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_t21;
                     const float v_t24 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + v_t8;
@@ -674,13 +674,13 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_t7 = fmin(1.0, fmax(0.0, 0.2 * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5));
+                    const double v_t7 = rnngen_min(rnngen_max(0.2 * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5, 0.0), 1.0);
                     s_t7[bj] = v_t7;
                     const double v_t8 = (nreal[b] >= 1 ? 1.0 : 0.0) * v_t7;
-                    const double v_t14 = fmin(1.0, fmax(0.0, 0.2 * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5));
+                    const double v_t14 = rnngen_min(rnngen_max(0.2 * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5, 0.0), 1.0);
                     s_t14[bj] = v_t14;
                     const double v_t15 = (nreal[b] >= 2 ? 1.0 : 0.0) * v_t14;
-                    const double v_t21 = fmin(1.0, fmax(0.0, 0.2 * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5));
+                    const double v_t21 = rnngen_min(rnngen_max(0.2 * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5, 0.0), 1.0);
                     s_t21[bj] = v_t21;
                     const double v_t22 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_t21;
                     const double v_t24 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + v_t8;

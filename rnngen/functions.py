@@ -5,6 +5,10 @@ templates (shared by every C-like dialect; the dialect supplies the math
 function names) and as numpy callables (used by the layers' pure-Python
 helpers and by nothing in the kernels).
 
+``{fmax}``/``{fmin}`` are the runtime's rnngen_max/rnngen_min, which return
+their first argument when it is NaN (so NaN propagates as in numpy's clip and
+maximum) and, unlike libm's fmax, vectorise.
+
 Derivatives are written in terms of the input ``{x}`` and/or the output ``{y}``
 so that the forward pass only saves what the backward pass reads.  At the
 kinks of hard_sigmoid and relu we use the one-sided value Theano used: the
@@ -58,12 +62,12 @@ FUNCTIONS: dict[str, Function] = {
                  False, True, "1 / (1 + exp(-x))"),
         # Theano's hard_sigmoid; derivative 0.2 strictly inside (0, 1), else 0.
         Function("hard_sigmoid",
-                 "{fmin}({one}, {fmax}({zero}, {c0_2} * ({x}) + {c0_5}))",
+                 "{fmin}({fmax}({c0_2} * ({x}) + {c0_5}, {zero}), {one})",
                  "(({y}) > {zero} && ({y}) < {one} ? {c0_2} : {zero})",
                  False, True, "clip(0.2 * x + 0.5, 0, 1)"),
         Function("tanh", "{tanh}({x})", "({one} - {y} * {y})", False, True, "tanh(x)"),
         # relu'(0) = 0, as in Theano.
-        Function("relu", "{fmax}({zero}, {x})", "(({y}) > {zero} ? {one} : {zero})",
+        Function("relu", "{fmax}({x}, {zero})", "(({y}) > {zero} ? {one} : {zero})",
                  False, True, "max(x, 0)"),
         # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)); derivative sigmoid(x) = 1 - exp(-y).
         Function("softplus", "({fmax}({x}, {zero}) + {log1p}({exp}(-{fabs}({x}))))",

@@ -42,12 +42,12 @@ class Dialect:
         return dict(self.fast_math).get(fname, fname + self.math_suffix)
 
     def fmt(self, template: str, **kw) -> str:
-        names = {k: self.math(k) for k in ("exp", "tanh", "fmax", "fmin", "log1p",
-                                             "expm1", "fabs")}
+        names = {k: self.math(k) for k in ("exp", "tanh", "log1p", "expm1", "fabs")}
+        names["fmax"] = "rnngen_max" + self.math_suffix
+        names["fmin"] = "rnngen_min" + self.math_suffix
         consts = {"one": self.lit(1), "zero": self.lit(0), "c0_2": self.lit(0.2),
                   "c0_5": self.lit(0.5)}
         return template.format(**names, **consts, **kw)
-
 
 C_F32 = Dialect("c", "float", "_f32", "f", "f", "RNNGEN_GEMM_F32",
                 (("exp", "rnngen_expf"), ("tanh", "rnngen_tanhf")))

@@ -68,6 +68,13 @@ static inline void rnngen_share(int n, int block, int tid, int nt, int *lo, int 
     *hi = (int)(b < n ? b : n);
 }
 
+/* max and min that return their first argument when it is NaN (as numpy's
+ * maximum and clip do) and, unlike libm's fmax/fmin calls, vectorise. */
+static inline float rnngen_maxf(float a, float b) { return a < b ? b : a; }
+static inline float rnngen_minf(float a, float b) { return a > b ? b : a; }
+static inline double rnngen_max(double a, double b) { return a < b ? b : a; }
+static inline double rnngen_min(double a, double b) { return a > b ? b : a; }
+
 /* Vectorisable float exp and tanh (GCC turns loops of these into SIMD code;
  * libm's expf/tanhf are scalar calls).  Cody-Waite reduction and the Cephes
  * polynomials; within 2 ulp of libm on the tested range.  NaN propagates;
