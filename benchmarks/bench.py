@@ -4,7 +4,7 @@ For every seed cell and configuration (T, B, D, H), float32, it times inference
 (forward only) and training (the forward that saves what backward needs, then
 backward with full BPTT), interleaving rnngen and its peers call by call on the
 same inputs and thread count.  Each result is the median of the timed calls
-after warm-up, reported as ms, GFLOP/s (matrix-product FLOPs only: forward
+(each implementation's turn starts with an untimed call), reported as ms, GFLOP/s (matrix-product FLOPs only: forward
 2*T*B*H*(D*nW + H*nU) for nW input and nU recurrent H-wide products; training
 3x that), the fraction of this machine's SGEMM rate (a large square product
 through the same BLAS rnngen uses), and peer ms / rnngen ms.
@@ -115,7 +115,7 @@ def close(a, b, tol) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def run_case(label, cls, extra, cfg, reps, warmup, peer_objs_factory):
+def run_case(label, cls, extra, cfg, rounds, per_round, peer_objs_factory, settle):
     T, B, D, H = cfg
     rng = np.random.default_rng(1)
     layer = getattr(layers, cls)(H, input_dim=D, return_sequences=True, dtype="float32",
@@ -158,14 +158,14 @@ def run_case(label, cls, extra, cfg, reps, warmup, peer_objs_factory):
     out = {}
     for mode, lst in fns.items():
         times = {n: [] for n, _ in lst}
-        for _ in range(warmup):
-            for n, f in lst:
-                f()
-        for _ in range(reps):
-            for n, f in lst:         # interleaved: one call of each, in turn
-                t0 = time.perf_counter()
-                f()
-                times[n].append(time.perf_counter() - t0)
+        for _ in range(rounds):
+            for n, f in lst:         # interleaved: a few calls of each, in turn
+                time.sleep(settle)   # let the last implementation's idle threads stop spinning
+                f()                  # untimed: wakes this implementation's threads
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    f()
+                    times[n].append(time.perf_counter() - t0)
         med = {n: statistics.median(v) for n, v in times.items()}
         mf = fl * (3 if mode == "training" else 1)
         out[mode] = {
@@ -287,8 +287,14 @@ def main(argv=None):
     ap.add_argument("--configs", default=";".join(",".join(map(str, c)) for c in CONFIGS),
                     help="semicolon-separated T,B,D,H")
     ap.add_argument("--peers", default=",".join(p[0] for p in PEERS))
-    ap.add_argument("--reps", type=int, default=7, help="timed calls per implementation")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds; in each, every implementation runs one untimed call, then "
+                         "--per-round timed calls, before the next implementation's turn")
+    ap.add_argument("--per-round", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=0.1,
+                    help="seconds of pause before each implementation's turn: thread pools "
+                         "(OpenBLAS, OpenMP, XLA) spin for a while after a call and would slow "
+                         "the next implementation")
     ap.add_argument("--out", default=str(HERE / "results"))
     a = ap.parse_args(argv)
 
@@ -316,7 +322,7 @@ def main(argv=None):
     for label, cls, extra in cells:
         for cfg in configs:
             t0 = time.perf_counter()
-            r = run_case(label, cls, extra, cfg, a.reps, a.warmup, factory)
+            r = run_case(label, cls, extra, cfg, a.rounds, a.per_round, factory, a.settle)
             r.update(cell=label, config=list(cfg))
             results.append(r)
             print(f"  {label:14s} {str(cfg):22s} inference {r['inference']['ms']['rnngen']:8.2f} ms"

@@ -28,9 +28,12 @@ int rnngen_jzs3_sizes(int T, int B, int D, int H, long long *save_size, long lon
     *save_size = (long long)((size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * T * BH);
     size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * 2 * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
-    n += (2 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H;   /* g0 */
-    n += (2 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H;   /* g1 */
-    n += (2 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H;   /* g2 */
+    n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
+         + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g0 */
+    n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
+         + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g1 */
+    n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
+         + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g2 */
     n += (size_t)(2 + 3) * BH;
     *work_size = (long long)n;
     return RNNGEN_OK;
@@ -72,15 +75,18 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    float *Ucat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] U_z */
+    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_z], thread by thread */
+    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] t3 @ Ucat, this step */
     float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
-    float *Ucat_g1 = p; p += (size_t)H * LDS_g1;  /* [H, 1*H] U_r */
+    float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_r], thread by thread */
+    float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g1 = p; p += (size_t)H * LDS_g1;  /* [H, 1*H] */
     float *S_g1 = p; p += (size_t)B * LDS_g1;  /* [B, 1*H] h_prev @ Ucat, this step */
     float *dS_g1 = p; p += (size_t)T * B * LDS_g1;  /* [T,B,1*H] */
-    float *Ucat_g2 = p; p += (size_t)H * LDS_g2;  /* [H, 1*H] U_h */
+    float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_h], thread by thread */
+    float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g2 = p; p += (size_t)H * LDS_g2;  /* [H, 1*H] */
     float *S_g2 = p; p += (size_t)B * LDS_g2;  /* [B, 1*H] t16 @ Ucat, this step */
     float *dS_g2 = p; p += (size_t)T * B * LDS_g2;  /* [T,B,1*H] */
@@ -97,9 +103,9 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
-    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
-    (void)Ucat_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
-    (void)Ucat_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
+    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Pf_g1; (void)Pb_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
+    (void)Pf_g2; (void)Pb_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
     (void)L_h_1; (void)dL_h_1;
     (void)d_t3;
     (void)d_t16;
@@ -136,12 +142,42 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_r + (size_t)i * H + j0, nU * sizeof(float));
             for (int i = 0; i < D; i++)   /* block 2: W_h */
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_h + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 0: U_z */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U_z + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g1 block 0: U_r */
-                memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 1 * (size_t)j0 + 0 * nU, w_U_r + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g2 block 0: U_h */
-                memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 1 * (size_t)j0 + 0 * nU, w_U_h + (size_t)i * H + j0, nU * sizeof(float));
+            {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                float *P = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < H; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: U_z */
+                        const size_t n = 0 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_z[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t n = N; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                }
+            }
+            {   /* g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                float *P = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < H; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: U_r */
+                        const size_t n = 0 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_r[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t n = N; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                }
+            }
+            {   /* g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                float *P = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < H; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: U_h */
+                        const size_t n = 0 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_h[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t n = N; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                }
+            }
         }
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
@@ -198,9 +234,9 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_t3, H, Ucat_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 1 * (size_t)j0, (int)LDS_g0);
+                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_t3, H, Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 1 * (size_t)j0, LDS_g0, 0);
             if (nU > 0)
-                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_prev, H, Ucat_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, S_g1 + 1 * (size_t)j0, (int)LDS_g1);
+                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_prev, H, Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g1 + 1 * (size_t)j0, LDS_g1, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
@@ -221,7 +257,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_t16, H, Ucat_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, S_g2 + 1 * (size_t)j0, (int)LDS_g2);
+                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_t16, H, Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 2 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
@@ -296,15 +332,18 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    float *Ucat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] U_z */
+    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_z], thread by thread */
+    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] t3 @ Ucat, this step */
     float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
-    float *Ucat_g1 = p; p += (size_t)H * LDS_g1;  /* [H, 1*H] U_r */
+    float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_r], thread by thread */
+    float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g1 = p; p += (size_t)H * LDS_g1;  /* [H, 1*H] */
     float *S_g1 = p; p += (size_t)B * LDS_g1;  /* [B, 1*H] h_prev @ Ucat, this step */
     float *dS_g1 = p; p += (size_t)T * B * LDS_g1;  /* [T,B,1*H] */
-    float *Ucat_g2 = p; p += (size_t)H * LDS_g2;  /* [H, 1*H] U_h */
+    float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_h], thread by thread */
+    float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g2 = p; p += (size_t)H * LDS_g2;  /* [H, 1*H] */
     float *S_g2 = p; p += (size_t)B * LDS_g2;  /* [B, 1*H] t16 @ Ucat, this step */
     float *dS_g2 = p; p += (size_t)T * B * LDS_g2;  /* [T,B,1*H] */
@@ -321,9 +360,9 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
-    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
-    (void)Ucat_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
-    (void)Ucat_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
+    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Pf_g1; (void)Pb_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
+    (void)Pf_g2; (void)Pb_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
     (void)L_h_1; (void)dL_h_1;
     (void)d_t3;
     (void)d_t16;
@@ -359,12 +398,43 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_r + (size_t)i * H + j0, nU * sizeof(float));
             for (int i = 0; i < D; i++)   /* block 2: W_h */
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_h + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 0: U_z */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U_z + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g1 block 0: U_r */
-                memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 1 * (size_t)j0 + 0 * nU, w_U_r + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g2 block 0: U_h */
-                memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 1 * (size_t)j0 + 0 * nU, w_U_h + (size_t)i * H + j0, nU * sizeof(float));
+        }
+
+        if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+            float *P = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
+            size_t k = 0;
+            for (int q = 0; q < nt; q++) {
+                int q0, q1;
+                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
+                for (int u = q0; u < q1; u++, k++)   /* block 0: U_z */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_z[(j0 + n) * (size_t)H + u] : 0;
+            }
+        }
+        if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+            float *P = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU);
+            size_t k = 0;
+            for (int q = 0; q < nt; q++) {
+                int q0, q1;
+                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
+                for (int u = q0; u < q1; u++, k++)   /* block 0: U_r */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
+            }
+        }
+        if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+            float *P = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU);
+            size_t k = 0;
+            for (int q = 0; q < nt; q++) {
+                int q0, q1;
+                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
+                for (int u = q0; u < q1; u++, k++)   /* block 0: U_h */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_h[(j0 + n) * (size_t)H + u] : 0;
+            }
         }
 
         /* zero this thread's units of every weight gradient and accumulator */
@@ -474,7 +544,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
-                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g2, 1, dS_g2 + (size_t)t * B * LDS_g2, (int)LDS_g2, Ucat_g2 + (size_t)j0 * LDS_g2, (int)LDS_g2, 1, d_t16 + j0, H);
+                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), d_t16 + j0, H, 1);
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
@@ -501,9 +571,9 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
-                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, d_t3 + j0, H);
+                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), d_t3 + j0, H, 1);
             if (nU > 0)
-                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g1, 1, dS_g1 + (size_t)t * B * LDS_g1, (int)LDS_g1, Ucat_g1 + (size_t)j0 * LDS_g1, (int)LDS_g1, 1, dL_h_1 + j0, H);
+                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* phase 0, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
@@ -636,15 +706,18 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    double *Ucat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] U_z */
+    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_z], thread by thread */
+    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] t3 @ Ucat, this step */
     double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
-    double *Ucat_g1 = p; p += (size_t)H * LDS_g1;  /* [H, 1*H] U_r */
+    double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_r], thread by thread */
+    double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g1 = p; p += (size_t)H * LDS_g1;  /* [H, 1*H] */
     double *S_g1 = p; p += (size_t)B * LDS_g1;  /* [B, 1*H] h_prev @ Ucat, this step */
     double *dS_g1 = p; p += (size_t)T * B * LDS_g1;  /* [T,B,1*H] */
-    double *Ucat_g2 = p; p += (size_t)H * LDS_g2;  /* [H, 1*H] U_h */
+    double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_h], thread by thread */
+    double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g2 = p; p += (size_t)H * LDS_g2;  /* [H, 1*H] */
     double *S_g2 = p; p += (size_t)B * LDS_g2;  /* [B, 1*H] t16 @ Ucat, this step */
     double *dS_g2 = p; p += (size_t)T * B * LDS_g2;  /* [T,B,1*H] */
@@ -661,9 +734,9 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
-    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
-    (void)Ucat_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
-    (void)Ucat_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
+    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Pf_g1; (void)Pb_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
+    (void)Pf_g2; (void)Pb_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
     (void)L_h_1; (void)dL_h_1;
     (void)d_t3;
     (void)d_t16;
@@ -700,12 +773,42 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_r + (size_t)i * H + j0, nU * sizeof(double));
             for (int i = 0; i < D; i++)   /* block 2: W_h */
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_h + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 0: U_z */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U_z + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g1 block 0: U_r */
-                memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 1 * (size_t)j0 + 0 * nU, w_U_r + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g2 block 0: U_h */
-                memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 1 * (size_t)j0 + 0 * nU, w_U_h + (size_t)i * H + j0, nU * sizeof(double));
+            {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                double *P = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < H; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: U_z */
+                        const size_t n = 0 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_z[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t n = N; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                }
+            }
+            {   /* g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                double *P = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < H; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: U_r */
+                        const size_t n = 0 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_r[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t n = N; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                }
+            }
+            {   /* g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                double *P = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < H; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: U_h */
+                        const size_t n = 0 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_h[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t n = N; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                }
+            }
         }
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
@@ -762,9 +865,9 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_t3, H, Ucat_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 1 * (size_t)j0, (int)LDS_g0);
+                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_t3, H, Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 1 * (size_t)j0, LDS_g0, 0);
             if (nU > 0)
-                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_h_prev, H, Ucat_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, S_g1 + 1 * (size_t)j0, (int)LDS_g1);
+                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_prev, H, Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g1 + 1 * (size_t)j0, LDS_g1, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
@@ -785,7 +888,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, 1 * (int)nU, H, 1, s_t16, H, Ucat_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, S_g2 + 1 * (size_t)j0, (int)LDS_g2);
+                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_t16, H, Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 2 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
@@ -860,15 +963,18 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    double *Ucat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] U_z */
+    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_z], thread by thread */
+    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] t3 @ Ucat, this step */
     double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
-    double *Ucat_g1 = p; p += (size_t)H * LDS_g1;  /* [H, 1*H] U_r */
+    double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_r], thread by thread */
+    double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g1 = p; p += (size_t)H * LDS_g1;  /* [H, 1*H] */
     double *S_g1 = p; p += (size_t)B * LDS_g1;  /* [B, 1*H] h_prev @ Ucat, this step */
     double *dS_g1 = p; p += (size_t)T * B * LDS_g1;  /* [T,B,1*H] */
-    double *Ucat_g2 = p; p += (size_t)H * LDS_g2;  /* [H, 1*H] U_h */
+    double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_h], thread by thread */
+    double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g2 = p; p += (size_t)H * LDS_g2;  /* [H, 1*H] */
     double *S_g2 = p; p += (size_t)B * LDS_g2;  /* [B, 1*H] t16 @ Ucat, this step */
     double *dS_g2 = p; p += (size_t)T * B * LDS_g2;  /* [T,B,1*H] */
@@ -885,9 +991,9 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
-    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
-    (void)Ucat_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
-    (void)Ucat_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
+    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Pf_g1; (void)Pb_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
+    (void)Pf_g2; (void)Pb_g2; (void)dUcat_g2; (void)S_g2; (void)dS_g2;
     (void)L_h_1; (void)dL_h_1;
     (void)d_t3;
     (void)d_t16;
@@ -923,12 +1029,43 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_r + (size_t)i * H + j0, nU * sizeof(double));
             for (int i = 0; i < D; i++)   /* block 2: W_h */
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_h + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 0: U_z */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 1 * (size_t)j0 + 0 * nU, w_U_z + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g1 block 0: U_r */
-                memcpy(Ucat_g1 + (size_t)i * LDS_g1 + 1 * (size_t)j0 + 0 * nU, w_U_r + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g2 block 0: U_h */
-                memcpy(Ucat_g2 + (size_t)i * LDS_g2 + 1 * (size_t)j0 + 0 * nU, w_U_h + (size_t)i * H + j0, nU * sizeof(double));
+        }
+
+        if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+            double *P = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
+            size_t k = 0;
+            for (int q = 0; q < nt; q++) {
+                int q0, q1;
+                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
+                for (int u = q0; u < q1; u++, k++)   /* block 0: U_z */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_z[(j0 + n) * (size_t)H + u] : 0;
+            }
+        }
+        if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+            double *P = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU);
+            size_t k = 0;
+            for (int q = 0; q < nt; q++) {
+                int q0, q1;
+                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
+                for (int u = q0; u < q1; u++, k++)   /* block 0: U_r */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
+            }
+        }
+        if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+            double *P = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU);
+            size_t k = 0;
+            for (int q = 0; q < nt; q++) {
+                int q0, q1;
+                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
+                for (int u = q0; u < q1; u++, k++)   /* block 0: U_h */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_h[(j0 + n) * (size_t)H + u] : 0;
+            }
         }
 
         /* zero this thread's units of every weight gradient and accumulator */
@@ -1038,7 +1175,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
-                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g2, 1, dS_g2 + (size_t)t * B * LDS_g2, (int)LDS_g2, Ucat_g2 + (size_t)j0 * LDS_g2, (int)LDS_g2, 1, d_t16 + j0, H);
+                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), d_t16 + j0, H, 1);
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
@@ -1065,9 +1202,9 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
-                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, d_t3 + j0, H);
+                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), d_t3 + j0, H, 1);
             if (nU > 0)
-                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g1, 1, dS_g1 + (size_t)t * B * LDS_g1, (int)LDS_g1, Ucat_g1 + (size_t)j0 * LDS_g1, (int)LDS_g1, 1, dL_h_1 + j0, H);
+                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* phase 0, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */

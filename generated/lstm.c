@@ -27,7 +27,8 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
     *save_size = (long long)((size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * T * BH);
     size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * 2 * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
-    n += (2 * (size_t)H + B + (size_t)T * B) * 4 * (size_t)H;   /* g0 */
+    n += (3 * (size_t)H + B + (size_t)T * B) * 4 * (size_t)H
+         + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 4 * (size_t)H);   /* g0 */
     n += (size_t)(4 + 2) * BH;
     *work_size = (long long)n;
     return RNNGEN_OK;
@@ -70,7 +71,8 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    float *Ucat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 4*H] U_i U_f U_c U_o */
+    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 4*H] */
     float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 4*H] h_prev @ Ucat, this step */
     float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,4*H] */
@@ -88,7 +90,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
-    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)L_c_1; (void)dL_c_1;
     (void)d_c_new;
@@ -125,14 +127,30 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(float));
             for (int i = 0; i < D; i++)   /* block 3: W_o */
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 0 * nU, w_U_i + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 1 * nU, w_U_f + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 2 * nU, w_U_c + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 3 * nU, w_U_o + (size_t)i * H + j0, nU * sizeof(float));
+            {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                float *P = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = 4 * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < H; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: U_i */
+                        const size_t n = 0 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_i[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 1: U_f */
+                        const size_t n = 1 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_f[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 2: U_c */
+                        const size_t n = 2 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_c[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 3: U_o */
+                        const size_t n = 3 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_o[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t n = N; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                }
+            }
         }
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
@@ -193,7 +211,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B, 4 * (int)nU, H, 1, s_h_prev, H, Ucat_g0 + 4 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 4 * (size_t)j0, (int)LDS_g0);
+                rnngen_pgemm_f32(B, 4 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 4 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
@@ -281,7 +299,8 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    float *Ucat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 4*H] U_i U_f U_c U_o */
+    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 4*H] */
     float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 4*H] h_prev @ Ucat, this step */
     float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,4*H] */
@@ -299,7 +318,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
-    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)L_c_1; (void)dL_c_1;
     (void)d_c_new;
@@ -335,14 +354,28 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(float));
             for (int i = 0; i < D; i++)   /* block 3: W_o */
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 0 * nU, w_U_i + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 1 * nU, w_U_f + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 2 * nU, w_U_c + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 3 * nU, w_U_o + (size_t)i * H + j0, nU * sizeof(float));
+        }
+
+        if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+            float *P = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
+            size_t k = 0;
+            for (int q = 0; q < nt; q++) {
+                int q0, q1;
+                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
+                for (int u = q0; u < q1; u++, k++)   /* block 0: U_i */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_i[(j0 + n) * (size_t)H + u] : 0;
+                for (int u = q0; u < q1; u++, k++)   /* block 1: U_f */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_f[(j0 + n) * (size_t)H + u] : 0;
+                for (int u = q0; u < q1; u++, k++)   /* block 2: U_c */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_c[(j0 + n) * (size_t)H + u] : 0;
+                for (int u = q0; u < q1; u++, k++)   /* block 3: U_o */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_o[(j0 + n) * (size_t)H + u] : 0;
+            }
         }
 
         /* zero this thread's units of every weight gradient and accumulator */
@@ -473,7 +506,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
-                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, dL_h_1 + j0, H);
+                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
         }
 
         if (nU > 0) {
@@ -608,7 +641,8 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    double *Ucat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 4*H] U_i U_f U_c U_o */
+    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 4*H] */
     double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 4*H] h_prev @ Ucat, this step */
     double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,4*H] */
@@ -626,7 +660,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
-    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)L_c_1; (void)dL_c_1;
     (void)d_c_new;
@@ -663,14 +697,30 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(double));
             for (int i = 0; i < D; i++)   /* block 3: W_o */
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 0 * nU, w_U_i + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 1 * nU, w_U_f + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 2 * nU, w_U_c + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 3 * nU, w_U_o + (size_t)i * H + j0, nU * sizeof(double));
+            {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                double *P = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = 4 * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < H; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: U_i */
+                        const size_t n = 0 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_i[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 1: U_f */
+                        const size_t n = 1 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_f[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 2: U_c */
+                        const size_t n = 2 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_c[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 3: U_o */
+                        const size_t n = 3 * nU + u;
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_o[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t n = N; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                }
+            }
         }
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
@@ -731,7 +781,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B, 4 * (int)nU, H, 1, s_h_prev, H, Ucat_g0 + 4 * (size_t)j0, (int)LDS_g0, 0, S_g0 + 4 * (size_t)j0, (int)LDS_g0);
+                rnngen_pgemm_f64(B, 4 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 4 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
@@ -819,7 +869,8 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    double *Ucat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 4*H] U_i U_f U_c U_o */
+    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 4*H] */
     double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 4*H] h_prev @ Ucat, this step */
     double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,4*H] */
@@ -837,7 +888,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
-    (void)Ucat_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
+    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)L_c_1; (void)dL_c_1;
     (void)d_c_new;
@@ -873,14 +924,28 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(double));
             for (int i = 0; i < D; i++)   /* block 3: W_o */
                 memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 0: U_i */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 0 * nU, w_U_i + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 1: U_f */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 1 * nU, w_U_f + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 2: U_c */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 2 * nU, w_U_c + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < H; i++)   /* g0 block 3: U_o */
-                memcpy(Ucat_g0 + (size_t)i * LDS_g0 + 4 * (size_t)j0 + 3 * nU, w_U_o + (size_t)i * H + j0, nU * sizeof(double));
+        }
+
+        if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+            double *P = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
+            size_t k = 0;
+            for (int q = 0; q < nt; q++) {
+                int q0, q1;
+                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
+                for (int u = q0; u < q1; u++, k++)   /* block 0: U_i */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_i[(j0 + n) * (size_t)H + u] : 0;
+                for (int u = q0; u < q1; u++, k++)   /* block 1: U_f */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_f[(j0 + n) * (size_t)H + u] : 0;
+                for (int u = q0; u < q1; u++, k++)   /* block 2: U_c */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_c[(j0 + n) * (size_t)H + u] : 0;
+                for (int u = q0; u < q1; u++, k++)   /* block 3: U_o */
+                    for (size_t n = 0; n < Np; n++)
+                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_o[(j0 + n) * (size_t)H + u] : 0;
+            }
         }
 
         /* zero this thread's units of every weight gradient and accumulator */
@@ -1011,7 +1076,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
-                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B, (int)nU, (int)LDS_g0, 1, dS_g0 + (size_t)t * B * LDS_g0, (int)LDS_g0, Ucat_g0 + (size_t)j0 * LDS_g0, (int)LDS_g0, 1, dL_h_1 + j0, H);
+                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
         }
 
         if (nU > 0) {

@@ -25,7 +25,7 @@ from .errors import BuildError
 from .render import TEMPLATES
 
 CC = os.environ.get("CC", "cc")
-CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fopenmp", "-Wall", "-Wextra", "-Werror"]
+CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fopenmp", "-ffp-contract=fast", "-Wall", "-Wextra", "-Werror"]
 BUILD_TIMEOUT_S = float(os.environ.get("RNNGEN_BUILD_TIMEOUT", "600"))
 
 

@@ -118,6 +118,80 @@ static inline float rnngen_tanhf(float x)
     return a < 0.625f ? s : l;                           /* NaN: a < 0.625 is false, l is NaN */
 }
 
+/* Small GEMM with a packed right operand, for the per-step products.
+ * The BLAS packs its operands on every call; the recurrent matrices are the
+ * same at every step, so each thread packs its slice once per call into
+ * panels of RNNGEN_PANEL columns (K rows each, zero-padded) and this kernel
+ * reads them as they lie.  C[M,N] (=|+=) A[M,K] @ P.  GCC vector extensions:
+ * 512-bit registers where the target has them, narrower ones otherwise. */
+#define RNNGEN_PANEL 32
+#define RNNGEN_PACKED_COLS(n) (((n) + RNNGEN_PANEL - 1) / RNNGEN_PANEL * RNNGEN_PANEL)
+
+/* One block of MR rows by one panel; V holds RNNGEN_PANEL / NV elements and
+ * VU is the same vector type allowed at any address. */
+#define RNNGEN_DEFINE_BLOCK(T, V, VU, NV, MR, NAME)                                   \
+static inline void NAME(int K, const T *A, size_t lda, const T *pp, T *C, size_t ldc, \
+                        int nn, int accumulate)                                      \
+{                                                                                    \
+    enum { W = RNNGEN_PANEL / NV };                                                  \
+    V acc[MR][NV];                                                                   \
+    for (int r = 0; r < MR; r++)                                                     \
+        for (int v = 0; v < NV; v++)                                                 \
+            acc[r][v] = (V){0};                                                      \
+    for (int k = 0; k < K; k++) {                                                    \
+        V b[NV];                                                                     \
+        for (int v = 0; v < NV; v++)                                                 \
+            b[v] = *(const VU *)(pp + (size_t)k * RNNGEN_PANEL + v * W);             \
+        for (int r = 0; r < MR; r++) {                                               \
+            const T a = A[(size_t)r * lda + k];                                      \
+            for (int v = 0; v < NV; v++)                                             \
+                acc[r][v] += a * b[v];                                               \
+        }                                                                            \
+    }                                                                                \
+    for (int r = 0; r < MR; r++) {                                                   \
+        T *c = C + (size_t)r * ldc;                                                  \
+        if (nn == RNNGEN_PANEL) {                                                    \
+            for (int v = 0; v < NV; v++) {                                           \
+                V o = acc[r][v];                                                     \
+                if (accumulate) o += *(const VU *)(c + v * W);                       \
+                *(VU *)(c + v * W) = o;                                              \
+            }                                                                        \
+        } else {                                                                     \
+            for (int i = 0; i < nn; i++) {                                           \
+                const T o = acc[r][i / W][i % W];                                    \
+                c[i] = accumulate ? c[i] + o : o;                                    \
+            }                                                                        \
+        }                                                                            \
+    }                                                                                \
+}
+
+#define RNNGEN_DEFINE_PGEMM(T, V, VU, NV, SFX)                                        \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, 8, rnngen_block8##SFX)                             \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, 4, rnngen_block4##SFX)                             \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, 1, rnngen_block1##SFX)                             \
+static inline void rnngen_pgemm##SFX(int M, int N, int K, const T *A, size_t lda,   \
+                                     const T *P, T *C, size_t ldc, int accumulate)   \
+{                                                                                    \
+    for (int n0 = 0; n0 < N; n0 += RNNGEN_PANEL) {                                   \
+        const int nn = N - n0 < RNNGEN_PANEL ? N - n0 : RNNGEN_PANEL;                \
+        const T *pp = P + (size_t)n0 * K;                                            \
+        int m = 0;                                                                   \
+        for (; m + 8 <= M; m += 8)                                                   \
+            rnngen_block8##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
+        for (; m + 4 <= M; m += 4)                                                   \
+            rnngen_block4##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
+        for (; m < M; m++)                                                           \
+            rnngen_block1##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
+    }                                                                                \
+}
+
+typedef float rnngen_v16f __attribute__((vector_size(64)));
+typedef float rnngen_v16fu __attribute__((vector_size(64), aligned(4), may_alias));
+typedef double rnngen_v8d __attribute__((vector_size(64)));
+typedef double rnngen_v8du __attribute__((vector_size(64), aligned(8), may_alias));
+RNNGEN_DEFINE_PGEMM(float, rnngen_v16f, rnngen_v16fu, 2, _f32)
+RNNGEN_DEFINE_PGEMM(double, rnngen_v8d, rnngen_v8du, 4, _f64)
+
 /* Check T, B, D, H and that every GEMM dimension fits the BLAS's int:
  * rows are T*B, columns at most widest*H (widest = most blocks side by side). */
 static inline int rnngen_check_dims(int T, int B, int D, int H, int widest)
