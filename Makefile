@@ -20,5 +20,12 @@ demo: build
 test:
 	$(PYTHON) -m pytest -q
 
+# Peers come from the bench extras: pip install -e '.[bench]'.  OPENBLAS_CORETYPE and
+# OPENBLAS_L2_SIZE are unset for this command alone: where the machine sets them (to
+# work around old OpenBLAS builds) they force a slower kernel on rnngen's and numpy's
+# BLAS alike; the benchmark prints which kernel its BLAS runs.
+bench: build
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf build .pytest_cache

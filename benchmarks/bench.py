@@ -64,7 +64,7 @@ def sgemm_rate(n: int = 2048, reps: int = 5) -> dict:
     _, libdir, lib = blas_paths()
     ffi = cffi.FFI()
     ffi.cdef("void scipy_cblas_sgemm(int, int, int, int, int, int, float, const float *, int,"
-             " const float *, int, float, float *, int);")
+             " const float *, int, float, float *, int); char *scipy_openblas_get_corename(void);")
     blas = ffi.dlopen(str(Path(libdir) / f"lib{lib}.so"))
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
@@ -86,6 +86,7 @@ def sgemm_rate(n: int = 2048, reps: int = 5) -> dict:
             ts.append(time.perf_counter() - t0)
         out[name] = flop / min(ts) / 1e9
     assert np.allclose(c, a @ b, rtol=1e-3, atol=1e-2), "SGEMM check failed"
+    out["kernel"] = ffi.string(blas.scipy_openblas_get_corename()).decode()
     return out
 
 
@@ -315,8 +316,8 @@ def main(argv=None):
     rates = sgemm_rate()
     sgemm = rates["scipy-openblas32"]
     print(f"machine: {info['cpu']}, {info['cores']} cores; peers: {info['versions']}")
-    print(f"SGEMM 2048^3: {sgemm:.0f} GFLOP/s through scipy-openblas32 "
-          f"(numpy's BLAS: {rates['numpy']:.0f})")
+    print(f"SGEMM 2048^3: {sgemm:.0f} GFLOP/s through scipy-openblas32, {rates['kernel']} kernel "
+          f"(numpy's BLAS: {rates['numpy']:.0f}); threads: {os.cpu_count()} for every implementation")
 
     results = []
     for label, cls, extra in cells:

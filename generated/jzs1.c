@@ -157,27 +157,28 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b_z = w_b_z[j];
-                const float v_t3 = v_x_w_z + v_b_z;
-                const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t3)));
-                const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const float v_b_r = w_b_r[j];
-                const float v_t8 = v_x_w_r + v_b_r;
-                const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const float v_t12 = rnngen_tanhf(v_x_pmat);
-                const float v_b_h = w_b_h[j];
-                const float v_t16 = v_t12 + v_b_h;
-                const float v_t21 = 1.0f - v_z;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_z;  /* root 0 */
-                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t8;  /* root 1 */
-                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t16;  /* root 2 */
-                XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t21;  /* root 3 */
+                for (int j = j0; j < j1; j++) {
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t3 = v_x_w_z + v_b_z;
+                    const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t3)));
+                    const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t8 = v_x_w_r + v_b_r;
+                    const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_t12 = rnngen_tanhf(v_x_pmat);
+                    const float v_b_h = w_b_h[j];
+                    const float v_t16 = v_t12 + v_b_h;
+                    const float v_t21 = 1.0f - v_z;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_z;  /* root 0 */
+                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t8;  /* root 1 */
+                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t16;  /* root 2 */
+                    XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t21;  /* root 3 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
@@ -218,7 +219,20 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_t9 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t3 = v_x_w_z + v_b_z;
+                    const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t3)));
+                    const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t8 = v_x_w_r + v_b_r;
+                    const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_t12 = rnngen_tanhf(v_x_pmat);
+                    const float v_b_h = w_b_h[j];
+                    const float v_t16 = v_t12 + v_b_h;
+                    const float v_t21 = 1.0f - v_z;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
+                    const float v_t9 = v_t8 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t9)));
                     s_r[bj] = v_r;
                     const float v_t14 = v_r * L_h_1[bj];
@@ -239,11 +253,24 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_t17 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t3 = v_x_w_z + v_b_z;
+                    const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t3)));
+                    const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t8 = v_x_w_r + v_b_r;
+                    const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_t12 = rnngen_tanhf(v_x_pmat);
+                    const float v_b_h = w_b_h[j];
+                    const float v_t16 = v_t12 + v_b_h;
+                    const float v_t21 = 1.0f - v_z;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
+                    const float v_t17 = v_t16 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const float v_hh = rnngen_tanhf(v_t17);
                     s_hh[bj] = v_hh;
-                    const float v_t19 = v_hh * XP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                    const float v_t22 = L_h_1[bj] * XP[(size_t)r * LDXP + 3 * (size_t)H + j];
+                    const float v_t19 = v_hh * v_z;
+                    const float v_t22 = L_h_1[bj] * v_t21;
                     const float v_t23 = v_t19 + v_t22;
                     const float v_h_new = v_t23;
                     if (m) {
@@ -702,27 +729,28 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b_z = w_b_z[j];
-                const double v_t3 = v_x_w_z + v_b_z;
-                const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
-                const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const double v_b_r = w_b_r[j];
-                const double v_t8 = v_x_w_r + v_b_r;
-                const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const double v_t12 = tanh(v_x_pmat);
-                const double v_b_h = w_b_h[j];
-                const double v_t16 = v_t12 + v_b_h;
-                const double v_t21 = 1.0 - v_z;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_z;  /* root 0 */
-                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t8;  /* root 1 */
-                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t16;  /* root 2 */
-                XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t21;  /* root 3 */
+                for (int j = j0; j < j1; j++) {
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t3 = v_x_w_z + v_b_z;
+                    const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
+                    const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t8 = v_x_w_r + v_b_r;
+                    const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_t12 = tanh(v_x_pmat);
+                    const double v_b_h = w_b_h[j];
+                    const double v_t16 = v_t12 + v_b_h;
+                    const double v_t21 = 1.0 - v_z;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_z;  /* root 0 */
+                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t8;  /* root 1 */
+                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t16;  /* root 2 */
+                    XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t21;  /* root 3 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
@@ -763,7 +791,20 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_t9 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t3 = v_x_w_z + v_b_z;
+                    const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
+                    const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t8 = v_x_w_r + v_b_r;
+                    const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_t12 = tanh(v_x_pmat);
+                    const double v_b_h = w_b_h[j];
+                    const double v_t16 = v_t12 + v_b_h;
+                    const double v_t21 = 1.0 - v_z;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
+                    const double v_t9 = v_t8 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_r = 1.0 / (1.0 + exp(-(v_t9)));
                     s_r[bj] = v_r;
                     const double v_t14 = v_r * L_h_1[bj];
@@ -784,11 +825,24 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_t17 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t3 = v_x_w_z + v_b_z;
+                    const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
+                    const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t8 = v_x_w_r + v_b_r;
+                    const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_t12 = tanh(v_x_pmat);
+                    const double v_b_h = w_b_h[j];
+                    const double v_t16 = v_t12 + v_b_h;
+                    const double v_t21 = 1.0 - v_z;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
+                    const double v_t17 = v_t16 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const double v_hh = tanh(v_t17);
                     s_hh[bj] = v_hh;
-                    const double v_t19 = v_hh * XP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                    const double v_t22 = L_h_1[bj] * XP[(size_t)r * LDXP + 3 * (size_t)H + j];
+                    const double v_t19 = v_hh * v_z;
+                    const double v_t22 = L_h_1[bj] * v_t21;
                     const double v_t23 = v_t19 + v_t22;
                     const double v_h_new = v_t23;
                     if (m) {

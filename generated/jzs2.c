@@ -162,23 +162,24 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b_z = w_b_z[j];
-                const float v_t4 = v_x_w_z + v_b_z;
-                const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const float v_b_r = w_b_r[j];
-                const float v_t10 = v_x_pmat + v_b_r;
-                const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const float v_b_h = w_b_h[j];
-                const float v_t17 = v_x_w_h + v_b_h;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
-                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t10;  /* root 1 */
-                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t17;  /* root 2 */
+                for (int j = j0; j < j1; j++) {
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t4 = v_x_w_z + v_b_z;
+                    const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t10 = v_x_pmat + v_b_r;
+                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_h = w_b_h[j];
+                    const float v_t17 = v_x_w_h + v_b_h;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
+                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t10;  /* root 1 */
+                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t17;  /* root 2 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
@@ -221,7 +222,17 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_t11 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t4 = v_x_w_z + v_b_z;
+                    const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t10 = v_x_pmat + v_b_r;
+                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_h = w_b_h[j];
+                    const float v_t17 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
+                    const float v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
                     const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t11)));
                     s_r[bj] = v_r;
                     const float v_t15 = v_r * L_h_1[bj];
@@ -242,10 +253,20 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t4 = v_x_w_z + v_b_z;
+                    const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t10 = v_x_pmat + v_b_r;
+                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_h = w_b_h[j];
+                    const float v_t17 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
+                    const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
                     s_z[bj] = v_z;
-                    const float v_t18 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const float v_t18 = v_t17 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const float v_hh = rnngen_tanhf(v_t18);
                     s_hh[bj] = v_hh;
                     const float v_t20 = v_hh * v_z;
@@ -728,23 +749,24 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b_z = w_b_z[j];
-                const double v_t4 = v_x_w_z + v_b_z;
-                const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const double v_b_r = w_b_r[j];
-                const double v_t10 = v_x_pmat + v_b_r;
-                const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const double v_b_h = w_b_h[j];
-                const double v_t17 = v_x_w_h + v_b_h;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
-                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t10;  /* root 1 */
-                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t17;  /* root 2 */
+                for (int j = j0; j < j1; j++) {
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t4 = v_x_w_z + v_b_z;
+                    const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t10 = v_x_pmat + v_b_r;
+                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_h = w_b_h[j];
+                    const double v_t17 = v_x_w_h + v_b_h;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
+                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t10;  /* root 1 */
+                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t17;  /* root 2 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
@@ -787,7 +809,17 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_t11 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t4 = v_x_w_z + v_b_z;
+                    const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t10 = v_x_pmat + v_b_r;
+                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_h = w_b_h[j];
+                    const double v_t17 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
+                    const double v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
                     const double v_r = 1.0 / (1.0 + exp(-(v_t11)));
                     s_r[bj] = v_r;
                     const double v_t15 = v_r * L_h_1[bj];
@@ -808,10 +840,20 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t4 = v_x_w_z + v_b_z;
+                    const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t10 = v_x_pmat + v_b_r;
+                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_h = w_b_h[j];
+                    const double v_t17 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
+                    const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_z = 1.0 / (1.0 + exp(-(v_t5)));
                     s_z[bj] = v_z;
-                    const double v_t18 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const double v_t18 = v_t17 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const double v_hh = tanh(v_t18);
                     s_hh[bj] = v_hh;
                     const double v_t20 = v_hh * v_z;

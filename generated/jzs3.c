@@ -182,23 +182,24 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b_z = w_b_z[j];
-                const float v_t5 = v_x_w_z + v_b_z;
-                const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const float v_b_r = w_b_r[j];
-                const float v_t11 = v_x_w_r + v_b_r;
-                const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const float v_b_h = w_b_h[j];
-                const float v_t18 = v_x_w_h + v_b_h;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
+                for (int j = j0; j < j1; j++) {
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t5 = v_x_w_z + v_b_z;
+                    const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t11 = v_x_w_r + v_b_r;
+                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_h = w_b_h[j];
+                    const float v_t18 = v_x_w_h + v_b_h;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
+                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
+                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
@@ -246,7 +247,17 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t5 = v_x_w_z + v_b_z;
+                    const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t11 = v_x_w_r + v_b_r;
+                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_h = w_b_h[j];
+                    const float v_t18 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
+                    const float v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t12)));
                     s_r[bj] = v_r;
                     const float v_t16 = v_r * L_h_1[bj];
@@ -267,10 +278,20 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t5 = v_x_w_z + v_b_z;
+                    const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t11 = v_x_w_r + v_b_r;
+                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_h = w_b_h[j];
+                    const float v_t18 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
+                    const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t6)));
                     s_z[bj] = v_z;
-                    const float v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j];
+                    const float v_t19 = v_t18 + S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j];
                     const float v_hh = rnngen_tanhf(v_t19);
                     s_hh[bj] = v_hh;
                     const float v_t21 = v_hh * v_z;
@@ -813,23 +834,24 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b_z = w_b_z[j];
-                const double v_t5 = v_x_w_z + v_b_z;
-                const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const double v_b_r = w_b_r[j];
-                const double v_t11 = v_x_w_r + v_b_r;
-                const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const double v_b_h = w_b_h[j];
-                const double v_t18 = v_x_w_h + v_b_h;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
+                for (int j = j0; j < j1; j++) {
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t5 = v_x_w_z + v_b_z;
+                    const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t11 = v_x_w_r + v_b_r;
+                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_h = w_b_h[j];
+                    const double v_t18 = v_x_w_h + v_b_h;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
+                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
+                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
@@ -877,7 +899,17 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t5 = v_x_w_z + v_b_z;
+                    const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t11 = v_x_w_r + v_b_r;
+                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_h = w_b_h[j];
+                    const double v_t18 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
+                    const double v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const double v_r = 1.0 / (1.0 + exp(-(v_t12)));
                     s_r[bj] = v_r;
                     const double v_t16 = v_r * L_h_1[bj];
@@ -898,10 +930,20 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t5 = v_x_w_z + v_b_z;
+                    const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t11 = v_x_w_r + v_b_r;
+                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_h = w_b_h[j];
+                    const double v_t18 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
+                    const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_z = 1.0 / (1.0 + exp(-(v_t6)));
                     s_z[bj] = v_z;
-                    const double v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j];
+                    const double v_t19 = v_t18 + S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j];
                     const double v_hh = tanh(v_t19);
                     s_hh[bj] = v_hh;
                     const double v_t21 = v_hh * v_z;

@@ -155,27 +155,28 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b_i = w_b_i[j];
-                const float v_t5 = v_x_w_i + v_b_i;
-                const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const float v_b_f = w_b_f[j];
-                const float v_t11 = v_x_w_f + v_b_f;
-                const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const float v_b_c = w_b_c[j];
-                const float v_t18 = v_x_w_c + v_b_c;
-                const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
-                const float v_b_o = w_b_o[j];
-                const float v_t27 = v_x_w_o + v_b_o;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
-                XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
+                for (int j = j0; j < j1; j++) {
+                    const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_i = w_b_i[j];
+                    const float v_t5 = v_x_w_i + v_b_i;
+                    const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_f = w_b_f[j];
+                    const float v_t11 = v_x_w_f + v_b_f;
+                    const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_c = w_b_c[j];
+                    const float v_t18 = v_x_w_c + v_b_c;
+                    const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const float v_b_o = w_b_o[j];
+                    const float v_t27 = v_x_w_o + v_b_o;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
+                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
+                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
+                    XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(L_c_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
@@ -221,20 +222,33 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_i = w_b_i[j];
+                    const float v_t5 = v_x_w_i + v_b_i;
+                    const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_f = w_b_f[j];
+                    const float v_t11 = v_x_w_f + v_b_f;
+                    const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_c = w_b_c[j];
+                    const float v_t18 = v_x_w_c + v_b_c;
+                    const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const float v_b_o = w_b_o[j];
+                    const float v_t27 = v_x_w_o + v_b_o;
+                    (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
+                    const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_t6) + 0.5f, 0.0f), 1.0f);
                     s_i[bj] = v_i;
-                    const float v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const float v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
                     const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_t12) + 0.5f, 0.0f), 1.0f);
                     s_f[bj] = v_f;
                     const float v_t14 = v_f * L_c_1[bj];
-                    const float v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
+                    const float v_t19 = v_t18 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
                     const float v_t20 = rnngen_tanhf(v_t19);
                     s_t20[bj] = v_t20;
                     const float v_t21 = v_i * v_t20;
                     const float v_t22 = v_t14 + v_t21;
                     const float v_c_new = v_t22;
-                    const float v_t28 = XP[(size_t)r * LDXP + 3 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+                    const float v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
                     const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_t28) + 0.5f, 0.0f), 1.0f);
                     s_o[bj] = v_o;
                     const float v_t30 = rnngen_tanhf(v_c_new);
@@ -725,27 +739,28 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b_i = w_b_i[j];
-                const double v_t5 = v_x_w_i + v_b_i;
-                const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const double v_b_f = w_b_f[j];
-                const double v_t11 = v_x_w_f + v_b_f;
-                const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const double v_b_c = w_b_c[j];
-                const double v_t18 = v_x_w_c + v_b_c;
-                const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
-                const double v_b_o = w_b_o[j];
-                const double v_t27 = v_x_w_o + v_b_o;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-                XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-                XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
-                XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
+                for (int j = j0; j < j1; j++) {
+                    const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_i = w_b_i[j];
+                    const double v_t5 = v_x_w_i + v_b_i;
+                    const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_f = w_b_f[j];
+                    const double v_t11 = v_x_w_f + v_b_f;
+                    const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_c = w_b_c[j];
+                    const double v_t18 = v_x_w_c + v_b_c;
+                    const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const double v_b_o = w_b_o[j];
+                    const double v_t27 = v_x_w_o + v_b_o;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
+                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
+                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
+                    XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(L_c_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
@@ -791,20 +806,33 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_t6 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_i = w_b_i[j];
+                    const double v_t5 = v_x_w_i + v_b_i;
+                    const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_f = w_b_f[j];
+                    const double v_t11 = v_x_w_f + v_b_f;
+                    const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_c = w_b_c[j];
+                    const double v_t18 = v_x_w_c + v_b_c;
+                    const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const double v_b_o = w_b_o[j];
+                    const double v_t27 = v_x_w_o + v_b_o;
+                    (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
+                    const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_i = rnngen_min(rnngen_max(0.2 * (v_t6) + 0.5, 0.0), 1.0);
                     s_i[bj] = v_i;
-                    const double v_t12 = XP[(size_t)r * LDXP + 1 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const double v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
                     const double v_f = rnngen_min(rnngen_max(0.2 * (v_t12) + 0.5, 0.0), 1.0);
                     s_f[bj] = v_f;
                     const double v_t14 = v_f * L_c_1[bj];
-                    const double v_t19 = XP[(size_t)r * LDXP + 2 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
+                    const double v_t19 = v_t18 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
                     const double v_t20 = tanh(v_t19);
                     s_t20[bj] = v_t20;
                     const double v_t21 = v_i * v_t20;
                     const double v_t22 = v_t14 + v_t21;
                     const double v_c_new = v_t22;
-                    const double v_t28 = XP[(size_t)r * LDXP + 3 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+                    const double v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
                     const double v_o = rnngen_min(rnngen_max(0.2 * (v_t28) + 0.5, 0.0), 1.0);
                     s_o[bj] = v_o;
                     const double v_t30 = tanh(v_c_new);

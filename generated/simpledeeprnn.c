@@ -175,15 +175,16 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b = w_b[j];
-                const float v_t23 = v_x_w + v_b;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
+                for (int j = j0; j < j1; j++) {
+                    const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b = w_b[j];
+                    const float v_t23 = v_x_w + v_b;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
@@ -241,6 +242,10 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
+                    const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b = w_b[j];
+                    const float v_t23 = v_x_w + v_b;
+                    (void)v_x_w; (void)v_b; (void)v_t23;
                     const float v_t7 = rnngen_minf(rnngen_maxf(0.2f * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
                     s_t7[bj] = v_t7;
                     const float v_t8 = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_t7;
@@ -250,7 +255,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                     const float v_t21 = rnngen_minf(rnngen_maxf(0.2f * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
                     s_t21[bj] = v_t21;
                     const float v_t22 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_t21;
-                    const float v_t24 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + v_t8;
+                    const float v_t24 = v_t23 + v_t8;
                     const float v_t25 = v_t24 + v_t15;
                     const float v_t26 = v_t25 + v_t22;
                     const float v_t27 = 1.0f / (1.0f + rnngen_expf(-(v_t26)));
@@ -711,15 +716,16 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b = w_b[j];
-                const double v_t23 = v_x_w + v_b;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
+                for (int j = j0; j < j1; j++) {
+                    const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b = w_b[j];
+                    const double v_t23 = v_x_w + v_b;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
@@ -777,6 +783,10 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
+                    const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b = w_b[j];
+                    const double v_t23 = v_x_w + v_b;
+                    (void)v_x_w; (void)v_b; (void)v_t23;
                     const double v_t7 = rnngen_min(rnngen_max(0.2 * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5, 0.0), 1.0);
                     s_t7[bj] = v_t7;
                     const double v_t8 = (nreal[b] >= 1 ? 1.0 : 0.0) * v_t7;
@@ -786,7 +796,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                     const double v_t21 = rnngen_min(rnngen_max(0.2 * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5, 0.0), 1.0);
                     s_t21[bj] = v_t21;
                     const double v_t22 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_t21;
-                    const double v_t24 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + v_t8;
+                    const double v_t24 = v_t23 + v_t8;
                     const double v_t25 = v_t24 + v_t15;
                     const double v_t26 = v_t25 + v_t22;
                     const double v_t27 = 1.0 / (1.0 + exp(-(v_t26)));

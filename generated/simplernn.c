@@ -123,15 +123,16 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b = w_b[j];
-                const float v_t4 = v_x_w + v_b;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
+                for (int j = j0; j < j1; j++) {
+                    const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b = w_b[j];
+                    const float v_t4 = v_x_w + v_b;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
@@ -170,7 +171,11 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b = w_b[j];
+                    const float v_t4 = v_x_w + v_b;
+                    (void)v_x_w; (void)v_b; (void)v_t4;
+                    const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_t6 = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
                     s_t6[bj] = v_t6;
                     const float v_h_new = v_t6;
@@ -471,15 +476,16 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        for (size_t r = 0; r < (size_t)B * T; r++) {   /* hoisted roots */
+        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
+            for (size_t r = 0; r < (size_t)B * T; r++) {
 #pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b = w_b[j];
-                const double v_t4 = v_x_w + v_b;
-                XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
+                for (int j = j0; j < j1; j++) {
+                    const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b = w_b[j];
+                    const double v_t4 = v_x_w + v_b;
+                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
+                }
             }
-        }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
@@ -518,7 +524,11 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_t5 = XP[(size_t)r * LDXP + 0 * (size_t)H + j] + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b = w_b[j];
+                    const double v_t4 = v_x_w + v_b;
+                    (void)v_x_w; (void)v_b; (void)v_t4;
+                    const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
                     s_t6[bj] = v_t6;
                     const double v_h_new = v_t6;
