@@ -4,7 +4,7 @@
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input GEMM (once): XW[B*T, 3*H] = x[B*T, D] @ [W_z | Pmat | W_h]
- * Hoisted roots XP[B*T, 3*H]: x_w_z + b_z; x_pmat + b_r; x_w_h + b_h
+ * Hoisted roots (computed from XW inside the step loops): x_w_z + b_z; x_pmat + b_r; x_w_h + b_h
  * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_z | U_r]; loop over t11, r, t15
  * Step phase 2: GEMM t15 @ [U_h]; loop over t5, z, t18, hh, t20, t22, t23, t24, h_new
@@ -24,9 +24,9 @@ int rnngen_jzs2_sizes(int T, int B, int D, int H, long long *save_size, long lon
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
-    *save_size = (long long)((size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * T * BH);
-    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * 2 * BH
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
+    *save_size = (long long)((size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
+    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
     n += (3 * (size_t)H + B + (size_t)T * B) * 2 * (size_t)H
          + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 2 * (size_t)H);   /* g0 */
@@ -65,7 +65,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!x || !y || !work || !w_W_z || !w_U_z || !w_b_z || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !w_Pmat) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 2 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
@@ -88,10 +88,9 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    float *iXP = p; p += (size_t)B * T * LDXP;
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -101,9 +100,8 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
     (void)d_h_new;
 
     float *XW = save ? save : iXW;
-    float *XP = save ? save + (size_t)B * T * LDXW : iXP;
-    float *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    float *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -162,24 +160,6 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
-            for (size_t r = 0; r < (size_t)B * T; r++) {
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                    const float v_b_z = w_b_z[j];
-                    const float v_t4 = v_x_w_z + v_b_z;
-                    const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                    const float v_b_r = w_b_r[j];
-                    const float v_t10 = v_x_pmat + v_b_r;
-                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                    const float v_b_h = w_b_h[j];
-                    const float v_t17 = v_x_w_h + v_b_h;
-                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
-                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t10;  /* root 1 */
-                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t17;  /* root 2 */
-                }
-            }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
@@ -198,7 +178,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -215,7 +195,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
                 rnngen_pgemm_f32(B, 2 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 2 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -246,7 +226,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
                 rnngen_pgemm_f32(B, 1 * (int)nU, H, s_t15, H, Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g1 + 1 * (size_t)j0, LDS_g1, 0);
             /* phase 2 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -319,7 +299,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     if (st) return st;
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_U_z || !dw_U_z || !w_b_z || !dw_b_z || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_W_h || !dw_W_h || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h || !w_Pmat || !dw_Pmat) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 2 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
@@ -343,10 +323,9 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    float *iXP = p; p += (size_t)B * T * LDXP;
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -356,9 +335,8 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    const float *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
-    float *SL = (float *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    float *SL = (float *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -430,9 +408,6 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
         memset(dw_b_h + j0, 0, nU * sizeof(float));
         for (int i = 0; i < D; i++)
             memset(dw_Pmat + (size_t)i * H + j0, 0, nU * sizeof(float));
-        for (size_t r = 0; r < (size_t)B * T; r++)
-            for (int k = 0; k < NR; k++)
-                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(float));
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g0 + r * LDS_g0 + 2 * (size_t)j0, 0, 2 * nU * sizeof(float));
@@ -457,7 +432,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -465,6 +440,9 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     dL_h_1[bj] += dy[r * H + j];
+                    dXP[(size_t)0 * BH + bj] = 0.0f;
+                    dXP[(size_t)1 * BH + bj] = 0.0f;
+                    dXP[(size_t)2 * BH + bj] = 0.0f;
                     d_t15[bj] = 0.0f;
                     d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
                     if (m) {
@@ -475,7 +453,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
 
             /* phase 2, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -503,11 +481,11 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     g_hh += g_t20 * (s_z[bj]);
                     g_z += g_t20 * (s_hh[bj]);
                     g_t18 += g_hh * ((1.0f - s_hh[bj] * s_hh[bj]));
-                    dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t18;
+                    dXP[(size_t)2 * BH + bj] += g_t18;
                     g_t15_u_h += g_t18;
                     dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
                     g_t5 += g_z * (s_z[bj] * (1.0f - s_z[bj]));
-                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t5;
+                    dXP[(size_t)0 * BH + bj] += g_t5;
                     g_h_prev_u_z += g_t5;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
                 }
@@ -519,7 +497,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), d_t15 + j0, H, 1);
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -534,7 +512,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     g_r += g_t15 * (s_h_prev[bj]);
                     dL_h_1[bj] += g_t15 * (s_r[bj]);
                     g_t11 += g_r * (s_r[bj] * (1.0f - s_r[bj]));
-                    dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t11;
+                    dXP[(size_t)1 * BH + bj] += g_t11;
                     g_h_prev_u_r += g_t11;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_r;
                 }
@@ -544,6 +522,50 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
+            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;
+                if (mask && !mask[r]) {   /* a padded step: no gradient */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+                    continue;
+                }
+#pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t4 = v_x_w_z + v_b_z;
+                    const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t10 = v_x_pmat + v_b_r;
+                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_h = w_b_h[j];
+                    const float v_t17 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
+                    float g_x_w_z = 0.0f;
+                    float g_b_z = 0.0f;
+                    float g_t4 = dXP[(size_t)0 * BH + bj];
+                    float g_x_pmat = 0.0f;
+                    float g_b_r = 0.0f;
+                    float g_t10 = dXP[(size_t)1 * BH + bj];
+                    float g_x_w_h = 0.0f;
+                    float g_b_h = 0.0f;
+                    float g_t17 = dXP[(size_t)2 * BH + bj];
+                    g_x_w_h += g_t17;
+                    g_b_h += g_t17;
+                    dw_b_h[j] += g_b_h;
+                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
+                    g_x_pmat += g_t10;
+                    g_b_r += g_t10;
+                    dw_b_r[j] += g_b_r;
+                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
+                    g_x_w_z += g_t4;
+                    g_b_z += g_t4;
+                    dw_b_z[j] += g_b_z;
+                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
+                }
+            }
         }
 
         if (nU > 0) {
@@ -564,48 +586,9 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     dw_U_h[i * H + j] += dUcat_g1[i * LDS_g1 + OFF_g1 + 0 * nU + j];
         }
 
-        /* hoisted part, reversed: dXW and the bias gradients */
-        for (size_t r = 0; r < (size_t)B * T; r++) {
-            const int t = (int)(r % (size_t)T);
-            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
-                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-                continue;
-            }
-#pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b_z = w_b_z[j];
-                const float v_t4 = v_x_w_z + v_b_z;
-                const float v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const float v_b_r = w_b_r[j];
-                const float v_t10 = v_x_pmat + v_b_r;
-                const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const float v_b_h = w_b_h[j];
-                const float v_t17 = v_x_w_h + v_b_h;
-                (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
-                float g_x_w_z = 0.0f;
-                float g_b_z = 0.0f;
-                float g_t4 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                float g_x_pmat = 0.0f;
-                float g_b_r = 0.0f;
-                float g_t10 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
-                float g_x_w_h = 0.0f;
-                float g_b_h = 0.0f;
-                float g_t17 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
-                g_x_w_h += g_t17;
-                g_b_h += g_t17;
-                dw_b_h[j] += g_b_h;
-                dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                g_x_pmat += g_t10;
-                g_b_r += g_t10;
-                dw_b_r[j] += g_b_r;
-                dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
-                g_x_w_z += g_t4;
-                g_b_z += g_t4;
-                dw_b_z[j] += g_b_z;
-                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-            }
-        }
+        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+            for (int b = 0; b < B; b++)
+                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
         if (nU > 0) {
             RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
@@ -622,11 +605,12 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     dw_W_h[i * H + j] += dWcat[i * LDXW + OFFW + 2 * nU + j];
         }
 #pragma omp barrier
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
-        int d0, d1;
-        rnngen_share(D, 1, tid, nt, &d0, &d1);
-        if (d1 > d0)
-            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+         * each thread's product keeps all D columns */
+        int r0, r1;
+        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+        if (r1 > r0)
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
     return RNNGEN_OK;
 }
@@ -652,7 +636,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!x || !y || !work || !w_W_z || !w_U_z || !w_b_z || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !w_Pmat) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 2 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
@@ -675,10 +659,9 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    double *iXP = p; p += (size_t)B * T * LDXP;
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -688,9 +671,8 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
     (void)d_h_new;
 
     double *XW = save ? save : iXW;
-    double *XP = save ? save + (size_t)B * T * LDXW : iXP;
-    double *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    double *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -749,24 +731,6 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
-            for (size_t r = 0; r < (size_t)B * T; r++) {
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                    const double v_b_z = w_b_z[j];
-                    const double v_t4 = v_x_w_z + v_b_z;
-                    const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                    const double v_b_r = w_b_r[j];
-                    const double v_t10 = v_x_pmat + v_b_r;
-                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                    const double v_b_h = w_b_h[j];
-                    const double v_t17 = v_x_w_h + v_b_h;
-                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t4;  /* root 0 */
-                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t10;  /* root 1 */
-                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t17;  /* root 2 */
-                }
-            }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
@@ -785,7 +749,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -802,7 +766,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
                 rnngen_pgemm_f64(B, 2 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 2 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -833,7 +797,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
                 rnngen_pgemm_f64(B, 1 * (int)nU, H, s_t15, H, Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g1 + 1 * (size_t)j0, LDS_g1, 0);
             /* phase 2 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -906,7 +870,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     if (st) return st;
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_U_z || !dw_U_z || !w_b_z || !dw_b_z || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_W_h || !dw_W_h || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h || !w_Pmat || !dw_Pmat) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 2 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
@@ -930,10 +894,9 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    double *iXP = p; p += (size_t)B * T * LDXP;
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -943,9 +906,8 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    const double *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
-    double *SL = (double *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    double *SL = (double *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1017,9 +979,6 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
         memset(dw_b_h + j0, 0, nU * sizeof(double));
         for (int i = 0; i < D; i++)
             memset(dw_Pmat + (size_t)i * H + j0, 0, nU * sizeof(double));
-        for (size_t r = 0; r < (size_t)B * T; r++)
-            for (int k = 0; k < NR; k++)
-                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(double));
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g0 + r * LDS_g0 + 2 * (size_t)j0, 0, 2 * nU * sizeof(double));
@@ -1044,7 +1003,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -1052,6 +1011,9 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     dL_h_1[bj] += dy[r * H + j];
+                    dXP[(size_t)0 * BH + bj] = 0.0;
+                    dXP[(size_t)1 * BH + bj] = 0.0;
+                    dXP[(size_t)2 * BH + bj] = 0.0;
                     d_t15[bj] = 0.0;
                     d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
                     if (m) {
@@ -1062,7 +1024,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
 
             /* phase 2, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1090,11 +1052,11 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     g_hh += g_t20 * (s_z[bj]);
                     g_z += g_t20 * (s_hh[bj]);
                     g_t18 += g_hh * ((1.0 - s_hh[bj] * s_hh[bj]));
-                    dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t18;
+                    dXP[(size_t)2 * BH + bj] += g_t18;
                     g_t15_u_h += g_t18;
                     dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
                     g_t5 += g_z * (s_z[bj] * (1.0 - s_z[bj]));
-                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t5;
+                    dXP[(size_t)0 * BH + bj] += g_t5;
                     g_h_prev_u_z += g_t5;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
                 }
@@ -1106,7 +1068,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), d_t15 + j0, H, 1);
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1121,7 +1083,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     g_r += g_t15 * (s_h_prev[bj]);
                     dL_h_1[bj] += g_t15 * (s_r[bj]);
                     g_t11 += g_r * (s_r[bj] * (1.0 - s_r[bj]));
-                    dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t11;
+                    dXP[(size_t)1 * BH + bj] += g_t11;
                     g_h_prev_u_r += g_t11;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_r;
                 }
@@ -1131,6 +1093,50 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
+            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;
+                if (mask && !mask[r]) {   /* a padded step: no gradient */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+                    continue;
+                }
+#pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t4 = v_x_w_z + v_b_z;
+                    const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t10 = v_x_pmat + v_b_r;
+                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_h = w_b_h[j];
+                    const double v_t17 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
+                    double g_x_w_z = 0.0;
+                    double g_b_z = 0.0;
+                    double g_t4 = dXP[(size_t)0 * BH + bj];
+                    double g_x_pmat = 0.0;
+                    double g_b_r = 0.0;
+                    double g_t10 = dXP[(size_t)1 * BH + bj];
+                    double g_x_w_h = 0.0;
+                    double g_b_h = 0.0;
+                    double g_t17 = dXP[(size_t)2 * BH + bj];
+                    g_x_w_h += g_t17;
+                    g_b_h += g_t17;
+                    dw_b_h[j] += g_b_h;
+                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
+                    g_x_pmat += g_t10;
+                    g_b_r += g_t10;
+                    dw_b_r[j] += g_b_r;
+                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
+                    g_x_w_z += g_t4;
+                    g_b_z += g_t4;
+                    dw_b_z[j] += g_b_z;
+                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
+                }
+            }
         }
 
         if (nU > 0) {
@@ -1151,48 +1157,9 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     dw_U_h[i * H + j] += dUcat_g1[i * LDS_g1 + OFF_g1 + 0 * nU + j];
         }
 
-        /* hoisted part, reversed: dXW and the bias gradients */
-        for (size_t r = 0; r < (size_t)B * T; r++) {
-            const int t = (int)(r % (size_t)T);
-            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
-                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-                continue;
-            }
-#pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b_z = w_b_z[j];
-                const double v_t4 = v_x_w_z + v_b_z;
-                const double v_x_pmat = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const double v_b_r = w_b_r[j];
-                const double v_t10 = v_x_pmat + v_b_r;
-                const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const double v_b_h = w_b_h[j];
-                const double v_t17 = v_x_w_h + v_b_h;
-                (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
-                double g_x_w_z = 0.0;
-                double g_b_z = 0.0;
-                double g_t4 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                double g_x_pmat = 0.0;
-                double g_b_r = 0.0;
-                double g_t10 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
-                double g_x_w_h = 0.0;
-                double g_b_h = 0.0;
-                double g_t17 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
-                g_x_w_h += g_t17;
-                g_b_h += g_t17;
-                dw_b_h[j] += g_b_h;
-                dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                g_x_pmat += g_t10;
-                g_b_r += g_t10;
-                dw_b_r[j] += g_b_r;
-                dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
-                g_x_w_z += g_t4;
-                g_b_z += g_t4;
-                dw_b_z[j] += g_b_z;
-                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-            }
-        }
+        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+            for (int b = 0; b < B; b++)
+                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
         if (nU > 0) {
             RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
@@ -1209,11 +1176,12 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     dw_W_h[i * H + j] += dWcat[i * LDXW + OFFW + 2 * nU + j];
         }
 #pragma omp barrier
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
-        int d0, d1;
-        rnngen_share(D, 1, tid, nt, &d0, &d1);
-        if (d1 > d0)
-            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+         * each thread's product keeps all D columns */
+        int r0, r1;
+        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+        if (r1 > r0)
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
     return RNNGEN_OK;
 }

@@ -4,7 +4,7 @@
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input GEMM (once): XW[B*T, 3*H] = x[B*T, D] @ [W_z | W_r | W_h]
- * Hoisted roots XP[B*T, 3*H]: x_w_z + b_z; x_w_r + b_r; x_w_h + b_h
+ * Hoisted roots (computed from XW inside the step loops): x_w_z + b_z; x_w_r + b_r; x_w_h + b_h
  * Step phase 0: loop over t3
  * Step phase 1: GEMM t3 @ [U_z]; GEMM h_prev @ [U_r]; loop over t12, r, t16
  * Step phase 2: GEMM t16 @ [U_h]; loop over t6, z, t19, hh, t21, t23, t24, t25, h_new
@@ -24,9 +24,9 @@ int rnngen_jzs3_sizes(int T, int B, int D, int H, long long *save_size, long lon
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
-    *save_size = (long long)((size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * T * BH);
-    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * 2 * BH
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
+    *save_size = (long long)((size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
+    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
     n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
          + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g0 */
@@ -67,7 +67,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!x || !y || !work || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
@@ -97,10 +97,9 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    float *iXP = p; p += (size_t)B * T * LDXP;
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -112,9 +111,8 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
     (void)d_h_new;
 
     float *XW = save ? save : iXW;
-    float *XP = save ? save + (size_t)B * T * LDXW : iXP;
-    float *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    float *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -182,24 +180,6 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
-            for (size_t r = 0; r < (size_t)B * T; r++) {
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                    const float v_b_z = w_b_z[j];
-                    const float v_t5 = v_x_w_z + v_b_z;
-                    const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                    const float v_b_r = w_b_r[j];
-                    const float v_t11 = v_x_w_r + v_b_r;
-                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                    const float v_b_h = w_b_h[j];
-                    const float v_t18 = v_x_w_h + v_b_h;
-                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
-                }
-            }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
@@ -219,7 +199,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -240,7 +220,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                 rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_prev, H, Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g1 + 1 * (size_t)j0, LDS_g1, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -271,7 +251,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                 rnngen_pgemm_f32(B, 1 * (int)nU, H, s_t16, H, Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 2 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -344,7 +324,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     if (st) return st;
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_U_z || !dw_U_z || !w_b_z || !dw_b_z || !w_W_r || !dw_W_r || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_W_h || !dw_W_h || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
@@ -375,10 +355,9 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    float *iXP = p; p += (size_t)B * T * LDXP;
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -390,9 +369,8 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    const float *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
-    float *SL = (float *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    float *SL = (float *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -474,9 +452,6 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
         for (int i = 0; i < H; i++)
             memset(dw_U_h + (size_t)i * H + j0, 0, nU * sizeof(float));
         memset(dw_b_h + j0, 0, nU * sizeof(float));
-        for (size_t r = 0; r < (size_t)B * T; r++)
-            for (int k = 0; k < NR; k++)
-                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(float));
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
@@ -505,7 +480,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -513,6 +488,9 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     dL_h_1[bj] += dy[r * H + j];
+                    dXP[(size_t)0 * BH + bj] = 0.0f;
+                    dXP[(size_t)1 * BH + bj] = 0.0f;
+                    dXP[(size_t)2 * BH + bj] = 0.0f;
                     d_t3[bj] = 0.0f;
                     d_t16[bj] = 0.0f;
                     d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
@@ -524,7 +502,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
 
             /* phase 2, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -552,11 +530,11 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                     g_hh += g_t21 * (s_z[bj]);
                     g_z += g_t21 * (s_hh[bj]);
                     g_t19 += g_hh * ((1.0f - s_hh[bj] * s_hh[bj]));
-                    dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t19;
+                    dXP[(size_t)2 * BH + bj] += g_t19;
                     g_t16_u_h += g_t19;
                     dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
                     g_t6 += g_z * (s_z[bj] * (1.0f - s_z[bj]));
-                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t6;
+                    dXP[(size_t)0 * BH + bj] += g_t6;
                     g_t3_u_z += g_t6;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
                 }
@@ -568,7 +546,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), d_t16 + j0, H, 1);
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -583,7 +561,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                     g_r += g_t16 * (s_h_prev[bj]);
                     dL_h_1[bj] += g_t16 * (s_r[bj]);
                     g_t12 += g_r * (s_r[bj] * (1.0f - s_r[bj]));
-                    dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t12;
+                    dXP[(size_t)1 * BH + bj] += g_t12;
                     g_h_prev_u_r += g_t12;
                     dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_prev_u_r;
                 }
@@ -597,7 +575,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* phase 0, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -610,6 +588,50 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                 }
             }
 
+            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;
+                if (mask && !mask[r]) {   /* a padded step: no gradient */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+                    continue;
+                }
+#pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_z = w_b_z[j];
+                    const float v_t5 = v_x_w_z + v_b_z;
+                    const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_r = w_b_r[j];
+                    const float v_t11 = v_x_w_r + v_b_r;
+                    const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_h = w_b_h[j];
+                    const float v_t18 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
+                    float g_x_w_z = 0.0f;
+                    float g_b_z = 0.0f;
+                    float g_t5 = dXP[(size_t)0 * BH + bj];
+                    float g_x_w_r = 0.0f;
+                    float g_b_r = 0.0f;
+                    float g_t11 = dXP[(size_t)1 * BH + bj];
+                    float g_x_w_h = 0.0f;
+                    float g_b_h = 0.0f;
+                    float g_t18 = dXP[(size_t)2 * BH + bj];
+                    g_x_w_h += g_t18;
+                    g_b_h += g_t18;
+                    dw_b_h[j] += g_b_h;
+                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
+                    g_x_w_r += g_t11;
+                    g_b_r += g_t11;
+                    dw_b_r[j] += g_b_r;
+                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
+                    g_x_w_z += g_t5;
+                    g_b_z += g_t5;
+                    dw_b_z[j] += g_b_z;
+                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
+                }
+            }
         }
 
         if (nU > 0) {
@@ -631,48 +653,9 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                     dw_U_h[i * H + j] += dUcat_g2[i * LDS_g2 + OFF_g2 + 0 * nU + j];
         }
 
-        /* hoisted part, reversed: dXW and the bias gradients */
-        for (size_t r = 0; r < (size_t)B * T; r++) {
-            const int t = (int)(r % (size_t)T);
-            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
-                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-                continue;
-            }
-#pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b_z = w_b_z[j];
-                const float v_t5 = v_x_w_z + v_b_z;
-                const float v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const float v_b_r = w_b_r[j];
-                const float v_t11 = v_x_w_r + v_b_r;
-                const float v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const float v_b_h = w_b_h[j];
-                const float v_t18 = v_x_w_h + v_b_h;
-                (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
-                float g_x_w_z = 0.0f;
-                float g_b_z = 0.0f;
-                float g_t5 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                float g_x_w_r = 0.0f;
-                float g_b_r = 0.0f;
-                float g_t11 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
-                float g_x_w_h = 0.0f;
-                float g_b_h = 0.0f;
-                float g_t18 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
-                g_x_w_h += g_t18;
-                g_b_h += g_t18;
-                dw_b_h[j] += g_b_h;
-                dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                g_x_w_r += g_t11;
-                g_b_r += g_t11;
-                dw_b_r[j] += g_b_r;
-                dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
-                g_x_w_z += g_t5;
-                g_b_z += g_t5;
-                dw_b_z[j] += g_b_z;
-                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-            }
-        }
+        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+            for (int b = 0; b < B; b++)
+                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
         if (nU > 0) {
             RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
@@ -689,11 +672,12 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                     dw_W_h[i * H + j] += dWcat[i * LDXW + OFFW + 2 * nU + j];
         }
 #pragma omp barrier
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
-        int d0, d1;
-        rnngen_share(D, 1, tid, nt, &d0, &d1);
-        if (d1 > d0)
-            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+         * each thread's product keeps all D columns */
+        int r0, r1;
+        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+        if (r1 > r0)
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
     return RNNGEN_OK;
 }
@@ -719,7 +703,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!x || !y || !work || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
@@ -749,10 +733,9 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    double *iXP = p; p += (size_t)B * T * LDXP;
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -764,9 +747,8 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
     (void)d_h_new;
 
     double *XW = save ? save : iXW;
-    double *XP = save ? save + (size_t)B * T * LDXW : iXP;
-    double *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    double *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -834,24 +816,6 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
-            for (size_t r = 0; r < (size_t)B * T; r++) {
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                    const double v_b_z = w_b_z[j];
-                    const double v_t5 = v_x_w_z + v_b_z;
-                    const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                    const double v_b_r = w_b_r[j];
-                    const double v_t11 = v_x_w_r + v_b_r;
-                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                    const double v_b_h = w_b_h[j];
-                    const double v_t18 = v_x_w_h + v_b_h;
-                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
-                }
-            }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
@@ -871,7 +835,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -892,7 +856,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                 rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_prev, H, Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g1 + 1 * (size_t)j0, LDS_g1, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -923,7 +887,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                 rnngen_pgemm_f64(B, 1 * (int)nU, H, s_t16, H, Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 2 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -996,7 +960,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     if (st) return st;
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_U_z || !dw_U_z || !w_b_z || !dw_b_z || !w_W_r || !dw_W_r || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_W_h || !dw_W_h || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
@@ -1027,10 +991,9 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    double *iXP = p; p += (size_t)B * T * LDXP;
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -1042,9 +1005,8 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    const double *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
-    double *SL = (double *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    double *SL = (double *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1126,9 +1088,6 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
         for (int i = 0; i < H; i++)
             memset(dw_U_h + (size_t)i * H + j0, 0, nU * sizeof(double));
         memset(dw_b_h + j0, 0, nU * sizeof(double));
-        for (size_t r = 0; r < (size_t)B * T; r++)
-            for (int k = 0; k < NR; k++)
-                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(double));
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
@@ -1157,7 +1116,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -1165,6 +1124,9 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     dL_h_1[bj] += dy[r * H + j];
+                    dXP[(size_t)0 * BH + bj] = 0.0;
+                    dXP[(size_t)1 * BH + bj] = 0.0;
+                    dXP[(size_t)2 * BH + bj] = 0.0;
                     d_t3[bj] = 0.0;
                     d_t16[bj] = 0.0;
                     d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
@@ -1176,7 +1138,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
 
             /* phase 2, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1204,11 +1166,11 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                     g_hh += g_t21 * (s_z[bj]);
                     g_z += g_t21 * (s_hh[bj]);
                     g_t19 += g_hh * ((1.0 - s_hh[bj] * s_hh[bj]));
-                    dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t19;
+                    dXP[(size_t)2 * BH + bj] += g_t19;
                     g_t16_u_h += g_t19;
                     dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
                     g_t6 += g_z * (s_z[bj] * (1.0 - s_z[bj]));
-                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t6;
+                    dXP[(size_t)0 * BH + bj] += g_t6;
                     g_t3_u_z += g_t6;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
                 }
@@ -1220,7 +1182,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), d_t16 + j0, H, 1);
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1235,7 +1197,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                     g_r += g_t16 * (s_h_prev[bj]);
                     dL_h_1[bj] += g_t16 * (s_r[bj]);
                     g_t12 += g_r * (s_r[bj] * (1.0 - s_r[bj]));
-                    dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t12;
+                    dXP[(size_t)1 * BH + bj] += g_t12;
                     g_h_prev_u_r += g_t12;
                     dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_prev_u_r;
                 }
@@ -1249,7 +1211,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* phase 0, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1262,6 +1224,50 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                 }
             }
 
+            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;
+                if (mask && !mask[r]) {   /* a padded step: no gradient */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+                    continue;
+                }
+#pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_z = w_b_z[j];
+                    const double v_t5 = v_x_w_z + v_b_z;
+                    const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_r = w_b_r[j];
+                    const double v_t11 = v_x_w_r + v_b_r;
+                    const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_h = w_b_h[j];
+                    const double v_t18 = v_x_w_h + v_b_h;
+                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
+                    double g_x_w_z = 0.0;
+                    double g_b_z = 0.0;
+                    double g_t5 = dXP[(size_t)0 * BH + bj];
+                    double g_x_w_r = 0.0;
+                    double g_b_r = 0.0;
+                    double g_t11 = dXP[(size_t)1 * BH + bj];
+                    double g_x_w_h = 0.0;
+                    double g_b_h = 0.0;
+                    double g_t18 = dXP[(size_t)2 * BH + bj];
+                    g_x_w_h += g_t18;
+                    g_b_h += g_t18;
+                    dw_b_h[j] += g_b_h;
+                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
+                    g_x_w_r += g_t11;
+                    g_b_r += g_t11;
+                    dw_b_r[j] += g_b_r;
+                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
+                    g_x_w_z += g_t5;
+                    g_b_z += g_t5;
+                    dw_b_z[j] += g_b_z;
+                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
+                }
+            }
         }
 
         if (nU > 0) {
@@ -1283,48 +1289,9 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                     dw_U_h[i * H + j] += dUcat_g2[i * LDS_g2 + OFF_g2 + 0 * nU + j];
         }
 
-        /* hoisted part, reversed: dXW and the bias gradients */
-        for (size_t r = 0; r < (size_t)B * T; r++) {
-            const int t = (int)(r % (size_t)T);
-            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
-                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-                continue;
-            }
-#pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w_z = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b_z = w_b_z[j];
-                const double v_t5 = v_x_w_z + v_b_z;
-                const double v_x_w_r = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const double v_b_r = w_b_r[j];
-                const double v_t11 = v_x_w_r + v_b_r;
-                const double v_x_w_h = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const double v_b_h = w_b_h[j];
-                const double v_t18 = v_x_w_h + v_b_h;
-                (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
-                double g_x_w_z = 0.0;
-                double g_b_z = 0.0;
-                double g_t5 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                double g_x_w_r = 0.0;
-                double g_b_r = 0.0;
-                double g_t11 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
-                double g_x_w_h = 0.0;
-                double g_b_h = 0.0;
-                double g_t18 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
-                g_x_w_h += g_t18;
-                g_b_h += g_t18;
-                dw_b_h[j] += g_b_h;
-                dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                g_x_w_r += g_t11;
-                g_b_r += g_t11;
-                dw_b_r[j] += g_b_r;
-                dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
-                g_x_w_z += g_t5;
-                g_b_z += g_t5;
-                dw_b_z[j] += g_b_z;
-                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-            }
-        }
+        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+            for (int b = 0; b < B; b++)
+                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
         if (nU > 0) {
             RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
@@ -1341,11 +1308,12 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                     dw_W_h[i * H + j] += dWcat[i * LDXW + OFFW + 2 * nU + j];
         }
 #pragma omp barrier
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
-        int d0, d1;
-        rnngen_share(D, 1, tid, nt, &d0, &d1);
-        if (d1 > d0)
-            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+         * each thread's product keeps all D columns */
+        int r0, r1;
+        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+        if (r1 > r0)
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
     return RNNGEN_OK;
 }

@@ -4,7 +4,7 @@
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input GEMM (once): XW[B*T, 4*H] = x[B*T, D] @ [W_i | W_f | W_c | W_o]
- * Hoisted roots XP[B*T, 4*H]: x_w_i + b_i; x_w_f + b_f; x_w_c + b_c; x_w_o + b_o
+ * Hoisted roots (computed from XW inside the step loops): x_w_i + b_i; x_w_f + b_f; x_w_c + b_c; x_w_o + b_o
  * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_i | U_f | U_c | U_o]; loop over t6, i, t12, f, t14, t19, t20, t21, t22, c_new, t28, o, t30, t31, h_new
  */
@@ -23,9 +23,9 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
-    *save_size = (long long)((size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * T * BH);
-    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * 2 * BH
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
+    *save_size = (long long)((size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
+    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
     n += (3 * (size_t)H + B + (size_t)T * B) * 4 * (size_t)H
          + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 4 * (size_t)H);   /* g0 */
@@ -65,7 +65,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 4 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     float *p = work;
@@ -84,10 +84,9 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    float *iXP = p; p += (size_t)B * T * LDXP;
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -97,9 +96,8 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     (void)d_h_new;
 
     float *XW = save ? save : iXW;
-    float *XP = save ? save + (size_t)B * T * LDXW : iXP;
-    float *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    float *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -155,28 +153,6 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
-            for (size_t r = 0; r < (size_t)B * T; r++) {
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                    const float v_b_i = w_b_i[j];
-                    const float v_t5 = v_x_w_i + v_b_i;
-                    const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                    const float v_b_f = w_b_f[j];
-                    const float v_t11 = v_x_w_f + v_b_f;
-                    const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                    const float v_b_c = w_b_c[j];
-                    const float v_t18 = v_x_w_c + v_b_c;
-                    const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
-                    const float v_b_o = w_b_o[j];
-                    const float v_t27 = v_x_w_o + v_b_o;
-                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
-                    XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
-                }
-            }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(L_c_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
@@ -197,7 +173,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -215,7 +191,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
                 rnngen_pgemm_f32(B, 4 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 4 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -306,7 +282,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     if (st) return st;
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_i || !dw_W_i || !w_U_i || !dw_U_i || !w_b_i || !dw_b_i || !w_W_c || !dw_W_c || !w_U_c || !dw_U_c || !w_b_c || !dw_b_c || !w_W_f || !dw_W_f || !w_U_f || !dw_U_f || !w_b_f || !dw_b_f || !w_W_o || !dw_W_o || !w_U_o || !dw_U_o || !w_b_o || !dw_b_o) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 4 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
@@ -326,10 +302,9 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    float *iXP = p; p += (size_t)B * T * LDXP;
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -339,9 +314,8 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    const float *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
-    float *SL = (float *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    float *SL = (float *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -413,9 +387,6 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
         for (int i = 0; i < H; i++)
             memset(dw_U_o + (size_t)i * H + j0, 0, nU * sizeof(float));
         memset(dw_b_o + j0, 0, nU * sizeof(float));
-        for (size_t r = 0; r < (size_t)B * T; r++)
-            for (int k = 0; k < NR; k++)
-                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(float));
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g0 + r * LDS_g0 + 4 * (size_t)j0, 0, 4 * nU * sizeof(float));
@@ -439,7 +410,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -447,6 +418,10 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     dL_h_1[bj] += dy[r * H + j];
+                    dXP[(size_t)0 * BH + bj] = 0.0f;
+                    dXP[(size_t)1 * BH + bj] = 0.0f;
+                    dXP[(size_t)2 * BH + bj] = 0.0f;
+                    dXP[(size_t)3 * BH + bj] = 0.0f;
                     d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
                     if (m) {
                         dL_h_1[bj] = 0.0f;
@@ -460,7 +435,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
 
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -492,7 +467,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                     g_t30 += g_t31 * (s_o[bj]);
                     g_c_new += g_t30 * ((1.0f - s_t30[bj] * s_t30[bj]));
                     g_t28 += g_o * (((s_o[bj]) > 0.0f && (s_o[bj]) < 1.0f ? 0.2f : 0.0f));
-                    dXP[(size_t)r * LDXP + 3 * (size_t)H + j] += g_t28;
+                    dXP[(size_t)3 * BH + bj] += g_t28;
                     g_h_prev_u_o += g_t28;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
                     g_t22 += g_c_new;
@@ -501,17 +476,17 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                     g_i += g_t21 * (s_t20[bj]);
                     g_t20 += g_t21 * (s_i[bj]);
                     g_t19 += g_t20 * ((1.0f - s_t20[bj] * s_t20[bj]));
-                    dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t19;
+                    dXP[(size_t)2 * BH + bj] += g_t19;
                     g_h_prev_u_c += g_t19;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
                     g_f += g_t14 * (s_c_prev[bj]);
                     dL_c_1[bj] += g_t14 * (s_f[bj]);
                     g_t12 += g_f * (((s_f[bj]) > 0.0f && (s_f[bj]) < 1.0f ? 0.2f : 0.0f));
-                    dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t12;
+                    dXP[(size_t)1 * BH + bj] += g_t12;
                     g_h_prev_u_f += g_t12;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
                     g_t6 += g_i * (((s_i[bj]) > 0.0f && (s_i[bj]) < 1.0f ? 0.2f : 0.0f));
-                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t6;
+                    dXP[(size_t)0 * BH + bj] += g_t6;
                     g_h_prev_u_i += g_t6;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
                 }
@@ -521,6 +496,60 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
+            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;
+                if (mask && !mask[r]) {   /* a padded step: no gradient */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+                    continue;
+                }
+#pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b_i = w_b_i[j];
+                    const float v_t5 = v_x_w_i + v_b_i;
+                    const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_b_f = w_b_f[j];
+                    const float v_t11 = v_x_w_f + v_b_f;
+                    const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_b_c = w_b_c[j];
+                    const float v_t18 = v_x_w_c + v_b_c;
+                    const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const float v_b_o = w_b_o[j];
+                    const float v_t27 = v_x_w_o + v_b_o;
+                    (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
+                    float g_x_w_i = 0.0f;
+                    float g_b_i = 0.0f;
+                    float g_t5 = dXP[(size_t)0 * BH + bj];
+                    float g_x_w_f = 0.0f;
+                    float g_b_f = 0.0f;
+                    float g_t11 = dXP[(size_t)1 * BH + bj];
+                    float g_x_w_c = 0.0f;
+                    float g_b_c = 0.0f;
+                    float g_t18 = dXP[(size_t)2 * BH + bj];
+                    float g_x_w_o = 0.0f;
+                    float g_b_o = 0.0f;
+                    float g_t27 = dXP[(size_t)3 * BH + bj];
+                    g_x_w_o += g_t27;
+                    g_b_o += g_t27;
+                    dw_b_o[j] += g_b_o;
+                    dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
+                    g_x_w_c += g_t18;
+                    g_b_c += g_t18;
+                    dw_b_c[j] += g_b_c;
+                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
+                    g_x_w_f += g_t11;
+                    g_b_f += g_t11;
+                    dw_b_f[j] += g_b_f;
+                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
+                    g_x_w_i += g_t5;
+                    g_b_i += g_t5;
+                    dw_b_i[j] += g_b_i;
+                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
+                }
+            }
         }
 
         if (nU > 0) {
@@ -544,58 +573,9 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                     dw_U_o[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 3 * nU + j];
         }
 
-        /* hoisted part, reversed: dXW and the bias gradients */
-        for (size_t r = 0; r < (size_t)B * T; r++) {
-            const int t = (int)(r % (size_t)T);
-            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
-                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-                continue;
-            }
-#pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b_i = w_b_i[j];
-                const float v_t5 = v_x_w_i + v_b_i;
-                const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const float v_b_f = w_b_f[j];
-                const float v_t11 = v_x_w_f + v_b_f;
-                const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const float v_b_c = w_b_c[j];
-                const float v_t18 = v_x_w_c + v_b_c;
-                const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
-                const float v_b_o = w_b_o[j];
-                const float v_t27 = v_x_w_o + v_b_o;
-                (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
-                float g_x_w_i = 0.0f;
-                float g_b_i = 0.0f;
-                float g_t5 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                float g_x_w_f = 0.0f;
-                float g_b_f = 0.0f;
-                float g_t11 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
-                float g_x_w_c = 0.0f;
-                float g_b_c = 0.0f;
-                float g_t18 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
-                float g_x_w_o = 0.0f;
-                float g_b_o = 0.0f;
-                float g_t27 = dXP[(size_t)r * LDXP + 3 * (size_t)H + j];
-                g_x_w_o += g_t27;
-                g_b_o += g_t27;
-                dw_b_o[j] += g_b_o;
-                dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
-                g_x_w_c += g_t18;
-                g_b_c += g_t18;
-                dw_b_c[j] += g_b_c;
-                dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
-                g_x_w_f += g_t11;
-                g_b_f += g_t11;
-                dw_b_f[j] += g_b_f;
-                dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
-                g_x_w_i += g_t5;
-                g_b_i += g_t5;
-                dw_b_i[j] += g_b_i;
-                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
-            }
-        }
+        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+            for (int b = 0; b < B; b++)
+                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
         if (nU > 0) {
             RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
@@ -616,11 +596,12 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                     dw_W_o[i * H + j] += dWcat[i * LDXW + OFFW + 3 * nU + j];
         }
 #pragma omp barrier
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
-        int d0, d1;
-        rnngen_share(D, 1, tid, nt, &d0, &d1);
-        if (d1 > d0)
-            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+         * each thread's product keeps all D columns */
+        int r0, r1;
+        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+        if (r1 > r0)
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
     return RNNGEN_OK;
 }
@@ -649,7 +630,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 4 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     double *p = work;
@@ -668,10 +649,9 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    double *iXP = p; p += (size_t)B * T * LDXP;
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -681,9 +661,8 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     (void)d_h_new;
 
     double *XW = save ? save : iXW;
-    double *XP = save ? save + (size_t)B * T * LDXW : iXP;
-    double *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    double *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -739,28 +718,6 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
-            for (size_t r = 0; r < (size_t)B * T; r++) {
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                    const double v_b_i = w_b_i[j];
-                    const double v_t5 = v_x_w_i + v_b_i;
-                    const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                    const double v_b_f = w_b_f[j];
-                    const double v_t11 = v_x_w_f + v_b_f;
-                    const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                    const double v_b_c = w_b_c[j];
-                    const double v_t18 = v_x_w_c + v_b_c;
-                    const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
-                    const double v_b_o = w_b_o[j];
-                    const double v_t27 = v_x_w_o + v_b_o;
-                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t5;  /* root 0 */
-                    XP[(size_t)r * LDXP + 1 * (size_t)H + j] = v_t11;  /* root 1 */
-                    XP[(size_t)r * LDXP + 2 * (size_t)H + j] = v_t18;  /* root 2 */
-                    XP[(size_t)r * LDXP + 3 * (size_t)H + j] = v_t27;  /* root 3 */
-                }
-            }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(L_c_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
@@ -781,7 +738,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -799,7 +756,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
                 rnngen_pgemm_f64(B, 4 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 4 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -890,7 +847,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     if (st) return st;
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_i || !dw_W_i || !w_U_i || !dw_U_i || !w_b_i || !dw_b_i || !w_W_c || !dw_W_c || !w_U_c || !dw_U_c || !w_b_c || !dw_b_c || !w_W_f || !dw_W_f || !w_U_f || !dw_U_f || !w_b_f || !dw_b_f || !w_W_o || !dw_W_o || !w_U_o || !dw_U_o || !w_b_o || !dw_b_o) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 4 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
@@ -910,10 +867,9 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    double *iXP = p; p += (size_t)B * T * LDXP;
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -923,9 +879,8 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    const double *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
-    double *SL = (double *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    double *SL = (double *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -997,9 +952,6 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
         for (int i = 0; i < H; i++)
             memset(dw_U_o + (size_t)i * H + j0, 0, nU * sizeof(double));
         memset(dw_b_o + j0, 0, nU * sizeof(double));
-        for (size_t r = 0; r < (size_t)B * T; r++)
-            for (int k = 0; k < NR; k++)
-                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(double));
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g0 + r * LDS_g0 + 4 * (size_t)j0, 0, 4 * nU * sizeof(double));
@@ -1023,7 +975,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -1031,6 +983,10 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     dL_h_1[bj] += dy[r * H + j];
+                    dXP[(size_t)0 * BH + bj] = 0.0;
+                    dXP[(size_t)1 * BH + bj] = 0.0;
+                    dXP[(size_t)2 * BH + bj] = 0.0;
+                    dXP[(size_t)3 * BH + bj] = 0.0;
                     d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
                     if (m) {
                         dL_h_1[bj] = 0.0;
@@ -1044,7 +1000,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
 
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1076,7 +1032,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                     g_t30 += g_t31 * (s_o[bj]);
                     g_c_new += g_t30 * ((1.0 - s_t30[bj] * s_t30[bj]));
                     g_t28 += g_o * (((s_o[bj]) > 0.0 && (s_o[bj]) < 1.0 ? 0.2 : 0.0));
-                    dXP[(size_t)r * LDXP + 3 * (size_t)H + j] += g_t28;
+                    dXP[(size_t)3 * BH + bj] += g_t28;
                     g_h_prev_u_o += g_t28;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
                     g_t22 += g_c_new;
@@ -1085,17 +1041,17 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                     g_i += g_t21 * (s_t20[bj]);
                     g_t20 += g_t21 * (s_i[bj]);
                     g_t19 += g_t20 * ((1.0 - s_t20[bj] * s_t20[bj]));
-                    dXP[(size_t)r * LDXP + 2 * (size_t)H + j] += g_t19;
+                    dXP[(size_t)2 * BH + bj] += g_t19;
                     g_h_prev_u_c += g_t19;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
                     g_f += g_t14 * (s_c_prev[bj]);
                     dL_c_1[bj] += g_t14 * (s_f[bj]);
                     g_t12 += g_f * (((s_f[bj]) > 0.0 && (s_f[bj]) < 1.0 ? 0.2 : 0.0));
-                    dXP[(size_t)r * LDXP + 1 * (size_t)H + j] += g_t12;
+                    dXP[(size_t)1 * BH + bj] += g_t12;
                     g_h_prev_u_f += g_t12;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
                     g_t6 += g_i * (((s_i[bj]) > 0.0 && (s_i[bj]) < 1.0 ? 0.2 : 0.0));
-                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t6;
+                    dXP[(size_t)0 * BH + bj] += g_t6;
                     g_h_prev_u_i += g_t6;
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
                 }
@@ -1105,6 +1061,60 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
+            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;
+                if (mask && !mask[r]) {   /* a padded step: no gradient */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+                    continue;
+                }
+#pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b_i = w_b_i[j];
+                    const double v_t5 = v_x_w_i + v_b_i;
+                    const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_b_f = w_b_f[j];
+                    const double v_t11 = v_x_w_f + v_b_f;
+                    const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_b_c = w_b_c[j];
+                    const double v_t18 = v_x_w_c + v_b_c;
+                    const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const double v_b_o = w_b_o[j];
+                    const double v_t27 = v_x_w_o + v_b_o;
+                    (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
+                    double g_x_w_i = 0.0;
+                    double g_b_i = 0.0;
+                    double g_t5 = dXP[(size_t)0 * BH + bj];
+                    double g_x_w_f = 0.0;
+                    double g_b_f = 0.0;
+                    double g_t11 = dXP[(size_t)1 * BH + bj];
+                    double g_x_w_c = 0.0;
+                    double g_b_c = 0.0;
+                    double g_t18 = dXP[(size_t)2 * BH + bj];
+                    double g_x_w_o = 0.0;
+                    double g_b_o = 0.0;
+                    double g_t27 = dXP[(size_t)3 * BH + bj];
+                    g_x_w_o += g_t27;
+                    g_b_o += g_t27;
+                    dw_b_o[j] += g_b_o;
+                    dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
+                    g_x_w_c += g_t18;
+                    g_b_c += g_t18;
+                    dw_b_c[j] += g_b_c;
+                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
+                    g_x_w_f += g_t11;
+                    g_b_f += g_t11;
+                    dw_b_f[j] += g_b_f;
+                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
+                    g_x_w_i += g_t5;
+                    g_b_i += g_t5;
+                    dw_b_i[j] += g_b_i;
+                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
+                }
+            }
         }
 
         if (nU > 0) {
@@ -1128,58 +1138,9 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                     dw_U_o[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 3 * nU + j];
         }
 
-        /* hoisted part, reversed: dXW and the bias gradients */
-        for (size_t r = 0; r < (size_t)B * T; r++) {
-            const int t = (int)(r % (size_t)T);
-            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
-                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-                continue;
-            }
-#pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b_i = w_b_i[j];
-                const double v_t5 = v_x_w_i + v_b_i;
-                const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
-                const double v_b_f = w_b_f[j];
-                const double v_t11 = v_x_w_f + v_b_f;
-                const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
-                const double v_b_c = w_b_c[j];
-                const double v_t18 = v_x_w_c + v_b_c;
-                const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
-                const double v_b_o = w_b_o[j];
-                const double v_t27 = v_x_w_o + v_b_o;
-                (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
-                double g_x_w_i = 0.0;
-                double g_b_i = 0.0;
-                double g_t5 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                double g_x_w_f = 0.0;
-                double g_b_f = 0.0;
-                double g_t11 = dXP[(size_t)r * LDXP + 1 * (size_t)H + j];
-                double g_x_w_c = 0.0;
-                double g_b_c = 0.0;
-                double g_t18 = dXP[(size_t)r * LDXP + 2 * (size_t)H + j];
-                double g_x_w_o = 0.0;
-                double g_b_o = 0.0;
-                double g_t27 = dXP[(size_t)r * LDXP + 3 * (size_t)H + j];
-                g_x_w_o += g_t27;
-                g_b_o += g_t27;
-                dw_b_o[j] += g_b_o;
-                dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
-                g_x_w_c += g_t18;
-                g_b_c += g_t18;
-                dw_b_c[j] += g_b_c;
-                dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
-                g_x_w_f += g_t11;
-                g_b_f += g_t11;
-                dw_b_f[j] += g_b_f;
-                dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
-                g_x_w_i += g_t5;
-                g_b_i += g_t5;
-                dw_b_i[j] += g_b_i;
-                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
-            }
-        }
+        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+            for (int b = 0; b < B; b++)
+                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
         if (nU > 0) {
             RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
@@ -1200,11 +1161,12 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                     dw_W_o[i * H + j] += dWcat[i * LDXW + OFFW + 3 * nU + j];
         }
 #pragma omp barrier
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
-        int d0, d1;
-        rnngen_share(D, 1, tid, nt, &d0, &d1);
-        if (d1 > d0)
-            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+         * each thread's product keeps all D columns */
+        int r0, r1;
+        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+        if (r1 > r0)
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
     return RNNGEN_OK;
 }

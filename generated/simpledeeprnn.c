@@ -4,7 +4,7 @@
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input GEMM (once): XW[B*T, 1*H] = x[B*T, D] @ [W]
- * Hoisted roots XP[B*T, 1*H]: x_w + b
+ * Hoisted roots (computed from XW inside the step loops): x_w + b
  * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_1]; GEMM h_lag2 @ [U_2]; GEMM h_lag3 @ [U_3]; loop over t7, t8, t14, t15, t21, t22, t24, t25, t26, t27, h_new
  */
@@ -23,9 +23,9 @@ int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size,
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
-    *save_size = (long long)((size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * T * BH);
-    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * (LDXW + LDXP) + (size_t)NSLOT * 2 * BH
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
+    *save_size = (long long)((size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
+    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
     n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
          + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g0 */
@@ -62,7 +62,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!x || !y || !work || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
@@ -94,10 +94,9 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    float *iXP = p; p += (size_t)B * T * LDXP;
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -109,9 +108,8 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     (void)d_h_new;
 
     float *XW = save ? save : iXW;
-    float *XP = save ? save + (size_t)B * T * LDXW : iXP;
-    float *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    float *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -175,16 +173,6 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
-            for (size_t r = 0; r < (size_t)B * T; r++) {
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                    const float v_b = w_b[j];
-                    const float v_t23 = v_x_w + v_b;
-                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
-                }
-            }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
@@ -209,7 +197,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -235,7 +223,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                 rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_lag3, H, Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -299,7 +287,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     if (st) return st;
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W || !dw_W || !w_U_1 || !dw_U_1 || !w_U_2 || !dw_U_2 || !w_U_3 || !dw_U_3 || !w_b || !dw_b) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
@@ -332,10 +320,9 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    float *iXP = p; p += (size_t)B * T * LDXP;
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -347,9 +334,8 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    const float *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
-    float *SL = (float *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    float *SL = (float *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -421,9 +407,6 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
         for (int i = 0; i < H; i++)
             memset(dw_U_3 + (size_t)i * H + j0, 0, nU * sizeof(float));
         memset(dw_b + j0, 0, nU * sizeof(float));
-        for (size_t r = 0; r < (size_t)B * T; r++)
-            for (int k = 0; k < NR; k++)
-                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(float));
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
@@ -457,7 +440,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -465,6 +448,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     dL_h_1[bj] += dy[r * H + j];
+                    dXP[(size_t)0 * BH + bj] = 0.0f;
                     d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
                     if (m) {
                         dL_h_1[bj] = dL_h_2[bj];
@@ -476,7 +460,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
 
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -504,7 +488,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     g_t22 += g_t26;
                     g_t24 += g_t25;
                     g_t15 += g_t25;
-                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t24;
+                    dXP[(size_t)0 * BH + bj] += g_t24;
                     g_t8 += g_t24;
                     g_t21 += g_t22 * (s_started3[bj]);
                     g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0f && (s_t21[bj]) < 1.0f ? 0.2f : 0.0f));
@@ -526,6 +510,30 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_2 + j0, H, 1);
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_3 + j0, H, 1);
+            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;
+                if (mask && !mask[r]) {   /* a padded step: no gradient */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+                    continue;
+                }
+#pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_b = w_b[j];
+                    const float v_t23 = v_x_w + v_b;
+                    (void)v_x_w; (void)v_b; (void)v_t23;
+                    float g_x_w = 0.0f;
+                    float g_b = 0.0f;
+                    float g_t23 = dXP[(size_t)0 * BH + bj];
+                    g_x_w += g_t23;
+                    g_b += g_t23;
+                    dw_b[j] += g_b;
+                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
+                }
+            }
         }
 
         if (nU > 0) {
@@ -547,28 +555,9 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     dw_U_3[i * H + j] += dUcat_g2[i * LDS_g2 + OFF_g2 + 0 * nU + j];
         }
 
-        /* hoisted part, reversed: dXW and the bias gradients */
-        for (size_t r = 0; r < (size_t)B * T; r++) {
-            const int t = (int)(r % (size_t)T);
-            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
-                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-                continue;
-            }
-#pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const float v_b = w_b[j];
-                const float v_t23 = v_x_w + v_b;
-                (void)v_x_w; (void)v_b; (void)v_t23;
-                float g_x_w = 0.0f;
-                float g_b = 0.0f;
-                float g_t23 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                g_x_w += g_t23;
-                g_b += g_t23;
-                dw_b[j] += g_b;
-                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-            }
-        }
+        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+            for (int b = 0; b < B; b++)
+                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
         if (nU > 0) {
             RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
@@ -577,11 +566,12 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
         }
 #pragma omp barrier
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
-        int d0, d1;
-        rnngen_share(D, 1, tid, nt, &d0, &d1);
-        if (d1 > d0)
-            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+         * each thread's product keeps all D columns */
+        int r0, r1;
+        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+        if (r1 > r0)
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
     return RNNGEN_OK;
 }
@@ -603,7 +593,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (!x || !y || !work || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
@@ -635,10 +625,9 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    double *iXP = p; p += (size_t)B * T * LDXP;
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -650,9 +639,8 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     (void)d_h_new;
 
     double *XW = save ? save : iXW;
-    double *XP = save ? save + (size_t)B * T * LDXW : iXP;
-    double *SL = save ? save + (size_t)B * T * (LDXW + LDXP) : iSL;
-    (void)p; (void)XW; (void)XP; (void)LDXP; (void)dXW; (void)dXP;
+    double *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -716,16 +704,6 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 
         if (nU > 0)   /* input GEMM for all steps, this thread's columns */
             RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
-        if (save)   /* hoisted roots, kept for backward (the step loops compute them from XW) */
-            for (size_t r = 0; r < (size_t)B * T; r++) {
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                    const double v_b = w_b[j];
-                    const double v_t23 = v_x_w + v_b;
-                    XP[(size_t)r * LDXP + 0 * (size_t)H + j] = v_t23;  /* root 0 */
-                }
-            }
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
@@ -750,7 +728,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -776,7 +754,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                 rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_lag3, H, Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -840,7 +818,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     if (st) return st;
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W || !dw_W || !w_U_1 || !dw_U_1 || !w_U_2 || !dw_U_2 || !w_U_3 || !dw_U_3 || !w_b || !dw_b) return RNNGEN_ENULL;
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDXP = (size_t)NR * H;
+    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
@@ -873,10 +851,9 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
     double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
-    double *iXP = p; p += (size_t)B * T * LDXP;
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXP = p; p += (size_t)B * T * LDXP;  /* [B*T, NR*H] */
+    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
     (void)Wcat; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
@@ -888,9 +865,8 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    const double *XP = XW + (size_t)B * T * LDXW;       /* [B*T, NR*H] hoisted roots */
-    double *SL = (double *)XP + (size_t)B * T * LDXP; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iXP; (void)iSL; (void)nreal_all; (void)XW; (void)XP; (void)LDXP;
+    double *SL = (double *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -962,9 +938,6 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
         for (int i = 0; i < H; i++)
             memset(dw_U_3 + (size_t)i * H + j0, 0, nU * sizeof(double));
         memset(dw_b + j0, 0, nU * sizeof(double));
-        for (size_t r = 0; r < (size_t)B * T; r++)
-            for (int k = 0; k < NR; k++)
-                memset(dXP + r * LDXP + (size_t)k * H + j0, 0, nU * sizeof(double));
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
@@ -998,7 +971,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
     #pragma omp simd
@@ -1006,6 +979,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     dL_h_1[bj] += dy[r * H + j];
+                    dXP[(size_t)0 * BH + bj] = 0.0;
                     d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
                     if (m) {
                         dL_h_1[bj] = dL_h_2[bj];
@@ -1017,7 +991,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
 
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW, XP */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1045,7 +1019,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     g_t22 += g_t26;
                     g_t24 += g_t25;
                     g_t15 += g_t25;
-                    dXP[(size_t)r * LDXP + 0 * (size_t)H + j] += g_t24;
+                    dXP[(size_t)0 * BH + bj] += g_t24;
                     g_t8 += g_t24;
                     g_t21 += g_t22 * (s_started3[bj]);
                     g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0 && (s_t21[bj]) < 1.0 ? 0.2 : 0.0));
@@ -1067,6 +1041,30 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_2 + j0, H, 1);
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_3 + j0, H, 1);
+            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
+            for (int b = 0; b < B; b++) {
+                const size_t r = (size_t)b * T + t;
+                if (mask && !mask[r]) {   /* a padded step: no gradient */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+                    continue;
+                }
+#pragma omp simd
+                for (int j = j0; j < j1; j++) {
+                    const size_t bj = (size_t)b * H + j;
+                    (void)bj;
+                    const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_b = w_b[j];
+                    const double v_t23 = v_x_w + v_b;
+                    (void)v_x_w; (void)v_b; (void)v_t23;
+                    double g_x_w = 0.0;
+                    double g_b = 0.0;
+                    double g_t23 = dXP[(size_t)0 * BH + bj];
+                    g_x_w += g_t23;
+                    g_b += g_t23;
+                    dw_b[j] += g_b;
+                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
+                }
+            }
         }
 
         if (nU > 0) {
@@ -1088,28 +1086,9 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     dw_U_3[i * H + j] += dUcat_g2[i * LDS_g2 + OFF_g2 + 0 * nU + j];
         }
 
-        /* hoisted part, reversed: dXW and the bias gradients */
-        for (size_t r = 0; r < (size_t)B * T; r++) {
-            const int t = (int)(r % (size_t)T);
-            if (t < t0 || (mask && !mask[r])) {   /* not reached: no gradient */
-                memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-                continue;
-            }
-#pragma omp simd
-            for (int j = j0; j < j1; j++) {
-                const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
-                const double v_b = w_b[j];
-                const double v_t23 = v_x_w + v_b;
-                (void)v_x_w; (void)v_b; (void)v_t23;
-                double g_x_w = 0.0;
-                double g_b = 0.0;
-                double g_t23 = dXP[(size_t)r * LDXP + 0 * (size_t)H + j];
-                g_x_w += g_t23;
-                g_b += g_t23;
-                dw_b[j] += g_b;
-                dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-            }
-        }
+        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+            for (int b = 0; b < B; b++)
+                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
         if (nU > 0) {
             RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
@@ -1118,11 +1097,12 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
         }
 #pragma omp barrier
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by input features */
-        int d0, d1;
-        rnngen_share(D, 1, tid, nt, &d0, &d1);
-        if (d1 > d0)
-            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, B * T, d1 - d0, (int)LDXW, 1, dXW, (int)LDXW, Wcat + (size_t)d0 * LDXW, (int)LDXW, 0, dx + d0, D);
+        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+         * each thread's product keeps all D columns */
+        int r0, r1;
+        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+        if (r1 > r0)
+            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
     return RNNGEN_OK;
 }

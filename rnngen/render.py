@@ -67,9 +67,10 @@ class CellMath:
         self.buf_set = set(ir.buffered)
 
     # -- value access --------------------------------------------------------
-    def root_ref(self, n, buf="XP"):
-        """n's entry in the hoisted roots (buf="XP") or in their adjoints (buf="dXP")."""
-        return f"{buf}[(size_t)r * LDXP + {self.root_index[n]} * (size_t)H + j]"
+    def root_adjoint(self, n):
+        """The adjoint of hoisted root n at this step: dXP is [NR, B, H], one step's worth
+        (roots of row (b, t) are only read at step t, so backward finishes them there)."""
+        return f"dXP[(size_t){self.root_index[n]} * BH + bj]"
 
     def fwd_val(self, n: Node, loop: int) -> str:
         ir = self.ir
@@ -93,8 +94,9 @@ class CellMath:
     def bwd_val(self, n: Node) -> str:
         if n.is_const:
             return self.d.lit(n.attr)
-        if n.hoisted:
-            return self.root_ref(n)
+        if n.hoisted:   # recomputed from XW at the top of the loop, as in forward
+            self._reads_hoisted = True
+            return f"v_{n.label}"
         assert n in self.slot_set, n
         return f"s_{n.label}[bj]"
 
@@ -157,18 +159,12 @@ class CellMath:
     def hoisted_local(self, n):
         return self.d.lit(n.attr) if n.is_const else f"v_{n.label}"
 
-    def hoisted_forward(self):
-        out = self.hoisted_values()
-        for i, n in enumerate(self.ir.roots):
-            out.append(f"XP[(size_t)r * LDXP + {i} * (size_t)H + j] = v_{n.label};  /* root {i} */")
-        return out
-
     def hoisted_backward(self):
         ir, d = self.ir, self.d
         out = self.hoisted_values()
         out.append(" ".join(f"(void)v_{n.label};" for n in ir.hoisted))
         for n in ir.hoisted:
-            init = self.root_ref(n, "dXP") if n in self.root_index else d.lit(0)
+            init = self.root_adjoint(n) if n in self.root_index else d.lit(0)
             out.append(f"{d.ctype} g_{n.label} = {init};")
         for n in reversed(ir.hoisted):
             g = f"g_{n.label}"
@@ -184,17 +180,18 @@ class CellMath:
 
     # -- step loops ----------------------------------------------------------
     def forward_loop(self, p: int):
-        """Statements of forward loop p.  The hoisted values it reads are computed in the
-        loop from XW, so inference makes no pass over XP at all (training still
-        writes XP, for backward, in a pass of its own: storing it from the step loops,
-        one strided row per sample and step, measured 40% slower)."""
+        """Statements of forward loop p.  The hoisted values it reads (x @ W plus biases
+        and whatever else depends on the input only) are computed in the loop from XW:
+        no pass over all rows, and nothing but XW kept for them."""
         self._reads_hoisted = False
-        out = self._forward_body(p)
+        return self._with_hoisted(self._forward_body(p))
+
+    def _with_hoisted(self, body):
         if not self._reads_hoisted:
-            return out
+            return body
         pre = self.hoisted_values()
         pre.append(" ".join(f"(void)v_{n.label};" for n in self.ir.hoisted))
-        return pre + out
+        return pre + body
 
     def _forward_body(self, p: int):
         ir, d = self.ir, self.d
@@ -236,13 +233,14 @@ class CellMath:
         if a.hoisted:
             if a in self.buf_set:   # a root that is also a GEMM operand
                 return f"d_{a.label}[bj]"
-            return self.root_ref(a, "dXP")
+            return self.root_adjoint(a)
         if ir.owner[a] == p:
             return f"g_{a.label}"
         return f"d_{a.label}[bj]"
 
     def backward_loop(self, p: int):
         ir, d = self.ir, self.d
+        self._reads_hoisted = False
         owned = [n for n in ir.nodes if ir.owner.get(n) == p]
         out = []
         for n in owned:
@@ -262,8 +260,8 @@ class CellMath:
         if p == 0:   # hoisted GEMM operands: their adjoint buffer flows to dXP
             for n in ir.buffered:
                 if n.hoisted:
-                    out.append(f"{self.root_ref(n, 'dXP')} += d_{n.label}[bj];")
-        return out
+                    out.append(f"{self.root_adjoint(n)} += d_{n.label}[bj];")
+        return self._with_hoisted(out)
 
     def operand_grad_target(self, g):
         """(pointer, comment) receiving dOperand += dS @ Ucat^T."""
