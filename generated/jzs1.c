@@ -210,7 +210,7 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
                     const float v_t9 = v_t8 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t9)));
-                    s_r[bj] = v_r;
+                    if (save) s_r[bj] = v_r;
                     const float v_t14 = v_r * L_h_1[bj];
                     s_t14[bj] = v_t14;
                 }
@@ -244,7 +244,7 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
                     const float v_t17 = v_t16 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const float v_hh = rnngen_tanhf(v_t17);
-                    s_hh[bj] = v_hh;
+                    if (save) s_hh[bj] = v_hh;
                     const float v_t19 = v_hh * v_z;
                     const float v_t22 = L_h_1[bj] * v_t21;
                     const float v_t23 = v_t19 + v_t22;
@@ -776,7 +776,7 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
                     const double v_t9 = v_t8 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_r = 1.0 / (1.0 + exp(-(v_t9)));
-                    s_r[bj] = v_r;
+                    if (save) s_r[bj] = v_r;
                     const double v_t14 = v_r * L_h_1[bj];
                     s_t14[bj] = v_t14;
                 }
@@ -810,7 +810,7 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
                     const double v_t17 = v_t16 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const double v_hh = tanh(v_t17);
-                    s_hh[bj] = v_hh;
+                    if (save) s_hh[bj] = v_hh;
                     const double v_t19 = v_hh * v_z;
                     const double v_t22 = L_h_1[bj] * v_t21;
                     const double v_t23 = v_t19 + v_t22;

@@ -214,7 +214,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
                     const float v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
                     const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t11)));
-                    s_r[bj] = v_r;
+                    if (save) s_r[bj] = v_r;
                     const float v_t15 = v_r * L_h_1[bj];
                     s_t15[bj] = v_t15;
                 }
@@ -245,13 +245,13 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
                     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
-                    s_z[bj] = v_z;
+                    if (save) s_z[bj] = v_z;
                     const float v_t18 = v_t17 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const float v_hh = rnngen_tanhf(v_t18);
-                    s_hh[bj] = v_hh;
+                    if (save) s_hh[bj] = v_hh;
                     const float v_t20 = v_hh * v_z;
                     const float v_t22 = 1.0f - v_z;
-                    s_t22[bj] = v_t22;
+                    if (save) s_t22[bj] = v_t22;
                     const float v_t23 = L_h_1[bj] * v_t22;
                     const float v_t24 = v_t20 + v_t23;
                     const float v_h_new = v_t24;
@@ -785,7 +785,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
                     const double v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
                     const double v_r = 1.0 / (1.0 + exp(-(v_t11)));
-                    s_r[bj] = v_r;
+                    if (save) s_r[bj] = v_r;
                     const double v_t15 = v_r * L_h_1[bj];
                     s_t15[bj] = v_t15;
                 }
@@ -816,13 +816,13 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
                     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_z = 1.0 / (1.0 + exp(-(v_t5)));
-                    s_z[bj] = v_z;
+                    if (save) s_z[bj] = v_z;
                     const double v_t18 = v_t17 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const double v_hh = tanh(v_t18);
-                    s_hh[bj] = v_hh;
+                    if (save) s_hh[bj] = v_hh;
                     const double v_t20 = v_hh * v_z;
                     const double v_t22 = 1.0 - v_z;
-                    s_t22[bj] = v_t22;
+                    if (save) s_t22[bj] = v_t22;
                     const double v_t23 = L_h_1[bj] * v_t22;
                     const double v_t24 = v_t20 + v_t23;
                     const double v_h_new = v_t24;

@@ -239,7 +239,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
                     const float v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t12)));
-                    s_r[bj] = v_r;
+                    if (save) s_r[bj] = v_r;
                     const float v_t16 = v_r * L_h_1[bj];
                     s_t16[bj] = v_t16;
                 }
@@ -270,13 +270,13 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
                     const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t6)));
-                    s_z[bj] = v_z;
+                    if (save) s_z[bj] = v_z;
                     const float v_t19 = v_t18 + S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j];
                     const float v_hh = rnngen_tanhf(v_t19);
-                    s_hh[bj] = v_hh;
+                    if (save) s_hh[bj] = v_hh;
                     const float v_t21 = v_hh * v_z;
                     const float v_t23 = 1.0f - v_z;
-                    s_t23[bj] = v_t23;
+                    if (save) s_t23[bj] = v_t23;
                     const float v_t24 = L_h_1[bj] * v_t23;
                     const float v_t25 = v_t21 + v_t24;
                     const float v_h_new = v_t25;
@@ -875,7 +875,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
                     const double v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const double v_r = 1.0 / (1.0 + exp(-(v_t12)));
-                    s_r[bj] = v_r;
+                    if (save) s_r[bj] = v_r;
                     const double v_t16 = v_r * L_h_1[bj];
                     s_t16[bj] = v_t16;
                 }
@@ -906,13 +906,13 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                     (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
                     const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_z = 1.0 / (1.0 + exp(-(v_t6)));
-                    s_z[bj] = v_z;
+                    if (save) s_z[bj] = v_z;
                     const double v_t19 = v_t18 + S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j];
                     const double v_hh = tanh(v_t19);
-                    s_hh[bj] = v_hh;
+                    if (save) s_hh[bj] = v_hh;
                     const double v_t21 = v_hh * v_z;
                     const double v_t23 = 1.0 - v_z;
-                    s_t23[bj] = v_t23;
+                    if (save) s_t23[bj] = v_t23;
                     const double v_t24 = L_h_1[bj] * v_t23;
                     const double v_t25 = v_t21 + v_t24;
                     const double v_h_new = v_t25;

@@ -181,7 +181,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     s_h_prev[bj] = L_h_1[bj];
-                    s_c_prev[bj] = L_c_1[bj];
+                    if (save) s_c_prev[bj] = L_c_1[bj];
                 }
             }
 
@@ -213,22 +213,22 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
                     (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
                     const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_t6) + 0.5f, 0.0f), 1.0f);
-                    s_i[bj] = v_i;
+                    if (save) s_i[bj] = v_i;
                     const float v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
                     const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_t12) + 0.5f, 0.0f), 1.0f);
-                    s_f[bj] = v_f;
+                    if (save) s_f[bj] = v_f;
                     const float v_t14 = v_f * L_c_1[bj];
                     const float v_t19 = v_t18 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
                     const float v_t20 = rnngen_tanhf(v_t19);
-                    s_t20[bj] = v_t20;
+                    if (save) s_t20[bj] = v_t20;
                     const float v_t21 = v_i * v_t20;
                     const float v_t22 = v_t14 + v_t21;
                     const float v_c_new = v_t22;
                     const float v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
                     const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_t28) + 0.5f, 0.0f), 1.0f);
-                    s_o[bj] = v_o;
+                    if (save) s_o[bj] = v_o;
                     const float v_t30 = rnngen_tanhf(v_c_new);
-                    s_t30[bj] = v_t30;
+                    if (save) s_t30[bj] = v_t30;
                     const float v_t31 = v_o * v_t30;
                     const float v_h_new = v_t31;
                     if (m) {
@@ -746,7 +746,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     s_h_prev[bj] = L_h_1[bj];
-                    s_c_prev[bj] = L_c_1[bj];
+                    if (save) s_c_prev[bj] = L_c_1[bj];
                 }
             }
 
@@ -778,22 +778,22 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
                     (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
                     const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_i = rnngen_min(rnngen_max(0.2 * (v_t6) + 0.5, 0.0), 1.0);
-                    s_i[bj] = v_i;
+                    if (save) s_i[bj] = v_i;
                     const double v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
                     const double v_f = rnngen_min(rnngen_max(0.2 * (v_t12) + 0.5, 0.0), 1.0);
-                    s_f[bj] = v_f;
+                    if (save) s_f[bj] = v_f;
                     const double v_t14 = v_f * L_c_1[bj];
                     const double v_t19 = v_t18 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
                     const double v_t20 = tanh(v_t19);
-                    s_t20[bj] = v_t20;
+                    if (save) s_t20[bj] = v_t20;
                     const double v_t21 = v_i * v_t20;
                     const double v_t22 = v_t14 + v_t21;
                     const double v_c_new = v_t22;
                     const double v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
                     const double v_o = rnngen_min(rnngen_max(0.2 * (v_t28) + 0.5, 0.0), 1.0);
-                    s_o[bj] = v_o;
+                    if (save) s_o[bj] = v_o;
                     const double v_t30 = tanh(v_c_new);
-                    s_t30[bj] = v_t30;
+                    if (save) s_t30[bj] = v_t30;
                     const double v_t31 = v_o * v_t30;
                     const double v_h_new = v_t31;
                     if (m) {

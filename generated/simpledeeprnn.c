@@ -205,11 +205,11 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     s_h_prev[bj] = L_h_1[bj];
-                    s_started1[bj] = (nreal[b] >= 1 ? 1.0f : 0.0f);
+                    if (save) s_started1[bj] = (nreal[b] >= 1 ? 1.0f : 0.0f);
                     s_h_lag2[bj] = L_h_2[bj];
-                    s_started2[bj] = (nreal[b] >= 2 ? 1.0f : 0.0f);
+                    if (save) s_started2[bj] = (nreal[b] >= 2 ? 1.0f : 0.0f);
                     s_h_lag3[bj] = L_h_3[bj];
-                    s_started3[bj] = (nreal[b] >= 3 ? 1.0f : 0.0f);
+                    if (save) s_started3[bj] = (nreal[b] >= 3 ? 1.0f : 0.0f);
                 }
             }
 
@@ -235,19 +235,19 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                     const float v_t23 = v_x_w + v_b;
                     (void)v_x_w; (void)v_b; (void)v_t23;
                     const float v_t7 = rnngen_minf(rnngen_maxf(0.2f * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
-                    s_t7[bj] = v_t7;
+                    if (save) s_t7[bj] = v_t7;
                     const float v_t8 = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_t7;
                     const float v_t14 = rnngen_minf(rnngen_maxf(0.2f * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
-                    s_t14[bj] = v_t14;
+                    if (save) s_t14[bj] = v_t14;
                     const float v_t15 = (nreal[b] >= 2 ? 1.0f : 0.0f) * v_t14;
                     const float v_t21 = rnngen_minf(rnngen_maxf(0.2f * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
-                    s_t21[bj] = v_t21;
+                    if (save) s_t21[bj] = v_t21;
                     const float v_t22 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_t21;
                     const float v_t24 = v_t23 + v_t8;
                     const float v_t25 = v_t24 + v_t15;
                     const float v_t26 = v_t25 + v_t22;
                     const float v_t27 = 1.0f / (1.0f + rnngen_expf(-(v_t26)));
-                    s_t27[bj] = v_t27;
+                    if (save) s_t27[bj] = v_t27;
                     const float v_h_new = v_t27;
                     if (m) {
                         L_h_3[bj] = L_h_2[bj];
@@ -736,11 +736,11 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     s_h_prev[bj] = L_h_1[bj];
-                    s_started1[bj] = (nreal[b] >= 1 ? 1.0 : 0.0);
+                    if (save) s_started1[bj] = (nreal[b] >= 1 ? 1.0 : 0.0);
                     s_h_lag2[bj] = L_h_2[bj];
-                    s_started2[bj] = (nreal[b] >= 2 ? 1.0 : 0.0);
+                    if (save) s_started2[bj] = (nreal[b] >= 2 ? 1.0 : 0.0);
                     s_h_lag3[bj] = L_h_3[bj];
-                    s_started3[bj] = (nreal[b] >= 3 ? 1.0 : 0.0);
+                    if (save) s_started3[bj] = (nreal[b] >= 3 ? 1.0 : 0.0);
                 }
             }
 
@@ -766,19 +766,19 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                     const double v_t23 = v_x_w + v_b;
                     (void)v_x_w; (void)v_b; (void)v_t23;
                     const double v_t7 = rnngen_min(rnngen_max(0.2 * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-                    s_t7[bj] = v_t7;
+                    if (save) s_t7[bj] = v_t7;
                     const double v_t8 = (nreal[b] >= 1 ? 1.0 : 0.0) * v_t7;
                     const double v_t14 = rnngen_min(rnngen_max(0.2 * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-                    s_t14[bj] = v_t14;
+                    if (save) s_t14[bj] = v_t14;
                     const double v_t15 = (nreal[b] >= 2 ? 1.0 : 0.0) * v_t14;
                     const double v_t21 = rnngen_min(rnngen_max(0.2 * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-                    s_t21[bj] = v_t21;
+                    if (save) s_t21[bj] = v_t21;
                     const double v_t22 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_t21;
                     const double v_t24 = v_t23 + v_t8;
                     const double v_t25 = v_t24 + v_t15;
                     const double v_t26 = v_t25 + v_t22;
                     const double v_t27 = 1.0 / (1.0 + exp(-(v_t26)));
-                    s_t27[bj] = v_t27;
+                    if (save) s_t27[bj] = v_t27;
                     const double v_h_new = v_t27;
                     if (m) {
                         L_h_3[bj] = L_h_2[bj];

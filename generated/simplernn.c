@@ -165,7 +165,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
                     (void)v_x_w; (void)v_b; (void)v_t4;
                     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_t6 = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
-                    s_t6[bj] = v_t6;
+                    if (save) s_t6[bj] = v_t6;
                     const float v_h_new = v_t6;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -508,7 +508,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
                     (void)v_x_w; (void)v_b; (void)v_t4;
                     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
-                    s_t6[bj] = v_t6;
+                    if (save) s_t6[bj] = v_t6;
                     const double v_h_new = v_t6;
                     if (m) {
                         L_h_1[bj] = v_h_new;

@@ -64,6 +64,13 @@ class CellMath:
         self.root_index = {n: i for i, n in enumerate(ir.roots)}
         self.xprod_index = {n: i for i, n in enumerate(ir.xprods)}
         self.slot_set = set(ir.slots)
+        # slots that inference needs too: GEMM operands and values read by a later loop;
+        # the rest are kept for backward only, and inference skips their stores
+        operands = {g.operand for g in ir.groups}
+        self.inference_slots = {
+            n for n in ir.slots
+            if n in operands or (n.op not in ("state", "started", "matmul") and not n.hoisted
+                                 and any(ir.phases[u] != ir.phases[n] for u in ir.users[n]))}
         self.buf_set = set(ir.buffered)
 
     # -- value access --------------------------------------------------------
@@ -200,15 +207,19 @@ class CellMath:
         if p == 0:   # leaves whose per-step value must be kept
             for n in ir.slots:
                 if n.op in ("state", "started") or n.hoisted:
-                    out.append(f"s_{n.label}[bj] = {val(n)};")
+                    out.append(self._store(n, val(n)))
         for n in ir.loops[p]:
             out.append(f"const {d.ctype} v_{n.label} = {self.value_expr(n, val)};")
             if n in self.slot_set:
-                out.append(f"s_{n.label}[bj] = v_{n.label};")
+                out.append(self._store(n, f"v_{n.label}"))
         for n in ir.slots:   # products whose values the backward pass reads
             if n.op == "matmul" and ir.phases[n] == p:
-                out.append(f"s_{n.label}[bj] = {val(n)};")
+                out.append(self._store(n, val(n)))
         return out
+
+    def _store(self, n: Node, value: str) -> str:
+        store = f"s_{n.label}[bj] = {value};"
+        return store if n in self.inference_slots else f"if (save) {store}"
 
     def update(self):
         """Masked register update, in the last loop: a padded step keeps every state."""
