@@ -159,8 +159,10 @@ def run_case(label, cls, extra, cfg, rounds, per_round, peer_objs_factory, settl
     out = {}
     for mode, lst in fns.items():
         times = {n: [] for n, _ in lst}
-        for _ in range(rounds):
-            for n, f in lst:         # interleaved: a few calls of each, in turn
+        for k in range(rounds):
+            # interleaved: a few calls of each in turn, the order rotating from round to
+            # round so that no implementation always follows the same one
+            for n, f in lst[k % len(lst):] + lst[:k % len(lst)]:
                 time.sleep(settle)   # let the last implementation's idle threads stop spinning
                 f()                  # untimed: wakes this implementation's threads
                 for _ in range(per_round):
@@ -292,10 +294,11 @@ def main(argv=None):
                     help="rounds; in each, every implementation runs one untimed call, then "
                          "--per-round timed calls, before the next implementation's turn")
     ap.add_argument("--per-round", type=int, default=2)
-    ap.add_argument("--settle", type=float, default=0.1,
+    ap.add_argument("--settle", type=float, default=0.3,
                     help="seconds of pause before each implementation's turn: thread pools "
                          "(OpenBLAS, OpenMP, XLA) spin for a while after a call and would slow "
-                         "the next implementation")
+                         "the next implementation (numpy's OpenBLAS threads spin for about "
+                         "0.1 s; with 0.1 here, 0.3 ms calls measured up to 2.5x slower)")
     ap.add_argument("--out", default=str(HERE / "results"))
     a = ap.parse_args(argv)
 

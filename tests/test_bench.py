@@ -1,0 +1,52 @@
+"""The benchmark harness on a tiny problem: it runs, checks its peers, counts FLOPs as
+documented, reports a missing peer as missing, and writes its JSON and table."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    for m in ("bench", "peers"):
+        sys.modules.pop(m, None)
+    import bench as b
+    return b
+
+
+def test_tiny_run_writes_results(bench, tmp_path, monkeypatch, capsys):
+    real = bench.peers.available
+    monkeypatch.setattr(bench.peers, "available",
+                        lambda name: None if name == "torch" else real(name))
+    bench.main(["--cells", "LSTM,GRU", "--configs", "3,2,4,16", "--peers",
+                "nn.LSTM,torch eager,numpy", "--rounds", "1", "--per-round", "1",
+                "--settle", "0", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["cell"]: r for r in doc["results"]}
+    T, B, D, H = 3, 2, 4, 16
+    assert rows["LSTM"]["inference"]["flop"] == 2 * T * B * H * (4 * D + 4 * H)
+    assert rows["GRU"]["training"]["flop"] == 3 * 2 * T * B * H * (3 * D + 3 * H)
+    assert rows["GRU"]["inference"]["ratio"]["numpy"] > 0      # numpy was timed
+    assert "numpy" not in rows["GRU"]["training"]["ratio"]      # it has no backward
+    assert rows["LSTM"]["notes"]["nn.LSTM"].startswith("missing")
+    assert rows["GRU"]["notes"]["torch eager"].startswith("missing")
+    assert "nn.LSTM" not in rows["GRU"]["notes"]                # not a peer of GRU
+    assert "peer torch eager missing" in out and "| GRU" in out
+    assert [t["target"] for t in doc["targets"]][0].startswith("training >= 3x jax")
+
+
+def test_a_peer_that_computes_something_else_is_refused(bench, monkeypatch):
+    class Wrong(bench.peers.NumpyPeer):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+    monkeypatch.setattr(bench, "PEERS", [("numpy", "numpy", Wrong)])
+    factory, _ = bench.make_factory(["numpy"])
+    with pytest.raises(AssertionError, match="numpy forward differs from rnngen"):
+        bench.run_case("GRU", "GRU", {}, (3, 2, 4, 16), 1, 1, factory, 0)
