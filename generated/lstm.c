@@ -25,7 +25,8 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     *save_size = (long long)((size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
-    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * LDXW + (size_t)(NSLOT * 2 + NR) * BH
+    size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
+             + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
     n += (3 * (size_t)H + B + (size_t)T * B) * 4 * (size_t)H
          + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 4 * (size_t)H);   /* g0 */
@@ -70,6 +71,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
+    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
     float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_i | U_f | U_c | U_o], thread by thread */
     float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
@@ -83,12 +85,12 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     float *d_c_new = p; p += BH;  /* [B,H] adjoint of new c */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
+    float *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
-    (void)Wcat; (void)dWcat;
+    (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)L_c_1; (void)dL_c_1;
@@ -117,14 +119,30 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
 
         float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            for (int i = 0; i < D; i++)   /* block 0: W_i */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W_i + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < D; i++)   /* block 1: W_f */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_f + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < D; i++)   /* block 2: W_c */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(float));
-            for (int i = 0; i < D; i++)   /* block 3: W_o */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(float));
+            {   /* W: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                float *P = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < D; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: W_i */
+                        const size_t c = 0 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_i[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 1: W_f */
+                        const size_t c = 1 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_f[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 2: W_c */
+                        const size_t c = 2 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_c[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 3: W_o */
+                        const size_t c = 3 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_o[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t c = N; c < Np; c++)
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = 0;
+                }
+            }
             {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 float *P = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
                 const size_t N = 4 * nU, Np = RNNGEN_PACKED_COLS(N);
@@ -151,8 +169,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
             }
         }
 
-        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
-            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(L_c_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
@@ -161,6 +178,11 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
+             * rows b of one step's XW in inference).  One GEMM over all steps before the
+             * loop measured slower: XW then makes a round trip through memory. */
+            if (nU > 0)
+                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
             float *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
@@ -173,9 +195,10 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
@@ -191,23 +214,24 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
                 rnngen_pgemm_f32(B, 4 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 4 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b_i = w_b_i[j];
                     const float v_t5 = v_x_w_i + v_b_i;
-                    const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const float v_b_f = w_b_f[j];
                     const float v_t11 = v_x_w_f + v_b_f;
-                    const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const float v_b_c = w_b_c[j];
                     const float v_t18 = v_x_w_c + v_b_c;
-                    const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const float v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
                     const float v_b_o = w_b_o[j];
                     const float v_t27 = v_x_w_o + v_b_o;
                     (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
@@ -288,6 +312,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     const int Teff = T;
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
+    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
     float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_i | U_f | U_c | U_o], thread by thread */
     float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
@@ -301,12 +326,12 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     float *d_c_new = p; p += BH;  /* [B,H] adjoint of new c */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
+    float *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
-    (void)Wcat; (void)dWcat;
+    (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)L_c_1; (void)dL_c_1;
@@ -410,9 +435,10 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
@@ -435,9 +461,10 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
 
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -498,7 +525,8 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;
+                const size_t r = (size_t)b * T + t, rx = r;
+                (void)rx;
                 if (mask && !mask[r]) {   /* a padded step: no gradient */
                     memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
                     continue;
@@ -507,16 +535,16 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b_i = w_b_i[j];
                     const float v_t5 = v_x_w_i + v_b_i;
-                    const float v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const float v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const float v_b_f = w_b_f[j];
                     const float v_t11 = v_x_w_f + v_b_f;
-                    const float v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const float v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const float v_b_c = w_b_c[j];
                     const float v_t18 = v_x_w_c + v_b_c;
-                    const float v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const float v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
                     const float v_b_o = w_b_o[j];
                     const float v_t27 = v_x_w_o + v_b_o;
                     (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
@@ -635,6 +663,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
+    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
     double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_i | U_f | U_c | U_o], thread by thread */
     double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
@@ -648,12 +677,12 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     double *d_c_new = p; p += BH;  /* [B,H] adjoint of new c */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
+    double *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
-    (void)Wcat; (void)dWcat;
+    (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)L_c_1; (void)dL_c_1;
@@ -682,14 +711,30 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
 
         double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            for (int i = 0; i < D; i++)   /* block 0: W_i */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W_i + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < D; i++)   /* block 1: W_f */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 1 * nU, w_W_f + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < D; i++)   /* block 2: W_c */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_c + (size_t)i * H + j0, nU * sizeof(double));
-            for (int i = 0; i < D; i++)   /* block 3: W_o */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(double));
+            {   /* W: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                double *P = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < D; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: W_i */
+                        const size_t c = 0 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_i[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 1: W_f */
+                        const size_t c = 1 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_f[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 2: W_c */
+                        const size_t c = 2 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_c[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t u = 0; u < nU; u++) {   /* block 3: W_o */
+                        const size_t c = 3 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_o[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t c = N; c < Np; c++)
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = 0;
+                }
+            }
             {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 double *P = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
                 const size_t N = 4 * nU, Np = RNNGEN_PACKED_COLS(N);
@@ -716,8 +761,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
             }
         }
 
-        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
-            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(L_c_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
@@ -726,6 +770,11 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
+             * rows b of one step's XW in inference).  One GEMM over all steps before the
+             * loop measured slower: XW then makes a round trip through memory. */
+            if (nU > 0)
+                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
             double *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
@@ -738,9 +787,10 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
@@ -756,23 +806,24 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
                 rnngen_pgemm_f64(B, 4 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 4 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b_i = w_b_i[j];
                     const double v_t5 = v_x_w_i + v_b_i;
-                    const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const double v_b_f = w_b_f[j];
                     const double v_t11 = v_x_w_f + v_b_f;
-                    const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const double v_b_c = w_b_c[j];
                     const double v_t18 = v_x_w_c + v_b_c;
-                    const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const double v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
                     const double v_b_o = w_b_o[j];
                     const double v_t27 = v_x_w_o + v_b_o;
                     (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
@@ -853,6 +904,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     const int Teff = T;
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
+    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
     double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U_i | U_f | U_c | U_o], thread by thread */
     double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
@@ -866,12 +918,12 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     double *d_c_new = p; p += BH;  /* [B,H] adjoint of new c */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
+    double *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
-    (void)Wcat; (void)dWcat;
+    (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)L_c_1; (void)dL_c_1;
@@ -975,9 +1027,10 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
@@ -1000,9 +1053,10 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
 
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -1063,7 +1117,8 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;
+                const size_t r = (size_t)b * T + t, rx = r;
+                (void)rx;
                 if (mask && !mask[r]) {   /* a padded step: no gradient */
                     memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
                     continue;
@@ -1072,16 +1127,16 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_x_w_i = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b_i = w_b_i[j];
                     const double v_t5 = v_x_w_i + v_b_i;
-                    const double v_x_w_f = XW[(size_t)r * LDXW + OFFW + 1 * nU + j];
+                    const double v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const double v_b_f = w_b_f[j];
                     const double v_t11 = v_x_w_f + v_b_f;
-                    const double v_x_w_c = XW[(size_t)r * LDXW + OFFW + 2 * nU + j];
+                    const double v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const double v_b_c = w_b_c[j];
                     const double v_t18 = v_x_w_c + v_b_c;
-                    const double v_x_w_o = XW[(size_t)r * LDXW + OFFW + 3 * nU + j];
+                    const double v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
                     const double v_b_o = w_b_o[j];
                     const double v_t27 = v_x_w_o + v_b_o;
                     (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;

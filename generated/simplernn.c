@@ -25,7 +25,8 @@ int rnngen_simplernn_sizes(int T, int B, int D, int H, long long *save_size, lon
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     *save_size = (long long)((size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
-    size_t n = 2 * (size_t)D * LDXW + 2 * (size_t)B * T * LDXW + (size_t)(NSLOT * 2 + NR) * BH
+    size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
+             + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
     n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
          + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g0 */
@@ -61,6 +62,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
+    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
     float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
     float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
@@ -71,12 +73,12 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
     float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
+    float *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
-    (void)Wcat; (void)dWcat;
+    (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)d_h_new;
@@ -103,8 +105,18 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
 
         float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            for (int i = 0; i < D; i++)   /* block 0: W */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(float));
+            {   /* W: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                float *P = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < D; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: W */
+                        const size_t c = 0 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t c = N; c < Np; c++)
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = 0;
+                }
+            }
             {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 float *P = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
@@ -119,8 +131,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
             }
         }
 
-        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
-            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
@@ -128,6 +139,11 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
+             * rows b of one step's XW in inference).  One GEMM over all steps before the
+             * loop measured slower: XW then makes a round trip through memory. */
+            if (nU > 0)
+                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
     (void)s_h_prev; (void)s_t6;
@@ -135,9 +151,10 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
@@ -152,14 +169,15 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
                 rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 1 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b = w_b[j];
                     const float v_t4 = v_x_w + v_b;
                     (void)v_x_w; (void)v_b; (void)v_t4;
@@ -205,6 +223,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     const int Teff = T;
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
+    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
     float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
     float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
@@ -215,12 +234,12 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    float *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
+    float *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
-    (void)Wcat; (void)dWcat;
+    (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)d_h_new;
@@ -286,9 +305,10 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
@@ -304,9 +324,10 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
 
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -330,7 +351,8 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;
+                const size_t r = (size_t)b * T + t, rx = r;
+                (void)rx;
                 if (mask && !mask[r]) {   /* a padded step: no gradient */
                     memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
                     continue;
@@ -339,7 +361,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b = w_b[j];
                     const float v_t4 = v_x_w + v_b;
                     (void)v_x_w; (void)v_b; (void)v_t4;
@@ -404,6 +426,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
+    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
     double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
     double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
@@ -414,12 +437,12 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
     double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
+    double *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
-    (void)Wcat; (void)dWcat;
+    (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)d_h_new;
@@ -446,8 +469,18 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
 
         double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            for (int i = 0; i < D; i++)   /* block 0: W */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(double));
+            {   /* W: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
+                double *P = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+                const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
+                for (int k = 0; k < D; k++) {
+                    for (size_t u = 0; u < nU; u++) {   /* block 0: W */
+                        const size_t c = 0 * nU + u;
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
+                    }
+                    for (size_t c = N; c < Np; c++)
+                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = 0;
+                }
+            }
             {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 double *P = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
@@ -462,8 +495,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
             }
         }
 
-        if (nU > 0)   /* input GEMM for all steps, this thread's columns */
-            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_N, B * T, NW * (int)nU, D, 1, x, D, Wcat + NW * (size_t)j0, (int)LDXW, 0, XW + NW * (size_t)j0, (int)LDXW);
+
         for (int b = 0; b < B; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
@@ -471,6 +503,11 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
+             * rows b of one step's XW in inference).  One GEMM over all steps before the
+             * loop measured slower: XW then makes a round trip through memory. */
+            if (nU > 0)
+                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
     (void)s_h_prev; (void)s_t6;
@@ -478,9 +515,10 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
 
             /* phase 0 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
@@ -495,14 +533,15 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
                 rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 1 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b = w_b[j];
                     const double v_t4 = v_x_w + v_b;
                     (void)v_x_w; (void)v_b; (void)v_t4;
@@ -548,6 +587,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     const int Teff = T;
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
+    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
     double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
     double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
@@ -558,12 +598,12 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
     double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    double *iXW = p; p += (size_t)B * T * LDXW;  /* inference copies of the save buffers */
+    double *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     /* forward uses some of these, backward others */
-    (void)Wcat; (void)dWcat;
+    (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)L_h_1; (void)dL_h_1;
     (void)d_h_new;
@@ -629,9 +669,10 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
             /* dy reaches the carried output at every step; at a real step the
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
@@ -647,9 +688,10 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
 
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, XW */
+                const size_t r = (size_t)b * T + t;   /* row of x and y */
+                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)m;
+                (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -673,7 +715,8 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;
+                const size_t r = (size_t)b * T + t, rx = r;
+                (void)rx;
                 if (mask && !mask[r]) {   /* a padded step: no gradient */
                     memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
                     continue;
@@ -682,7 +725,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_x_w = XW[(size_t)r * LDXW + OFFW + 0 * nU + j];
+                    const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b = w_b[j];
                     const double v_t4 = v_x_w + v_b;
                     (void)v_x_w; (void)v_b; (void)v_t4;

@@ -2,7 +2,8 @@
 
 The per-element math (forward values, reverse-mode partials, adjoint routing)
 is produced here once, as C statements that index buffers with ``b``, ``j``,
-``bj`` (= b*H + j), ``r`` (= b*T + t, a row of the input GEMM) and ``t``.
+``bj`` (= b*H + j), ``r`` (= b*T + t, a row of x and y), ``rx`` (the row of XW:
+r, or b where inference keeps one step of XW) and ``t``.
 A dialect supplies only type names, literals and math function names, so a
 CUDA dialect reuses the same statements inside its own kernel frame and
 launch code.  Templates (``templates/*.j2``) hold the frame: signatures,
@@ -155,7 +156,7 @@ class CellMath:
         out = []
         for n in self.ir.hoisted:
             if n.op == "xprod":
-                e = f"XW[(size_t)r * LDXW + OFFW + {self.xprod_index[n]} * nU + j]"
+                e = f"XW[rx * LDXW + OFFW + {self.xprod_index[n]} * nU + j]"
             elif n.op == "bias":
                 e = f"w_{n.attr}[j]"
             else:
