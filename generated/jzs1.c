@@ -17,6 +17,7 @@
 #define NW 3     /* blocks of the input GEMM */
 #define NR 4     /* hoisted roots */
 #define NSLOT 4  /* values kept per step */
+#define KEEP_XW 1   /* backward reads x @ W values: forward saves XW */
 #define WIDEST 4
 
 int rnngen_jzs1_sizes(int T, int B, int D, int H, long long *save_size, long long *work_size)
@@ -25,7 +26,7 @@ int rnngen_jzs1_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)((size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
+    *save_size = (long long)(KEEP_XW * (size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
@@ -100,8 +101,9 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
     (void)d_t14;
     (void)d_h_new;
 
-    float *XW = save ? save : iXW;
-    float *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    const int xw_all = save && KEEP_XW;   /* XW of every step, saved; else one step's */
+    float *XW = xw_all ? save : iXW;
+    float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
@@ -177,11 +179,11 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
-             * rows b of one step's XW in inference).  One GEMM over all steps before the
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when it is
+             * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_r = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t9) */
             float *s_t14 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] r * h_prev */
@@ -192,7 +194,7 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
             /* phase 0 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -210,7 +212,7 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -245,7 +247,7 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
             /* phase 2 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -350,9 +352,10 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
     (void)d_t14;
     (void)d_h_new;
 
-    const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    float *SL = (float *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
+    const int xw_all = 1;
+    const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
+    float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -442,7 +445,7 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -465,7 +468,7 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
             /* phase 2, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -514,7 +517,7 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -693,8 +696,9 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
     (void)d_t14;
     (void)d_h_new;
 
-    double *XW = save ? save : iXW;
-    double *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    const int xw_all = save && KEEP_XW;   /* XW of every step, saved; else one step's */
+    double *XW = xw_all ? save : iXW;
+    double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
@@ -770,11 +774,11 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
-             * rows b of one step's XW in inference).  One GEMM over all steps before the
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when it is
+             * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_r = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t9) */
             double *s_t14 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] r * h_prev */
@@ -785,7 +789,7 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
             /* phase 0 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -803,7 +807,7 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -838,7 +842,7 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
             /* phase 2 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -943,9 +947,10 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
     (void)d_t14;
     (void)d_h_new;
 
-    const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    double *SL = (double *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
+    const int xw_all = 1;
+    const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
+    double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1035,7 +1040,7 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -1058,7 +1063,7 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
             /* phase 2, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1107,7 +1112,7 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */

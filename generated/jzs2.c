@@ -17,6 +17,7 @@
 #define NW 3     /* blocks of the input GEMM */
 #define NR 3     /* hoisted roots */
 #define NSLOT 6  /* values kept per step */
+#define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */
 #define WIDEST 3
 
 int rnngen_jzs2_sizes(int T, int B, int D, int H, long long *save_size, long long *work_size)
@@ -25,7 +26,7 @@ int rnngen_jzs2_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)((size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
+    *save_size = (long long)(KEEP_XW * (size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
@@ -101,8 +102,9 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
     (void)d_t15;
     (void)d_h_new;
 
-    float *XW = save ? save : iXW;
-    float *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    const int xw_all = save && KEEP_XW;   /* XW of every step, saved; else one step's */
+    float *XW = xw_all ? save : iXW;
+    float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
@@ -182,11 +184,11 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
-             * rows b of one step's XW in inference).  One GEMM over all steps before the
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when it is
+             * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_z = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
             float *s_r = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t11) */
@@ -199,7 +201,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
             /* phase 0 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -217,7 +219,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -249,7 +251,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
             /* phase 2 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -358,9 +360,10 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     (void)d_t15;
     (void)d_h_new;
 
-    const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    float *SL = (float *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
+    const int xw_all = 1;
+    const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
+    float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -457,7 +460,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -479,7 +482,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             /* phase 2, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -524,7 +527,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -561,16 +564,6 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-                    const float v_b_z = w_b_z[j];
-                    const float v_t4 = v_x_w_z + v_b_z;
-                    const float v_x_pmat = XW[rx * LDXW + OFFW + 1 * nU + j];
-                    const float v_b_r = w_b_r[j];
-                    const float v_t10 = v_x_pmat + v_b_r;
-                    const float v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-                    const float v_b_h = w_b_h[j];
-                    const float v_t17 = v_x_w_h + v_b_h;
-                    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
                     float g_x_w_z = 0.0f;
                     float g_b_z = 0.0f;
                     float g_t4 = dXP[(size_t)0 * BH + bj];
@@ -699,8 +692,9 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
     (void)d_t15;
     (void)d_h_new;
 
-    double *XW = save ? save : iXW;
-    double *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    const int xw_all = save && KEEP_XW;   /* XW of every step, saved; else one step's */
+    double *XW = xw_all ? save : iXW;
+    double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
@@ -780,11 +774,11 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
-             * rows b of one step's XW in inference).  One GEMM over all steps before the
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when it is
+             * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_z = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
             double *s_r = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t11) */
@@ -797,7 +791,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
             /* phase 0 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -815,7 +809,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -847,7 +841,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
             /* phase 2 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -956,9 +950,10 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     (void)d_t15;
     (void)d_h_new;
 
-    const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    double *SL = (double *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
+    const int xw_all = 1;
+    const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
+    double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1055,7 +1050,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -1077,7 +1072,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             /* phase 2, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1122,7 +1117,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1159,16 +1154,6 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-                    const double v_b_z = w_b_z[j];
-                    const double v_t4 = v_x_w_z + v_b_z;
-                    const double v_x_pmat = XW[rx * LDXW + OFFW + 1 * nU + j];
-                    const double v_b_r = w_b_r[j];
-                    const double v_t10 = v_x_pmat + v_b_r;
-                    const double v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-                    const double v_b_h = w_b_h[j];
-                    const double v_t17 = v_x_w_h + v_b_h;
-                    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_pmat; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
                     double g_x_w_z = 0.0;
                     double g_b_z = 0.0;
                     double g_t4 = dXP[(size_t)0 * BH + bj];

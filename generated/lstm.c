@@ -16,6 +16,7 @@
 #define NW 4     /* blocks of the input GEMM */
 #define NR 4     /* hoisted roots */
 #define NSLOT 7  /* values kept per step */
+#define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */
 #define WIDEST 4
 
 int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long long *work_size)
@@ -24,7 +25,7 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)((size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
+    *save_size = (long long)(KEEP_XW * (size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B;
@@ -97,8 +98,9 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     (void)d_c_new;
     (void)d_h_new;
 
-    float *XW = save ? save : iXW;
-    float *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    const int xw_all = save && KEEP_XW;   /* XW of every step, saved; else one step's */
+    float *XW = xw_all ? save : iXW;
+    float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
@@ -178,11 +180,11 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
-             * rows b of one step's XW in inference).  One GEMM over all steps before the
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when it is
+             * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
             float *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
@@ -196,7 +198,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
             /* phase 0 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -215,7 +217,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -338,9 +340,10 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     (void)d_c_new;
     (void)d_h_new;
 
-    const float *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    float *SL = (float *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
+    const int xw_all = 1;
+    const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
+    float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -436,7 +439,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -462,7 +465,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -535,19 +538,6 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const float v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
-                    const float v_b_i = w_b_i[j];
-                    const float v_t5 = v_x_w_i + v_b_i;
-                    const float v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
-                    const float v_b_f = w_b_f[j];
-                    const float v_t11 = v_x_w_f + v_b_f;
-                    const float v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
-                    const float v_b_c = w_b_c[j];
-                    const float v_t18 = v_x_w_c + v_b_c;
-                    const float v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
-                    const float v_b_o = w_b_o[j];
-                    const float v_t27 = v_x_w_o + v_b_o;
-                    (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
                     float g_x_w_i = 0.0f;
                     float g_b_i = 0.0f;
                     float g_t5 = dXP[(size_t)0 * BH + bj];
@@ -689,8 +679,9 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     (void)d_c_new;
     (void)d_h_new;
 
-    double *XW = save ? save : iXW;
-    double *SL = save ? save + (size_t)B * T * LDXW : iSL;
+    const int xw_all = save && KEEP_XW;   /* XW of every step, saved; else one step's */
+    double *XW = xw_all ? save : iXW;
+    double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     (void)p; (void)XW; (void)dXW; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
@@ -770,11 +761,11 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-            /* x @ W for this step, this thread's columns (rows b*T + t of XW when saving,
-             * rows b of one step's XW in inference).  One GEMM over all steps before the
+            /* x @ W for this step, this thread's columns (rows b*T + t of XW when it is
+             * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (save ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, save ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
             double *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
@@ -788,7 +779,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
             /* phase 0 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -807,7 +798,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -930,9 +921,10 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     (void)d_c_new;
     (void)d_h_new;
 
-    const double *XW = save;                            /* [B*T, NW*H] x @ Wcat */
-    double *SL = (double *)XW + (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW;
+    const int xw_all = 1;
+    const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
+    double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1028,7 +1020,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
              * registers shift back and the new states receive their adjoints */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
@@ -1054,7 +1046,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = save ? r : (size_t)b;   /* row of XW (inference keeps one step) */
+                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = mask ? mask[r] != 0 : 1;
                 (void)r; (void)rx; (void)m;
                 if (!m) continue;                     /* padded rows contribute nothing */
@@ -1127,19 +1119,6 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
-                    const double v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
-                    const double v_b_i = w_b_i[j];
-                    const double v_t5 = v_x_w_i + v_b_i;
-                    const double v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
-                    const double v_b_f = w_b_f[j];
-                    const double v_t11 = v_x_w_f + v_b_f;
-                    const double v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
-                    const double v_b_c = w_b_c[j];
-                    const double v_t18 = v_x_w_c + v_b_c;
-                    const double v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
-                    const double v_b_o = w_b_o[j];
-                    const double v_t27 = v_x_w_o + v_b_o;
-                    (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
                     double g_x_w_i = 0.0;
                     double g_b_i = 0.0;
                     double g_t5 = dXP[(size_t)0 * BH + bj];

@@ -165,12 +165,29 @@ class CellMath:
         return out
 
     def hoisted_local(self, n):
+        self._reads_hoisted = True
         return self.d.lit(n.attr) if n.is_const else f"v_{n.label}"
 
+    @property
+    def backward_reads_xw(self) -> bool:
+        """Whether backward reads any hoisted value (so forward must save XW).  Sums of
+        x @ W and biases have constant partials: the LSTM's, GRU's and SimpleRNN's
+        backward never reads them, and their forward keeps no XW."""
+        reads = False
+        for p in range(self.ir.nphases):
+            self.backward_loop(p)
+            reads |= self._reads_hoisted
+        self._reads_hoisted = False
+        self._hoisted_partials()
+        return reads or self._reads_hoisted
+
     def hoisted_backward(self):
+        self._reads_hoisted = False
+        return self._with_hoisted(self._hoisted_partials())
+
+    def _hoisted_partials(self):
         ir, d = self.ir, self.d
-        out = self.hoisted_values()
-        out.append(" ".join(f"(void)v_{n.label};" for n in ir.hoisted))
+        out = []
         for n in ir.hoisted:
             init = self.root_adjoint(n) if n in self.root_index else d.lit(0)
             out.append(f"{d.ctype} g_{n.label} = {init};")
