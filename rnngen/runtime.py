@@ -25,6 +25,12 @@ STATUS = {
 DTYPES = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("double", "_f64")}
 
 
+def _fit(arr: Optional[np.ndarray], shape, dtype) -> np.ndarray:
+    if arr is not None and arr.shape == tuple(shape) and arr.dtype == dtype:
+        return arr
+    return np.empty(shape, dtype=dtype)
+
+
 def cdef_from_headers(runtime_header: str, cell_header: str) -> str:
     m = re.search(r"/\* cdef-begin.*?\*/(.*)/\* cdef-end \*/", runtime_header, re.S)
     body = m.group(1) if m else ""
@@ -74,14 +80,15 @@ class Kernel:
             return self.ffi.NULL
         return self.ffi.from_buffer(ctype + "[]", arr)
 
-    def forward(self, x, mask, weights, H, training: bool, save=None):
+    def forward(self, x, mask, weights, H, training: bool, save=None, out=None):
         """x [B,T,D] contiguous; mask uint8 [B,T] or None; returns (y [B,T,H], save).
 
-        ``save``: a buffer from an earlier call to reuse when it has the right size."""
+        ``save``: a buffer from an earlier call to reuse when it has the right size;
+        ``out``: an array to write y into (used when its shape and dtype fit)."""
         B, T, D = x.shape
         ctype, sfx = DTYPES[x.dtype]
         n_save, n_work = self.sizes(T, B, D, H)
-        y = np.empty((B, T, H), dtype=x.dtype)
+        y = _fit(out, (B, T, H), x.dtype)
         if not training:
             save = None
         elif save is None or save.size != n_save or save.dtype != x.dtype:
@@ -94,12 +101,12 @@ class Kernel:
         self._check(st, "forward")
         return y, save
 
-    def backward(self, x, mask, weights, save, dy, truncate: int):
+    def backward(self, x, mask, weights, save, dy, truncate: int, out=None):
         B, T, D = x.shape
         H = dy.shape[2]
         ctype, sfx = DTYPES[x.dtype]
         _, n_work = self.sizes(T, B, D, H)
-        dx = np.empty_like(x)
+        dx = _fit(out, x.shape, x.dtype)
         grads = [np.empty_like(w) for w in weights]
         work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731

@@ -216,3 +216,25 @@ def test_embedding_masking_recipe():
     with pytest.raises(ValueError, match="Embedding expects 1 weight array"):
         emb.set_weights([])
     assert layers.from_config(emb.get_config()).get_config() == emb.get_config()
+
+
+def test_outputs_reuse_memory_only_when_no_one_holds_them():
+    from rnngen.layers import GRU
+    rng = np.random.default_rng(0)
+    layer = GRU(5, input_dim=3, return_sequences=True, seed=0)
+    x1 = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    x2 = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    y1 = layer(x1)
+    kept = y1.copy()
+    view = layer(x2)[:, 0]               # a view keeps its base alive
+    y3 = layer(x1)
+    np.testing.assert_array_equal(y1, kept)        # held: never overwritten
+    assert not np.shares_memory(y3, y1) and not np.shares_memory(y3, view)
+    addr = layer(x2).ctypes.data         # dropped at once ...
+    assert layer(x2).ctypes.data == addr  # ... so the next call writes there
+    dy = np.ones_like(y1)
+    dx1 = layer.backward(dy)
+    dx1_copy = dx1.copy()
+    layer(x2)
+    layer.backward(2 * dy)
+    np.testing.assert_array_equal(dx1, dx1_copy)
