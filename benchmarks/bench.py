@@ -4,7 +4,7 @@ For every seed cell and configuration (T, B, D, H), float32, it times inference
 (forward only) and training (the forward that saves what backward needs, then
 backward with full BPTT), interleaving rnngen and its peers call by call on the
 same inputs and thread count.  Each result is the median of the timed calls
-(each implementation's turn starts with an untimed call), reported as ms, GFLOP/s (matrix-product FLOPs only: forward
+(each implementation's turn starts with untimed calls), reported as ms, GFLOP/s (matrix-product FLOPs only: forward
 2*T*B*H*(D*nW + H*nU) for nW input and nU recurrent H-wide products; training
 3x that), the fraction of this machine's SGEMM rate (a large square product
 through the same BLAS rnngen uses), and peer ms / rnngen ms.
@@ -34,6 +34,10 @@ import peers  # noqa: E402
 import rnngen  # noqa: E402
 from rnngen import layers  # noqa: E402
 
+WARM_S = 0.03     # untimed calls fill this much time before each turn's timed calls: the
+                  # first calls after a pause run slower (cores idle, threads asleep), which
+                  # made 0.3 ms calls measure up to 2x slower than in a steady loop
+MAX_CALLS = 50
 CONFIGS = [(100, 32, 128, 256), (50, 64, 512, 512), (200, 1, 64, 128), (25, 128, 256, 1024)]
 # (label, rnngen class, extra layer arguments): the seven seed layers with their default
 # activations, plus LSTM with sigmoid gates, where nn.LSTM computes exactly the same cell
@@ -164,8 +168,14 @@ def run_case(label, cls, extra, cfg, rounds, per_round, peer_objs_factory, settl
             # round so that no implementation always follows the same one
             for n, f in lst[k % len(lst):] + lst[:k % len(lst)]:
                 time.sleep(settle)   # let the last implementation's idle threads stop spinning
-                f()                  # untimed: wakes this implementation's threads
-                for _ in range(per_round):
+                t_end = time.perf_counter() + WARM_S
+                f()                  # untimed, for at least WARM_S: wakes threads and cores
+                while time.perf_counter() < t_end:
+                    f()
+                t_end = time.perf_counter() + WARM_S
+                for i in range(MAX_CALLS):   # per_round calls, more while under WARM_S
+                    if i >= per_round and time.perf_counter() > t_end:
+                        break
                     t0 = time.perf_counter()
                     f()
                     times[n].append(time.perf_counter() - t0)
