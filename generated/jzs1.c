@@ -3,8 +3,8 @@
  * Parameters: activation=tanh, inner_activation=sigmoid.
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
- * Input GEMM (once): XW[B*T, 3*H] = x[B*T, D] @ [W_z | W_r | Pmat]
- * Hoisted roots (computed from XW inside the step loops): sigmoid(t3); x_w_r + b_r; t12 + b_h; 1.0 - z
+ * Input product, per step: XW[B, 3*H] = x_t[B, D] @ [W_z | W_r | Pmat]
+ * Input-only values (computed from XW inside the step loops): sigmoid(t3); x_w_r + b_r; t12 + b_h; 1.0 - z
  * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_r]; loop over t9, r, t14
  * Step phase 2: GEMM t14 @ [U_h]; loop over t17, hh, t19, t22, t23, h_new
@@ -14,7 +14,7 @@
 #include <omp.h>
 #include "jzs1.h"
 
-#define NW 3     /* blocks of the input GEMM */
+#define NW 3     /* blocks of the input product */
 #define NR 4     /* hoisted roots */
 #define NSLOT 4  /* values kept per step */
 #define KEEP_XW 1   /* backward reads x @ W values: forward saves XW */

@@ -3,8 +3,8 @@
  * Parameters: activation=tanh, inner_activation=sigmoid.
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
- * Input GEMM (once): XW[B*T, 3*H] = x[B*T, D] @ [W_z | Pmat | W_h]
- * Hoisted roots (computed from XW inside the step loops): x_w_z + b_z; x_pmat + b_r; x_w_h + b_h
+ * Input product, per step: XW[B, 3*H] = x_t[B, D] @ [W_z | Pmat | W_h]
+ * Input-only values (computed from XW inside the step loops): x_w_z + b_z; x_pmat + b_r; x_w_h + b_h
  * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_z | U_r]; loop over t11, r, t15
  * Step phase 2: GEMM t15 @ [U_h]; loop over t5, z, t18, hh, t20, t22, t23, t24, h_new
@@ -14,7 +14,7 @@
 #include <omp.h>
 #include "jzs2.h"
 
-#define NW 3     /* blocks of the input GEMM */
+#define NW 3     /* blocks of the input product */
 #define NR 3     /* hoisted roots */
 #define NSLOT 6  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */

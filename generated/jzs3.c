@@ -3,8 +3,8 @@
  * Parameters: activation=tanh, inner_activation=sigmoid.
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
- * Input GEMM (once): XW[B*T, 3*H] = x[B*T, D] @ [W_z | W_r | W_h]
- * Hoisted roots (computed from XW inside the step loops): x_w_z + b_z; x_w_r + b_r; x_w_h + b_h
+ * Input product, per step: XW[B, 3*H] = x_t[B, D] @ [W_z | W_r | W_h]
+ * Input-only values (computed from XW inside the step loops): x_w_z + b_z; x_w_r + b_r; x_w_h + b_h
  * Step phase 0: loop over t3
  * Step phase 1: GEMM t3 @ [U_z]; GEMM h_prev @ [U_r]; loop over t12, r, t16
  * Step phase 2: GEMM t16 @ [U_h]; loop over t6, z, t19, hh, t21, t23, t24, t25, h_new
@@ -14,7 +14,7 @@
 #include <omp.h>
 #include "jzs3.h"
 
-#define NW 3     /* blocks of the input GEMM */
+#define NW 3     /* blocks of the input product */
 #define NR 3     /* hoisted roots */
 #define NSLOT 7  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */

@@ -3,8 +3,8 @@
  * Parameters: activation=tanh, inner_activation=hard_sigmoid.
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
- * Input GEMM (once): XW[B*T, 4*H] = x[B*T, D] @ [W_i | W_f | W_c | W_o]
- * Hoisted roots (computed from XW inside the step loops): x_w_i + b_i; x_w_f + b_f; x_w_c + b_c; x_w_o + b_o
+ * Input product, per step: XW[B, 4*H] = x_t[B, D] @ [W_i | W_f | W_c | W_o]
+ * Input-only values (computed from XW inside the step loops): x_w_i + b_i; x_w_f + b_f; x_w_c + b_c; x_w_o + b_o
  * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_i | U_f | U_c | U_o]; loop over t6, i, t12, f, t14, t19, t20, t21, t22, c_new, t28, o, t30, t31, h_new
  */
@@ -13,7 +13,7 @@
 #include <omp.h>
 #include "lstm.h"
 
-#define NW 4     /* blocks of the input GEMM */
+#define NW 4     /* blocks of the input product */
 #define NR 4     /* hoisted roots */
 #define NSLOT 7  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */

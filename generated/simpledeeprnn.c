@@ -3,8 +3,8 @@
  * Parameters: depth=3, activation=sigmoid, inner_activation=hard_sigmoid.
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
- * Input GEMM (once): XW[B*T, 1*H] = x[B*T, D] @ [W]
- * Hoisted roots (computed from XW inside the step loops): x_w + b
+ * Input product, per step: XW[B, 1*H] = x_t[B, D] @ [W]
+ * Input-only values (computed from XW inside the step loops): x_w + b
  * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_1]; GEMM h_lag2 @ [U_2]; GEMM h_lag3 @ [U_3]; loop over t7, t8, t14, t15, t21, t22, t24, t25, t26, t27, h_new
  */
@@ -13,7 +13,7 @@
 #include <omp.h>
 #include "simpledeeprnn.h"
 
-#define NW 1     /* blocks of the input GEMM */
+#define NW 1     /* blocks of the input product */
 #define NR 1     /* hoisted roots */
 #define NSLOT 10  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */

@@ -3,8 +3,8 @@
  * Parameters: activation=sigmoid.
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
- * Input GEMM (once): XW[B*T, 1*H] = x[B*T, D] @ [W]
- * Hoisted roots (computed from XW inside the step loops): x_w + b
+ * Input product, per step: XW[B, 1*H] = x_t[B, D] @ [W]
+ * Input-only values (computed from XW inside the step loops): x_w + b
  * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U]; loop over t5, t6, h_new
  */
@@ -13,7 +13,7 @@
 #include <omp.h>
 #include "simplernn.h"
 
-#define NW 1     /* blocks of the input GEMM */
+#define NW 1     /* blocks of the input product */
 #define NR 1     /* hoisted roots */
 #define NSLOT 2  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */

@@ -5,9 +5,10 @@ hash-consed so that a sub-expression written twice is computed once.  From it
 this module derives the structure fast RNN kernels use:
 
 * *hoisted* nodes depend on the input and the weights only (``x @ W``, biases,
-  elementwise functions of them).  All ``x @ W`` products are one GEMM over
-  every (sample, step) row with the W matrices side by side; the hoisted nodes
-  that step nodes read (the *roots*) are computed once, before the time loop.
+  elementwise functions of them).  All ``x @ W`` products of a step are one
+  product with the W matrices side by side, which depends on no state (so it
+  can run anywhere in the step); the hoisted nodes that step nodes read (the
+  *roots*) are computed from it inside the step loops.
 * *step* nodes depend on the state.  A product ``e @ U`` of a step value needs
   ``e`` first, so each node gets a *phase*: phase(e @ U) = phase(e) + 1.  Per
   step, phase p runs the GEMMs of phase p (products that share an operand are
@@ -94,7 +95,7 @@ class CellIR:
     lags: dict                 # state -> number of registers kept (max lag, >= 1)
     nodes: list                # reachable nodes in topological order
     assigns: dict              # state -> assign node
-    xprods: list               # xprod nodes, column blocks of the input GEMM
+    xprods: list               # xprod nodes, column blocks of the input product x @ [W...]
     roots: list                # hoisted nodes read by step nodes, column blocks of XP
     hoisted: list              # every hoisted node in topological order
     phases: dict               # node -> phase (step nodes)

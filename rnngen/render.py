@@ -150,7 +150,7 @@ class CellMath:
             return f"-{g}"
         return f"{g} * ({factor})"
 
-    # -- hoisted loop (rows r of the input GEMM) -----------------------------
+    # -- input-only ("hoisted") values, from XW ------------------------------
     def hoisted_values(self):
         """Statements computing every hoisted node from XW and the biases."""
         out = []
