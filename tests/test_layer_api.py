@@ -238,3 +238,13 @@ def test_outputs_reuse_memory_only_when_no_one_holds_them():
     layer(x2)
     layer.backward(2 * dy)
     np.testing.assert_array_equal(dx1, dx1_copy)
+
+
+def test_a_temporary_result_is_not_overwritten_by_the_next_call():
+    from rnngen.layers import SimpleRNN
+    rng = np.random.default_rng(1)
+    layer = SimpleRNN(4, input_dim=3, return_sequences=True, seed=0)
+    x1 = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    x2 = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    a, b = layer(x1).copy(), layer(x2).copy()
+    np.testing.assert_array_equal(layer(x1) - layer(x2), a - b)   # both alive at once
