@@ -68,7 +68,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
     float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
     float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
-    float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ Ucat, this step */
+    float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
     float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
     float *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
@@ -94,7 +94,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
 #pragma omp parallel num_threads(nt)
     {
         /* This thread owns hidden units [j0, j1): their columns of every
-         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
          * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
          * their elementwise work, and their rows of the weight gradients. */
         const int tid = omp_get_thread_num();
@@ -230,7 +230,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
     float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
-    float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ Ucat, this step */
+    float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
     float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
     float *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
@@ -256,7 +256,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
 #pragma omp parallel num_threads(nt)
     {
         /* This thread owns hidden units [j0, j1): their columns of every
-         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
          * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
          * their elementwise work, and their rows of the weight gradients. */
         const int tid = omp_get_thread_num();
@@ -349,7 +349,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
             }
 
 #pragma omp barrier
-            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
+            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
@@ -430,7 +430,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
     double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
     double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
-    double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ Ucat, this step */
+    double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
     double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
     double *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
@@ -456,7 +456,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
 #pragma omp parallel num_threads(nt)
     {
         /* This thread owns hidden units [j0, j1): their columns of every
-         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
          * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
          * their elementwise work, and their rows of the weight gradients. */
         const int tid = omp_get_thread_num();
@@ -592,7 +592,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
     double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
-    double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ Ucat, this step */
+    double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
     double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
     double *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
@@ -618,7 +618,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
 #pragma omp parallel num_threads(nt)
     {
         /* This thread owns hidden units [j0, j1): their columns of every
-         * block side by side (Wcat, Ucat, XW, S, dS are laid out thread by
+         * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
          * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
          * their elementwise work, and their rows of the weight gradients. */
         const int tid = omp_get_thread_num();
@@ -711,7 +711,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
             }
 
 #pragma omp barrier
-            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ Ucat^T */
+            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */

@@ -293,7 +293,7 @@ class CellMath:
         return self._with_hoisted(out)
 
     def operand_grad_target(self, g):
-        """(pointer, comment) receiving dOperand += dS @ Ucat^T."""
+        """The buffer receiving dOperand += dS @ [U...]^T."""
         a = g.operand
         if a.op == "state":
             s, k = a.attr
