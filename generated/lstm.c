@@ -118,57 +118,63 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
         (void)nU;
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+        /* this thread's packed panels (each thread's may end in a padded panel) */
+        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pw_t;
+        float *Pf_t_g0 = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g0; (void)Pb_t_g0;
 
         float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            {   /* W: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                float *P = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < D; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: W_i */
-                        const size_t c = 0 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_i[(size_t)k * H + j0 + u];
+                        const size_t n = 0 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W_i[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 1: W_f */
-                        const size_t c = 1 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_f[(size_t)k * H + j0 + u];
+                        const size_t n = 1 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W_f[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 2: W_c */
-                        const size_t c = 2 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_c[(size_t)k * H + j0 + u];
+                        const size_t n = 2 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W_c[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 3: W_o */
-                        const size_t c = 3 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_o[(size_t)k * H + j0 + u];
+                        const size_t n = 3 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W_o[(size_t)k * H + j0 + u];
                     }
-                    for (size_t c = N; c < Np; c++)
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = 0;
+                    for (size_t n = N; n < Np; n++)
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
-            {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                float *P = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+
+            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 4 * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < H; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_i */
                         const size_t n = 0 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_i[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_i[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 1: U_f */
                         const size_t n = 1 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_f[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_f[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 2: U_c */
                         const size_t n = 2 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_c[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_c[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 3: U_o */
                         const size_t n = 3 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_o[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_o[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
+
         }
 
 
@@ -184,7 +190,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
              * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
             float *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
@@ -213,7 +219,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                rnngen_pgemm_f32(B, 4 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 4 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f32(B, 4 * (int)nU, H, s_h_prev, H, Pf_t_g0, S_g0 + 4 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -360,6 +366,12 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
         (void)nU;
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+        /* this thread's packed panels (each thread's may end in a padded panel) */
+        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pw_t;
+        float *Pf_t_g0 = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g0; (void)Pb_t_g0;
 
         if (nU > 0) {   /* this thread's columns of the packed weights */
             for (int i = 0; i < D; i++)   /* block 0: W_i */
@@ -373,7 +385,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
         }
 
         if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            float *P = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            float *P = Pb_t_g0;
             const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
             size_t k = 0;
             for (int q = 0; q < nt; q++) {
@@ -525,7 +537,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
-                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
+                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t, rx = r;
@@ -699,57 +711,63 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
         (void)nU;
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+        /* this thread's packed panels (each thread's may end in a padded panel) */
+        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pw_t;
+        double *Pf_t_g0 = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g0; (void)Pb_t_g0;
 
         double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            {   /* W: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                double *P = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < D; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: W_i */
-                        const size_t c = 0 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_i[(size_t)k * H + j0 + u];
+                        const size_t n = 0 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W_i[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 1: W_f */
-                        const size_t c = 1 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_f[(size_t)k * H + j0 + u];
+                        const size_t n = 1 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W_f[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 2: W_c */
-                        const size_t c = 2 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_c[(size_t)k * H + j0 + u];
+                        const size_t n = 2 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W_c[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 3: W_o */
-                        const size_t c = 3 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W_o[(size_t)k * H + j0 + u];
+                        const size_t n = 3 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W_o[(size_t)k * H + j0 + u];
                     }
-                    for (size_t c = N; c < Np; c++)
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = 0;
+                    for (size_t n = N; n < Np; n++)
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
-            {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                double *P = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+
+            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 4 * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < H; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_i */
                         const size_t n = 0 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_i[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_i[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 1: U_f */
                         const size_t n = 1 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_f[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_f[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 2: U_c */
                         const size_t n = 2 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_c[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_c[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 3: U_o */
                         const size_t n = 3 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_o[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_o[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
+
         }
 
 
@@ -765,7 +783,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
              * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_c_prev = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] c */
             double *s_i = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(t6) */
@@ -794,7 +812,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                rnngen_pgemm_f64(B, 4 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 4 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f64(B, 4 * (int)nU, H, s_h_prev, H, Pf_t_g0, S_g0 + 4 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -941,6 +959,12 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
         (void)nU;
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+        /* this thread's packed panels (each thread's may end in a padded panel) */
+        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pw_t;
+        double *Pf_t_g0 = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g0; (void)Pb_t_g0;
 
         if (nU > 0) {   /* this thread's columns of the packed weights */
             for (int i = 0; i < D; i++)   /* block 0: W_i */
@@ -954,7 +978,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
         }
 
         if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            double *P = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            double *P = Pb_t_g0;
             const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
             size_t k = 0;
             for (int q = 0; q < nt; q++) {
@@ -1106,7 +1130,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
-                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
+                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t, rx = r;

@@ -132,57 +132,69 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+        /* this thread's packed panels (each thread's may end in a padded panel) */
+        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pw_t;
+        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g0; (void)Pb_t_g0;
+        float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g1; (void)Pb_t_g1;
+        float *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g2; (void)Pb_t_g2;
 
         float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            {   /* W: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                float *P = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < D; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: W */
-                        const size_t c = 0 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
+                        const size_t n = 0 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
                     }
-                    for (size_t c = N; c < Np; c++)
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = 0;
+                    for (size_t n = N; n < Np; n++)
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
-            {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                float *P = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+
+            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < H; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_1 */
                         const size_t n = 0 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_1[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_1[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
-            {   /* g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                float *P = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+
+            {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < H; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_2 */
                         const size_t n = 0 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_2[(size_t)k * H + j0 + u];
+                        Pf_t_g1[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_2[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g1[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
-            {   /* g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                float *P = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+
+            {   /* Pf_t_g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < H; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_3 */
                         const size_t n = 0 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_3[(size_t)k * H + j0 + u];
+                        Pf_t_g2[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_3[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g2[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
+
         }
 
 
@@ -199,7 +211,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
              * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
             float *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
@@ -235,11 +247,11 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_prev, H, Pf_t_g0, S_g0 + 1 * (size_t)j0, LDS_g0, 0);
             if (nU > 0)
-                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_lag2, H, Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_lag2, H, Pf_t_g1, S_g1 + 1 * (size_t)j0, LDS_g1, 0);
             if (nU > 0)
-                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_lag3, H, Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g2 + 1 * (size_t)j0, LDS_g2, 0);
+                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_lag3, H, Pf_t_g2, S_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -376,6 +388,18 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+        /* this thread's packed panels (each thread's may end in a padded panel) */
+        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pw_t;
+        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g0; (void)Pb_t_g0;
+        float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g1; (void)Pb_t_g1;
+        float *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g2; (void)Pb_t_g2;
 
         if (nU > 0) {   /* this thread's columns of the packed weights */
             for (int i = 0; i < D; i++)   /* block 0: W */
@@ -383,7 +407,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
         }
 
         if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            float *P = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            float *P = Pb_t_g0;
             const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
             size_t k = 0;
             for (int q = 0; q < nt; q++) {
@@ -395,7 +419,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
             }
         }
         if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            float *P = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            float *P = Pb_t_g1;
             const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU);
             size_t k = 0;
             for (int q = 0; q < nt; q++) {
@@ -407,7 +431,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
             }
         }
         if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            float *P = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            float *P = Pb_t_g2;
             const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU);
             size_t k = 0;
             for (int q = 0; q < nt; q++) {
@@ -529,11 +553,11 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
-                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
+                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
             if (nU > 0)
-                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_2 + j0, H, 1);
+                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, dL_h_2 + j0, H, 1);
             if (nU > 0)
-                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_3 + j0, H, 1);
+                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_t_g2, dL_h_3 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t, rx = r;
@@ -682,57 +706,69 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+        /* this thread's packed panels (each thread's may end in a padded panel) */
+        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pw_t;
+        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g0; (void)Pb_t_g0;
+        double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g1; (void)Pb_t_g1;
+        double *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g2; (void)Pb_t_g2;
 
         double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            {   /* W: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                double *P = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < D; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: W */
-                        const size_t c = 0 * nU + u;
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
+                        const size_t n = 0 * nU + u;
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
                     }
-                    for (size_t c = N; c < Np; c++)
-                        P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + c % RNNGEN_PANEL] = 0;
+                    for (size_t n = N; n < Np; n++)
+                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
-            {   /* g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                double *P = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+
+            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < H; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_1 */
                         const size_t n = 0 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_1[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_1[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
-            {   /* g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                double *P = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+
+            {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < H; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_2 */
                         const size_t n = 0 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_2[(size_t)k * H + j0 + u];
+                        Pf_t_g1[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_2[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g1[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
-            {   /* g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                double *P = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+
+            {   /* Pf_t_g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
                 for (int k = 0; k < H; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_3 */
                         const size_t n = 0 * nU + u;
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_3[(size_t)k * H + j0 + u];
+                        Pf_t_g2[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_3[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g2[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
                 }
             }
+
         }
 
 
@@ -749,7 +785,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
              * saved, else rows b of one step's XW).  One GEMM over all steps before the
              * loop measured slower: XW then makes a round trip through memory. */
             if (nU > 0)
-                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
             double *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
@@ -785,11 +821,11 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 #pragma omp barrier
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
-                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_prev, H, Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_prev, H, Pf_t_g0, S_g0 + 1 * (size_t)j0, LDS_g0, 0);
             if (nU > 0)
-                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_lag2, H, Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_lag2, H, Pf_t_g1, S_g1 + 1 * (size_t)j0, LDS_g1, 0);
             if (nU > 0)
-                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_lag3, H, Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid), S_g2 + 1 * (size_t)j0, LDS_g2, 0);
+                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_lag3, H, Pf_t_g2, S_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 1 */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -926,6 +962,18 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+        /* this thread's packed panels (each thread's may end in a padded panel) */
+        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pw_t;
+        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g0; (void)Pb_t_g0;
+        double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g1; (void)Pb_t_g1;
+        double *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        (void)Pf_t_g2; (void)Pb_t_g2;
 
         if (nU > 0) {   /* this thread's columns of the packed weights */
             for (int i = 0; i < D; i++)   /* block 0: W */
@@ -933,7 +981,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
         }
 
         if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            double *P = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            double *P = Pb_t_g0;
             const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
             size_t k = 0;
             for (int q = 0; q < nt; q++) {
@@ -945,7 +993,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
             }
         }
         if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            double *P = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            double *P = Pb_t_g1;
             const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU);
             size_t k = 0;
             for (int q = 0; q < nt; q++) {
@@ -957,7 +1005,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
             }
         }
         if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            double *P = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+            double *P = Pb_t_g2;
             const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU);
             size_t k = 0;
             for (int q = 0; q < nt; q++) {
@@ -1079,11 +1127,11 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
 #pragma omp barrier
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
-                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_1 + j0, H, 1);
+                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
             if (nU > 0)
-                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_2 + j0, H, 1);
+                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, dL_h_2 + j0, H, 1);
             if (nU > 0)
-                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid), dL_h_3 + j0, H, 1);
+                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_t_g2, dL_h_3 + j0, H, 1);
             /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t, rx = r;

@@ -128,9 +128,28 @@ static inline float rnngen_tanhf(float x)
 #define RNNGEN_PANEL 32
 #define RNNGEN_PACKED_COLS(n) (((n) + RNNGEN_PANEL - 1) / RNNGEN_PANEL * RNNGEN_PANEL)
 
-/* One block of MR rows by one panel; V holds RNNGEN_PANEL / NV elements and
- * VU is the same vector type allowed at any address. */
-#define RNNGEN_DEFINE_BLOCK(T, V, VU, NV, MR, NAME)                                   \
+/* c[0..nn) (=|+=) one panel's row of results, o[NV]; V holds RNNGEN_PANEL / NV
+ * elements and VU is the same vector type allowed at any address. */
+#define RNNGEN_DEFINE_STORE(T, V, VU, NV, NAME)                                       \
+static inline void NAME(T *c, const V *o, int nn, int accumulate)                    \
+{                                                                                    \
+    enum { W = RNNGEN_PANEL / NV };                                                  \
+    if (nn == RNNGEN_PANEL) {                                                        \
+        for (int v = 0; v < NV; v++) {                                               \
+            V s = o[v];                                                              \
+            if (accumulate) s += *(const VU *)(c + v * W);                           \
+            *(VU *)(c + v * W) = s;                                                  \
+        }                                                                            \
+    } else {                                                                         \
+        for (int i = 0; i < nn; i++) {                                               \
+            const T s = o[i / W][i % W];                                             \
+            c[i] = accumulate ? c[i] + s : s;                                        \
+        }                                                                            \
+    }                                                                                \
+}
+
+/* One block of MR rows by one panel. */
+#define RNNGEN_DEFINE_BLOCK(T, V, VU, NV, MR, NAME, STORE)                            \
 static inline void NAME(int K, const T *A, size_t lda, const T *pp, T *C, size_t ldc, \
                         int nn, int accumulate)                                      \
 {                                                                                    \
@@ -149,26 +168,13 @@ static inline void NAME(int K, const T *A, size_t lda, const T *pp, T *C, size_t
                 acc[r][v] += a * b[v];                                               \
         }                                                                            \
     }                                                                                \
-    for (int r = 0; r < MR; r++) {                                                   \
-        T *c = C + (size_t)r * ldc;                                                  \
-        if (nn == RNNGEN_PANEL) {                                                    \
-            for (int v = 0; v < NV; v++) {                                           \
-                V o = acc[r][v];                                                     \
-                if (accumulate) o += *(const VU *)(c + v * W);                       \
-                *(VU *)(c + v * W) = o;                                              \
-            }                                                                        \
-        } else {                                                                     \
-            for (int i = 0; i < nn; i++) {                                           \
-                const T o = acc[r][i / W][i % W];                                    \
-                c[i] = accumulate ? c[i] + o : o;                                    \
-            }                                                                        \
-        }                                                                            \
-    }                                                                                \
+    for (int r = 0; r < MR; r++)                                                     \
+        STORE(C + (size_t)r * ldc, acc[r], nn, accumulate);                          \
 }
 
 /* One row by one panel (B = 1 is all such rows): four partial sums over k, so
  * that successive multiply-adds do not wait for each other. */
-#define RNNGEN_DEFINE_ROW(T, V, VU, NV, NAME)                                          \
+#define RNNGEN_DEFINE_ROW(T, V, VU, NV, NAME, STORE)                                   \
 static inline void NAME(int K, const T *a, const T *pp, T *c, int nn, int accumulate) \
 {                                                                                    \
     enum { W = RNNGEN_PANEL / NV };                                                  \
@@ -184,22 +190,17 @@ static inline void NAME(int K, const T *a, const T *pp, T *c, int nn, int accumu
     for (; k < K; k++)                                                               \
         for (int v = 0; v < NV; v++)                                                 \
             acc[0][v] += a[k] * *(const VU *)(pp + (size_t)k * RNNGEN_PANEL + v * W);    \
-    for (int v = 0; v < NV; v++) {                                                   \
-        V o = (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]);                      \
-        if (nn == RNNGEN_PANEL) {                                                    \
-            if (accumulate) o += *(const VU *)(c + v * W);                           \
-            *(VU *)(c + v * W) = o;                                                  \
-        } else {                                                                     \
-            for (int i = 0; i < W && v * W + i < nn; i++)                            \
-                c[v * W + i] = accumulate ? c[v * W + i] + o[i] : o[i];              \
-        }                                                                            \
-    }                                                                                \
+    V o[NV];                                                                         \
+    for (int v = 0; v < NV; v++)                                                     \
+        o[v] = (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]);                    \
+    STORE(c, o, nn, accumulate);                                                     \
 }
 
 #define RNNGEN_DEFINE_PGEMM(T, V, VU, NV, SFX)                                        \
-RNNGEN_DEFINE_BLOCK(T, V, VU, NV, 8, rnngen_block8##SFX)                             \
-RNNGEN_DEFINE_BLOCK(T, V, VU, NV, 4, rnngen_block4##SFX)                             \
-RNNGEN_DEFINE_ROW(T, V, VU, NV, rnngen_row##SFX)                                     \
+RNNGEN_DEFINE_STORE(T, V, VU, NV, rnngen_store##SFX)                                 \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, 8, rnngen_block8##SFX, rnngen_store##SFX)          \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, 4, rnngen_block4##SFX, rnngen_store##SFX)          \
+RNNGEN_DEFINE_ROW(T, V, VU, NV, rnngen_row##SFX, rnngen_store##SFX)                  \
 static inline void rnngen_pgemm##SFX(int M, int N, int K, const T *A, size_t lda,   \
                                      const T *P, T *C, size_t ldc, int accumulate)   \
 {                                                                                    \
