@@ -372,7 +372,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -459,12 +459,18 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g1 + r * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+        float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
         for (int b = 0; b < B; b++) {
             memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            nreal[b] = 0;
+            for (int t = 0; t < T; t++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
+            for (int b = 0; b < B; b++)
+                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_z = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
             float *s_r = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t11) */
@@ -980,7 +986,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1067,12 +1073,18 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g1 + r * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+        double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
         for (int b = 0; b < B; b++) {
             memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            nreal[b] = 0;
+            for (int t = 0; t < T; t++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
+            for (int b = 0; b < B; b++)
+                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_z = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
             double *s_r = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t11) */

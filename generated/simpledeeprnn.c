@@ -15,7 +15,7 @@
 
 #define NW 1     /* blocks of the input product */
 #define NR 1     /* hoisted roots */
-#define NSLOT 10  /* values kept per step */
+#define NSLOT 7  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */
 #define WIDEST 1
 
@@ -213,16 +213,13 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
             if (nU > 0)
                 rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-            float *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
-            float *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-            float *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-            float *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
-            float *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-            float *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-            float *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
-            float *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-            float *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-    (void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
+            float *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+            float *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+            float *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+            float *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+            float *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+            float *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+    (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 
             /* phase 0 */
@@ -236,11 +233,8 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     s_h_prev[bj] = L_h_1[bj];
-                    if (save) s_started1[bj] = (nreal[b] >= 1 ? 1.0f : 0.0f);
                     s_h_lag2[bj] = L_h_2[bj];
-                    if (save) s_started2[bj] = (nreal[b] >= 2 ? 1.0f : 0.0f);
                     s_h_lag3[bj] = L_h_3[bj];
-                    if (save) s_started3[bj] = (nreal[b] >= 3 ? 1.0f : 0.0f);
                 }
             }
 
@@ -369,7 +363,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -462,25 +456,28 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g2 + r * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+        float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
         for (int b = 0; b < B; b++) {
             memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            nreal[b] = 0;
+            for (int t = 0; t < T; t++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
+            for (int b = 0; b < B; b++)
+                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-            float *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
-            float *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-            float *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-            float *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
-            float *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-            float *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-            float *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
-            float *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-            float *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-    (void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
+            float *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+            float *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+            float *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+            float *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+            float *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+            float *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+    (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 
             /* dy reaches the carried output at every step; at a real step the
@@ -538,13 +535,13 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     g_t15 += g_t25;
                     dXP[(size_t)0 * BH + bj] += g_t24;
                     g_t8 += g_t24;
-                    g_t21 += g_t22 * (s_started3[bj]);
+                    g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
                     g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0f && (s_t21[bj]) < 1.0f ? 0.2f : 0.0f));
                     dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-                    g_t14 += g_t15 * (s_started2[bj]);
+                    g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
                     g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0f && (s_t14[bj]) < 1.0f ? 0.2f : 0.0f));
                     dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-                    g_t7 += g_t8 * (s_started1[bj]);
+                    g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0f : 0.0f));
                     g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0f && (s_t7[bj]) < 1.0f ? 0.2f : 0.0f));
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
                 }
@@ -588,12 +585,12 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
 #pragma omp simd
                 for (int j = j0; j < j1; j++)
                     dw_U_1[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
-            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (3 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, dUcat_g1 + 1 * (size_t)j0, (int)LDS_g1);
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (2 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, dUcat_g1 + 1 * (size_t)j0, (int)LDS_g1);
             for (size_t i = 0; i < (size_t)H; i++)
 #pragma omp simd
                 for (int j = j0; j < j1; j++)
                     dw_U_2[i * H + j] += dUcat_g1[i * LDS_g1 + OFF_g1 + 0 * nU + j];
-            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (6 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, dUcat_g2 + 1 * (size_t)j0, (int)LDS_g2);
+            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (4 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, dUcat_g2 + 1 * (size_t)j0, (int)LDS_g2);
             for (size_t i = 0; i < (size_t)H; i++)
 #pragma omp simd
                 for (int j = j0; j < j1; j++)
@@ -787,16 +784,13 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
             if (nU > 0)
                 rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-            double *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
-            double *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-            double *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-            double *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
-            double *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-            double *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-            double *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
-            double *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-            double *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-    (void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
+            double *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+            double *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+            double *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+            double *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+            double *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+            double *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+    (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 
             /* phase 0 */
@@ -810,11 +804,8 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j;
                     (void)bj;
                     s_h_prev[bj] = L_h_1[bj];
-                    if (save) s_started1[bj] = (nreal[b] >= 1 ? 1.0 : 0.0);
                     s_h_lag2[bj] = L_h_2[bj];
-                    if (save) s_started2[bj] = (nreal[b] >= 2 ? 1.0 : 0.0);
                     s_h_lag3[bj] = L_h_3[bj];
-                    if (save) s_started3[bj] = (nreal[b] >= 3 ? 1.0 : 0.0);
                 }
             }
 
@@ -943,7 +934,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)nreal_all; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1036,25 +1027,28 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
         if (mask)   /* padded rows of dS are never written: zero them all */
             for (size_t r = 0; r < (size_t)T * B; r++)
                 memset(dS_g2 + r * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+        double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
         for (int b = 0; b < B; b++) {
             memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            nreal[b] = 0;
+            for (int t = 0; t < T; t++)
+                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
+            for (int b = 0; b < B; b++)
+                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-            double *s_started1 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 1) */
-            double *s_t7 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-            double *s_h_lag2 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-            double *s_started2 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 2) */
-            double *s_t14 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-            double *s_h_lag3 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-            double *s_started3 = SL + (7 * (size_t)Teff + ts) * BH;  /* [B,H] started(lag 3) */
-            double *s_t21 = SL + (8 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-            double *s_t27 = SL + (9 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-    (void)s_h_prev; (void)s_started1; (void)s_t7; (void)s_h_lag2; (void)s_started2; (void)s_t14; (void)s_h_lag3; (void)s_started3; (void)s_t21; (void)s_t27;
+            double *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+            double *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+            double *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+            double *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+            double *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+            double *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+    (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 
             /* dy reaches the carried output at every step; at a real step the
@@ -1112,13 +1106,13 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     g_t15 += g_t25;
                     dXP[(size_t)0 * BH + bj] += g_t24;
                     g_t8 += g_t24;
-                    g_t21 += g_t22 * (s_started3[bj]);
+                    g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0 : 0.0));
                     g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0 && (s_t21[bj]) < 1.0 ? 0.2 : 0.0));
                     dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-                    g_t14 += g_t15 * (s_started2[bj]);
+                    g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0 : 0.0));
                     g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0 && (s_t14[bj]) < 1.0 ? 0.2 : 0.0));
                     dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-                    g_t7 += g_t8 * (s_started1[bj]);
+                    g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0 : 0.0));
                     g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0 && (s_t7[bj]) < 1.0 ? 0.2 : 0.0));
                     dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
                 }
@@ -1162,12 +1156,12 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
 #pragma omp simd
                 for (int j = j0; j < j1; j++)
                     dw_U_1[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
-            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (3 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, dUcat_g1 + 1 * (size_t)j0, (int)LDS_g1);
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (2 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, dUcat_g1 + 1 * (size_t)j0, (int)LDS_g1);
             for (size_t i = 0; i < (size_t)H; i++)
 #pragma omp simd
                 for (int j = j0; j < j1; j++)
                     dw_U_2[i * H + j] += dUcat_g1[i * LDS_g1 + OFF_g1 + 0 * nU + j];
-            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (6 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, dUcat_g2 + 1 * (size_t)j0, (int)LDS_g2);
+            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (4 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, dUcat_g2 + 1 * (size_t)j0, (int)LDS_g2);
             for (size_t i = 0; i < (size_t)H; i++)
 #pragma omp simd
                 for (int j = j0; j < j1; j++)

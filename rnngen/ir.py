@@ -581,6 +581,8 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
         if not n.varying:
             continue
         cross = n.op not in STEP_LEAVES and any(loop_of(u) != phase[n] for u in users[n])
+        if n.op == "started" and n not in operands:
+            continue   # backward recounts the real steps: started() is not saved
         if n in operands or n in needed or cross:
             slots.append(n)
     # a hoisted GEMM operand is copied into a slot too (so dU is one GEMM over slots)

@@ -105,6 +105,8 @@ class CellMath:
         if n.hoisted:   # recomputed from XW at the top of the loop, as in forward
             self._reads_hoisted = True
             return f"v_{n.label}"
+        if n.op == "started":   # backward keeps nreal as forward had it at this step
+            return f"(nreal[b] >= {n.attr} ? {self.d.lit(1)} : {self.d.lit(0)})"
         assert n in self.slot_set, n
         return f"s_{n.label}[bj]"
 
