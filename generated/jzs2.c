@@ -372,7 +372,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -480,67 +480,71 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0f;
-                    dXP[(size_t)1 * BH + bj] = 0.0f;
-                    dXP[(size_t)2 * BH + bj] = 0.0f;
-                    d_t15[bj] = 0.0f;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
-                    if (m) {
-                        dL_h_1[bj] = 0.0f;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(float) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 2, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_h_prev_u_z = 0.0f;
-                    float g_t5 = 0.0f;
-                    float g_z = 0.0f;
-                    float g_t15_u_h = 0.0f;
-                    float g_t18 = 0.0f;
-                    float g_hh = 0.0f;
-                    float g_t20 = 0.0f;
-                    float g_t22 = 0.0f;
-                    float g_t23 = 0.0f;
-                    float g_t24 = 0.0f;
-                    float g_h_new = d_h_new[bj];
-                    g_t24 += g_h_new;
-                    g_t20 += g_t24;
-                    g_t23 += g_t24;
-                    dL_h_1[bj] += g_t23 * (s_t22[bj]);
-                    g_t22 += g_t23 * (s_h_prev[bj]);
-                    g_z += -g_t22;
-                    g_hh += g_t20 * (s_z[bj]);
-                    g_z += g_t20 * (s_hh[bj]);
-                    g_t18 += g_hh * ((1.0f - s_hh[bj] * s_hh[bj]));
-                    dXP[(size_t)2 * BH + bj] += g_t18;
-                    g_t15_u_h += g_t18;
-                    dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
-                    g_t5 += g_z * (s_z[bj] * (1.0f - s_z[bj]));
-                    dXP[(size_t)0 * BH + bj] += g_t5;
-                    g_h_prev_u_z += g_t5;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const float a_h = dL_h_1[bj] + dy[r * H + j];
+                        float a0 = 0.0f;
+                        float a1 = 0.0f;
+                        float a2 = 0.0f;
+                        float a3 = 0.0f;
+                        float a4 = 0.0f;
+                        float g_h_prev_u_z = 0.0f;
+                        float g_t5 = 0.0f;
+                        float g_z = 0.0f;
+                        float g_t15_u_h = 0.0f;
+                        float g_t18 = 0.0f;
+                        float g_hh = 0.0f;
+                        float g_t20 = 0.0f;
+                        float g_t22 = 0.0f;
+                        float g_t23 = 0.0f;
+                        float g_t24 = 0.0f;
+                        float g_h_new = a_h;
+                        g_t24 += g_h_new;
+                        g_t20 += g_t24;
+                        g_t23 += g_t24;
+                        a0 += g_t23 * (s_t22[bj]);
+                        g_t22 += g_t23 * (s_h_prev[bj]);
+                        g_z += -g_t22;
+                        g_hh += g_t20 * (s_z[bj]);
+                        g_z += g_t20 * (s_hh[bj]);
+                        g_t18 += g_hh * ((1.0f - s_hh[bj] * s_hh[bj]));
+                        a4 += g_t18;
+                        g_t15_u_h += g_t18;
+                        dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
+                        g_t5 += g_z * (s_z[bj] * (1.0f - s_z[bj]));
+                        a2 += g_t5;
+                        g_h_prev_u_z += g_t5;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
+                        dL_h_1[bj] = a0;
+                        d_t15[bj] = a1;
+                        dXP[(size_t)0 * BH + bj] = a2;
+                        dXP[(size_t)1 * BH + bj] = a3;
+                        dXP[(size_t)2 * BH + bj] = a4;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                        d_t15[bj] = 0.0f;
+                    }
                 }
             }
 
@@ -548,27 +552,57 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, d_t15 + j0, H, 1);
-            /* phase 1, reversed */
+            /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                (void)rx;
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_h_prev_u_r = 0.0f;
-                    float g_t11 = 0.0f;
-                    float g_r = 0.0f;
-                    float g_t15 = d_t15[bj];
-                    g_r += g_t15 * (s_h_prev[bj]);
-                    dL_h_1[bj] += g_t15 * (s_r[bj]);
-                    g_t11 += g_r * (s_r[bj] * (1.0f - s_r[bj]));
-                    dXP[(size_t)1 * BH + bj] += g_t11;
-                    g_h_prev_u_r += g_t11;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_r;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        float a0 = d_t15[bj];
+                        float a1 = dL_h_1[bj];
+                        float a2 = dXP[(size_t)1 * BH + bj];
+                        float a3 = dXP[(size_t)0 * BH + bj];
+                        float a4 = dXP[(size_t)2 * BH + bj];
+                        float g_h_prev_u_r = 0.0f;
+                        float g_t11 = 0.0f;
+                        float g_r = 0.0f;
+                        float g_t15 = a0;
+                        g_r += g_t15 * (s_h_prev[bj]);
+                        a1 += g_t15 * (s_r[bj]);
+                        g_t11 += g_r * (s_r[bj] * (1.0f - s_r[bj]));
+                        a2 += g_t11;
+                        g_h_prev_u_r += g_t11;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_r;
+                        float g_x_w_z = 0.0f;
+                        float g_b_z = 0.0f;
+                        float g_t4 = a3;
+                        float g_x_pmat = 0.0f;
+                        float g_b_r = 0.0f;
+                        float g_t10 = a2;
+                        float g_x_w_h = 0.0f;
+                        float g_b_h = 0.0f;
+                        float g_t17 = a4;
+                        g_x_w_h += g_t17;
+                        g_b_h += g_t17;
+                        dw_b_h[j] += g_b_h;
+                        dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
+                        g_x_pmat += g_t10;
+                        g_b_r += g_t10;
+                        dw_b_r[j] += g_b_r;
+                        dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
+                        g_x_w_z += g_t4;
+                        g_b_z += g_t4;
+                        dw_b_z[j] += g_b_z;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
+                        dL_h_1[bj] = a1;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
                 }
             }
 
@@ -576,41 +610,6 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_x_w_z = 0.0f;
-                    float g_b_z = 0.0f;
-                    float g_t4 = dXP[(size_t)0 * BH + bj];
-                    float g_x_pmat = 0.0f;
-                    float g_b_r = 0.0f;
-                    float g_t10 = dXP[(size_t)1 * BH + bj];
-                    float g_x_w_h = 0.0f;
-                    float g_b_h = 0.0f;
-                    float g_t17 = dXP[(size_t)2 * BH + bj];
-                    g_x_w_h += g_t17;
-                    g_b_h += g_t17;
-                    dw_b_h[j] += g_b_h;
-                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                    g_x_pmat += g_t10;
-                    g_b_r += g_t10;
-                    dw_b_r[j] += g_b_r;
-                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
-                    g_x_w_z += g_t4;
-                    g_b_z += g_t4;
-                    dw_b_z[j] += g_b_z;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-                }
-            }
         }
 
         if (nU > 0) {
@@ -986,7 +985,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1094,67 +1093,71 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0;
-                    dXP[(size_t)1 * BH + bj] = 0.0;
-                    dXP[(size_t)2 * BH + bj] = 0.0;
-                    d_t15[bj] = 0.0;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
-                    if (m) {
-                        dL_h_1[bj] = 0.0;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(double) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 2, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_h_prev_u_z = 0.0;
-                    double g_t5 = 0.0;
-                    double g_z = 0.0;
-                    double g_t15_u_h = 0.0;
-                    double g_t18 = 0.0;
-                    double g_hh = 0.0;
-                    double g_t20 = 0.0;
-                    double g_t22 = 0.0;
-                    double g_t23 = 0.0;
-                    double g_t24 = 0.0;
-                    double g_h_new = d_h_new[bj];
-                    g_t24 += g_h_new;
-                    g_t20 += g_t24;
-                    g_t23 += g_t24;
-                    dL_h_1[bj] += g_t23 * (s_t22[bj]);
-                    g_t22 += g_t23 * (s_h_prev[bj]);
-                    g_z += -g_t22;
-                    g_hh += g_t20 * (s_z[bj]);
-                    g_z += g_t20 * (s_hh[bj]);
-                    g_t18 += g_hh * ((1.0 - s_hh[bj] * s_hh[bj]));
-                    dXP[(size_t)2 * BH + bj] += g_t18;
-                    g_t15_u_h += g_t18;
-                    dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
-                    g_t5 += g_z * (s_z[bj] * (1.0 - s_z[bj]));
-                    dXP[(size_t)0 * BH + bj] += g_t5;
-                    g_h_prev_u_z += g_t5;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const double a_h = dL_h_1[bj] + dy[r * H + j];
+                        double a0 = 0.0;
+                        double a1 = 0.0;
+                        double a2 = 0.0;
+                        double a3 = 0.0;
+                        double a4 = 0.0;
+                        double g_h_prev_u_z = 0.0;
+                        double g_t5 = 0.0;
+                        double g_z = 0.0;
+                        double g_t15_u_h = 0.0;
+                        double g_t18 = 0.0;
+                        double g_hh = 0.0;
+                        double g_t20 = 0.0;
+                        double g_t22 = 0.0;
+                        double g_t23 = 0.0;
+                        double g_t24 = 0.0;
+                        double g_h_new = a_h;
+                        g_t24 += g_h_new;
+                        g_t20 += g_t24;
+                        g_t23 += g_t24;
+                        a0 += g_t23 * (s_t22[bj]);
+                        g_t22 += g_t23 * (s_h_prev[bj]);
+                        g_z += -g_t22;
+                        g_hh += g_t20 * (s_z[bj]);
+                        g_z += g_t20 * (s_hh[bj]);
+                        g_t18 += g_hh * ((1.0 - s_hh[bj] * s_hh[bj]));
+                        a4 += g_t18;
+                        g_t15_u_h += g_t18;
+                        dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
+                        g_t5 += g_z * (s_z[bj] * (1.0 - s_z[bj]));
+                        a2 += g_t5;
+                        g_h_prev_u_z += g_t5;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
+                        dL_h_1[bj] = a0;
+                        d_t15[bj] = a1;
+                        dXP[(size_t)0 * BH + bj] = a2;
+                        dXP[(size_t)1 * BH + bj] = a3;
+                        dXP[(size_t)2 * BH + bj] = a4;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                        d_t15[bj] = 0.0;
+                    }
                 }
             }
 
@@ -1162,27 +1165,57 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, d_t15 + j0, H, 1);
-            /* phase 1, reversed */
+            /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                (void)rx;
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_h_prev_u_r = 0.0;
-                    double g_t11 = 0.0;
-                    double g_r = 0.0;
-                    double g_t15 = d_t15[bj];
-                    g_r += g_t15 * (s_h_prev[bj]);
-                    dL_h_1[bj] += g_t15 * (s_r[bj]);
-                    g_t11 += g_r * (s_r[bj] * (1.0 - s_r[bj]));
-                    dXP[(size_t)1 * BH + bj] += g_t11;
-                    g_h_prev_u_r += g_t11;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_r;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        double a0 = d_t15[bj];
+                        double a1 = dL_h_1[bj];
+                        double a2 = dXP[(size_t)1 * BH + bj];
+                        double a3 = dXP[(size_t)0 * BH + bj];
+                        double a4 = dXP[(size_t)2 * BH + bj];
+                        double g_h_prev_u_r = 0.0;
+                        double g_t11 = 0.0;
+                        double g_r = 0.0;
+                        double g_t15 = a0;
+                        g_r += g_t15 * (s_h_prev[bj]);
+                        a1 += g_t15 * (s_r[bj]);
+                        g_t11 += g_r * (s_r[bj] * (1.0 - s_r[bj]));
+                        a2 += g_t11;
+                        g_h_prev_u_r += g_t11;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_r;
+                        double g_x_w_z = 0.0;
+                        double g_b_z = 0.0;
+                        double g_t4 = a3;
+                        double g_x_pmat = 0.0;
+                        double g_b_r = 0.0;
+                        double g_t10 = a2;
+                        double g_x_w_h = 0.0;
+                        double g_b_h = 0.0;
+                        double g_t17 = a4;
+                        g_x_w_h += g_t17;
+                        g_b_h += g_t17;
+                        dw_b_h[j] += g_b_h;
+                        dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
+                        g_x_pmat += g_t10;
+                        g_b_r += g_t10;
+                        dw_b_r[j] += g_b_r;
+                        dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
+                        g_x_w_z += g_t4;
+                        g_b_z += g_t4;
+                        dw_b_z[j] += g_b_z;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
+                        dL_h_1[bj] = a1;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
                 }
             }
 
@@ -1190,41 +1223,6 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_x_w_z = 0.0;
-                    double g_b_z = 0.0;
-                    double g_t4 = dXP[(size_t)0 * BH + bj];
-                    double g_x_pmat = 0.0;
-                    double g_b_r = 0.0;
-                    double g_t10 = dXP[(size_t)1 * BH + bj];
-                    double g_x_w_h = 0.0;
-                    double g_b_h = 0.0;
-                    double g_t17 = dXP[(size_t)2 * BH + bj];
-                    g_x_w_h += g_t17;
-                    g_b_h += g_t17;
-                    dw_b_h[j] += g_b_h;
-                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                    g_x_pmat += g_t10;
-                    g_b_r += g_t10;
-                    dw_b_r[j] += g_b_r;
-                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
-                    g_x_w_z += g_t4;
-                    g_b_z += g_t4;
-                    dw_b_z[j] += g_b_z;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-                }
-            }
         }
 
         if (nU > 0) {

@@ -409,7 +409,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -534,68 +534,74 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0f;
-                    dXP[(size_t)1 * BH + bj] = 0.0f;
-                    dXP[(size_t)2 * BH + bj] = 0.0f;
-                    d_t3[bj] = 0.0f;
-                    d_t16[bj] = 0.0f;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
-                    if (m) {
-                        dL_h_1[bj] = 0.0f;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(float) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 2, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_t3_u_z = 0.0f;
-                    float g_t6 = 0.0f;
-                    float g_z = 0.0f;
-                    float g_t16_u_h = 0.0f;
-                    float g_t19 = 0.0f;
-                    float g_hh = 0.0f;
-                    float g_t21 = 0.0f;
-                    float g_t23 = 0.0f;
-                    float g_t24 = 0.0f;
-                    float g_t25 = 0.0f;
-                    float g_h_new = d_h_new[bj];
-                    g_t25 += g_h_new;
-                    g_t21 += g_t25;
-                    g_t24 += g_t25;
-                    dL_h_1[bj] += g_t24 * (s_t23[bj]);
-                    g_t23 += g_t24 * (s_h_prev[bj]);
-                    g_z += -g_t23;
-                    g_hh += g_t21 * (s_z[bj]);
-                    g_z += g_t21 * (s_hh[bj]);
-                    g_t19 += g_hh * ((1.0f - s_hh[bj] * s_hh[bj]));
-                    dXP[(size_t)2 * BH + bj] += g_t19;
-                    g_t16_u_h += g_t19;
-                    dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
-                    g_t6 += g_z * (s_z[bj] * (1.0f - s_z[bj]));
-                    dXP[(size_t)0 * BH + bj] += g_t6;
-                    g_t3_u_z += g_t6;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const float a_h = dL_h_1[bj] + dy[r * H + j];
+                        float a0 = 0.0f;
+                        float a1 = 0.0f;
+                        float a2 = 0.0f;
+                        float a3 = 0.0f;
+                        float a4 = 0.0f;
+                        float a5 = 0.0f;
+                        float g_t3_u_z = 0.0f;
+                        float g_t6 = 0.0f;
+                        float g_z = 0.0f;
+                        float g_t16_u_h = 0.0f;
+                        float g_t19 = 0.0f;
+                        float g_hh = 0.0f;
+                        float g_t21 = 0.0f;
+                        float g_t23 = 0.0f;
+                        float g_t24 = 0.0f;
+                        float g_t25 = 0.0f;
+                        float g_h_new = a_h;
+                        g_t25 += g_h_new;
+                        g_t21 += g_t25;
+                        g_t24 += g_t25;
+                        a0 += g_t24 * (s_t23[bj]);
+                        g_t23 += g_t24 * (s_h_prev[bj]);
+                        g_z += -g_t23;
+                        g_hh += g_t21 * (s_z[bj]);
+                        g_z += g_t21 * (s_hh[bj]);
+                        g_t19 += g_hh * ((1.0f - s_hh[bj] * s_hh[bj]));
+                        a5 += g_t19;
+                        g_t16_u_h += g_t19;
+                        dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
+                        g_t6 += g_z * (s_z[bj] * (1.0f - s_z[bj]));
+                        a3 += g_t6;
+                        g_t3_u_z += g_t6;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
+                        dL_h_1[bj] = a0;
+                        d_t3[bj] = a1;
+                        d_t16[bj] = a2;
+                        dXP[(size_t)0 * BH + bj] = a3;
+                        dXP[(size_t)1 * BH + bj] = a4;
+                        dXP[(size_t)2 * BH + bj] = a5;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                        d_t3[bj] = 0.0f;
+                        d_t16[bj] = 0.0f;
+                    }
                 }
             }
 
@@ -605,25 +611,32 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_t_g2, d_t16 + j0, H, 1);
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                (void)rx;
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_h_prev_u_r = 0.0f;
-                    float g_t12 = 0.0f;
-                    float g_r = 0.0f;
-                    float g_t16 = d_t16[bj];
-                    g_r += g_t16 * (s_h_prev[bj]);
-                    dL_h_1[bj] += g_t16 * (s_r[bj]);
-                    g_t12 += g_r * (s_r[bj] * (1.0f - s_r[bj]));
-                    dXP[(size_t)1 * BH + bj] += g_t12;
-                    g_h_prev_u_r += g_t12;
-                    dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_prev_u_r;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        float a0 = d_t16[bj];
+                        float a1 = dL_h_1[bj];
+                        float a2 = dXP[(size_t)1 * BH + bj];
+                        float g_h_prev_u_r = 0.0f;
+                        float g_t12 = 0.0f;
+                        float g_r = 0.0f;
+                        float g_t16 = a0;
+                        g_r += g_t16 * (s_h_prev[bj]);
+                        a1 += g_t16 * (s_r[bj]);
+                        g_t12 += g_r * (s_r[bj] * (1.0f - s_r[bj]));
+                        a2 += g_t12;
+                        g_h_prev_u_r += g_t12;
+                        dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_prev_u_r;
+                        dL_h_1[bj] = a1;
+                        dXP[(size_t)1 * BH + bj] = a2;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
                 }
             }
 
@@ -633,57 +646,52 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, d_t3 + j0, H, 1);
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, dL_h_1 + j0, H, 1);
-            /* phase 0, reversed */
+            /* phase 0, reversed, then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                (void)rx;
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_t3 = d_t3[bj];
-                    dL_h_1[bj] += g_t3 * ((1.0f - s_t3[bj] * s_t3[bj]));
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        float a0 = d_t3[bj];
+                        float a1 = dL_h_1[bj];
+                        float a2 = dXP[(size_t)0 * BH + bj];
+                        float a3 = dXP[(size_t)1 * BH + bj];
+                        float a4 = dXP[(size_t)2 * BH + bj];
+                        float g_t3 = a0;
+                        a1 += g_t3 * ((1.0f - s_t3[bj] * s_t3[bj]));
+                        float g_x_w_z = 0.0f;
+                        float g_b_z = 0.0f;
+                        float g_t5 = a2;
+                        float g_x_w_r = 0.0f;
+                        float g_b_r = 0.0f;
+                        float g_t11 = a3;
+                        float g_x_w_h = 0.0f;
+                        float g_b_h = 0.0f;
+                        float g_t18 = a4;
+                        g_x_w_h += g_t18;
+                        g_b_h += g_t18;
+                        dw_b_h[j] += g_b_h;
+                        dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
+                        g_x_w_r += g_t11;
+                        g_b_r += g_t11;
+                        dw_b_r[j] += g_b_r;
+                        dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
+                        g_x_w_z += g_t5;
+                        g_b_z += g_t5;
+                        dw_b_z[j] += g_b_z;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
+                        dL_h_1[bj] = a1;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
                 }
             }
 
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_x_w_z = 0.0f;
-                    float g_b_z = 0.0f;
-                    float g_t5 = dXP[(size_t)0 * BH + bj];
-                    float g_x_w_r = 0.0f;
-                    float g_b_r = 0.0f;
-                    float g_t11 = dXP[(size_t)1 * BH + bj];
-                    float g_x_w_h = 0.0f;
-                    float g_b_h = 0.0f;
-                    float g_t18 = dXP[(size_t)2 * BH + bj];
-                    g_x_w_h += g_t18;
-                    g_b_h += g_t18;
-                    dw_b_h[j] += g_b_h;
-                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                    g_x_w_r += g_t11;
-                    g_b_r += g_t11;
-                    dw_b_r[j] += g_b_r;
-                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
-                    g_x_w_z += g_t5;
-                    g_b_z += g_t5;
-                    dw_b_z[j] += g_b_z;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-                }
-            }
         }
 
         if (nU > 0) {
@@ -1095,7 +1103,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1220,68 +1228,74 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0;
-                    dXP[(size_t)1 * BH + bj] = 0.0;
-                    dXP[(size_t)2 * BH + bj] = 0.0;
-                    d_t3[bj] = 0.0;
-                    d_t16[bj] = 0.0;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
-                    if (m) {
-                        dL_h_1[bj] = 0.0;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(double) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 2, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_t3_u_z = 0.0;
-                    double g_t6 = 0.0;
-                    double g_z = 0.0;
-                    double g_t16_u_h = 0.0;
-                    double g_t19 = 0.0;
-                    double g_hh = 0.0;
-                    double g_t21 = 0.0;
-                    double g_t23 = 0.0;
-                    double g_t24 = 0.0;
-                    double g_t25 = 0.0;
-                    double g_h_new = d_h_new[bj];
-                    g_t25 += g_h_new;
-                    g_t21 += g_t25;
-                    g_t24 += g_t25;
-                    dL_h_1[bj] += g_t24 * (s_t23[bj]);
-                    g_t23 += g_t24 * (s_h_prev[bj]);
-                    g_z += -g_t23;
-                    g_hh += g_t21 * (s_z[bj]);
-                    g_z += g_t21 * (s_hh[bj]);
-                    g_t19 += g_hh * ((1.0 - s_hh[bj] * s_hh[bj]));
-                    dXP[(size_t)2 * BH + bj] += g_t19;
-                    g_t16_u_h += g_t19;
-                    dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
-                    g_t6 += g_z * (s_z[bj] * (1.0 - s_z[bj]));
-                    dXP[(size_t)0 * BH + bj] += g_t6;
-                    g_t3_u_z += g_t6;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const double a_h = dL_h_1[bj] + dy[r * H + j];
+                        double a0 = 0.0;
+                        double a1 = 0.0;
+                        double a2 = 0.0;
+                        double a3 = 0.0;
+                        double a4 = 0.0;
+                        double a5 = 0.0;
+                        double g_t3_u_z = 0.0;
+                        double g_t6 = 0.0;
+                        double g_z = 0.0;
+                        double g_t16_u_h = 0.0;
+                        double g_t19 = 0.0;
+                        double g_hh = 0.0;
+                        double g_t21 = 0.0;
+                        double g_t23 = 0.0;
+                        double g_t24 = 0.0;
+                        double g_t25 = 0.0;
+                        double g_h_new = a_h;
+                        g_t25 += g_h_new;
+                        g_t21 += g_t25;
+                        g_t24 += g_t25;
+                        a0 += g_t24 * (s_t23[bj]);
+                        g_t23 += g_t24 * (s_h_prev[bj]);
+                        g_z += -g_t23;
+                        g_hh += g_t21 * (s_z[bj]);
+                        g_z += g_t21 * (s_hh[bj]);
+                        g_t19 += g_hh * ((1.0 - s_hh[bj] * s_hh[bj]));
+                        a5 += g_t19;
+                        g_t16_u_h += g_t19;
+                        dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
+                        g_t6 += g_z * (s_z[bj] * (1.0 - s_z[bj]));
+                        a3 += g_t6;
+                        g_t3_u_z += g_t6;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
+                        dL_h_1[bj] = a0;
+                        d_t3[bj] = a1;
+                        d_t16[bj] = a2;
+                        dXP[(size_t)0 * BH + bj] = a3;
+                        dXP[(size_t)1 * BH + bj] = a4;
+                        dXP[(size_t)2 * BH + bj] = a5;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                        d_t3[bj] = 0.0;
+                        d_t16[bj] = 0.0;
+                    }
                 }
             }
 
@@ -1291,25 +1305,32 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_t_g2, d_t16 + j0, H, 1);
             /* phase 1, reversed */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                (void)rx;
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_h_prev_u_r = 0.0;
-                    double g_t12 = 0.0;
-                    double g_r = 0.0;
-                    double g_t16 = d_t16[bj];
-                    g_r += g_t16 * (s_h_prev[bj]);
-                    dL_h_1[bj] += g_t16 * (s_r[bj]);
-                    g_t12 += g_r * (s_r[bj] * (1.0 - s_r[bj]));
-                    dXP[(size_t)1 * BH + bj] += g_t12;
-                    g_h_prev_u_r += g_t12;
-                    dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_prev_u_r;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        double a0 = d_t16[bj];
+                        double a1 = dL_h_1[bj];
+                        double a2 = dXP[(size_t)1 * BH + bj];
+                        double g_h_prev_u_r = 0.0;
+                        double g_t12 = 0.0;
+                        double g_r = 0.0;
+                        double g_t16 = a0;
+                        g_r += g_t16 * (s_h_prev[bj]);
+                        a1 += g_t16 * (s_r[bj]);
+                        g_t12 += g_r * (s_r[bj] * (1.0 - s_r[bj]));
+                        a2 += g_t12;
+                        g_h_prev_u_r += g_t12;
+                        dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_prev_u_r;
+                        dL_h_1[bj] = a1;
+                        dXP[(size_t)1 * BH + bj] = a2;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
                 }
             }
 
@@ -1319,57 +1340,52 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, d_t3 + j0, H, 1);
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, dL_h_1 + j0, H, 1);
-            /* phase 0, reversed */
+            /* phase 0, reversed, then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                (void)rx;
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_t3 = d_t3[bj];
-                    dL_h_1[bj] += g_t3 * ((1.0 - s_t3[bj] * s_t3[bj]));
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        double a0 = d_t3[bj];
+                        double a1 = dL_h_1[bj];
+                        double a2 = dXP[(size_t)0 * BH + bj];
+                        double a3 = dXP[(size_t)1 * BH + bj];
+                        double a4 = dXP[(size_t)2 * BH + bj];
+                        double g_t3 = a0;
+                        a1 += g_t3 * ((1.0 - s_t3[bj] * s_t3[bj]));
+                        double g_x_w_z = 0.0;
+                        double g_b_z = 0.0;
+                        double g_t5 = a2;
+                        double g_x_w_r = 0.0;
+                        double g_b_r = 0.0;
+                        double g_t11 = a3;
+                        double g_x_w_h = 0.0;
+                        double g_b_h = 0.0;
+                        double g_t18 = a4;
+                        g_x_w_h += g_t18;
+                        g_b_h += g_t18;
+                        dw_b_h[j] += g_b_h;
+                        dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
+                        g_x_w_r += g_t11;
+                        g_b_r += g_t11;
+                        dw_b_r[j] += g_b_r;
+                        dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
+                        g_x_w_z += g_t5;
+                        g_b_z += g_t5;
+                        dw_b_z[j] += g_b_z;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
+                        dL_h_1[bj] = a1;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
                 }
             }
 
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_x_w_z = 0.0;
-                    double g_b_z = 0.0;
-                    double g_t5 = dXP[(size_t)0 * BH + bj];
-                    double g_x_w_r = 0.0;
-                    double g_b_r = 0.0;
-                    double g_t11 = dXP[(size_t)1 * BH + bj];
-                    double g_x_w_h = 0.0;
-                    double g_b_h = 0.0;
-                    double g_t18 = dXP[(size_t)2 * BH + bj];
-                    g_x_w_h += g_t18;
-                    g_b_h += g_t18;
-                    dw_b_h[j] += g_b_h;
-                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                    g_x_w_r += g_t11;
-                    g_b_r += g_t11;
-                    dw_b_r[j] += g_b_r;
-                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
-                    g_x_w_z += g_t5;
-                    g_b_z += g_t5;
-                    dw_b_z[j] += g_b_z;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-                }
-            }
         }
 
         if (nU > 0) {

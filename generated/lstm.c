@@ -349,7 +349,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -453,90 +453,117 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0f;
-                    dXP[(size_t)1 * BH + bj] = 0.0f;
-                    dXP[(size_t)2 * BH + bj] = 0.0f;
-                    dXP[(size_t)3 * BH + bj] = 0.0f;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
-                    if (m) {
-                        dL_h_1[bj] = 0.0f;
-                    }
-                    d_c_new[bj] = m ? dL_c_1[bj] : 0.0f;
-                    if (m) {
-                        dL_c_1[bj] = 0.0f;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(float) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 1, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_h_prev_u_i = 0.0f;
-                    float g_t6 = 0.0f;
-                    float g_i = 0.0f;
-                    float g_h_prev_u_f = 0.0f;
-                    float g_t12 = 0.0f;
-                    float g_f = 0.0f;
-                    float g_t14 = 0.0f;
-                    float g_h_prev_u_c = 0.0f;
-                    float g_t19 = 0.0f;
-                    float g_t20 = 0.0f;
-                    float g_t21 = 0.0f;
-                    float g_t22 = 0.0f;
-                    float g_c_new = d_c_new[bj];
-                    float g_h_prev_u_o = 0.0f;
-                    float g_t28 = 0.0f;
-                    float g_o = 0.0f;
-                    float g_t30 = 0.0f;
-                    float g_t31 = 0.0f;
-                    float g_h_new = d_h_new[bj];
-                    g_t31 += g_h_new;
-                    g_o += g_t31 * (s_t30[bj]);
-                    g_t30 += g_t31 * (s_o[bj]);
-                    g_c_new += g_t30 * ((1.0f - s_t30[bj] * s_t30[bj]));
-                    g_t28 += g_o * (((s_o[bj]) > 0.0f && (s_o[bj]) < 1.0f ? 0.2f : 0.0f));
-                    dXP[(size_t)3 * BH + bj] += g_t28;
-                    g_h_prev_u_o += g_t28;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
-                    g_t22 += g_c_new;
-                    g_t14 += g_t22;
-                    g_t21 += g_t22;
-                    g_i += g_t21 * (s_t20[bj]);
-                    g_t20 += g_t21 * (s_i[bj]);
-                    g_t19 += g_t20 * ((1.0f - s_t20[bj] * s_t20[bj]));
-                    dXP[(size_t)2 * BH + bj] += g_t19;
-                    g_h_prev_u_c += g_t19;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
-                    g_f += g_t14 * (s_c_prev[bj]);
-                    dL_c_1[bj] += g_t14 * (s_f[bj]);
-                    g_t12 += g_f * (((s_f[bj]) > 0.0f && (s_f[bj]) < 1.0f ? 0.2f : 0.0f));
-                    dXP[(size_t)1 * BH + bj] += g_t12;
-                    g_h_prev_u_f += g_t12;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
-                    g_t6 += g_i * (((s_i[bj]) > 0.0f && (s_i[bj]) < 1.0f ? 0.2f : 0.0f));
-                    dXP[(size_t)0 * BH + bj] += g_t6;
-                    g_h_prev_u_i += g_t6;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const float a_h = dL_h_1[bj] + dy[r * H + j];
+                        const float a_c = dL_c_1[bj];
+                        float a0 = 0.0f;
+                        float a1 = 0.0f;
+                        float a2 = 0.0f;
+                        float a3 = 0.0f;
+                        float a4 = 0.0f;
+                        float a5 = 0.0f;
+                        float g_h_prev_u_i = 0.0f;
+                        float g_t6 = 0.0f;
+                        float g_i = 0.0f;
+                        float g_h_prev_u_f = 0.0f;
+                        float g_t12 = 0.0f;
+                        float g_f = 0.0f;
+                        float g_t14 = 0.0f;
+                        float g_h_prev_u_c = 0.0f;
+                        float g_t19 = 0.0f;
+                        float g_t20 = 0.0f;
+                        float g_t21 = 0.0f;
+                        float g_t22 = 0.0f;
+                        float g_c_new = a_c;
+                        float g_h_prev_u_o = 0.0f;
+                        float g_t28 = 0.0f;
+                        float g_o = 0.0f;
+                        float g_t30 = 0.0f;
+                        float g_t31 = 0.0f;
+                        float g_h_new = a_h;
+                        g_t31 += g_h_new;
+                        g_o += g_t31 * (s_t30[bj]);
+                        g_t30 += g_t31 * (s_o[bj]);
+                        g_c_new += g_t30 * ((1.0f - s_t30[bj] * s_t30[bj]));
+                        g_t28 += g_o * (((s_o[bj]) > 0.0f && (s_o[bj]) < 1.0f ? 0.2f : 0.0f));
+                        a5 += g_t28;
+                        g_h_prev_u_o += g_t28;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
+                        g_t22 += g_c_new;
+                        g_t14 += g_t22;
+                        g_t21 += g_t22;
+                        g_i += g_t21 * (s_t20[bj]);
+                        g_t20 += g_t21 * (s_i[bj]);
+                        g_t19 += g_t20 * ((1.0f - s_t20[bj] * s_t20[bj]));
+                        a4 += g_t19;
+                        g_h_prev_u_c += g_t19;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
+                        g_f += g_t14 * (s_c_prev[bj]);
+                        a1 += g_t14 * (s_f[bj]);
+                        g_t12 += g_f * (((s_f[bj]) > 0.0f && (s_f[bj]) < 1.0f ? 0.2f : 0.0f));
+                        a3 += g_t12;
+                        g_h_prev_u_f += g_t12;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
+                        g_t6 += g_i * (((s_i[bj]) > 0.0f && (s_i[bj]) < 1.0f ? 0.2f : 0.0f));
+                        a2 += g_t6;
+                        g_h_prev_u_i += g_t6;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+                        float g_x_w_i = 0.0f;
+                        float g_b_i = 0.0f;
+                        float g_t5 = a2;
+                        float g_x_w_f = 0.0f;
+                        float g_b_f = 0.0f;
+                        float g_t11 = a3;
+                        float g_x_w_c = 0.0f;
+                        float g_b_c = 0.0f;
+                        float g_t18 = a4;
+                        float g_x_w_o = 0.0f;
+                        float g_b_o = 0.0f;
+                        float g_t27 = a5;
+                        g_x_w_o += g_t27;
+                        g_b_o += g_t27;
+                        dw_b_o[j] += g_b_o;
+                        dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
+                        g_x_w_c += g_t18;
+                        g_b_c += g_t18;
+                        dw_b_c[j] += g_b_c;
+                        dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
+                        g_x_w_f += g_t11;
+                        g_b_f += g_t11;
+                        dw_b_f[j] += g_b_f;
+                        dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
+                        g_x_w_i += g_t5;
+                        g_b_i += g_t5;
+                        dw_b_i[j] += g_b_i;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
+                        dL_h_1[bj] = a0;
+                        dL_c_1[bj] = a1;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                    }
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
                 }
             }
 
@@ -544,48 +571,6 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_x_w_i = 0.0f;
-                    float g_b_i = 0.0f;
-                    float g_t5 = dXP[(size_t)0 * BH + bj];
-                    float g_x_w_f = 0.0f;
-                    float g_b_f = 0.0f;
-                    float g_t11 = dXP[(size_t)1 * BH + bj];
-                    float g_x_w_c = 0.0f;
-                    float g_b_c = 0.0f;
-                    float g_t18 = dXP[(size_t)2 * BH + bj];
-                    float g_x_w_o = 0.0f;
-                    float g_b_o = 0.0f;
-                    float g_t27 = dXP[(size_t)3 * BH + bj];
-                    g_x_w_o += g_t27;
-                    g_b_o += g_t27;
-                    dw_b_o[j] += g_b_o;
-                    dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
-                    g_x_w_c += g_t18;
-                    g_b_c += g_t18;
-                    dw_b_c[j] += g_b_c;
-                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
-                    g_x_w_f += g_t11;
-                    g_b_f += g_t11;
-                    dw_b_f[j] += g_b_f;
-                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
-                    g_x_w_i += g_t5;
-                    g_b_i += g_t5;
-                    dw_b_i[j] += g_b_i;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
-                }
-            }
         }
 
         if (nU > 0) {
@@ -948,7 +933,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1052,90 +1037,117 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0;
-                    dXP[(size_t)1 * BH + bj] = 0.0;
-                    dXP[(size_t)2 * BH + bj] = 0.0;
-                    dXP[(size_t)3 * BH + bj] = 0.0;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
-                    if (m) {
-                        dL_h_1[bj] = 0.0;
-                    }
-                    d_c_new[bj] = m ? dL_c_1[bj] : 0.0;
-                    if (m) {
-                        dL_c_1[bj] = 0.0;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(double) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 1, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_h_prev_u_i = 0.0;
-                    double g_t6 = 0.0;
-                    double g_i = 0.0;
-                    double g_h_prev_u_f = 0.0;
-                    double g_t12 = 0.0;
-                    double g_f = 0.0;
-                    double g_t14 = 0.0;
-                    double g_h_prev_u_c = 0.0;
-                    double g_t19 = 0.0;
-                    double g_t20 = 0.0;
-                    double g_t21 = 0.0;
-                    double g_t22 = 0.0;
-                    double g_c_new = d_c_new[bj];
-                    double g_h_prev_u_o = 0.0;
-                    double g_t28 = 0.0;
-                    double g_o = 0.0;
-                    double g_t30 = 0.0;
-                    double g_t31 = 0.0;
-                    double g_h_new = d_h_new[bj];
-                    g_t31 += g_h_new;
-                    g_o += g_t31 * (s_t30[bj]);
-                    g_t30 += g_t31 * (s_o[bj]);
-                    g_c_new += g_t30 * ((1.0 - s_t30[bj] * s_t30[bj]));
-                    g_t28 += g_o * (((s_o[bj]) > 0.0 && (s_o[bj]) < 1.0 ? 0.2 : 0.0));
-                    dXP[(size_t)3 * BH + bj] += g_t28;
-                    g_h_prev_u_o += g_t28;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
-                    g_t22 += g_c_new;
-                    g_t14 += g_t22;
-                    g_t21 += g_t22;
-                    g_i += g_t21 * (s_t20[bj]);
-                    g_t20 += g_t21 * (s_i[bj]);
-                    g_t19 += g_t20 * ((1.0 - s_t20[bj] * s_t20[bj]));
-                    dXP[(size_t)2 * BH + bj] += g_t19;
-                    g_h_prev_u_c += g_t19;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
-                    g_f += g_t14 * (s_c_prev[bj]);
-                    dL_c_1[bj] += g_t14 * (s_f[bj]);
-                    g_t12 += g_f * (((s_f[bj]) > 0.0 && (s_f[bj]) < 1.0 ? 0.2 : 0.0));
-                    dXP[(size_t)1 * BH + bj] += g_t12;
-                    g_h_prev_u_f += g_t12;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
-                    g_t6 += g_i * (((s_i[bj]) > 0.0 && (s_i[bj]) < 1.0 ? 0.2 : 0.0));
-                    dXP[(size_t)0 * BH + bj] += g_t6;
-                    g_h_prev_u_i += g_t6;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const double a_h = dL_h_1[bj] + dy[r * H + j];
+                        const double a_c = dL_c_1[bj];
+                        double a0 = 0.0;
+                        double a1 = 0.0;
+                        double a2 = 0.0;
+                        double a3 = 0.0;
+                        double a4 = 0.0;
+                        double a5 = 0.0;
+                        double g_h_prev_u_i = 0.0;
+                        double g_t6 = 0.0;
+                        double g_i = 0.0;
+                        double g_h_prev_u_f = 0.0;
+                        double g_t12 = 0.0;
+                        double g_f = 0.0;
+                        double g_t14 = 0.0;
+                        double g_h_prev_u_c = 0.0;
+                        double g_t19 = 0.0;
+                        double g_t20 = 0.0;
+                        double g_t21 = 0.0;
+                        double g_t22 = 0.0;
+                        double g_c_new = a_c;
+                        double g_h_prev_u_o = 0.0;
+                        double g_t28 = 0.0;
+                        double g_o = 0.0;
+                        double g_t30 = 0.0;
+                        double g_t31 = 0.0;
+                        double g_h_new = a_h;
+                        g_t31 += g_h_new;
+                        g_o += g_t31 * (s_t30[bj]);
+                        g_t30 += g_t31 * (s_o[bj]);
+                        g_c_new += g_t30 * ((1.0 - s_t30[bj] * s_t30[bj]));
+                        g_t28 += g_o * (((s_o[bj]) > 0.0 && (s_o[bj]) < 1.0 ? 0.2 : 0.0));
+                        a5 += g_t28;
+                        g_h_prev_u_o += g_t28;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
+                        g_t22 += g_c_new;
+                        g_t14 += g_t22;
+                        g_t21 += g_t22;
+                        g_i += g_t21 * (s_t20[bj]);
+                        g_t20 += g_t21 * (s_i[bj]);
+                        g_t19 += g_t20 * ((1.0 - s_t20[bj] * s_t20[bj]));
+                        a4 += g_t19;
+                        g_h_prev_u_c += g_t19;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
+                        g_f += g_t14 * (s_c_prev[bj]);
+                        a1 += g_t14 * (s_f[bj]);
+                        g_t12 += g_f * (((s_f[bj]) > 0.0 && (s_f[bj]) < 1.0 ? 0.2 : 0.0));
+                        a3 += g_t12;
+                        g_h_prev_u_f += g_t12;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
+                        g_t6 += g_i * (((s_i[bj]) > 0.0 && (s_i[bj]) < 1.0 ? 0.2 : 0.0));
+                        a2 += g_t6;
+                        g_h_prev_u_i += g_t6;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+                        double g_x_w_i = 0.0;
+                        double g_b_i = 0.0;
+                        double g_t5 = a2;
+                        double g_x_w_f = 0.0;
+                        double g_b_f = 0.0;
+                        double g_t11 = a3;
+                        double g_x_w_c = 0.0;
+                        double g_b_c = 0.0;
+                        double g_t18 = a4;
+                        double g_x_w_o = 0.0;
+                        double g_b_o = 0.0;
+                        double g_t27 = a5;
+                        g_x_w_o += g_t27;
+                        g_b_o += g_t27;
+                        dw_b_o[j] += g_b_o;
+                        dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
+                        g_x_w_c += g_t18;
+                        g_b_c += g_t18;
+                        dw_b_c[j] += g_b_c;
+                        dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
+                        g_x_w_f += g_t11;
+                        g_b_f += g_t11;
+                        dw_b_f[j] += g_b_f;
+                        dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
+                        g_x_w_i += g_t5;
+                        g_b_i += g_t5;
+                        dw_b_i[j] += g_b_i;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
+                        dL_h_1[bj] = a0;
+                        dL_c_1[bj] = a1;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                    }
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
                 }
             }
 
@@ -1143,48 +1155,6 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_x_w_i = 0.0;
-                    double g_b_i = 0.0;
-                    double g_t5 = dXP[(size_t)0 * BH + bj];
-                    double g_x_w_f = 0.0;
-                    double g_b_f = 0.0;
-                    double g_t11 = dXP[(size_t)1 * BH + bj];
-                    double g_x_w_c = 0.0;
-                    double g_b_c = 0.0;
-                    double g_t18 = dXP[(size_t)2 * BH + bj];
-                    double g_x_w_o = 0.0;
-                    double g_b_o = 0.0;
-                    double g_t27 = dXP[(size_t)3 * BH + bj];
-                    g_x_w_o += g_t27;
-                    g_b_o += g_t27;
-                    dw_b_o[j] += g_b_o;
-                    dXW[(size_t)r * LDXW + OFFW + 3 * nU + j] = g_x_w_o;
-                    g_x_w_c += g_t18;
-                    g_b_c += g_t18;
-                    dw_b_c[j] += g_b_c;
-                    dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_c;
-                    g_x_w_f += g_t11;
-                    g_b_f += g_t11;
-                    dw_b_f[j] += g_b_f;
-                    dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_f;
-                    g_x_w_i += g_t5;
-                    g_b_i += g_t5;
-                    dw_b_i[j] += g_b_i;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_i;
-                }
-            }
         }
 
         if (nU > 0) {

@@ -363,7 +363,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -480,70 +480,79 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0f;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
-                    if (m) {
-                        dL_h_1[bj] = dL_h_2[bj];
-                        dL_h_2[bj] = dL_h_3[bj];
-                        dL_h_3[bj] = 0.0f;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(float) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 1, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_h_prev_u_1 = 0.0f;
-                    float g_t7 = 0.0f;
-                    float g_t8 = 0.0f;
-                    float g_h_lag2_u_2 = 0.0f;
-                    float g_t14 = 0.0f;
-                    float g_t15 = 0.0f;
-                    float g_h_lag3_u_3 = 0.0f;
-                    float g_t21 = 0.0f;
-                    float g_t22 = 0.0f;
-                    float g_t24 = 0.0f;
-                    float g_t25 = 0.0f;
-                    float g_t26 = 0.0f;
-                    float g_t27 = 0.0f;
-                    float g_h_new = d_h_new[bj];
-                    g_t27 += g_h_new;
-                    g_t26 += g_t27 * (s_t27[bj] * (1.0f - s_t27[bj]));
-                    g_t25 += g_t26;
-                    g_t22 += g_t26;
-                    g_t24 += g_t25;
-                    g_t15 += g_t25;
-                    dXP[(size_t)0 * BH + bj] += g_t24;
-                    g_t8 += g_t24;
-                    g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
-                    g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0f && (s_t21[bj]) < 1.0f ? 0.2f : 0.0f));
-                    dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-                    g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
-                    g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0f && (s_t14[bj]) < 1.0f ? 0.2f : 0.0f));
-                    dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-                    g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0f : 0.0f));
-                    g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0f && (s_t7[bj]) < 1.0f ? 0.2f : 0.0f));
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const float a_h = dL_h_1[bj] + dy[r * H + j];
+                        float a0 = dL_h_2[bj];
+                        float a1 = dL_h_3[bj];
+                        float a2 = 0.0f;
+                        float a3 = 0.0f;
+                        float g_h_prev_u_1 = 0.0f;
+                        float g_t7 = 0.0f;
+                        float g_t8 = 0.0f;
+                        float g_h_lag2_u_2 = 0.0f;
+                        float g_t14 = 0.0f;
+                        float g_t15 = 0.0f;
+                        float g_h_lag3_u_3 = 0.0f;
+                        float g_t21 = 0.0f;
+                        float g_t22 = 0.0f;
+                        float g_t24 = 0.0f;
+                        float g_t25 = 0.0f;
+                        float g_t26 = 0.0f;
+                        float g_t27 = 0.0f;
+                        float g_h_new = a_h;
+                        g_t27 += g_h_new;
+                        g_t26 += g_t27 * (s_t27[bj] * (1.0f - s_t27[bj]));
+                        g_t25 += g_t26;
+                        g_t22 += g_t26;
+                        g_t24 += g_t25;
+                        g_t15 += g_t25;
+                        a3 += g_t24;
+                        g_t8 += g_t24;
+                        g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
+                        g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0f && (s_t21[bj]) < 1.0f ? 0.2f : 0.0f));
+                        dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
+                        g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
+                        g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0f && (s_t14[bj]) < 1.0f ? 0.2f : 0.0f));
+                        dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
+                        g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0f : 0.0f));
+                        g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0f && (s_t7[bj]) < 1.0f ? 0.2f : 0.0f));
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                        float g_x_w = 0.0f;
+                        float g_b = 0.0f;
+                        float g_t23 = a3;
+                        g_x_w += g_t23;
+                        g_b += g_t23;
+                        dw_b[j] += g_b;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
+                        dL_h_1[bj] = a0;
+                        dL_h_2[bj] = a1;
+                        dL_h_3[bj] = a2;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                    }
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
                 }
             }
 
@@ -555,27 +564,6 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, dL_h_2 + j0, H, 1);
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_t_g2, dL_h_3 + j0, H, 1);
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_x_w = 0.0f;
-                    float g_b = 0.0f;
-                    float g_t23 = dXP[(size_t)0 * BH + bj];
-                    g_x_w += g_t23;
-                    g_b += g_t23;
-                    dw_b[j] += g_b;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-                }
-            }
         }
 
         if (nU > 0) {
@@ -934,7 +922,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -1051,70 +1039,79 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
-                    if (m) {
-                        dL_h_1[bj] = dL_h_2[bj];
-                        dL_h_2[bj] = dL_h_3[bj];
-                        dL_h_3[bj] = 0.0;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(double) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 1, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_h_prev_u_1 = 0.0;
-                    double g_t7 = 0.0;
-                    double g_t8 = 0.0;
-                    double g_h_lag2_u_2 = 0.0;
-                    double g_t14 = 0.0;
-                    double g_t15 = 0.0;
-                    double g_h_lag3_u_3 = 0.0;
-                    double g_t21 = 0.0;
-                    double g_t22 = 0.0;
-                    double g_t24 = 0.0;
-                    double g_t25 = 0.0;
-                    double g_t26 = 0.0;
-                    double g_t27 = 0.0;
-                    double g_h_new = d_h_new[bj];
-                    g_t27 += g_h_new;
-                    g_t26 += g_t27 * (s_t27[bj] * (1.0 - s_t27[bj]));
-                    g_t25 += g_t26;
-                    g_t22 += g_t26;
-                    g_t24 += g_t25;
-                    g_t15 += g_t25;
-                    dXP[(size_t)0 * BH + bj] += g_t24;
-                    g_t8 += g_t24;
-                    g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0 : 0.0));
-                    g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0 && (s_t21[bj]) < 1.0 ? 0.2 : 0.0));
-                    dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-                    g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0 : 0.0));
-                    g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0 && (s_t14[bj]) < 1.0 ? 0.2 : 0.0));
-                    dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-                    g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0 : 0.0));
-                    g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0 && (s_t7[bj]) < 1.0 ? 0.2 : 0.0));
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const double a_h = dL_h_1[bj] + dy[r * H + j];
+                        double a0 = dL_h_2[bj];
+                        double a1 = dL_h_3[bj];
+                        double a2 = 0.0;
+                        double a3 = 0.0;
+                        double g_h_prev_u_1 = 0.0;
+                        double g_t7 = 0.0;
+                        double g_t8 = 0.0;
+                        double g_h_lag2_u_2 = 0.0;
+                        double g_t14 = 0.0;
+                        double g_t15 = 0.0;
+                        double g_h_lag3_u_3 = 0.0;
+                        double g_t21 = 0.0;
+                        double g_t22 = 0.0;
+                        double g_t24 = 0.0;
+                        double g_t25 = 0.0;
+                        double g_t26 = 0.0;
+                        double g_t27 = 0.0;
+                        double g_h_new = a_h;
+                        g_t27 += g_h_new;
+                        g_t26 += g_t27 * (s_t27[bj] * (1.0 - s_t27[bj]));
+                        g_t25 += g_t26;
+                        g_t22 += g_t26;
+                        g_t24 += g_t25;
+                        g_t15 += g_t25;
+                        a3 += g_t24;
+                        g_t8 += g_t24;
+                        g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0 : 0.0));
+                        g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0 && (s_t21[bj]) < 1.0 ? 0.2 : 0.0));
+                        dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
+                        g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0 : 0.0));
+                        g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0 && (s_t14[bj]) < 1.0 ? 0.2 : 0.0));
+                        dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
+                        g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0 : 0.0));
+                        g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0 && (s_t7[bj]) < 1.0 ? 0.2 : 0.0));
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                        double g_x_w = 0.0;
+                        double g_b = 0.0;
+                        double g_t23 = a3;
+                        g_x_w += g_t23;
+                        g_b += g_t23;
+                        dw_b[j] += g_b;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
+                        dL_h_1[bj] = a0;
+                        dL_h_2[bj] = a1;
+                        dL_h_3[bj] = a2;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                    }
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
                 }
             }
 
@@ -1126,27 +1123,6 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, dL_h_2 + j0, H, 1);
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_t_g2, dL_h_3 + j0, H, 1);
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_x_w = 0.0;
-                    double g_b = 0.0;
-                    double g_t23 = dXP[(size_t)0 * BH + bj];
-                    g_x_w += g_t23;
-                    g_b += g_t23;
-                    dw_b[j] += g_b;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-                }
-            }
         }
 
         if (nU > 0) {

@@ -255,7 +255,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -323,46 +323,53 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_t6;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0f;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0f;
-                    if (m) {
-                        dL_h_1[bj] = 0.0f;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(float) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 1, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_h_prev_u = 0.0f;
-                    float g_t5 = 0.0f;
-                    float g_t6 = 0.0f;
-                    float g_h_new = d_h_new[bj];
-                    g_t6 += g_h_new;
-                    g_t5 += g_t6 * (s_t6[bj] * (1.0f - s_t6[bj]));
-                    dXP[(size_t)0 * BH + bj] += g_t5;
-                    g_h_prev_u += g_t5;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const float a_h = dL_h_1[bj] + dy[r * H + j];
+                        float a0 = 0.0f;
+                        float a1 = 0.0f;
+                        float g_h_prev_u = 0.0f;
+                        float g_t5 = 0.0f;
+                        float g_t6 = 0.0f;
+                        float g_h_new = a_h;
+                        g_t6 += g_h_new;
+                        g_t5 += g_t6 * (s_t6[bj] * (1.0f - s_t6[bj]));
+                        a1 += g_t5;
+                        g_h_prev_u += g_t5;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                        float g_x_w = 0.0f;
+                        float g_b = 0.0f;
+                        float g_t4 = a1;
+                        g_x_w += g_t4;
+                        g_b += g_t4;
+                        dw_b[j] += g_b;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
+                        dL_h_1[bj] = a0;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                    }
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
                 }
             }
 
@@ -370,27 +377,6 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    float g_x_w = 0.0f;
-                    float g_b = 0.0f;
-                    float g_t4 = dXP[(size_t)0 * BH + bj];
-                    g_x_w += g_t4;
-                    g_b += g_t4;
-                    dw_b[j] += g_b;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-                }
-            }
         }
 
         if (nU > 0) {
@@ -635,7 +621,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     const int xw_all = 1;
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
     const int nt = rnngen_threads(H);
     rnngen_blas_serial();
 
@@ -703,46 +689,53 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     (void)s_h_prev; (void)s_t6;
 
 
-            /* dy reaches the carried output at every step; at a real step the
-             * registers shift back and the new states receive their adjoints */
+            /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
             for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                const size_t rx = r;
                 const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-    #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    dL_h_1[bj] += dy[r * H + j];
-                    dXP[(size_t)0 * BH + bj] = 0.0;
-                    d_h_new[bj] = m ? dL_h_1[bj] : 0.0;
-                    if (m) {
-                        dL_h_1[bj] = 0.0;
-                    }
+                (void)rx;
+                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                    enum { LINE = 64 / sizeof(double) };
+                    for (int j = j0; j < j1; j += LINE)
+                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                    for (size_t c = 0; c < NW * nU; c += LINE)
+                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
                 }
-            }
-
-            /* phase 1, reversed */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
-                (void)r; (void)rx; (void)m;
-                if (!m) continue;                     /* padded rows contribute nothing */
+                if (m) {
     #pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_h_prev_u = 0.0;
-                    double g_t5 = 0.0;
-                    double g_t6 = 0.0;
-                    double g_h_new = d_h_new[bj];
-                    g_t6 += g_h_new;
-                    g_t5 += g_t6 * (s_t6[bj] * (1.0 - s_t6[bj]));
-                    dXP[(size_t)0 * BH + bj] += g_t5;
-                    g_h_prev_u += g_t5;
-                    dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        const double a_h = dL_h_1[bj] + dy[r * H + j];
+                        double a0 = 0.0;
+                        double a1 = 0.0;
+                        double g_h_prev_u = 0.0;
+                        double g_t5 = 0.0;
+                        double g_t6 = 0.0;
+                        double g_h_new = a_h;
+                        g_t6 += g_h_new;
+                        g_t5 += g_t6 * (s_t6[bj] * (1.0 - s_t6[bj]));
+                        a1 += g_t5;
+                        g_h_prev_u += g_t5;
+                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                        double g_x_w = 0.0;
+                        double g_b = 0.0;
+                        double g_t4 = a1;
+                        g_x_w += g_t4;
+                        g_b += g_t4;
+                        dw_b[j] += g_b;
+                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
+                        dL_h_1[bj] = a0;
+                    }
+                } else {   /* a padded step: its cell contributes nothing */
+    #pragma omp simd
+                    for (int j = j0; j < j1; j++) {
+                        const size_t bj = (size_t)b * H + j;
+                        (void)bj;
+                        dL_h_1[bj] += dy[r * H + j];
+                    }
+                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
                 }
             }
 
@@ -750,27 +743,6 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
-            /* hoisted part, reversed, for this step: dXW rows and the bias gradients */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t, rx = r;
-                (void)rx;
-                if (mask && !mask[r]) {   /* a padded step: no gradient */
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-                    continue;
-                }
-#pragma omp simd
-                for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    double g_x_w = 0.0;
-                    double g_b = 0.0;
-                    double g_t4 = dXP[(size_t)0 * BH + bj];
-                    g_x_w += g_t4;
-                    g_b += g_t4;
-                    dw_b[j] += g_b;
-                    dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-                }
-            }
         }
 
         if (nU > 0) {

@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 from .functions import FUNCTIONS
-from .ir import GENERATOR_VERSION, CellIR, Node
+from .ir import GENERATOR_VERSION, CellIR, Node, c_name
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -73,12 +73,25 @@ class CellMath:
             if n in operands or (n.op not in ("state", "started", "matmul") and not n.hoisted
                                  and any(ir.phases[u] != ir.phases[n] for u in ir.users[n]))}
         self.buf_set = set(ir.buffered)
+        self._locals: dict = {}    # backward loop being built: adjoint in memory -> its local
+        self._entry_inits: dict = {}   # assign node -> local holding its adjoint from the entry
 
     # -- value access --------------------------------------------------------
     def root_adjoint(self, n):
         """The adjoint of hoisted root n at this step: dXP is [NR, B, H], one step's worth
         (roots of row (b, t) are only read at step t, so backward finishes them there)."""
-        return f"dXP[(size_t){self.root_index[n]} * BH + bj]"
+        return self._mem(f"dXP[(size_t){self.root_index[n]} * BH + bj]")
+
+    def _mem(self, expr: str) -> str:
+        """An adjoint held in memory between loops, as the backward loop being built sees
+        it: a local, loaded before the loop body and stored after it.  Each location is
+        then read once and written once per row, and the body works in registers.
+        (GCC 12 mis-vectorised `#pragma omp simd` bodies that stored a location and
+        then read-modify-wrote it; this form also keeps it from reloading values.)"""
+        name = self._locals.get(expr)
+        if name is None:
+            name = self._locals[expr] = f"a{len(self._locals)}"
+        return name
 
     def fwd_val(self, n: Node, loop: int) -> str:
         ir = self.ir
@@ -170,22 +183,19 @@ class CellMath:
         self._reads_hoisted = True
         return self.d.lit(n.attr) if n.is_const else f"v_{n.label}"
 
+    def _tracked(self, build, *args):
+        """(statements, whether they read a hoisted value) of build(*args)."""
+        self._reads_hoisted = False
+        out = build(*args)
+        reads, self._reads_hoisted = self._reads_hoisted, False
+        return out, reads
+
     @property
     def backward_reads_xw(self) -> bool:
         """Whether backward reads any hoisted value (so forward must save XW).  Sums of
         x @ W and biases have constant partials: the LSTM's, GRU's and SimpleRNN's
         backward never reads them, and their forward keeps no XW."""
-        reads = False
-        for p in range(self.ir.nphases):
-            self.backward_loop(p)
-            reads |= self._reads_hoisted
-        self._reads_hoisted = False
-        self._hoisted_partials()
-        return reads or self._reads_hoisted
-
-    def hoisted_backward(self):
-        self._reads_hoisted = False
-        return self._with_hoisted(self._hoisted_partials())
+        return any(loop["reads_hoisted"] for loop in self.backward_loops())
 
     def _hoisted_partials(self):
         ir, d = self.ir, self.d
@@ -210,11 +220,10 @@ class CellMath:
         """Statements of forward loop p.  The hoisted values it reads (x @ W plus biases
         and whatever else depends on the input only) are computed in the loop from XW:
         no pass over all rows, and nothing but XW kept for them."""
-        self._reads_hoisted = False
-        return self._with_hoisted(self._forward_body(p))
+        return self._with_hoisted(*self._tracked(self._forward_body, p))
 
-    def _with_hoisted(self, body):
-        if not self._reads_hoisted:
+    def _with_hoisted(self, body, reads):
+        if not reads:
             return body
         pre = self.hoisted_values()
         pre.append(" ".join(f"(void)v_{n.label};" for n in self.ir.hoisted))
@@ -260,22 +269,23 @@ class CellMath:
             return None
         if a.op == "state":
             s, k = a.attr
-            return f"dL_{s}_{k}[bj]"
+            return self._mem(f"dL_{s}_{k}[bj]")
         if a.hoisted:
             if a in self.buf_set:   # a root that is also a GEMM operand
-                return f"d_{a.label}[bj]"
+                return self._mem(f"d_{a.label}[bj]")
             return self.root_adjoint(a)
         if ir.owner[a] == p:
             return f"g_{a.label}"
-        return f"d_{a.label}[bj]"
+        return self._mem(f"d_{a.label}[bj]")
 
-    def backward_loop(self, p: int):
+    def _backward_body(self, p: int):
         ir, d = self.ir, self.d
-        self._reads_hoisted = False
         owned = [n for n in ir.nodes if ir.owner.get(n) == p]
         out = []
         for n in owned:
-            init = f"d_{n.label}[bj]" if n in self.buf_set else d.lit(0)
+            init = self._entry_inits.get(n)
+            if init is None:
+                init = self._mem(f"d_{n.label}[bj]") if n in self.buf_set else d.lit(0)
             out.append(f"{d.ctype} g_{n.label} = {init};")
         for n in reversed(owned):
             g = f"g_{n.label}"
@@ -291,8 +301,82 @@ class CellMath:
         if p == 0:   # hoisted GEMM operands: their adjoint buffer flows to dXP
             for n in ir.buffered:
                 if n.hoisted:
-                    out.append(f"{self.root_adjoint(n)} += d_{n.label}[bj];")
-        return self._with_hoisted(out)
+                    out.append(f"{self.root_adjoint(n)} += {self._mem(f'd_{n.label}[bj]')};")
+        return out
+
+    def _entry(self, p: int):
+        """(statements, {adjoint in memory: its value}, padded-row statements) that open a
+        backward step in loop p.  dy reaches the carried output; at a real step the
+        registers shift back and each new state takes the adjoint its register held (in
+        a local when loop p owns the new state); the step's accumulators start at zero.
+        At a padded step the registers stay."""
+        ir, d = self.ir, self.d
+        dy = "dy[r * H + j]"
+        pre, inits = [], {}
+        padded = [f"dL_{ir.output}_1[bj] += {dy};"]
+        self._entry_inits = {}
+        for s in ir.states:
+            a = ir.assigns[s]
+            held = f"dL_{s}_1[bj]" + (f" + {dy}" if s == ir.output else "")
+            pre.append(f"const {d.ctype} a_{c_name(s)} = {held};")
+            for k in range(1, ir.lags[s] + 1):
+                inits[f"dL_{s}_{k}[bj]"] = (f"dL_{s}_{k + 1}[bj]" if k < ir.lags[s]
+                                            else d.lit(0))
+            if ir.owner.get(a) == p:
+                self._entry_inits[a] = f"a_{c_name(s)}"
+            else:
+                inits[f"d_{a.label}[bj]"] = f"a_{c_name(s)}"
+        for n in ir.buffered:
+            if n.op != "assign":
+                inits[f"d_{n.label}[bj]"] = d.lit(0)
+                padded.append(f"d_{n.label}[bj] = {d.lit(0)};")
+        for n in ir.roots:
+            inits[f"dXP[(size_t){self.root_index[n]} * BH + bj]"] = d.lit(0)
+        return pre, inits, padded
+
+    def _loop(self, p: int, entry: bool, final: bool):
+        """(statements on a real row, on a padded row, whether they read a hoisted value)
+        of backward loop p: the step's entry first if ``entry``, the hoisted part
+        (dXW rows, bias gradients) last if ``final``."""
+        ct = self.d.ctype
+        self._locals, inits, pre, padded = {}, {}, [], []
+        if entry:
+            pre, inits, padded = self._entry(p)
+            for expr in inits:
+                self._mem(expr)
+        body, reads = self._tracked(self._backward_body, p)
+        if final:
+            more, more_reads = self._tracked(self._hoisted_partials)
+            body, reads = body + more, reads or more_reads
+        self._entry_inits = {}
+        if not body and not entry:
+            return [], [], False
+        load = [f"{ct} {name} = {inits.get(expr, expr)};" for expr, name in self._locals.items()]
+        # store what changed (or the entry set); root adjoints are read by no later loop
+        # than the final one
+        changed = {name for stmt in body for name in [stmt.split(" ", 1)[0]]}
+        store = [f"{expr} = {name};" for expr, name in self._locals.items()
+                 if (expr in inits or name in changed)
+                 and not (final and expr.startswith("dXP["))]
+        return self._with_hoisted(pre + load + body + store, reads), padded, reads
+
+    def backward_loops(self):
+        """The row loops of one backward step, in order (phases reversed), each followed
+        by its phase's GEMMs: [{phase, real_rows, padded_rows, last, reads_hoisted}].
+        The step's entry opens the first loop and the hoisted part closes the last: both
+        touch only this thread's units, so no barrier separates them, and one pass over
+        the rows does all three.  ``last``: padded rows zero their dXW row there."""
+        ir = self.ir
+        busy = [p for p in range(ir.nphases) if self._tracked(self._backward_body, p)[0]]
+        self._locals = {}
+        first, final = (max(busy), min(busy)) if busy else (0, 0)
+        loops = []
+        for p in range(ir.nphases - 1, -1, -1):
+            real, padded, reads = self._loop(p, p == first, p == final)
+            loops.append(dict(phase=p, real_rows=real, padded_rows=padded, last=p == final,
+                              reads_hoisted=reads))
+        self._locals = {}
+        return loops
 
     def operand_grad_target(self, g):
         """The buffer receiving dOperand += dS @ [U...]^T."""
