@@ -86,8 +86,9 @@ class CellMath:
         """An adjoint held in memory between loops, as the backward loop being built sees
         it: a local, loaded before the loop body and stored after it.  Each location is
         then read once and written once per row, and the body works in registers.
-        (GCC 12 mis-vectorised `#pragma omp simd` bodies that stored a location and
-        then read-modify-wrote it; this form also keeps it from reloading values.)"""
+        (A body that zeroed a location and then added to it in the same row computed
+        a wrong gradient with GCC 12 at -O2, right at -O1; the cause was not pinned
+        down, and this form has no such sequence.)"""
         name = self._locals.get(expr)
         if name is None:
             name = self._locals[expr] = f"a{len(self._locals)}"
