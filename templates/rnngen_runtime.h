@@ -224,6 +224,12 @@ typedef double rnngen_v8du __attribute__((vector_size(64), aligned(8), may_alias
 RNNGEN_DEFINE_PGEMM(float, rnngen_v16f, rnngen_v16fu, 2, _f32)
 RNNGEN_DEFINE_PGEMM(double, rnngen_v8d, rnngen_v8du, 4, _f64)
 
+/* Below this batch size the forward computes x @ W for all steps before the step
+ * loop (one GEMM of B*T rows) rather than per step. */
+#ifndef RNNGEN_XW_FIRST_B
+#define RNNGEN_XW_FIRST_B 4
+#endif
+
 /* Check T, B, D, H and that every GEMM dimension fits the BLAS's int:
  * rows are T*B, columns at most widest*H (widest = most blocks side by side). */
 static inline int rnngen_check_dims(int T, int B, int D, int H, int widest)
