@@ -91,20 +91,22 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
     float *XW = save && KEEP_XW ? save : xw_first ? dXW : iXW;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     (void)p; (void)XW; (void)dXW; (void)dXP;
-    const int nt = rnngen_threads(H);
     rnngen_blas_serial();
+    rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(rnngen_threads(H))
     {
         /* This thread owns hidden units [j0, j1): their columns of every
          * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
          * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
          * their elementwise work, and their rows of the weight gradients. */
         const int tid = omp_get_thread_num();
+        const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
         int j0, j1;
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU;
+        int sense = 0;   /* this thread's side of the barrier */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
@@ -179,7 +181,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
                 }
             }
 
-#pragma omp barrier
+        rnngen_barrier_wait(&bar, nt, &sense);
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
                 rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_prev, H, Pf_t_g0, S_g0 + 1 * (size_t)j0, LDS_g0, 0);
@@ -264,20 +266,22 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
     (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
-    const int nt = rnngen_threads(H);
     rnngen_blas_serial();
+    rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(rnngen_threads(H))
     {
         /* This thread owns hidden units [j0, j1): their columns of every
          * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
          * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
          * their elementwise work, and their rows of the weight gradients. */
         const int tid = omp_get_thread_num();
+        const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
         int j0, j1;
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU;
+        int sense = 0;   /* this thread's side of the barrier */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
@@ -381,7 +385,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                 }
             }
 
-#pragma omp barrier
+        rnngen_barrier_wait(&bar, nt, &sense);
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
@@ -406,7 +410,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++)
                     dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
         }
-#pragma omp barrier
+        rnngen_barrier_wait(&bar, nt, &sense);
         /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
          * each thread's product keeps all D columns */
         int r0, r1;
@@ -465,20 +469,22 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
     double *XW = save && KEEP_XW ? save : xw_first ? dXW : iXW;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     (void)p; (void)XW; (void)dXW; (void)dXP;
-    const int nt = rnngen_threads(H);
     rnngen_blas_serial();
+    rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(rnngen_threads(H))
     {
         /* This thread owns hidden units [j0, j1): their columns of every
          * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
          * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
          * their elementwise work, and their rows of the weight gradients. */
         const int tid = omp_get_thread_num();
+        const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
         int j0, j1;
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU;
+        int sense = 0;   /* this thread's side of the barrier */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
@@ -553,7 +559,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
                 }
             }
 
-#pragma omp barrier
+        rnngen_barrier_wait(&bar, nt, &sense);
             /* every thread wrote its units of the operand; GEMM this thread's columns */
             if (nU > 0)
                 rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_prev, H, Pf_t_g0, S_g0 + 1 * (size_t)j0, LDS_g0, 0);
@@ -638,20 +644,22 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
     (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
-    const int nt = rnngen_threads(H);
     rnngen_blas_serial();
+    rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(rnngen_threads(H))
     {
         /* This thread owns hidden units [j0, j1): their columns of every
          * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
          * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
          * their elementwise work, and their rows of the weight gradients. */
         const int tid = omp_get_thread_num();
+        const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
         int j0, j1;
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU;
+        int sense = 0;   /* this thread's side of the barrier */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
@@ -755,7 +763,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                 }
             }
 
-#pragma omp barrier
+        rnngen_barrier_wait(&bar, nt, &sense);
             /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
             if (nU > 0)
                 rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
@@ -780,7 +788,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                 for (int j = j0; j < j1; j++)
                     dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
         }
-#pragma omp barrier
+        rnngen_barrier_wait(&bar, nt, &sense);
         /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
          * each thread's product keeps all D columns */
         int r0, r1;
