@@ -245,7 +245,7 @@ class Recurrent:
             full[:, -1, :] = dy
             dy = full
         dx, grads = self._kernel.backward(x, mask, weights, save, dy, self.truncate_gradient,
-                                          self._reusable("dx"))
+                                          self._reusable("dx"), self._reusable_grads())
         self._outputs["dx"] = dx
         self.grads = grads
         return dx
@@ -260,6 +260,18 @@ class Recurrent:
         if arr is not None and sys.getrefcount(arr) == 3:
             return arr
         return None
+
+    def _reusable_grads(self):
+        """The last backward's gradient arrays, to write into, if neither the list nor any
+        of its arrays is referred to from outside this layer."""
+        grads = self.grads
+        # references: the attribute, `grads`, getrefcount's argument (for an array: the
+        # list's slot, the loop variable, the argument)
+        if grads is None or sys.getrefcount(grads) != 3:
+            return None
+        if any(sys.getrefcount(g) != 3 for g in grads):
+            return None
+        return grads
 
     def __repr__(self):
         return (f"{type(self).__name__}(output_dim={self.output_dim}, input_dim={self.input_dim}, "

@@ -101,13 +101,17 @@ class Kernel:
         self._check(st, "forward")
         return y, save
 
-    def backward(self, x, mask, weights, save, dy, truncate: int, out=None):
+    def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None):
+        """Returns (dx, weight gradients); ``out`` and ``grads_out``: arrays to write them
+        into where shape and dtype fit."""
         B, T, D = x.shape
         H = dy.shape[2]
         ctype, sfx = DTYPES[x.dtype]
         _, n_work = self.sizes(T, B, D, H)
         dx = _fit(out, x.shape, x.dtype)
-        grads = [np.empty_like(w) for w in weights]
+        if grads_out is None or len(grads_out) != len(weights):
+            grads_out = [None] * len(weights)
+        grads = [_fit(g, w.shape, w.dtype) for g, w in zip(grads_out, weights)]
         work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731
         st = getattr(self.lib, f"{self.prefix}_backward{sfx}")(

@@ -248,3 +248,32 @@ def test_a_temporary_result_is_not_overwritten_by_the_next_call():
     x2 = rng.normal(size=(2, 5, 3)).astype(np.float32)
     a, b = layer(x1).copy(), layer(x2).copy()
     np.testing.assert_array_equal(layer(x1) - layer(x2), a - b)   # both alive at once
+
+
+def test_gradients_reuse_memory_only_when_no_one_holds_them():
+    from rnngen.layers import LSTM
+    rng = np.random.default_rng(2)
+    layer = LSTM(6, input_dim=3, return_sequences=True, seed=0)
+    x = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    dy = rng.normal(size=(2, 4, 6)).astype(np.float32)
+    layer(x)
+    layer.backward(dy)
+    addrs = [g.ctypes.data for g in layer.grads]
+    expected = [g.copy() for g in layer.grads]
+    layer(x)
+    layer.backward(dy)                         # nothing held: written in place, same values
+    assert [g.ctypes.data for g in layer.grads] == addrs
+    for g, e in zip(layer.grads, expected):
+        np.testing.assert_array_equal(g, e)
+    held_list = layer.grads                    # the list held: its arrays keep their values
+    layer(x)
+    layer.backward(2 * dy)
+    assert layer.grads is not held_list
+    for g, e in zip(held_list, expected):
+        np.testing.assert_array_equal(g, e)
+    one = layer.grads[1]                       # one array held: it keeps its values
+    one_copy = one.copy()
+    layer(x)
+    layer.backward(3 * dy)
+    np.testing.assert_array_equal(one, one_copy)
+    np.testing.assert_allclose(layer.grads[1], 1.5 * one_copy, rtol=1e-5, atol=1e-6)

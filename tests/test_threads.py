@@ -122,3 +122,32 @@ def test_larger_batch_directional_derivative(name):
     fd = (loss(eps) - loss(-eps)) / (2 * eps)
     analytic = float(np.sum(dx * vx)) + sum(float(np.sum(g * v)) for g, v in zip(layer.grads, vW))
     assert analytic == pytest.approx(fd, rel=1e-6)
+
+
+def test_a_smaller_team_than_asked_still_covers_every_unit(tmp_path):
+    """OpenMP may give fewer threads than asked (here OMP_THREAD_LIMIT=1 with 2 asked):
+    the work is split over the team it gave."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "team.py"
+    script.write_text(
+        "import sys\nimport numpy as np\nsys.path.insert(0, sys.argv[1])\n"
+        "import rnngen\nfrom rnngen import layers\n"
+        "rnngen.set_num_threads(2)\n"
+        "x = np.random.default_rng(0).normal(size=(3, 5, 4))\n"
+        "L = layers.GRU(40, input_dim=4, return_sequences=True, dtype='float64', seed=0)\n"
+        "y = L(x)\ndx = L.backward(np.ones_like(y))\n"
+        "np.save(sys.argv[2], np.concatenate([y.ravel(), dx.ravel()]"
+        " + [g.ravel() for g in L.grads]))\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    out = {}
+    for limit in ("2", "1"):
+        env = dict(os.environ, OMP_THREAD_LIMIT=limit)
+        path = tmp_path / f"out{limit}.npy"
+        subprocess.run([sys.executable, str(script), root, str(path)], env=env, check=True,
+                       timeout=300)
+        out[limit] = np.load(path)
+    assert np.all(np.isfinite(out["1"]))
+    np.testing.assert_allclose(out["1"], out["2"], rtol=1e-12, atol=1e-12)
