@@ -196,9 +196,8 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
             /* x @ W for this step, this thread's columns (rows b*T + t of XW when it is
-             * saved, else rows b of one step's XW).  At B = 32 one GEMM over all steps
-             * before the loop measured slower: XW then makes a round trip through memory;
-             * at B = 1 it measured 5-19% faster (inference). */
+             * saved, else rows b of one step's XW); see RNNGEN_XW_FIRST_B for when one
+             * GEMM over all steps before the loop is done instead. */
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
@@ -792,9 +791,8 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
             /* x @ W for this step, this thread's columns (rows b*T + t of XW when it is
-             * saved, else rows b of one step's XW).  At B = 32 one GEMM over all steps
-             * before the loop measured slower: XW then makes a round trip through memory;
-             * at B = 1 it measured 5-19% faster (inference). */
+             * saved, else rows b of one step's XW); see RNNGEN_XW_FIRST_B for when one
+             * GEMM over all steps before the loop is done instead. */
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */

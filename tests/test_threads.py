@@ -98,8 +98,9 @@ def test_set_num_threads_checks_its_argument():
 @pytest.mark.parametrize("name", CELLS)
 def test_larger_batch_directional_derivative(name):
     """B = 13 runs every row kernel of the per-step products (blocks of 8 and 4 rows,
-    then single rows) over panels with partial tails; the gradient is checked along a
-    random direction against central differences of the reference."""
+    then single rows) over panels with partial tails, and x @ W step by step (below
+    B = 8 it is one product before the loop, as in the other tests); the gradient is
+    checked along a random direction against central differences of the reference."""
     Bb, Tt, Dd, Hh = 13, 5, 4, 37
     rng = np.random.default_rng(11)
     x = rng.normal(size=(Bb, Tt, Dd))
