@@ -1,7 +1,7 @@
 # rnngen: generate every spec in specs/, build the libraries, run the demo.
 PYTHON ?= python3
 
-.PHONY: all generate build check demo test bench clean
+.PHONY: all generate build check demo test bench microbench clean
 
 all: build demo
 
@@ -26,6 +26,10 @@ test:
 # BLAS alike; the benchmark prints which kernel its BLAS runs.
 bench: build
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
+
+# The single-row product's rate and the barrier's cost (the README's B = 1 arithmetic).
+microbench:
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/micro.py
 
 clean:
 	rm -rf build .pytest_cache

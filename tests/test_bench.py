@@ -50,3 +50,15 @@ def test_a_peer_that_computes_something_else_is_refused(bench, monkeypatch):
     factory, _ = bench.make_factory(["numpy"])
     with pytest.raises(AssertionError, match="numpy forward differs from rnngen"):
         bench.run_case("GRU", "GRU", {}, (3, 2, 4, 16), 1, 1, factory, 0)
+
+
+def test_kernel_microbenchmark_builds_warning_free_and_reports(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("micro", None)
+    import micro
+    out = micro.main(["--reps", "50"])      # compiles with -Wall -Wextra -Werror
+    import re
+    rates = [float(v) for v in re.findall(r"(\d+) GFLOP/s on one core", out)]
+    assert len(rates) == 5 and all(r > 0 for r in rates)
+    m = re.search(r"barrier, 2 threads: rnngen (\d+) ns, libgomp (\d+) ns", out)
+    assert m and int(m.group(1)) >= 0 and int(m.group(2)) >= 0

@@ -1,0 +1,41 @@
+"""`make microbench`: compile benchmarks/kernels.c against rnngen's runtime header with
+the kernels' own flags and run it (the single-row product's rate with its panel in L1
+and in L2, and the cost of a barrier), the figures behind the README's B = 1 arithmetic."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from rnngen.build import CC, CFLAGS, TEMPLATES, blas_paths  # noqa: E402
+
+
+def build(out_dir: Path) -> Path:
+    inc, libdir, lib = blas_paths()
+    exe = out_dir / "kernels"
+    cmd = [CC, *CFLAGS, str(HERE / "kernels.c"), "-o", str(exe), f"-I{TEMPLATES}", f"-I{inc}",
+           f"-L{libdir}", f"-l{lib}", f"-Wl,-rpath,{libdir}", "-lm"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}")
+    return exe
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=20000, help="products per timing")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        out = subprocess.run([str(build(Path(d))), str(args.reps)], capture_output=True,
+                             text=True, check=True).stdout
+    print(out, end="")
+    return out
+
+
+if __name__ == "__main__":
+    main()
