@@ -26,6 +26,10 @@ from .render import TEMPLATES
 
 CC = os.environ.get("CC", "cc")
 CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fopenmp", "-ffp-contract=fast", "-Wall", "-Wextra", "-Werror"]
+# -z nodelete: the library (and so libgomp and the BLAS it loaded) stays mapped when
+# cffi closes it at interpreter exit.  Unloaded, libgomp's idle worker threads (and the
+# BLAS's) would run unmapped code: 5-8% of runs crashed at exit before this flag.
+LDFLAGS = ["-Wl,-z,nodelete"]
 BUILD_TIMEOUT_S = float(os.environ.get("RNNGEN_BUILD_TIMEOUT", "600"))
 
 
@@ -62,7 +66,7 @@ def runtime_header() -> str:
 
 def build_key(name: str, header: str, source: str) -> str:
     h = hashlib.sha256()
-    for part in (header, source, runtime_header(), compiler_id(), " ".join(CFLAGS),
+    for part in (header, source, runtime_header(), compiler_id(), " ".join(CFLAGS + LDFLAGS),
                  *blas_paths(), sys.platform):
         h.update(part.encode())
         h.update(b"\0")
@@ -71,8 +75,8 @@ def build_key(name: str, header: str, source: str) -> str:
 
 def compile_command(src: Path, out: Path, include: Path) -> list[str]:
     inc, libdir, lib = blas_paths()
-    return [CC, *CFLAGS, "-shared", str(src), "-o", str(out), f"-I{include}", f"-I{inc}",
-            f"-L{libdir}", f"-l{lib}", f"-Wl,-rpath,{libdir}", "-lm"]
+    return [CC, *CFLAGS, "-shared", *LDFLAGS, str(src), "-o", str(out), f"-I{include}",
+            f"-I{inc}", f"-L{libdir}", f"-l{lib}", f"-Wl,-rpath,{libdir}", "-lm"]
 
 
 def build_library(name: str, header: str, source: str) -> Path:
