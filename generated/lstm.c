@@ -355,10 +355,9 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     (void)d_c_new;
     (void)d_h_new;
 
-    const int xw_all = 1;
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
@@ -950,10 +949,9 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     (void)d_c_new;
     (void)d_h_new;
 
-    const int xw_all = 1;
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)xw_all; (void)dXP;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
