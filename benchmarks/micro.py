@@ -12,14 +12,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from rnngen.build import CC, CFLAGS, TEMPLATES, blas_paths  # noqa: E402
+from rnngen.build import TEMPLATES, compile_command  # noqa: E402
 
 
 def build(out_dir: Path) -> Path:
-    inc, libdir, lib = blas_paths()
     exe = out_dir / "kernels"
-    cmd = [CC, *CFLAGS, str(HERE / "kernels.c"), "-o", str(exe), f"-I{TEMPLATES}", f"-I{inc}",
-           f"-L{libdir}", f"-l{lib}", f"-Wl,-rpath,{libdir}", "-lm"]
+    cmd = compile_command(HERE / "kernels.c", exe, TEMPLATES, shared=False)
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}")

@@ -220,7 +220,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -238,7 +238,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -270,7 +270,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -306,7 +306,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
             }
 
             for (int b = 0; b < B; b++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
     }
     return RNNGEN_OK;
@@ -474,13 +474,13 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
             for (int t = 0; t < T; t++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
             for (int b = 0; b < B; b++)
-                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_z = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
             float *s_r = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t11) */
@@ -494,7 +494,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
                     enum { LINE = 64 / sizeof(float) };
@@ -566,7 +566,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (m) {
     #pragma omp simd
@@ -843,7 +843,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -861,7 +861,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -893,7 +893,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -929,7 +929,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
             }
 
             for (int b = 0; b < B; b++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
     }
     return RNNGEN_OK;
@@ -1097,13 +1097,13 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
             for (int t = 0; t < T; t++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
             for (int b = 0; b < B; b++)
-                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_z = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
             double *s_r = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t11) */
@@ -1117,7 +1117,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
                     enum { LINE = 64 / sizeof(double) };
@@ -1189,7 +1189,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (m) {
     #pragma omp simd

@@ -244,7 +244,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -266,7 +266,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -298,7 +298,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -334,7 +334,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
             }
 
             for (int b = 0; b < B; b++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
     }
     return RNNGEN_OK;
@@ -527,13 +527,13 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
             memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
             for (int t = 0; t < T; t++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
             for (int b = 0; b < B; b++)
-                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_t3 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(h_prev) */
             float *s_z = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t6) */
@@ -548,7 +548,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
                     enum { LINE = 64 / sizeof(float) };
@@ -623,7 +623,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (m) {
     #pragma omp simd
@@ -660,7 +660,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (m) {
     #pragma omp simd
@@ -948,7 +948,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -970,7 +970,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -1002,7 +1002,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -1038,7 +1038,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
             }
 
             for (int b = 0; b < B; b++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
     }
     return RNNGEN_OK;
@@ -1231,13 +1231,13 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
             memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
             for (int t = 0; t < T; t++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
             for (int b = 0; b < B; b++)
-                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_t3 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] tanh(h_prev) */
             double *s_z = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t6) */
@@ -1252,7 +1252,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
                     enum { LINE = 64 / sizeof(double) };
@@ -1327,7 +1327,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (m) {
     #pragma omp simd
@@ -1364,7 +1364,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (m) {
     #pragma omp simd

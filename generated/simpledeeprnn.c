@@ -235,7 +235,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -259,7 +259,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -294,7 +294,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
             }
 
             for (int b = 0; b < B; b++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
     }
     return RNNGEN_OK;
@@ -473,13 +473,13 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
             memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(float));
             nreal[b] = 0;
             for (int t = 0; t < T; t++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
             for (int b = 0; b < B; b++)
-                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
             float *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
@@ -494,7 +494,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
                     enum { LINE = 64 / sizeof(float) };
@@ -804,7 +804,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -828,7 +828,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
@@ -863,7 +863,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
             }
 
             for (int b = 0; b < B; b++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
     }
     return RNNGEN_OK;
@@ -1042,13 +1042,13 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
             memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(double));
             nreal[b] = 0;
             for (int t = 0; t < T; t++)
-                nreal[b] += (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
 
         for (int t = T - 1; t >= t0; t--) {
             const size_t ts = (size_t)t;
             for (int b = 0; b < B; b++)
-                nreal[b] -= (mask ? mask[(size_t)b * T + t] != 0 : 1);
+                nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
             double *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
@@ -1063,7 +1063,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
             for (int b = 0; b < B; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
                 const size_t rx = r;
-                const int m = mask ? mask[r] != 0 : 1;
+                const int m = rnngen_real(mask, r);
                 (void)rx;
                 if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
                     enum { LINE = 64 / sizeof(double) };

@@ -73,9 +73,12 @@ def build_key(name: str, header: str, source: str) -> str:
     return f"{name}-{h.hexdigest()[:20]}"
 
 
-def compile_command(src: Path, out: Path, include: Path) -> list[str]:
+def compile_command(src: Path, out: Path, include: Path, shared: bool = True) -> list[str]:
+    """The compiler call for a cell library (or, shared=False, a program such as the
+    kernel microbenchmark) against the runtime header and the BLAS."""
     inc, libdir, lib = blas_paths()
-    return [CC, *CFLAGS, "-shared", *LDFLAGS, str(src), "-o", str(out), f"-I{include}",
+    link = ["-shared", *LDFLAGS] if shared else []
+    return [CC, *CFLAGS, *link, str(src), "-o", str(out), f"-I{include}",
             f"-I{inc}", f"-L{libdir}", f"-l{lib}", f"-Wl,-rpath,{libdir}", "-lm"]
 
 

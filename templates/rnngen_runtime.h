@@ -96,6 +96,12 @@ static inline void rnngen_share(int n, int block, int tid, int nt, int *lo, int 
     *hi = (int)(b < n ? b : n);
 }
 
+/* Whether row r (= b*T + t) of a [B,T] mask is a real step; no mask: every step is. */
+static inline int rnngen_real(const unsigned char *mask, size_t r)
+{
+    return mask ? mask[r] != 0 : 1;
+}
+
 /* max and min that return their first argument when it is NaN (as numpy's
  * maximum and clip do) and, unlike libm's fmax/fmin calls, vectorise. */
 static inline float rnngen_maxf(float a, float b) { return a < b ? b : a; }
