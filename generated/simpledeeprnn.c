@@ -18,6 +18,12 @@
 #define NSLOT 7  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */
 #define WIDEST 1
+#define NUCOLS 3   /* columns of all recurrent products, in units of H */
+#define NVEC 1     /* vector weights (biases) */
+/* bytes of packed weights every thread reads each step in the batch split */
+#define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
+/* where in save forward notes the layout of XW (its number of slices) */
+#define SAVE_LAYOUT(T, B, H) (KEEP_XW * (size_t)(B) * (size_t)(T) * NW * (size_t)(H) + (size_t)NSLOT * (size_t)(T) * (size_t)(B) * (size_t)(H))
 
 int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size, long long *work_size)
 {
@@ -25,10 +31,10 @@ int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size,
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)(KEEP_XW * (size_t)B * T * LDXW + (size_t)NSLOT * T * BH);
+    *save_size = (long long)(KEEP_XW * (size_t)B * T * LDXW + (size_t)NSLOT * T * BH + 1);
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
-             + (size_t)RNNGEN_MAX_THREADS * B;
+             + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H;
     n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
          + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g0 */
     n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
@@ -100,7 +106,9 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
+    float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
     /* forward uses some of these, backward others */
+    (void)dVec;
     (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)Pf_g1; (void)Pb_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
@@ -119,42 +127,58 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
+    const int nt_asked = rnngen_threads(H);
+    const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(float)));
 
-#pragma omp parallel num_threads(rnngen_threads(H))
+#pragma omp parallel num_threads(nt_asked)
     {
-        /* This thread owns hidden units [j0, j1): their columns of every
-         * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
-         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
-         * their elementwise work, and their rows of the weight gradients. */
+        /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
+         * their columns of every block side by side (the packed W and U panels, XW, S, dS,
+         * dUcat are laid out slice by slice: block k of unit j sits at column
+         * width*j0 + k*nU + j - j0), their elementwise work, and their columns of the
+         * weight gradients.  Batch split (split == 1): this thread runs every unit of its
+         * samples [b0, b1) with no barrier inside the step loop; the layout is one slice
+         * (j0 = 0, j1 = H), packed once by all threads together; the weight gradients are
+         * shared out after the loop. */
         const int tid = omp_get_thread_num();
         const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
-        int j0, j1;
-        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
+        int j0, j1, b0 = 0, b1 = B, u0, u1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, lt, lnt, &j0, &j1);
+        if (split)
+            rnngen_share(B, 1, tid, nt, &b0, &b1);
+        /* this thread's units of the weight gradients */
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
-        (void)nU;
+        (void)nU; (void)lnt;
         int sense = 0;   /* this thread's side of the barrier */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         const size_t OFF_g2 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pw_t;
-        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g0; (void)Pb_t_g0;
-        float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g1; (void)Pb_t_g1;
-        float *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        float *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g2; (void)Pb_t_g2;
 
+        if (save && tid == 0)   /* the layout of XW, for backward: its number of slices */
+            save[SAVE_LAYOUT(T, B, H)] = (float)lnt;
         float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
             {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
-                for (int k = 0; k < D; k++) {
+                int k0 = 0, k1 = D;   /* the batch split packs the one slice together */
+                if (split)
+                    rnngen_share(D, 1, tid, nt, &k0, &k1);
+                for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: W */
                         const size_t n = 0 * nU + u;
                         Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
@@ -166,7 +190,10 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 
             {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
-                for (int k = 0; k < H; k++) {
+                int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
+                if (split)
+                    rnngen_share(H, 1, tid, nt, &k0, &k1);
+                for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_1 */
                         const size_t n = 0 * nU + u;
                         Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_1[(size_t)k * H + j0 + u];
@@ -178,7 +205,10 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 
             {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
-                for (int k = 0; k < H; k++) {
+                int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
+                if (split)
+                    rnngen_share(H, 1, tid, nt, &k0, &k1);
+                for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_2 */
                         const size_t n = 0 * nU + u;
                         Pf_t_g1[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_2[(size_t)k * H + j0 + u];
@@ -190,7 +220,10 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 
             {   /* Pf_t_g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
-                for (int k = 0; k < H; k++) {
+                int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
+                if (split)
+                    rnngen_share(H, 1, tid, nt, &k0, &k1);
+                for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_3 */
                         const size_t n = 0 * nU + u;
                         Pf_t_g2[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_3[(size_t)k * H + j0 + u];
@@ -202,8 +235,10 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 
         }
 
+        if (split)   /* the packed weights are shared */
+            rnngen_barrier_wait(&bar, nt, &sense);
 
-        for (int b = 0; b < B; b++) {
+        for (int b = b0; b < b1; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(L_h_3 + (size_t)b * H + j0, 0, nU * sizeof(float));
@@ -212,7 +247,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 
         if (xw_first && nU > 0)   /* x @ W for all steps at once: a few rows per step would
                                    * read the packed W from L2 once per step */
-            rnngen_pgemm_f32(B * T, NW * (int)nU, D, x, D, Pw_t, XW + NW * (size_t)j0, LDXW, 0);
+            rnngen_pgemm_f32((b1 - b0) * T, NW * (int)nU, D, x + (size_t)b0 * T * D, D, Pw_t, XW + (size_t)b0 * T * LDXW + NW * (size_t)j0, LDXW, 0);
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
@@ -220,7 +255,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
              * saved, else rows b of one step's XW); see RNNGEN_XW_FIRST_B for when one
              * GEMM over all steps before the loop is done instead. */
             if (!xw_first && nU > 0)
-                rnngen_pgemm_f32(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f32(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             float *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
             float *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
@@ -232,7 +267,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
 
 
             /* phase 0 */
-            for (int b = 0; b < B; b++) {
+            for (int b = b0; b < b1; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = rnngen_real(mask, r);
@@ -247,16 +282,17 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                 }
             }
 
-        rnngen_barrier_wait(&bar, nt, &sense);
-            /* every thread wrote its units of the operand; GEMM this thread's columns */
+            if (!split)   /* every thread wrote its units of the operand */
+                rnngen_barrier_wait(&bar, nt, &sense);
+            /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_prev, H, Pf_t_g0, S_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * H, H, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
             if (nU > 0)
-                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_lag2, H, Pf_t_g1, S_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_lag2 + (size_t)b0 * H, H, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
             if (nU > 0)
-                rnngen_pgemm_f32(B, 1 * (int)nU, H, s_h_lag3, H, Pf_t_g2, S_g2 + 1 * (size_t)j0, LDS_g2, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_lag3 + (size_t)b0 * H, H, Pf_t_g2, S_g2 + (size_t)b0 * LDS_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 1 */
-            for (int b = 0; b < B; b++) {
+            for (int b = b0; b < b1; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = rnngen_real(mask, r);
@@ -293,7 +329,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                 }
             }
 
-            for (int b = 0; b < B; b++)
+            for (int b = b0; b < b1; b++)
                 nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
     }
@@ -359,7 +395,9 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
+    float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
     /* forward uses some of these, backward others */
+    (void)dVec;
     (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)Pf_g1; (void)Pb_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
@@ -372,248 +410,305 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
     (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
+    /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
+    const float slices = save[SAVE_LAYOUT(T, B, H)];
+    if (!(slices >= 1 && slices <= RNNGEN_MAX_THREADS && slices == (int)slices)) return RNNGEN_ESAVE;
+    const int split = slices == 1;   /* one slice: any team can share the samples out */
+    int team_ok = 1;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(rnngen_threads(H))
+#pragma omp parallel num_threads(split ? rnngen_threads(H) : (int)slices)
     {
-        /* This thread owns hidden units [j0, j1): their columns of every
-         * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
-         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
-         * their elementwise work, and their rows of the weight gradients. */
+        /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
+         * their columns of every block side by side (the packed W and U panels, XW, S, dS,
+         * dUcat are laid out slice by slice: block k of unit j sits at column
+         * width*j0 + k*nU + j - j0), their elementwise work, and their columns of the
+         * weight gradients.  Batch split (split == 1): this thread runs every unit of its
+         * samples [b0, b1) with no barrier inside the step loop; the layout is one slice
+         * (j0 = 0, j1 = H), packed once by all threads together; the weight gradients are
+         * shared out after the loop. */
         const int tid = omp_get_thread_num();
         const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
-        int j0, j1;
-        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
+        int j0, j1, b0 = 0, b1 = B, u0, u1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, lt, lnt, &j0, &j1);
+        if (split)
+            rnngen_share(B, 1, tid, nt, &b0, &b1);
+        /* this thread's units of the weight gradients */
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
-        (void)nU;
+        (void)nU; (void)lnt;
         int sense = 0;   /* this thread's side of the barrier */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         const size_t OFF_g2 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pw_t;
-        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g0; (void)Pb_t_g0;
-        float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g1; (void)Pb_t_g1;
-        float *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        float *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        float *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g2; (void)Pb_t_g2;
 
-        if (nU > 0) {   /* this thread's columns of the packed weights */
-            for (int i = 0; i < D; i++)   /* block 0: W */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(float));
-        }
-
-        if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            float *P = Pb_t_g0;
-            const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
-            size_t k = 0;
-            for (int q = 0; q < nt; q++) {
-                int q0, q1;
-                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
-                for (int u = q0; u < q1; u++, k++)   /* block 0: U_1 */
-                    for (size_t n = 0; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
+        if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
+            if (tid == 0)
+                team_ok = 0;
+        } else {
+            if (nU > 0) {   /* this thread's columns of the packed weights */
+                int i0 = 0, i1 = D;   /* the batch split copies the one slice together */
+                if (split)
+                    rnngen_share(D, 1, tid, nt, &i0, &i1);
+                (void)i0; (void)i1;
+                for (int i = i0; i < i1; i++)   /* block 0: W */
+                    memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(float));
             }
-        }
-        if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            float *P = Pb_t_g1;
-            const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU);
-            size_t k = 0;
-            for (int q = 0; q < nt; q++) {
-                int q0, q1;
-                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
-                for (int u = q0; u < q1; u++, k++)   /* block 0: U_2 */
-                    for (size_t n = 0; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
-            }
-        }
-        if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            float *P = Pb_t_g2;
-            const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU);
-            size_t k = 0;
-            for (int q = 0; q < nt; q++) {
-                int q0, q1;
-                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
-                for (int u = q0; u < q1; u++, k++)   /* block 0: U_3 */
-                    for (size_t n = 0; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_3[(j0 + n) * (size_t)H + u] : 0;
-            }
-        }
 
-        /* zero this thread's units of every weight gradient and accumulator */
-        for (int i = 0; i < D; i++)
-            memset(dw_W + (size_t)i * H + j0, 0, nU * sizeof(float));
-        for (int i = 0; i < H; i++)
-            memset(dw_U_1 + (size_t)i * H + j0, 0, nU * sizeof(float));
-        for (int i = 0; i < H; i++)
-            memset(dw_U_2 + (size_t)i * H + j0, 0, nU * sizeof(float));
-        for (int i = 0; i < H; i++)
-            memset(dw_U_3 + (size_t)i * H + j0, 0, nU * sizeof(float));
-        memset(dw_b + j0, 0, nU * sizeof(float));
-        if (mask)   /* padded rows of dS are never written: zero them all */
-            for (size_t r = 0; r < (size_t)T * B; r++)
-                memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
-        if (mask)   /* padded rows of dS are never written: zero them all */
-            for (size_t r = 0; r < (size_t)T * B; r++)
-                memset(dS_g1 + r * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
-        if (mask)   /* padded rows of dS are never written: zero them all */
-            for (size_t r = 0; r < (size_t)T * B; r++)
-                memset(dS_g2 + r * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
-        float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
-        for (int b = 0; b < B; b++) {
-            memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
-            memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
-            memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(float));
-            nreal[b] = 0;
-            for (int t = 0; t < T; t++)
-                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
-        }
-
-        for (int t = T - 1; t >= t0; t--) {
-            const size_t ts = (size_t)t;
-            for (int b = 0; b < B; b++)
-                nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
-            float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-            float *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-            float *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-            float *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-            float *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-            float *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-            float *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-    (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
-
-
-            /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
-                const size_t rx = r;
-                const int m = rnngen_real(mask, r);
-                (void)rx;
-                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
-                    enum { LINE = 64 / sizeof(float) };
-                    for (int j = j0; j < j1; j += LINE)
-                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
-                    for (size_t c = 0; c < NW * nU; c += LINE)
-                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
+            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g0;
+                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
+                size_t k = 0;
+                for (int q = 0; q < lnt; q++) {
+                    int q0, q1;
+                    rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
+                    for (int u = q0; u < q1; u++, k++)   /* block 0: U_1 */
+                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
+                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
                 }
-                if (m) {
-    #pragma omp simd
-                    for (int j = j0; j < j1; j++) {
-                        const size_t bj = (size_t)b * H + j;
-                        (void)bj;
-                        const float a_h = dL_h_1[bj] + dy[r * H + j];
-                        float a0 = dL_h_2[bj];
-                        float a1 = dL_h_3[bj];
-                        float a2 = 0.0f;
-                        float a3 = 0.0f;
-                        float g_h_prev_u_1 = 0.0f;
-                        float g_t7 = 0.0f;
-                        float g_t8 = 0.0f;
-                        float g_h_lag2_u_2 = 0.0f;
-                        float g_t14 = 0.0f;
-                        float g_t15 = 0.0f;
-                        float g_h_lag3_u_3 = 0.0f;
-                        float g_t21 = 0.0f;
-                        float g_t22 = 0.0f;
-                        float g_t24 = 0.0f;
-                        float g_t25 = 0.0f;
-                        float g_t26 = 0.0f;
-                        float g_t27 = 0.0f;
-                        float g_h_new = a_h;
-                        g_t27 += g_h_new;
-                        g_t26 += g_t27 * (s_t27[bj] * (1.0f - s_t27[bj]));
-                        g_t25 += g_t26;
-                        g_t22 += g_t26;
-                        g_t24 += g_t25;
-                        g_t15 += g_t25;
-                        a3 += g_t24;
-                        g_t8 += g_t24;
-                        g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
-                        g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0f && (s_t21[bj]) < 1.0f ? 0.2f : 0.0f));
-                        dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-                        g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
-                        g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0f && (s_t14[bj]) < 1.0f ? 0.2f : 0.0f));
-                        dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-                        g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0f : 0.0f));
-                        g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0f && (s_t7[bj]) < 1.0f ? 0.2f : 0.0f));
-                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
-                        float g_x_w = 0.0f;
-                        float g_b = 0.0f;
-                        float g_t23 = a3;
-                        g_x_w += g_t23;
-                        g_b += g_t23;
-                        dw_b[j] += g_b;
-                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-                        dL_h_1[bj] = a0;
-                        dL_h_2[bj] = a1;
-                        dL_h_3[bj] = a2;
-                    }
-                } else {   /* a padded step: its cell contributes nothing */
-    #pragma omp simd
-                    for (int j = j0; j < j1; j++) {
-                        const size_t bj = (size_t)b * H + j;
-                        (void)bj;
-                        dL_h_1[bj] += dy[r * H + j];
-                    }
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+            }
+            if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g1;
+                const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU);
+                size_t k = 0;
+                for (int q = 0; q < lnt; q++) {
+                    int q0, q1;
+                    rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
+                    for (int u = q0; u < q1; u++, k++)   /* block 0: U_2 */
+                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
+                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
+                }
+            }
+            if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g2;
+                const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU);
+                size_t k = 0;
+                for (int q = 0; q < lnt; q++) {
+                    int q0, q1;
+                    rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
+                    for (int u = q0; u < q1; u++, k++)   /* block 0: U_3 */
+                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
+                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_3[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 
-        rnngen_barrier_wait(&bar, nt, &sense);
-            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
-            if (nU > 0)
-                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
-            if (nU > 0)
-                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, dL_h_2 + j0, H, 1);
-            if (nU > 0)
-                rnngen_pgemm_f32(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_t_g2, dL_h_3 + j0, H, 1);
-        }
+            if (split)   /* the packed weights are shared */
+                rnngen_barrier_wait(&bar, nt, &sense);
+            /* bias gradients: the unit split adds to this thread's units of them, the batch
+             * split to a sum of its own, added up after the step loop */
+            float *db_b = split ? dVec + ((size_t)tid * NVEC + 0) * H : dw_b;
+            if (split)
+                memset(db_b, 0, (size_t)H * sizeof(float));
+            /* zero this thread's units of every weight gradient */
+            for (int i = 0; i < D; i++)
+                memset(dw_W + (size_t)i * H + u0, 0, (size_t)(u1 - u0) * sizeof(float));
+            for (int i = 0; i < H; i++)
+                memset(dw_U_1 + (size_t)i * H + u0, 0, (size_t)(u1 - u0) * sizeof(float));
+            for (int i = 0; i < H; i++)
+                memset(dw_U_2 + (size_t)i * H + u0, 0, (size_t)(u1 - u0) * sizeof(float));
+            for (int i = 0; i < H; i++)
+                memset(dw_U_3 + (size_t)i * H + u0, 0, (size_t)(u1 - u0) * sizeof(float));
+            memset(dw_b + u0, 0, (size_t)(u1 - u0) * sizeof(float));
+            if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
+                for (int t = 0; t < T; t++)
+                    for (int b = b0; b < b1; b++)
+                        memset(dS_g0 + ((size_t)t * B + b) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+            if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
+                for (int t = 0; t < T; t++)
+                    for (int b = b0; b < b1; b++)
+                        memset(dS_g1 + ((size_t)t * B + b) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+            if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
+                for (int t = 0; t < T; t++)
+                    for (int b = b0; b < b1; b++)
+                        memset(dS_g2 + ((size_t)t * B + b) * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+            float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
+            for (int b = b0; b < b1; b++) {
+                memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+                memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
+                memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(float));
+                nreal[b] = 0;
+                for (int t = 0; t < T; t++)
+                    nreal[b] += rnngen_real(mask, (size_t)b * T + t);
+            }
 
-        if (nU > 0) {
-            /* recurrent weight gradients, this thread's columns: one GEMM per group */
-            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, dUcat_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            for (int t = T - 1; t >= t0; t--) {
+                const size_t ts = (size_t)t;
+                for (int b = b0; b < b1; b++)
+                    nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
+                float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+                float *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+                float *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+                float *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+                float *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+                float *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+                float *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+        (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
+
+                /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
+                for (int b = b0; b < b1; b++) {
+                    const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                    const size_t rx = r;
+                    const int m = rnngen_real(mask, r);
+                    (void)rx;
+                    if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                        enum { LINE = 64 / sizeof(float) };
+                        for (int j = j0; j < j1; j += LINE)
+                            __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                        for (size_t c = 0; c < NW * nU; c += LINE)
+                            __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
+                    }
+                    if (m) {
+        #pragma omp simd
+                        for (int j = j0; j < j1; j++) {
+                            const size_t bj = (size_t)b * H + j;
+                            (void)bj;
+                            const float a_h = dL_h_1[bj] + dy[r * H + j];
+                            float a0 = dL_h_2[bj];
+                            float a1 = dL_h_3[bj];
+                            float a2 = 0.0f;
+                            float a3 = 0.0f;
+                            float g_h_prev_u_1 = 0.0f;
+                            float g_t7 = 0.0f;
+                            float g_t8 = 0.0f;
+                            float g_h_lag2_u_2 = 0.0f;
+                            float g_t14 = 0.0f;
+                            float g_t15 = 0.0f;
+                            float g_h_lag3_u_3 = 0.0f;
+                            float g_t21 = 0.0f;
+                            float g_t22 = 0.0f;
+                            float g_t24 = 0.0f;
+                            float g_t25 = 0.0f;
+                            float g_t26 = 0.0f;
+                            float g_t27 = 0.0f;
+                            float g_h_new = a_h;
+                            g_t27 += g_h_new;
+                            g_t26 += g_t27 * (s_t27[bj] * (1.0f - s_t27[bj]));
+                            g_t25 += g_t26;
+                            g_t22 += g_t26;
+                            g_t24 += g_t25;
+                            g_t15 += g_t25;
+                            a3 += g_t24;
+                            g_t8 += g_t24;
+                            g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
+                            g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0f && (s_t21[bj]) < 1.0f ? 0.2f : 0.0f));
+                            dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
+                            g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
+                            g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0f && (s_t14[bj]) < 1.0f ? 0.2f : 0.0f));
+                            dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
+                            g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0f : 0.0f));
+                            g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0f && (s_t7[bj]) < 1.0f ? 0.2f : 0.0f));
+                            dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                            float g_x_w = 0.0f;
+                            float g_b = 0.0f;
+                            float g_t23 = a3;
+                            g_x_w += g_t23;
+                            g_b += g_t23;
+                            db_b[j] += g_b;
+                            dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
+                            dL_h_1[bj] = a0;
+                            dL_h_2[bj] = a1;
+                            dL_h_3[bj] = a2;
+                        }
+                    } else {   /* a padded step: its cell contributes nothing */
+        #pragma omp simd
+                        for (int j = j0; j < j1; j++) {
+                            const size_t bj = (size_t)b * H + j;
+                            (void)bj;
+                            dL_h_1[bj] += dy[r * H + j];
+                        }
+                        memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+                    }
+                }
+
+                if (!split)   /* every thread wrote its columns of dS */
+                    rnngen_barrier_wait(&bar, nt, &sense);
+                /* this thread's rows and units of dOperand += dS @ [U...]^T */
+                if (nU > 0)
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)t * B + b0) * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                if (nU > 0)
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)t * B + b0) * LDS_g1, LDS_g1, Pb_t_g1, dL_h_2 + (size_t)b0 * H + j0, H, 1);
+                if (nU > 0)
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)t * B + b0) * LDS_g2, LDS_g2, Pb_t_g2, dL_h_3 + (size_t)b0 * H + j0, H, 1);
+            }
+
+            for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+                for (int b = b0; b < b1; b++)
+                    memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
+            if (split)   /* every thread wrote its rows of dS and dXW */
+                rnngen_barrier_wait(&bar, nt, &sense);
+            /* weight gradients, one GEMM over all steps per group (and one for x @ W) for this
+             * thread's columns: its units' in the unit split, an even share in the batch split */
+            int c0, c1;
+            c0 = 1 * j0, c1 = 1 * j1;
+            if (split)
+                rnngen_share((int)LDS_g0, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+            if (c1 > c0)
+                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + c0, (int)LDS_g0, 0, dUcat_g0 + c0, (int)LDS_g0);
+            c0 = 1 * j0, c1 = 1 * j1;
+            if (split)
+                rnngen_share((int)LDS_g1, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+            if (c1 > c0)
+                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, (T - t0) * B, 1, SL + (2 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + c0, (int)LDS_g1, 0, dUcat_g1 + c0, (int)LDS_g1);
+            c0 = 1 * j0, c1 = 1 * j1;
+            if (split)
+                rnngen_share((int)LDS_g2, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+            if (c1 > c0)
+                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, (T - t0) * B, 1, SL + (4 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + c0, (int)LDS_g2, 0, dUcat_g2 + c0, (int)LDS_g2);
+            c0 = NW * j0, c1 = NW * j1;
+            if (split)
+                rnngen_share((int)LDXW, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+            if (c1 > c0)
+                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, c1 - c0, B * T, 1, x, D, dXW + c0, (int)LDXW, 0, dWcat + c0, (int)LDXW);
+            if (split) {   /* every thread's columns of the products and bias sums are written */
+                rnngen_barrier_wait(&bar, nt, &sense);
+                for (int q = 0; q < nt; q++)
+    #pragma omp simd
+                    for (int j = u0; j < u1; j++)
+                        dw_b[j] += dVec[((size_t)q * NVEC + 0) * H + j];
+            }
+            /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)H; i++)
-#pragma omp simd
-                for (int j = j0; j < j1; j++)
+    #pragma omp simd
+                for (int j = u0; j < u1; j++)
                     dw_U_1[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
-            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (2 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, dUcat_g1 + 1 * (size_t)j0, (int)LDS_g1);
             for (size_t i = 0; i < (size_t)H; i++)
-#pragma omp simd
-                for (int j = j0; j < j1; j++)
+    #pragma omp simd
+                for (int j = u0; j < u1; j++)
                     dw_U_2[i * H + j] += dUcat_g1[i * LDS_g1 + OFF_g1 + 0 * nU + j];
-            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (4 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, dUcat_g2 + 1 * (size_t)j0, (int)LDS_g2);
             for (size_t i = 0; i < (size_t)H; i++)
-#pragma omp simd
-                for (int j = j0; j < j1; j++)
+    #pragma omp simd
+                for (int j = u0; j < u1; j++)
                     dw_U_3[i * H + j] += dUcat_g2[i * LDS_g2 + OFF_g2 + 0 * nU + j];
-        }
-
-        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
-            for (int b = 0; b < B; b++)
-                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
-        if (nU > 0) {
-            RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
-#pragma omp simd
-                for (int j = j0; j < j1; j++)
+    #pragma omp simd
+                for (int j = u0; j < u1; j++)
                     dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
+            rnngen_barrier_wait(&bar, nt, &sense);
+            /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+             * each thread's product keeps all D columns */
+            int r0, r1;
+            rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+            if (r1 > r0)
+                RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
         }
-        rnngen_barrier_wait(&bar, nt, &sense);
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
-         * each thread's product keeps all D columns */
-        int r0, r1;
-        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
-        if (r1 > r0)
-            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
-    return RNNGEN_OK;
+    return team_ok ? RNNGEN_OK : RNNGEN_ETEAM;
 }
 
 /* ======================== double ======================== */
@@ -669,7 +764,9 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
+    double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
     /* forward uses some of these, backward others */
+    (void)dVec;
     (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)Pf_g1; (void)Pb_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
@@ -688,42 +785,58 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
+    const int nt_asked = rnngen_threads(H);
+    const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(double)));
 
-#pragma omp parallel num_threads(rnngen_threads(H))
+#pragma omp parallel num_threads(nt_asked)
     {
-        /* This thread owns hidden units [j0, j1): their columns of every
-         * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
-         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
-         * their elementwise work, and their rows of the weight gradients. */
+        /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
+         * their columns of every block side by side (the packed W and U panels, XW, S, dS,
+         * dUcat are laid out slice by slice: block k of unit j sits at column
+         * width*j0 + k*nU + j - j0), their elementwise work, and their columns of the
+         * weight gradients.  Batch split (split == 1): this thread runs every unit of its
+         * samples [b0, b1) with no barrier inside the step loop; the layout is one slice
+         * (j0 = 0, j1 = H), packed once by all threads together; the weight gradients are
+         * shared out after the loop. */
         const int tid = omp_get_thread_num();
         const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
-        int j0, j1;
-        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
+        int j0, j1, b0 = 0, b1 = B, u0, u1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, lt, lnt, &j0, &j1);
+        if (split)
+            rnngen_share(B, 1, tid, nt, &b0, &b1);
+        /* this thread's units of the weight gradients */
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
-        (void)nU;
+        (void)nU; (void)lnt;
         int sense = 0;   /* this thread's side of the barrier */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         const size_t OFF_g2 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pw_t;
-        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g0; (void)Pb_t_g0;
-        double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g1; (void)Pb_t_g1;
-        double *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        double *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g2; (void)Pb_t_g2;
 
+        if (save && tid == 0)   /* the layout of XW, for backward: its number of slices */
+            save[SAVE_LAYOUT(T, B, H)] = (double)lnt;
         double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
             {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
-                for (int k = 0; k < D; k++) {
+                int k0 = 0, k1 = D;   /* the batch split packs the one slice together */
+                if (split)
+                    rnngen_share(D, 1, tid, nt, &k0, &k1);
+                for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: W */
                         const size_t n = 0 * nU + u;
                         Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
@@ -735,7 +848,10 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 
             {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
-                for (int k = 0; k < H; k++) {
+                int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
+                if (split)
+                    rnngen_share(H, 1, tid, nt, &k0, &k1);
+                for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_1 */
                         const size_t n = 0 * nU + u;
                         Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_1[(size_t)k * H + j0 + u];
@@ -747,7 +863,10 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 
             {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
-                for (int k = 0; k < H; k++) {
+                int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
+                if (split)
+                    rnngen_share(H, 1, tid, nt, &k0, &k1);
+                for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_2 */
                         const size_t n = 0 * nU + u;
                         Pf_t_g1[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_2[(size_t)k * H + j0 + u];
@@ -759,7 +878,10 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 
             {   /* Pf_t_g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
-                for (int k = 0; k < H; k++) {
+                int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
+                if (split)
+                    rnngen_share(H, 1, tid, nt, &k0, &k1);
+                for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_3 */
                         const size_t n = 0 * nU + u;
                         Pf_t_g2[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U_3[(size_t)k * H + j0 + u];
@@ -771,8 +893,10 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 
         }
 
+        if (split)   /* the packed weights are shared */
+            rnngen_barrier_wait(&bar, nt, &sense);
 
-        for (int b = 0; b < B; b++) {
+        for (int b = b0; b < b1; b++) {
             memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(L_h_3 + (size_t)b * H + j0, 0, nU * sizeof(double));
@@ -781,7 +905,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 
         if (xw_first && nU > 0)   /* x @ W for all steps at once: a few rows per step would
                                    * read the packed W from L2 once per step */
-            rnngen_pgemm_f64(B * T, NW * (int)nU, D, x, D, Pw_t, XW + NW * (size_t)j0, LDXW, 0);
+            rnngen_pgemm_f64((b1 - b0) * T, NW * (int)nU, D, x + (size_t)b0 * T * D, D, Pw_t, XW + (size_t)b0 * T * LDXW + NW * (size_t)j0, LDXW, 0);
 
         for (int t = 0; t < T; t++) {
             const size_t ts = save ? (size_t)t : (size_t)(t & 1);
@@ -789,7 +913,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
              * saved, else rows b of one step's XW); see RNNGEN_XW_FIRST_B for when one
              * GEMM over all steps before the loop is done instead. */
             if (!xw_first && nU > 0)
-                rnngen_pgemm_f64(B, NW * (int)nU, D, x + (size_t)t * D, (size_t)T * D, Pw_t, (xw_all ? XW + (size_t)t * LDXW : XW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
+                rnngen_pgemm_f64(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
             double *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
             double *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
@@ -801,7 +925,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
 
 
             /* phase 0 */
-            for (int b = 0; b < B; b++) {
+            for (int b = b0; b < b1; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = rnngen_real(mask, r);
@@ -816,16 +940,17 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                 }
             }
 
-        rnngen_barrier_wait(&bar, nt, &sense);
-            /* every thread wrote its units of the operand; GEMM this thread's columns */
+            if (!split)   /* every thread wrote its units of the operand */
+                rnngen_barrier_wait(&bar, nt, &sense);
+            /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_prev, H, Pf_t_g0, S_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * H, H, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
             if (nU > 0)
-                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_lag2, H, Pf_t_g1, S_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_lag2 + (size_t)b0 * H, H, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
             if (nU > 0)
-                rnngen_pgemm_f64(B, 1 * (int)nU, H, s_h_lag3, H, Pf_t_g2, S_g2 + 1 * (size_t)j0, LDS_g2, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_lag3 + (size_t)b0 * H, H, Pf_t_g2, S_g2 + (size_t)b0 * LDS_g2 + 1 * (size_t)j0, LDS_g2, 0);
             /* phase 1 */
-            for (int b = 0; b < B; b++) {
+            for (int b = b0; b < b1; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
                 const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
                 const int m = rnngen_real(mask, r);
@@ -862,7 +987,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                 }
             }
 
-            for (int b = 0; b < B; b++)
+            for (int b = b0; b < b1; b++)
                 nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
     }
@@ -928,7 +1053,9 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
     double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
+    double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
     /* forward uses some of these, backward others */
+    (void)dVec;
     (void)Wcat; (void)Pw; (void)dWcat;
     (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
     (void)Pf_g1; (void)Pb_g1; (void)dUcat_g1; (void)S_g1; (void)dS_g1;
@@ -941,246 +1068,303 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
     (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
+    /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
+    const double slices = save[SAVE_LAYOUT(T, B, H)];
+    if (!(slices >= 1 && slices <= RNNGEN_MAX_THREADS && slices == (int)slices)) return RNNGEN_ESAVE;
+    const int split = slices == 1;   /* one slice: any team can share the samples out */
+    int team_ok = 1;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(rnngen_threads(H))
+#pragma omp parallel num_threads(split ? rnngen_threads(H) : (int)slices)
     {
-        /* This thread owns hidden units [j0, j1): their columns of every
-         * block side by side (the packed W and U panels, XW, S, dS, dUcat are laid out thread by
-         * thread: block k of unit j sits at column width*j0 + k*nU + j - j0),
-         * their elementwise work, and their rows of the weight gradients. */
+        /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
+         * their columns of every block side by side (the packed W and U panels, XW, S, dS,
+         * dUcat are laid out slice by slice: block k of unit j sits at column
+         * width*j0 + k*nU + j - j0), their elementwise work, and their columns of the
+         * weight gradients.  Batch split (split == 1): this thread runs every unit of its
+         * samples [b0, b1) with no barrier inside the step loop; the layout is one slice
+         * (j0 = 0, j1 = H), packed once by all threads together; the weight gradients are
+         * shared out after the loop. */
         const int tid = omp_get_thread_num();
         const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
-        int j0, j1;
-        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+        const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
+        int j0, j1, b0 = 0, b1 = B, u0, u1;
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, lt, lnt, &j0, &j1);
+        if (split)
+            rnngen_share(B, 1, tid, nt, &b0, &b1);
+        /* this thread's units of the weight gradients */
+        rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
-        (void)nU;
+        (void)nU; (void)lnt;
         int sense = 0;   /* this thread's side of the barrier */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         const size_t OFF_g2 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pw_t;
-        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g0; (void)Pb_t_g0;
-        double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g1; (void)Pb_t_g1;
-        double *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)tid);
-        double *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)tid);
+        double *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g2; (void)Pb_t_g2;
 
-        if (nU > 0) {   /* this thread's columns of the packed weights */
-            for (int i = 0; i < D; i++)   /* block 0: W */
-                memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(double));
-        }
-
-        if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            double *P = Pb_t_g0;
-            const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
-            size_t k = 0;
-            for (int q = 0; q < nt; q++) {
-                int q0, q1;
-                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
-                for (int u = q0; u < q1; u++, k++)   /* block 0: U_1 */
-                    for (size_t n = 0; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
+        if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
+            if (tid == 0)
+                team_ok = 0;
+        } else {
+            if (nU > 0) {   /* this thread's columns of the packed weights */
+                int i0 = 0, i1 = D;   /* the batch split copies the one slice together */
+                if (split)
+                    rnngen_share(D, 1, tid, nt, &i0, &i1);
+                (void)i0; (void)i1;
+                for (int i = i0; i < i1; i++)   /* block 0: W */
+                    memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(double));
             }
-        }
-        if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            double *P = Pb_t_g1;
-            const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU);
-            size_t k = 0;
-            for (int q = 0; q < nt; q++) {
-                int q0, q1;
-                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
-                for (int u = q0; u < q1; u++, k++)   /* block 0: U_2 */
-                    for (size_t n = 0; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
-            }
-        }
-        if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-            double *P = Pb_t_g2;
-            const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU);
-            size_t k = 0;
-            for (int q = 0; q < nt; q++) {
-                int q0, q1;
-                rnngen_share(H, RNNGEN_UNIT_BLOCK, q, nt, &q0, &q1);
-                for (int u = q0; u < q1; u++, k++)   /* block 0: U_3 */
-                    for (size_t n = 0; n < Np; n++)
-                        P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_3[(j0 + n) * (size_t)H + u] : 0;
-            }
-        }
 
-        /* zero this thread's units of every weight gradient and accumulator */
-        for (int i = 0; i < D; i++)
-            memset(dw_W + (size_t)i * H + j0, 0, nU * sizeof(double));
-        for (int i = 0; i < H; i++)
-            memset(dw_U_1 + (size_t)i * H + j0, 0, nU * sizeof(double));
-        for (int i = 0; i < H; i++)
-            memset(dw_U_2 + (size_t)i * H + j0, 0, nU * sizeof(double));
-        for (int i = 0; i < H; i++)
-            memset(dw_U_3 + (size_t)i * H + j0, 0, nU * sizeof(double));
-        memset(dw_b + j0, 0, nU * sizeof(double));
-        if (mask)   /* padded rows of dS are never written: zero them all */
-            for (size_t r = 0; r < (size_t)T * B; r++)
-                memset(dS_g0 + r * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
-        if (mask)   /* padded rows of dS are never written: zero them all */
-            for (size_t r = 0; r < (size_t)T * B; r++)
-                memset(dS_g1 + r * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
-        if (mask)   /* padded rows of dS are never written: zero them all */
-            for (size_t r = 0; r < (size_t)T * B; r++)
-                memset(dS_g2 + r * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
-        double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
-        for (int b = 0; b < B; b++) {
-            memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
-            memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
-            memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(double));
-            nreal[b] = 0;
-            for (int t = 0; t < T; t++)
-                nreal[b] += rnngen_real(mask, (size_t)b * T + t);
-        }
-
-        for (int t = T - 1; t >= t0; t--) {
-            const size_t ts = (size_t)t;
-            for (int b = 0; b < B; b++)
-                nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
-            double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-            double *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
-            double *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
-            double *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
-            double *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
-            double *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-            double *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
-    (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
-
-
-            /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
-            for (int b = 0; b < B; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
-                const size_t rx = r;
-                const int m = rnngen_real(mask, r);
-                (void)rx;
-                if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
-                    enum { LINE = 64 / sizeof(double) };
-                    for (int j = j0; j < j1; j += LINE)
-                        __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
-                    for (size_t c = 0; c < NW * nU; c += LINE)
-                        __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
+            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g0;
+                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
+                size_t k = 0;
+                for (int q = 0; q < lnt; q++) {
+                    int q0, q1;
+                    rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
+                    for (int u = q0; u < q1; u++, k++)   /* block 0: U_1 */
+                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
+                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
                 }
-                if (m) {
-    #pragma omp simd
-                    for (int j = j0; j < j1; j++) {
-                        const size_t bj = (size_t)b * H + j;
-                        (void)bj;
-                        const double a_h = dL_h_1[bj] + dy[r * H + j];
-                        double a0 = dL_h_2[bj];
-                        double a1 = dL_h_3[bj];
-                        double a2 = 0.0;
-                        double a3 = 0.0;
-                        double g_h_prev_u_1 = 0.0;
-                        double g_t7 = 0.0;
-                        double g_t8 = 0.0;
-                        double g_h_lag2_u_2 = 0.0;
-                        double g_t14 = 0.0;
-                        double g_t15 = 0.0;
-                        double g_h_lag3_u_3 = 0.0;
-                        double g_t21 = 0.0;
-                        double g_t22 = 0.0;
-                        double g_t24 = 0.0;
-                        double g_t25 = 0.0;
-                        double g_t26 = 0.0;
-                        double g_t27 = 0.0;
-                        double g_h_new = a_h;
-                        g_t27 += g_h_new;
-                        g_t26 += g_t27 * (s_t27[bj] * (1.0 - s_t27[bj]));
-                        g_t25 += g_t26;
-                        g_t22 += g_t26;
-                        g_t24 += g_t25;
-                        g_t15 += g_t25;
-                        a3 += g_t24;
-                        g_t8 += g_t24;
-                        g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0 : 0.0));
-                        g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0 && (s_t21[bj]) < 1.0 ? 0.2 : 0.0));
-                        dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-                        g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0 : 0.0));
-                        g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0 && (s_t14[bj]) < 1.0 ? 0.2 : 0.0));
-                        dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-                        g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0 : 0.0));
-                        g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0 && (s_t7[bj]) < 1.0 ? 0.2 : 0.0));
-                        dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
-                        double g_x_w = 0.0;
-                        double g_b = 0.0;
-                        double g_t23 = a3;
-                        g_x_w += g_t23;
-                        g_b += g_t23;
-                        dw_b[j] += g_b;
-                        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-                        dL_h_1[bj] = a0;
-                        dL_h_2[bj] = a1;
-                        dL_h_3[bj] = a2;
-                    }
-                } else {   /* a padded step: its cell contributes nothing */
-    #pragma omp simd
-                    for (int j = j0; j < j1; j++) {
-                        const size_t bj = (size_t)b * H + j;
-                        (void)bj;
-                        dL_h_1[bj] += dy[r * H + j];
-                    }
-                    memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+            }
+            if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g1;
+                const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU);
+                size_t k = 0;
+                for (int q = 0; q < lnt; q++) {
+                    int q0, q1;
+                    rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
+                    for (int u = q0; u < q1; u++, k++)   /* block 0: U_2 */
+                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
+                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
+                }
+            }
+            if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g2;
+                const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU);
+                size_t k = 0;
+                for (int q = 0; q < lnt; q++) {
+                    int q0, q1;
+                    rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
+                    for (int u = q0; u < q1; u++, k++)   /* block 0: U_3 */
+                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
+                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_3[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 
-        rnngen_barrier_wait(&bar, nt, &sense);
-            /* every thread wrote its columns of dS; this thread's units of dOperand += dS @ [U...]^T */
-            if (nU > 0)
-                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g0, dS_g0 + (size_t)t * B * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + j0, H, 1);
-            if (nU > 0)
-                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g1, dS_g1 + (size_t)t * B * LDS_g1, LDS_g1, Pb_t_g1, dL_h_2 + j0, H, 1);
-            if (nU > 0)
-                rnngen_pgemm_f64(B, (int)nU, (int)LDS_g2, dS_g2 + (size_t)t * B * LDS_g2, LDS_g2, Pb_t_g2, dL_h_3 + j0, H, 1);
-        }
+            if (split)   /* the packed weights are shared */
+                rnngen_barrier_wait(&bar, nt, &sense);
+            /* bias gradients: the unit split adds to this thread's units of them, the batch
+             * split to a sum of its own, added up after the step loop */
+            double *db_b = split ? dVec + ((size_t)tid * NVEC + 0) * H : dw_b;
+            if (split)
+                memset(db_b, 0, (size_t)H * sizeof(double));
+            /* zero this thread's units of every weight gradient */
+            for (int i = 0; i < D; i++)
+                memset(dw_W + (size_t)i * H + u0, 0, (size_t)(u1 - u0) * sizeof(double));
+            for (int i = 0; i < H; i++)
+                memset(dw_U_1 + (size_t)i * H + u0, 0, (size_t)(u1 - u0) * sizeof(double));
+            for (int i = 0; i < H; i++)
+                memset(dw_U_2 + (size_t)i * H + u0, 0, (size_t)(u1 - u0) * sizeof(double));
+            for (int i = 0; i < H; i++)
+                memset(dw_U_3 + (size_t)i * H + u0, 0, (size_t)(u1 - u0) * sizeof(double));
+            memset(dw_b + u0, 0, (size_t)(u1 - u0) * sizeof(double));
+            if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
+                for (int t = 0; t < T; t++)
+                    for (int b = b0; b < b1; b++)
+                        memset(dS_g0 + ((size_t)t * B + b) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+            if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
+                for (int t = 0; t < T; t++)
+                    for (int b = b0; b < b1; b++)
+                        memset(dS_g1 + ((size_t)t * B + b) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+            if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
+                for (int t = 0; t < T; t++)
+                    for (int b = b0; b < b1; b++)
+                        memset(dS_g2 + ((size_t)t * B + b) * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+            double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
+            for (int b = b0; b < b1; b++) {
+                memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+                memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
+                memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(double));
+                nreal[b] = 0;
+                for (int t = 0; t < T; t++)
+                    nreal[b] += rnngen_real(mask, (size_t)b * T + t);
+            }
 
-        if (nU > 0) {
-            /* recurrent weight gradients, this thread's columns: one GEMM per group */
-            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + 1 * (size_t)j0, (int)LDS_g0, 0, dUcat_g0 + 1 * (size_t)j0, (int)LDS_g0);
+            for (int t = T - 1; t >= t0; t--) {
+                const size_t ts = (size_t)t;
+                for (int b = b0; b < b1; b++)
+                    nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
+                double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
+                double *s_t7 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_prev_u_1) */
+                double *s_h_lag2 = SL + (2 * (size_t)Teff + ts) * BH;  /* [B,H] h[-2] */
+                double *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
+                double *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
+                double *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
+                double *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+        (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
+
+                /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
+                for (int b = b0; b < b1; b++) {
+                    const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
+                    const size_t rx = r;
+                    const int m = rnngen_real(mask, r);
+                    (void)rx;
+                    if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
+                        enum { LINE = 64 / sizeof(double) };
+                        for (int j = j0; j < j1; j += LINE)
+                            __builtin_prefetch(dy + (r - 1) * H + j, 0, 3);
+                        for (size_t c = 0; c < NW * nU; c += LINE)
+                            __builtin_prefetch(dXW + (r - 1) * LDXW + NW * (size_t)j0 + c, 1, 3);
+                    }
+                    if (m) {
+        #pragma omp simd
+                        for (int j = j0; j < j1; j++) {
+                            const size_t bj = (size_t)b * H + j;
+                            (void)bj;
+                            const double a_h = dL_h_1[bj] + dy[r * H + j];
+                            double a0 = dL_h_2[bj];
+                            double a1 = dL_h_3[bj];
+                            double a2 = 0.0;
+                            double a3 = 0.0;
+                            double g_h_prev_u_1 = 0.0;
+                            double g_t7 = 0.0;
+                            double g_t8 = 0.0;
+                            double g_h_lag2_u_2 = 0.0;
+                            double g_t14 = 0.0;
+                            double g_t15 = 0.0;
+                            double g_h_lag3_u_3 = 0.0;
+                            double g_t21 = 0.0;
+                            double g_t22 = 0.0;
+                            double g_t24 = 0.0;
+                            double g_t25 = 0.0;
+                            double g_t26 = 0.0;
+                            double g_t27 = 0.0;
+                            double g_h_new = a_h;
+                            g_t27 += g_h_new;
+                            g_t26 += g_t27 * (s_t27[bj] * (1.0 - s_t27[bj]));
+                            g_t25 += g_t26;
+                            g_t22 += g_t26;
+                            g_t24 += g_t25;
+                            g_t15 += g_t25;
+                            a3 += g_t24;
+                            g_t8 += g_t24;
+                            g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0 : 0.0));
+                            g_h_lag3_u_3 += g_t21 * (((s_t21[bj]) > 0.0 && (s_t21[bj]) < 1.0 ? 0.2 : 0.0));
+                            dS_g2[((size_t)t * B + b) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
+                            g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0 : 0.0));
+                            g_h_lag2_u_2 += g_t14 * (((s_t14[bj]) > 0.0 && (s_t14[bj]) < 1.0 ? 0.2 : 0.0));
+                            dS_g1[((size_t)t * B + b) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
+                            g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0 : 0.0));
+                            g_h_prev_u_1 += g_t7 * (((s_t7[bj]) > 0.0 && (s_t7[bj]) < 1.0 ? 0.2 : 0.0));
+                            dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                            double g_x_w = 0.0;
+                            double g_b = 0.0;
+                            double g_t23 = a3;
+                            g_x_w += g_t23;
+                            g_b += g_t23;
+                            db_b[j] += g_b;
+                            dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
+                            dL_h_1[bj] = a0;
+                            dL_h_2[bj] = a1;
+                            dL_h_3[bj] = a2;
+                        }
+                    } else {   /* a padded step: its cell contributes nothing */
+        #pragma omp simd
+                        for (int j = j0; j < j1; j++) {
+                            const size_t bj = (size_t)b * H + j;
+                            (void)bj;
+                            dL_h_1[bj] += dy[r * H + j];
+                        }
+                        memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+                    }
+                }
+
+                if (!split)   /* every thread wrote its columns of dS */
+                    rnngen_barrier_wait(&bar, nt, &sense);
+                /* this thread's rows and units of dOperand += dS @ [U...]^T */
+                if (nU > 0)
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)t * B + b0) * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                if (nU > 0)
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)t * B + b0) * LDS_g1, LDS_g1, Pb_t_g1, dL_h_2 + (size_t)b0 * H + j0, H, 1);
+                if (nU > 0)
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)t * B + b0) * LDS_g2, LDS_g2, Pb_t_g2, dL_h_3 + (size_t)b0 * H + j0, H, 1);
+            }
+
+            for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
+                for (int b = b0; b < b1; b++)
+                    memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
+            if (split)   /* every thread wrote its rows of dS and dXW */
+                rnngen_barrier_wait(&bar, nt, &sense);
+            /* weight gradients, one GEMM over all steps per group (and one for x @ W) for this
+             * thread's columns: its units' in the unit split, an even share in the batch split */
+            int c0, c1;
+            c0 = 1 * j0, c1 = 1 * j1;
+            if (split)
+                rnngen_share((int)LDS_g0, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+            if (c1 > c0)
+                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, (T - t0) * B, 1, SL + (0 * (size_t)T + t0) * BH, H, dS_g0 + (size_t)t0 * B * LDS_g0 + c0, (int)LDS_g0, 0, dUcat_g0 + c0, (int)LDS_g0);
+            c0 = 1 * j0, c1 = 1 * j1;
+            if (split)
+                rnngen_share((int)LDS_g1, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+            if (c1 > c0)
+                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, (T - t0) * B, 1, SL + (2 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + c0, (int)LDS_g1, 0, dUcat_g1 + c0, (int)LDS_g1);
+            c0 = 1 * j0, c1 = 1 * j1;
+            if (split)
+                rnngen_share((int)LDS_g2, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+            if (c1 > c0)
+                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, (T - t0) * B, 1, SL + (4 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + c0, (int)LDS_g2, 0, dUcat_g2 + c0, (int)LDS_g2);
+            c0 = NW * j0, c1 = NW * j1;
+            if (split)
+                rnngen_share((int)LDXW, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+            if (c1 > c0)
+                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, c1 - c0, B * T, 1, x, D, dXW + c0, (int)LDXW, 0, dWcat + c0, (int)LDXW);
+            if (split) {   /* every thread's columns of the products and bias sums are written */
+                rnngen_barrier_wait(&bar, nt, &sense);
+                for (int q = 0; q < nt; q++)
+    #pragma omp simd
+                    for (int j = u0; j < u1; j++)
+                        dw_b[j] += dVec[((size_t)q * NVEC + 0) * H + j];
+            }
+            /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)H; i++)
-#pragma omp simd
-                for (int j = j0; j < j1; j++)
+    #pragma omp simd
+                for (int j = u0; j < u1; j++)
                     dw_U_1[i * H + j] += dUcat_g0[i * LDS_g0 + OFF_g0 + 0 * nU + j];
-            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (2 * (size_t)T + t0) * BH, H, dS_g1 + (size_t)t0 * B * LDS_g1 + 1 * (size_t)j0, (int)LDS_g1, 0, dUcat_g1 + 1 * (size_t)j0, (int)LDS_g1);
             for (size_t i = 0; i < (size_t)H; i++)
-#pragma omp simd
-                for (int j = j0; j < j1; j++)
+    #pragma omp simd
+                for (int j = u0; j < u1; j++)
                     dw_U_2[i * H + j] += dUcat_g1[i * LDS_g1 + OFF_g1 + 0 * nU + j];
-            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, 1 * (int)nU, (T - t0) * B, 1, SL + (4 * (size_t)T + t0) * BH, H, dS_g2 + (size_t)t0 * B * LDS_g2 + 1 * (size_t)j0, (int)LDS_g2, 0, dUcat_g2 + 1 * (size_t)j0, (int)LDS_g2);
             for (size_t i = 0; i < (size_t)H; i++)
-#pragma omp simd
-                for (int j = j0; j < j1; j++)
+    #pragma omp simd
+                for (int j = u0; j < u1; j++)
                     dw_U_3[i * H + j] += dUcat_g2[i * LDS_g2 + OFF_g2 + 0 * nU + j];
-        }
-
-        for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
-            for (int b = 0; b < B; b++)
-                memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
-        if (nU > 0) {
-            RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, NW * (int)nU, B * T, 1, x, D, dXW + NW * (size_t)j0, (int)LDXW, 0, dWcat + NW * (size_t)j0, (int)LDXW);
             for (size_t i = 0; i < (size_t)D; i++)
-#pragma omp simd
-                for (int j = j0; j < j1; j++)
+    #pragma omp simd
+                for (int j = u0; j < u1; j++)
                     dw_W[i * H + j] += dWcat[i * LDXW + OFFW + 0 * nU + j];
+            rnngen_barrier_wait(&bar, nt, &sense);
+            /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
+             * each thread's product keeps all D columns */
+            int r0, r1;
+            rnngen_share(B * T, 1, tid, nt, &r0, &r1);
+            if (r1 > r0)
+                RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
         }
-        rnngen_barrier_wait(&bar, nt, &sense);
-        /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
-         * each thread's product keeps all D columns */
-        int r0, r1;
-        rnngen_share(B * T, 1, tid, nt, &r0, &r1);
-        if (r1 > r0)
-            RNNGEN_GEMM_F64(RNNGEN_N, RNNGEN_T, r1 - r0, D, (int)LDXW, 1, dXW + (size_t)r0 * LDXW, (int)LDXW, Wcat, (int)LDXW, 0, dx + (size_t)r0 * D, D);
     }
-    return RNNGEN_OK;
+    return team_ok ? RNNGEN_OK : RNNGEN_ETEAM;
 }

@@ -209,7 +209,7 @@ class CellMath:
             if n.op == "xprod":
                 out.append(f"dXW[(size_t)r * LDXW + OFFW + {self.xprod_index[n]} * nU + j] = {g};")
             elif n.op == "bias":
-                out.append(f"dw_{n.attr}[j] += {g};")
+                out.append(f"db_{n.attr}[j] += {g};")   # this thread's sum (see the template)
             else:
                 for a, f in self.partials(n, self.hoisted_local):
                     if not a.is_const:

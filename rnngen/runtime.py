@@ -21,6 +21,9 @@ STATUS = {
     -2: "a required pointer is NULL",
     -3: "the sizes overflow the BLAS's 32-bit integers; use fewer steps or samples per call",
     -4: "truncate_gradient must be -1 or a positive number of steps",
+    -5: "OpenMP started fewer threads for backward than forward laid its saved values out "
+        "for; run forward again with the threads available now",
+    -6: "the saved values were not written by this cell's forward",
 }
 DTYPES = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("double", "_f64")}
 

@@ -2,7 +2,9 @@
 single-thread gradients (which test_against_reference checks by finite differences).
 
 H = 37 splits into unit slices of 16, 16 and 5, so slices of unequal width, a
-thread with a partial block and (with 4 threads asked) a cap at 3 are covered."""
+thread with a partial block and (with 4 threads asked) a cap at 3 are covered.
+B = 3 runs the unit split (every thread owns some units of every sample); B = 25 the
+batch split (every thread owns some samples: 13 + 12 with 2 threads, 9 + 8 + 8 with 3)."""
 from __future__ import annotations
 
 import numpy as np
@@ -152,3 +154,92 @@ def test_a_smaller_team_than_asked_still_covers_every_unit(tmp_path):
         out[limit] = np.load(path)
     assert np.all(np.isfinite(out["1"]))
     np.testing.assert_allclose(out["1"], out["2"], rtol=1e-12, atol=1e-12)
+
+
+BIG_B = 25   # >= 8 rows per thread for up to 3 threads: the batch split
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("truncate", [-1, 2])
+def test_batch_split_agrees_with_one_thread(name, truncate):
+    rng = np.random.default_rng(17)
+    Tt = 6
+    x = rng.normal(size=(BIG_B, Tt, D))
+    dy = rng.normal(size=(BIG_B, Tt, H))
+    mask = rng.random((BIG_B, Tt)) > 0.25
+    p = dict(ref.DEFAULTS[name])
+    W = [rng.normal(scale=0.3, size=s) for s in ref.weight_shapes(name, D, H)]
+    y_ref, _ = ref.run(name, p, W, x, mask)
+    results = {}
+    for nt in (1, 2, 3):
+        rnngen.set_num_threads(nt)
+        layer = getattr(layers, name)(H, weights=W, return_sequences=True, dtype="float64",
+                                      truncate_gradient=truncate)
+        np.testing.assert_allclose(layer.forward(x, mask), y_ref, rtol=1e-10, atol=1e-12)
+        results[nt] = (layer.backward(dy), layer.grads)
+    dx1, g1 = results[1]
+    assert np.abs(dx1).max() > 0 and all(np.abs(g).max() > 0 for g in g1)
+    for nt in (2, 3):
+        dx, g = results[nt]
+        np.testing.assert_allclose(dx, dx1, rtol=1e-10, atol=1e-12)
+        for a, b in zip(g, g1):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("batch", [B, BIG_B])
+def test_thread_count_changed_between_forward_and_backward(name, batch):
+    """Backward reads values forward laid out for its own team (JZS1 keeps x @ W): it
+    follows forward's layout whatever the thread count is when it runs."""
+    rng = np.random.default_rng(23)
+    x = rng.normal(size=(batch, 5, D))
+    dy = rng.normal(size=(batch, 5, H))
+    layer = getattr(layers, name)(H, input_dim=D, return_sequences=True, dtype="float64",
+                                  seed=4)
+    rnngen.set_num_threads(1)
+    layer.forward(x)
+    dx1, g1 = layer.backward(dy).copy(), [g.copy() for g in layer.grads]
+    for nt_forward, nt_backward in ((2, 1), (3, 1), (1, 2), (2, 3)):
+        rnngen.set_num_threads(nt_forward)
+        layer.forward(x)
+        rnngen.set_num_threads(nt_backward)
+        np.testing.assert_allclose(layer.backward(dy), dx1, rtol=1e-10, atol=1e-12)
+        for a, b in zip(layer.grads, g1):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_saved_values_not_from_forward_are_refused():
+    from rnngen.errors import KernelError
+    layer = layers.GRU(H, input_dim=D, return_sequences=True, dtype="float64", seed=0)
+    x = np.random.default_rng(0).normal(size=(B, T, D))
+    y = layer.forward(x)
+    save = layer._last[2]
+    for bad in (0.0, 1.5, 65.0, np.nan):
+        save[-1] = bad   # where forward notes its layout
+        with pytest.raises(KernelError, match="not written by this cell's forward"):
+            layer.backward(np.ones_like(y))
+
+
+def test_a_smaller_team_for_backward_than_forward_is_an_error(tmp_path):
+    """With forward's values laid out for more threads than OpenMP now gives (forced
+    here by editing the layout forward noted to 3 under OMP_THREAD_LIMIT=2), backward
+    returns a status that Python raises, instead of reading the values wrongly."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "team.py"
+    script.write_text(
+        "import sys\nimport numpy as np\nsys.path.insert(0, sys.argv[1])\n"
+        "import rnngen\nfrom rnngen import layers\nfrom rnngen.errors import KernelError\n"
+        "rnngen.set_num_threads(2)\n"
+        "x = np.random.default_rng(0).normal(size=(3, 5, 4))\n"
+        "L = layers.JZS1(40, input_dim=4, return_sequences=True, dtype='float64', seed=0)\n"
+        "y = L(x)\nassert L._last[2][-1] == 2\nL._last[2][-1] = 3\n"
+        "try:\n    L.backward(np.ones_like(y))\nexcept KernelError as e:\n    print(e)\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, OMP_THREAD_LIMIT="2")
+    res = subprocess.run([sys.executable, str(script), root], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "fewer threads for backward than forward" in res.stdout
