@@ -1,6 +1,9 @@
 /* Microbenchmarks of the pieces a B = 1 step is made of, for the arithmetic in the
  * README's Status section (`make microbench`, driven by benchmarks/micro.py):
  *   - rnngen_pgemm's single-row path, 1 x K by K x N, with the packed panel in L1 or L2;
+ *   - a B = 32 step's product on one core of the batch split (16 x 256 by 256 x 256) and
+ *     of the unit split (32 x 256 by 256 x 128), rnngen_pgemm against the BLAS's GEMM
+ *     (which packs its operands on every call);
  *   - the kernels' spin barrier and libgomp's, two threads meeting repeatedly.
  * Usage: kernels REPS   (REPS scales every loop; the driver passes it). */
 #include <stdio.h>
@@ -43,6 +46,46 @@ static double row_rate(int K, int N, long reps)
     return 2.0 * K * N / best * 1e-9;
 }
 
+/* Best of five timings of `reps` products C[M,N] = A[M,K] @ B[K,N], by rnngen_pgemm on
+ * B packed once (*own) and by the BLAS (*blas), in GFLOP/s on one core. */
+static void block_rates(int M, int K, int N, long reps, double *own, double *blas)
+{
+    const size_t Np = RNNGEN_PACKED_COLS((size_t)N);
+    float *P = malloc(sizeof(float) * (size_t)K * Np), *A = malloc(sizeof(float) * (size_t)M * K);
+    float *Bm = malloc(sizeof(float) * (size_t)K * N), *C = malloc(sizeof(float) * (size_t)M * Np);
+    if (!P || !A || !Bm || !C) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < (size_t)K * Np; i++) P[i] = (float)((i * 7919u) % 1000u) * 1e-3f;
+    for (size_t i = 0; i < (size_t)K * N; i++) Bm[i] = (float)((i * 7919u) % 1000u) * 1e-3f;
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = (float)(i % 13) * 0.1f;
+    rnngen_blas_serial();
+    double best_own = 1e30, best_blas = 1e30;
+    for (int round = 0; round < 5; round++) {
+        double t0 = now();
+        for (long i = 0; i < reps; i++) {
+            rnngen_pgemm_f32(M, N, K, A, (size_t)K, P, C, (size_t)N, 0);
+            A[i % K] += C[0] * 1e-12f;
+        }
+        double t = (now() - t0) / (double)reps;
+        if (t < best_own) best_own = t;
+        t0 = now();
+        for (long i = 0; i < reps; i++) {
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, M, N, K, 1, A, K, Bm, N, 0, C, N);
+            A[i % K] += C[0] * 1e-12f;
+        }
+        t = (now() - t0) / (double)reps;
+        if (t < best_blas) best_blas = t;
+    }
+    free(P);
+    free(A);
+    free(Bm);
+    free(C);
+    *own = 2.0 * M * N * K / best_own * 1e-9;
+    *blas = 2.0 * M * N * K / best_blas * 1e-9;
+}
+
 int main(int argc, char **argv)
 {
     const long reps = argc > 1 ? atol(argv[1]) : 20000;
@@ -55,6 +98,14 @@ int main(int argc, char **argv)
         const int K = shapes[s][0], N = shapes[s][1];
         printf("row 1x%d by %dx%d (panel %d KB): %.0f GFLOP/s on one core\n", K, K, N,
                (int)(K * RNNGEN_PACKED_COLS(N) * sizeof(float) / 1024), row_rate(K, N, reps));
+    }
+
+    static const int blocks[][3] = {{16, 256, 256}, {32, 256, 128}};
+    for (size_t s = 0; s < sizeof blocks / sizeof blocks[0]; s++) {
+        double own, blas;
+        block_rates(blocks[s][0], blocks[s][1], blocks[s][2], reps / 20 + 1, &own, &blas);
+        printf("block %dx%d by %dx%d: rnngen %.0f, BLAS %.0f GFLOP/s on one core\n", blocks[s][0],
+               blocks[s][1], blocks[s][1], blocks[s][2], own, blas);
     }
 
     const long n = reps * 10;

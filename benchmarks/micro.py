@@ -1,6 +1,7 @@
 """`make microbench`: compile benchmarks/kernels.c against rnngen's runtime header with
 the kernels' own flags and run it (the single-row product's rate with its panel in L1
-and in L2, and the cost of a barrier), the figures behind the README's B = 1 arithmetic."""
+and in L2, a B = 32 step's product against the BLAS's, and the cost of a barrier), the
+figures behind the README's arithmetic."""
 from __future__ import annotations
 
 import argparse

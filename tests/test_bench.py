@@ -58,7 +58,9 @@ def test_kernel_microbenchmark_builds_warning_free_and_reports(monkeypatch, caps
     import micro
     out = micro.main(["--reps", "50"])      # compiles with -Wall -Wextra -Werror
     import re
-    rates = [float(v) for v in re.findall(r"(\d+) GFLOP/s on one core", out)]
+    rates = [float(v) for v in re.findall(r"row \S+ by \S+ \(panel \d+ KB\): (\d+) GFLOP/s", out)]
     assert len(rates) == 5 and all(r > 0 for r in rates)
+    blocks = re.findall(r"block \d+x\d+ by \d+x\d+: rnngen (\d+), BLAS (\d+) GFLOP/s", out)
+    assert len(blocks) == 2 and all(float(a) > 0 and float(b) > 0 for a, b in blocks)
     m = re.search(r"barrier, 2 threads: rnngen (\d+) ns, libgomp (\d+) ns", out)
     assert m and int(m.group(1)) >= 0 and int(m.group(2)) >= 0
