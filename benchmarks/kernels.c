@@ -4,7 +4,10 @@
  *   - a B = 32 step's product on one core of the batch split (16 x 256 by 256 x 256) and
  *     of the unit split (32 x 256 by 256 x 128), rnngen_pgemm against the BLAS's GEMM
  *     (which packs its operands on every call);
- *   - the kernels' spin barrier and libgomp's, two threads meeting repeatedly.
+ *   - the kernels' spin barrier and libgomp's, two threads meeting repeatedly;
+ *   - the least a B = 1 step of the unit split costs (H = 128): each of two threads
+ *     multiplies the whole h by its 64 columns of U, writes its half of the next h, and
+ *     meets the other; no input product, activation or saving.
  * Usage: kernels REPS   (REPS scales every loop; the driver passes it). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,5 +131,50 @@ int main(int argc, char **argv)
     }
     const double gomp = (now() - t0) / (double)n;
     printf("barrier, 2 threads: rnngen %.0f ns, libgomp %.0f ns\n", own * 1e9, gomp * 1e9);
+
+    enum { HS = 128 };   /* bare B = 1 recurrence: h <- h @ U, 64 columns per thread */
+    float *U = malloc(sizeof(float) * HS * HS), *h = malloc(sizeof(float) * 2 * HS);
+    if (!U || !h) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (int i = 0; i < HS * HS; i++) U[i] = 1.0f / HS;   /* h stays 0.5: no denormals */
+    for (int i = 0; i < 2 * HS; i++) h[i] = 0.5f;
+    const long steps = reps * 5;
+    double best = 1e30;
+    for (int round = 0; round < 5; round++) {
+        rnngen_barrier sb = {0, 0, {0}};
+        t0 = now();
+#pragma omp parallel num_threads(2)
+        {
+            int sense = 0;
+            const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+            int j0, j1;
+            rnngen_share(HS, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
+            const int N = j1 - j0;
+            float *P = malloc(sizeof(float) * HS * RNNGEN_PACKED_COLS((size_t)N));
+            if (!P) {
+                fprintf(stderr, "out of memory\n");
+                exit(1);
+            }
+            for (int k = 0; k < HS; k++)   /* this thread's columns, packed once */
+                for (int c = 0; c < (int)RNNGEN_PACKED_COLS((size_t)N); c++)
+                    P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * HS + k * RNNGEN_PANEL + c % RNNGEN_PANEL] =
+                        c < N ? U[k * HS + j0 + c] : 0;
+            for (long t = 0; t < steps; t++) {
+                const float *cur = h + (t & 1) * HS;
+                float *next = h + ((t + 1) & 1) * HS;
+                rnngen_pgemm_f32(1, N, HS, cur, HS, P, next + j0, HS, 0);
+                rnngen_barrier_wait(&sb, nt, &sense);
+            }
+            free(P);
+        }
+        const double t = (now() - t0) / (double)steps;
+        if (t < best) best = t;
+    }
+    free(U);
+    free(h);
+    printf("bare B=1 step (1x128 by 128x64 per thread, then a barrier), 2 threads: %.0f ns\n",
+           best * 1e9);
     return 0;
 }

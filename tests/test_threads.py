@@ -74,11 +74,12 @@ def test_threads_with_truncation(truncate):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_float32_threads_match_float64():
+@pytest.mark.parametrize("batch", [3, 25])   # the unit split, the batch split
+def test_float32_threads_match_float64(batch):
     """The float32 kernels use their own vectorised exp/tanh: compare with float64 over
     inputs large enough to reach every branch (|x| < 0.625 and beyond, saturation)."""
     rng = np.random.default_rng(5)
-    x = rng.normal(scale=3.0, size=(B, T, D))
+    x = rng.normal(scale=3.0, size=(batch, T, D))
     for name in ("SimpleRNN", "LSTM", "JZS1"):
         rnngen.set_num_threads(2)
         l64 = getattr(layers, name)(H, input_dim=D, return_sequences=True, dtype="float64",
@@ -87,6 +88,12 @@ def test_float32_threads_match_float64():
                                     return_sequences=True, dtype="float32")
         np.testing.assert_allclose(l32.forward(x.astype(np.float32)), l64.forward(x),
                                    rtol=1e-5, atol=2e-6)
+        dy = rng.normal(size=(batch, T, H))
+        dx64 = l64.backward(dy)
+        np.testing.assert_allclose(l32.backward(dy.astype(np.float32)), dx64,
+                                   rtol=1e-4, atol=1e-5 * np.abs(dx64).max())
+        for g32, g64 in zip(l32.grads, l64.grads):
+            np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-5 * np.abs(g64).max())
 
 
 def test_set_num_threads_checks_its_argument():
