@@ -58,7 +58,8 @@ def compile_cell(spec: CellSpec, params: Optional[dict] = None) -> Kernel:
 def set_num_threads(n: int) -> None:
     """Threads every kernel uses from now on: n > 0, or 0 for OpenMP's count
     (OMP_NUM_THREADS, else one per core).  A kernel never uses more than one
-    thread per 16 hidden units."""
+    thread per 16 hidden units.  A backward uses the layout its forward saved
+    in, whatever the count is when it runs."""
     global _threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"the number of threads must be 0 (automatic) or a positive int, "
