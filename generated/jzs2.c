@@ -32,7 +32,7 @@ int rnngen_jzs2_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)(KEEP_XW * (size_t)B * T * LDXW + (size_t)NSLOT * T * BH + 1);
+    *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 1);   /* the saved values, then forward's layout note */
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H;
@@ -711,37 +711,45 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            int c0, c1, k0, k1;
-            float *part_g0 = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
-            c0 = 2 * j0, c1 = 2 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g0, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g0, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + ((size_t)t0 * B + k0) * LDS_g0 + c0, (int)LDS_g0, 0, part_g0 + c0, (int)LDS_g0);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g0, 0, (size_t)H * LDS_g0 * sizeof(float));
-            float *part_g1 = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
-            c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g1, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g1, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (3 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g1 + ((size_t)t0 * B + k0) * LDS_g1 + c0, (int)LDS_g1, 0, part_g1 + c0, (int)LDS_g1);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g1, 0, (size_t)H * LDS_g1 * sizeof(float));
-            float *part_w = ksplit && tid == 1 ? Pw : dWcat;
-            c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDXW, rnngen_share(B * T, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDXW, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)LDXW, 0, part_w + c0, (int)LDXW);
-            else if (ksplit)
-                memset(part_w, 0, (size_t)D * LDXW * sizeof(float));
+            {   /* dUcat_g0 (or, for thread 1 of a step split, Pf_g0) = A^T @ B over the rows this thread takes */
+                float *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                int c0 = 2 * j0, c1 = 2 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + (size_t)k0 * LDS_g0 + c0, (int)(LDS_g0), 0, part + c0, (int)(LDS_g0));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(float));
+            }
+
+            {   /* dUcat_g1 (or, for thread 1 of a step split, Pf_g1) = A^T @ B over the rows this thread takes */
+                float *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (3 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + (size_t)k0 * LDS_g1 + c0, (int)(LDS_g1), 0, part + c0, (int)(LDS_g1));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(float));
+            }
+
+            {   /* dWcat (or, for thread 1 of a step split, Pw) = A^T @ B over the rows this thread takes */
+                float *part = ksplit && tid == 1 ? Pw : dWcat;
+                int c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDXW), rnngen_share(B * T, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDXW), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)(LDXW), 0, part + c0, (int)(LDXW));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(D) * LDXW * sizeof(float));
+            }
+
             if (split) {   /* every thread's products and bias sums are written */
                 rnngen_barrier_wait(&bar, nt, &sense);
                 for (int q = 0; q < nt; q++)
@@ -758,7 +766,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                         dw_b_h[j] += dVec[((size_t)q * NVEC + 2) * H + j];
             }
             /* ... and added to this thread's units of the weight gradients */
-            for (size_t i = 0; i < (size_t)H; i++) {
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -769,7 +777,8 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_z[i * H + j] += dUcat_g0[at + j];
             }
-            for (size_t i = 0; i < (size_t)H; i++) {
+
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g0 + OFF_g0 + 1 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -780,7 +789,8 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_r[i * H + j] += dUcat_g0[at + j];
             }
-            for (size_t i = 0; i < (size_t)H; i++) {
+
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -791,7 +801,8 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_h[i * H + j] += dUcat_g1[at + j];
             }
-            for (size_t i = 0; i < (size_t)D; i++) {
+
+            for (size_t i = 0; i < (size_t)(D); i++) {
                 const size_t at = i * LDXW + OFFW + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -802,7 +813,8 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_W_z[i * H + j] += dWcat[at + j];
             }
-            for (size_t i = 0; i < (size_t)D; i++) {
+
+            for (size_t i = 0; i < (size_t)(D); i++) {
                 const size_t at = i * LDXW + OFFW + 1 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -813,7 +825,8 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_Pmat[i * H + j] += dWcat[at + j];
             }
-            for (size_t i = 0; i < (size_t)D; i++) {
+
+            for (size_t i = 0; i < (size_t)(D); i++) {
                 const size_t at = i * LDXW + OFFW + 2 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -824,6 +837,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_W_h[i * H + j] += dWcat[at + j];
             }
+
             rnngen_barrier_wait(&bar, nt, &sense);
             /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
              * each thread's product keeps all D columns */
@@ -1495,37 +1509,45 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            int c0, c1, k0, k1;
-            double *part_g0 = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
-            c0 = 2 * j0, c1 = 2 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g0, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g0, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + ((size_t)t0 * B + k0) * LDS_g0 + c0, (int)LDS_g0, 0, part_g0 + c0, (int)LDS_g0);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g0, 0, (size_t)H * LDS_g0 * sizeof(double));
-            double *part_g1 = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
-            c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g1, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g1, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (3 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g1 + ((size_t)t0 * B + k0) * LDS_g1 + c0, (int)LDS_g1, 0, part_g1 + c0, (int)LDS_g1);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g1, 0, (size_t)H * LDS_g1 * sizeof(double));
-            double *part_w = ksplit && tid == 1 ? Pw : dWcat;
-            c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDXW, rnngen_share(B * T, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDXW, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)LDXW, 0, part_w + c0, (int)LDXW);
-            else if (ksplit)
-                memset(part_w, 0, (size_t)D * LDXW * sizeof(double));
+            {   /* dUcat_g0 (or, for thread 1 of a step split, Pf_g0) = A^T @ B over the rows this thread takes */
+                double *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                int c0 = 2 * j0, c1 = 2 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + (size_t)k0 * LDS_g0 + c0, (int)(LDS_g0), 0, part + c0, (int)(LDS_g0));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(double));
+            }
+
+            {   /* dUcat_g1 (or, for thread 1 of a step split, Pf_g1) = A^T @ B over the rows this thread takes */
+                double *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (3 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + (size_t)k0 * LDS_g1 + c0, (int)(LDS_g1), 0, part + c0, (int)(LDS_g1));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(double));
+            }
+
+            {   /* dWcat (or, for thread 1 of a step split, Pw) = A^T @ B over the rows this thread takes */
+                double *part = ksplit && tid == 1 ? Pw : dWcat;
+                int c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDXW), rnngen_share(B * T, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDXW), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)(LDXW), 0, part + c0, (int)(LDXW));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(D) * LDXW * sizeof(double));
+            }
+
             if (split) {   /* every thread's products and bias sums are written */
                 rnngen_barrier_wait(&bar, nt, &sense);
                 for (int q = 0; q < nt; q++)
@@ -1542,7 +1564,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                         dw_b_h[j] += dVec[((size_t)q * NVEC + 2) * H + j];
             }
             /* ... and added to this thread's units of the weight gradients */
-            for (size_t i = 0; i < (size_t)H; i++) {
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1553,7 +1575,8 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_z[i * H + j] += dUcat_g0[at + j];
             }
-            for (size_t i = 0; i < (size_t)H; i++) {
+
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g0 + OFF_g0 + 1 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1564,7 +1587,8 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_r[i * H + j] += dUcat_g0[at + j];
             }
-            for (size_t i = 0; i < (size_t)H; i++) {
+
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1575,7 +1599,8 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_h[i * H + j] += dUcat_g1[at + j];
             }
-            for (size_t i = 0; i < (size_t)D; i++) {
+
+            for (size_t i = 0; i < (size_t)(D); i++) {
                 const size_t at = i * LDXW + OFFW + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1586,7 +1611,8 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_W_z[i * H + j] += dWcat[at + j];
             }
-            for (size_t i = 0; i < (size_t)D; i++) {
+
+            for (size_t i = 0; i < (size_t)(D); i++) {
                 const size_t at = i * LDXW + OFFW + 1 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1597,7 +1623,8 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_Pmat[i * H + j] += dWcat[at + j];
             }
-            for (size_t i = 0; i < (size_t)D; i++) {
+
+            for (size_t i = 0; i < (size_t)(D); i++) {
                 const size_t at = i * LDXW + OFFW + 2 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1608,6 +1635,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_W_h[i * H + j] += dWcat[at + j];
             }
+
             rnngen_barrier_wait(&bar, nt, &sense);
             /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
              * each thread's product keeps all D columns */

@@ -31,7 +31,7 @@ int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size,
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)(KEEP_XW * (size_t)B * T * LDXW + (size_t)NSLOT * T * BH + 1);
+    *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 1);   /* the saved values, then forward's layout note */
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H;
@@ -661,47 +661,58 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            int c0, c1, k0, k1;
-            float *part_g0 = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
-            c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g0, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g0, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + ((size_t)t0 * B + k0) * LDS_g0 + c0, (int)LDS_g0, 0, part_g0 + c0, (int)LDS_g0);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g0, 0, (size_t)H * LDS_g0 * sizeof(float));
-            float *part_g1 = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
-            c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g1, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g1, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (2 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g1 + ((size_t)t0 * B + k0) * LDS_g1 + c0, (int)LDS_g1, 0, part_g1 + c0, (int)LDS_g1);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g1, 0, (size_t)H * LDS_g1 * sizeof(float));
-            float *part_g2 = ksplit && tid == 1 ? Pf_g2 : dUcat_g2;
-            c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g2, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g2, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (4 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g2 + ((size_t)t0 * B + k0) * LDS_g2 + c0, (int)LDS_g2, 0, part_g2 + c0, (int)LDS_g2);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g2, 0, (size_t)H * LDS_g2 * sizeof(float));
-            float *part_w = ksplit && tid == 1 ? Pw : dWcat;
-            c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDXW, rnngen_share(B * T, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDXW, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)LDXW, 0, part_w + c0, (int)LDXW);
-            else if (ksplit)
-                memset(part_w, 0, (size_t)D * LDXW * sizeof(float));
+            {   /* dUcat_g0 (or, for thread 1 of a step split, Pf_g0) = A^T @ B over the rows this thread takes */
+                float *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + (size_t)k0 * LDS_g0 + c0, (int)(LDS_g0), 0, part + c0, (int)(LDS_g0));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(float));
+            }
+
+            {   /* dUcat_g1 (or, for thread 1 of a step split, Pf_g1) = A^T @ B over the rows this thread takes */
+                float *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (2 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + (size_t)k0 * LDS_g1 + c0, (int)(LDS_g1), 0, part + c0, (int)(LDS_g1));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(float));
+            }
+
+            {   /* dUcat_g2 (or, for thread 1 of a step split, Pf_g2) = A^T @ B over the rows this thread takes */
+                float *part = ksplit && tid == 1 ? Pf_g2 : dUcat_g2;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g2), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g2), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (4 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g2 + (size_t)t0 * B * LDS_g2 + (size_t)k0 * LDS_g2 + c0, (int)(LDS_g2), 0, part + c0, (int)(LDS_g2));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g2 * sizeof(float));
+            }
+
+            {   /* dWcat (or, for thread 1 of a step split, Pw) = A^T @ B over the rows this thread takes */
+                float *part = ksplit && tid == 1 ? Pw : dWcat;
+                int c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDXW), rnngen_share(B * T, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDXW), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)(LDXW), 0, part + c0, (int)(LDXW));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(D) * LDXW * sizeof(float));
+            }
+
             if (split) {   /* every thread's products and bias sums are written */
                 rnngen_barrier_wait(&bar, nt, &sense);
                 for (int q = 0; q < nt; q++)
@@ -710,7 +721,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                         dw_b[j] += dVec[((size_t)q * NVEC + 0) * H + j];
             }
             /* ... and added to this thread's units of the weight gradients */
-            for (size_t i = 0; i < (size_t)H; i++) {
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -721,7 +732,8 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_1[i * H + j] += dUcat_g0[at + j];
             }
-            for (size_t i = 0; i < (size_t)H; i++) {
+
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -732,7 +744,8 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_2[i * H + j] += dUcat_g1[at + j];
             }
-            for (size_t i = 0; i < (size_t)H; i++) {
+
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g2 + OFF_g2 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -743,7 +756,8 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_3[i * H + j] += dUcat_g2[at + j];
             }
-            for (size_t i = 0; i < (size_t)D; i++) {
+
+            for (size_t i = 0; i < (size_t)(D); i++) {
                 const size_t at = i * LDXW + OFFW + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -754,6 +768,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_W[i * H + j] += dWcat[at + j];
             }
+
             rnngen_barrier_wait(&bar, nt, &sense);
             /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
              * each thread's product keeps all D columns */
@@ -1374,47 +1389,58 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            int c0, c1, k0, k1;
-            double *part_g0 = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
-            c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g0, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g0, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + ((size_t)t0 * B + k0) * LDS_g0 + c0, (int)LDS_g0, 0, part_g0 + c0, (int)LDS_g0);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g0, 0, (size_t)H * LDS_g0 * sizeof(double));
-            double *part_g1 = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
-            c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g1, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g1, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (2 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g1 + ((size_t)t0 * B + k0) * LDS_g1 + c0, (int)LDS_g1, 0, part_g1 + c0, (int)LDS_g1);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g1, 0, (size_t)H * LDS_g1 * sizeof(double));
-            double *part_g2 = ksplit && tid == 1 ? Pf_g2 : dUcat_g2;
-            c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDS_g2, rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDS_g2, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (4 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g2 + ((size_t)t0 * B + k0) * LDS_g2 + c0, (int)LDS_g2, 0, part_g2 + c0, (int)LDS_g2);
-            else if (ksplit)   /* no steps for this thread: its half is zero */
-                memset(part_g2, 0, (size_t)H * LDS_g2 * sizeof(double));
-            double *part_w = ksplit && tid == 1 ? Pw : dWcat;
-            c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
-            if (ksplit)
-                c0 = 0, c1 = (int)LDXW, rnngen_share(B * T, 1, tid, nt, &k0, &k1);
-            else if (split)
-                rnngen_share((int)LDXW, RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-            if (c1 > c0 && k1 > k0)
-                RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)LDXW, 0, part_w + c0, (int)LDXW);
-            else if (ksplit)
-                memset(part_w, 0, (size_t)D * LDXW * sizeof(double));
+            {   /* dUcat_g0 (or, for thread 1 of a step split, Pf_g0) = A^T @ B over the rows this thread takes */
+                double *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + (size_t)k0 * LDS_g0 + c0, (int)(LDS_g0), 0, part + c0, (int)(LDS_g0));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(double));
+            }
+
+            {   /* dUcat_g1 (or, for thread 1 of a step split, Pf_g1) = A^T @ B over the rows this thread takes */
+                double *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (2 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + (size_t)k0 * LDS_g1 + c0, (int)(LDS_g1), 0, part + c0, (int)(LDS_g1));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(double));
+            }
+
+            {   /* dUcat_g2 (or, for thread 1 of a step split, Pf_g2) = A^T @ B over the rows this thread takes */
+                double *part = ksplit && tid == 1 ? Pf_g2 : dUcat_g2;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDS_g2), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDS_g2), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (4 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g2 + (size_t)t0 * B * LDS_g2 + (size_t)k0 * LDS_g2 + c0, (int)(LDS_g2), 0, part + c0, (int)(LDS_g2));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(H) * LDS_g2 * sizeof(double));
+            }
+
+            {   /* dWcat (or, for thread 1 of a step split, Pw) = A^T @ B over the rows this thread takes */
+                double *part = ksplit && tid == 1 ? Pw : dWcat;
+                int c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
+                if (ksplit)
+                    c0 = 0, c1 = (int)(LDXW), rnngen_share(B * T, 1, tid, nt, &k0, &k1);
+                else if (split)
+                    rnngen_share((int)(LDXW), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                if (c1 > c0 && k1 > k0)
+                    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)(LDXW), 0, part + c0, (int)(LDXW));
+                else if (ksplit)   /* no rows for this thread: its half is zero */
+                    memset(part, 0, (size_t)(D) * LDXW * sizeof(double));
+            }
+
             if (split) {   /* every thread's products and bias sums are written */
                 rnngen_barrier_wait(&bar, nt, &sense);
                 for (int q = 0; q < nt; q++)
@@ -1423,7 +1449,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                         dw_b[j] += dVec[((size_t)q * NVEC + 0) * H + j];
             }
             /* ... and added to this thread's units of the weight gradients */
-            for (size_t i = 0; i < (size_t)H; i++) {
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1434,7 +1460,8 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_1[i * H + j] += dUcat_g0[at + j];
             }
-            for (size_t i = 0; i < (size_t)H; i++) {
+
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1445,7 +1472,8 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_2[i * H + j] += dUcat_g1[at + j];
             }
-            for (size_t i = 0; i < (size_t)H; i++) {
+
+            for (size_t i = 0; i < (size_t)(H); i++) {
                 const size_t at = i * LDS_g2 + OFF_g2 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1456,7 +1484,8 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_U_3[i * H + j] += dUcat_g2[at + j];
             }
-            for (size_t i = 0; i < (size_t)D; i++) {
+
+            for (size_t i = 0; i < (size_t)(D); i++) {
                 const size_t at = i * LDXW + OFFW + 0 * nU;
                 if (ksplit)
     #pragma omp simd
@@ -1467,6 +1496,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int j = u0; j < u1; j++)
                         dw_W[i * H + j] += dWcat[at + j];
             }
+
             rnngen_barrier_wait(&bar, nt, &sense);
             /* dx = dXW @ Wcat^T needs every thread's columns: split it by rows, so that
              * each thread's product keeps all D columns */
