@@ -477,8 +477,9 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_r */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
             if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
@@ -489,8 +490,9 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_h */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_h[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_h[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 
@@ -1274,8 +1276,9 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_r */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
             if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
@@ -1286,8 +1289,9 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_h */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_h[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_h[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 

@@ -456,17 +456,21 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_i */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_i[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_i[(j0 + n) * (size_t)H + u] : 0;
                     for (int u = q0; u < q1; u++, k++)   /* block 1: U_f */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_f[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_f[(j0 + n) * (size_t)H + u] : 0;
                     for (int u = q0; u < q1; u++, k++)   /* block 2: U_c */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_c[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_c[(j0 + n) * (size_t)H + u] : 0;
                     for (int u = q0; u < q1; u++, k++)   /* block 3: U_o */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_o[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_o[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 
@@ -1230,17 +1234,21 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_i */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_i[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_i[(j0 + n) * (size_t)H + u] : 0;
                     for (int u = q0; u < q1; u++, k++)   /* block 1: U_f */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_f[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_f[(j0 + n) * (size_t)H + u] : 0;
                     for (int u = q0; u < q1; u++, k++)   /* block 2: U_c */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_c[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_c[(j0 + n) * (size_t)H + u] : 0;
                     for (int u = q0; u < q1; u++, k++)   /* block 3: U_o */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_o[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_o[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 

@@ -478,8 +478,9 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_1 */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
             if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
@@ -490,8 +491,9 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_2 */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
             if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
@@ -502,8 +504,9 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_3 */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_3[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_3[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 
@@ -1206,8 +1209,9 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_1 */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
             if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
@@ -1218,8 +1222,9 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_2 */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
             if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
@@ -1230,8 +1235,9 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U_3 */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_3[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U_3[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 

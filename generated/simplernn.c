@@ -356,8 +356,9 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 
@@ -843,8 +844,9 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                     int q0, q1;
                     rnngen_share(H, RNNGEN_UNIT_BLOCK, q, lnt, &q0, &q1);
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U */
-                        for (size_t n = 0; n < Np && (!split || (int)(k % (size_t)nt) == tid); n++)
-                            P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U[(j0 + n) * (size_t)H + u] : 0;
+                        if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
+                            for (size_t n = 0; n < Np; n++)
+                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 
