@@ -318,7 +318,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                     const float v_t25 = v_t24 + v_t15;
                     const float v_t26 = v_t25 + v_t22;
                     const float v_t27 = 1.0f / (1.0f + rnngen_expf(-(v_t26)));
-                    if (save) s_t27[bj] = v_t27;
+                    if (save && t == T - 1) s_t27[bj] = v_t27;
                     const float v_h_new = v_t27;
                     if (m) {
                         L_h_3[bj] = L_h_2[bj];
@@ -559,7 +559,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                 float *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
                 float *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
                 float *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-                float *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+                float *s_t27 = SL + (t < T - 1 ? 0 * (size_t)Teff + ts + 1 : 6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26): the saved h_prev of the next step */
         (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 
@@ -1049,7 +1049,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                     const double v_t25 = v_t24 + v_t15;
                     const double v_t26 = v_t25 + v_t22;
                     const double v_t27 = 1.0 / (1.0 + exp(-(v_t26)));
-                    if (save) s_t27[bj] = v_t27;
+                    if (save && t == T - 1) s_t27[bj] = v_t27;
                     const double v_h_new = v_t27;
                     if (m) {
                         L_h_3[bj] = L_h_2[bj];
@@ -1290,7 +1290,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                 double *s_t14 = SL + (3 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag2_u_2) */
                 double *s_h_lag3 = SL + (4 * (size_t)Teff + ts) * BH;  /* [B,H] h[-3] */
                 double *s_t21 = SL + (5 * (size_t)Teff + ts) * BH;  /* [B,H] hard_sigmoid(h_lag3_u_3) */
-                double *s_t27 = SL + (6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26) */
+                double *s_t27 = SL + (t < T - 1 ? 0 * (size_t)Teff + ts + 1 : 6 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t26): the saved h_prev of the next step */
         (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 

@@ -230,7 +230,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
                     (void)v_x_w; (void)v_b; (void)v_t4;
                     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_t6 = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
-                    if (save) s_t6[bj] = v_t6;
+                    if (save && t == T - 1) s_t6[bj] = v_t6;
                     const float v_h_new = v_t6;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -392,7 +392,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-                float *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
+                float *s_t6 = SL + (t < T - 1 ? 0 * (size_t)Teff + ts + 1 : 1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5): the saved h_prev of the next step */
         (void)s_h_prev; (void)s_t6;
 
 
@@ -718,7 +718,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
                     (void)v_x_w; (void)v_b; (void)v_t4;
                     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
-                    if (save) s_t6[bj] = v_t6;
+                    if (save && t == T - 1) s_t6[bj] = v_t6;
                     const double v_h_new = v_t6;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -880,7 +880,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-                double *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
+                double *s_t6 = SL + (t < T - 1 ? 0 * (size_t)Teff + ts + 1 : 1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5): the saved h_prev of the next step */
         (void)s_h_prev; (void)s_t6;
 
 

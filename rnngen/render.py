@@ -72,6 +72,15 @@ class CellMath:
             n for n in ir.slots
             if n in operands or (n.op not in ("state", "started", "matmul") and not n.hoisted
                                  and any(ir.phases[u] != ir.phases[n] for u in ir.users[n]))}
+        # a slot that is a state's new value (`h = sigmoid(...)`) holds, at step t < T-1,
+        # what the slot of that state's previous value holds at step t + 1 (phase 0 copies
+        # the carried state there; backward reads slots of real rows only): forward saves
+        # it at the last step only and backward reads the other slot.  Slot -> that slot.
+        prev = {n.attr[0]: n for n in ir.slots if n.op == "state" and n.attr[1] == 1}
+        self.slot_alias = {
+            ir.assigns[st].args[0]: prev[st] for st in ir.states
+            if ir.assigns[st].args[0] in self.slot_set and st in prev
+            and ir.assigns[st].args[0] not in self.inference_slots}
         self.buf_set = set(ir.buffered)
         self._locals: dict = {}    # backward loop being built: adjoint in memory -> its local
         self._entry_inits: dict = {}   # assign node -> local holding its adjoint from the entry
@@ -249,6 +258,8 @@ class CellMath:
 
     def _store(self, n: Node, value: str) -> str:
         store = f"s_{n.label}[bj] = {value};"
+        if n in self.slot_alias:   # the other slot holds it at every step but the last
+            return f"if (save && t == T - 1) {store}"
         return store if n in self.inference_slots else f"if (save) {store}"
 
     def update(self):

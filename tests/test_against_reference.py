@@ -70,6 +70,29 @@ def test_gradients_match_finite_differences(name, mask_kind, return_sequences, t
         assert np.all(dx[:, :T - truncate] == 0)
 
 
+@pytest.mark.parametrize("name,unsaved", [("SimpleRNN", 1), ("SimpleDeepRNN", 1), ("GRU", 0)])
+def test_a_state_s_new_value_is_saved_at_the_last_step_only(name, unsaved):
+    """SimpleRNN's h = sigmoid(...) is the h_prev its next step saves anyway: forward
+    writes that slot at the last step only, and backward never reads the rest of it
+    (NaN left there would reach the gradients).  GRU's new h is not a saved value."""
+    x, W = random_problem(name, seed=5)
+    mask = masks("holes")
+    B = x.shape[0]
+    layer = make_layer(name, W, return_sequences=True)
+    layer(x, mask=mask)
+    save = layer._last[2]
+    save[:] = np.nan
+    layer(x, mask=mask)   # reuses the buffer
+    assert layer._last[2] is save
+    assert np.isnan(save).sum() == unsaved * (T - 1) * B * H
+    dy = np.random.default_rng(6).normal(size=(B, T, H))
+    dx = layer.backward(dy)
+    fdx, fdW = reference_grads(name, ref.DEFAULTS[name], W, x, mask, dy, -1)
+    np.testing.assert_allclose(dx, fdx, rtol=1e-6, atol=1e-8)
+    for g, f in zip(layer.grads, fdW):
+        np.testing.assert_allclose(g, f, rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("name", CELLS)
 def test_float32_matches_float64(name, mask_kind):
