@@ -17,6 +17,12 @@
 #define NR 1     /* hoisted roots */
 #define NSLOT 2  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */
+/* Whether dXW is dS of a group (x @ W and that group's product meet in sums only); then
+ * dS and the saved values are laid out like x, rows b*T + t, so that x @ W's gradient
+ * products read dS; otherwise step by step, rows t*B + b (measured 1-2% faster). */
+#define XW_IS_DS 1
+#define DSB (XW_IS_DS ? (size_t)T : 1)    /* row of dS: b * DSB + t * DST */
+#define DST (XW_IS_DS ? 1 : (size_t)B)
 #define WIDEST 1
 #define NUCOLS 1   /* columns of all recurrent products, in units of H */
 #define NVEC 1     /* vector weights (biases) */
@@ -67,6 +73,11 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
+    /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
+     * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
+     * s + b * LDSL + j, s = the slot's start + t * STEPSL */
+    const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
+    const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
@@ -75,7 +86,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
     float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
-    float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
+    float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
     float *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
@@ -190,8 +201,8 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
              * GEMM over all steps before the loop is done instead. */
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f32(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
-            float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-            float *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
+            float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+            float *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
     (void)s_h_prev; (void)s_t6;
 
 
@@ -203,9 +214,9 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    s_h_prev[bj] = L_h_1[bj];
+                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
+                    (void)bj; (void)bs;
+                    s_h_prev[bs] = L_h_1[bj];
                 }
             }
 
@@ -213,7 +224,7 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * H, H, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -222,15 +233,15 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
+                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
+                    (void)bj; (void)bs;
                     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b = w_b[j];
                     const float v_t4 = v_x_w + v_b;
                     (void)v_x_w; (void)v_b; (void)v_t4;
                     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_t6 = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
-                    if (save && t == T - 1) s_t6[bj] = v_t6;
+                    if (save && t == T - 1) s_t6[bs] = v_t6;
                     const float v_h_new = v_t6;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -268,6 +279,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     const size_t LDS_g0 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
+    const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
@@ -276,7 +288,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
-    float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
+    float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
     float *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
@@ -293,6 +305,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     (void)L_h_1; (void)dL_h_1;
     (void)d_h_new;
 
+    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
     (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
@@ -378,7 +391,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)t * B + b) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {
                 memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
@@ -391,8 +404,8 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                 const size_t ts = (size_t)t;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
-                float *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-                float *s_t6 = SL + (t < T - 1 ? 0 * (size_t)Teff + ts + 1 : 1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5): the saved h_prev of the next step */
+                float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+                float *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
         (void)s_h_prev; (void)s_t6;
 
 
@@ -412,8 +425,8 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                     if (m) {
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j;
-                            (void)bj;
+                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
+                            (void)bj; (void)bs;
                             const float a_h = dL_h_1[bj] + dy[r * H + j];
                             float a0 = 0.0f;
                             float a1 = 0.0f;
@@ -422,27 +435,25 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                             float g_t6 = 0.0f;
                             float g_h_new = a_h;
                             g_t6 += g_h_new;
-                            g_t5 += g_t6 * (s_t6[bj] * (1.0f - s_t6[bj]));
+                            g_t5 += g_t6 * (s_t6[bs] * (1.0f - s_t6[bs]));
                             a1 += g_t5;
                             g_h_prev_u += g_t5;
-                            dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
                             float g_x_w = 0.0f;
                             float g_b = 0.0f;
                             float g_t4 = a1;
                             g_x_w += g_t4;
                             g_b += g_t4;
                             db_b[j] += g_b;
-                            dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
                             dL_h_1[bj] = a0;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j;
-                            (void)bj;
+                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
+                            (void)bj; (void)bs;
                             dL_h_1[bj] += dy[r * H + j];
                         }
-                        memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
                     }
                 }
 
@@ -450,46 +461,67 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)t * B + b0) * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
                 for (int b = b0; b < b1; b++)
                     memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
             /* Weight gradients: one GEMM over all steps reached per group (and one for x @ W).
-             * In the batch split two threads split the steps and each adds up its half into a
-             * buffer of its own (thread 1 uses forward's packed panels, not needed in backward);
-             * then each adds both halves to its units.  (Split by columns, each thread packs all
-             * of the other operand: at T*B = 3200, H = 256 a GEMM on 2 threads took 1.3 ms
-             * against 0.95 split by steps; training 2-6% faster at B = 32.  At B = 1 splitting
-             * the steps was 17% slower.)  Otherwise the threads split the columns: their units'
-             * in the unit split, a share in the batch split with more than two threads. */
+             * In the batch split two threads split the samples (each its own, whose rows it
+             * wrote) and each adds up its half into a buffer of its own (thread 1 uses forward's
+             * packed panels, not needed in backward); then each adds both halves to its units.
+             * (Split by columns, each thread packs all of the other operand: at T*B = 3200,
+             * H = 256 a GEMM on 2 threads took 1.3 ms against 0.95 split by rows; training 2-6%
+             * faster at B = 32.  At B = 1 splitting the rows was 17% slower.)  Otherwise the
+             * threads split the columns: their units' in the unit split, a share in the batch
+             * split with more than two threads. */
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a step split, Pf_g0) = A^T @ B over the rows this thread takes */
+            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+                 * thread takes; where rows are b*T + t and the first t0 steps are left out, one
+                 * GEMM per sample */
                 float *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                const int each = t0 > 0;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : B * T;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
                     rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-                if (c1 > c0 && k1 > k0)
-                    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + (size_t)k0 * LDS_g0 + c0, (int)(LDS_g0), 0, part + c0, (int)(LDS_g0));
-                else if (ksplit)   /* no rows for this thread: its half is zero */
+                int done = 0;
+                for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
+                    const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
+                    const int K = each ? T - t0 : k1 - k0;
+                    if (K > 0) {
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        done = 1;
+                    }
+                }
+                if (!done && ksplit)   /* no rows for this thread: its half is zero */
                     memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(float));
             }
 
-            {   /* dWcat (or, for thread 1 of a step split, Pw) = A^T @ B over the rows this thread takes */
+            {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
+                 * thread takes; where rows are b*T + t and the first t0 steps are left out, one
+                 * GEMM per sample */
                 float *part = ksplit && tid == 1 ? Pw : dWcat;
-                int c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
+                const int each = 0;
+                int c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = each ? B : B * T;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDXW), rnngen_share(B * T, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDXW), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
                     rnngen_share((int)(LDXW), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-                if (c1 > c0 && k1 > k0)
-                    RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)(LDXW), 0, part + c0, (int)(LDXW));
-                else if (ksplit)   /* no rows for this thread: its half is zero */
+                int done = 0;
+                for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
+                    const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
+                    const int K = each ? T - t0 : k1 - k0;
+                    if (K > 0) {
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, D, c1 - c0, K, 1, x + k * D, D, dXW + k * LDXW + c0, (int)(LDXW), done, part + c0, (int)(LDXW));
+                        done = 1;
+                    }
+                }
+                if (!done && ksplit)   /* no rows for this thread: its half is zero */
                     memset(part, 0, (size_t)(D) * LDXW * sizeof(float));
             }
 
@@ -555,6 +587,11 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
+    /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
+     * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
+     * s + b * LDSL + j, s = the slot's start + t * STEPSL */
+    const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
+    const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
@@ -563,7 +600,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
     double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
-    double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
+    double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
     double *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
@@ -678,8 +715,8 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
              * GEMM over all steps before the loop is done instead. */
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f64(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
-            double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-            double *s_t6 = SL + (1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5) */
+            double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+            double *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
     (void)s_h_prev; (void)s_t6;
 
 
@@ -691,9 +728,9 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
-                    s_h_prev[bj] = L_h_1[bj];
+                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
+                    (void)bj; (void)bs;
+                    s_h_prev[bs] = L_h_1[bj];
                 }
             }
 
@@ -701,7 +738,7 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * H, H, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -710,15 +747,15 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
                 (void)r; (void)rx; (void)m;
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j;
-                    (void)bj;
+                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
+                    (void)bj; (void)bs;
                     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b = w_b[j];
                     const double v_t4 = v_x_w + v_b;
                     (void)v_x_w; (void)v_b; (void)v_t4;
                     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
-                    if (save && t == T - 1) s_t6[bj] = v_t6;
+                    if (save && t == T - 1) s_t6[bs] = v_t6;
                     const double v_h_new = v_t6;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -756,6 +793,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     const size_t LDS_g0 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
+    const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
@@ -764,7 +802,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
-    double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* [T,B,1*H] */
+    double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
     double *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
     double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
     double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
@@ -781,6 +819,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     (void)L_h_1; (void)dL_h_1;
     (void)d_h_new;
 
+    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
     (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
@@ -866,7 +905,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)t * B + b) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {
                 memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
@@ -879,8 +918,8 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                 const size_t ts = (size_t)t;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
-                double *s_h_prev = SL + (0 * (size_t)Teff + ts) * BH;  /* [B,H] h */
-                double *s_t6 = SL + (t < T - 1 ? 0 * (size_t)Teff + ts + 1 : 1 * (size_t)Teff + ts) * BH;  /* [B,H] sigmoid(t5): the saved h_prev of the next step */
+                double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+                double *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
         (void)s_h_prev; (void)s_t6;
 
 
@@ -900,8 +939,8 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                     if (m) {
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j;
-                            (void)bj;
+                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
+                            (void)bj; (void)bs;
                             const double a_h = dL_h_1[bj] + dy[r * H + j];
                             double a0 = 0.0;
                             double a1 = 0.0;
@@ -910,27 +949,25 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                             double g_t6 = 0.0;
                             double g_h_new = a_h;
                             g_t6 += g_h_new;
-                            g_t5 += g_t6 * (s_t6[bj] * (1.0 - s_t6[bj]));
+                            g_t5 += g_t6 * (s_t6[bs] * (1.0 - s_t6[bs]));
                             a1 += g_t5;
                             g_h_prev_u += g_t5;
-                            dS_g0[((size_t)t * B + b) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
                             double g_x_w = 0.0;
                             double g_b = 0.0;
                             double g_t4 = a1;
                             g_x_w += g_t4;
                             g_b += g_t4;
                             db_b[j] += g_b;
-                            dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
                             dL_h_1[bj] = a0;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j;
-                            (void)bj;
+                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
+                            (void)bj; (void)bs;
                             dL_h_1[bj] += dy[r * H + j];
                         }
-                        memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
                     }
                 }
 
@@ -938,46 +975,67 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)t * B + b0) * LDS_g0, LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
                 for (int b = b0; b < b1; b++)
                     memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
             /* Weight gradients: one GEMM over all steps reached per group (and one for x @ W).
-             * In the batch split two threads split the steps and each adds up its half into a
-             * buffer of its own (thread 1 uses forward's packed panels, not needed in backward);
-             * then each adds both halves to its units.  (Split by columns, each thread packs all
-             * of the other operand: at T*B = 3200, H = 256 a GEMM on 2 threads took 1.3 ms
-             * against 0.95 split by steps; training 2-6% faster at B = 32.  At B = 1 splitting
-             * the steps was 17% slower.)  Otherwise the threads split the columns: their units'
-             * in the unit split, a share in the batch split with more than two threads. */
+             * In the batch split two threads split the samples (each its own, whose rows it
+             * wrote) and each adds up its half into a buffer of its own (thread 1 uses forward's
+             * packed panels, not needed in backward); then each adds both halves to its units.
+             * (Split by columns, each thread packs all of the other operand: at T*B = 3200,
+             * H = 256 a GEMM on 2 threads took 1.3 ms against 0.95 split by rows; training 2-6%
+             * faster at B = 32.  At B = 1 splitting the rows was 17% slower.)  Otherwise the
+             * threads split the columns: their units' in the unit split, a share in the batch
+             * split with more than two threads. */
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a step split, Pf_g0) = A^T @ B over the rows this thread takes */
+            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+                 * thread takes; where rows are b*T + t and the first t0 steps are left out, one
+                 * GEMM per sample */
                 double *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = (T - t0) * B;
+                const int each = t0 > 0;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : B * T;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share((T - t0) * B, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
                     rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-                if (c1 > c0 && k1 > k0)
-                    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, k1 - k0, 1, SL + (0 * (size_t)T + t0) * BH + (size_t)k0 * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + (size_t)k0 * LDS_g0 + c0, (int)(LDS_g0), 0, part + c0, (int)(LDS_g0));
-                else if (ksplit)   /* no rows for this thread: its half is zero */
+                int done = 0;
+                for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
+                    const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
+                    const int K = each ? T - t0 : k1 - k0;
+                    if (K > 0) {
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        done = 1;
+                    }
+                }
+                if (!done && ksplit)   /* no rows for this thread: its half is zero */
                     memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(double));
             }
 
-            {   /* dWcat (or, for thread 1 of a step split, Pw) = A^T @ B over the rows this thread takes */
+            {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
+                 * thread takes; where rows are b*T + t and the first t0 steps are left out, one
+                 * GEMM per sample */
                 double *part = ksplit && tid == 1 ? Pw : dWcat;
-                int c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = B * T;
+                const int each = 0;
+                int c0 = NW * j0, c1 = NW * j1, k0 = 0, k1 = each ? B : B * T;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDXW), rnngen_share(B * T, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDXW), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
                     rnngen_share((int)(LDXW), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
-                if (c1 > c0 && k1 > k0)
-                    RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, c1 - c0, k1 - k0, 1, x + (size_t)k0 * D, D, dXW + (size_t)k0 * LDXW + c0, (int)(LDXW), 0, part + c0, (int)(LDXW));
-                else if (ksplit)   /* no rows for this thread: its half is zero */
+                int done = 0;
+                for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
+                    const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
+                    const int K = each ? T - t0 : k1 - k0;
+                    if (K > 0) {
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, D, c1 - c0, K, 1, x + k * D, D, dXW + k * LDXW + c0, (int)(LDXW), done, part + c0, (int)(LDXW));
+                        done = 1;
+                    }
+                }
+                if (!done && ksplit)   /* no rows for this thread: its half is zero */
                     memset(part, 0, (size_t)(D) * LDXW * sizeof(double));
             }
 

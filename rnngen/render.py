@@ -2,8 +2,10 @@
 
 The per-element math (forward values, reverse-mode partials, adjoint routing)
 is produced here once, as C statements that index buffers with ``b``, ``j``,
-``bj`` (= b*H + j), ``r`` (= b*T + t, a row of x and y), ``rx`` (the row of XW:
-r, or b where inference keeps one step of XW) and ``t``.
+``bj`` (= b*H + j), ``bs`` (the element of a saved value: b*T*H + j when
+training, whose saved values are laid out like x and y, b*H + j in inference),
+``r`` (= b*T + t, a row of x and y), ``rx`` (the row of XW: r, or b where
+inference keeps one step of XW) and ``t``.
 A dialect supplies only type names, literals and math function names, so a
 CUDA dialect reuses the same statements inside its own kernel frame and
 launch code.  Templates (``templates/*.j2``) hold the frame: signatures,
@@ -81,9 +83,33 @@ class CellMath:
             ir.assigns[st].args[0]: prev[st] for st in ir.states
             if ir.assigns[st].args[0] in self.slot_set and st in prev
             and ir.assigns[st].args[0] not in self.inference_slots}
+        self.xw_group = self._xw_alias_group()
         self.buf_set = set(ir.buffered)
         self._locals: dict = {}    # backward loop being built: adjoint in memory -> its local
         self._entry_inits: dict = {}   # assign node -> local holding its adjoint from the entry
+
+    def _xw_alias_group(self):
+        """The group whose dS equals dXW, column for column, or None.  That is so when
+        block k of x @ W and block k of the group's product are added into the same
+        pre-activation through nothing but sums (`sigmoid(x @ W + b + h @ U)`): the
+        adjoint of each is the adjoint of that sum.  Backward then writes dS only and
+        reads it as dXW (x @ W's gradient products take dS's rows, which are laid out
+        like x's, b*T + t)."""
+        ir = self.ir
+
+        def top(n):   # the sum that n reaches through sums it is added into once
+            while len(ir.users[n]) == 1:
+                u = ir.users[n][0]
+                if u.op != "add" or sum(a is n for a in u.args) != 1:
+                    break
+                n = u
+            return n
+
+        for g in ir.groups:
+            if len(g.matmuls) == len(ir.xprods) > 0 and all(
+                    top(mm) is top(xp) for mm, xp in zip(g.matmuls, ir.xprods)):
+                return g
+        return None
 
     # -- value access --------------------------------------------------------
     def root_adjoint(self, n):
@@ -120,7 +146,7 @@ class CellMath:
             return f"S_{g.name}[(size_t)b * LDS_{g.name} + OFF_{g.name} + {k} * nU + j]"
         if ir.phases[n] == loop:
             return f"v_{n.label}"
-        return f"s_{n.label}[bj]"
+        return f"s_{n.label}[bs]"
 
     def bwd_val(self, n: Node) -> str:
         if n.is_const:
@@ -131,7 +157,7 @@ class CellMath:
         if n.op == "started":   # backward keeps nreal as forward had it at this step
             return f"(nreal[b] >= {n.attr} ? {self.d.lit(1)} : {self.d.lit(0)})"
         assert n in self.slot_set, n
-        return f"s_{n.label}[bj]"
+        return f"s_{n.label}[bs]"
 
     def value_expr(self, n: Node, val) -> str:
         a = [val(x) for x in n.args]
@@ -216,7 +242,8 @@ class CellMath:
         for n in reversed(ir.hoisted):
             g = f"g_{n.label}"
             if n.op == "xprod":
-                out.append(f"dXW[(size_t)r * LDXW + OFFW + {self.xprod_index[n]} * nU + j] = {g};")
+                if self.xw_group is None:   # else dS holds it (see _xw_alias_group)
+                    out.append(f"dXW[(size_t)r * LDXW + OFFW + {self.xprod_index[n]} * nU + j] = {g};")
             elif n.op == "bias":
                 out.append(f"db_{n.attr}[j] += {g};")   # this thread's sum (see the template)
             else:
@@ -257,7 +284,7 @@ class CellMath:
         return out
 
     def _store(self, n: Node, value: str) -> str:
-        store = f"s_{n.label}[bj] = {value};"
+        store = f"s_{n.label}[bs] = {value};"
         if n in self.slot_alias:   # the other slot holds it at every step but the last
             return f"if (save && t == T - 1) {store}"
         return store if n in self.inference_slots else f"if (save) {store}"
@@ -303,7 +330,7 @@ class CellMath:
             g = f"g_{n.label}"
             if n.op == "matmul":
                 grp, k = ir.group_of(n)
-                out.append(f"dS_{grp.name}[((size_t)t * B + b) * LDS_{grp.name} + OFF_{grp.name}"
+                out.append(f"dS_{grp.name}[((size_t)b * DSB + (size_t)t * DST) * LDS_{grp.name} + OFF_{grp.name}"
                            f" + {k} * nU + j] = {g};")
                 continue
             for a, f in self.partials(n, self.bwd_val):

@@ -125,3 +125,55 @@ def test_failed_build_reports_compiler_output(tmp_path, monkeypatch):
         build.build_library("broken", "/* h */", "int f(void) { return undefined_name; }")
     d = next(tmp_path.iterdir())
     assert (d / "failed").exists() and not (d / "lock").exists()
+
+
+TWICE = """\
+name: Twice
+params: {}
+weights:
+  W: {shape: [input_dim, output_dim], init: glorot_uniform}
+  U: {shape: [output_dim, output_dim], init: orthogonal}
+state: [h]
+step: |
+  h = tanh(x @ W + h @ U + x @ W)
+output: h
+"""
+
+
+def twice_reference(W, x, mask):
+    Wx, U = W
+    h = np.zeros((x.shape[0], H))
+    ys = []
+    for t in range(x.shape[1]):
+        h = np.where(mask[:, t:t + 1], np.tanh(2 * x[:, t] @ Wx + h @ U), h)
+        ys.append(h)
+    return np.stack(ys, 1)
+
+
+@pytest.mark.parametrize("spec,same", [("odd", 1), ("mgu", 0), ("twice", 0)])
+def test_dxw_is_read_from_ds_only_where_the_adjoints_are_equal(tmp_path, spec, same):
+    """Odd's x @ W and h @ U are added into one sum (so dXW = dS: XW_IS_DS); MGU's
+    x @ W_f and x @ W_h go to products of two different operands, and Twice adds x @ W
+    in twice (its adjoint is twice dS): those keep dXW.  Twice's gradients, truncated,
+    against finite differences."""
+    from rnngen.layers import load_spec
+    from rnngen.pipeline import generate
+    path = ROOT / "examples" / "mgu.yaml" if spec == "mgu" else tmp_path / f"{spec}.yaml"
+    if spec != "mgu":
+        path.write_text({"odd": ODD, "twice": TWICE}[spec])
+    _, _, source = generate(load_spec(path))
+    assert f"#define XW_IS_DS {same}" in source
+    if spec != "twice":
+        return
+    rng = np.random.default_rng(1)
+    W = [rng.normal(scale=0.5, size=(D, H)), rng.normal(scale=0.5, size=(H, H))]
+    layer = rnngen.load_cell(path)(H, weights=W, return_sequences=True, dtype="float64",
+                                   truncate_gradient=T - 2)
+    x, mask = rng.normal(size=(B, T, D)), masks("holes")
+    np.testing.assert_allclose(layer(x, mask=mask), twice_reference(W, x, mask), rtol=1e-10)
+    dy = rng.normal(size=(B, T, H))
+    dy[:, :2] = 0   # truncated: only the last T - 2 steps' outputs count, through them only
+    dx = layer.backward(dy)
+    loss = lambda: float(np.sum(twice_reference(W, x, mask) * dy))  # noqa: E731
+    assert np.all(dx[:, :2] == 0)
+    np.testing.assert_allclose(dx[:, 2:], central_diff(loss, x)[:, 2:], rtol=1e-6, atol=1e-8)
