@@ -84,6 +84,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
      * s + b * LDSL + j, s = the slot's start + t * STEPSL */
+    const int lags_shared = save && !mask;   /* see the slot pointers of h[-k] */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
@@ -269,9 +270,9 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                 rnngen_pgemm_f32(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
             float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-            float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
+            float *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
             float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-            float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
+            float *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
             float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
             float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
     (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -288,8 +289,8 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     (void)bj; (void)bs;
                     s_h_prev[bs] = L_h_1[bj];
-                    s_h_lag2[bs] = L_h_2[bj];
-                    s_h_lag3[bs] = L_h_3[bj];
+                    if (!lags_shared) s_h_lag2[bs] = L_h_2[bj];
+                    if (!lags_shared) s_h_lag3[bs] = L_h_3[bj];
                 }
             }
 
@@ -376,6 +377,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
+    const int lags_shared = !mask;   /* forward saved h[-k] in the slot of h[-1] (training, no mask) */
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
@@ -567,9 +569,9 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
                 float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-                float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
+                float *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
                 float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-                float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
+                float *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
                 float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
                 float *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
         (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -700,12 +702,15 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(float));
             }
 
+            /* h_lag2: without a mask, the saved h_prev 1 step(s) earlier, zero in the first 1 (left out) */
+            const int tf_g1 = lags_shared && t0 < 1 ? 1 : t0;
+            const float *A_g1 = lags_shared ? SL + (0 * (size_t)T + tf_g1 - 1) * BH : SL + (2 * (size_t)T + tf_g1) * BH;
             {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
                 float *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
                 const int each = 0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g1) * B;
                 if (ksplit)
                     c0 = 0, c1 = (int)(LDS_g1), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
@@ -715,7 +720,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (2 * (size_t)T + t0) * BH + k * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g1 + k * H, H, dS_g1 + (size_t)tf_g1 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
                         done = 1;
                     }
                 }
@@ -723,12 +728,15 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(float));
             }
 
+            /* h_lag3: without a mask, the saved h_prev 2 step(s) earlier, zero in the first 2 (left out) */
+            const int tf_g2 = lags_shared && t0 < 2 ? 2 : t0;
+            const float *A_g2 = lags_shared ? SL + (0 * (size_t)T + tf_g2 - 2) * BH : SL + (4 * (size_t)T + tf_g2) * BH;
             {   /* dUcat_g2 (or, for thread 1 of a row split, Pf_g2) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
                 float *part = ksplit && tid == 1 ? Pf_g2 : dUcat_g2;
                 const int each = 0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g2) * B;
                 if (ksplit)
                     c0 = 0, c1 = (int)(LDS_g2), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
@@ -738,7 +746,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (4 * (size_t)T + t0) * BH + k * H, H, dS_g2 + (size_t)t0 * B * LDS_g2 + k * LDS_g2 + c0, (int)(LDS_g2), done, part + c0, (int)(LDS_g2));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g2 + k * H, H, dS_g2 + (size_t)tf_g2 * B * LDS_g2 + k * LDS_g2 + c0, (int)(LDS_g2), done, part + c0, (int)(LDS_g2));
                         done = 1;
                     }
                 }
@@ -862,6 +870,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
      * s + b * LDSL + j, s = the slot's start + t * STEPSL */
+    const int lags_shared = save && !mask;   /* see the slot pointers of h[-k] */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
@@ -1047,9 +1056,9 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                 rnngen_pgemm_f64(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
             double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-            double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
+            double *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
             double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-            double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
+            double *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
             double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
             double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
     (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -1066,8 +1075,8 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                     const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     (void)bj; (void)bs;
                     s_h_prev[bs] = L_h_1[bj];
-                    s_h_lag2[bs] = L_h_2[bj];
-                    s_h_lag3[bs] = L_h_3[bj];
+                    if (!lags_shared) s_h_lag2[bs] = L_h_2[bj];
+                    if (!lags_shared) s_h_lag3[bs] = L_h_3[bj];
                 }
             }
 
@@ -1154,6 +1163,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
+    const int lags_shared = !mask;   /* forward saved h[-k] in the slot of h[-1] (training, no mask) */
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
@@ -1345,9 +1355,9 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
                 double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-                double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
+                double *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
                 double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-                double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
+                double *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
                 double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
                 double *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
         (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -1478,12 +1488,15 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(double));
             }
 
+            /* h_lag2: without a mask, the saved h_prev 1 step(s) earlier, zero in the first 1 (left out) */
+            const int tf_g1 = lags_shared && t0 < 1 ? 1 : t0;
+            const double *A_g1 = lags_shared ? SL + (0 * (size_t)T + tf_g1 - 1) * BH : SL + (2 * (size_t)T + tf_g1) * BH;
             {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
                 double *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
                 const int each = 0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g1) * B;
                 if (ksplit)
                     c0 = 0, c1 = (int)(LDS_g1), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
@@ -1493,7 +1506,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (2 * (size_t)T + t0) * BH + k * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g1 + k * H, H, dS_g1 + (size_t)tf_g1 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
                         done = 1;
                     }
                 }
@@ -1501,12 +1514,15 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(double));
             }
 
+            /* h_lag3: without a mask, the saved h_prev 2 step(s) earlier, zero in the first 2 (left out) */
+            const int tf_g2 = lags_shared && t0 < 2 ? 2 : t0;
+            const double *A_g2 = lags_shared ? SL + (0 * (size_t)T + tf_g2 - 2) * BH : SL + (4 * (size_t)T + tf_g2) * BH;
             {   /* dUcat_g2 (or, for thread 1 of a row split, Pf_g2) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
                 double *part = ksplit && tid == 1 ? Pf_g2 : dUcat_g2;
                 const int each = 0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g2) * B;
                 if (ksplit)
                     c0 = 0, c1 = (int)(LDS_g2), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
@@ -1516,7 +1532,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (4 * (size_t)T + t0) * BH + k * H, H, dS_g2 + (size_t)t0 * B * LDS_g2 + k * LDS_g2 + c0, (int)(LDS_g2), done, part + c0, (int)(LDS_g2));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g2 + k * H, H, dS_g2 + (size_t)tf_g2 * B * LDS_g2 + k * LDS_g2 + c0, (int)(LDS_g2), done, part + c0, (int)(LDS_g2));
                         done = 1;
                     }
                 }

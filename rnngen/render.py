@@ -84,6 +84,13 @@ class CellMath:
             if ir.assigns[st].args[0] in self.slot_set and st in prev
             and ir.assigns[st].args[0] not in self.inference_slots}
         self.xw_group = self._xw_alias_group()
+        # Without a mask every step is real, so a lag slot (h[-k], k >= 2) at step t holds
+        # what the slot of h[-1] holds at step t - k + 1 (zero, as at step 0, before
+        # that): training without a mask saves it once ("lags_shared" in the template).
+        # Slots laid out step by step only (one GEMM then covers the shifted rows).
+        self.lag_alias = {} if self.xw_group is not None else {
+            n: (prev[n.attr[0]], n.attr[1]) for n in ir.slots
+            if n.op == "state" and n.attr[1] >= 2 and n.attr[0] in prev}
         self.buf_set = set(ir.buffered)
         self._locals: dict = {}    # backward loop being built: adjoint in memory -> its local
         self._entry_inits: dict = {}   # assign node -> local holding its adjoint from the entry
@@ -287,7 +294,9 @@ class CellMath:
         store = f"s_{n.label}[bs] = {value};"
         if n in self.slot_alias:   # the other slot holds it at every step but the last
             return f"if (save && t == T - 1) {store}"
-        return store if n in self.inference_slots else f"if (save) {store}"
+        cond = ([] if n in self.inference_slots else ["save"]) + (
+            ["!lags_shared"] if n in self.lag_alias else [])
+        return f"if ({' && '.join(cond)}) {store}" if cond else store
 
     def update(self):
         """Masked register update, in the last loop: a padded step keeps every state."""

@@ -70,13 +70,17 @@ def test_gradients_match_finite_differences(name, mask_kind, return_sequences, t
         assert np.all(dx[:, :T - truncate] == 0)
 
 
-@pytest.mark.parametrize("name,unsaved", [("SimpleRNN", 1), ("SimpleDeepRNN", 1), ("GRU", 0)])
-def test_a_state_s_new_value_is_saved_at_the_last_step_only(name, unsaved):
+@pytest.mark.parametrize("name,mask_kind,unsaved", [
+    ("SimpleRNN", "holes", (T - 1, 0)), ("SimpleDeepRNN", "holes", (T - 1, 0)),
+    ("SimpleDeepRNN", "none", (T - 1, 2 * T)), ("GRU", "none", (0, 0))])
+def test_values_saved_elsewhere_are_not_saved_twice(name, mask_kind, unsaved):
     """SimpleRNN's h = sigmoid(...) is the h_prev its next step saves anyway: forward
-    writes that slot at the last step only, and backward never reads the rest of it
-    (NaN left there would reach the gradients).  GRU's new h is not a saved value."""
+    writes that slot at the last step only.  Without a mask, SimpleDeepRNN's h[-2] and
+    h[-3] are the h_prev of one and two steps before: their slots are not written at
+    all.  Backward never reads what was not written (NaN left there would reach the
+    gradients).  GRU has neither."""
     x, W = random_problem(name, seed=5)
-    mask = masks("holes")
+    mask = masks(mask_kind)
     B = x.shape[0]
     layer = make_layer(name, W, return_sequences=True)
     layer(x, mask=mask)
@@ -84,7 +88,7 @@ def test_a_state_s_new_value_is_saved_at_the_last_step_only(name, unsaved):
     save[:] = np.nan
     layer(x, mask=mask)   # reuses the buffer
     assert layer._last[2] is save
-    assert np.isnan(save).sum() == unsaved * (T - 1) * B * H
+    assert np.isnan(save).sum() == sum(unsaved) * B * H
     dy = np.random.default_rng(6).normal(size=(B, T, H))
     dx = layer.backward(dy)
     fdx, fdW = reference_grads(name, ref.DEFAULTS[name], W, x, mask, dy, -1)
