@@ -439,10 +439,8 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                             a1 += g_t5;
                             g_h_prev_u += g_t5;
                             dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
-                            float g_x_w = 0.0f;
                             float g_b = 0.0f;
                             float g_t4 = a1;
-                            g_x_w += g_t4;
                             g_b += g_t4;
                             db_b[j] += g_b;
                             dL_h_1[bj] = a0;
@@ -953,10 +951,8 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                             a1 += g_t5;
                             g_h_prev_u += g_t5;
                             dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
-                            double g_x_w = 0.0;
                             double g_b = 0.0;
                             double g_t4 = a1;
-                            g_x_w += g_t4;
                             g_b += g_t4;
                             db_b[j] += g_b;
                             dL_h_1[bj] = a0;

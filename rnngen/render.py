@@ -243,19 +243,22 @@ class CellMath:
     def _hoisted_partials(self):
         ir, d = self.ir, self.d
         out = []
+        # x @ W's adjoints are not needed where dS holds them (see _xw_alias_group)
+        skip = (lambda n: n.op == "xprod") if self.xw_group is not None else (lambda n: False)
         for n in ir.hoisted:
             init = self.root_adjoint(n) if n in self.root_index else d.lit(0)
-            out.append(f"{d.ctype} g_{n.label} = {init};")
+            if not skip(n):
+                out.append(f"{d.ctype} g_{n.label} = {init};")
         for n in reversed(ir.hoisted):
             g = f"g_{n.label}"
             if n.op == "xprod":
-                if self.xw_group is None:   # else dS holds it (see _xw_alias_group)
+                if not skip(n):
                     out.append(f"dXW[(size_t)r * LDXW + OFFW + {self.xprod_index[n]} * nU + j] = {g};")
             elif n.op == "bias":
                 out.append(f"db_{n.attr}[j] += {g};")   # this thread's sum (see the template)
             else:
                 for a, f in self.partials(n, self.hoisted_local):
-                    if not a.is_const:
+                    if not a.is_const and not skip(a):
                         out.append(f"g_{a.label} += {self.times(g, f)};")
         return out
 
