@@ -168,12 +168,13 @@ BIG_B = 25   # >= 8 rows per thread for up to 3 threads: the batch split
 
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("truncate", [-1, 2])
-def test_batch_split_agrees_with_one_thread(name, truncate):
+@pytest.mark.parametrize("masked", [True, False])   # no mask: h[-k] shares h_prev's slot
+def test_batch_split_agrees_with_one_thread(name, truncate, masked):
     rng = np.random.default_rng(17)
     Tt = 6
     x = rng.normal(size=(BIG_B, Tt, D))
     dy = rng.normal(size=(BIG_B, Tt, H))
-    mask = rng.random((BIG_B, Tt)) > 0.25
+    mask = rng.random((BIG_B, Tt)) > 0.25 if masked else None
     p = dict(ref.DEFAULTS[name])
     W = [rng.normal(scale=0.3, size=s) for s in ref.weight_shapes(name, D, H)]
     y_ref, _ = ref.run(name, p, W, x, mask)
