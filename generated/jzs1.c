@@ -419,7 +419,7 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
-    float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
     (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
     const float slices = save[SAVE_LAYOUT(T, B, H)];
@@ -726,9 +726,10 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
                 for (int b = b0; b < b1; b++)
                     memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
             /* Weight gradients: one GEMM over all steps reached per group (and one for x @ W).
-             * In the batch split two threads split the samples (each its own, whose rows it
-             * wrote) and each adds up its half into a buffer of its own (thread 1 uses forward's
-             * packed panels, not needed in backward); then each adds both halves to its units.
+             * In the batch split two threads split the rows (laid out b*T + t: each its own
+             * samples; t*B + b: half the steps each) and each adds up its half into a buffer
+             * of its own (thread 1 uses forward's packed panels, not needed in backward); then
+             * each adds both halves to its units.
              * (Split by columns, each thread packs all of the other operand: at T*B = 3200,
              * H = 256 a GEMM on 2 threads took 1.3 ms against 0.95 split by rows; training 2-6%
              * faster at B = 32.  At B = 1 splitting the rows was 17% slower.)  Otherwise the
@@ -1255,7 +1256,7 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
     (void)d_h_new;
 
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
-    double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* [NSLOT, T, B, H] per-step values */
+    double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
     (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
     const double slices = save[SAVE_LAYOUT(T, B, H)];
@@ -1562,9 +1563,10 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
                 for (int b = b0; b < b1; b++)
                     memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));
             /* Weight gradients: one GEMM over all steps reached per group (and one for x @ W).
-             * In the batch split two threads split the samples (each its own, whose rows it
-             * wrote) and each adds up its half into a buffer of its own (thread 1 uses forward's
-             * packed panels, not needed in backward); then each adds both halves to its units.
+             * In the batch split two threads split the rows (laid out b*T + t: each its own
+             * samples; t*B + b: half the steps each) and each adds up its half into a buffer
+             * of its own (thread 1 uses forward's packed panels, not needed in backward); then
+             * each adds both halves to its units.
              * (Split by columns, each thread packs all of the other operand: at T*B = 3200,
              * H = 256 a GEMM on 2 threads took 1.3 ms against 0.95 split by rows; training 2-6%
              * faster at B = 32.  At B = 1 splitting the rows was 17% slower.)  Otherwise the

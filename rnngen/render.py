@@ -2,9 +2,8 @@
 
 The per-element math (forward values, reverse-mode partials, adjoint routing)
 is produced here once, as C statements that index buffers with ``b``, ``j``,
-``bj`` (= b*H + j), ``bs`` (the element of a saved value: b*T*H + j when
-training, whose saved values are laid out like x and y, b*H + j in inference),
-``r`` (= b*T + t, a row of x and y), ``rx`` (the row of XW: r, or b where
+``bj`` (= b*H + j), ``bs`` (= b*LDSL + j, an element of a saved value's step;
+see the template for the layouts), ``r`` (= b*T + t, a row of x and y), ``rx`` (the row of XW: r, or b where
 inference keeps one step of XW) and ``t``.
 A dialect supplies only type names, literals and math function names, so a
 CUDA dialect reuses the same statements inside its own kernel frame and
