@@ -38,7 +38,7 @@ int rnngen_jzs2_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (st) return st;
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 1);   /* the saved values, then forward's layout note */
+    *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 2);   /* the saved values, then forward's two notes */
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H;
@@ -168,8 +168,12 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
         float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g1; (void)Pb_t_g1;
 
-        if (save && tid == 0)   /* the layout of XW, for backward: its number of slices */
+        if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
+                                   * whether there was a mask (without one the saved values
+                                   * are laid out otherwise: see lags_shared) */
             save[SAVE_LAYOUT(T, B, H)] = (float)lnt;
+            save[SAVE_LAYOUT(T, B, H) + 1] = mask ? 1 : 0;
+        }
         float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
             {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
@@ -432,6 +436,9 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
     const float slices = save[SAVE_LAYOUT(T, B, H)];
     if (!(slices >= 1 && slices <= RNNGEN_MAX_THREADS && slices == (int)slices)) return RNNGEN_ESAVE;
+    const float masked = save[SAVE_LAYOUT(T, B, H) + 1];
+    if (masked != 0 && masked != 1) return RNNGEN_ESAVE;
+    if (masked != (mask ? 1 : 0)) return RNNGEN_EMASK;
     const int split = slices == 1;   /* one slice: any team can share the samples out */
     int team_ok = 1;
     rnngen_blas_serial();
@@ -1007,8 +1014,12 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
         double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
         (void)Pf_t_g1; (void)Pb_t_g1;
 
-        if (save && tid == 0)   /* the layout of XW, for backward: its number of slices */
+        if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
+                                   * whether there was a mask (without one the saved values
+                                   * are laid out otherwise: see lags_shared) */
             save[SAVE_LAYOUT(T, B, H)] = (double)lnt;
+            save[SAVE_LAYOUT(T, B, H) + 1] = mask ? 1 : 0;
+        }
         double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
             {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
@@ -1271,6 +1282,9 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
     const double slices = save[SAVE_LAYOUT(T, B, H)];
     if (!(slices >= 1 && slices <= RNNGEN_MAX_THREADS && slices == (int)slices)) return RNNGEN_ESAVE;
+    const double masked = save[SAVE_LAYOUT(T, B, H) + 1];
+    if (masked != 0 && masked != 1) return RNNGEN_ESAVE;
+    if (masked != (mask ? 1 : 0)) return RNNGEN_EMASK;
     const int split = slices == 1;   /* one slice: any team can share the samples out */
     int team_ok = 1;
     rnngen_blas_serial();

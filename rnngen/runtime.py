@@ -24,6 +24,8 @@ STATUS = {
     -5: "OpenMP started fewer threads for backward than forward laid its saved values out "
         "for; run forward again with the threads available now",
     -6: "the saved values were not written by this cell's forward",
+    -7: "backward got a mask where its forward had none, or none where it had one; pass "
+        "backward the mask of its forward",
 }
 DTYPES = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("double", "_f64")}
 

@@ -11,7 +11,8 @@ enum rnngen_status {
     RNNGEN_ETOOBIG = -3,   /* sizes overflow the BLAS's 32-bit integers */
     RNNGEN_ETRUNC = -4,    /* truncate_gradient is 0 or below -1 */
     RNNGEN_ETEAM = -5,     /* backward got fewer threads than forward laid its values out for */
-    RNNGEN_ESAVE = -6      /* the save buffer does not hold what forward writes */
+    RNNGEN_ESAVE = -6,     /* the save buffer does not hold what forward writes */
+    RNNGEN_EMASK = -7      /* backward got a mask and its forward none, or the reverse */
 };
 /* cdef-end */
 

@@ -222,10 +222,31 @@ def test_saved_values_not_from_forward_are_refused():
     x = np.random.default_rng(0).normal(size=(B, T, D))
     y = layer.forward(x)
     save = layer._last[2]
-    for bad in (0.0, 1.5, 65.0, np.nan):
-        save[-1] = bad   # where forward notes its layout
-        with pytest.raises(KernelError, match="not written by this cell's forward"):
-            layer.backward(np.ones_like(y))
+    for at, bads in ((-2, (0.0, 1.5, 65.0, np.nan)), (-1, (0.5, 2.0, np.nan))):
+        old = save[at]
+        for bad in bads:   # where forward notes its layout (-2) and whether it had a mask
+            save[at] = bad
+            with pytest.raises(KernelError, match="not written by this cell's forward"):
+                layer.backward(np.ones_like(y))
+        save[at] = old
+
+
+@pytest.mark.parametrize("name", ["SimpleDeepRNN", "GRU"])
+def test_backward_without_its_forward_s_mask_is_an_error(name):
+    """Without a mask SimpleDeepRNN saves h[-2] and h[-3] in h_prev's slot (and a padded
+    step is absent): backward must know whether forward had one."""
+    from rnngen.errors import KernelError
+    layer = getattr(layers, name)(H, input_dim=D, return_sequences=True, dtype="float64",
+                                  seed=0)
+    x = np.random.default_rng(0).normal(size=(B, T, D))
+    mask = _mask().astype(np.uint8)
+    for fwd, bwd in ((mask, None), (None, mask)):
+        layer.forward(x, fwd)
+        kernel = layer._kernel
+        xx, _, save, weights = layer._last
+        with pytest.raises(KernelError, match="pass backward the mask of its forward"):
+            kernel.backward(xx, bwd, weights, save, np.ones((B, T, H)), -1)
+        layer.backward(np.ones((B, T, H)))   # with forward's own mask: fine
 
 
 def test_a_smaller_team_for_backward_than_forward_is_an_error(tmp_path):
