@@ -29,7 +29,8 @@
 #define NVEC 3     /* vector weights (biases) */
 /* bytes of packed weights every thread reads each step in the batch split */
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
-/* where in save forward notes the layout of XW (its number of slices) */
+/* where in save forward notes the layout of XW (its number of slices); the next element
+ * notes whether it had a mask */
 #define SAVE_LAYOUT(T, B, H) (KEEP_XW * (size_t)(B) * (size_t)(T) * NW * (size_t)(H) + (size_t)NSLOT * (size_t)(T) * (size_t)(B) * (size_t)(H))
 
 int rnngen_gru_sizes(int T, int B, int D, int H, long long *save_size, long long *work_size)

@@ -28,7 +28,8 @@
 #define NVEC 1     /* vector weights (biases) */
 /* bytes of packed weights every thread reads each step in the batch split */
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
-/* where in save forward notes the layout of XW (its number of slices) */
+/* where in save forward notes the layout of XW (its number of slices); the next element
+ * notes whether it had a mask */
 #define SAVE_LAYOUT(T, B, H) (KEEP_XW * (size_t)(B) * (size_t)(T) * NW * (size_t)(H) + (size_t)NSLOT * (size_t)(T) * (size_t)(B) * (size_t)(H))
 
 int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size, long long *work_size)
@@ -712,7 +713,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
 
             /* h_lag2: without a mask, the saved h_prev 1 step(s) earlier, zero in the first 1 (left out) */
             const int tf_g1 = lags_shared && t0 < 1 ? 1 : t0;
-            const float *A_g1 = lags_shared ? SL + (0 * (size_t)T + tf_g1 - 1) * BH : SL + (2 * (size_t)T + tf_g1) * BH;
+            const float *A_g1 = SL + (lags_shared ? 0 * (size_t)T + tf_g1 - 1 : 2 * (size_t)T + tf_g1) * BH;
             {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
@@ -738,7 +739,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
 
             /* h_lag3: without a mask, the saved h_prev 2 step(s) earlier, zero in the first 2 (left out) */
             const int tf_g2 = lags_shared && t0 < 2 ? 2 : t0;
-            const float *A_g2 = lags_shared ? SL + (0 * (size_t)T + tf_g2 - 2) * BH : SL + (4 * (size_t)T + tf_g2) * BH;
+            const float *A_g2 = SL + (lags_shared ? 0 * (size_t)T + tf_g2 - 2 : 4 * (size_t)T + tf_g2) * BH;
             {   /* dUcat_g2 (or, for thread 1 of a row split, Pf_g2) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
@@ -1506,7 +1507,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
 
             /* h_lag2: without a mask, the saved h_prev 1 step(s) earlier, zero in the first 1 (left out) */
             const int tf_g1 = lags_shared && t0 < 1 ? 1 : t0;
-            const double *A_g1 = lags_shared ? SL + (0 * (size_t)T + tf_g1 - 1) * BH : SL + (2 * (size_t)T + tf_g1) * BH;
+            const double *A_g1 = SL + (lags_shared ? 0 * (size_t)T + tf_g1 - 1 : 2 * (size_t)T + tf_g1) * BH;
             {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
@@ -1532,7 +1533,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
 
             /* h_lag3: without a mask, the saved h_prev 2 step(s) earlier, zero in the first 2 (left out) */
             const int tf_g2 = lags_shared && t0 < 2 ? 2 : t0;
-            const double *A_g2 = lags_shared ? SL + (0 * (size_t)T + tf_g2 - 2) * BH : SL + (4 * (size_t)T + tf_g2) * BH;
+            const double *A_g2 = SL + (lags_shared ? 0 * (size_t)T + tf_g2 - 2 : 4 * (size_t)T + tf_g2) * BH;
             {   /* dUcat_g2 (or, for thread 1 of a row split, Pf_g2) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */

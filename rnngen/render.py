@@ -2,9 +2,9 @@
 
 The per-element math (forward values, reverse-mode partials, adjoint routing)
 is produced here once, as C statements that index buffers with ``b``, ``j``,
-``bj`` (= b*H + j), ``bs`` (= b*LDSL + j, an element of a saved value's step;
-see the template for the layouts), ``r`` (= b*T + t, a row of x and y), ``rx`` (the row of XW: r, or b where
-inference keeps one step of XW) and ``t``.
+``bj`` (= b*H + j), ``bs`` (= b*LDSL + j, in a saved value's step; the template
+has the layouts), ``r`` (= b*T + t, a row of x and y), ``rx`` (the row of XW: r,
+or b where inference keeps one step of XW) and ``t``.
 A dialect supplies only type names, literals and math function names, so a
 CUDA dialect reuses the same statements inside its own kernel frame and
 launch code.  Templates (``templates/*.j2``) hold the frame: signatures,
@@ -243,7 +243,8 @@ class CellMath:
         ir, d = self.ir, self.d
         out = []
         # x @ W's adjoints are not needed where dS holds them (see _xw_alias_group)
-        skip = (lambda n: n.op == "xprod") if self.xw_group is not None else (lambda n: False)
+        in_ds = self.xw_group is not None
+        skip = lambda n: in_ds and n.op == "xprod"  # noqa: E731
         for n in ir.hoisted:
             init = self.root_adjoint(n) if n in self.root_index else d.lit(0)
             if not skip(n):
