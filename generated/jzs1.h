@@ -3,8 +3,8 @@
  * Parameters: activation=tanh, inner_activation=sigmoid.
  * Shapes: T steps, B samples, D = input_dim, H = output_dim; x is [B,T,D], y [B,T,H].
  * Every function returns RNNGEN_OK (0) or a negative rnngen_status. */
-#ifndef RNNGEN_JZS1_H
-#define RNNGEN_JZS1_H
+#ifndef RNNGEN_CELL_JZS1_H
+#define RNNGEN_CELL_JZS1_H
 #include "rnngen_runtime.h"
 
 /* Sizes, in elements of the chosen dtype, of the buffer forward saves for

@@ -16,7 +16,7 @@ from .build import build_library, runtime_header
 from .ir import CellIR, compute_ir
 from .render import render_c
 from .runtime import Kernel
-from .spec import CellSpec, load_spec
+from .spec import CellSpec, is_identifier, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -28,11 +28,20 @@ _threads = 0     # 0: OpenMP's count
 
 
 def source_name(spec: CellSpec) -> str:
-    p = Path(spec.path).resolve()
+    """How the banner of the generated sources names the spec file: ``specs/<stem>.yaml``
+    for a built-in spec, ``<stem>.yaml`` for another whose stem is an identifier, else
+    ``a spec file``.  Only text that passed the identifier whitelist reaches generated
+    code: a directory or file name may hold anything, `*/` and backslash-newlines
+    included, and a path pasted into a C comment could close it."""
+    p = Path(spec.path)
+    stem, suffix = p.stem, p.suffix
+    if not is_identifier(stem) or suffix not in (".yaml", ".yml"):
+        return "a spec file"
     try:
-        return str(p.relative_to(ROOT))
-    except ValueError:
-        return p.name
+        builtin = p.resolve().parent == SPECS.resolve()
+    except (OSError, RuntimeError):
+        builtin = False
+    return f"specs/{stem}{suffix}" if builtin else f"{stem}{suffix}"
 
 
 def generate(spec: CellSpec, params: Optional[dict] = None) -> tuple[CellIR, str, str]:

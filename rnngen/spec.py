@@ -29,7 +29,14 @@ ALLOWED_SHAPES = {("input_dim", "output_dim"): "input matrix",
                   ("output_dim",): "vector"}
 # Names the equations may use that the spec does not declare.
 RESERVED = {"x", "input_dim", "output_dim", "sum", "started"} | set(FUNCTIONS)
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
+# \Z, not $: $ also matches before a trailing newline
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
+
+
+def is_identifier(s: object) -> bool:
+    """Whether s is a plain ASCII identifier: the whitelist for any text from a spec, a
+    file name or a path that may appear in generated code."""
+    return isinstance(s, str) and _IDENT.match(s) is not None
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
             problems.append((1, f"missing required key {key!r}"))
 
     name = _scalar(top["name"], problems, "name") if "name" in top else None
-    if name is not None and not _IDENT.match(name):
+    if name is not None and not is_identifier(name):
         problems.append((_line(top["name"]), f"name {name!r} must be an identifier "
                                              "(letters, digits, underscore)"))
     doc = (_scalar(top["doc"], problems, "doc") if "doc" in top else "") or ""
@@ -160,7 +167,7 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
     if "params" in top:
         for pname, knode, vnode in _mapping(top["params"], problems, "params"):
             line = _line(knode)
-            if not _IDENT.match(pname) or pname in RESERVED:
+            if not is_identifier(pname) or pname in RESERVED:
                 problems.append((line, f"parameter name {pname!r} is not allowed "
                                        "(reserved or not an identifier)"))
                 continue
@@ -197,7 +204,7 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
             problems.append((_line(top["weights"]), "weights: declare at least one weight"))
         for wname, knode, vnode in wmap:
             line = _line(knode)
-            if not _IDENT.match(wname) or wname in RESERVED or wname in pkinds:
+            if not is_identifier(wname) or wname in RESERVED or wname in pkinds:
                 problems.append((line, f"weight name {wname!r} is not allowed "
                                        "(reserved, a parameter, or not an identifier)"))
                 continue
@@ -272,7 +279,7 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
             s = _scalar(it, problems, "a state name")
             if s is None:
                 continue
-            if not _IDENT.match(s) or s in RESERVED or s in pkinds or s in wnames:
+            if not is_identifier(s) or s in RESERVED or s in pkinds or s in wnames:
                 problems.append((_line(it), f"state name {s!r} is not allowed (reserved, "
                                             "a parameter or weight, or not an identifier)"))
             elif s in states:
