@@ -7,7 +7,8 @@ class SpecError(ValueError):
 
     def __init__(self, path: str, problems: list[tuple[int, str]]):
         self.path = str(path)
-        self.problems = sorted(problems, key=lambda p: p[0])
+        # the same problem found twice (a bad term in each step of a sum) is listed once
+        self.problems = sorted(dict.fromkeys(problems), key=lambda p: p[0])
         lines = [f"{self.path}:{line}: {msg}" if line else f"{self.path}: {msg}"
                  for line, msg in self.problems]
         n = len(self.problems)
@@ -21,3 +22,8 @@ class BuildError(RuntimeError):
 
 class KernelError(RuntimeError):
     """A generated C entry point returned a non-zero status."""
+
+
+class DeviceError(RuntimeError):
+    """A backend cannot run here: no NVIDIA driver, no CUDA device, no cuBLAS or no nvcc
+    for ``backend="cuda"``.  The message says which and what to install."""

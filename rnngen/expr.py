@@ -12,12 +12,46 @@ continue while a parenthesis is open), ``#`` starts a comment::
 
 ``@`` is a matrix product and binds like ``*`` (as in Python).  ``h[-k]`` is a
 lag subscript on a state, ``U[k]`` an element of a weight family.
+
+Every spec is parsed and lowered in bounded time and memory: the limits below are
+checked before the work they bound (the parser's recursion, a sum()'s expansion),
+and a spec beyond one gets a SpecError saying which limit and where.
 """
 from __future__ import annotations
 
+import math
 import re
+import struct
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
+
+# -- limits on equations (README, "Spec format") ---------------------------------------
+MAX_NESTING = 32         # parentheses, calls and subscripts inside each other
+MAX_SUM_TERMS = 1024     # terms one sum() expands to
+MAX_OPERATIONS = 10_000  # operands, operators and calls of all equations, sums expanded
+MAX_LAG = 64             # k in h[-k]
+MAX_PHASES = 64          # products in a row (h @ U ... @ V), each needs the one before
+FLT_MAX = 3.4028234663852886e38   # largest float32
+FLT_MIN = 1.1754943508222875e-38  # smallest normal float32
+
+
+def constant_problem(v: float) -> Optional[str]:
+    """Why v cannot be a constant of a cell (compiled as float32 and float64), or None.
+    Nonzero constants below float32's normal range are refused rather than rounded:
+    they would flush to zero (or lose precision) in the float32 kernels only."""
+    if not math.isfinite(v):
+        return f"constant {v} is not finite"
+    try:
+        f32 = struct.unpack("f", struct.pack("f", v))[0]
+    except OverflowError:
+        f32 = math.inf
+    if math.isinf(f32):
+        return (f"constant {v!r} does not fit in float32: constants must lie within "
+                f"+-{FLT_MAX:.8g}")
+    if v != 0 and abs(f32) < FLT_MIN:
+        return (f"constant {v!r} is too small for float32: a nonzero constant must be at "
+                f"least {FLT_MIN:.8g} in magnitude (write 0 for zero)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -125,6 +159,16 @@ class _Parser:
     def __init__(self, toks):
         self.toks = toks
         self.i = 0
+        self.depth = 0     # parentheses, calls and subscripts open at this point
+
+    def enter(self, line):
+        """Open one more level of nesting; refuse beyond MAX_NESTING, before the parser
+        (which recurses once per level) could run out of stack."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _ParseError(line, f"expression nested too deeply: at most {MAX_NESTING} "
+                                    "parentheses, calls and subscripts may be open inside "
+                                    "each other; split it into several equations")
 
     def peek(self):
         return self.toks[self.i]
@@ -169,41 +213,52 @@ class _Parser:
         return left
 
     def unary(self):
-        t = self.peek()
-        if t[0] == "op" and t[1] == "-":
-            self.next()
-            arg = self.unary()
-            if isinstance(arg, Num):
-                return Num(-arg.value, t[2])
-            return Neg(arg, t[2])
-        if t[0] == "op" and t[1] == "+":
-            self.next()
-            return self.unary()
-        return self.postfix()
+        """Leading signs, read in a loop: an even number of minus signs cancels exactly
+        (-(-v) is v in floating point), so at most one Neg is built however many."""
+        negative, first = False, self.peek()
+        while self.peek()[0] == "op" and self.peek()[1] in ("-", "+"):
+            if self.next()[1] == "-":
+                negative = not negative
+        arg = self.postfix()
+        if not negative:
+            return arg
+        if isinstance(arg, Num):
+            return Num(-arg.value, first[2])
+        return Neg(arg, first[2])
 
     def postfix(self):
         t = self.next()
         if t[0] == "num":
-            return Num(float(t[1]), t[2])
+            value = float(t[1])
+            problem = constant_problem(value)
+            if problem:
+                raise _ParseError(t[2], f"{problem} (written {_short(t[1])})")
+            return Num(value, t[2])
         if t[0] == "name":
             nxt = self.peek()
             if nxt[1] == "(" and nxt[0] == "op":
                 self.next()
+                self.enter(nxt[2])
                 args = [self.expr()]
                 while self.peek()[1] == ",":
                     self.next()
                     args.append(self.expr())
                 self.expect(")", f"')' closing the call of {t[1]}")
+                self.depth -= 1
                 return Call(t[1], tuple(args), t[2])
             if nxt[1] == "[" and nxt[0] == "op":
                 self.next()
+                self.enter(nxt[2])
                 idx = self.expr()
                 self.expect("]", f"']' closing the subscript of {t[1]}")
+                self.depth -= 1
                 return Subscript(t[1], idx, t[2])
             return Name(t[1], t[2])
         if t[0] == "op" and t[1] == "(":
+            self.enter(t[2])
             e = self.expr()
             self.expect(")", "')'")
+            self.depth -= 1
             return e
         got = "end of line" if t[0] == "nl" else repr(t[1])
         raise _ParseError(t[2], f"expected a name, number or '(', got {got}")
@@ -228,6 +283,7 @@ def parse_equations(text: str, first_line: int, problems: list) -> list[Equation
             p.skip_line()
             continue
         start = p.i
+        p.depth = 0
         try:
             eqs.append(p.statement())
         except _ParseError as e:
@@ -237,18 +293,24 @@ def parse_equations(text: str, first_line: int, problems: list) -> list[Equation
     return eqs
 
 
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else f"{text[:n // 2]}...{text[-n // 2:]} ({len(text)} characters)"
+
+
 def names_in(e: Expr):
-    """Every Name / Subscript base / Call name in ``e`` (for dependency checks)."""
-    if isinstance(e, Name):
-        yield e
-    elif isinstance(e, BinOp):
-        yield from names_in(e.left)
-        yield from names_in(e.right)
-    elif isinstance(e, Neg):
-        yield from names_in(e.arg)
-    elif isinstance(e, Call):
-        for a in e.args:
-            yield from names_in(a)
-    elif isinstance(e, Subscript):
-        yield Name(e.name, e.line)
-        yield from names_in(e.index)
+    """Every Name / Subscript base in ``e``, left to right (for dependency checks).
+    Walked with a stack: a chain of a thousand ``+`` is a tree a thousand deep."""
+    stack = [e]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, Name):
+            yield e
+        elif isinstance(e, BinOp):
+            stack += (e.right, e.left)
+        elif isinstance(e, Neg):
+            stack.append(e.arg)
+        elif isinstance(e, Call):
+            stack.extend(reversed(e.args))
+        elif isinstance(e, Subscript):
+            yield Name(e.name, e.line)
+            stack.append(e.index)

@@ -28,7 +28,8 @@ from typing import Optional
 from . import expr as E
 from .errors import SpecError
 from .functions import ACTIVATIONS, FUNCTIONS, check_activation
-from .spec import CellSpec
+from .spec import (MAX_INT_PARAM, MAX_LAG, MAX_OPERATIONS, MAX_PHASES, MAX_SUM_TERMS,
+                   CellSpec)
 
 GENERATOR_VERSION = "0.1.0"
 
@@ -136,6 +137,8 @@ class _Lowering:
         self.weight_order: list[str] = []
         self.used_weights: set = set()
         self.lags = {s: 1 for s in spec.states}
+        self.operations = 0          # lowered so far, sums expanded (MAX_OPERATIONS)
+        self.products: dict = {}     # node id -> products in a row up to it (MAX_PHASES)
 
     # -- node construction (hash-consed) ------------------------------------
     def node(self, op, args=(), attr=None):
@@ -146,10 +149,29 @@ class _Lowering:
         n = Node(len(self.nodes), op, tuple(args), attr, varying)
         self.nodes.append(n)
         self.cache[key] = n
+        self.products[n.id] = max((self.products[a.id] for a in args), default=0) \
+            + (op == "matmul")
         return n
 
-    def const(self, v):
-        return self.node("const", (), float(v))
+    def const(self, v, line):
+        """A constant node; a value that float32 cannot hold (a folded ``1e30 * 1e30``,
+        a sum index far out) is a problem on ``line``."""
+        try:
+            v = float(v)
+        except OverflowError:
+            v = float("inf")
+        problem = E.constant_problem(v)
+        if problem:
+            self.err(line, f"{problem} (computed from the constants here)")
+        return self.node("const", (), v)
+
+    def count(self, line):
+        """One more operation lowered; past MAX_OPERATIONS the whole spec stops."""
+        self.operations += 1
+        if self.operations > MAX_OPERATIONS:
+            raise _TooBig(line, f"the equations are too large: more than {MAX_OPERATIONS} "
+                                "operations (names, numbers, operators and calls, with every "
+                                "sum() expanded); use fewer or shorter sums")
 
     def err(self, line, msg):
         self.problems.append((line, msg))
@@ -176,9 +198,13 @@ class _Lowering:
     # -- expressions -------------------------------------------------------------
     # A lowered value is one of ("x", None), ("vec", Node), ("int", int),
     # ("mat", Weight).
+    # Chains (a + b + ..., a * b @ U / c ...) are trees as deep as they are long; they are
+    # walked with loops, so only parentheses, calls and subscripts (at most MAX_NESTING,
+    # checked by the parser) make this recurse.
     def lower(self, e, env, loopvars):
+        self.count(e.line)
         if isinstance(e, E.Num):
-            return ("vec", self.const(e.value))
+            return ("vec", self.const(e.value, e.line))
         if isinstance(e, E.Name):
             return self.lower_name(e.id, e.line, env, loopvars)
         if isinstance(e, E.Subscript):
@@ -186,26 +212,42 @@ class _Lowering:
         if isinstance(e, E.Neg):
             v = self.vec(self.lower(e.arg, env, loopvars), e.line, "the operand of unary -")
             if v.is_const:
-                return ("vec", self.const(-v.attr))
+                return ("vec", self.const(-v.attr, e.line))
             return ("vec", self.node("neg", (v,)))
         if isinstance(e, E.BinOp):
             if e.op in "+-":
                 terms = []
                 self.sum_terms(e, 1, env, loopvars, terms)
-                return ("vec", self.build_sum(terms))
-            if e.op == "@":
-                return self.lower_matmul(e, env, loopvars)
-            a = self.vec(self.lower(e.left, env, loopvars), e.line, f"the left operand of {e.op}")
-            b = self.vec(self.lower(e.right, env, loopvars), e.line,
-                         f"the right operand of {e.op}")
-            if a.is_const and b.is_const:
-                if e.op == "/" and b.attr == 0:
-                    self.err(e.line, "division by the constant 0")
-                return ("vec", self.const(a.attr * b.attr if e.op == "*" else a.attr / b.attr))
-            return ("vec", self.node("mul" if e.op == "*" else "div", (a, b)))
+                return ("vec", self.build_sum(terms, e.line))
+            return self.lower_product(e, env, loopvars)
         if isinstance(e, E.Call):
             return self.lower_call(e, env, loopvars)
         raise TypeError(e)  # pragma: no cover
+
+    def lower_product(self, e, env, loopvars):
+        """A chain of * / @ (left-associative), from its innermost left operand out."""
+        spine = []
+        while isinstance(e, E.BinOp) and e.op in "*/@":
+            spine.append(e)
+            e = e.left
+        acc = self.lower(e, env, loopvars)
+        for b in reversed(spine):
+            if b is not spine[0]:   # lower() counted the outermost
+                self.count(b.line)
+            if b.op == "@":
+                acc = self.lower_matmul(b, acc, self.lower(b.right, env, loopvars))
+                continue
+            a = self.vec(acc, b.line, f"the left operand of {b.op}")
+            c = self.vec(self.lower(b.right, env, loopvars), b.line,
+                         f"the right operand of {b.op}")
+            if a.is_const and c.is_const:
+                if b.op == "/" and c.attr == 0:
+                    self.err(b.line, "division by the constant 0")
+                acc = ("vec", self.const(a.attr * c.attr if b.op == "*" else a.attr / c.attr,
+                                         b.line))
+            else:
+                acc = ("vec", self.node("mul" if b.op == "*" else "div", (a, c)))
+        return acc
 
     def vec(self, lowered, line, what):
         kind, val = lowered
@@ -218,7 +260,7 @@ class _Lowering:
             self.err(line, f"{what}: weight {val.name!r} has shape [{', '.join(val.shape)}] and "
                            "can only be the right operand of @")
         if kind == "int":
-            return self.const(val)
+            return self.const(val, line)
         raise TypeError(kind)  # pragma: no cover
 
     def lower_name(self, name, line, env, loopvars):
@@ -274,6 +316,9 @@ class _Lowering:
                 self.err(e.line, f"lag subscript {e.name}[{idx}] must be negative: "
                                  f"{e.name}[-1] is the previous step, {e.name}[-k] k real "
                                  "steps back")
+            if -idx > MAX_LAG:
+                self.err(e.line, f"lag subscript {e.name}[{idx}] reaches too far back: at "
+                                 f"most {MAX_LAG} steps ({e.name}[-{MAX_LAG}])")
             self.lags[e.name] = max(self.lags[e.name], -idx)
             return ("vec", self.node("state", (), (e.name, -idx)))
         if e.name in self.families:
@@ -285,9 +330,8 @@ class _Lowering:
         self.err(e.line, f"{e.name!r} cannot be subscripted: only states (lags, h[-2]) and "
                          "weight families (count:) can")
 
-    def lower_matmul(self, e, env, loopvars):
-        left = self.lower(e.left, env, loopvars)
-        right = self.lower(e.right, env, loopvars)
+    def lower_matmul(self, e, left, right):
+        """e is ``left @ right``, both operands lowered already."""
         if right[0] != "mat":
             self.err(e.line, "the right operand of @ must be a matrix weight")
         w = right[1]
@@ -304,13 +348,18 @@ class _Lowering:
                              f"[output_dim, output_dim], not [{', '.join(w.shape)}]")
         if a.is_const:
             self.err(e.line, f"the left operand of @ {w.name} is a constant")
-        return ("vec", self.node("matmul", (a,), w.name))
+        n = self.node("matmul", (a,), w.name)
+        if self.products[n.id] > MAX_PHASES:
+            self.err(e.line, f"too many matrix products in a row: this @ {w.name} needs "
+                             f"{self.products[n.id] - 1} others computed one after another "
+                             f"before it; at most {MAX_PHASES} in a row are allowed")
+        return ("vec", n)
 
     def lower_call(self, e, env, loopvars):
         if e.func == "sum":
             terms = []
             self.sum_terms(e, 1, env, loopvars, terms)
-            return ("vec", self.build_sum(terms))
+            return ("vec", self.build_sum(terms, e.line))
         if e.func == "started":
             if len(e.args) != 1 or not isinstance(e.args[0], E.Subscript) \
                     or e.args[0].name not in self.spec.states:
@@ -334,30 +383,40 @@ class _Lowering:
         return ("vec", self.node("call", (a,), fname))
 
     def sum_terms(self, e, sign, env, loopvars, out):
-        if isinstance(e, E.BinOp) and e.op in "+-":
-            self.sum_terms(e.left, sign, env, loopvars, out)
-            self.sum_terms(e.right, sign if e.op == "+" else -sign, env, loopvars, out)
-        elif isinstance(e, E.Call) and e.func == "sum":
-            if len(e.args) != 4 or not isinstance(e.args[0], E.Name):
-                self.err(e.line, "sum takes (k, first, last, expression), e.g. "
-                                 "sum(k, 1, depth, h[-k] @ U[k])")
-            var = e.args[0].id
-            if var in env or var in self.weights or var in loopvars or var == "x":
-                self.err(e.line, f"sum index {var!r} shadows another name")
-            lo = self.int_value(e.args[1], env, loopvars, "the first value of sum()")
-            hi = self.int_value(e.args[2], env, loopvars, "the last value of sum()")
-            if hi < lo:
-                self.err(e.line, f"sum() from {lo} to {hi} is empty")
-            for k in range(lo, hi + 1):
-                self.sum_terms(e.args[3], sign, env, dict(loopvars, **{var: k}), out)
-        else:   # keep going after a bad term, so every term's problems are reported
-            try:
-                out.append((sign, self.vec(self.lower(e, env, loopvars), e.line,
-                                           "a term of a sum")))
-            except _Abort:
-                out.append((sign, None))
+        """Append the (sign, node) terms of a sum, + - chains and sum() calls flattened,
+        left to right (a stack, not recursion: a chain is a tree as deep as it is long)."""
+        stack = [(e, sign, loopvars)]
+        while stack:
+            e, sign, loopvars = stack.pop()
+            if isinstance(e, E.BinOp) and e.op in "+-":
+                self.count(e.line)
+                stack.append((e.right, sign if e.op == "+" else -sign, loopvars))
+                stack.append((e.left, sign, loopvars))
+            elif isinstance(e, E.Call) and e.func == "sum":
+                self.count(e.line)
+                if len(e.args) != 4 or not isinstance(e.args[0], E.Name):
+                    self.err(e.line, "sum takes (k, first, last, expression), e.g. "
+                                     "sum(k, 1, depth, h[-k] @ U[k])")
+                var = e.args[0].id
+                if var in env or var in self.weights or var in loopvars or var == "x":
+                    self.err(e.line, f"sum index {var!r} shadows another name")
+                lo = self.int_value(e.args[1], env, loopvars, "the first value of sum()")
+                hi = self.int_value(e.args[2], env, loopvars, "the last value of sum()")
+                if hi < lo:
+                    self.err(e.line, f"sum() from {lo} to {hi} is empty")
+                if hi - lo + 1 > MAX_SUM_TERMS:
+                    self.err(e.line, f"sum() from {lo} to {hi} has {hi - lo + 1} terms; at "
+                                     f"most {MAX_SUM_TERMS} are allowed")
+                for k in range(hi, lo - 1, -1):   # popped first to last
+                    stack.append((e.args[3], sign, dict(loopvars, **{var: k})))
+            else:   # keep going after a bad term, so every term's problems are reported
+                try:
+                    out.append((sign, self.vec(self.lower(e, env, loopvars), e.line,
+                                               "a term of a sum")))
+                except _Abort:
+                    out.append((sign, None))
 
-    def build_sum(self, terms):
+    def build_sum(self, terms, line):
         """Fold a flat sum: constants first, then input-only terms, then step terms,
         so that the input-only part is one hoisted sub-expression."""
         if any(t is None for _, t in terms):
@@ -367,7 +426,7 @@ class _Lowering:
         ordered = [st for st in rest if not st[1].varying] + [st for st in rest if st[1].varying]
         acc = None
         if c != 0 or not ordered:
-            acc = self.const(c)
+            acc = self.const(c, line)
         for s, t in ordered:
             if acc is None:
                 acc = t if s > 0 else self.node("neg", (t,))
@@ -432,6 +491,9 @@ class _Lowering:
             try:
                 kind, val = self.lower(eq.expr, env, {})
                 val = self.vec((kind, val), eq.line, f"the value of {t}")
+            except _TooBig as e:   # stop here: the rest could take as long again
+                self.problems.append((e.line, str(e)))
+                raise SpecError(spec.path, self.problems) from None
             except _Abort:
                 assigned[t] = eq.line
                 self.poisoned.add(t)
@@ -463,6 +525,12 @@ class _Abort(Exception):
     pass
 
 
+class _TooBig(Exception):
+    def __init__(self, line, msg):
+        super().__init__(msg)
+        self.line = line
+
+
 def resolve_params(spec: CellSpec, values: Optional[dict] = None) -> dict:
     """Defaults overridden by ``values``; raise ValueError/TypeError on bad values."""
     values = dict(values or {})
@@ -475,8 +543,11 @@ def resolve_params(spec: CellSpec, values: Optional[dict] = None) -> dict:
             from .initializers import check_init
             v = check_init(v, p.name)
         else:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{p.name} must be an integer >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_INT_PARAM:
+                shown = repr(v) if not isinstance(v, int) or abs(v) < 10 ** 30 \
+                    else f"a {v.bit_length()}-bit integer"
+                raise ValueError(f"{p.name} must be an integer from 1 to {MAX_INT_PARAM}, "
+                                 f"got {shown}")
         out[p.name] = v
     if values:
         raise TypeError(f"{spec.name} has no parameter(s) {', '.join(map(repr, values))}; "

@@ -16,7 +16,8 @@ from typing import Optional, Union
 import yaml
 
 from .errors import SpecError
-from .expr import Equation, parse_equations
+from .expr import (FLT_MAX, FLT_MIN, MAX_LAG, MAX_NESTING, MAX_OPERATIONS,  # noqa: F401
+                   MAX_PHASES, MAX_SUM_TERMS, Equation, parse_equations)
 from .functions import ACTIVATIONS, FUNCTIONS, NOT_ELEMENTWISE
 from .initializers import INITS
 
@@ -29,6 +30,13 @@ ALLOWED_SHAPES = {("input_dim", "output_dim"): "input matrix",
                   ("output_dim",): "vector"}
 # Names the equations may use that the spec does not declare.
 RESERVED = {"x", "input_dim", "output_dim", "sum", "started"} | set(FUNCTIONS)
+# Limits on a spec (README, "Spec format"; those on equations are in expr.py).  Each
+# is checked before the work it bounds, so any text is rejected or loaded quickly.
+MAX_SPEC_CHARS = 1_000_000   # the file's text
+MAX_YAML_DEPTH = 20          # lists and mappings inside each other (a spec needs 4)
+MAX_COUNT = 256              # members of a weight family (count:)
+MAX_INT_PARAM = 256          # value of an integer parameter (default or given to a layer)
+MAX_ENTRIES = 1000           # parameters, weights, states, equations: of each at most this
 # \Z, not $: $ also matches before a trailing newline
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
 
@@ -83,26 +91,79 @@ class CellSpec:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
+class _TooMany(Exception):
+    def __init__(self, line, msg):
+        super().__init__(msg)
+        self.line = line
+
+
+class _TooDeep(yaml.YAMLError):
+    def __init__(self, mark):
+        super().__init__()
+        self.problem_mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing to nest lists and mappings deeper than
+    MAX_YAML_DEPTH: its composer recurses once per level (500 ``[`` raised
+    RecursionError)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _line(node) -> int:
     return node.start_mark.line + 1
+
+
+def _plain_value(text: str):
+    """What YAML makes of a plain (unquoted) scalar: int, float, bool, None or str."""
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError):
+        # an int of more than 4300 digits, which int() refuses to read: only its size
+        # matters (it is out of every range), and 10 ** (digits - 1) has that size
+        m = re.fullmatch(r"([-+]?)[0-9][0-9_]*", text)
+        if m:
+            return (-1 if m.group(1) == "-" else 1) * 10 ** (len(text.lstrip("+-").replace("_", "")) - 1)
+        return text
 
 
 def _scalar(node, problems, what, types=(str,)):
     if not isinstance(node, yaml.ScalarNode):
         problems.append((_line(node), f"{what} must be a single value, not a list or mapping"))
         return None
-    value = yaml.safe_load(node.value) if node.style is None else node.value
+    value = _plain_value(node.value) if node.style is None else node.value
     if not isinstance(value, types) or isinstance(value, bool):
         tn = " or ".join(t.__name__ for t in types)
-        problems.append((_line(node), f"{what} must be a {tn}, got {node.value!r}"))
+        problems.append((_line(node), f"{what} must be a {tn}, got {_short(node.value)}"))
         return None
     return value
+
+
+def _too_many(node, items, what):
+    """Refuse more than MAX_ENTRIES items at once (checks of each against the others
+    would take quadratic time)."""
+    if len(items) > MAX_ENTRIES:
+        raise _TooMany(_line(node), f"{what}: {len(items)} entries; at most {MAX_ENTRIES} "
+                                    "are allowed")
 
 
 def _mapping(node, problems, what):
     if not isinstance(node, yaml.MappingNode):
         problems.append((_line(node), f"{what} must be a mapping (key: value)"))
         return []
+    _too_many(node, node.value, what)
     seen = {}
     out = []
     for k, v in node.value:
@@ -111,11 +172,22 @@ def _mapping(node, problems, what):
             problems.append((_line(k), f"{what}: keys must be plain names"))
             continue
         if key in seen:
-            problems.append((_line(k), f"{what}: {key!r} given twice (first on line {seen[key]})"))
+            problems.append((_line(k), f"{what}: {_short(key)} given twice (first on line {seen[key]})"))
             continue
         seen[key] = _line(k)
         out.append((key, k, v))
     return out
+
+
+def _short(text: str, n: int = 60) -> str:
+    """repr(text), shortened in the middle when long (a message quotes it)."""
+    r = repr(text)
+    return r if len(r) <= n else f"{r[:n // 2]}...{r[-n // 2:]} ({len(text)} characters)"
+
+
+def _int_text(v: int) -> str:
+    """An integer for a message (str() refuses ints of more than 4300 digits)."""
+    return str(v) if abs(v) < 10 ** 30 else f"a {v.bit_length()}-bit integer"
 
 
 def _suggest(word, choices):
@@ -135,9 +207,20 @@ def load_spec(path: Union[str, Path]) -> CellSpec:
 
 
 def parse_spec(text: str, path: str = "<string>") -> CellSpec:
+    """Check a spec's text (``path`` names it in messages); raise SpecError listing
+    every problem."""
     problems: list[tuple[int, str]] = []
+    if len(text) > MAX_SPEC_CHARS:
+        raise SpecError(path, [(0, f"the spec has {len(text)} characters; at most "
+                                   f"{MAX_SPEC_CHARS} are allowed")])
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
+    except _TooDeep as e:
+        raise SpecError(path, [(e.problem_mark.line + 1, "YAML nested too deeply: at most "
+                                f"{MAX_YAML_DEPTH} lists and mappings may be inside each "
+                                "other (a spec needs 4)")]) from None
+    except RecursionError:   # not expected past the depth check; still a located answer
+        raise SpecError(path, [(0, "YAML nested too deeply to read")]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else 0
@@ -145,20 +228,27 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
     if root is None or not isinstance(root, yaml.MappingNode):
         raise SpecError(path, [(1, "a cell spec must be a YAML mapping with keys "
                                    + ", ".join(TOP_KEYS))])
+    try:
+        return _parse_root(root, text, path, problems)
+    except _TooMany as e:
+        raise SpecError(path, problems + [(e.line, str(e))]) from None
+
+
+def _parse_root(root, text: str, path: str, problems: list) -> CellSpec:
     top = {}
     for key, knode, vnode in _mapping(root, problems, "spec"):
         if key not in TOP_KEYS:
-            problems.append((_line(knode), f"unknown key {key!r}{_suggest(key, TOP_KEYS)}; "
+            problems.append((_line(knode), f"unknown key {_short(key)}{_suggest(key, TOP_KEYS)}; "
                                            f"allowed keys: {', '.join(TOP_KEYS)}"))
             continue
         top[key] = vnode
     for key in REQUIRED_KEYS:
         if key not in top:
-            problems.append((1, f"missing required key {key!r}"))
+            problems.append((1, f"missing required key {_short(key)}"))
 
     name = _scalar(top["name"], problems, "name") if "name" in top else None
     if name is not None and not is_identifier(name):
-        problems.append((_line(top["name"]), f"name {name!r} must be an identifier "
+        problems.append((_line(top["name"]), f"name {_short(name)} must be an identifier "
                                              "(letters, digits, underscore)"))
     doc = (_scalar(top["doc"], problems, "doc") if "doc" in top else "") or ""
 
@@ -168,16 +258,17 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
         for pname, knode, vnode in _mapping(top["params"], problems, "params"):
             line = _line(knode)
             if not is_identifier(pname) or pname in RESERVED:
-                problems.append((line, f"parameter name {pname!r} is not allowed "
+                problems.append((line, f"parameter name {_short(pname)} is not allowed "
                                        "(reserved or not an identifier)"))
                 continue
-            default = _scalar(vnode, problems, f"default of parameter {pname!r}", (str, int))
+            default = _scalar(vnode, problems, f"default of parameter {_short(pname)}", (str, int))
             if default is None:
                 continue
             if isinstance(default, int):
-                if default < 1:
-                    problems.append((line, f"integer parameter {pname!r} must default to "
-                                           f">= 1, got {default}"))
+                if not 1 <= default <= MAX_INT_PARAM:
+                    problems.append((line, f"integer parameter {_short(pname)} must default to an "
+                                           f"integer from 1 to {MAX_INT_PARAM}, got "
+                                           f"{_int_text(default)}"))
                     continue
                 kind = "int"
             elif default in ACTIVATIONS:
@@ -185,11 +276,11 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
             elif default in INITS:
                 kind = "init"
             elif default in NOT_ELEMENTWISE:
-                problems.append((line, f"parameter {pname!r}: {default!r} cannot be a recurrent "
+                problems.append((line, f"parameter {_short(pname)}: {_short(default)} cannot be a recurrent "
                                        f"activation ({NOT_ELEMENTWISE[default]})"))
                 continue
             else:
-                problems.append((line, f"parameter {pname!r}: default {default!r} is neither an "
+                problems.append((line, f"parameter {_short(pname)}: default {_short(default)} is neither an "
                                        f"activation ({', '.join(ACTIVATIONS)}), an init "
                                        f"({', '.join(INITS)}) nor an integer"))
                 continue
@@ -205,13 +296,13 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
         for wname, knode, vnode in wmap:
             line = _line(knode)
             if not is_identifier(wname) or wname in RESERVED or wname in pkinds:
-                problems.append((line, f"weight name {wname!r} is not allowed "
+                problems.append((line, f"weight name {_short(wname)} is not allowed "
                                        "(reserved, a parameter, or not an identifier)"))
                 continue
             fields = {}
-            for key, fk, fv in _mapping(vnode, problems, f"weight {wname!r}"):
+            for key, fk, fv in _mapping(vnode, problems, f"weight {_short(wname)}"):
                 if key not in WEIGHT_KEYS:
-                    problems.append((_line(fk), f"weight {wname!r}: unknown key {key!r}"
+                    problems.append((_line(fk), f"weight {_short(wname)}: unknown key {_short(key)}"
                                                 f"{_suggest(key, WEIGHT_KEYS)}; allowed keys: "
                                                 f"{', '.join(WEIGHT_KEYS)}"))
                 else:
@@ -219,47 +310,48 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
             ok = True
             shape = None
             if "shape" not in fields:
-                problems.append((line, f"weight {wname!r}: missing 'shape' (e.g. "
+                problems.append((line, f"weight {_short(wname)}: missing 'shape' (e.g. "
                                        "[input_dim, output_dim])"))
                 ok = False
             else:
                 sn = fields["shape"]
                 if not isinstance(sn, yaml.SequenceNode) or not all(
                         isinstance(d, yaml.ScalarNode) for d in sn.value):
-                    problems.append((_line(sn), f"weight {wname!r}: shape must be a list such "
+                    problems.append((_line(sn), f"weight {_short(wname)}: shape must be a list such "
                                                 "as [input_dim, output_dim]"))
                     ok = False
                 else:
                     shape = tuple(d.value for d in sn.value)
                     if shape not in ALLOWED_SHAPES:
-                        problems.append((_line(sn), f"weight {wname!r}: unsupported shape "
+                        problems.append((_line(sn), f"weight {_short(wname)}: unsupported shape "
                                                     f"[{', '.join(shape)}]; allowed: "
                                                     "[input_dim, output_dim], "
                                                     "[output_dim, output_dim], [output_dim]"))
                         ok = False
             init = None
             if "init" not in fields:
-                problems.append((line, f"weight {wname!r}: missing 'init' (an init name such as "
+                problems.append((line, f"weight {_short(wname)}: missing 'init' (an init name such as "
                                        "zero, or the name of an init parameter)"))
                 ok = False
             else:
-                init = _scalar(fields["init"], problems, f"init of weight {wname!r}")
+                init = _scalar(fields["init"], problems, f"init of weight {_short(wname)}")
                 if init is not None and init not in INITS and pkinds.get(init) != "init":
                     problems.append((_line(fields["init"]),
-                                     f"weight {wname!r}: init {init!r} is neither an init "
+                                     f"weight {_short(wname)}: init {_short(init)} is neither an init "
                                      f"parameter ({', '.join(k for k, v in pkinds.items() if v == 'init') or 'none declared'}) "
                                      f"nor an init name ({', '.join(INITS)})"))
                     ok = False
             count = None
             if "count" in fields:
-                count = _scalar(fields["count"], problems, f"count of weight {wname!r}", (int, str))
-                if isinstance(count, int) and count < 1:
-                    problems.append((_line(fields["count"]), f"weight {wname!r}: count must be "
-                                                             ">= 1"))
+                count = _scalar(fields["count"], problems, f"count of weight {_short(wname)}", (int, str))
+                if isinstance(count, int) and not 1 <= count <= MAX_COUNT:
+                    problems.append((_line(fields["count"]),
+                                     f"weight {_short(wname)}: count must be an integer from 1 to "
+                                     f"{MAX_COUNT}, got {_int_text(count)}"))
                     ok = False
                 elif isinstance(count, str) and pkinds.get(count) != "int":
                     problems.append((_line(fields["count"]),
-                                     f"weight {wname!r}: count {count!r} must be an integer or "
+                                     f"weight {_short(wname)}: count {_short(count)} must be an integer or "
                                      "the name of an integer parameter"))
                     ok = False
             if ok and init is not None:
@@ -274,18 +366,21 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
         if items is None:
             problems.append((_line(sn), "state must be a name or a list of names, e.g. [h, c]"))
             items = []
+        _too_many(sn, items, "state")
         wnames = {w.name for w in weights}
+        seen_states = set()
         for it in items:
             s = _scalar(it, problems, "a state name")
             if s is None:
                 continue
             if not is_identifier(s) or s in RESERVED or s in pkinds or s in wnames:
-                problems.append((_line(it), f"state name {s!r} is not allowed (reserved, "
+                problems.append((_line(it), f"state name {_short(s)} is not allowed (reserved, "
                                             "a parameter or weight, or not an identifier)"))
-            elif s in states:
-                problems.append((_line(it), f"state {s!r} listed twice"))
+            elif s in seen_states:
+                problems.append((_line(it), f"state {_short(s)} listed twice"))
             else:
                 states.append(s)
+                seen_states.add(s)
         if not items:
             problems.append((_line(sn), "declare at least one state vector"))
 
@@ -293,7 +388,7 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
     if "output" in top:
         output = _scalar(top["output"], problems, "output")
         if output is not None and output not in states:
-            problems.append((_line(top["output"]), f"output {output!r} must be one of the "
+            problems.append((_line(top["output"]), f"output {_short(output)} must be one of the "
                                                    f"states ({', '.join(states)})"))
 
     equations = []
@@ -304,6 +399,9 @@ def parse_spec(text: str, path: str = "<string>") -> CellSpec:
             first = sn.start_mark.line + (2 if sn.style in ("|", ">") else 1)
             before = len(problems)
             equations = parse_equations(body, first, problems)
+            if len(equations) > MAX_ENTRIES:
+                problems.append((_line(sn), f"step: {len(equations)} equations; at most "
+                                            f"{MAX_ENTRIES} are allowed"))
             if not equations and len(problems) == before:
                 problems.append((_line(sn), "step: no equations"))
 
