@@ -64,10 +64,10 @@ def runtime_header() -> str:
     return (TEMPLATES / "rnngen_runtime.h").read_text()
 
 
-def build_key(name: str, header: str, source: str) -> str:
+def build_key(name: str, header: str, source: str, key_extra: tuple = ()) -> str:
     h = hashlib.sha256()
     for part in (header, source, runtime_header(), compiler_id(), " ".join(CFLAGS + LDFLAGS),
-                 *blas_paths(), sys.platform):
+                 *blas_paths(), sys.platform, *key_extra):
         h.update(part.encode())
         h.update(b"\0")
     return f"{name}-{h.hexdigest()[:20]}"
@@ -82,9 +82,15 @@ def compile_command(src: Path, out: Path, include: Path, shared: bool = True) ->
             f"-I{inc}", f"-L{libdir}", f"-l{lib}", f"-Wl,-rpath,{libdir}", "-lm"]
 
 
-def build_library(name: str, header: str, source: str) -> Path:
-    """Return the path of the compiled library for these sources, building it once."""
-    key = build_key(name, header, source)
+def build_library(name: str, header: str, source: str, *, suffix: str = ".c",
+                  command=None, key_extra: tuple = ()) -> Path:
+    """Return the path of the compiled library for these sources, building it once.
+
+    ``suffix``: the source file's extension; ``command(src, out, include)``: the compiler
+    call (default :func:`compile_command`); ``key_extra``: strings that also affect the
+    binary (another compiler's version, target architectures), added to the cache key."""
+    command = command or compile_command
+    key = build_key(name, header, source, tuple(key_extra))
     d = cache_dir() / key
     lib = d / f"lib{name}.so"
     done, failed, lock = d / "done", d / "failed", d / "lock"
@@ -100,11 +106,11 @@ def build_library(name: str, header: str, source: str) -> Path:
     try:
         failed.unlink(missing_ok=True)
         (d / f"{name}.h").write_text(header)
-        (d / f"{name}.c").write_text(source)
+        (d / f"{name}{suffix}").write_text(source)
         (d / "rnngen_runtime.h").write_text(runtime_header())
         with tempfile.NamedTemporaryFile(dir=d, suffix=".so", delete=False) as tmp:
             tmp_path = Path(tmp.name)
-        cmd = compile_command(d / f"{name}.c", tmp_path, d)
+        cmd = command(d / f"{name}{suffix}", tmp_path, d)
         try:
             res = subprocess.run(cmd, capture_output=True, text=True)
         except OSError as e:

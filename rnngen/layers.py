@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .backends import get_backend
 from .initializers import check_init, initialize
 from .ir import resolve_params
 from .pipeline import SPECS, builtin_specs, compile_cell
@@ -59,6 +60,9 @@ class Recurrent:
         a = dict(bound.arguments)
         self.output_dim = _check_pos_int(a.pop("output_dim"), "output_dim")
         self.dtype = _check_dtype(a.pop("dtype"))
+        be = get_backend(a.pop("backend"))
+        be.check()     # no GPU, driver or cuBLAS for backend="cuda": say so now
+        self.backend = be.name
         seed = a.pop("seed")
         self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         tg = a.pop("truncate_gradient")
@@ -123,7 +127,7 @@ class Recurrent:
 
     def build(self, input_dim: int) -> None:
         self.input_dim = _check_pos_int(input_dim, "input_dim")
-        self._kernel = compile_cell(self.spec, self._code_params)
+        self._kernel = compile_cell(self.spec, self._code_params, self.backend)
         ws = []
         for w in self._kernel.ir.weights:
             init = self.params.get(w.init, w.init)
@@ -167,7 +171,7 @@ class Recurrent:
         cfg.update(self.params)
         cfg.update(truncate_gradient=self.truncate_gradient,
                    return_sequences=self.return_sequences, input_dim=self.input_dim,
-                   input_length=self.input_length, dtype=self.dtype)
+                   input_length=self.input_length, dtype=self.dtype, backend=self.backend)
         if not _is_builtin(self.spec):
             cfg["spec_path"] = str(Path(self.spec.path).resolve())
         return cfg
@@ -275,7 +279,8 @@ class Recurrent:
 
     def __repr__(self):
         return (f"{type(self).__name__}(output_dim={self.output_dim}, input_dim={self.input_dim}, "
-                f"return_sequences={self.return_sequences}, dtype={self.dtype!r})")
+                f"return_sequences={self.return_sequences}, dtype={self.dtype!r}"
+                + (f", backend={self.backend!r})" if self.backend != "c" else ")"))
 
 
 def _signature(spec: CellSpec) -> inspect.Signature:
@@ -288,7 +293,8 @@ def _signature(spec: CellSpec) -> inspect.Signature:
                P("input_dim", P.POSITIONAL_OR_KEYWORD, default=None),
                P("input_length", P.POSITIONAL_OR_KEYWORD, default=None),
                P("dtype", P.KEYWORD_ONLY, default="float32"),
-               P("seed", P.KEYWORD_ONLY, default=None)]
+               P("seed", P.KEYWORD_ONLY, default=None),
+               P("backend", P.KEYWORD_ONLY, default="c")]
     return inspect.Signature(params)
 
 

@@ -1,10 +1,11 @@
-"""The whole chain, stage by stage: spec -> IR -> C sources -> library -> kernel.
+"""The whole chain, stage by stage: spec -> IR -> sources -> library -> kernel.
 
-    load_spec (spec.py) -> compute_ir (ir.py) -> render_c (render.py)
-        -> build_library (build.py) -> Kernel (runtime.py)
+    load_spec (spec.py) -> compute_ir (ir.py) -> render_c / render_cuda (render.py)
+        -> build_library (build.py) -> Kernel / CudaKernel (runtime.py)
 
-``make`` and the layers both go through :func:`compile_cell`; nothing else
-reaches across stages.
+The backend (backends.py: c, cuda, cuda-emulated) picks the render function,
+the compile command and the kernel class.  ``make`` and the layers both go
+through :func:`compile_cell`; nothing else reaches across stages.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from .backends import get_backend
 from .build import build_library, runtime_header
 from .ir import CellIR, compute_ir
-from .render import render_c
+from .render import render_c, render_cuda
 from .runtime import Kernel
 from .spec import CellSpec, is_identifier, load_spec
 
@@ -44,22 +46,27 @@ def source_name(spec: CellSpec) -> str:
     return f"specs/{stem}{suffix}" if builtin else f"{stem}{suffix}"
 
 
-def generate(spec: CellSpec, params: Optional[dict] = None) -> tuple[CellIR, str, str]:
+def generate(spec: CellSpec, params: Optional[dict] = None,
+             backend: str = "c") -> tuple[CellIR, str, str]:
     """(ir, header, source) for a spec and parameter values (defaults where missing)."""
     ir = compute_ir(spec, params)
-    header, source = render_c(ir, source_name(spec))
+    header, source = get_backend(backend).render(ir, source_name(spec))
     return ir, header, source
 
 
-def compile_cell(spec: CellSpec, params: Optional[dict] = None) -> Kernel:
-    """The loaded kernel for ``spec`` with ``params``; built at most once per process."""
-    ir, header, source = generate(spec, params)
-    key = (spec.digest, tuple(sorted(ir.params.items())), source)
+def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "c") -> Kernel:
+    """The loaded kernel for ``spec`` with ``params`` on ``backend``; built at most once
+    per process.  A backend that cannot run here raises DeviceError before anything else."""
+    be = get_backend(backend)
+    be.check()
+    ir, header, source = generate(spec, params, be.name)
+    key = (be.name, spec.digest, tuple(sorted(ir.params.items())), source)
     with _lock:
         k = _kernels.get(key)
         if k is None:
-            lib = build_library(ir.name, header, source)
-            k = _kernels[key] = Kernel(ir, lib, runtime_header(), header)
+            lib = build_library(be.library_name(ir), header, source, suffix=be.suffix,
+                                command=be.command, key_extra=be.key_extra())
+            k = _kernels[key] = be.kernel(ir, lib, runtime_header(), header)
             k.set_threads(_threads)
     return k
 
@@ -101,16 +108,23 @@ def write_if_changed(path: Path, text: str) -> bool:
 def stale_generated(files: dict[Path, str]) -> tuple[list[Path], list[Path]]:
     """(files in generated/ that differ from ``files`` or are missing, files not in ``files``)."""
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
-    extra = [p for p in GENERATED.glob("*.[ch]") if p not in files]
+    extra = [p for p in GENERATED.iterdir() if p.suffix in (".c", ".h", ".cu")
+             and p not in files]
     return stale, extra
 
 
 def generated_files() -> dict[Path, str]:
-    """What generated/ must contain: every spec in specs/ with default parameters."""
+    """What generated/ must contain: every spec in specs/ with default parameters, for
+    the C backend (<cell>.c, <cell>.h) and the CUDA backend (<cell>.cu, <cell>_cuda.h)."""
     out = {}
     for p in builtin_specs():
         spec = load_spec(p)
-        ir, header, source = generate(spec)
+        ir = compute_ir(spec)
+        name = source_name(spec)
+        header, source = render_c(ir, name)
         out[GENERATED / f"{ir.name}.h"] = header
         out[GENERATED / f"{ir.name}.c"] = source
+        header, source = render_cuda(ir, name)
+        out[GENERATED / f"{ir.name}_cuda.h"] = header
+        out[GENERATED / f"{ir.name}.cu"] = source
     return out

@@ -55,6 +55,11 @@ C_F32 = Dialect("c", "float", "_f32", "f", "f", "RNNGEN_GEMM_F32",
                 (("exp", "rnngen_expf"), ("tanh", "rnngen_tanhf")))
 C_F64 = Dialect("c", "double", "_f64", "", "", "RNNGEN_GEMM_F64")
 C_DIALECTS = (C_F32, C_F64)
+# CUDA's device math library has expf, tanhf, log1pf, ... and the runtime header the
+# NaN-propagating rnngen_max/rnngen_min: the statements are the C backend's
+CUDA_F32 = Dialect("cuda", "float", "_f32", "f", "f", "")
+CUDA_F64 = Dialect("cuda", "double", "_f64", "", "", "")
+CUDA_DIALECTS = (CUDA_F32, CUDA_F64)
 
 
 class CellMath:
@@ -474,14 +479,27 @@ def template_files():
     return sorted(p for p in TEMPLATES.iterdir() if p.is_file())
 
 
+def _context(ir: CellIR, source_name: str, dialects, header: str) -> dict:
+    return dict(ir=ir, version=GENERATOR_VERSION, source=source_name,
+                spec_digest=ir.spec.digest[:16], describe=describe,
+                dialects=[(d, CellMath(ir, d)) for d in dialects],
+                prefix=f"rnngen_{ir.name}", header=header,
+                code_params=", ".join(f"{p.name}={ir.params[p.name]}" for p in ir.spec.params
+                                      if p.kind != "init") or "none")
+
+
 def render_c(ir: CellIR, source_name: str) -> tuple[str, str]:
-    """Return (header text, C source text) for the cell."""
+    """Return (header text, C source text) for the cell: <name>.h and <name>.c."""
     env = _env()
-    ctx = dict(ir=ir, version=GENERATOR_VERSION, source=source_name,
-               spec_digest=ir.spec.digest[:16], describe=describe,
-               dialects=[(d, CellMath(ir, d)) for d in C_DIALECTS],
-               prefix=f"rnngen_{ir.name}",
-               header=f"{ir.name}.h",
-               code_params=", ".join(f"{p.name}={ir.params[p.name]}" for p in ir.spec.params
-                                     if p.kind != "init") or "none")
+    ctx = _context(ir, source_name, C_DIALECTS, f"{ir.name}.h")
     return env.get_template("cell.h.j2").render(**ctx), env.get_template("cell.c.j2").render(**ctx)
+
+
+def render_cuda(ir: CellIR, source_name: str) -> tuple[str, str]:
+    """Return (header text, CUDA source text) for the cell: <name>_cuda.h and <name>.cu.
+    The same source compiles with nvcc for a GPU and, as C++ with -DRNNGEN_CUDA_EMULATION,
+    on the CPU (templates/rnngen_cuda_emu.h)."""
+    env = _env()
+    ctx = _context(ir, source_name, CUDA_DIALECTS, f"{ir.name}_cuda.h")
+    return (env.get_template("cell.cuh.j2").render(**ctx),
+            env.get_template("cell.cu.j2").render(**ctx))

@@ -2,7 +2,9 @@
 
 The cffi declarations are cut from the very header the C code includes
 (runtime header between its cdef markers, then the cell header without
-preprocessor lines), so they cannot drift apart.
+preprocessor lines), so they cannot drift apart.  :class:`Kernel` calls the C
+backend's library on numpy arrays; :class:`CudaKernel` the CUDA backend's (on a
+GPU, or its host emulation), copying numpy arrays to device memory and back.
 """
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ STATUS = {
     -6: "the saved values were not written by this cell's forward",
     -7: "backward got a mask where its forward had none, or none where it had one; pass "
         "backward the mask of its forward",
+    -8: "a CUDA call failed",
+    -9: "a cuBLAS call failed",
 }
+ECUDA, ECUBLAS = -8, -9
 DTYPES = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("double", "_f64")}
 
 
@@ -124,3 +129,102 @@ class Kernel:
             *[p(w) for w in weights], p(save), p(dy), p(dx), *[p(g) for g in grads], p(work))
         self._check(st, "backward")
         return dx, grads
+
+
+class DeviceBuffer:
+    """Device memory from a CUDA library (host memory in its emulation), freed with it."""
+
+    def __init__(self, kernel: "CudaKernel", nbytes: int):
+        pp = kernel.ffi.new("void **")
+        kernel._check(kernel._fn("cuda_alloc")(max(int(nbytes), 1), pp), "cuda_alloc")
+        self.ptr = kernel.ffi.gc(pp[0], kernel._fn("cuda_free"))
+        self.nbytes = int(nbytes)
+
+
+class CudaKernel(Kernel):
+    """The compiled forward/backward of one cell on the CUDA backend.  Numpy arrays in and
+    out: inputs are copied to device memory, results back; what forward saves for
+    backward stays on the device (a :class:`DeviceBuffer`)."""
+
+    def __init__(self, ir: CellIR, lib_path, runtime_header: str, cell_header: str):
+        super().__init__(ir, lib_path, runtime_header, cell_header)
+        self._check(self._fn("cuda_init")(), "cuda_init")
+
+    def _fn(self, name):
+        return getattr(self.lib, f"{self.prefix}_{name}")
+
+    def set_threads(self, n: int) -> None:
+        """The GPU's threads are not set by the user; the count is checked only."""
+        if n < 0:
+            raise ValueError(f"the number of threads must be 0 (automatic) or positive, got {n}")
+
+    def _check(self, status: int, what: str):
+        if status in (ECUDA, ECUBLAS):
+            detail = self.ffi.string(self._fn("cuda_error")()).decode("ascii", "replace")
+            raise KernelError(f"{self.ir.spec.name} {what}: {STATUS[status]}: {detail} "
+                              f"(status {status})")
+        super()._check(status, what)
+
+    def _device(self, role: str, nbytes: int) -> DeviceBuffer:
+        """A device buffer for ``role`` kept between calls (one set per calling thread)."""
+        bufs = self._local.__dict__.setdefault("dev", {})
+        buf = bufs.get(role)
+        if buf is None or buf.nbytes < nbytes:
+            buf = bufs[role] = DeviceBuffer(self, nbytes)
+        return buf
+
+    def _upload(self, role: str, arr: Optional[np.ndarray]):
+        if arr is None:
+            return self.ffi.NULL
+        arr = np.ascontiguousarray(arr)
+        buf = self._device(role, arr.nbytes)
+        self._check(self._fn("cuda_copy")(buf.ptr, self.ffi.from_buffer(arr), arr.nbytes, 1),
+                    "copy to the device")
+        return buf.ptr
+
+    def _download(self, arr: np.ndarray, ptr) -> np.ndarray:
+        self._check(self._fn("cuda_copy")(self.ffi.from_buffer(arr), ptr, arr.nbytes, 0),
+                    "copy from the device")
+        return arr
+
+    def forward(self, x, mask, weights, H, training: bool, save=None, out=None):
+        B, T, D = x.shape
+        _, sfx = DTYPES[x.dtype]
+        n_save, n_work = self.sizes(T, B, D, H)
+        itemsize = x.dtype.itemsize
+        y = _fit(out, (B, T, H), x.dtype)
+        if not training:
+            save = None
+        elif not (isinstance(save, DeviceBuffer) and save.nbytes == n_save * itemsize):
+            save = DeviceBuffer(self, n_save * itemsize)
+        ws = [self._upload(f"w{i}", w) for i, w in enumerate(weights)]
+        dy_ = self._device("y", y.nbytes)
+        st = self._fn(f"forward{sfx}")(
+            self.ffi.NULL, T, B, D, H, self._upload("x", x), self._upload("mask", mask), *ws,
+            dy_.ptr, save.ptr if save is not None else self.ffi.NULL,
+            self._device("work", n_work * itemsize).ptr)
+        self._check(st, "forward")
+        return self._download(y, dy_.ptr), save
+
+    def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None):
+        B, T, D = x.shape
+        H = dy.shape[2]
+        _, sfx = DTYPES[x.dtype]
+        _, n_work = self.sizes(T, B, D, H)
+        if not isinstance(save, DeviceBuffer):
+            raise TypeError("backward needs the save buffer of a forward on the CUDA backend")
+        dx = _fit(out, x.shape, x.dtype)
+        if grads_out is None or len(grads_out) != len(weights):
+            grads_out = [None] * len(weights)
+        grads = [_fit(g, w.shape, w.dtype) for g, w in zip(grads_out, weights)]
+        ws = [self._upload(f"w{i}", w) for i, w in enumerate(weights)]
+        ddx = self._device("dx", dx.nbytes)
+        dgs = [self._device(f"dw{i}", g.nbytes) for i, g in enumerate(grads)]
+        st = self._fn(f"backward{sfx}")(
+            self.ffi.NULL, T, B, D, H, int(truncate), self._upload("x", x),
+            self._upload("mask", mask), *ws, save.ptr, self._upload("dy", dy), ddx.ptr,
+            *[g.ptr for g in dgs], self._device("work", n_work * x.dtype.itemsize).ptr)
+        self._check(st, "backward")
+        for g, d in zip(grads, dgs):
+            self._download(g, d.ptr)
+        return self._download(dx, ddx.ptr), grads

@@ -12,7 +12,9 @@ enum rnngen_status {
     RNNGEN_ETRUNC = -4,    /* truncate_gradient is 0 or below -1 */
     RNNGEN_ETEAM = -5,     /* backward got fewer threads than forward laid its values out for */
     RNNGEN_ESAVE = -6,     /* the save buffer does not hold what forward writes */
-    RNNGEN_EMASK = -7      /* backward got a mask and its forward none, or the reverse */
+    RNNGEN_EMASK = -7,     /* backward got a mask and its forward none, or the reverse */
+    RNNGEN_ECUDA = -8,     /* a CUDA runtime call or kernel launch failed (<cell>_cuda_error says which) */
+    RNNGEN_ECUBLAS = -9    /* a cuBLAS call failed (<cell>_cuda_error says which) */
 };
 /* cdef-end */
 

@@ -36,7 +36,7 @@ def test_signature_and_defaults(name):
     sig = inspect.signature(cls)
     positional = [p.name for p in sig.parameters.values() if p.kind != p.KEYWORD_ONLY]
     assert positional == SEED_SIGNATURES[name]
-    assert [p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY] == ["dtype", "seed"]
+    assert [p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY] == ["dtype", "seed", "backend"]
     act, inner = DEFAULT_ACTS[name]
     assert sig.parameters["activation"].default == act
     if inner:
@@ -122,7 +122,7 @@ def test_bad_constructor_arguments():
         layers.GRU(0)
     with pytest.raises(ValueError, match="truncate_gradient must be -1"):
         layers.GRU(4, truncate_gradient=0)
-    with pytest.raises(ValueError, match="depth must be an integer >= 1"):
+    with pytest.raises(ValueError, match="depth must be an integer (>= 1|from 1)"):
         layers.SimpleDeepRNN(4, depth=0)
     with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
         layers.GRU(4, dtype="float16")
