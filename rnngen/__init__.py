@@ -4,11 +4,11 @@
     from rnngen.layers import LSTM
     Cell = rnngen.load_cell("my_cell.yaml")
 """
-from .errors import BuildError, KernelError, SpecError
+from .errors import BuildError, DeviceError, KernelError, SpecError
 
 __version__ = "0.1.0"
 __all__ = ["load_cell", "set_num_threads", "get_num_threads", "SpecError", "BuildError",
-           "KernelError", "__version__"]
+           "KernelError", "DeviceError", "__version__"]
 
 
 def load_cell(path):

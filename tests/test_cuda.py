@@ -1,0 +1,268 @@
+"""The CUDA backend: the same results as the C backend, through its host emulation
+(backend="cuda-emulated", everywhere) and on a GPU (tests marked gpu, skipped without one);
+the generated .cu compiles with nvcc, warnings as errors, with no register spills; what
+the emulation rejects; errors that say what is missing."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnngen
+from rnngen import DeviceError, KernelError, build, layers
+from rnngen.backends import cublas_dirs, get_backend, nvcc_path
+from rnngen.pipeline import GENERATED, ROOT
+from rnngen.render import TEMPLATES
+from test_custom_cells import ODD
+
+CELLS = ["SimpleRNN", "SimpleDeepRNN", "GRU", "LSTM", "JZS1", "JZS2", "JZS3"]
+B, T, D, H = 3, 7, 4, 5
+
+
+def _user_cells(tmp):
+    p = Path(tmp) / "odd.yaml"
+    p.write_text(ODD)
+    return {"MGU": rnngen.load_cell(ROOT / "examples" / "mgu.yaml"), "Odd": rnngen.load_cell(p)}
+
+
+@pytest.fixture(scope="module")
+def cell_classes(tmp_path_factory):
+    out = {n: getattr(layers, n) for n in CELLS}
+    out.update(_user_cells(tmp_path_factory.mktemp("specs")))
+    return out
+
+
+def _mask(kind, rng):
+    if kind == "none":
+        return None
+    m = rng.random((B, T)) > 0.35
+    if kind == "start":
+        m[:, :2] = False
+    m[0, :] = True
+    return m
+
+
+def _pair(cls, backend, dtype, **kw):
+    a = cls(H, dtype=dtype, seed=3, input_dim=D, **kw)
+    b = cls(H, dtype=dtype, seed=3, input_dim=D, backend=backend, **kw)
+    b.set_weights(a.get_weights())
+    return a, b
+
+
+def _compare(cls, backend, dtype, mask_kind, truncate, return_sequences, tol):
+    rng = np.random.default_rng(7)
+    a, b = _pair(cls, backend, dtype, truncate_gradient=truncate,
+                 return_sequences=return_sequences)
+    x = rng.normal(size=(B, T, D)).astype(dtype)
+    mask = _mask(mask_kind, rng)
+    ya, yb = a(x, mask=mask), b(x, mask=mask)
+    scale = 1 + np.abs(ya).max()
+    assert np.abs(ya - yb).max() <= tol * scale, "forward"
+    dy = rng.normal(size=ya.shape).astype(dtype)
+    da, db = a.backward(dy), b.backward(dy)
+    assert np.abs(da - db).max() <= tol * (1 + np.abs(da).max()), "dx"
+    for name, ga, gb in zip(a.weight_names(), a.grads, b.grads):
+        assert np.abs(ga - gb).max() <= tol * (1 + np.abs(ga).max()), name
+    # inference (nothing saved) computes the same forward
+    yi = b.forward(x, mask=mask, training=False)
+    assert np.abs(yi - yb).max() <= tol * scale, "inference"
+
+
+CASES = [("float64", "none", -1, True), ("float64", "holes", -1, True),
+         ("float64", "start", 3, True), ("float64", "none", 2, False),
+         ("float32", "holes", 3, True)]
+
+
+@pytest.mark.parametrize("name", CELLS + ["MGU", "Odd"])
+def test_emulated_cuda_agrees_with_c(cell_classes, name):
+    """Forward, dx and every weight gradient, with masks, truncation, both dtypes."""
+    for dtype, mask_kind, truncate, rs in CASES:
+        tol = 1e-12 if dtype == "float64" else 1e-5
+        _compare(cell_classes[name], "cuda-emulated", dtype, mask_kind, truncate, rs, tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CELLS + ["MGU", "Odd"])
+def test_cuda_agrees_with_c(cell_classes, name):
+    for dtype, mask_kind, truncate, rs in CASES:
+        tol = 1e-12 if dtype == "float64" else 1e-5
+        _compare(cell_classes[name], "cuda", dtype, mask_kind, truncate, rs, tol)
+
+
+@pytest.mark.parametrize("backend", ["cuda-emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_gradients_are_bit_identical_between_runs(backend):
+    rng = np.random.default_rng(0)
+    layer = layers.LSTM(32, return_sequences=True, input_dim=8, seed=0, backend=backend)
+    x = rng.normal(size=(16, 9, 8)).astype(np.float32)
+    dy = rng.normal(size=(16, 9, 32)).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        layer(x)
+        layer.backward(dy)
+        runs.append([g.copy() for g in layer.grads])
+    for g1, g2 in zip(*runs):
+        assert np.array_equal(g1, g2)
+
+
+def test_backend_names():
+    assert get_backend("cpu").name == "c"
+    with pytest.raises(ValueError, match="backend must be one of 'c', 'cuda', 'cuda-emulated'"):
+        layers.GRU(4, backend="gpu")
+    layer = layers.GRU(4, input_dim=3, backend="cuda-emulated")
+    assert layer.get_config()["backend"] == "cuda-emulated"
+    assert layers.from_config(layer.get_config()).backend == "cuda-emulated"
+
+
+def _has_driver():
+    import ctypes
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(_has_driver(), reason="this machine has an NVIDIA driver")
+def test_cuda_without_a_driver_says_so_before_anything_runs():
+    with pytest.raises(DeviceError, match="no NVIDIA driver"):
+        layers.GRU(4, backend="cuda")          # not even built yet
+    with pytest.raises(DeviceError, match="no NVIDIA driver"):
+        rnngen.load_cell(ROOT / "examples" / "mgu.yaml")(4, backend="cuda")
+
+
+def test_a_cuda_failure_becomes_a_kernel_error_with_its_meaning():
+    from rnngen.runtime import DeviceBuffer
+    layer = layers.SimpleRNN(4, input_dim=3, backend="cuda-emulated")
+    with pytest.raises(KernelError, match="cudaErrorMemoryAllocation: out of memory"):
+        DeviceBuffer(layer._kernel, 1 << 62)
+
+
+# -- the emulation itself ---------------------------------------------------------------
+EMU_PROBE = r"""
+#include "rnngen_cuda.h"
+#include <cstdio>
+static __global__ void order(int *out, int *next)
+{
+    out[(*next)++] = (int)(blockIdx.x + gridDim.x * blockIdx.y);
+}
+static __global__ void nothing(int *out) { out[0] = 1; }
+int main()
+{
+    int out[64] = {0}, next = 0;
+    RNNGEN_LAUNCH(order, dim3(8, 8), dim3(1), 0, out, &next);
+    int inorder = 1;
+    for (int i = 0; i < 64; i++) inorder &= out[i] == i;
+    std::printf("launch ok %d in order %d\n", cudaGetLastError() == cudaSuccess, inorder);
+    RNNGEN_LAUNCH(nothing, dim3(1), dim3(2048), 0, out);
+    std::printf("block 2048 %s\n", cudaGetErrorName(cudaGetLastError()));
+    RNNGEN_LAUNCH(nothing, dim3(1, 70000), dim3(32), 0, out);
+    std::printf("grid y 70000 %s\n", cudaGetErrorName(cudaGetLastError()));
+    RNNGEN_LAUNCH(nothing, dim3(0), dim3(32), 0, out);
+    std::printf("empty grid %s\n", cudaGetErrorName(cudaGetLastError()));
+    cublasHandle_t h;
+    cublasCreate(&h);
+    /* column-major: A [2,3] (lda 2), B [3,2] (ldb 3), C = A B [2,2] */
+    const float A[6] = {1, 2, 3, 4, 5, 6}, Bm[6] = {1, 0, 1, 0, 1, 1};
+    float C[4] = {0}, one = 1, zero = 0;
+    cublasStatus_t s = cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, A, 2, Bm, 3, &zero, C, 2);
+    std::printf("gemm %s %g %g %g %g\n", cublasGetStatusName(s), C[0], C[1], C[2], C[3]);
+    s = cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, A, 1, Bm, 3, &zero, C, 2);
+    std::printf("lda 1 %s\n", cublasGetStatusName(s));
+    s = cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, 2, 2, 3, &one, A, 2, Bm, 3, &zero, C, 2);
+    std::printf("transposed lda 2 %s\n", cublasGetStatusName(s));
+    cublasDestroy(h);
+    return 0;
+}
+"""
+
+
+def test_the_emulation_rejects_what_a_gpu_rejects(tmp_path):
+    src = tmp_path / "probe.cu"
+    src.write_text(EMU_PROBE)
+    exe = tmp_path / "probe"
+    inc, libdir, lib = build.blas_paths()
+    cmd = ["c++", "-x", "c++", "-std=c++17", "-Wall", "-Wextra", "-Werror",
+           "-DRNNGEN_CUDA_EMULATION", f"-I{TEMPLATES}", f"-I{inc}", str(src), "-o", str(exe),
+           f"-L{libdir}", f"-l{lib}", f"-Wl,-rpath,{libdir}"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    assert "launch ok 1 in order 0" in out          # blocks run, not in order
+    assert "block 2048 cudaErrorInvalidConfiguration" in out
+    assert "grid y 70000 cudaErrorInvalidConfiguration" in out
+    assert "empty grid cudaErrorInvalidConfiguration" in out
+    assert "gemm CUBLAS_STATUS_SUCCESS 6 8 8 10" in out   # [[1,3,5],[2,4,6]] @ [[1,0],[0,1],[1,1]], by columns
+    assert "lda 1 CUBLAS_STATUS_INVALID_VALUE" in out
+    assert "transposed lda 2 CUBLAS_STATUS_INVALID_VALUE" in out   # op(A) = A^T needs lda >= k
+
+
+def test_emulated_cuda_under_address_and_undefined_behaviour_sanitizers(tmp_path):
+    """One build of two cells under ASan and UBSan, run forward and backward (masks,
+    truncation), in a child process with the sanitizer runtime preloaded."""
+    asan = subprocess.run(["c++", "-print-file-name=libasan.so"], capture_output=True,
+                          text=True).stdout.strip()
+    if not asan or not os.path.isabs(asan):
+        pytest.skip("the compiler has no AddressSanitizer runtime")
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import numpy as np, rnngen\n"
+        "from rnngen import layers\n"
+        "rng = np.random.default_rng(0)\n"
+        "for cls in (layers.GRU, layers.SimpleDeepRNN):\n"
+        "    for dt in ('float32', 'float64'):\n"
+        "        l = cls(5, return_sequences=True, truncate_gradient=3, dtype=dt, seed=0,\n"
+        "                backend='cuda-emulated')\n"
+        "        x = rng.normal(size=(3, 6, 4)).astype(dt)\n"
+        "        m = rng.random((3, 6)) > 0.3\n"
+        "        y = l(x, mask=m)\n"
+        "        l.backward(np.ones_like(y))\n"
+        "        l(x, training=False)\n"
+        "print('sanitized ok')\n")
+    env = dict(os.environ, RNNGEN_EMU_SANITIZE="1", LD_PRELOAD=asan,
+               ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
+               PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert res.returncode == 0 and "sanitized ok" in res.stdout, res.stderr[-3000:]
+
+
+# -- nvcc -----------------------------------------------------------------------------
+def _nvcc_and_cublas():
+    try:
+        return nvcc_path(), cublas_dirs()[0]
+    except DeviceError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("source", sorted(p.name for p in GENERATED.glob("*.cu")))
+def test_generated_cu_compiles_with_nvcc_without_warnings_or_spills(tmp_path, source):
+    nvcc, cublas_inc = _nvcc_and_cublas()
+    cmd = [nvcc, "-O3", "-std=c++17", "-gencode", "arch=compute_90,code=[sm_90,compute_90]",
+           "-Werror", "all-warnings", "-Xcompiler", "-fPIC,-Wall,-Wextra",
+           "-Xptxas", "-v,-warn-spills", "-c", str(GENERATED / source), "-o",
+           str(tmp_path / "x.o"), f"-I{GENERATED}", f"-I{TEMPLATES}", f"-I{cublas_inc}"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    report = res.stdout + res.stderr
+    # ptxas -v: one "Used N registers" line per kernel, spills per function
+    used = re.findall(r"Used (\d+) registers", report)
+    assert used, report
+    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
+    assert not any(spills), report
+    record = ROOT / "build" / "ptxas"
+    record.mkdir(parents=True, exist_ok=True)
+    (record / f"{source}.txt").write_text(report)
+
+
+def test_generated_cu_compiles_as_cxx_for_the_emulation(tmp_path):
+    inc, _, _ = build.blas_paths()
+    for src in sorted(GENERATED.glob("*.cu")):
+        cmd = ["c++", "-x", "c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-Wshadow",
+               "-O1", "-DRNNGEN_CUDA_EMULATION", "-c", str(src), "-o", str(tmp_path / "x.o"),
+               f"-I{GENERATED}", f"-I{TEMPLATES}", f"-I{inc}"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 0, f"{src.name}: {res.stderr}"
