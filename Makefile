@@ -1,7 +1,7 @@
 # rnngen: generate every spec in specs/, build the libraries, run the demo.
 PYTHON ?= python3
 
-.PHONY: all generate build check demo test bench microbench clean
+.PHONY: all generate build check demo test fuzz bench microbench clean
 
 all: build demo
 
@@ -19,6 +19,14 @@ demo: build
 
 test:
 	$(PYTHON) -m pytest -q
+
+# The spec fuzzer's long profile: thousands of random and mutated specs, each accepted or
+# refused with a SpecError; accepted ones are rendered, and up to FUZZ_COMPILE distinct
+# ones compiled.  The suite runs the quick profile.
+FUZZ_COMPILE ?= 40
+fuzz:
+	RNNGEN_FUZZ_PROFILE=long RNNGEN_FUZZ_COMPILE=$(FUZZ_COMPILE) $(PYTHON) -m pytest -q \
+		--hypothesis-show-statistics tests/test_fuzz_specs.py
 
 # Peers come from the bench extras: pip install -e '.[bench]'.  OPENBLAS_CORETYPE and
 # OPENBLAS_L2_SIZE are unset for this command alone: where the machine sets them (to

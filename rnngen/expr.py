@@ -104,9 +104,10 @@ class Equation:
     line: int
 
 
+# ASCII digits only: \d would also take other scripts' digits (float() reads "٣" as 3)
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t]+) | (?P<comment>\#[^\n]*) | (?P<nl>\n)
-  | (?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)
+  | (?P<num>(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?)
   | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
   | (?P<op>[-+*/@=(),\[\]])
 """, re.VERBOSE)

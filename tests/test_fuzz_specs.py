@@ -1,0 +1,186 @@
+"""Fuzzing the spec stages: any text is either accepted (and then renders) or rejected
+with a SpecError that names the file; nothing else (RecursionError, MemoryError, a hang,
+a ValueError from deep inside) may come out of parse_spec followed by compute_ir.
+
+Profiles (``RNNGEN_FUZZ_PROFILE``): ``quick`` (the default, in the suite: a few hundred
+examples, no compiling) and ``long`` (``make fuzz``: many more examples, and the accepted
+specs are compiled too, up to ``RNNGEN_FUZZ_COMPILE`` distinct sources, default 40)."""
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from rnngen.errors import SpecError
+from rnngen.ir import compute_ir
+from rnngen.render import render_c
+from rnngen.spec import parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+BASES = [p.read_text() for p in sorted((ROOT / "specs").glob("*.yaml"))] + [
+    (ROOT / "examples" / "mgu.yaml").read_text()]
+
+_common = dict(deadline=None, database=None, print_blob=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("quick", max_examples=300, **_common)
+settings.register_profile("long", max_examples=6000, **_common)
+PROFILE = os.environ.get("RNNGEN_FUZZ_PROFILE", "quick")
+FUZZ = settings(settings.get_profile(PROFILE))
+COMPILE_MAX = int(os.environ.get("RNNGEN_FUZZ_COMPILE", "40")) if PROFILE == "long" else 0
+_compiled: set = set()
+SECONDS_PER_SPEC = 30      # parse + lower + render; a hang fails the test instead of CI
+
+
+def _alarm(signum, frame):
+    raise TimeoutError(f"one spec took more than {SECONDS_PER_SPEC} s")
+
+
+def check(text: str) -> str:
+    """The only allowed outcomes: accepted (and rendered) or a located SpecError."""
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(SECONDS_PER_SPEC)
+    try:
+        try:
+            ir = compute_ir(parse_spec(text, "fuzz.yaml"))
+        except SpecError as e:
+            assert e.problems, "a SpecError lists at least one problem"
+            assert all(isinstance(line, int) and line >= 0 and msg for line, msg in e.problems)
+            assert str(e).count("fuzz.yaml") >= len(e.problems) + 1
+            return "rejected"
+        header, source = render_c(ir, "x")
+        assert ir.name and source and header
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    if len(_compiled) < COMPILE_MAX and source not in _compiled:
+        from rnngen.build import build_library
+        _compiled.add(source)
+        assert build_library(ir.name, header, source).exists()
+    return "accepted"
+
+
+def test_the_built_in_specs_are_accepted():
+    assert [check(t) for t in BASES] == ["accepted"] * len(BASES)
+
+
+# -- random text --------------------------------------------------------------------
+YAML_CHARS = st.sampled_from(list("abhxUW_[]{}():,-+*/@=#&!|>?'\"\n\t 0123456789.eE%\\")
+                             + ["\u00e9", "\u0000", "\u202e", "\ufeff", "\u2028", "\u0663",
+                                "\U0001d489", "\ud7ff", "\uffff"])
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=400), st.text(YAML_CHARS, max_size=400)))
+def test_random_text(text):
+    event(check(text))
+
+
+# -- mutations of the built-in specs -------------------------------------------------
+TOKENS = ["(", ")", "[", "]", "{", "}", ",", ":", "-", "+", "*", "/", "@", "=", "#", "\n",
+          "\n  ", "  ", "\t", "h", "c", "x", "f", "k", "U", "W", "h[-1]", "h[-2]", "U[1]", "U[0]",
+          "x @ W", "h @ U", " @ U_h", "sum(k, 1, 3, h[-k] @ U[k])", "sum(k, 1, depth, ",
+          "started(h[-2])", "tanh(", "sigmoid(", "activation(", "exp(", "1", "0", "-0",
+          "2.5", "1e39", "1e999", "1e-50", "3.4028235e38", "1e308", "1e30 * 1e30",
+          "99999999999999999999", "-100000000000000000000", "count: 3", "count: 1000000000",
+          "depth: 100000", "depth", "&a", "*a", "!!python/object/apply:os.system ['true']",
+          "? ", "| ", "> ", "'", '"', "---", "...", "%YAML 1.2", "\u00e9", "\u0000", "\u202e",
+          "\ufeff", "\u2028", "\u0663", "\U0001d489", "\U0001F600", "h\u0300", "ℎ", "ｈ"]
+HUGE = ["1e999", "1e39", "1" + "0" * 400, "0." + "0" * 60 + "1", "4294967297",
+        "1000000000", "2e-45", "0x7fffffff", "0b" + "1" * 80]
+
+
+@st.composite
+def mutated(draw):
+    text = draw(st.sampled_from(BASES))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["insert", "delete", "duplicate", "number", "nest",
+                                     "chain", "swap"]))
+        n = len(text)
+        i = draw(st.integers(0, n))
+        if kind == "insert":
+            text = text[:i] + draw(st.sampled_from(TOKENS)) + text[i:]
+        elif kind == "delete":
+            j = draw(st.integers(i, min(n, i + 20)))
+            text = text[:i] + text[j:]
+        elif kind == "duplicate":
+            j = draw(st.integers(i, min(n, i + 40)))
+            text = text[:j] + text[i:j] + text[j:]
+        elif kind == "number":   # replace the first number after i
+            j = next((k for k in range(i, n) if text[k].isdigit()), None)
+            if j is not None:
+                text = text[:j] + draw(st.sampled_from(HUGE)) + text[j + 1:]
+        elif kind == "nest":     # a deep stack of openers (some closed) around position i
+            depth = draw(st.sampled_from([2, 20, 33, 300, 1200]))
+            opener = draw(st.sampled_from(["(", "tanh(", "[", "{", "- ", "h[", "sum(k, 1, 2, "]))
+            closer = {"(": ")", "tanh(": ")", "[": "]", "{": "}", "- ": "", "h[": "]",
+                      "sum(k, 1, 2, ": ")"}[opener]
+            text = text[:i] + opener * depth + text[i:i + 5] + closer * depth + text[i + 5:]
+        elif kind == "chain":    # a long chain of terms at position i
+            op = draw(st.sampled_from([" + ", " * ", " - ", " @ U", " / "]))
+            term = draw(st.sampled_from(["h", "1", "f", "x", ""]))
+            text = text[:i] + (op + term) * draw(st.sampled_from([10, 1000, 5000])) + text[i:]
+        else:                    # swap two lines
+            lines = text.split("\n")
+            a = draw(st.integers(0, len(lines) - 1))
+            b = draw(st.integers(0, len(lines) - 1))
+            lines[a], lines[b] = lines[b], lines[a]
+            text = "\n".join(lines)
+    return text
+
+
+@FUZZ
+@given(mutated())
+def test_mutated_specs(text):
+    event(check(text))
+
+
+# -- well-formed equations, random expressions ----------------------------------------
+MGU = BASES[-1]
+HH = "hh = activation(x @ W_h + b_h + (f * h) @ U_h)"
+NUMBERS = st.sampled_from(["0", "1", "0.5", "2", "1e-3", "1e38", "3.4e38", "1e-37", "7"])
+LEAVES = st.one_of(st.sampled_from(["h", "f", "b_h", "h[-1]", "h[-3]", "started(h[-2])",
+                                    "x @ W_h"]), NUMBERS)
+
+
+def _combine(children):
+    unary = st.builds(lambda f, a: f"{f}({a})",
+                      st.sampled_from(["tanh", "sigmoid", "relu", "exp", "activation",
+                                       "hard_sigmoid", "softplus", "linear", "-", ""]),
+                      children)
+    binary = st.builds(lambda a, op, b: f"{a} {op} {b}", children,
+                       st.sampled_from(["+", "-", "*", "/"]), children)
+    matmul = st.builds(lambda a: f"({a}) @ U_h", children)
+    summed = st.builds(lambda a, hi: f"sum(k, 1, {hi}, {a} * k)", children,
+                       st.sampled_from(["1", "3", "64"]))
+    return st.one_of(unary, binary, matmul, summed)
+
+
+EXPRESSIONS = st.recursive(LEAVES, _combine, max_leaves=25)
+
+
+@settings(FUZZ, max_examples=FUZZ.max_examples // 2)   # each accepted one renders: ~80 ms
+@given(EXPRESSIONS)
+def test_generated_expressions(expr):
+    assert HH in MGU
+    event(check(MGU.replace(HH, f"hh = activation(x @ W_h + b_h + {expr} + (f * h) @ U_h)")))
+
+
+def test_the_fuzzers_reach_both_outcomes():
+    """The generators above are not all rejected (or all accepted) by construction."""
+    texts = [MGU, MGU.replace("(1 - f)", "(1e39 - f)"), BASES[0].replace("[", "(", 1)]
+    assert [check(t) for t in texts] == ["accepted", "rejected", "rejected"]
+
+
+@pytest.mark.parametrize("i", range(len(BASES)))
+def test_deep_mutations_of_each_base(i):
+    """The worst cases of the issue, applied to every built-in spec at its first equation."""
+    text = BASES[i]
+    eq = text.index("step: |") + len("step: |\n")
+    line_end = text.index("\n", eq)
+    name, rhs = text[eq:line_end].split("=", 1)
+    for bad in ["(" * 250 + rhs + ")" * 250, rhs + " + h" * 1000, rhs + " * h" * 1000,
+                "-" * 1000 + rhs, rhs + " + sum(k, 1, 100000000, h)", rhs + " + h[-100000000000000000000]",
+                rhs + " + 1e999", rhs + " + 1e39", rhs + " * 1e-50", rhs + " + 1e30 * 1e30"]:
+        check(text[:eq] + name + "= " + bad + text[line_end:])
