@@ -4,6 +4,7 @@ cache paths, and a key that knows what -march=native means here.
 Each test builds a tiny library (one function returning 42) into its own cache under
 tmp_path, and loads what the cache returns in a child process (a corrupted library
 could kill the interpreter that loads it)."""
+import errno
 import hashlib
 import json
 import os
@@ -78,6 +79,33 @@ def test_a_lock_whose_process_died_is_taken_over_at_once(cache):
     assert time.monotonic() - t < 20          # not the 30 s timeout
     assert loads_and_answers(lib) and not lock.exists()
     assert not [p for p in lib.parent.iterdir() if p.name.startswith(".lock")]
+
+
+def test_a_build_killed_with_sigkill_is_taken_over(cache):
+    """The real thing: a process claims the build, is killed with SIGKILL while its
+    compiler runs, and the next load builds at once."""
+    code = textwrap.dedent(f"""
+        import time
+        from rnngen import build
+        build.build_key({NAME!r}, {HEADER!r}, {SOURCE!r})   # asks the compiler its version
+        build.subprocess.run = lambda *a, **k: time.sleep(600)   # then it hangs
+        build.build_library({NAME!r}, {HEADER!r}, {SOURCE!r})
+    """)
+    env = dict(os.environ, RNNGEN_CACHE_DIR=str(cache),
+               PYTHONPATH=str(Path(build.__file__).resolve().parent.parent))
+    victim = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(cache.glob(f"{NAME}-*/lock")):
+            assert victim.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        victim.kill()                      # SIGKILL: no finally, no cleanup
+        victim.wait()
+    lock, = cache.glob(f"{NAME}-*/lock")
+    t = time.monotonic()
+    lib = build.build_library(NAME, HEADER, SOURCE)
+    assert time.monotonic() - t < 20 and loads_and_answers(lib) and not lock.exists()
 
 
 def test_a_lock_whose_pid_was_reused_is_stale(cache):
@@ -243,17 +271,26 @@ def test_a_read_only_cache_is_a_clear_build_error(tmp_path, monkeypatch):
         ro.chmod(0o755)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
-                    reason="permissions do not stop root from writing")
-def test_a_read_only_cache_still_serves_what_it_holds(cache):
+def test_a_read_only_file_system_is_a_clear_build_error(cache, monkeypatch):
+    """Errno 30 (EROFS) came out raw; as root chmod cannot provoke it, so the file
+    system's answer is simulated."""
+    def refuse(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(BuildError, match="Read-only file system") as ei:
+        build.build_library(NAME, HEADER, SOURCE)
+    assert str(cache) in str(ei.value) and "RNNGEN_CACHE_DIR" in str(ei.value)
+
+
+def test_a_read_only_cache_still_serves_what_it_holds(cache, monkeypatch):
     lib = build.build_library(NAME, HEADER, SOURCE)
-    for p in (lib.parent, cache):
-        p.chmod(0o555)
-    try:
-        assert build.build_library(NAME, HEADER, SOURCE) == lib
-    finally:
-        for p in (cache, lib.parent):
-            p.chmod(0o755)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("wrote to the cache")
+    for what in ("_acquire", "_compile", "_write_atomic"):
+        monkeypatch.setattr(build, what, refuse)
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert build.build_library(NAME, HEADER, SOURCE) == lib
 
 
 def test_a_relative_cache_path_starting_with_a_dash(tmp_path, monkeypatch):
