@@ -140,7 +140,6 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] const float *XW = F.XW, *dy = F.dy;
     [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const int lags_shared = 0;   /* every lag slot is saved (see the host code) */
     [[maybe_unused]] const float *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
     [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
@@ -160,17 +159,17 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 
     s_h_prev[bs] = L_h_1[bj];
-    if (!lags_shared) s_h_lag2[bs] = L_h_2[bj];
-    if (!lags_shared) s_h_lag3[bs] = L_h_3[bj];
+    s_h_lag2[bs] = L_h_2[bj];
+    s_h_lag3[bs] = L_h_3[bj];
 }
 
 /* forward, phase 1 of step t: one thread per (sample, unit) */
@@ -188,7 +187,6 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] const float *XW = F.XW, *dy = F.dy;
     [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const int lags_shared = 0;   /* every lag slot is saved (see the host code) */
     [[maybe_unused]] const float *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
     [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
@@ -208,9 +206,9 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -258,7 +256,6 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] const float *XW = F.XW, *dy = F.dy;
     [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const int lags_shared = 0;   /* every lag slot is saved (see the host code) */
     [[maybe_unused]] const float *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
     [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
@@ -279,9 +276,9 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] float *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -366,7 +363,6 @@ int rnngen_simpledeeprnn_forward_f32(void *stream, int T, int B, int D, int H,
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    const int lags_shared = 0;   /* unlike the C backend, every lag slot is saved */
     [[maybe_unused]] float *p = work;
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;     /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] */
@@ -436,9 +432,9 @@ int rnngen_simpledeeprnn_forward_f32(void *stream, int T, int B, int D, int H,
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -485,7 +481,6 @@ int rnngen_simpledeeprnn_backward_f32(void *stream, int T, int B, int D, int H, 
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    const int lags_shared = 0;
     [[maybe_unused]] float *p = work;
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;     /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] */
@@ -558,9 +553,9 @@ int rnngen_simpledeeprnn_backward_f32(void *stream, int T, int B, int D, int H, 
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -633,7 +628,6 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] const double *XW = F.XW, *dy = F.dy;
     [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const int lags_shared = 0;   /* every lag slot is saved (see the host code) */
     [[maybe_unused]] const double *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
     [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
@@ -653,17 +647,17 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
 
 
     s_h_prev[bs] = L_h_1[bj];
-    if (!lags_shared) s_h_lag2[bs] = L_h_2[bj];
-    if (!lags_shared) s_h_lag3[bs] = L_h_3[bj];
+    s_h_lag2[bs] = L_h_2[bj];
+    s_h_lag3[bs] = L_h_3[bj];
 }
 
 /* forward, phase 1 of step t: one thread per (sample, unit) */
@@ -681,7 +675,6 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] const double *XW = F.XW, *dy = F.dy;
     [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const int lags_shared = 0;   /* every lag slot is saved (see the host code) */
     [[maybe_unused]] const double *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
     [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
@@ -701,9 +694,9 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -751,7 +744,6 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] const double *XW = F.XW, *dy = F.dy;
     [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const int lags_shared = 0;   /* every lag slot is saved (see the host code) */
     [[maybe_unused]] const double *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
     [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
@@ -772,9 +764,9 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] double *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -859,7 +851,6 @@ int rnngen_simpledeeprnn_forward_f64(void *stream, int T, int B, int D, int H,
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    const int lags_shared = 0;   /* unlike the C backend, every lag slot is saved */
     [[maybe_unused]] double *p = work;
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;     /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] */
@@ -929,9 +920,9 @@ int rnngen_simpledeeprnn_forward_f64(void *stream, int T, int B, int D, int H,
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
@@ -978,7 +969,6 @@ int rnngen_simpledeeprnn_backward_f64(void *stream, int T, int B, int D, int H, 
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    const int lags_shared = 0;
     [[maybe_unused]] double *p = work;
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;     /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] */
@@ -1051,9 +1041,9 @@ int rnngen_simpledeeprnn_backward_f64(void *stream, int T, int B, int D, int H, 
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
+        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
         [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
+        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
 (void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;

@@ -26,7 +26,8 @@ from typing import Callable
 from . import build
 from .errors import BuildError, DeviceError
 from .ir import CellIR
-from .render import TEMPLATES, render_c, render_cuda
+from .layout import Layout, Schedule, compute_layout
+from .render import TEMPLATES, cuda_layout, render_c, render_cuda
 from .runtime import CudaKernel, Kernel
 
 CUBLAS_PIN = "nvidia-cublas==13.0.2.14"   # the release that matches nvcc 13.0
@@ -37,7 +38,8 @@ CUDA_HEADERS = ("rnngen_cuda.h", "rnngen_cuda_emu.h")
 @dataclass(frozen=True)
 class Backend:
     name: str
-    render: Callable[[CellIR, str], tuple[str, str]]   # (header, source)
+    render: Callable[..., tuple[str, str]]               # (ir, source name, layout, schedule)
+    layout: Callable[..., Layout]                        # (ir, **layout choices)
     suffix: str                                          # of the source file
     lib_suffix: str                                      # library name = cell name + this
     command: Callable[[Path, Path, Path], list[str]]     # (source, library, include dir)
@@ -176,11 +178,12 @@ def _emu_key() -> tuple[str, ...]:
 
 
 BACKENDS = {
-    "c": Backend("c", render_c, ".c", "", build.compile_command, _c_key, Kernel),
-    "cuda": Backend("cuda", render_cuda, ".cu", "_cuda", nvcc_command, _cuda_key, CudaKernel,
-                    check_cuda),
-    "cuda-emulated": Backend("cuda-emulated", render_cuda, ".cu", "_cuda", emulated_command,
-                             _emu_key, CudaKernel),
+    "c": Backend("c", render_c, compute_layout, ".c", "", build.compile_command, _c_key,
+                 Kernel),
+    "cuda": Backend("cuda", render_cuda, cuda_layout, ".cu", "_cuda", nvcc_command, _cuda_key,
+                    CudaKernel, check_cuda),
+    "cuda-emulated": Backend("cuda-emulated", render_cuda, cuda_layout, ".cu", "_cuda",
+                             emulated_command, _emu_key, CudaKernel),
 }
 ALIASES = {"cpu": "c"}
 

@@ -22,8 +22,9 @@ Everything here is plain data; :mod:`rnngen.render` turns it into C.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 from . import expr as E
 from .errors import SpecError
@@ -72,41 +73,43 @@ class Weight:
         return tuple(m[d] for d in self.shape)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Group:
     """One GEMM of a step: operand @ [U_1 | U_2 | ...]."""
     name: str
     phase: int
     operand: Node
-    matmuls: list      # Node(op=matmul), column block k is matmuls[k]
+    matmuls: tuple     # Node(op=matmul), column block k is matmuls[k]
 
     @property
     def width(self):
         return len(self.matmuls)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CellIR:
+    """The lowered cell: frozen, with tuples and read-only mappings.  Nodes are
+    identified by object (their labels are fixed before the IR is made)."""
     spec: CellSpec
     name: str                  # C-safe lower-case cell name
-    params: dict               # concrete parameter values
-    weights: list              # of Weight, in weights= order
-    states: list               # of str
+    params: Mapping            # concrete parameter values
+    weights: tuple             # of Weight, in weights= order
+    states: tuple              # of str
     output: str
-    lags: dict                 # state -> number of registers kept (max lag, >= 1)
-    nodes: list                # reachable nodes in topological order
-    assigns: dict              # state -> assign node
-    xprods: list               # xprod nodes, column blocks of the input product x @ [W...]
-    roots: list                # hoisted nodes read by step nodes, column blocks of XP
-    hoisted: list              # every hoisted node in topological order
-    phases: dict               # node -> phase (step nodes)
+    lags: Mapping              # state -> number of registers kept (max lag, >= 1)
+    nodes: tuple               # reachable nodes in topological order
+    assigns: Mapping           # state -> assign node
+    xprods: tuple              # xprod nodes, column blocks of the input product x @ [W...]
+    roots: tuple               # hoisted nodes read by step nodes, column blocks of XP
+    hoisted: tuple             # every hoisted node in topological order
+    phases: Mapping            # node -> phase (step nodes)
     nphases: int               # loops 0..nphases-1
-    loops: list                # loop p -> step nodes computed in it (topological)
-    groups: list               # of Group, ordered by phase
-    slots: list                # nodes whose per-step value is stored
-    owner: dict                # node -> loop index that owns its adjoint
-    buffered: list             # nodes whose adjoint lives in a [B, H] buffer
-    users: dict = field(default_factory=dict)
+    loops: tuple               # loop p -> tuple of step nodes computed in it (topological)
+    groups: tuple              # of Group, ordered by phase
+    slots: tuple               # nodes whose per-step value is stored
+    owner: Mapping             # node -> loop index that owns its adjoint
+    buffered: tuple            # nodes whose adjoint lives in a [B, H] buffer
+    users: Mapping             # node -> tuple of the nodes that read it
 
     def weight(self, name):
         return next(w for w in self.weights if w.name == name)
@@ -625,7 +628,7 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
             if n.op == "matmul" and phase[n] == p:
                 by_operand.setdefault(n.args[0], []).append(n)
         for operand, mms in by_operand.items():
-            groups.append(Group(f"g{len(groups)}", p, operand, mms))
+            groups.append(Group(f"g{len(groups)}", p, operand, tuple(mms)))
     operands = {g.operand for g in groups}
 
     def loop_of(n):
@@ -673,9 +676,12 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
         elif n.hoisted and n in operands:
             buffered.append(n)
 
-    return CellIR(spec=spec, name=c_name(spec.name), params=params,
-                  weights=[low.weights[w] for w in low.weight_order], states=list(spec.states),
-                  output=spec.output, lags=dict(low.lags), nodes=nodes, assigns=assigns,
-                  xprods=xprods, roots=roots, hoisted=hoisted, phases=phase, nphases=nphases,
-                  loops=loops, groups=groups, slots=slots, owner=owner, buffered=buffered,
-                  users=users)
+    ro = MappingProxyType
+    return CellIR(spec=spec, name=c_name(spec.name), params=ro(dict(params)),
+                  weights=tuple(low.weights[w] for w in low.weight_order),
+                  states=tuple(spec.states), output=spec.output, lags=ro(dict(low.lags)),
+                  nodes=tuple(nodes), assigns=ro(dict(assigns)), xprods=tuple(xprods),
+                  roots=tuple(roots), hoisted=tuple(hoisted), phases=ro(phase), nphases=nphases,
+                  loops=tuple(tuple(lp) for lp in loops), groups=tuple(groups),
+                  slots=tuple(slots), owner=ro(owner), buffered=tuple(buffered),
+                  users=ro({n: tuple(us) for n, us in users.items()}))

@@ -16,6 +16,7 @@ from typing import Optional
 from .backends import get_backend
 from .build import build_library, runtime_header
 from .ir import CellIR, compute_ir
+from .layout import Schedule
 from .render import render_c, render_cuda
 from .runtime import Kernel
 from .spec import CellSpec, is_identifier, load_spec
@@ -46,20 +47,26 @@ def source_name(spec: CellSpec) -> str:
     return f"specs/{stem}{suffix}" if builtin else f"{stem}{suffix}"
 
 
-def generate(spec: CellSpec, params: Optional[dict] = None,
-             backend: str = "c") -> tuple[CellIR, str, str]:
-    """(ir, header, source) for a spec and parameter values (defaults where missing)."""
+def generate(spec: CellSpec, params: Optional[dict] = None, backend: str = "c", *,
+             layout: Optional[dict] = None,
+             schedule: Schedule = Schedule()) -> tuple[CellIR, str, str]:
+    """(ir, header, source) for a spec and parameter values (defaults where missing).
+    ``layout``: choices for rnngen.layout.compute_layout (e.g. {"xw_in_ds": False});
+    ``schedule``: a rnngen.layout.Schedule; both default to the backend's own."""
+    be = get_backend(backend)
     ir = compute_ir(spec, params)
-    header, source = get_backend(backend).render(ir, source_name(spec))
+    header, source = be.render(ir, source_name(spec), be.layout(ir, **(layout or {})), schedule)
     return ir, header, source
 
 
-def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "c") -> Kernel:
+def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "c", *,
+                 layout: Optional[dict] = None, schedule: Schedule = Schedule()) -> Kernel:
     """The loaded kernel for ``spec`` with ``params`` on ``backend``; built at most once
-    per process.  A backend that cannot run here raises DeviceError before anything else."""
+    per process.  A backend that cannot run here raises DeviceError before anything else.
+    ``layout`` and ``schedule`` force choices, as in :func:`generate` (for tests)."""
     be = get_backend(backend)
     be.check()
-    ir, header, source = generate(spec, params, be.name)
+    ir, header, source = generate(spec, params, be.name, layout=layout, schedule=schedule)
     key = (be.name, spec.digest, tuple(sorted(ir.params.items())), source)
     with _lock:
         k = _kernels.get(key)

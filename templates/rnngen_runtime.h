@@ -103,7 +103,9 @@ static inline void rnngen_barrier_wait(rnngen_barrier *bar, int nt, int *sense)
 #ifndef RNNGEN_SPLIT_MAX_BYTES
 #define RNNGEN_SPLIT_MAX_BYTES (6 << 20)
 #endif
+#ifndef RNNGEN_SPLIT_MIN_ROWS
 #define RNNGEN_SPLIT_MIN_ROWS 8
+#endif
 static inline int rnngen_split_batch(int B, int nt, size_t packed_bytes)
 {
     return nt > 1 && B >= RNNGEN_SPLIT_MIN_ROWS * nt && packed_bytes <= RNNGEN_SPLIT_MAX_BYTES;

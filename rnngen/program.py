@@ -1,0 +1,540 @@
+"""Stage 2c: lower a CellIR and its Layout into a backend-neutral step program.
+
+The program says what one (sample b, unit j) element of each step loop computes,
+as frozen, typed statements over *logical accesses*: a state register, a saved
+value (slot) at this step, a column block of a product, a row of x @ W, a vector
+weight, a bias gradient (an explicit reduction over samples), ...  It says
+nothing about threads, panels or memory order: a backend's frame defines the
+names an access renders to (:mod:`rnngen.render`), and runs the loops and GEMMs.
+
+    forward[p]   phase p of a step: after the GEMMs of phase p (``gemms``), one
+                 elementwise loop (``body``); the last phase ends with the masked
+                 state update and the output.
+    backward[i]  the phases in reverse: one loop (``real`` on a real step,
+                 ``padded`` on a padded one) followed by ``dOperand += dS @ U^T``
+                 for the groups of that phase.
+
+Adjoints that live in memory between loops are held in locals inside a backward
+loop: ``loads`` before its body, ``stores`` after it, so that every location is
+read once and written once per element.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from .functions import FUNCTIONS
+from .ir import CellIR, Group, Node, c_name
+from .layout import Layout
+
+
+# -- accesses: one element (b, j) of a buffer the frame defines --------------------------
+@dataclass(frozen=True)
+class Access:
+    """kind: state | dstate (s, lag) | slot (node label) | product | dproduct (group,
+    block) | xw | dxw (block) | vector | dvector (weight) | droot (root index) | adj
+    (node label) | y | dy."""
+    kind: str
+    name: str = ""
+    index: int = 0
+
+
+def state(s, k): return Access("state", s, k)            # noqa: E704
+def dstate(s, k): return Access("dstate", s, k)          # noqa: E704
+def slot(n): return Access("slot", n.label)              # noqa: E704
+def adj(n): return Access("adj", n.label)                # noqa: E704
+
+
+# -- expressions ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Lit:
+    value: float
+
+
+@dataclass(frozen=True)
+class Local:
+    name: str
+
+
+@dataclass(frozen=True)
+class Load:
+    access: Access
+
+
+@dataclass(frozen=True)
+class Started:
+    """1 where the sample has had at least ``lag`` real steps before this one, else 0."""
+    lag: int
+
+
+@dataclass(frozen=True)
+class Neg:
+    arg: "Expr"
+    parens: bool = True   # -(a), or -a where a is a single name (the same value)
+
+
+@dataclass(frozen=True)
+class Bin:
+    op: str           # + - * /
+    left: "Expr"
+    right: "Expr"
+
+
+@dataclass(frozen=True)
+class Call:
+    """FUNCTIONS[func].value of x, or (deriv=True) its derivative given x and/or y."""
+    func: str
+    x: Optional["Expr"]
+    y: Optional["Expr"] = None
+    deriv: bool = False
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """g * (factor), -g (factor None, negate), or g (factor None)."""
+    g: "Expr"
+    factor: Optional["Expr"]
+    negate: bool = False
+
+
+Expr = Union[Lit, Local, Load, Started, Neg, Bin, Call, Scaled]
+Target = Union[Local, Access]
+
+
+# -- statements -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Let:
+    """A new local: ``const`` unless it is an accumulator."""
+    name: str
+    value: Expr
+    const: bool = True
+
+
+@dataclass(frozen=True)
+class Set:
+    target: Target
+    value: Expr
+    when: tuple = ()      # conditions on the frame: "save", "last_step", "not_lags_shared"
+
+
+@dataclass(frozen=True)
+class Add:
+    target: Target
+    value: Expr
+
+
+@dataclass(frozen=True)
+class ReduceAdd:
+    """target (a vector weight's gradient, per unit) += value, summed over samples: each
+    frame decides how (a thread's own sum, per-sample rows added up in order, ...)."""
+    target: Access
+    value: Expr
+
+
+@dataclass(frozen=True)
+class IfReal:
+    """body on a real step only (the masked state update)."""
+    body: tuple
+
+
+@dataclass(frozen=True)
+class Unused:
+    """Locals that may be unread (a frame's compilers must not warn)."""
+    names: tuple
+
+
+Stmt = Union[Let, Set, Add, ReduceAdd, IfReal, Unused]
+
+
+# -- the program ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Gemm:
+    """S_group = operand @ [U_1 | ... ] (forward), dOperand += dS_group @ [U...]^T
+    (backward)."""
+    group: Group
+    operand: Node
+    weights: tuple        # of weight names, column blocks in order
+    transposed: bool
+    target: Optional[Access] = None   # backward: the operand's adjoint buffer
+
+
+@dataclass(frozen=True)
+class ForwardPhase:
+    phase: int
+    gemms: tuple          # of Gemm, before the loop
+    body: tuple           # of Stmt
+
+
+@dataclass(frozen=True)
+class BackwardPhase:
+    phase: int
+    real: tuple           # of Stmt, on a real step
+    padded: tuple         # of Stmt, on a padded step (the step's entry only)
+    last: bool            # closes the step: the input-only part (dXW rows, bias sums)
+    reads_hoisted: bool
+    gemms: tuple          # of Gemm, after the loop
+
+
+@dataclass(frozen=True)
+class StepProgram:
+    ir: CellIR
+    layout: Layout
+    forward: tuple        # of ForwardPhase, phase order
+    backward: tuple       # of BackwardPhase, reverse phase order
+    keep_xw: bool         # backward reads x @ W values: forward saves XW
+
+    @property
+    def xw_group(self):
+        return self.layout.xw_group
+
+
+def describe(n: Node) -> str:
+    """A short readable form of a node, for comments."""
+    if n.is_const:
+        return repr(n.attr)
+    if n.op == "state":
+        s, k = n.attr
+        return s if k == 1 else f"{s}[-{k}]"
+    if n.op == "started":
+        return f"started(lag {n.attr})"
+    if n.op == "bias":
+        return n.attr
+    if n.op == "xprod":
+        return f"x @ {n.attr}"
+    if n.op == "matmul":
+        return f"{n.args[0].label} @ {n.attr}"
+    if n.op == "call":
+        return f"{n.attr}({n.args[0].label})"
+    if n.op == "assign":
+        return f"new {n.attr}"
+    sym = {"neg": "-", "add": "+", "sub": "-", "mul": "*", "div": "/"}[n.op]
+    if n.op == "neg":
+        return f"-{n.args[0].label}"
+    return f"{n.args[0].label if not n.args[0].is_const else n.args[0].attr} {sym} " \
+           f"{n.args[1].label if not n.args[1].is_const else n.args[1].attr}"
+
+
+class _Lowering:
+    def __init__(self, ir: CellIR, layout: Layout):
+        self.ir = ir
+        self.layout = layout
+        self.root_index = {n: i for i, n in enumerate(ir.roots)}
+        self.xprod_index = {n: i for i, n in enumerate(ir.xprods)}
+        self.slot_set = set(layout.slots)
+        self.buf_set = set(ir.buffered)
+        self._reads_hoisted = False
+        self._locals: dict = {}        # backward loop being built: Access -> its local
+        self._entry_inits: dict = {}   # assign node -> local holding its adjoint from the entry
+
+    # -- values ----------------------------------------------------------------------
+    def _hoisted_value(self, n):
+        self._reads_hoisted = True
+        return Local(f"v_{n.label}")
+
+    def fwd_val(self, n: Node, loop: int) -> Expr:
+        ir = self.ir
+        if n.is_const:
+            return Lit(n.attr)
+        if n.hoisted:   # computed from XW at the top of the loop
+            return self._hoisted_value(n)
+        if n.op == "state":
+            return Load(state(*n.attr))
+        if n.op == "started":
+            return Started(n.attr)
+        if n.op == "matmul":
+            g, k = ir.group_of(n)
+            return Load(Access("product", g.name, k))
+        if ir.phases[n] == loop:
+            return Local(f"v_{n.label}")
+        return Load(slot(n))
+
+    def bwd_val(self, n: Node) -> Expr:
+        if n.is_const:
+            return Lit(n.attr)
+        if n.hoisted:   # recomputed from XW at the top of the loop, as in forward
+            return self._hoisted_value(n)
+        if n.op == "started":   # backward keeps nreal as forward had it at this step
+            return Started(n.attr)
+        assert n in self.slot_set, n
+        return Load(slot(n))
+
+    def hoisted_local(self, n):
+        if n.is_const:
+            self._reads_hoisted = True
+            return Lit(n.attr)
+        return self._hoisted_value(n)
+
+    @staticmethod
+    def value_expr(n: Node, val) -> Expr:
+        a = [val(x) for x in n.args]
+        if n.op == "neg":
+            return Neg(a[0])
+        if n.op in ("add", "sub", "mul", "div"):
+            return Bin({"add": "+", "sub": "-", "mul": "*", "div": "/"}[n.op], a[0], a[1])
+        if n.op == "call":
+            return Call(n.attr, a[0])
+        if n.op == "assign":
+            return a[0]
+        raise ValueError(n.op)  # pragma: no cover
+
+    @staticmethod
+    def partials(n: Node, val) -> list:
+        """[(arg, factor or None for 1, negate)] for the reverse pass."""
+        if n.op in ("add", "assign"):
+            return [(a, None, False) for a in n.args]
+        if n.op == "sub":
+            return [(n.args[0], None, False), (n.args[1], None, True)]
+        if n.op == "neg":
+            return [(n.args[0], None, True)]
+        if n.op == "mul":
+            a, b = n.args
+            return [(a, val(b), False), (b, val(a), False)]
+        if n.op == "div":
+            a, b = n.args
+            return [(a, Bin("/", Lit(1.0), val(b)), False),
+                    (b, Bin("/", Neg(val(n), parens=False), val(b)), False)]
+        if n.op == "call":
+            f = FUNCTIONS[n.attr]
+            x = val(n.args[0]) if f.uses_x else None
+            y = val(n) if f.uses_y else None
+            return [(n.args[0], Call(n.attr, x, y, deriv=True), False)]
+        raise ValueError(n.op)  # pragma: no cover
+
+    def _tracked(self, build, *args):
+        """(statements, whether they read a hoisted value) of build(*args)."""
+        self._reads_hoisted = False
+        out = build(*args)
+        reads, self._reads_hoisted = self._reads_hoisted, False
+        return out, reads
+
+    # -- input-only ("hoisted") values, from XW --------------------------------------
+    def hoisted_values(self):
+        out = []
+        for n in self.ir.hoisted:
+            if n.op == "xprod":
+                e = Load(Access("xw", "", self.xprod_index[n]))
+            elif n.op == "bias":
+                e = Load(Access("vector", n.attr))
+            else:
+                e = self.value_expr(n, self.hoisted_local)
+            out.append(Let(f"v_{n.label}", e))
+        return out
+
+    def _with_hoisted(self, body, reads):
+        if not reads:
+            return body
+        return self.hoisted_values() + [Unused(tuple(f"v_{n.label}" for n in self.ir.hoisted))] \
+            + body
+
+    def _hoisted_partials(self):
+        ir = self.ir
+        out = []
+        # x @ W's adjoints are not needed where dS holds them (see Layout.xw_group)
+        in_ds = self.layout.xw_group is not None
+        skip = lambda n: in_ds and n.op == "xprod"  # noqa: E731
+        for n in ir.hoisted:
+            init = self.root_adjoint(n) if n in self.root_index else Lit(0.0)
+            if not skip(n):
+                out.append(Let(f"g_{n.label}", init, const=False))
+        for n in reversed(ir.hoisted):
+            g = Local(f"g_{n.label}")
+            if n.op == "xprod":
+                if not skip(n):
+                    out.append(Set(Access("dxw", "", self.xprod_index[n]), g))
+            elif n.op == "bias":
+                out.append(ReduceAdd(Access("dvector", n.attr), g))
+            else:
+                for a, f, neg in self.partials(n, self.hoisted_local):
+                    if not a.is_const and not skip(a):
+                        out.append(Add(Local(f"g_{a.label}"), Scaled(g, f, neg)))
+        return out
+
+    # -- forward ---------------------------------------------------------------------
+    def _store(self, n: Node, value: Expr) -> Set:
+        if n in self.layout.new_state_alias:   # the other slot holds it but at the last step
+            return Set(slot(n), value, ("save", "last_step"))
+        when = (() if n in self.layout.inference_slots else ("save",)) + (
+            ("not_lags_shared",) if n in self.layout.lag_alias else ())
+        return Set(slot(n), value, when)
+
+    def _forward_body(self, p: int):
+        ir = self.ir
+        out = []
+        val = lambda n: self.fwd_val(n, p)  # noqa: E731
+        if p == 0:   # leaves whose per-step value must be kept
+            for n in self.layout.slots:
+                if n.op in ("state", "started") or n.hoisted:
+                    out.append(self._store(n, val(n)))
+        for n in ir.loops[p]:
+            out.append(Let(f"v_{n.label}", self.value_expr(n, val)))
+            if n in self.slot_set:
+                out.append(self._store(n, Local(f"v_{n.label}")))
+        for n in self.layout.slots:   # products whose values the backward pass reads
+            if n.op == "matmul" and ir.phases[n] == p:
+                out.append(self._store(n, val(n)))
+        return out
+
+    def update(self):
+        """Masked register update, in the last loop: a padded step keeps every state."""
+        ir = self.ir
+        body = []
+        for s in ir.states:
+            for k in range(ir.lags[s], 1, -1):
+                body.append(Set(state(s, k), Load(state(s, k - 1))))
+            body.append(Set(state(s, 1), Local(f"v_{ir.assigns[s].label}")))
+        return [IfReal(tuple(body)), Set(Access("y"), Load(state(ir.output, 1)))]
+
+    def forward(self):
+        out = []
+        for p in range(self.ir.nphases):
+            body = self._with_hoisted(*self._tracked(self._forward_body, p))
+            if p == self.ir.nphases - 1:
+                body = body + self.update()
+            gemms = tuple(Gemm(g, g.operand, tuple(mm.attr for mm in g.matmuls), False)
+                          for g in self.ir.groups_of_phase(p))
+            out.append(ForwardPhase(p, gemms, tuple(body)))
+        return tuple(out)
+
+    # -- backward --------------------------------------------------------------------
+    def _mem(self, access: Access) -> Local:
+        """An adjoint held in memory between loops, as the backward loop being built sees
+        it: a local, loaded before the loop body and stored after it.  Each location is
+        then read once and written once per element, and the body works in registers.
+        (A body that zeroed a location and then added to it in the same row computed a
+        wrong gradient with GCC 12 at -O2, right at -O1; the cause was not pinned down,
+        and this form has no such sequence.)"""
+        name = self._locals.get(access)
+        if name is None:
+            name = self._locals[access] = f"a{len(self._locals)}"
+        return Local(name)
+
+    def root_adjoint(self, n):
+        """The adjoint of hoisted root n at this step: dXP is [NR, B, H], one step's worth
+        (roots of row (b, t) are only read at step t, so backward finishes them there)."""
+        return self._mem(Access("droot", "", self.root_index[n]))
+
+    def adjoint_target(self, a: Node, p: int):
+        """Where a contribution to a's adjoint goes, from backward loop p."""
+        ir = self.ir
+        if a.is_const or a.op == "started":
+            return None
+        if a.op == "state":
+            return self._mem(dstate(*a.attr))
+        if a.hoisted:
+            if a in self.buf_set:   # a root that is also a GEMM operand
+                return self._mem(adj(a))
+            return self.root_adjoint(a)
+        if ir.owner[a] == p:
+            return Local(f"g_{a.label}")
+        return self._mem(adj(a))
+
+    def _backward_body(self, p: int):
+        ir = self.ir
+        owned = [n for n in ir.nodes if ir.owner.get(n) == p]
+        out = []
+        for n in owned:
+            init = self._entry_inits.get(n)
+            if init is None:
+                init = self._mem(adj(n)) if n in self.buf_set else Lit(0.0)
+            out.append(Let(f"g_{n.label}", init, const=False))
+        for n in reversed(owned):
+            g = Local(f"g_{n.label}")
+            if n.op == "matmul":
+                grp, k = ir.group_of(n)
+                out.append(Set(Access("dproduct", grp.name, k), g))
+                continue
+            for a, f, neg in self.partials(n, self.bwd_val):
+                tgt = self.adjoint_target(a, p)
+                if tgt is not None:
+                    out.append(Add(tgt, Scaled(g, f, neg)))
+        if p == 0:   # hoisted GEMM operands: their adjoint buffer flows to dXP
+            for n in ir.buffered:
+                if n.hoisted:
+                    out.append(Add(self.root_adjoint(n), self._mem(adj(n))))
+        return out
+
+    def _entry(self, p: int):
+        """(statements, {adjoint in memory: its value}, padded-row statements) that open a
+        backward step in loop p.  dy reaches the carried output; at a real step the
+        registers shift back and each new state takes the adjoint its register held (in
+        a local when loop p owns the new state); the step's accumulators start at zero.
+        At a padded step the registers stay."""
+        ir = self.ir
+        dy = Load(Access("dy"))
+        pre, inits = [], {}
+        padded = [Add(dstate(ir.output, 1), dy)]
+        self._entry_inits = {}
+        for s in ir.states:
+            a = ir.assigns[s]
+            held = Load(dstate(s, 1))
+            if s == ir.output:
+                held = Bin("+", held, dy)
+            pre.append(Let(f"a_{c_name(s)}", held))
+            for k in range(1, ir.lags[s] + 1):
+                inits[dstate(s, k)] = (Load(dstate(s, k + 1)) if k < ir.lags[s] else Lit(0.0))
+            if ir.owner.get(a) == p:
+                self._entry_inits[a] = Local(f"a_{c_name(s)}")
+            else:
+                inits[adj(a)] = Local(f"a_{c_name(s)}")
+        for n in ir.buffered:
+            if n.op != "assign":
+                inits[adj(n)] = Lit(0.0)
+                padded.append(Set(adj(n), Lit(0.0)))
+        for n in ir.roots:
+            inits[Access("droot", "", self.root_index[n])] = Lit(0.0)
+        return pre, inits, padded
+
+    def _loop(self, p: int, entry: bool, final: bool):
+        self._locals, inits, pre, padded = {}, {}, [], []
+        if entry:
+            pre, inits, padded = self._entry(p)
+            for access in inits:
+                self._mem(access)
+        body, reads = self._tracked(self._backward_body, p)
+        if final:
+            more, more_reads = self._tracked(self._hoisted_partials)
+            body, reads = body + more, reads or more_reads
+        self._entry_inits = {}
+        if not body and not entry:
+            return [], [], False
+        load = [Let(name, inits.get(access, Load(access)), const=False)
+                for access, name in self._locals.items()]
+        # store what changed (or the entry set); root adjoints are read by no later loop
+        # than the final one
+        changed = {s.target.name for s in body if isinstance(s, Add)
+                   and isinstance(s.target, Local)}
+        store = [Set(access, Local(name)) for access, name in self._locals.items()
+                 if (access in inits or name in changed)
+                 and not (final and access.kind == "droot")]
+        return self._with_hoisted(pre + load + body + store, reads), padded, reads
+
+    def backward(self):
+        ir = self.ir
+        busy = [p for p in range(ir.nphases) if self._tracked(self._backward_body, p)[0]]
+        self._locals = {}
+        first, final = (max(busy), min(busy)) if busy else (0, 0)
+        out = []
+        for p in range(ir.nphases - 1, -1, -1):
+            real, padded, reads = self._loop(p, p == first, p == final)
+            gemms = tuple(Gemm(g, g.operand, tuple(mm.attr for mm in g.matmuls), True,
+                               operand_adjoint(g))
+                          for g in ir.groups_of_phase(p))
+            out.append(BackwardPhase(p, tuple(real), tuple(padded), p == final, reads, gemms))
+        self._locals = {}
+        return tuple(out)
+
+
+def operand_adjoint(g: Group) -> Access:
+    """The buffer receiving dOperand += dS @ [U...]^T (its element (b, j))."""
+    a = g.operand
+    if a.op == "state":
+        return dstate(*a.attr)
+    return adj(a)
+
+
+def lower_program(ir: CellIR, layout: Layout) -> StepProgram:
+    low = _Lowering(ir, layout)
+    forward = low.forward()
+    backward = low.backward()
+    return StepProgram(ir=ir, layout=layout, forward=forward, backward=backward,
+                       keep_xw=any(ph.reads_hoisted for ph in backward))
