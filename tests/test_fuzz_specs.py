@@ -24,7 +24,7 @@ BASES = [p.read_text() for p in sorted((ROOT / "specs").glob("*.yaml"))] + [
 
 _common = dict(deadline=None, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("quick", max_examples=300, **_common)
+settings.register_profile("quick", max_examples=200, **_common)
 settings.register_profile("long", max_examples=6000, **_common)
 PROFILE = os.environ.get("RNNGEN_FUZZ_PROFILE", "quick")
 FUZZ = settings(settings.get_profile(PROFILE))
