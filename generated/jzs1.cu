@@ -80,6 +80,25 @@ int rnngen_jzs1_cuda_copy(void *dst, const void *src, long long bytes, int to_de
     return RNNGEN_OK;
 }
 
+int rnngen_jzs1_cuda_copy2d(void *dst, long long dpitch, const void *src, long long spitch,
+    long long width, long long height, void *stream)
+{
+    if (dpitch < 0 || spitch < 0 || width < 0 || height < 0) return RNNGEN_EDIM;
+    if (width == 0 || height == 0) return RNNGEN_OK;
+    if (!dst || !src) return RNNGEN_ENULL;
+    RNNGEN_CU(cudaMemcpy2DAsync(dst, (size_t)dpitch, src, (size_t)spitch, (size_t)width, (size_t)height, cudaMemcpyDefault, (cudaStream_t)stream));
+    return RNNGEN_OK;
+}
+
+int rnngen_jzs1_cuda_zero(void *ptr, long long bytes, void *stream)
+{
+    if (bytes < 0) return RNNGEN_EDIM;
+    if (bytes == 0) return RNNGEN_OK;
+    if (!ptr) return RNNGEN_ENULL;
+    RNNGEN_CU(cudaMemsetAsync(ptr, 0, (size_t)bytes, (cudaStream_t)stream));
+    return RNNGEN_OK;
+}
+
 int rnngen_jzs1_cuda_sync(void *stream)
 {
     RNNGEN_CU(cudaStreamSynchronize((cudaStream_t)stream));

@@ -14,10 +14,15 @@ int rnngen_jzs2_cuda_init(void);
 /* The last CUDA or cuBLAS failure: the call, its line, the error's name and meaning. */
 const char *rnngen_jzs2_cuda_error(void);
 
-/* Device memory and copies (to_device: 1 host to device, 0 device to host). */
+/* Device memory and copies (to_device: 1 host to device, 0 device to host; both wait for
+ * the copy).  copy2d copies `height` rows of `width` bytes between any two addresses
+ * (pitches in bytes) on `stream`; memset zeroes `bytes` bytes on `stream`. */
 int rnngen_jzs2_cuda_alloc(long long bytes, void **ptr);
 int rnngen_jzs2_cuda_free(void *ptr);
 int rnngen_jzs2_cuda_copy(void *dst, const void *src, long long bytes, int to_device);
+int rnngen_jzs2_cuda_copy2d(void *dst, long long dpitch, const void *src, long long spitch,
+    long long width, long long height, void *stream);
+int rnngen_jzs2_cuda_zero(void *ptr, long long bytes, void *stream);
 int rnngen_jzs2_cuda_sync(void *stream);
 
 /* Sizes, in elements of the chosen dtype, of the buffer forward saves for backward

@@ -17,9 +17,11 @@ from .backends import get_backend
 from .initializers import check_init, initialize
 from .ir import resolve_params
 from .pipeline import SPECS, builtin_specs, compile_cell
+from .runtime import DeviceView, is_device_array
 from .spec import CellSpec, load_spec
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
+CUDA_BACKENDS = ("cuda", "cuda-emulated")
 
 
 def _check_dtype(dtype) -> str:
@@ -187,7 +189,58 @@ class Recurrent:
         return mask if self.return_sequences else None
 
     # -- running ---------------------------------------------------------------------
+    def _check_device_input(self, x, mask):
+        """x (and mask) in CUDA device memory: checked as _check_input does, read in place."""
+        if self.backend not in CUDA_BACKENDS:
+            raise TypeError(f"x is a CUDA device array, but the layer's backend is "
+                            f"{self.backend!r}: use backend='cuda', or pass a numpy array")
+        v = DeviceView.of(x, "x")
+        if len(v.shape) != 3:
+            raise ValueError(f"x must have 3 dimensions (nb_samples, timesteps, input_dim), "
+                             f"got shape {v.shape}")
+        if v.dtype != np.dtype(self.dtype):
+            raise TypeError(f"x on the device must have the layer's dtype {self.dtype} (no "
+                            f"conversion is made on the device), got {v.dtype}")
+        B, T, D = v.shape
+        self._check_sizes(v.shape)
+        if mask is not None and is_device_array(mask):
+            m = DeviceView.of(mask, "mask")
+            if m.shape != (B, T) or m.dtype not in (np.uint8, np.bool_):
+                raise ValueError(f"a mask on the device must be bool or uint8 of shape "
+                                 f"(nb_samples, timesteps) = {(B, T)}, got {m.dtype} {m.shape}")
+            return x, mask
+        return x, self._check_mask(mask, B, T)
+
+    def _check_sizes(self, shape):
+        B, T, D = shape
+        if B < 1 or T < 1:
+            raise ValueError(f"x must have at least one sample and one step, got shape {shape}")
+        if self.input_dim is not None and D != self.input_dim:
+            raise ValueError(f"x has input_dim {D}, but the layer was built for input_dim "
+                             f"{self.input_dim}: expected shape (nb_samples, timesteps, "
+                             f"{self.input_dim})")
+        if self.input_length is not None and T != self.input_length:
+            raise ValueError(f"x has {T} timesteps, but input_length={self.input_length}")
+
+    @staticmethod
+    def _check_mask(mask, B, T):
+        if mask is None:
+            return None
+        m = np.asarray(mask)
+        if m.shape != (B, T):
+            raise ValueError(f"mask must have shape (nb_samples, timesteps) = {(B, T)}, got "
+                             f"{m.shape}")
+        if m.dtype != np.bool_:
+            if m.dtype.kind not in "iuf" or not np.all((m == 0) | (m == 1)):
+                raise ValueError("mask must be boolean or hold only 0 and 1")
+        return np.ascontiguousarray(m != 0, dtype=np.uint8)
+
     def _check_input(self, x, mask):
+        if is_device_array(x):
+            return self._check_device_input(x, mask)
+        if mask is not None and is_device_array(mask):
+            raise TypeError("the mask is a CUDA device array but x is not: pass both on the "
+                            "device or both on the host")
         if not isinstance(x, np.ndarray):
             x = np.asarray(x) if isinstance(x, (list, tuple)) else x
             if not isinstance(x, np.ndarray):
@@ -198,38 +251,26 @@ class Recurrent:
                              f"got shape {x.shape}")
         if x.dtype.kind != "f":
             raise TypeError(f"x must be a float32 or float64 array, got dtype {x.dtype}")
-        B, T, D = x.shape
-        if B < 1 or T < 1:
-            raise ValueError(f"x must have at least one sample and one step, got shape {x.shape}")
-        if self.input_dim is not None and D != self.input_dim:
-            raise ValueError(f"x has input_dim {D}, but the layer was built for input_dim "
-                             f"{self.input_dim}: expected shape (nb_samples, timesteps, "
-                             f"{self.input_dim})")
-        if self.input_length is not None and T != self.input_length:
-            raise ValueError(f"x has {T} timesteps, but input_length={self.input_length}")
-        if mask is not None:
-            m = np.asarray(mask)
-            if m.shape != (B, T):
-                raise ValueError(f"mask must have shape (nb_samples, timesteps) = {(B, T)}, got "
-                                 f"{m.shape}")
-            if m.dtype != np.bool_:
-                if m.dtype.kind not in "iuf" or not np.all((m == 0) | (m == 1)):
-                    raise ValueError("mask must be boolean or hold only 0 and 1")
-            mask = np.ascontiguousarray(m != 0, dtype=np.uint8)
-        return x, mask
+        self._check_sizes(x.shape)
+        B, T, _ = x.shape
+        return x, self._check_mask(mask, B, T)
 
     def forward(self, x, mask=None, *, training: bool = True):
         """Run the layer on x (nb_samples, timesteps, input_dim); see output_shape."""
         x, mask = self._check_input(x, mask)
+        device = is_device_array(x)
         if not self.built:
-            self.build(x.shape[2])
-        x = np.ascontiguousarray(x, dtype=_DTYPES[self.dtype])
+            self.build(DeviceView.of(x, "x").shape[2] if device else x.shape[2])
+        if not device:
+            x = np.ascontiguousarray(x, dtype=_DTYPES[self.dtype])
         old = self._last[2] if self._last is not None else None   # backward only reads the last
         y, save = self._kernel.forward(x, mask, self._weights, self.output_dim, training, old,
                                        self._reusable("y"))
         self._outputs["y"] = y
         self._last = (x, mask, save, [w for w in self._weights]) if training else None
-        return y if self.return_sequences else y[:, -1, :].copy()
+        if self.return_sequences:
+            return y
+        return y.last_step() if device else y[:, -1, :].copy()
 
     __call__ = forward
 
@@ -238,16 +279,27 @@ class Recurrent:
         if self._last is None:
             raise ValueError("backward() needs a forward(x) with training=True first")
         x, mask, save, weights = self._last
-        B, T, _ = x.shape
+        B, T, _ = DeviceView.of(x, "x").shape if is_device_array(x) else x.shape
         expected = (B, T, self.output_dim) if self.return_sequences else (B, self.output_dim)
-        dy = _as_float_array(dy, "dy", _DTYPES[self.dtype])
-        if dy.shape != expected:
-            raise ValueError(f"dy must have the shape of the last output {expected}, got "
-                             f"{dy.shape}")
-        if not self.return_sequences:
-            full = np.zeros((B, T, self.output_dim), dtype=dy.dtype)
-            full[:, -1, :] = dy
-            dy = full
+        if is_device_array(dy):
+            if self.backend not in CUDA_BACKENDS:
+                raise TypeError(f"dy is a CUDA device array, but the layer's backend is "
+                                f"{self.backend!r}")
+            v = DeviceView.of(dy, "dy")
+            if v.shape != expected or v.dtype != np.dtype(self.dtype):
+                raise ValueError(f"dy must have the shape of the last output {expected} and "
+                                 f"dtype {self.dtype}, got {v.shape} {v.dtype}")
+            if not self.return_sequences:
+                dy = self._kernel.expand_last(dy, T)
+        else:
+            dy = _as_float_array(dy, "dy", _DTYPES[self.dtype])
+            if dy.shape != expected:
+                raise ValueError(f"dy must have the shape of the last output {expected}, got "
+                                 f"{dy.shape}")
+            if not self.return_sequences:
+                full = np.zeros((B, T, self.output_dim), dtype=dy.dtype)
+                full[:, -1, :] = dy
+                dy = full
         dx, grads = self._kernel.backward(x, mask, weights, save, dy, self.truncate_gradient,
                                           self._reusable("dx"), self._reusable_grads())
         self._outputs["dx"] = dx

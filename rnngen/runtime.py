@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 from typing import Optional
 
 import cffi
@@ -36,7 +37,7 @@ DTYPES = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("doubl
 
 
 def _fit(arr: Optional[np.ndarray], shape, dtype) -> np.ndarray:
-    if arr is not None and arr.shape == tuple(shape) and arr.dtype == dtype:
+    if isinstance(arr, np.ndarray) and arr.shape == tuple(shape) and arr.dtype == dtype:
         return arr
     return np.empty(shape, dtype=dtype)
 
@@ -131,6 +132,52 @@ class Kernel:
         return dx, grads
 
 
+def is_device_array(a) -> bool:
+    """Whether ``a`` is a CUDA device array (CuPy, torch CUDA tensors, numba, rnngen's
+    own DeviceArray): it has ``__cuda_array_interface__``."""
+    return hasattr(a, "__cuda_array_interface__")
+
+
+_TYPESTRS = {"<f4": np.dtype(np.float32), "<f8": np.dtype(np.float64),
+             "|u1": np.dtype(np.uint8), "|b1": np.dtype(np.bool_)}
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """What rnngen reads of a device array: its pointer, shape, dtype and stream."""
+    ptr: int
+    shape: tuple
+    dtype: np.dtype
+    stream: int          # 0: the default stream
+
+    @classmethod
+    def of(cls, a, what: str) -> "DeviceView":
+        try:
+            iface = a.__cuda_array_interface__
+            shape = tuple(int(n) for n in iface["shape"])
+            typestr = iface["typestr"]
+            ptr = int(iface["data"][0])
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+            raise TypeError(f"{what}: its __cuda_array_interface__ is not readable") from None
+        if typestr not in _TYPESTRS:
+            raise TypeError(f"{what} must hold float32 or float64 (or, for a mask, uint8 or "
+                            f"bool), got typestr {typestr!r}")
+        dtype = _TYPESTRS[typestr]
+        strides = iface.get("strides")
+        if strides is not None:
+            expect, step = [], dtype.itemsize
+            for n in reversed(shape):
+                expect.insert(0, step)
+                step *= n
+            if any(n > 1 and st != e for n, st, e in zip(shape, strides, expect)):
+                raise ValueError(f"{what} must be C-contiguous (strides {tuple(strides)}, "
+                                 f"expected {tuple(expect)}); copy it first")
+        if ptr == 0 and int(np.prod(shape)) > 0:
+            raise ValueError(f"{what} has a NULL data pointer")
+        stream = iface.get("stream") if iface.get("version", 0) >= 3 else None
+        return cls(ptr, shape, dtype, int(stream) if stream else 0)
+
+
 class DeviceBuffer:
     """Device memory from a CUDA library (host memory in its emulation), freed with it."""
 
@@ -141,10 +188,70 @@ class DeviceBuffer:
         self.nbytes = int(nbytes)
 
 
+class DeviceArray:
+    """A result on the GPU: a C-contiguous array (or a strided view of one) in device
+    memory that rnngen allocated.  Hand it to CuPy or torch without a copy
+    (``torch.as_tensor(a, device="cuda")``, ``cupy.asarray(a)``: both read
+    ``__cuda_array_interface__``), or copy it to the host with :meth:`get`."""
+
+    def __init__(self, kernel: "CudaKernel", buf: DeviceBuffer, shape, dtype, offset=0,
+                 strides=None, stream: int = 0):
+        self._kernel, self._buf = kernel, buf
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._offset, self._strides, self._stream = int(offset), strides, int(stream)
+
+    @classmethod
+    def empty(cls, kernel: "CudaKernel", shape, dtype, stream: int = 0) -> "DeviceArray":
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return cls(kernel, DeviceBuffer(kernel, nbytes), shape, dtype, stream=stream)
+
+    @property
+    def ptr(self) -> int:
+        return int(self._kernel.ffi.cast("uintptr_t", self._buf.ptr)) + self._offset
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
+                "strides": self._strides, "version": 3,
+                "stream": self._stream if self._stream else None}
+
+    def last_step(self) -> "DeviceArray":
+        """The view [:, -1, :] of a [B, T, H] array (no copy)."""
+        B, T, H = self.shape
+        item = self.dtype.itemsize
+        return DeviceArray(self._kernel, self._buf, (B, H), self.dtype,
+                           self._offset + (T - 1) * H * item, (T * H * item, item), self._stream)
+
+    def get(self) -> np.ndarray:
+        """A host copy (waits for the stream the array was written on)."""
+        k = self._kernel
+        out = np.empty(self.shape, self.dtype)
+        k._check(k._fn("cuda_sync")(k._stream_ptr(self._stream)), "cuda_sync")
+        if self._strides is None:
+            return k._download(out, k.ffi.cast("void *", self.ptr))
+        rows = int(np.prod(self.shape[:-1]))
+        width = self.shape[-1] * self.dtype.itemsize
+        k._check(k._fn("cuda_copy2d")(k.ffi.from_buffer(out), width,
+                                      k.ffi.cast("void *", self.ptr), self._strides[-2], width,
+                                      rows, k.ffi.NULL), "copy from the device")
+        k._check(k._fn("cuda_sync")(k.ffi.NULL), "cuda_sync")
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.get()
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self):
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype})"
+
+
 class CudaKernel(Kernel):
-    """The compiled forward/backward of one cell on the CUDA backend.  Numpy arrays in and
-    out: inputs are copied to device memory, results back; what forward saves for
-    backward stays on the device (a :class:`DeviceBuffer`)."""
+    """The compiled forward/backward of one cell on the CUDA backend.
+
+    Numpy arrays in and out: inputs are copied to device memory, results back.  Device
+    arrays (anything with ``__cuda_array_interface__``: CuPy, torch CUDA tensors) are
+    read where they lie, on their stream, and the results are DeviceArrays on the same
+    stream.  What forward saves for backward stays on the device (a DeviceBuffer)."""
 
     def __init__(self, ir: CellIR, lib_path, runtime_header: str, cell_header: str):
         super().__init__(ir, lib_path, runtime_header, cell_header)
@@ -152,6 +259,9 @@ class CudaKernel(Kernel):
 
     def _fn(self, name):
         return getattr(self.lib, f"{self.prefix}_{name}")
+
+    def _stream_ptr(self, stream: int):
+        return self.ffi.cast("void *", stream) if stream else self.ffi.NULL
 
     def set_threads(self, n: int) -> None:
         """The GPU's threads are not set by the user; the count is checked only."""
@@ -173,10 +283,19 @@ class CudaKernel(Kernel):
             buf = bufs[role] = DeviceBuffer(self, nbytes)
         return buf
 
-    def _upload(self, role: str, arr: Optional[np.ndarray]):
+    def _in(self, role: str, arr, shape, dtype):
+        """The device pointer of an input: a device array's own (checked), or a copy of a
+        host array in a buffer kept for ``role``."""
         if arr is None:
             return self.ffi.NULL
-        arr = np.ascontiguousarray(arr)
+        if is_device_array(arr):
+            v = DeviceView.of(arr, role)
+            ok = v.dtype == dtype or (dtype == np.uint8 and v.dtype == np.bool_)
+            if v.shape != tuple(shape) or not ok:
+                raise ValueError(f"{role} on the device has shape {v.shape} and dtype {v.dtype}, "
+                                 f"expected {tuple(shape)} and {np.dtype(dtype)}")
+            return self.ffi.cast("void *", v.ptr)
+        arr = np.ascontiguousarray(arr, dtype=dtype)
         buf = self._device(role, arr.nbytes)
         self._check(self._fn("cuda_copy")(buf.ptr, self.ffi.from_buffer(arr), arr.nbytes, 1),
                     "copy to the device")
@@ -188,43 +307,79 @@ class CudaKernel(Kernel):
         return arr
 
     def forward(self, x, mask, weights, H, training: bool, save=None, out=None):
-        B, T, D = x.shape
-        _, sfx = DTYPES[x.dtype]
+        """As Kernel.forward; x (and mask, weights) may be device arrays: then y is a
+        DeviceArray computed on x's stream."""
+        dev = is_device_array(x)
+        xv = DeviceView.of(x, "x") if dev else None
+        B, T, D = xv.shape if dev else x.shape
+        dtype = xv.dtype if dev else x.dtype
+        stream = xv.stream if dev else 0
+        _, sfx = DTYPES[dtype]
         n_save, n_work = self.sizes(T, B, D, H)
-        itemsize = x.dtype.itemsize
-        y = _fit(out, (B, T, H), x.dtype)
         if not training:
             save = None
-        elif not (isinstance(save, DeviceBuffer) and save.nbytes == n_save * itemsize):
-            save = DeviceBuffer(self, n_save * itemsize)
-        ws = [self._upload(f"w{i}", w) for i, w in enumerate(weights)]
-        dy_ = self._device("y", y.nbytes)
+        elif not (isinstance(save, DeviceBuffer) and save.nbytes == n_save * dtype.itemsize):
+            save = DeviceBuffer(self, n_save * dtype.itemsize)
+        ws = [self._in(f"w{i}", w, w.shape, dtype) for i, w in enumerate(weights)]
+        if dev:
+            y = DeviceArray.empty(self, (B, T, H), dtype, stream)
+            yptr = y._buf.ptr
+        else:
+            y = _fit(out, (B, T, H), dtype)
+            yptr = self._device("y", y.nbytes).ptr
         st = self._fn(f"forward{sfx}")(
-            self.ffi.NULL, T, B, D, H, self._upload("x", x), self._upload("mask", mask), *ws,
-            dy_.ptr, save.ptr if save is not None else self.ffi.NULL,
-            self._device("work", n_work * itemsize).ptr)
+            self._stream_ptr(stream), T, B, D, H, self._in("x", x, (B, T, D), dtype),
+            self._in("mask", mask, (B, T), np.uint8), *ws, yptr,
+            save.ptr if save is not None else self.ffi.NULL,
+            self._device("work", n_work * dtype.itemsize).ptr)
         self._check(st, "forward")
-        return self._download(y, dy_.ptr), save
+        return (y if dev else self._download(y, yptr)), save
 
     def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None):
-        B, T, D = x.shape
-        H = dy.shape[2]
-        _, sfx = DTYPES[x.dtype]
+        """As Kernel.backward; with a device x or dy, dx is a DeviceArray (the weight
+        gradients are numpy arrays, like the weights)."""
+        dev = is_device_array(x) or is_device_array(dy)
+        B, T, D = DeviceView.of(x, "x").shape if is_device_array(x) else x.shape
+        dyv = DeviceView.of(dy, "dy") if is_device_array(dy) else None
+        H = dyv.shape[2] if dyv else dy.shape[2]
+        dtype = dyv.dtype if dyv else dy.dtype
+        stream = dyv.stream if dyv else (DeviceView.of(x, "x").stream if dev else 0)
+        _, sfx = DTYPES[dtype]
         _, n_work = self.sizes(T, B, D, H)
         if not isinstance(save, DeviceBuffer):
             raise TypeError("backward needs the save buffer of a forward on the CUDA backend")
-        dx = _fit(out, x.shape, x.dtype)
         if grads_out is None or len(grads_out) != len(weights):
             grads_out = [None] * len(weights)
-        grads = [_fit(g, w.shape, w.dtype) for g, w in zip(grads_out, weights)]
-        ws = [self._upload(f"w{i}", w) for i, w in enumerate(weights)]
-        ddx = self._device("dx", dx.nbytes)
+        grads = [_fit(g, w.shape, dtype) for g, w in zip(grads_out, weights)]
+        ws = [self._in(f"w{i}", w, w.shape, dtype) for i, w in enumerate(weights)]
+        if dev:
+            dx = DeviceArray.empty(self, (B, T, D), dtype, stream)
+            dxptr = dx._buf.ptr
+        else:
+            dx = _fit(out, (B, T, D), dtype)
+            dxptr = self._device("dx", dx.nbytes).ptr
         dgs = [self._device(f"dw{i}", g.nbytes) for i, g in enumerate(grads)]
         st = self._fn(f"backward{sfx}")(
-            self.ffi.NULL, T, B, D, H, int(truncate), self._upload("x", x),
-            self._upload("mask", mask), *ws, save.ptr, self._upload("dy", dy), ddx.ptr,
-            *[g.ptr for g in dgs], self._device("work", n_work * x.dtype.itemsize).ptr)
+            self._stream_ptr(stream), T, B, D, H, int(truncate),
+            self._in("x", x, (B, T, D), dtype), self._in("mask", mask, (B, T), np.uint8), *ws,
+            save.ptr, self._in("dy", dy, (B, T, H), dtype), dxptr, *[g.ptr for g in dgs],
+            self._device("work", n_work * dtype.itemsize).ptr)
         self._check(st, "backward")
+        self._check(self._fn("cuda_sync")(self._stream_ptr(stream)), "cuda_sync")
         for g, d in zip(grads, dgs):
             self._download(g, d.ptr)
-        return self._download(dx, ddx.ptr), grads
+        return (dx if dev else self._download(dx, dxptr)), grads
+
+    def expand_last(self, dy, T: int):
+        """A [B, T, H] device array, zero but for step T-1, which is dy [B, H] (a device
+        array): the gradient of the last output only."""
+        v = DeviceView.of(dy, "dy")
+        B, H = v.shape
+        full = DeviceArray.empty(self, (B, T, H), v.dtype, v.stream)
+        item = v.dtype.itemsize
+        sp = self._stream_ptr(v.stream)
+        self._check(self._fn("cuda_zero")(full._buf.ptr, B * T * H * item, sp), "cuda_zero")
+        self._check(self._fn("cuda_copy2d")(
+            self.ffi.cast("void *", full.ptr + (T - 1) * H * item), T * H * item,
+            self.ffi.cast("void *", v.ptr), H * item, H * item, B, sp), "copy on the device")
+        return full

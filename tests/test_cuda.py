@@ -266,3 +266,62 @@ def test_generated_cu_compiles_as_cxx_for_the_emulation(tmp_path):
                f"-I{GENERATED}", f"-I{TEMPLATES}", f"-I{inc}"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, f"{src.name}: {res.stderr}"
+
+
+# -- device arrays in and out ---------------------------------------------------------
+class HostAsDevice:
+    """Host memory behind __cuda_array_interface__: in the emulation, device memory is host
+    memory, so this stands for a CuPy array or a torch CUDA tensor."""
+
+    def __init__(self, a, stream=None):
+        self.a = np.ascontiguousarray(a)
+        self.stream = stream
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.a.shape, "typestr": self.a.dtype.str, "strides": None,
+                "data": (self.a.ctypes.data, False), "version": 3, "stream": self.stream}
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_device_arrays_are_read_in_place_and_results_stay_on_the_device(return_sequences):
+    rng = np.random.default_rng(5)
+    a, b = _pair(layers.GRU, "cuda-emulated", "float64", return_sequences=return_sequences,
+                 truncate_gradient=4)
+    x = rng.normal(size=(B, T, D))
+    mask = _mask("holes", rng)
+    y_host = a(x, mask=mask)
+    dev = b._kernel._local.__dict__.setdefault("dev", {})   # the kernel's upload buffers
+    dev.pop("x", None), dev.pop("mask", None)
+    y_dev = b(HostAsDevice(x), mask=HostAsDevice(mask))
+    assert isinstance(y_dev, rnngen.runtime.DeviceArray) and y_dev.shape == y_host.shape
+    assert "x" not in dev and "mask" not in dev   # read in place: nothing uploaded
+    np.testing.assert_allclose(np.asarray(y_dev), y_host, rtol=1e-12, atol=1e-13)
+    iface = y_dev.__cuda_array_interface__
+    assert iface["typestr"] == "<f8" and iface["shape"] == y_host.shape
+    dy = rng.normal(size=y_host.shape)
+    dx_host = a.backward(dy)
+    dx_dev = b.backward(HostAsDevice(dy))
+    assert isinstance(dx_dev, rnngen.runtime.DeviceArray)
+    np.testing.assert_allclose(dx_dev.get(), dx_host, rtol=1e-12, atol=1e-13)
+    for ga, gb in zip(a.grads, b.grads):
+        assert isinstance(gb, np.ndarray)
+        np.testing.assert_allclose(gb, ga, rtol=1e-12, atol=1e-13)
+    if return_sequences:   # a result handed on to the next layer, on the device
+        n1 = layers.SimpleRNN(3, input_dim=H, dtype="float64", seed=1)
+        n2 = layers.SimpleRNN(3, input_dim=H, dtype="float64", seed=1, backend="cuda-emulated")
+        np.testing.assert_allclose(n2(y_dev).get(), n1(y_host), rtol=1e-12, atol=1e-13)
+
+
+def test_device_arrays_are_checked():
+    layer = layers.GRU(H, input_dim=D, backend="cuda-emulated", dtype="float64")
+    with pytest.raises(TypeError, match="layer's dtype float64"):
+        layer(HostAsDevice(np.zeros((B, T, D), np.float32)))
+    with pytest.raises(ValueError, match="input_dim"):
+        layer(HostAsDevice(np.zeros((B, T, D + 1))))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        v = HostAsDevice(np.zeros((B, T, D)))
+        iface = dict(v.__cuda_array_interface__, strides=(8, 8 * B, 8 * B * T))
+        layer(type("Strided", (), {"__cuda_array_interface__": iface})())
+    with pytest.raises(TypeError, match="backend is 'c'"):
+        layers.GRU(H, input_dim=D)(HostAsDevice(np.zeros((B, T, D), np.float32)))
