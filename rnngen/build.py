@@ -112,22 +112,66 @@ def native_target() -> str:
     return f"{' '.join(march)} {flags.strip()}"
 
 
-def build_key(name: str, header: str, source: str, key_extra: Sequence[str] = (), *,
-              command: Optional[Callable] = None, suffix: str = ".c") -> str:
-    """The cache folder's name.  With the default command the key holds the compiler's
-    version, the flags, the BLAS and what -march=native resolves to; another command
-    is named in it, and its compiler and flags belong in ``key_extra``."""
-    parts = [header, source, runtime_header(), sys.platform, suffix, *key_extra]
+def _env_parts(key_extra: Sequence[str], command: Optional[Callable], suffix: str) -> list:
+    """What the binary depends on besides the sources: with the default command the
+    compiler's version, the flags, the BLAS and what -march=native resolves to; another
+    command is named, and its compiler and flags belong in ``key_extra``."""
+    parts = [runtime_header(), sys.platform, suffix, *key_extra]
     if command is None or command is compile_command:
         parts += [compiler_id(), " ".join(CFLAGS + LDFLAGS), *blas_paths(), native_target()]
     else:
         parts.append(f"{getattr(command, '__module__', '')}."
                      f"{getattr(command, '__qualname__', repr(command))}")
+    return parts
+
+
+def _digest(parts) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(part.encode())
         h.update(b"\0")
-    return f"{name}-{h.hexdigest()[:20]}"
+    return h.hexdigest()[:20]
+
+
+def build_key(name: str, header: str, source: str, key_extra: Sequence[str] = (), *,
+              command: Optional[Callable] = None, suffix: str = ".c") -> str:
+    """The cache folder's name: a hash of the sources and of everything else the binary
+    depends on (see _env_parts)."""
+    return f"{name}-{_digest([header, source, *_env_parts(key_extra, command, suffix)])}"
+
+
+# -- finding a library before rendering its sources --------------------------------------
+def input_key(inputs: Sequence[str], key_extra: Sequence[str] = (), *,
+              command: Optional[Callable] = None, suffix: str = ".c") -> str:
+    """A hash of what the sources are rendered from (spec, parameters, choices, the
+    generator's code and templates) and of the build environment: the index entry that
+    finds a built library without rendering it again."""
+    return _digest([*inputs, *_env_parts(key_extra, command, suffix)])
+
+
+def lookup(ikey: str) -> Optional[tuple[Path, str]]:
+    """(library, header text) recorded for ``ikey`` if that library is published and
+    intact, else None (then render and build_library as usual)."""
+    try:
+        folder, name = (cache_dir() / "index" / ikey).read_text().split()
+        d = cache_dir() / folder
+        lib = d / f"lib{name}.so"
+        if "/" in folder or folder.startswith(".") or not _published(d, lib):
+            return None
+        return lib, (d / f"{name}.h").read_text()
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def record(ikey: str, lib: Path) -> None:
+    """Note which library ``ikey`` was built into (best effort: a read-only cache only
+    loses the shortcut)."""
+    try:
+        index = cache_dir() / "index"
+        index.mkdir(parents=True, exist_ok=True)
+        _write_atomic(index / ikey, f"{lib.parent.name} {lib.name[3:-3]}\n")
+    except OSError:
+        pass
 
 
 def compile_command(src: Path, out: Path, include: Path, shared: bool = True) -> list[str]:

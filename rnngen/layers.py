@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Union
 
@@ -17,7 +18,7 @@ from .backends import get_backend
 from .initializers import check_init, initialize
 from .ir import resolve_params
 from .pipeline import SPECS, builtin_specs, compile_cell
-from .runtime import DeviceView, is_device_array
+from .runtime import DeviceView, check_memory, is_device_array
 from .spec import CellSpec, load_spec
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -31,11 +32,19 @@ def _check_dtype(dtype) -> str:
     return name
 
 
-def _check_pos_int(v, what, allow_none=False):
+# Largest sizes a layer accepts (checked before anything is allocated or built).
+MAX_OUTPUT_DIM = 1 << 20
+MAX_INPUT_DIM = 1 << 24
+MAX_STEPS = (1 << 31) - 1      # truncate_gradient, input_length: a C int
+
+
+def _check_pos_int(v, what, allow_none=False, maximum=MAX_STEPS):
     if v is None and allow_none:
         return None
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{what} must be a positive integer, got {v!r}")
+    if v > maximum:
+        raise ValueError(f"{what} must be a positive integer at most {maximum}, got {v!r}")
     return int(v)
 
 
@@ -60,7 +69,8 @@ class Recurrent:
         bound = self.__signature__.bind(output_dim, *args, **kwargs)
         bound.apply_defaults()
         a = dict(bound.arguments)
-        self.output_dim = _check_pos_int(a.pop("output_dim"), "output_dim")
+        self.output_dim = _check_pos_int(a.pop("output_dim"), "output_dim",
+                                         maximum=MAX_OUTPUT_DIM)
         self.dtype = _check_dtype(a.pop("dtype"))
         be = get_backend(a.pop("backend"))
         be.check()     # no GPU, driver or cuBLAS for backend="cuda": say so now
@@ -68,23 +78,25 @@ class Recurrent:
         seed = a.pop("seed")
         self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         tg = a.pop("truncate_gradient")
-        if isinstance(tg, bool) or not isinstance(tg, (int, np.integer)) or (tg < 1 and tg != -1):
+        if isinstance(tg, bool) or not isinstance(tg, (int, np.integer)) or (tg < 1 and tg != -1) \
+                or tg > MAX_STEPS:
             raise ValueError(f"truncate_gradient must be -1 (full BPTT) or a positive number "
-                             f"of steps, got {tg!r}")
+                             f"of steps (at most {MAX_STEPS}), got {tg!r}")
         self.truncate_gradient = int(tg)
         rs = a.pop("return_sequences")
         if not isinstance(rs, (bool, np.bool_)):
             raise TypeError(f"return_sequences must be True or False, got {rs!r}")
         self.return_sequences = bool(rs)
-        self.input_dim = _check_pos_int(a.pop("input_dim"), "input_dim", allow_none=True)
+        self.input_dim = _check_pos_int(a.pop("input_dim"), "input_dim", allow_none=True,
+                                        maximum=MAX_INPUT_DIM)
         self.input_length = _check_pos_int(a.pop("input_length"), "input_length", allow_none=True)
         weights = a.pop("weights")
         self.params = resolve_params(self.spec, a)      # checks activations, inits, ints
         self._kernel = None
         self._weights: Optional[list] = None
-        self._last = None
-        self._outputs: dict = {}   # last y and dx, reused when no one else holds them
-        self.grads: Optional[list] = None
+        # what a backward pairs with, per calling thread: each thread's backward reads its
+        # own last forward, and each thread has its own grads
+        self._tl = threading.local()
         if weights is not None:
             if not isinstance(weights, (list, tuple)):
                 raise TypeError("weights must be a list of numpy arrays "
@@ -95,6 +107,29 @@ class Recurrent:
             self.set_weights(weights)
         elif self.input_dim is not None:
             self.build(self.input_dim)
+
+    # -- per-thread state ------------------------------------------------------------
+    @property
+    def _last(self):
+        return getattr(self._tl, "last", None)
+
+    @_last.setter
+    def _last(self, value):
+        self._tl.last = value
+
+    @property
+    def _outputs(self) -> dict:
+        """Last y and dx, reused when no one else holds them."""
+        return self._tl.__dict__.setdefault("outputs", {})
+
+    @property
+    def grads(self) -> Optional[list]:
+        """The weight gradients of this thread's last backward, in get_weights() order."""
+        return getattr(self._tl, "grads", None)
+
+    @grads.setter
+    def grads(self, value):
+        self._tl.grads = value
 
     # -- construction --------------------------------------------------------
     @property
@@ -128,7 +163,11 @@ class Recurrent:
         raise ValueError("cannot tell input_dim from weights; " + self._expected_text())
 
     def build(self, input_dim: int) -> None:
-        self.input_dim = _check_pos_int(input_dim, "input_dim")
+        self.input_dim = _check_pos_int(input_dim, "input_dim", maximum=MAX_INPUT_DIM)
+        itemsize = np.dtype(_DTYPES[self.dtype]).itemsize
+        shapes = self.weight_shapes(self.input_dim)
+        check_memory(sum(int(np.prod(s)) for s in shapes) * itemsize * 3,
+                     f"{type(self).__name__}'s weights (with gradients and a copy)")
         self._kernel = compile_cell(self.spec, self._code_params, self.backend)
         ws = []
         for w in self._kernel.ir.weights:

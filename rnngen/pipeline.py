@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 from .backends import get_backend
-from .build import build_library, runtime_header
+from .build import build_library, input_key, lookup, record, runtime_header
 from .ir import CellIR, compute_ir
 from .layout import Schedule
-from .render import render_c, render_cuda
+from .render import generator_digest, render_c, render_cuda
 from .runtime import Kernel
 from .spec import CellSpec, is_identifier, load_spec
 
@@ -63,30 +63,47 @@ def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "
                  layout: Optional[dict] = None, schedule: Schedule = Schedule()) -> Kernel:
     """The loaded kernel for ``spec`` with ``params`` on ``backend``; built at most once
     per process.  A backend that cannot run here raises DeviceError before anything else.
-    ``layout`` and ``schedule`` force choices, as in :func:`generate` (for tests)."""
+    ``layout`` and ``schedule`` force choices, as in :func:`generate` (for tests).
+
+    A library is found by what its sources are rendered from (the spec, parameters,
+    choices, the generator's code and templates, the build environment) before anything
+    is rendered: in this process, or through the cache's index."""
     be = get_backend(backend)
     be.check()
-    ir, header, source = generate(spec, params, be.name, layout=layout, schedule=schedule)
-    key = (be.name, spec.digest, tuple(sorted(ir.params.items())), source)
+    ir = compute_ir(spec, params)
+    lay = be.layout(ir, **(layout or {}))
+    name = source_name(spec)
+    inputs = (be.name, spec.digest, repr(sorted(ir.params.items())),
+              repr(sorted((layout or {}).items())), repr(schedule), name, generator_digest())
+    ikey = input_key(inputs, be.key_extra(), command=be.command, suffix=be.suffix)
     with _lock:
-        k = _kernels.get(key)
+        k = _kernels.get(ikey)
         if k is None:
-            lib = build_library(be.library_name(ir), header, source, suffix=be.suffix,
-                                command=be.command, key_extra=be.key_extra())
-            k = _kernels[key] = be.kernel(ir, lib, runtime_header(), header)
+            found = lookup(ikey)
+            if found is not None:
+                lib, header = found
+            else:
+                header, source = be.render(ir, name, lay, schedule)
+                lib = build_library(be.library_name(ir), header, source, suffix=be.suffix,
+                                    command=be.command, key_extra=be.key_extra())
+                record(ikey, lib)
+            k = _kernels[ikey] = be.kernel(ir, lib, runtime_header(), header)
             k.set_threads(_threads)
     return k
 
 
+MAX_THREADS = 1024
+
+
 def set_num_threads(n: int) -> None:
-    """Threads every kernel uses from now on: n > 0, or 0 for OpenMP's count
-    (OMP_NUM_THREADS, else one per core).  A kernel never uses more than one
-    thread per 16 hidden units.  A backward uses the layout its forward saved
+    """Threads every kernel uses from now on: 0 < n <= 1024, or 0 for OpenMP's count
+    (OMP_NUM_THREADS, else one per core).  A kernel never uses more than 64 threads, nor
+    more than one per 16 hidden units.  A backward uses the layout its forward saved
     in, whatever the count is when it runs."""
     global _threads
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"the number of threads must be 0 (automatic) or a positive int, "
-                         f"got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_THREADS:
+        raise ValueError(f"the number of threads must be 0 (automatic) or a positive int at "
+                         f"most {MAX_THREADS}, got {n!r}")
     with _lock:
         _threads = n
         for k in _kernels.values():

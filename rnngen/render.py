@@ -9,7 +9,9 @@ frames: signatures, buffer layout, threads or kernels, and GEMM calls.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import jinja2
@@ -170,6 +172,21 @@ def _env():
 
 def template_files():
     return sorted(p for p in TEMPLATES.iterdir() if p.is_file())
+
+
+GENERATOR_MODULES = ("expr.py", "functions.py", "spec.py", "ir.py", "layout.py", "program.py",
+                     "render.py")
+
+
+@lru_cache(maxsize=None)
+def generator_digest() -> str:
+    """A hash of everything that turns a spec into sources: the templates and the code
+    of the generating stages (so a library found by its inputs is what they render to)."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for p in [*template_files(), *(here / m for m in GENERATOR_MODULES)]:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def _context(ir: CellIR, layout: Layout, source_name: str, dialects, header: str,

@@ -8,6 +8,7 @@ GPU, or its host emulation), copying numpy arrays to device memory and back.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -40,6 +41,22 @@ def _fit(arr: Optional[np.ndarray], shape, dtype) -> np.ndarray:
     if isinstance(arr, np.ndarray) and arr.shape == tuple(shape) and arr.dtype == dtype:
         return arr
     return np.empty(shape, dtype=dtype)
+
+
+def _physical_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes: int, what: str) -> None:
+    """MemoryError, before anything is allocated, when ``what`` needs more bytes than the
+    machine has."""
+    total = _physical_memory()
+    if total is not None and nbytes > total:
+        raise MemoryError(f"{what} needs {nbytes / 2**30:.1f} GiB, more than this machine's "
+                          f"{total / 2**30:.1f} GiB; use fewer samples, steps or units per call")
 
 
 def cdef_from_headers(runtime_header: str, cell_header: str) -> str:
@@ -99,6 +116,8 @@ class Kernel:
         B, T, D = x.shape
         ctype, sfx = DTYPES[x.dtype]
         n_save, n_work = self.sizes(T, B, D, H)
+        check_memory((n_save * training + n_work + 2 * B * T * (H + D)) * x.dtype.itemsize,
+                     f"{self.ir.spec.name} at T={T}, B={B}, D={D}, H={H}")
         y = _fit(out, (B, T, H), x.dtype)
         if not training:
             save = None
@@ -256,6 +275,9 @@ class CudaKernel(Kernel):
     def __init__(self, ir: CellIR, lib_path, runtime_header: str, cell_header: str):
         super().__init__(ir, lib_path, runtime_header, cell_header)
         self._check(self._fn("cuda_init")(), "cuda_init")
+        # one cuBLAS handle per library, whose stream each call sets: calls from several
+        # Python threads take turns
+        self._calls = threading.Lock()
 
     def _fn(self, name):
         return getattr(self.lib, f"{self.prefix}_{name}")
@@ -309,6 +331,16 @@ class CudaKernel(Kernel):
     def forward(self, x, mask, weights, H, training: bool, save=None, out=None):
         """As Kernel.forward; x (and mask, weights) may be device arrays: then y is a
         DeviceArray computed on x's stream."""
+        with self._calls:
+            return self._forward(x, mask, weights, H, training, save, out)
+
+    def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None):
+        """As Kernel.backward; with a device x or dy, dx is a DeviceArray (the weight
+        gradients are numpy arrays, like the weights)."""
+        with self._calls:
+            return self._backward(x, mask, weights, save, dy, truncate, out, grads_out)
+
+    def _forward(self, x, mask, weights, H, training, save, out):
         dev = is_device_array(x)
         xv = DeviceView.of(x, "x") if dev else None
         B, T, D = xv.shape if dev else x.shape
@@ -316,6 +348,8 @@ class CudaKernel(Kernel):
         stream = xv.stream if dev else 0
         _, sfx = DTYPES[dtype]
         n_save, n_work = self.sizes(T, B, D, H)
+        check_memory((n_save * training + n_work + 2 * B * T * (H + D)) * dtype.itemsize,
+                     f"{self.ir.spec.name} at T={T}, B={B}, D={D}, H={H}")
         if not training:
             save = None
         elif not (isinstance(save, DeviceBuffer) and save.nbytes == n_save * dtype.itemsize):
@@ -335,9 +369,7 @@ class CudaKernel(Kernel):
         self._check(st, "forward")
         return (y if dev else self._download(y, yptr)), save
 
-    def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None):
-        """As Kernel.backward; with a device x or dy, dx is a DeviceArray (the weight
-        gradients are numpy arrays, like the weights)."""
+    def _backward(self, x, mask, weights, save, dy, truncate, out, grads_out):
         dev = is_device_array(x) or is_device_array(dy)
         B, T, D = DeviceView.of(x, "x").shape if is_device_array(x) else x.shape
         dyv = DeviceView.of(dy, "dy") if is_device_array(dy) else None
