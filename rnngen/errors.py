@@ -5,6 +5,9 @@ from __future__ import annotations
 class SpecError(ValueError):
     """A cell spec is malformed.  ``problems`` lists every (file, line, message)."""
 
+    partial = None          # the spec as far as it could be read (rnngen.spec)
+    invalid_names = frozenset()
+
     def __init__(self, path: str, problems: list[tuple[int, str]]):
         self.path = str(path)
         # the same problem found twice (a bad term in each step of a sum) is listed once

@@ -6,12 +6,14 @@ continue while a parenthesis is open), ``#`` starts a comment::
 
     expr    := term (('+' | '-') term)*
     term    := unary (('*' | '/' | '@') unary)*
-    unary   := '-' unary | postfix
+    unary   := '-' unary | power
+    power   := postfix ['**' unary]
     postfix := NAME '[' expr ']' | NAME '(' expr (',' expr)* ')' | atom
     atom    := NUMBER | NAME | '(' expr ')'
 
-``@`` is a matrix product and binds like ``*`` (as in Python).  ``h[-k]`` is a
-lag subscript on a state, ``U[k]`` an element of a weight family.
+``@`` is a matrix product and binds like ``*``; ``**`` binds tighter than a sign
+and groups from the right (all as in Python: ``-a ** 2`` is ``-(a ** 2)``).
+``h[-k]`` is a lag subscript on a state, ``U[k]`` an element of a weight family.
 
 Every spec is parsed and lowered in bounded time and memory: the limits below are
 checked before the work they bound (the parser's recursion, a sum()'s expansion),
@@ -68,7 +70,7 @@ class Name:
 
 @dataclass(frozen=True)
 class BinOp:
-    op: str            # one of + - * / @
+    op: str            # one of + - * / @ **
     left: "Expr"
     right: "Expr"
     line: int
@@ -109,7 +111,7 @@ _TOKEN = re.compile(r"""
     (?P<ws>[ \t]+) | (?P<comment>\#[^\n]*) | (?P<nl>\n)
   | (?P<num>(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?)
   | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
-  | (?P<op>[-+*/@=(),\[\]])
+  | (?P<op>\*\*|[-+*/@=(),\[\]])
 """, re.VERBOSE)
 
 
@@ -129,7 +131,7 @@ def _tokenize(text: str, first_line: int, problems: list):
         m = _TOKEN.match(text, pos)
         if not m:
             problems.append((line, f"unexpected character {text[pos]!r} in step equations "
-                                   "(allowed: names, numbers, + - * / @ ( ) [ ] , =)"))
+                                   "(allowed: names, numbers, + - * / ** @ ( ) [ ] , =)"))
             # skip the rest of this line
             nxt = text.find("\n", pos)
             pos = len(text) if nxt < 0 else nxt
@@ -220,12 +222,22 @@ class _Parser:
         while self.peek()[0] == "op" and self.peek()[1] in ("-", "+"):
             if self.next()[1] == "-":
                 negative = not negative
-        arg = self.postfix()
+        arg = self.power()
         if not negative:
             return arg
         if isinstance(arg, Num):
             return Num(-arg.value, first[2])
         return Neg(arg, first[2])
+
+    def power(self):
+        base = self.postfix()
+        if self.peek()[0] == "op" and self.peek()[1] == "**":
+            op = self.next()
+            self.enter(op[2])      # each ** nests its exponent one level deeper
+            exponent = self.unary()
+            self.depth -= 1
+            return BinOp("**", base, exponent, op[2])
+        return base
 
     def postfix(self):
         t = self.next()

@@ -53,6 +53,9 @@ _NUMPY = {
     "softplus": _softplus,
     "linear": lambda x: x,
     "exp": np.exp,
+    "sqrt": np.sqrt,
+    "log": np.log,
+    "abs": np.abs,
 }
 
 FUNCTIONS: dict[str, Function] = {
@@ -74,8 +77,20 @@ FUNCTIONS: dict[str, Function] = {
                  "(-{expm1}(-({y})))", False, True, "log(1 + exp(x)), without overflow"),
         Function("linear", "({x})", "{one}", False, False, "x"),
         Function("exp", "{exp}({x})", "({y})", False, True, "exp(x)"),
+        # sqrt'(x) = 0.5 / sqrt(x): infinite at 0 (as in numpy, torch and JAX)
+        Function("sqrt", "{sqrt}({x})", "({c0_5} / ({y}))", False, True, "sqrt(x)"),
+        Function("log", "{log}({x})", "({one} / ({x}))", True, False, "natural log of x"),
+        # abs'(0) = 0 (the subgradient torch and JAX use): sign(x)
+        Function("abs", "{fabs}({x})",
+                 "(({x}) > {zero} ? {one} : (({x}) < {zero} ? -{one} : {zero}))",
+                 True, False, "|x|; derivative sign(x), 0 at 0"),
     ]
 }
+
+# Functions of two arguments: lowered to their own nodes (see rnngen.program).  At a tie
+# the first argument takes the whole gradient: d max(a, b) = da where a >= b, else db;
+# d min(a, b) = da where a <= b, else db (NaN in a: the gradient goes to b).
+BINARY = {"max": "max(a, b), elementwise", "min": "min(a, b), elementwise"}
 
 # The names that may be given as a layer's activation / inner_activation.
 ACTIVATIONS = ("sigmoid", "hard_sigmoid", "tanh", "relu", "softplus", "linear")

@@ -21,6 +21,7 @@ Everything here is plain data; :mod:`rnngen.render` turns it into C.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -28,7 +29,7 @@ from typing import Mapping, Optional
 
 from . import expr as E
 from .errors import SpecError
-from .functions import ACTIVATIONS, FUNCTIONS, check_activation
+from .functions import ACTIVATIONS, BINARY, FUNCTIONS, check_activation
 from .spec import (MAX_INT_PARAM, MAX_LAG, MAX_OPERATIONS, MAX_PHASES, MAX_SUM_TERMS,
                    CellSpec)
 
@@ -131,6 +132,7 @@ def c_name(s: str) -> str:
 class _Lowering:
     def __init__(self, spec: CellSpec, params: dict):
         self.spec = spec
+        self.output_state = spec.output    # a state of the spec, or one carrying the output
         self.params = params
         self.problems: list[tuple[int, str]] = []
         self.nodes: list[Node] = []
@@ -222,35 +224,80 @@ class _Lowering:
                 terms = []
                 self.sum_terms(e, 1, env, loopvars, terms)
                 return ("vec", self.build_sum(terms, e.line))
+            if e.op == "**":
+                return self.lower_power(e, env, loopvars)
             return self.lower_product(e, env, loopvars)
         if isinstance(e, E.Call):
             return self.lower_call(e, env, loopvars)
         raise TypeError(e)  # pragma: no cover
 
     def lower_product(self, e, env, loopvars):
-        """A chain of * / @ (left-associative), from its innermost left operand out."""
+        """A chain of * / @ (left-associative), from its innermost left operand out.  A
+        problem in one operand does not stop the others from being checked."""
         spine = []
         while isinstance(e, E.BinOp) and e.op in "*/@":
             spine.append(e)
             e = e.left
-        acc = self.lower(e, env, loopvars)
+        failed = False
+        try:
+            acc = self.lower(e, env, loopvars)
+        except _Abort:
+            failed, acc = True, None
         for b in reversed(spine):
             if b is not spine[0]:   # lower() counted the outermost
                 self.count(b.line)
-            if b.op == "@":
-                acc = self.lower_matmul(b, acc, self.lower(b.right, env, loopvars))
-                continue
-            a = self.vec(acc, b.line, f"the left operand of {b.op}")
-            c = self.vec(self.lower(b.right, env, loopvars), b.line,
-                         f"the right operand of {b.op}")
-            if a.is_const and c.is_const:
-                if b.op == "/" and c.attr == 0:
-                    self.err(b.line, "division by the constant 0")
-                acc = ("vec", self.const(a.attr * c.attr if b.op == "*" else a.attr / c.attr,
-                                         b.line))
-            else:
-                acc = ("vec", self.node("mul" if b.op == "*" else "div", (a, c)))
+            try:
+                right = self.lower(b.right, env, loopvars)
+                if failed:
+                    continue
+                if b.op == "@":
+                    acc = self.lower_matmul(b, acc, right)
+                    continue
+                a = self.vec(acc, b.line, f"the left operand of {b.op}")
+                c = self.vec(right, b.line, f"the right operand of {b.op}")
+                if a.is_const and c.is_const:
+                    if b.op == "/" and c.attr == 0:
+                        self.err(b.line, "division by the constant 0")
+                    acc = ("vec", self.const(a.attr * c.attr if b.op == "*" else a.attr / c.attr,
+                                             b.line))
+                else:
+                    acc = ("vec", self.node("mul" if b.op == "*" else "div", (a, c)))
+            except _Abort:
+                failed = True
+        if failed:
+            raise _Abort()
         return acc
+
+    def lower_power(self, e, env, loopvars):
+        """e ** c for a constant c: x * x for 2, a pow node otherwise (1 and 0 fold)."""
+        failed = False
+        try:
+            base = self.vec(self.lower(e.left, env, loopvars), e.line, "the base of **")
+        except _Abort:
+            failed = True
+        kind, ex = self.lower(e.right, env, loopvars)
+        if kind == "int":
+            c = float(ex)
+        elif kind == "vec" and ex.is_const:
+            c = float(ex.attr)
+        else:
+            self.err(e.line, "the exponent of ** must be a constant: a number or a numeric "
+                             "parameter (e.g. x ** 2, x ** 0.5, x ** p); a value that changes "
+                             "per step or unit can be raised with exp(log(x) * y)")
+        if failed:
+            raise _Abort()
+        if base.is_const:
+            try:
+                return ("vec", self.const(math.pow(base.attr, c), e.line))
+            except (ValueError, OverflowError):
+                self.err(e.line, f"{base.attr!r} ** {c!r} has no real value")
+        if c == 1:
+            return ("vec", base)
+        if c == 0:
+            return ("vec", self.const(1.0, e.line))
+        if c == 2:
+            return ("vec", self.node("mul", (base, base)))
+        return ("vec", self.node("pow", (base,), c))
 
     def vec(self, lowered, line, what):
         kind, val = lowered
@@ -288,12 +335,14 @@ class _Lowering:
         if p is not None:
             if p.kind == "int":
                 return ("int", self.params[name])
+            if p.kind == "float":
+                return ("vec", self.const(self.params[name], line))
             if p.kind == "activation":
                 self.err(line, f"activation parameter {name!r} must be called: {name}(...)")
             self.err(line, f"init parameter {name!r} can only be used as a weight's init")
         if name in ("input_dim", "output_dim"):
             self.err(line, f"{name} can only be used in weight shapes")
-        if name in FUNCTIONS or name in ("sum", "started"):
+        if name in FUNCTIONS or name in BINARY or name in ("sum", "started"):
             self.err(line, f"function {name!r} must be called: {name}(...)")
         if name in self.later_defined:
             self.err(line, self.forward_ref_message(name, line))
@@ -376,14 +425,39 @@ class _Lowering:
             if p.kind != "activation":
                 self.err(e.line, f"parameter {fname!r} is not an activation and cannot be called")
             fname = self.params[fname]
-        elif fname not in FUNCTIONS:
+        elif fname not in FUNCTIONS and fname not in BINARY:
+            from .spec import _suggest
             acts = [p.name for p in self.spec.params if p.kind == "activation"]
-            self.err(e.line, f"unknown function {e.func!r}; callable here: "
-                             f"{', '.join(list(FUNCTIONS) + acts + ['sum', 'started'])}")
-        if len(e.args) != 1:
-            self.err(e.line, f"{e.func}() takes exactly one argument, got {len(e.args)}")
-        a = self.vec(self.lower(e.args[0], env, loopvars), e.line, f"the argument of {e.func}")
-        return ("vec", self.node("call", (a,), fname))
+            known = list(FUNCTIONS) + list(BINARY) + acts + ["sum", "started"]
+            self.lower_args(e, env, loopvars)      # their problems too
+            self.err(e.line, f"unknown function {e.func!r}{_suggest(e.func, known)}; callable "
+                             f"here: {', '.join(known)}")
+        want = 2 if fname in BINARY else 1
+        args = self.lower_args(e, env, loopvars)
+        if len(e.args) != want:
+            self.err(e.line, f"{e.func}() takes exactly {'two arguments' if want == 2 else 'one argument'}, "
+                             f"got {len(e.args)}")
+        if args is None:
+            raise _Abort()
+        if want == 2:
+            a, b = args
+            if a.is_const and b.is_const:
+                return ("vec", self.const(max(a.attr, b.attr) if fname == "max"
+                                          else min(a.attr, b.attr), e.line))
+            return ("vec", self.node(fname, (a, b)))
+        return ("vec", self.node("call", (args[0],), fname))
+
+    def lower_args(self, e, env, loopvars):
+        """The arguments of a call as nodes, or None if any had a problem (each argument
+        is checked, so all their problems are reported)."""
+        out, failed = [], False
+        for i, a in enumerate(e.args):
+            try:
+                out.append(self.vec(self.lower(a, env, loopvars), e.line,
+                                    f"argument {i + 1} of {e.func}"))
+            except _Abort:
+                failed = True
+        return None if failed else out
 
     def sum_terms(self, e, sign, env, loopvars, out):
         """Append the (sign, node) terms of a sum, + - chains and sum() calls flattened,
@@ -483,7 +557,8 @@ class _Lowering:
                 used_locals.add(n.id)
             t = eq.target
             if t == "x" or t in self.weights or t in self.families or spec.param(t) \
-                    or t in FUNCTIONS or t in ("sum", "started", "input_dim", "output_dim"):
+                    or t in FUNCTIONS or t in BINARY \
+                    or t in ("sum", "started", "input_dim", "output_dim"):
                 self.problems.append((eq.line, f"cannot assign to {t!r}: it is the input, a "
                                                "weight, a parameter or a function"))
                 continue
@@ -513,15 +588,26 @@ class _Lowering:
             if s not in assigned:
                 self.problems.append((0, f"state {s!r} is never assigned in step; add an "
                                          f"equation '{s} = ...'"))
+        out = spec.output
         for t, line in locals_line.items():
-            if t not in used_locals:
+            if t not in used_locals and t != out:
                 self.problems.append((line, f"{t!r} is defined but never used"))
         for name, w in self.weights.items():
             if name not in self.used_weights:
                 self.problems.append((w.line, f"weight {name!r} is declared but not used in step"))
         if self.problems:
             raise SpecError(spec.path, self.problems)
-        return {s: env[s] for s in spec.states}
+        assigns = {s: env[s] for s in spec.states}
+        if out not in spec.states:
+            # the output is a step value: carried like a state (a padded step repeats it),
+            # in a state of its own that nothing else reads
+            taken = set(env) | set(self.weights) | {p.name for p in spec.params}
+            name = next(n for n in (f"{out}_out{i or ''}" for i in range(len(taken) + 1))
+                        if n not in taken)
+            assigns[name] = self.node("assign", (env[out],), name)
+            self.lags[name] = 1
+            self.output_state = name
+        return assigns
 
 
 class _Abort(Exception):
@@ -545,6 +631,13 @@ def resolve_params(spec: CellSpec, values: Optional[dict] = None) -> dict:
         elif p.kind == "init":
             from .initializers import check_init
             v = check_init(v, p.name)
+        elif p.kind == "float":
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{p.name} must be a number, got {type(v).__name__} {v!r}")
+            v = float(v)
+            problem = E.constant_problem(v)
+            if problem:
+                raise ValueError(f"{p.name}: {problem}")
         else:
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_INT_PARAM:
                 shown = repr(v) if not isinstance(v, int) or abs(v) < 10 ** 30 \
@@ -640,8 +733,10 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
     for n in nodes:
         if not n.varying or n.op in STEP_LEAVES:
             continue
-        if n.op == "mul":
+        if n.op in ("mul", "max", "min"):
             needed.update(n.args)
+        elif n.op == "pow":
+            needed.add(n.args[0])
         elif n.op == "div":
             needed.update((n.args[1], n))
         elif n.op == "call":
@@ -654,7 +749,11 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
     for n in nodes:
         if not n.varying:
             continue
-        cross = n.op not in STEP_LEAVES and any(loop_of(u) != phase[n] for u in users[n])
+        # read by another loop; a state's new value computed before the last loop is read
+        # by the update at the end of the last one
+        cross = n.op not in STEP_LEAVES and (
+            any(loop_of(u) != phase[n] for u in users[n])
+            or (n.op == "assign" and phase[n] != nphases - 1))
         if n.op == "started" and n not in operands:
             continue   # backward recounts the real steps: started() is not saved
         if n in operands or n in needed or cross:
@@ -679,7 +778,7 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
     ro = MappingProxyType
     return CellIR(spec=spec, name=c_name(spec.name), params=ro(dict(params)),
                   weights=tuple(low.weights[w] for w in low.weight_order),
-                  states=tuple(spec.states), output=spec.output, lags=ro(dict(low.lags)),
+                  states=tuple(assigns), output=low.output_state, lags=ro(dict(low.lags)),
                   nodes=tuple(nodes), assigns=ro(dict(assigns)), xprods=tuple(xprods),
                   roots=tuple(roots), hoisted=tuple(hoisted), phases=ro(phase), nphases=nphases,
                   loops=tuple(tuple(lp) for lp in loops), groups=tuple(groups),

@@ -19,6 +19,7 @@ from .initializers import check_init, initialize
 from .ir import resolve_params
 from .pipeline import SPECS, builtin_specs, compile_cell
 from .runtime import DeviceView, check_memory, is_device_array
+from .errors import SpecError
 from .spec import CellSpec, load_spec
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -399,12 +400,31 @@ def layer_class(spec: CellSpec) -> type:
     return cls
 
 
+def check_spec(path: Union[str, Path]) -> CellSpec:
+    """Load and check a spec; one SpecError lists every problem of the file: those of its
+    declarations and, where the equations could still be read, those of the equations."""
+    from .ir import compute_ir
+    try:
+        spec = load_spec(path)
+    except SpecError as e:
+        if e.partial is None:
+            raise
+        try:
+            compute_ir(e.partial)
+        except SpecError as more:   # less what only follows from a declaration's problem
+            extra = [(line, msg) for line, msg in more.problems
+                     if not any(f"{n!r}" in msg for n in e.invalid_names)]
+            raise SpecError(e.path, e.problems + extra) from None
+        except (ValueError, TypeError):
+            pass
+        raise
+    compute_ir(spec)          # every problem of the equations is reported now
+    return spec
+
+
 def load_cell(path: Union[str, Path]) -> type:
     """The layer class for a cell spec file (checked now; compiled on first use)."""
-    from .ir import compute_ir
-    spec = load_spec(path)
-    compute_ir(spec)          # every problem of the equations is reported now
-    return layer_class(spec)
+    return layer_class(check_spec(path))
 
 
 def _is_builtin(spec: CellSpec) -> bool:

@@ -71,10 +71,12 @@ def compute_layout(ir: CellIR, *, alias_new_state: bool = True, share_lags: bool
                    xw_in_ds: bool = True) -> Layout:
     """The layout of ``ir``'s saved values; each keyword turns one optimisation off."""
     operands = {g.operand for g in ir.groups}
+    last = ir.nphases - 1
     inference = frozenset(
         n for n in ir.slots
         if n in operands or (n.op not in ("state", "started", "matmul") and not n.hoisted
-                             and any(ir.phases[u] != ir.phases[n] for u in ir.users[n])))
+                             and (any(ir.phases[u] != ir.phases[n] for u in ir.users[n])
+                                  or (n.op == "assign" and ir.phases[n] != last))))
     slot_set = set(ir.slots)
     prev = {n.attr[0]: n for n in ir.slots if n.op == "state" and n.attr[1] == 1}
     new_state = {}

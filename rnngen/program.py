@@ -90,6 +90,31 @@ class Call:
 
 
 @dataclass(frozen=True)
+class Pow:
+    """x ** c for a constant c."""
+    x: "Expr"
+    c: float
+
+
+@dataclass(frozen=True)
+class MaxMin:
+    """max(a, b) or min(a, b) (``op`` "max" or "min")."""
+    op: str
+    a: "Expr"
+    b: "Expr"
+
+
+@dataclass(frozen=True)
+class Select:
+    """then where ``a op b`` holds, else ``other`` (a derivative that picks a side)."""
+    op: str           # >= or <=
+    a: "Expr"
+    b: "Expr"
+    then: "Expr"
+    other: "Expr"
+
+
+@dataclass(frozen=True)
 class Scaled:
     """g * (factor), -g (factor None, negate), or g (factor None)."""
     g: "Expr"
@@ -97,7 +122,7 @@ class Scaled:
     negate: bool = False
 
 
-Expr = Union[Lit, Local, Load, Started, Neg, Bin, Call, Scaled]
+Expr = Union[Lit, Local, Load, Started, Neg, Bin, Call, Pow, MaxMin, Select, Scaled]
 Target = Union[Local, Access]
 
 
@@ -273,6 +298,10 @@ class _Lowering:
             return Bin({"add": "+", "sub": "-", "mul": "*", "div": "/"}[n.op], a[0], a[1])
         if n.op == "call":
             return Call(n.attr, a[0])
+        if n.op == "pow":
+            return Pow(a[0], n.attr)
+        if n.op in ("max", "min"):
+            return MaxMin(n.op, a[0], a[1])
         if n.op == "assign":
             return a[0]
         raise ValueError(n.op)  # pragma: no cover
@@ -298,6 +327,13 @@ class _Lowering:
             x = val(n.args[0]) if f.uses_x else None
             y = val(n) if f.uses_y else None
             return [(n.args[0], Call(n.attr, x, y, deriv=True), False)]
+        if n.op == "pow":   # c x^(c-1)
+            return [(n.args[0], Bin("*", Lit(n.attr), Pow(val(n.args[0]), n.attr - 1)), False)]
+        if n.op in ("max", "min"):   # a tie goes to the first argument
+            a, b = (val(x) for x in n.args)
+            op = ">=" if n.op == "max" else "<="
+            return [(n.args[0], Select(op, a, b, Lit(1.0), Lit(0.0)), False),
+                    (n.args[1], Select(op, a, b, Lit(0.0), Lit(1.0)), False)]
         raise ValueError(n.op)  # pragma: no cover
 
     def _tracked(self, build, *args):
@@ -381,7 +417,7 @@ class _Lowering:
         for s in ir.states:
             for k in range(ir.lags[s], 1, -1):
                 body.append(Set(state(s, k), Load(state(s, k - 1))))
-            body.append(Set(state(s, 1), Local(f"v_{ir.assigns[s].label}")))
+            body.append(Set(state(s, 1), self.fwd_val(ir.assigns[s], ir.nphases - 1)))
         return [IfReal(tuple(body)), Set(Access("y"), Load(state(ir.output, 1)))]
 
     def forward(self):

@@ -46,7 +46,8 @@ class Dialect:
         return dict(self.fast_math).get(fname, fname + self.math_suffix)
 
     def fmt(self, template: str, **kw) -> str:
-        names = {k: self.math(k) for k in ("exp", "tanh", "log1p", "expm1", "fabs")}
+        names = {k: self.math(k) for k in ("exp", "tanh", "log1p", "expm1", "fabs", "sqrt",
+                                           "log", "pow")}
         names["fmax"] = "rnngen_max" + self.math_suffix
         names["fmin"] = "rnngen_min" + self.math_suffix
         consts = {"one": self.lit(1), "zero": self.lit(0), "c0_2": self.lit(0.2),
@@ -133,6 +134,13 @@ class Renderer:
             if e.deriv:
                 return d.fmt(f.deriv, x=x, y=self.expr(e.y) if e.y is not None else None)
             return d.fmt(f.value, x=x)
+        if isinstance(e, P.Pow):
+            return f"{d.math('pow')}({self.expr(e.x)}, {d.lit(e.c)})"
+        if isinstance(e, P.MaxMin):
+            return f"rnngen_{e.op}{d.math_suffix}({self.expr(e.a)}, {self.expr(e.b)})"
+        if isinstance(e, P.Select):
+            return (f"({self.expr(e.a)} {e.op} {self.expr(e.b)} ? {self.expr(e.then)} : "
+                    f"{self.expr(e.other)})")
         if isinstance(e, P.Scaled):
             g = self.expr(e.g)
             if e.factor is None:

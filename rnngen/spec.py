@@ -16,9 +16,9 @@ from typing import Optional, Union
 import yaml
 
 from .errors import SpecError
-from .expr import (FLT_MAX, FLT_MIN, MAX_LAG, MAX_NESTING, MAX_OPERATIONS,  # noqa: F401
+from .expr import (FLT_MAX, FLT_MIN, constant_problem, MAX_LAG, MAX_NESTING, MAX_OPERATIONS,  # noqa: F401
                    MAX_PHASES, MAX_SUM_TERMS, Equation, parse_equations)
-from .functions import ACTIVATIONS, FUNCTIONS, NOT_ELEMENTWISE
+from .functions import ACTIVATIONS, BINARY, FUNCTIONS, NOT_ELEMENTWISE
 from .initializers import INITS
 
 TOP_KEYS = ("name", "doc", "params", "weights", "state", "step", "output")
@@ -29,7 +29,9 @@ ALLOWED_SHAPES = {("input_dim", "output_dim"): "input matrix",
                   ("output_dim", "output_dim"): "recurrent matrix",
                   ("output_dim",): "vector"}
 # Names the equations may use that the spec does not declare.
-RESERVED = {"x", "input_dim", "output_dim", "sum", "started"} | set(FUNCTIONS)
+RESERVED = {"x", "input_dim", "output_dim", "sum", "started"} | set(FUNCTIONS) | set(BINARY)
+# a number YAML 1.1 reads as a string (1e-5: no dot), taken as a float parameter
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
 # Limits on a spec (README, "Spec format"; those on equations are in expr.py).  Each
 # is checked before the work it bounds, so any text is rejected or loaded quickly.
 MAX_SPEC_CHARS = 1_000_000   # the file's text
@@ -50,8 +52,8 @@ def is_identifier(s: object) -> bool:
 @dataclass(frozen=True)
 class Param:
     name: str
-    default: Union[str, int]
-    kind: str                   # "activation" | "init" | "int"
+    default: Union[str, int, float]
+    kind: str                   # "activation" | "init" | "int" | "float"
     line: int
 
 
@@ -252,8 +254,9 @@ def _parse_root(root, text: str, path: str, problems: list) -> CellSpec:
                                              "(letters, digits, underscore)"))
     doc = (_scalar(top["doc"], problems, "doc") if "doc" in top else "") or ""
 
-    # params
-    params = []
+    # params.  loose_*: what the equations may be checked against although the
+    # declaration had a problem (so a file's every problem is reported at once)
+    params, loose_params, loose_weights, invalid_names = [], [], [], set()
     if "params" in top:
         for pname, knode, vnode in _mapping(top["params"], problems, "params"):
             line = _line(knode)
@@ -261,10 +264,19 @@ def _parse_root(root, text: str, path: str, problems: list) -> CellSpec:
                 problems.append((line, f"parameter name {_short(pname)} is not allowed "
                                        "(reserved or not an identifier)"))
                 continue
-            default = _scalar(vnode, problems, f"default of parameter {_short(pname)}", (str, int))
+            default = _scalar(vnode, problems, f"default of parameter {_short(pname)}",
+                              (str, int, float))
             if default is None:
                 continue
-            if isinstance(default, int):
+            if isinstance(default, str) and _FLOAT_TEXT.match(default):
+                default = float(default)
+            if isinstance(default, float):
+                problem = constant_problem(default)
+                if problem:
+                    problems.append((line, f"float parameter {_short(pname)}: {problem}"))
+                    continue
+                kind = "float"
+            elif isinstance(default, int):
                 if not 1 <= default <= MAX_INT_PARAM:
                     problems.append((line, f"integer parameter {_short(pname)} must default to an "
                                            f"integer from 1 to {MAX_INT_PARAM}, got "
@@ -282,9 +294,17 @@ def _parse_root(root, text: str, path: str, problems: list) -> CellSpec:
             else:
                 problems.append((line, f"parameter {_short(pname)}: default {_short(default)} is neither an "
                                        f"activation ({', '.join(ACTIVATIONS)}), an init "
-                                       f"({', '.join(INITS)}) nor an integer"))
+                                       f"({', '.join(INITS)}), an integer nor a number"
+                                       f"{_suggest(default, ACTIVATIONS + tuple(INITS))}"))
                 continue
             params.append(Param(pname, default, kind, line))
+        declared = {p.name for p in params}
+        for pname, knode, vnode in _mapping(top["params"], [], "params"):
+            if is_identifier(pname) and pname not in RESERVED and pname not in declared:
+                invalid_names.add(pname)
+                v = _plain_value(vnode.value) if isinstance(vnode, yaml.ScalarNode) else None
+                loose_params.append(Param(pname, 1, "int", _line(knode)) if isinstance(v, int)
+                                    else Param(pname, "linear", "activation", _line(knode)))
     pkinds = {p.name: p.kind for p in params}
 
     # weights
@@ -339,7 +359,8 @@ def _parse_root(root, text: str, path: str, problems: list) -> CellSpec:
                     problems.append((_line(fields["init"]),
                                      f"weight {_short(wname)}: init {_short(init)} is neither an init "
                                      f"parameter ({', '.join(k for k, v in pkinds.items() if v == 'init') or 'none declared'}) "
-                                     f"nor an init name ({', '.join(INITS)})"))
+                                     f"nor an init name ({', '.join(INITS)})"
+                                     f"{_suggest(init, list(INITS) + [k for k, v in pkinds.items() if v == 'init'])}"))
                     ok = False
             count = None
             if "count" in fields:
@@ -356,6 +377,12 @@ def _parse_root(root, text: str, path: str, problems: list) -> CellSpec:
                     ok = False
             if ok and init is not None:
                 weights.append(WeightDecl(wname, shape, init, count, line))
+            elif shape in ALLOWED_SHAPES:
+                good_count = count if isinstance(count, int) and 1 <= count <= MAX_COUNT or \
+                    pkinds.get(count) == "int" else None
+                loose_weights.append(WeightDecl(wname, shape, "zero", good_count, line))
+            else:
+                invalid_names.add(wname)
 
     # state
     states = []
@@ -387,9 +414,6 @@ def _parse_root(root, text: str, path: str, problems: list) -> CellSpec:
     output = None
     if "output" in top:
         output = _scalar(top["output"], problems, "output")
-        if output is not None and output not in states:
-            problems.append((_line(top["output"]), f"output {_short(output)} must be one of the "
-                                                   f"states ({', '.join(states)})"))
 
     equations = []
     if "step" in top:
@@ -405,7 +429,21 @@ def _parse_root(root, text: str, path: str, problems: list) -> CellSpec:
             if not equations and len(problems) == before:
                 problems.append((_line(sn), "step: no equations"))
 
+    if output is not None and output not in states \
+            and output not in {eq.target for eq in equations}:
+        problems.append((_line(top["output"]), f"output {_short(output)} must be a state "
+                                               f"({', '.join(states)}) or a value defined in "
+                                               f"step{_suggest(output, list(states) + [eq.target for eq in equations])}"))
+
     if problems:
-        raise SpecError(path, problems)
+        err = SpecError(path, problems)
+        if states and equations:   # the equations can still be checked: see check_equations
+            err.partial = CellSpec(
+                name if isinstance(name, str) and is_identifier(name) else "Cell", "",
+                tuple(params + loose_params), tuple(weights + loose_weights), tuple(states),
+                tuple(equations), output if output in states or output in
+                {eq.target for eq in equations} else states[0], path, text)
+            err.invalid_names = frozenset(invalid_names)
+        raise err
     return CellSpec(name, doc.strip(), tuple(params), tuple(weights), tuple(states),
                     tuple(equations), output, path, text)

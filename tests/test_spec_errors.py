@@ -88,7 +88,7 @@ def test_unknown_function_activation_and_init(tmp_path):
 def test_syntax_errors_and_bad_characters(tmp_path):
     probs, _ = problems(tmp_path, GOOD.replace(
         "h = activation(x @ W + b + h @ U)",
-        "h = activation(x @ W + b + h @ U) +\n  q = __import__('os')\n  r = h ** 2"))
+        "h = activation(x @ W + b + h @ U) +\n  q = __import__('os')\n  r = h ** * 2"))
     assert has(probs, 9, "expected a name, number or '('")
     assert has(probs, 10, "unexpected character")
     assert has(probs, 11, "expected a name, number or '('")
@@ -106,7 +106,7 @@ def test_assignment_rules(tmp_path):
 def test_state_and_output_rules(tmp_path):
     probs, _ = problems(tmp_path, GOOD.replace("state: [h]", "state: [h, c]")
                         .replace("output: h", "output: y"))
-    assert has(probs, 10, "output 'y' must be one of the states")
+    assert has(probs, 10, "output 'y' must be a state (h, c) or a value defined in step")
     probs, _ = problems(tmp_path, GOOD.replace("state: [h]", "state: [h, c]"))
     assert has(probs, 0, "state 'c' is never assigned")
 
