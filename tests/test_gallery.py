@@ -1,0 +1,127 @@
+"""The cells of examples/, each against an own float64 reference written from its paper's
+equations: forward to 1e-12, dx and every weight gradient against central finite
+differences of the reference, with a mask, on the C and the emulated CUDA backends; float32
+to 1e-4.  The PyTorch-style GRU also against torch.nn.GRU where torch is installed."""
+import numpy as np
+import pytest
+
+import rnngen
+from helpers import central_diff
+from rnngen.pipeline import ROOT
+
+B, T, D, H = 2, 5, 3, 4
+sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+
+
+def _run(step, states, x, mask):
+    """Apply step(x_t, *states) -> (new states, output) with the seed's masking: a padded
+    step keeps every state and repeats the output."""
+    ys = []
+    out = np.zeros((x.shape[0], H))
+    for t in range(x.shape[1]):
+        new, y = step(x[:, t], *states)
+        keep = mask[:, t:t + 1]
+        states = [np.where(keep, n, s) for n, s in zip(new, states)]
+        out = np.where(keep, y, out)
+        ys.append(out)
+    return np.stack(ys, 1)
+
+
+def mingru(W, x, mask):
+    W_z, b_z, W_h, b_h = W
+
+    def step(xt, h):
+        z = sig(xt @ W_z + b_z)
+        hn = (1 - z) * h + z * (xt @ W_h + b_h)
+        return [hn], hn
+    return _run(step, [np.zeros((x.shape[0], H))], x, mask)
+
+
+def indrnn(W, x, mask):
+    Wx, u, b = W
+
+    def step(xt, h):
+        hn = np.maximum(xt @ Wx + u * h + b, 0)
+        return [hn], hn
+    return _run(step, [np.zeros((x.shape[0], H))], x, mask)
+
+
+def torch_gru(W, x, mask):
+    W_ir, W_iz, W_in, W_hr, W_hz, W_hn, b_ir, b_iz, b_in, b_hr, b_hz, b_hn = W
+
+    def step(xt, h):
+        r = sig(xt @ W_ir + b_ir + h @ W_hr + b_hr)
+        z = sig(xt @ W_iz + b_iz + h @ W_hz + b_hz)
+        n = np.tanh(xt @ W_in + b_in + r * (h @ W_hn + b_hn))
+        hn = (1 - z) * n + z * h
+        return [hn], hn
+    return _run(step, [np.zeros((x.shape[0], H))], x, mask)
+
+
+def slstm(W, x, mask):
+    W_z, W_i, W_f, W_o, R_z, R_i, R_f, R_o, b_z, b_i, b_f, b_o = W
+
+    def step(xt, h, c, n, m):
+        z = np.tanh(xt @ W_z + h @ R_z + b_z)
+        it = xt @ W_i + h @ R_i + b_i
+        lf = np.log(sig(xt @ W_f + h @ R_f + b_f))
+        o = sig(xt @ W_o + h @ R_o + b_o)
+        mn = np.maximum(lf + m, it)
+        i = np.exp(it - mn)
+        f = np.exp(lf + m - mn)
+        cn = f * c + i * z
+        nn = f * n + i
+        hn = o * cn / nn
+        return [hn, cn, nn, mn], hn
+    zero = np.zeros((x.shape[0], H))
+    return _run(step, [zero] * 4, x, mask)
+
+
+CELLS = {"mingru": mingru, "indrnn": indrnn, "torch_gru": torch_gru, "slstm": slstm}
+
+
+@pytest.mark.parametrize("backend", ["c", "cuda-emulated"])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_example_cell_against_its_papers_equations(name, backend):
+    cls = rnngen.load_cell(ROOT / "examples" / f"{name}.yaml")
+    reference = CELLS[name]
+    rng = np.random.default_rng(4)
+    layer = cls(H, input_dim=D, return_sequences=True, dtype="float64", seed=1, backend=backend)
+    W = [w + rng.normal(scale=0.3, size=w.shape) for w in layer.get_weights()]
+    layer.set_weights(W)
+    x = rng.normal(size=(B, T, D))
+    mask = rng.random((B, T)) > 0.3
+    mask[0] = True
+    y = layer(x, mask=mask)
+    np.testing.assert_allclose(y, reference(W, x, mask), rtol=1e-12, atol=1e-12)
+    dy = rng.normal(size=y.shape)
+    dx = layer.backward(dy)
+
+    def loss():
+        return float(np.sum(reference(W, x, mask) * dy))
+    np.testing.assert_allclose(dx, central_diff(loss, x), rtol=1e-6, atol=1e-7)
+    for wname, w, g in zip(layer.weight_names(), W, layer.grads):
+        np.testing.assert_allclose(g, central_diff(loss, w), rtol=1e-6, atol=1e-7,
+                                   err_msg=wname)
+    l32 = cls(H, input_dim=D, return_sequences=True, seed=1, backend=backend)
+    l32.set_weights(W)
+    np.testing.assert_allclose(l32(x.astype(np.float32), mask=mask), y, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_gru_example_is_torch_nn_gru():
+    torch = pytest.importorskip("torch")
+    cls = rnngen.load_cell(ROOT / "examples" / "torch_gru.yaml")
+    gru = torch.nn.GRU(D, H, batch_first=True).double()
+    wi, wh = gru.weight_ih_l0.detach().numpy(), gru.weight_hh_l0.detach().numpy()
+    bi, bh = gru.bias_ih_l0.detach().numpy(), gru.bias_hh_l0.detach().numpy()
+    # torch stacks r, z, n row blocks of W (out x in); ours are x @ W (in x out)
+    W = ([wi[k * H:(k + 1) * H].T for k in range(3)] + [wh[k * H:(k + 1) * H].T for k in range(3)]
+         + [bi[k * H:(k + 1) * H] for k in range(3)] + [bh[k * H:(k + 1) * H] for k in range(3)])
+    layer = cls(H, input_dim=D, return_sequences=True, dtype="float64", weights=W)
+    x = np.random.default_rng(0).normal(size=(B, T, D))
+    xt = torch.tensor(x, requires_grad=True)
+    yt, _ = gru(xt)
+    np.testing.assert_allclose(layer(x), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    yt.sum().backward()
+    np.testing.assert_allclose(layer.backward(np.ones((B, T, H))), xt.grad.numpy(), rtol=1e-12,
+                               atol=1e-12)
