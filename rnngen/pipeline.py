@@ -21,9 +21,12 @@ from .render import generator_digest, render_c, render_cuda
 from .runtime import Kernel
 from .spec import CellSpec, is_identifier, load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
-SPECS = ROOT / "specs"
-GENERATED = ROOT / "generated"
+ROOT = Path(__file__).resolve().parent.parent      # the checkout (installed: site-packages)
+# The built-in specs: inside the package where a wheel or `pip install .` put them
+# (rnngen/_data/specs), else the checkout's top-level specs/ (the source of truth).
+SPECS = next((d for d in (Path(__file__).resolve().parent / "_data" / "specs", ROOT / "specs")
+              if d.is_dir()), ROOT / "specs")
+GENERATED = ROOT / "generated"                     # a checkout's only (make generate)
 
 _kernels: dict = {}
 _lock = threading.Lock()
@@ -84,8 +87,13 @@ def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "
                 lib, header = found
             else:
                 header, source = be.render(ir, name, lay, schedule)
-                lib = build_library(be.library_name(ir), header, source, suffix=be.suffix,
-                                    command=be.command, key_extra=be.key_extra())
+                lib = build_library(
+                    be.library_name(ir), header, source, suffix=be.suffix, command=be.command,
+                    key_extra=be.key_extra(),
+                    describe=spec.name + ("" if be.name == "c" else f" for {be.name}") + " ("
+                    + ", ".join(["float32+float64"] + [f"{p.name}={ir.params[p.name]}"
+                                                       for p in spec.params if p.kind != "init"])
+                    + ")")
                 record(ikey, lib)
             k = _kernels[ikey] = be.kernel(ir, lib, runtime_header(), header)
             k.set_threads(_threads)

@@ -22,7 +22,11 @@ from .ir import GENERATOR_VERSION, CellIR
 from .layout import Layout, Schedule, compute_layout
 from .program import describe, lower_program
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# The templates: inside the package where a wheel or `pip install .` put them
+# (rnngen/_data/templates), else the checkout's top-level templates/ (the source of truth).
+TEMPLATES = next((d for d in (Path(__file__).resolve().parent / "_data" / "templates",
+                              Path(__file__).resolve().parent.parent / "templates")
+                  if d.is_dir()), Path(__file__).resolve().parent.parent / "templates")
 
 
 @dataclass(frozen=True)
