@@ -369,6 +369,10 @@ def main(argv=None):
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {out / 'results.json'} and {chart(results, peer_names, out / 'ratios.png')}")
+    # the markdown report: benchmarks/RESULTS.md for the default --out, else beside the JSON
+    import results_md
+    md = HERE / "RESULTS.md" if out.resolve() == (HERE / "results").resolve() else out / "RESULTS.md"
+    print(f"wrote {results_md.write(out / 'results.json', md)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,238 @@
+"""The command line (rnngen / python -m rnngen), each subcommand as a user runs it, the
+line a compile prints, and the README's examples run as written."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnngen
+from rnngen import __main__ as cli
+from rnngen.pipeline import ROOT, SPECS, generate
+from rnngen.spec import load_spec
+
+MGU = ROOT / "examples" / "mgu.yaml"
+COMMANDS = ["list", "show", "build", "new", "cache", "demo", "generate", "check", "bench"]
+
+
+def rnngen_cli(*args, cwd=None, env=None, timeout=300):
+    """`python -m rnngen ARGS` in a subprocess: (exit status, stdout, stderr)."""
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
+    e.update(env or {})
+    res = subprocess.run([sys.executable, "-m", "rnngen", *map(str, args)], cwd=cwd, env=e,
+                         capture_output=True, text=True, timeout=timeout)
+    return res.returncode, res.stdout, res.stderr
+
+
+def unique_cell(tmp_path, name="Cli"):
+    """MGU under a name (and text) no cache has seen: its first use compiles."""
+    name = f"{name}{uuid.uuid4().hex[:8]}"
+    p = tmp_path / f"{name.lower()}.yaml"
+    p.write_text(MGU.read_text().replace("name: MGU", f"name: {name}"))
+    return name, p
+
+
+# -- help -------------------------------------------------------------------------------
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rnngen")
+    for c in COMMANDS:
+        assert re.search(rf"^\s+{c}\s+\S", out, re.M), c     # each with a line of help
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: rnngen {command}")
+    assert len(out.split("\n\n")[1]) > 60           # a description, not just the usage line
+
+
+def test_python_m_rnngen_is_the_same_program():
+    rc, out, _ = rnngen_cli("--help")
+    assert rc == 0 and out.startswith("usage: rnngen") and "show" in out
+
+
+def test_unknown_options_are_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["list", "--bogus"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+# -- list, show -----------------------------------------------------------------------------
+def test_list_shows_builtins_and_given_specs(capsys):
+    assert cli.main(["list", str(MGU)]) == 0
+    out = capsys.readouterr().out
+    for p in SPECS.glob("*.yaml"):
+        assert f"{load_spec(p).name} (built-in, specs/{p.name})" in out
+    mgu = out[out.index(f"MGU ({MGU})"):]
+    assert "W_f [input_dim, output_dim], U_f [output_dim, output_dim], b_f [output_dim]" in \
+        " ".join(mgu.split())
+    assert "parameters: init=glorot_uniform, inner_init=orthogonal, activation=tanh," in mgu
+    deep = out[out.index("SimpleDeepRNN (built-in"):]
+    assert "U_1..U_depth [output_dim, output_dim]" in deep and "depth=3" in deep
+
+
+def test_list_of_a_broken_spec_reports_its_problems(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MGU.read_text().replace("output: h", "output: hhh"))
+    assert cli.main(["list", str(bad)]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_show_prints_the_generated_c_and_cuda_source(capsys):
+    spec = load_spec(MGU)
+    assert cli.main(["show", str(MGU)]) == 0
+    assert capsys.readouterr().out == generate(spec, None, "c")[2]
+    assert cli.main(["show", str(MGU), "--backend", "cuda", "--param", "activation=relu"]) == 0
+    out = capsys.readouterr().out
+    assert out == generate(spec, {"activation": "relu"}, "cuda")[2]
+    assert "__global__" in out and "activation=relu" in out
+    assert cli.main(["show", str(MGU), "--header"]) == 0
+    assert capsys.readouterr().out == generate(spec, None, "c")[1]
+
+
+def test_show_finds_builtins_by_name_and_integer_params(capsys):
+    assert cli.main(["show", "simpledeeprnn", "--param", "depth=2"]) == 0
+    out = capsys.readouterr().out
+    assert out == generate(load_spec(SPECS / "simple_deep_rnn.yaml"), {"depth": 2}, "c")[2]
+    assert "depth=2" in out.split("*/")[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "no_such.yaml"], "no spec file 'no_such.yaml'"),
+    (["show", str(MGU), "--param", "activation=softmax"], "softmax"),
+    (["show", str(MGU), "--param", "nonsense=1"], "has no parameter(s) 'nonsense'"),
+    (["show", str(MGU), "--param", "activation"], "--param takes NAME=VALUE"),
+])
+def test_show_reports_bad_arguments(args, message, capsys):
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+# -- build, new, and the compile line ----------------------------------------------------
+def test_build_any_path_relative_to_the_current_directory(tmp_path):
+    name, p = unique_cell(tmp_path)
+    rc, out, err = rnngen_cli("build", p.name, cwd=tmp_path)
+    assert rc == 0, err
+    assert re.search(rf"built {name}\s+\({p.name}\) for c in [\d.]+ s", out)
+    line = (f"compiling {name} (float32+float64, activation=tanh, inner_activation=sigmoid) "
+            f"... ")
+    assert re.fullmatch(re.escape(line) + r"\d+\.\d s\n", err), err
+    # built: found in the cache, nothing compiled, nothing printed
+    rc, out, err = rnngen_cli("build", p.name, cwd=tmp_path)
+    assert rc == 0 and err == "" and f"built {name}" in out
+    # another parameter value is another library, and says so
+    rc, out, err = rnngen_cli("build", p.name, "--param", "activation=relu", cwd=tmp_path,
+                              env={"RNNGEN_QUIET": "1"})
+    assert rc == 0 and err == "", err
+
+
+def test_the_first_use_of_a_layer_prints_one_line_unless_quiet(tmp_path, capfd, monkeypatch):
+    name, p = unique_cell(tmp_path, "Loud")
+    Cell = rnngen.load_cell(p)
+    monkeypatch.delenv("RNNGEN_QUIET", raising=False)
+    x = np.ones((2, 3, 4), np.float32)
+    Cell(8, activation="linear", seed=0)(x)
+    err = capfd.readouterr().err
+    assert re.fullmatch(rf"compiling {name} \(float32\+float64, activation=linear, "
+                        rf"inner_activation=sigmoid\) \.\.\. \d+\.\d s\n", err), err
+    Cell(8, activation="linear", seed=1)(x)                   # the same library: silent
+    assert capfd.readouterr().err == ""
+    monkeypatch.setenv("RNNGEN_QUIET", "1")
+    Cell(8, activation="softplus", seed=0)(x)                 # compiled, but quietly
+    assert capfd.readouterr().err == ""
+
+
+def test_new_writes_a_skeleton_that_builds_and_trains(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = f"Fresh{uuid.uuid4().hex[:6]}"
+    assert cli.main(["new", name]) == 0
+    path = tmp_path / f"{name.lower()}.yaml"
+    assert f"wrote {path.name}" in capsys.readouterr().out
+    text = path.read_text()
+    assert f"name: {name}" in text and text.count("\n#") >= 5       # commented
+    Cell = rnngen.load_cell(path.name)
+    layer = Cell(16, return_sequences=True, seed=0)
+    x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
+    y = layer(x)
+    dx = layer.backward(np.ones_like(y))
+    assert y.shape == (3, 5, 16) and np.isfinite(dx).all() and np.abs(dx).sum() > 0
+    assert layer.weight_names() == ["W_g", "U_g", "b_g", "W_h", "U_h", "b_h"]
+    # no overwriting, names must be identifiers, -o chooses the file
+    assert cli.main(["new", name]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert cli.main(["new", "my-cell"]) == 2
+    assert "identifier" in capsys.readouterr().err
+    assert cli.main(["new", "Other", "-o", "sub.yaml"]) == 0
+    assert load_spec(tmp_path / "sub.yaml").name == "Other"
+
+
+# -- cache ---------------------------------------------------------------------------------
+def test_cache_reports_size_and_failed_builds_and_clears(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RNNGEN_CACHE_DIR", str(cache))
+    ok, bad = cache / ("gru-" + "a" * 20), cache / ("mgu-" + "b" * 20)
+    for d in (ok, bad):
+        d.mkdir(parents=True)
+    (ok / "libgru.so").write_bytes(b"\0" * 1_500_000)
+    (ok / "done").write_text("key\nsha256 x\n")
+    (bad / "failed").write_text("$ cc ...\nerror: oops\n")
+    (cache / "index").mkdir()
+    (cache / "index" / "0123").write_text(f"{ok.name} gru\n")
+    (cache / "notes.txt").write_text("not rnngen's")
+    assert cli.main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"cache: {cache} (RNNGEN_CACHE_DIR)" in out
+    assert "1 libraries built, 2 folders, 1.5 MB; index: 1 entries" in out
+    assert f"failed builds (1; " in out and str(bad / "failed") in out
+    assert cli.main(["cache", "--clear"]) == 0
+    assert "cleared" in capsys.readouterr().out
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]   # only its own entries
+    assert cli.main(["cache"]) == 0
+    assert "0 libraries built" in capsys.readouterr().out
+
+
+# -- demo, bench, checkout-only commands ------------------------------------------------------
+def test_demo_prints_medians(capsys):
+    assert cli.main(["demo", "--calls", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "the median of 3 calls" in out
+    rows = [ln.split() for ln in out.splitlines()
+            if ln.split()[:1] and ln.split()[0] in rnngen.layers.__dict__]
+    assert [r[0] for r in rows] == ["SimpleRNN", "SimpleDeepRNN", "GRU", "LSTM", "JZS1",
+                                    "JZS2", "JZS3"]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
+def test_bench_runs_the_benchmark_and_writes_results_md(tmp_path):
+    rc, out, err = rnngen_cli("bench", "--cells", "GRU", "--configs", "3,2,4,16", "--peers",
+                              "numpy", "--rounds", "1", "--per-round", "1", "--settle", "0",
+                              "--out", tmp_path)
+    assert rc == 0, err
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert [r["cell"] for r in doc["results"]] == ["GRU"]
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "| GRU | 3,2,4,16 |" in " ".join(md.split()).replace("  ", " ")
+    assert f"{doc['results'][0]['inference']['ratio']['numpy']:.2f}" in md
+
+
+@pytest.mark.parametrize("command", ["generate", "check", "bench"])
+def test_checkout_commands_say_so_elsewhere(command, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "in_checkout", lambda: False)
+    assert cli.main([command]) == 2
+    assert "works in a checkout" in capsys.readouterr().err
+
