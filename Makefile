@@ -1,7 +1,7 @@
 # rnngen: generate every spec in specs/, build the libraries, run the demo.
 PYTHON ?= python3
 
-.PHONY: all generate build check demo test fuzz bench microbench clean
+.PHONY: all generate build check demo test fuzz bench microbench clean wheel
 
 all: build demo
 
@@ -38,6 +38,11 @@ bench: build
 # The single-row product's rate and the barrier's cost (the README's B = 1 arithmetic).
 microbench:
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/micro.py
+
+# A wheel with the built-in specs and templates inside (rnngen/_data), in build/dist/:
+# pip install it anywhere (its dependencies come from PyPI).
+wheel:
+	$(PYTHON) -m pip wheel --no-deps -w build/dist .
 
 clean:
 	rm -rf build .pytest_cache

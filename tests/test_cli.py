@@ -236,3 +236,59 @@ def test_checkout_commands_say_so_elsewhere(command, monkeypatch, capsys):
     assert cli.main([command]) == 2
     assert "works in a checkout" in capsys.readouterr().err
 
+
+
+# -- the README, as a newcomer runs it ----------------------------------------------------------
+README = (ROOT / "README.md").read_text()
+
+
+def readme_blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+
+
+def test_readme_stays_short_and_inside_the_repository():
+    assert len(README.encode()) < 10_000
+    links = re.findall(r"\]\(([^)#]+)", README)
+    assert links and not any(link.startswith(("..", "/")) for link in links)
+    for link in links:
+        if not link.startswith("http"):
+            assert (ROOT / link).is_file(), link
+    first = README.split("\n\n")[1]      # the two commands open it, as CI runs them
+    assert "pip install -e '.[test,cuda]' && make PYTHON=.venv/bin/python" in first
+    assert first.splitlines()[1].strip() == ".venv/bin/python -m pytest -q"
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert first.splitlines()[1].strip() in ci
+
+
+def test_readme_usage_example_runs(tmp_path):
+    (code,) = [b for b in readme_blocks("python") if "Embedding" in b]
+    res = subprocess.run([sys.executable, "-c", code + "\nprint(y.shape, emb.grads[0].shape)"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["(32,", "50,", "128)", "(1000,", "64)"]
+
+
+def test_readme_walkthrough_runs_as_written(tmp_path):
+    (spec,) = readme_blocks("yaml")
+    # the walkthrough's file is examples/mgu.yaml, less its comment line
+    assert spec == "".join(ln for ln in MGU.read_text().splitlines(True)
+                           if not ln.startswith("#"))
+    (code,) = [b for b in readme_blocks("python") if "load_cell" in b]
+    (tmp_path / "mgu.yaml").write_text(spec)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[(8, 32), (32, 32), (32,), (8, 32), (32, 32), (32,)]"
+    # and from the root of a checkout, as the README says
+    res = subprocess.run([sys.executable, "-c", code.replace('"mgu.yaml"',
+                                                              '"examples/mgu.yaml"')],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+
+
+def test_readme_lists_every_command():
+    section = README[README.index("## Command line"):README.index("## Performance")]
+    for c in COMMANDS:
+        assert re.search(rf"`(rnngen )?{c}\b", section), c
