@@ -1,7 +1,7 @@
 # rnngen: generate every spec in specs/, build the libraries, run the demo.
 PYTHON ?= python3
 
-.PHONY: all generate build check demo test fuzz bench microbench clean wheel
+.PHONY: all generate build check demo test fuzz asan bench microbench clean wheel
 
 all: build demo
 
@@ -27,6 +27,26 @@ FUZZ_COMPILE ?= 40
 fuzz:
 	RNNGEN_FUZZ_PROFILE=long RNNGEN_FUZZ_COMPILE=$(FUZZ_COMPILE) $(PYTHON) -m pytest -q \
 		--hypothesis-show-statistics tests/test_fuzz_specs.py
+
+# The kernels' tests against libraries built with AddressSanitizer and UBSan (C and the
+# CUDA emulation; their own cache), in a Python that preloads the sanitizer runtime:
+# every seed cell and user cell against the references, forced layouts and schedules,
+# threads, the emulated CUDA backend against the C backend.  Leaks are not checked (the
+# interpreter's own allocations would be reported).  CI runs it (.ci/run).
+ASAN_TESTS ?= tests/test_against_reference.py tests/test_custom_cells.py tests/test_layout.py \
+	tests/test_hardening.py tests/test_cuda.py::test_emulated_cuda_agrees_with_c
+asan:
+	RNNGEN_SANITIZE=1 RNNGEN_CACHE_DIR="$(CURDIR)/build/cache-asan" \
+	LD_PRELOAD="$$($${CC:-cc} -print-file-name=libasan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
+
+# Peers come from the bench extras: pip install -e '.[bench]'.  OPENBLAS_CORETYPE and
+# OPENBLAS_L2_SIZE are unset for this command alone: where the machine sets them (to
+# work around old OpenBLAS builds) they force a slower kernel on rnngen's and numpy's
+# BLAS alike; the benchmark prints which kernel its BLAS runs.
+bench: build
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
 
 # Peers come from the bench extras: pip install -e '.[bench]'.  OPENBLAS_CORETYPE and
 # OPENBLAS_L2_SIZE are unset for this command alone: where the machine sets them (to

@@ -221,7 +221,7 @@ def test_emulated_cuda_under_address_and_undefined_behaviour_sanitizers(tmp_path
         "        l.backward(np.ones_like(y))\n"
         "        l(x, training=False)\n"
         "print('sanitized ok')\n")
-    env = dict(os.environ, RNNGEN_EMU_SANITIZE="1", LD_PRELOAD=asan,
+    env = dict(os.environ, RNNGEN_SANITIZE="1", LD_PRELOAD=asan,
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
                PYTHONPATH=str(ROOT))
