@@ -48,6 +48,12 @@ CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fopenmp", "-ffp-contrac
 # cffi closes it at interpreter exit.  Unloaded, libgomp's idle worker threads (and the
 # BLAS's) would run unmapped code: 5-8% of runs crashed at exit before this flag.
 LDFLAGS = ["-Wl,-z,nodelete"]
+# RNNGEN_SANITIZE=1 (make asan): every library built with AddressSanitizer and UBSan, for a
+# process that preloads the sanitizer runtime (the key holds the flags, so such libraries
+# never serve a process without it).
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+if os.environ.get("RNNGEN_SANITIZE"):
+    CFLAGS = CFLAGS + SANITIZE
 BUILD_TIMEOUT_S = float(os.environ.get("RNNGEN_BUILD_TIMEOUT", "600"))
 
 
