@@ -49,13 +49,12 @@ def test_wheel_installs_and_runs_a_layer_from_another_directory(tmp_path):
         assert f"rnngen/_data/templates/{tpl.name}" in names
 
     env = tmp_path / "env"
-    run([sys.executable, "-m", "venv", "--without-pip", env])
+    run([sys.executable, "-m", "venv", env])
     py = env / "bin" / "python"
     site = run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(site.stdout.strip()) / "borrowed_deps.pth").write_text("\n".join(sorted(deps)) + "\n")
-    run([sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index",
-         "-q", whl])
+    run([py, "-m", "pip", "install", "--no-deps", "--no-index", "-q", whl])
 
     work = tmp_path / "elsewhere"
     work.mkdir()
