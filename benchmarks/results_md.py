@@ -97,7 +97,8 @@ def write(json_path: Path, md_path: Path) -> Path:
     json_path, md_path = Path(json_path), Path(md_path)
     doc = json.loads(json_path.read_text())
     png = json_path.parent / "ratios.png"
-    rel = lambda p: Path(os.path.relpath(p.resolve(), md_path.parent.resolve())).as_posix()  # noqa: E731
+    def rel(p: Path) -> str:
+        return Path(os.path.relpath(p.resolve(), md_path.parent.resolve())).as_posix()
     text = render(doc, rel(json_path), rel(png) if png.is_file() else None)
     md_path.write_text(text)
     return md_path

@@ -165,7 +165,7 @@ doc: A gated recurrent cell (edit the equations below).
 # Constructor parameters, in this order after output_dim, with their defaults.  The default's
 # kind is the parameter's kind: an activation (sigmoid hard_sigmoid tanh relu softplus linear;
 # compiled in, one library per choice), an initialization (glorot_uniform orthogonal zero ...;
-# used only to initialise weights), or an integer >= 1 (compiled in).
+# used only to initialise weights), an integer >= 1 or a number such as 1.0e-5 (compiled in).
 params:
   init: glorot_uniform
   inner_init: orthogonal
@@ -230,7 +230,8 @@ def _size(p: Path) -> int:
 def cmd_cache(args) -> int:
     from .build import cache_dir
     root = cache_dir()
-    how = "RNNGEN_CACHE_DIR" if os.environ.get("RNNGEN_CACHE_DIR") else "the default; set RNNGEN_CACHE_DIR to move it"
+    how = "RNNGEN_CACHE_DIR" if os.environ.get("RNNGEN_CACHE_DIR") else \
+        "the default; set RNNGEN_CACHE_DIR to move it"
     entries = sorted(p for p in root.iterdir() if p.is_dir() and ENTRY.match(p.name)) \
         if root.is_dir() else []
     index = root / "index"
@@ -358,11 +359,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_new)
 
     p = add("cache", "show the build cache (where, size, failed builds) or clear it",
-            "Print where the build cache is (RNNGEN_CACHE_DIR, default ~/.cache/rnngen), how "
-            "many libraries it holds and their size, and the builds that failed (folders "
-            "with a 'failed' file holding the compiler's output). Built libraries are keyed "
-            "by everything that affects them, so nothing in the cache goes stale; clear it "
-            "to reclaim space.")
+            "Print where the build cache is (RNNGEN_CACHE_DIR, default "
+            "$XDG_CACHE_HOME/rnngen or ~/.cache/rnngen), how many libraries it holds and "
+            "their size, and the builds that failed (folders with a 'failed' file holding "
+            "the compiler's output). A library is keyed by everything that affects it "
+            "(sources, compiler, flags, CPU), so none is ever served in the wrong place; "
+            "libraries of older versions just take space: clear it to reclaim that.")
     p.add_argument("--clear", action="store_true",
                    help="delete the cache's libraries and index (do not run while rnngen "
                         "runs elsewhere on this cache); libraries are rebuilt when used")

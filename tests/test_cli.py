@@ -230,6 +230,36 @@ def test_bench_runs_the_benchmark_and_writes_results_md(tmp_path):
     assert f"{doc['results'][0]['inference']['ratio']['numpy']:.2f}" in md
 
 
+def test_results_md_runs_on_an_existing_json_and_links_the_chart(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("results_md", None)
+    import results_md
+    row = {"cell": "LSTM", "config": [100, 32, 128, 256], "notes": {},
+           "inference": {"ms": {"rnngen": 6.2}, "gflops": {"rnngen": 406.0},
+                         "ratio": {"nn.LSTM": 1.03, "numpy": 2.29}},
+           "training": {"ms": {"rnngen": 20.73}, "gflops": {"rnngen": 364.0},
+                        "ratio": {"nn.LSTM": 1.5}}}
+    doc = {"machine": {"cpu": "Some CPU", "cores": 2, "python": "3.11",
+                       "versions": {"torch": "2.13.0"}},
+           "sgemm_gflops": {"scipy-openblas32": 458.0, "numpy": 440.0, "kernel": "SkylakeX"},
+           "results": [row], "date": "2026-11-25 10:00:00",
+           "targets": [{"target": "LSTM training >= 1.5x nn.LSTM", "met": True,
+                        "worst": "worst 1.50 (LSTM [100, 32, 128, 256])"}]}
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "results.json").write_text(json.dumps(doc))
+    md = tmp_path / "RESULTS.md"
+    assert results_md.main([str(res / "results.json"), "-o", str(md)]) == 0
+    text = md.read_text()
+    assert "No chart" in text and "2026-11-25 10:00:00" in text and "Some CPU" in text
+    assert "| LSTM | 100,32,128,256 | 6.20 | 406     | 89%   | 1.03      | 2.29    |" in text
+    assert "| LSTM | 100,32,128,256 | 20.73 | 364     | 79%   | 1.50      | -       |" in text
+    assert "[ok] LSTM training >= 1.5x nn.LSTM: worst 1.50" in text
+    (res / "ratios.png").write_bytes(b"png")
+    results_md.main([str(res / "results.json"), "-o", str(md)])
+    assert "](results/ratios.png)" in md.read_text()
+
+
 @pytest.mark.parametrize("command", ["generate", "check", "bench"])
 def test_checkout_commands_say_so_elsewhere(command, monkeypatch, capsys):
     monkeypatch.setattr(cli, "in_checkout", lambda: False)
