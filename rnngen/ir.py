@@ -36,7 +36,10 @@ from .spec import (MAX_INT_PARAM, MAX_LAG, MAX_OPERATIONS, MAX_PHASES, MAX_SUM_T
 GENERATOR_VERSION = "0.1.0"
 
 LEAF_OPS = ("const", "bias", "xprod", "state", "started")
-STEP_LEAVES = ("state", "started", "matmul")
+# computed by a backend's frame between the elementwise loops of a step: products
+# (a GEMM per group) and means over the units of a sample (a reduction per group)
+PRODUCTS = ("matmul", "mean")
+STEP_LEAVES = ("state", "started") + PRODUCTS
 
 
 @dataclass(eq=False)
@@ -76,11 +79,14 @@ class Weight:
 
 @dataclass(frozen=True, eq=False)
 class Group:
-    """One GEMM of a step: operand @ [U_1 | U_2 | ...]."""
+    """One GEMM of a step: operand @ [U_1 | U_2 | ...]; or (mean=True) the mean of the
+    operand over the units of each sample, broadcast to every unit (matmuls = the one
+    mean node)."""
     name: str
     phase: int
     operand: Node
     matmuls: tuple     # Node(op=matmul), column block k is matmuls[k]
+    mean: bool = False
 
     @property
     def width(self):
@@ -150,12 +156,12 @@ class _Lowering:
         key = (op, tuple(a.id for a in args), attr)
         if key in self.cache:
             return self.cache[key]
-        varying = op in ("state", "started", "matmul", "assign") or any(a.varying for a in args)
+        varying = op in ("state", "started", "assign") + PRODUCTS or any(a.varying for a in args)
         n = Node(len(self.nodes), op, tuple(args), attr, varying)
         self.nodes.append(n)
         self.cache[key] = n
         self.products[n.id] = max((self.products[a.id] for a in args), default=0) \
-            + (op == "matmul")
+            + (op in PRODUCTS)
         return n
 
     def const(self, v, line):
@@ -342,7 +348,7 @@ class _Lowering:
             self.err(line, f"init parameter {name!r} can only be used as a weight's init")
         if name in ("input_dim", "output_dim"):
             self.err(line, f"{name} can only be used in weight shapes")
-        if name in FUNCTIONS or name in BINARY or name in ("sum", "started"):
+        if name in FUNCTIONS or name in BINARY or name in ("mean", "sum", "started"):
             self.err(line, f"function {name!r} must be called: {name}(...)")
         if name in self.later_defined:
             self.err(line, self.forward_ref_message(name, line))
@@ -419,6 +425,15 @@ class _Lowering:
                                  "the sample has had k real steps, else 0")
             kind, ref = self.lower(e.args[0], env, loopvars)
             return ("vec", self.node("started", (), ref.attr[1]))
+        if e.func == "mean":
+            args = self.lower_args(e, env, loopvars)
+            if len(e.args) != 1:
+                self.err(e.line, f"mean() takes exactly one argument, got {len(e.args)}")
+            if args is None:
+                raise _Abort()
+            if args[0].is_const:
+                return ("vec", args[0])
+            return ("vec", self.node("mean", (args[0],)))
         fname = e.func
         p = self.spec.param(fname)
         if p is not None:
@@ -428,7 +443,7 @@ class _Lowering:
         elif fname not in FUNCTIONS and fname not in BINARY:
             from .spec import _suggest
             acts = [p.name for p in self.spec.params if p.kind == "activation"]
-            known = list(FUNCTIONS) + list(BINARY) + acts + ["sum", "started"]
+            known = list(FUNCTIONS) + list(BINARY) + acts + ["mean", "sum", "started"]
             self.lower_args(e, env, loopvars)      # their problems too
             self.err(e.line, f"unknown function {e.func!r}{_suggest(e.func, known)}; callable "
                              f"here: {', '.join(known)}")
@@ -558,7 +573,7 @@ class _Lowering:
             t = eq.target
             if t == "x" or t in self.weights or t in self.families or spec.param(t) \
                     or t in FUNCTIONS or t in BINARY \
-                    or t in ("sum", "started", "input_dim", "output_dim"):
+                    or t in ("mean", "sum", "started", "input_dim", "output_dim"):
                 self.problems.append((eq.line, f"cannot assign to {t!r}: it is the input, a "
                                                "weight, a parameter or a function"))
                 continue
@@ -681,6 +696,7 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
                            "xprod": lambda: f"x_{n.attr}",
                            "bias": lambda: n.attr,
                            "matmul": lambda: f"{n.args[0].label or 't' + str(n.args[0].id)}_{n.attr}",
+                           "mean": lambda: f"mean_{n.args[0].label or 't' + str(n.args[0].id)}",
                            }.get(n.op, lambda: f"t{n.id}")()
         base = c_name(base)
         lab = base if base not in taken else f"{base}_{n.id}"
@@ -698,7 +714,7 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
             continue
         if n.op in ("state", "started"):
             phase[n] = 0
-        elif n.op == "matmul":
+        elif n.op in PRODUCTS:
             phase[n] = phase.get(n.args[0], 0) + 1
         else:
             phase[n] = max([phase[a] for a in n.args if a.varying] + [0])
@@ -709,7 +725,7 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
     for n in reversed(nodes):
         if not n.varying or n.op in STEP_LEAVES:
             continue
-        late = [phase[u] - 1 if u.op == "matmul" else phase[u] for u in users[n]]
+        late = [phase[u] - 1 if u.op in PRODUCTS else phase[u] for u in users[n]]
         phase[n] = min(late) if late else nphases - 1
     loops = [[n for n in nodes if n.varying and n.op not in STEP_LEAVES and phase[n] == p]
              for p in range(nphases)]
@@ -722,6 +738,9 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
                 by_operand.setdefault(n.args[0], []).append(n)
         for operand, mms in by_operand.items():
             groups.append(Group(f"g{len(groups)}", p, operand, tuple(mms)))
+        for n in nodes:
+            if n.op == "mean" and phase[n] == p:
+                groups.append(Group(f"g{len(groups)}", p, n.args[0], (n,), mean=True))
     operands = {g.operand for g in groups}
 
     def loop_of(n):
@@ -765,8 +784,10 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
 
     owner = {n: phase[n] for n in nodes if n.varying and n.op not in ("state", "started")}
     for n in nodes:
-        if n.op == "matmul":   # own the adjoint where the users are
-            owner[n] = min(phase[u] for u in users[n])
+        if n.op in PRODUCTS:
+            # own the adjoint where the users are; a product's contribution arrives after
+            # its own loop (from dOperand += ...), so by the loop before it
+            owner[n] = min(phase[u] - 1 if u.op in PRODUCTS else phase[u] for u in users[n])
     buffered = []
     for n in nodes:
         if n in owner:

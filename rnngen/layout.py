@@ -61,7 +61,7 @@ def _xw_alias_group(ir: CellIR) -> Optional[Group]:
         return n
 
     for g in ir.groups:
-        if len(g.matmuls) == len(ir.xprods) > 0 and all(
+        if not g.mean and len(g.matmuls) == len(ir.xprods) > 0 and all(
                 top(mm) is top(xp) for mm, xp in zip(g.matmuls, ir.xprods)):
             return g
     return None
@@ -74,7 +74,7 @@ def compute_layout(ir: CellIR, *, alias_new_state: bool = True, share_lags: bool
     last = ir.nphases - 1
     inference = frozenset(
         n for n in ir.slots
-        if n in operands or (n.op not in ("state", "started", "matmul") and not n.hoisted
+        if n in operands or (n.op not in ("state", "started", "matmul", "mean") and not n.hoisted
                              and (any(ir.phases[u] != ir.phases[n] for u in ir.users[n])
                                   or (n.op == "assign" and ir.phases[n] != last))))
     slot_set = set(ir.slots)
@@ -102,15 +102,29 @@ class Schedule:
         hidden units of every sample); None: batch when there are 8 samples per thread
         and the packed weights fit RNNGEN_SPLIT_MAX_BYTES.
     xw_first: True computes x @ W for all steps before the step loop, False per step;
-        None: before the loop below RNNGEN_XW_FIRST_B samples."""
+        None: before the loop below RNNGEN_XW_FIRST_B samples.
+    team_work: the work per step (multiply-adds, see rnngen_team in the runtime header)
+        each thread of an automatic team must have, at least 1; None: RNNGEN_TEAM_WORK.
+        1 gives every call the whole team OpenMP offers.
+    barrier_spins: how often a thread waiting at a barrier checks before it sleeps, at
+        most (also the least it adapts down to, where that is below 16); None: the
+        runtime's.  0 sleeps at every wait that has to wait at all."""
     split: Optional[str] = None
     xw_first: Optional[bool] = None
+    team_work: Optional[int] = None
+    barrier_spins: Optional[int] = None
 
     def __post_init__(self):
         if self.split not in (None, "batch", "unit"):
             raise ValueError(f"split must be None, 'batch' or 'unit', got {self.split!r}")
         if self.xw_first not in (None, True, False):
             raise ValueError(f"xw_first must be None, True or False, got {self.xw_first!r}")
+        for name, least in (("team_work", 1), ("barrier_spins", 0)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                                  or not least <= v <= 2**30):
+                raise ValueError(f"{name} must be None or an int from {least} to 2**30, "
+                                 f"got {v!r}")
 
     def defines(self) -> tuple:
         """(name, value) pairs the generated source defines before the runtime header."""
@@ -121,4 +135,9 @@ class Schedule:
             out += [("RNNGEN_SPLIT_MAX_BYTES", "0")]
         if self.xw_first is not None:
             out += [("RNNGEN_XW_FIRST_B", "2147483647" if self.xw_first else "0")]
+        if self.team_work is not None:
+            out += [("RNNGEN_TEAM_WORK", str(self.team_work))]
+        if self.barrier_spins is not None:
+            out += [("RNNGEN_BARRIER_SPINS", str(self.barrier_spins)),
+                    ("RNNGEN_BARRIER_MIN_SPINS", str(min(self.barrier_spins, 16)))]
         return tuple(out)

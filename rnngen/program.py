@@ -175,12 +175,17 @@ Stmt = Union[Let, Set, Add, ReduceAdd, IfReal, Unused]
 @dataclass(frozen=True)
 class Gemm:
     """S_group = operand @ [U_1 | ... ] (forward), dOperand += dS_group @ [U...]^T
-    (backward)."""
+    (backward).  For a mean group (``mean``): S_group = the operand's mean over the
+    units of each sample, broadcast; dOperand += the mean of dS_group's row."""
     group: Group
     operand: Node
-    weights: tuple        # of weight names, column blocks in order
+    weights: tuple        # of weight names, column blocks in order (none for a mean)
     transposed: bool
     target: Optional[Access] = None   # backward: the operand's adjoint buffer
+
+    @property
+    def mean(self) -> bool:
+        return self.group.mean
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,8 @@ def describe(n: Node) -> str:
         return f"x @ {n.attr}"
     if n.op == "matmul":
         return f"{n.args[0].label} @ {n.attr}"
+    if n.op == "mean":
+        return f"mean({n.args[0].label})"
     if n.op == "call":
         return f"{n.attr}({n.args[0].label})"
     if n.op == "assign":
@@ -266,7 +273,7 @@ class _Lowering:
             return Load(state(*n.attr))
         if n.op == "started":
             return Started(n.attr)
-        if n.op == "matmul":
+        if n.op in ("matmul", "mean"):
             g, k = ir.group_of(n)
             return Load(Access("product", g.name, k))
         if ir.phases[n] == loop:
@@ -406,7 +413,7 @@ class _Lowering:
             if n in self.slot_set:
                 out.append(self._store(n, Local(f"v_{n.label}")))
         for n in self.layout.slots:   # products whose values the backward pass reads
-            if n.op == "matmul" and ir.phases[n] == p:
+            if n.op in ("matmul", "mean") and ir.phases[n] == p:
                 out.append(self._store(n, val(n)))
         return out
 
@@ -426,8 +433,8 @@ class _Lowering:
             body = self._with_hoisted(*self._tracked(self._forward_body, p))
             if p == self.ir.nphases - 1:
                 body = body + self.update()
-            gemms = tuple(Gemm(g, g.operand, tuple(mm.attr for mm in g.matmuls), False)
-                          for g in self.ir.groups_of_phase(p))
+            gemms = tuple(Gemm(g, g.operand, () if g.mean else tuple(mm.attr for mm in g.matmuls),
+                               False) for g in self.ir.groups_of_phase(p))
             out.append(ForwardPhase(p, gemms, tuple(body)))
         return tuple(out)
 
@@ -475,7 +482,7 @@ class _Lowering:
             out.append(Let(f"g_{n.label}", init, const=False))
         for n in reversed(owned):
             g = Local(f"g_{n.label}")
-            if n.op == "matmul":
+            if n.op in ("matmul", "mean"):
                 grp, k = ir.group_of(n)
                 out.append(Set(Access("dproduct", grp.name, k), g))
                 continue
@@ -552,8 +559,8 @@ class _Lowering:
         out = []
         for p in range(ir.nphases - 1, -1, -1):
             real, padded, reads = self._loop(p, p == first, p == final)
-            gemms = tuple(Gemm(g, g.operand, tuple(mm.attr for mm in g.matmuls), True,
-                               operand_adjoint(g))
+            gemms = tuple(Gemm(g, g.operand, () if g.mean else tuple(mm.attr for mm in g.matmuls),
+                               True, operand_adjoint(g))
                           for g in ir.groups_of_phase(p))
             out.append(BackwardPhase(p, tuple(real), tuple(padded), p == final, reads, gemms))
         self._locals = {}

@@ -29,7 +29,7 @@ ALLOWED_SHAPES = {("input_dim", "output_dim"): "input matrix",
                   ("output_dim", "output_dim"): "recurrent matrix",
                   ("output_dim",): "vector"}
 # Names the equations may use that the spec does not declare.
-RESERVED = {"x", "input_dim", "output_dim", "sum", "started"} | set(FUNCTIONS) | set(BINARY)
+RESERVED = {"x", "input_dim", "output_dim", "sum", "started", "mean"} | set(FUNCTIONS) | set(BINARY)
 # a number YAML 1.1 reads as a string (1e-5: no dot), taken as a float parameter
 _FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
 # Limits on a spec (README, "Spec format"; those on equations are in expr.py).  Each

@@ -127,6 +127,25 @@ __global__ void rnngen_cu_count_real(const unsigned char *mask, int T, int B, R 
     }
 }
 
+/* dst[b*ldd + j] = the mean of src[b*lds + 0 .. H) for every unit j (a mean group's
+ * product), or (accumulate) dst[b*ldd + j] += it (the operand's gradient from dS): one
+ * thread per sample, the units summed in order (two runs give the same bits). */
+template <typename R>
+__global__ void rnngen_cu_row_mean(const R *src, size_t lds, int B, int H, R *dst, size_t ldd,
+                                   int accumulate)
+{
+    const int b = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+    if (b >= B) return;
+    const R *row = src + (size_t)b * lds;
+    R s = 0;
+    for (int u = 0; u < H; u++)
+        s += row[u];
+    s /= (R)H;
+    R *out = dst + (size_t)b * ldd;
+    for (int j = 0; j < H; j++)
+        out[j] = accumulate ? out[j] + s : s;
+}
+
 /* out[j] = sum over b of part[b*H + j], b in order: a bias gradient from the per-sample
  * sums the step kernels keep (so two runs give the same bits; no atomics). */
 template <typename R>

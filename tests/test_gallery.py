@@ -81,7 +81,7 @@ CELLS = {"mingru": mingru, "indrnn": indrnn, "torch_gru": torch_gru, "slstm": sl
 
 
 @pytest.mark.parametrize("backend", ["c", "cuda-emulated"])
-@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("name", ["indrnn", "mingru", "slstm", "torch_gru"])
 def test_example_cell_against_its_papers_equations(name, backend):
     cls = rnngen.load_cell(ROOT / "examples" / f"{name}.yaml")
     reference = CELLS[name]
@@ -125,3 +125,58 @@ def test_torch_gru_example_is_torch_nn_gru():
     yt.sum().backward()
     np.testing.assert_allclose(layer.backward(np.ones((B, T, H))), xt.grad.numpy(), rtol=1e-12,
                                atol=1e-12)
+
+
+def _ln(a, eps, gain=1.0, bias=0.0):
+    """LayerNorm over the last axis."""
+    mu = a.mean(-1, keepdims=True)
+    return gain * (a - mu) / np.sqrt(((a - mu) ** 2).mean(-1, keepdims=True) + eps) + bias
+
+
+def layernorm_lstm(W, x, mask, eps=1e-5):
+    (W_f, W_i, W_o, W_g, U_f, U_i, U_o, U_g, a1_f, a1_i, a1_o, a1_g, a2_f, a2_i, a2_o, a2_g,
+     b_f, b_i, b_o, b_g, a3, b3) = W
+    Wx = np.concatenate([W_f, W_i, W_o, W_g], 1)
+    Uh = np.concatenate([U_f, U_i, U_o, U_g], 1)
+    a1 = np.concatenate([a1_f, a1_i, a1_o, a1_g])
+    a2 = np.concatenate([a2_f, a2_i, a2_o, a2_g])
+    b = np.concatenate([b_f, b_i, b_o, b_g])
+
+    def step(xt, h, c):   # Ba et al. 2016, eqs. 20-22: LN over all 4H gate units
+        pre = _ln(h @ Uh, eps, a1) + _ln(xt @ Wx, eps, a2) + b
+        f, i, o, g = (pre[:, k * H:(k + 1) * H] for k in range(4))
+        cn = sig(f) * c + sig(i) * np.tanh(g)
+        hn = sig(o) * np.tanh(_ln(cn, eps, a3, b3))
+        return [hn, cn], hn
+    zero = np.zeros((x.shape[0], H))
+    return _run(step, [zero, zero], x, mask)
+
+
+CELLS["layernorm_lstm"] = layernorm_lstm
+
+
+@pytest.mark.parametrize("backend", ["c", "cuda-emulated"])
+def test_layernorm_lstm_against_the_paper(backend):
+    test_example_cell_against_its_papers_equations("layernorm_lstm", backend)
+
+
+def layernorm_gru(W, x, mask, eps=1e-5):
+    W_z, W_r, W_h, U_z, U_r, U_h, a1_z, a1_r, a2_z, a2_r, a3, a4, b_z, b_r, b_h = W
+
+    def step(xt, h):
+        gx = _ln(np.concatenate([xt @ W_z, xt @ W_r], 1), eps, np.concatenate([a1_z, a1_r]))
+        gh = _ln(np.concatenate([h @ U_z, h @ U_r], 1), eps, np.concatenate([a2_z, a2_r]))
+        pre = gx + gh + np.concatenate([b_z, b_r])
+        z, r = sig(pre[:, :H]), sig(pre[:, H:])
+        hh = np.tanh(_ln(xt @ W_h, eps, a3) + _ln((r * h) @ U_h, eps, a4) + b_h)
+        hn = z * h + (1 - z) * hh
+        return [hn], hn
+    return _run(step, [np.zeros((x.shape[0], H))], x, mask)
+
+
+CELLS["layernorm_gru"] = layernorm_gru
+
+
+@pytest.mark.parametrize("backend", ["c", "cuda-emulated"])
+def test_layernorm_gru_against_the_paper(backend):
+    test_example_cell_against_its_papers_equations("layernorm_gru", backend)
