@@ -180,3 +180,35 @@ CELLS["layernorm_gru"] = layernorm_gru
 @pytest.mark.parametrize("backend", ["c", "cuda-emulated"])
 def test_layernorm_gru_against_the_paper(backend):
     test_example_cell_against_its_papers_equations("layernorm_gru", backend)
+
+
+@pytest.mark.parametrize("split", ["unit", "batch"])
+def test_means_are_right_when_threads_split_the_units_or_the_samples(split):
+    """In the unit split each thread holds some units of every sample: a mean reads all of
+    them after the step's barrier.  Two threads, each split forced, against one thread."""
+    from rnngen.layout import Schedule
+    from rnngen.pipeline import compile_cell
+    spec = rnngen.load_cell(ROOT / "examples" / "layernorm_lstm.yaml").spec
+    Bn, Hn = 16, 32
+    rng = np.random.default_rng(0)
+    one = compile_cell(spec)
+    forced = compile_cell(spec, schedule=Schedule(split=split))
+    ws = [rng.normal(scale=0.3, size=w.dims(D, Hn)) for w in one.ir.weights]
+    x, dy = rng.normal(size=(Bn, T, D)), rng.normal(size=(Bn, T, Hn))
+    mask = (rng.random((Bn, T)) > 0.3).astype(np.uint8)
+    old = rnngen.get_num_threads()
+    try:
+        rnngen.set_num_threads(1)
+        y1, s1 = one.forward(x, mask, ws, Hn, True)
+        dx1, g1 = one.backward(x, mask, ws, s1, dy, -1)
+        y1, dx1, g1 = y1.copy(), dx1.copy(), [g.copy() for g in g1]
+        rnngen.set_num_threads(2)
+        y2, s2 = forced.forward(x, mask, ws, Hn, True)
+        assert s2[-2] == (1 if split == "batch" else 2)     # the split it ran
+        dx2, g2 = forced.backward(x, mask, ws, s2, dy, -1)
+    finally:
+        rnngen.set_num_threads(old)
+    np.testing.assert_allclose(y2, y1, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dx2, dx1, rtol=1e-12, atol=1e-13)
+    for a, b in zip(g2, g1):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
