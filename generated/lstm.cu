@@ -30,6 +30,7 @@ extern "C" {
 #define DSB (XW_IS_DS ? (size_t)T : 1)    /* row of dS: b * DSB + t * DST */
 #define DST (XW_IS_DS ? 1 : (size_t)B)
 #define WIDEST 4
+#define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
 #define SAVE_SIZE(T, B, H) (KEEP_XW * (size_t)(B) * (size_t)(T) * NW * (size_t)(H) + (size_t)NSLOT * (size_t)(T) * (size_t)(B) * (size_t)(H))
 
 static cublasHandle_t rnngen_handle;
@@ -108,11 +109,12 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     *save_size = (long long)SAVE_SIZE(T, B, H);
     size_t n = 2 * (size_t)D * LDXW + (size_t)T * B + (size_t)(NSLOT * 2 + NR + NVEC) * BH
-             + 2 * (size_t)B * T * LDXW;
+             + 2 * (size_t)B * T * LDXW + (size_t)X_ELEMENTWISE * B * T * H;
     n += (2 * (size_t)H + B + (size_t)T * B) * 4 * (size_t)H;   /* g0 */
     n += (size_t)(4 + 2) * BH;
     *work_size = (long long)n;
@@ -123,15 +125,16 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
 
 /* What the step kernels read: sizes and device pointers (see work_layout). */
 typedef struct {
-    int T, B, H, save, Teff;
+    int T, B, D, H, save, Teff;
     size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
     const unsigned char *mask;        /* [B,T] or NULL */
     const float *NREAL;               /* [T,B] */
     const float *XW;                  /* [B*T, NW*H] */
+    const float *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
     float *SL;                        /* NSLOT saved values */
     float *y;                         /* [B,T,H] */
     const float *dy;                  /* [B,T,H] */
-    [[maybe_unused]] float *dXW, *dXP, *dVec;
+    float *dXW, *dXP, *dVec, *dXE;
     const float *w_b_i;                     /* [H] */
     const float *w_b_c;                     /* [H] */
     const float *w_b_f;                     /* [H] */
@@ -151,12 +154,12 @@ static __global__ void rnngen_lstm_fwd0_f32(const rnngen_lstm_frame_f32 F, const
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b_i = F.w_b_i;
     [[maybe_unused]] const float *w_b_c = F.w_b_c;
@@ -196,12 +199,12 @@ static __global__ void rnngen_lstm_fwd1_f32(const rnngen_lstm_frame_f32 F, const
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b_i = F.w_b_i;
     [[maybe_unused]] const float *w_b_c = F.w_b_c;
@@ -277,12 +280,12 @@ static __global__ void rnngen_lstm_bwd1_f32(const rnngen_lstm_frame_f32 F, const
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b_i = F.w_b_i;
     [[maybe_unused]] const float *w_b_c = F.w_b_c;
@@ -413,6 +416,7 @@ int rnngen_lstm_forward_f32(void *stream, int T, int B, int D, int H,
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
     if ((st = rnngen_lstm_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
@@ -443,12 +447,14 @@ int rnngen_lstm_forward_f32(void *stream, int T, int B, int D, int H,
     [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
     [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     float *XW = save && KEEP_XW ? save : XWw;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     rnngen_lstm_frame_f32 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
+    F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b_i = w_b_i;
     F.w_b_c = w_b_c;
@@ -535,6 +541,7 @@ int rnngen_lstm_backward_f32(void *stream, int T, int B, int D, int H, int trunc
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_i || !dw_W_i || !w_U_i || !dw_U_i || !w_b_i || !dw_b_i || !w_W_c || !dw_W_c || !w_U_c || !dw_U_c || !w_b_c || !dw_b_c || !w_W_f || !dw_W_f || !w_U_f || !dw_U_f || !w_b_f || !dw_b_f || !w_W_o || !dw_W_o || !w_U_o || !dw_U_o || !w_b_o || !dw_b_o) return RNNGEN_ENULL;
     if ((st = rnngen_lstm_cuda_init())) return st;
@@ -564,12 +571,14 @@ int rnngen_lstm_backward_f32(void *stream, int T, int B, int D, int H, int trunc
     [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
     [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     rnngen_lstm_frame_f32 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
+    F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b_i = w_b_i;
     F.w_b_c = w_b_c;
@@ -648,15 +657,16 @@ int rnngen_lstm_backward_f32(void *stream, int T, int B, int D, int H, int trunc
 
 /* What the step kernels read: sizes and device pointers (see work_layout). */
 typedef struct {
-    int T, B, H, save, Teff;
+    int T, B, D, H, save, Teff;
     size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
     const unsigned char *mask;        /* [B,T] or NULL */
     const double *NREAL;               /* [T,B] */
     const double *XW;                  /* [B*T, NW*H] */
+    const double *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
     double *SL;                        /* NSLOT saved values */
     double *y;                         /* [B,T,H] */
     const double *dy;                  /* [B,T,H] */
-    [[maybe_unused]] double *dXW, *dXP, *dVec;
+    double *dXW, *dXP, *dVec, *dXE;
     const double *w_b_i;                     /* [H] */
     const double *w_b_c;                     /* [H] */
     const double *w_b_f;                     /* [H] */
@@ -676,12 +686,12 @@ static __global__ void rnngen_lstm_fwd0_f64(const rnngen_lstm_frame_f64 F, const
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b_i = F.w_b_i;
     [[maybe_unused]] const double *w_b_c = F.w_b_c;
@@ -721,12 +731,12 @@ static __global__ void rnngen_lstm_fwd1_f64(const rnngen_lstm_frame_f64 F, const
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b_i = F.w_b_i;
     [[maybe_unused]] const double *w_b_c = F.w_b_c;
@@ -802,12 +812,12 @@ static __global__ void rnngen_lstm_bwd1_f64(const rnngen_lstm_frame_f64 F, const
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b_i = F.w_b_i;
     [[maybe_unused]] const double *w_b_c = F.w_b_c;
@@ -938,6 +948,7 @@ int rnngen_lstm_forward_f64(void *stream, int T, int B, int D, int H,
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
     if ((st = rnngen_lstm_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
@@ -968,12 +979,14 @@ int rnngen_lstm_forward_f64(void *stream, int T, int B, int D, int H,
     [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
     [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     double *XW = save && KEEP_XW ? save : XWw;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     rnngen_lstm_frame_f64 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
+    F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b_i = w_b_i;
     F.w_b_c = w_b_c;
@@ -1060,6 +1073,7 @@ int rnngen_lstm_backward_f64(void *stream, int T, int B, int D, int H, int trunc
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_i || !dw_W_i || !w_U_i || !dw_U_i || !w_b_i || !dw_b_i || !w_W_c || !dw_W_c || !w_U_c || !dw_U_c || !w_b_c || !dw_b_c || !w_W_f || !dw_W_f || !w_U_f || !dw_U_f || !w_b_f || !dw_b_f || !w_W_o || !dw_W_o || !w_U_o || !dw_U_o || !w_b_o || !dw_b_o) return RNNGEN_ENULL;
     if ((st = rnngen_lstm_cuda_init())) return st;
@@ -1089,12 +1103,14 @@ int rnngen_lstm_backward_f64(void *stream, int T, int B, int D, int H, int trunc
     [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
     [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     rnngen_lstm_frame_f64 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
+    F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b_i = w_b_i;
     F.w_b_c = w_b_c;

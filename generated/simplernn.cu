@@ -30,6 +30,7 @@ extern "C" {
 #define DSB (XW_IS_DS ? (size_t)T : 1)    /* row of dS: b * DSB + t * DST */
 #define DST (XW_IS_DS ? 1 : (size_t)B)
 #define WIDEST 1
+#define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
 #define SAVE_SIZE(T, B, H) (KEEP_XW * (size_t)(B) * (size_t)(T) * NW * (size_t)(H) + (size_t)NSLOT * (size_t)(T) * (size_t)(B) * (size_t)(H))
 
 static cublasHandle_t rnngen_handle;
@@ -108,11 +109,12 @@ int rnngen_simplernn_sizes(int T, int B, int D, int H, long long *save_size, lon
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     *save_size = (long long)SAVE_SIZE(T, B, H);
     size_t n = 2 * (size_t)D * LDXW + (size_t)T * B + (size_t)(NSLOT * 2 + NR + NVEC) * BH
-             + 2 * (size_t)B * T * LDXW;
+             + 2 * (size_t)B * T * LDXW + (size_t)X_ELEMENTWISE * B * T * H;
     n += (2 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H;   /* g0 */
     n += (size_t)(2 + 1) * BH;
     *work_size = (long long)n;
@@ -123,15 +125,16 @@ int rnngen_simplernn_sizes(int T, int B, int D, int H, long long *save_size, lon
 
 /* What the step kernels read: sizes and device pointers (see work_layout). */
 typedef struct {
-    int T, B, H, save, Teff;
+    int T, B, D, H, save, Teff;
     size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
     const unsigned char *mask;        /* [B,T] or NULL */
     const float *NREAL;               /* [T,B] */
     const float *XW;                  /* [B*T, NW*H] */
+    const float *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
     float *SL;                        /* NSLOT saved values */
     float *y;                         /* [B,T,H] */
     const float *dy;                  /* [B,T,H] */
-    [[maybe_unused]] float *dXW, *dXP, *dVec;
+    float *dXW, *dXP, *dVec, *dXE;
     const float *w_b;                       /* [H] */
     [[maybe_unused]] float *S_g0, *dS_g0;
     [[maybe_unused]] float *L_h_1, *dL_h_1;
@@ -146,12 +149,12 @@ static __global__ void rnngen_simplernn_fwd0_f32(const rnngen_simplernn_frame_f3
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
@@ -180,12 +183,12 @@ static __global__ void rnngen_simplernn_fwd1_f32(const rnngen_simplernn_frame_f3
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
@@ -225,12 +228,12 @@ static __global__ void rnngen_simplernn_bwd1_f32(const rnngen_simplernn_frame_f3
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
@@ -284,6 +287,7 @@ int rnngen_simplernn_forward_f32(void *stream, int T, int B, int D, int H,
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !y || !work || !w_W || !w_U || !w_b) return RNNGEN_ENULL;
     if ((st = rnngen_simplernn_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
@@ -311,12 +315,14 @@ int rnngen_simplernn_forward_f32(void *stream, int T, int B, int D, int H,
     [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
     [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     float *XW = save && KEEP_XW ? save : XWw;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     rnngen_simplernn_frame_f32 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
+    F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
     F.S_g0 = S_g0; F.dS_g0 = dS_g0;
@@ -368,6 +374,7 @@ int rnngen_simplernn_backward_f32(void *stream, int T, int B, int D, int H, int 
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W || !dw_W || !w_U || !dw_U || !w_b || !dw_b) return RNNGEN_ENULL;
     if ((st = rnngen_simplernn_cuda_init())) return st;
@@ -394,12 +401,14 @@ int rnngen_simplernn_backward_f32(void *stream, int T, int B, int D, int H, int 
     [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
     [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     rnngen_simplernn_frame_f32 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
+    F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
     F.S_g0 = S_g0; F.dS_g0 = dS_g0;
@@ -452,15 +461,16 @@ int rnngen_simplernn_backward_f32(void *stream, int T, int B, int D, int H, int 
 
 /* What the step kernels read: sizes and device pointers (see work_layout). */
 typedef struct {
-    int T, B, H, save, Teff;
+    int T, B, D, H, save, Teff;
     size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
     const unsigned char *mask;        /* [B,T] or NULL */
     const double *NREAL;               /* [T,B] */
     const double *XW;                  /* [B*T, NW*H] */
+    const double *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
     double *SL;                        /* NSLOT saved values */
     double *y;                         /* [B,T,H] */
     const double *dy;                  /* [B,T,H] */
-    [[maybe_unused]] double *dXW, *dXP, *dVec;
+    double *dXW, *dXP, *dVec, *dXE;
     const double *w_b;                       /* [H] */
     [[maybe_unused]] double *S_g0, *dS_g0;
     [[maybe_unused]] double *L_h_1, *dL_h_1;
@@ -475,12 +485,12 @@ static __global__ void rnngen_simplernn_fwd0_f64(const rnngen_simplernn_frame_f6
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
@@ -509,12 +519,12 @@ static __global__ void rnngen_simplernn_fwd1_f64(const rnngen_simplernn_frame_f6
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
@@ -554,12 +564,12 @@ static __global__ void rnngen_simplernn_bwd1_f64(const rnngen_simplernn_frame_f6
     if (j >= F.H || b >= F.B) return;
     /* the frame, under the names the statements use (one slice: unit j of block k of a
      * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, H = F.H, save = F.save, Teff = F.Teff;
+    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
     [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
     [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
     [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP;
+    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
+    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b = F.w_b;
     [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
@@ -613,6 +623,7 @@ int rnngen_simplernn_forward_f64(void *stream, int T, int B, int D, int H,
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !y || !work || !w_W || !w_U || !w_b) return RNNGEN_ENULL;
     if ((st = rnngen_simplernn_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
@@ -640,12 +651,14 @@ int rnngen_simplernn_forward_f64(void *stream, int T, int B, int D, int H,
     [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
     [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     double *XW = save && KEEP_XW ? save : XWw;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
     rnngen_simplernn_frame_f64 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
+    F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
     F.S_g0 = S_g0; F.dS_g0 = dS_g0;
@@ -697,6 +710,7 @@ int rnngen_simplernn_backward_f64(void *stream, int T, int B, int D, int H, int 
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W || !dw_W || !w_U || !dw_U || !w_b || !dw_b) return RNNGEN_ENULL;
     if ((st = rnngen_simplernn_cuda_init())) return st;
@@ -723,12 +737,14 @@ int rnngen_simplernn_backward_f64(void *stream, int T, int B, int D, int H, int 
     [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
     [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     rnngen_simplernn_frame_f64 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
+    F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
     F.S_g0 = S_g0; F.dS_g0 = dS_g0;

@@ -35,7 +35,7 @@ from .spec import (MAX_INT_PARAM, MAX_LAG, MAX_OPERATIONS, MAX_PHASES, MAX_SUM_T
 
 GENERATOR_VERSION = "0.1.0"
 
-LEAF_OPS = ("const", "bias", "xprod", "state", "started")
+LEAF_OPS = ("const", "bias", "xprod", "xval", "state", "started")
 # computed by a backend's frame between the elementwise loops of a step: products
 # (a GEMM per group) and means over the units of a sample (a reduction per group)
 PRODUCTS = ("matmul", "mean")
@@ -120,6 +120,11 @@ class CellIR:
 
     def weight(self, name):
         return next(w for w in self.weights if w.name == name)
+
+    @property
+    def x_elementwise(self) -> bool:
+        """x is read elementwise (not only as x @ W): input_dim must equal output_dim."""
+        return any(n.op == "xval" for n in self.nodes)
 
     def groups_of_phase(self, p):
         return [g for g in self.groups if g.phase == p]
@@ -309,9 +314,8 @@ class _Lowering:
         kind, val = lowered
         if kind == "vec":
             return val
-        if kind == "x":
-            self.err(line, f"{what}: the input x can only be used as x @ W (a matrix product "
-                           "with an [input_dim, output_dim] weight)")
+        if kind == "x":   # x elementwise: the layer then needs input_dim == output_dim
+            return self.node("xval")
         if kind == "mat":
             self.err(line, f"{what}: weight {val.name!r} has shape [{', '.join(val.shape)}] and "
                            "can only be the right operand of @")
@@ -697,6 +701,7 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
                            "bias": lambda: n.attr,
                            "matmul": lambda: f"{n.args[0].label or 't' + str(n.args[0].id)}_{n.attr}",
                            "mean": lambda: f"mean_{n.args[0].label or 't' + str(n.args[0].id)}",
+                           "xval": lambda: "x_t",
                            }.get(n.op, lambda: f"t{n.id}")()
         base = c_name(base)
         lab = base if base not in taken else f"{base}_{n.id}"

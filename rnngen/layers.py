@@ -165,6 +165,10 @@ class Recurrent:
 
     def build(self, input_dim: int) -> None:
         self.input_dim = _check_pos_int(input_dim, "input_dim", maximum=MAX_INPUT_DIM)
+        if self.input_dim != self.output_dim and self._ir().x_elementwise:
+            raise ValueError(f"{type(self).__name__} uses x elementwise (not only as x @ W), so "
+                             f"input_dim must equal output_dim ({self.output_dim}), got "
+                             f"{self.input_dim}")
         itemsize = np.dtype(_DTYPES[self.dtype]).itemsize
         shapes = self.weight_shapes(self.input_dim)
         check_memory(sum(int(np.prod(s)) for s in shapes) * itemsize * 3,

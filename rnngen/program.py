@@ -33,7 +33,7 @@ from .layout import Layout
 class Access:
     """kind: state | dstate (s, lag) | slot (node label) | product | dproduct (group,
     block) | xw | dxw (block) | vector | dvector (weight) | droot (root index) | adj
-    (node label) | y | dy."""
+    (node label) | y | dy | x | dxe (x read elementwise, and its gradient)."""
     kind: str
     name: str = ""
     index: int = 0
@@ -217,6 +217,10 @@ class StepProgram:
     def xw_group(self):
         return self.layout.xw_group
 
+    @property
+    def x_elementwise(self) -> bool:
+        return self.ir.x_elementwise
+
 
 def describe(n: Node) -> str:
     """A short readable form of a node, for comments."""
@@ -235,6 +239,13 @@ def describe(n: Node) -> str:
         return f"{n.args[0].label} @ {n.attr}"
     if n.op == "mean":
         return f"mean({n.args[0].label})"
+    if n.op == "xval":
+        return "x"
+    if n.op == "pow":
+        return f"{n.args[0].label} ** {n.attr!r}"
+    if n.op in ("max", "min"):
+        a, b = (x.label if not x.is_const else repr(x.attr) for x in n.args)
+        return f"{n.op}({a}, {b})"
     if n.op == "call":
         return f"{n.attr}({n.args[0].label})"
     if n.op == "assign":
@@ -356,6 +367,8 @@ class _Lowering:
         for n in self.ir.hoisted:
             if n.op == "xprod":
                 e = Load(Access("xw", "", self.xprod_index[n]))
+            elif n.op == "xval":
+                e = Load(Access("x"))
             elif n.op == "bias":
                 e = Load(Access("vector", n.attr))
             else:
@@ -386,6 +399,8 @@ class _Lowering:
                     out.append(Set(Access("dxw", "", self.xprod_index[n]), g))
             elif n.op == "bias":
                 out.append(ReduceAdd(Access("dvector", n.attr), g))
+            elif n.op == "xval":   # the frame adds these rows to dx after its dXW product
+                out.append(Set(Access("dxe"), g))
             else:
                 for a, f, neg in self.partials(n, self.hoisted_local):
                     if not a.is_const and not skip(a):

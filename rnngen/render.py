@@ -111,6 +111,10 @@ class Renderer:
             return "y[(size_t)r * H + j]"
         if k == "dy":
             return "dy[r * H + j]"
+        if k == "x":      # x elementwise: D == H (the frames check)
+            return "x[(size_t)r * D + j]"
+        if k == "dxe":
+            return "dXE[(size_t)r * H + j]"
         raise ValueError(k)  # pragma: no cover
 
     @staticmethod

@@ -146,6 +146,14 @@ __global__ void rnngen_cu_row_mean(const R *src, size_t lds, int B, int H, R *ds
         out[j] = accumulate ? out[j] + s : s;
 }
 
+/* dst[i] += src[i], i < n (x read elementwise: its gradient rows added to dx). */
+template <typename R>
+__global__ void rnngen_cu_add(R *dst, const R *src, size_t n)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] += src[i];
+}
+
 /* out[j] = sum over b of part[b*H + j], b in order: a bias gradient from the per-sample
  * sums the step kernels keep (so two runs give the same bits; no atomics). */
 template <typename R>

@@ -205,3 +205,69 @@ output: h
     np.testing.assert_array_equal(layer.grads[0], [[0.0, 0.0]])
     dx = layer.backward(np.ones((1, 2, 2)))
     np.testing.assert_allclose(dx[0, :, 0], [2.0, 2.0])
+
+
+XEL = """\
+name: XEl
+doc: x read elementwise as well as through x @ W (input_dim must equal output_dim).
+weights:
+  W: {shape: [input_dim, output_dim], init: glorot_uniform}
+  U: {shape: [output_dim, output_dim], init: orthogonal}
+  b: {shape: [output_dim], init: uniform}
+state: [h]
+step: |
+  h = tanh(h @ U + x @ W + x * (1 + h) + b) * sigmoid(x)
+output: h
+"""
+
+XONLY = """\
+name: XOnly
+doc: x read elementwise only.
+weights:
+  U: {shape: [output_dim, output_dim], init: orthogonal}
+state: [h]
+step: |
+  h = tanh(h @ U + x * (1 + h))
+output: h
+"""
+
+
+def xel_reference(W, x, mask):
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    Wx, U, b = W if len(W) == 3 else (None, W[0], 0)
+    h = np.zeros((x.shape[0], U.shape[0]))
+    ys = []
+    for t in range(x.shape[1]):
+        pre = h @ U + x[:, t] * (1 + h) + b + (x[:, t] @ Wx if Wx is not None else 0)
+        hn = np.tanh(pre) * (sig(x[:, t]) if Wx is not None else 1)
+        h = np.where(mask[:, t:t + 1], hn, h)
+        ys.append(h)
+    return np.stack(ys, 1)
+
+
+@pytest.mark.parametrize("backend", ["c", "cuda-emulated"])
+@pytest.mark.parametrize("text", [XEL, XONLY], ids=["with-x@W", "x-only"])
+def test_x_read_elementwise(tmp_path, backend, text):
+    cls = _cell(tmp_path, text, "xel")
+    with pytest.raises(ValueError, match="uses x elementwise .* input_dim must equal output_dim"):
+        cls(4, input_dim=3, backend=backend)
+    rng = np.random.default_rng(3)
+    Hn, Bn = 32, 5      # two threads of 16 units on the C backend
+    layer = cls(Hn, input_dim=Hn, return_sequences=True, dtype="float64", seed=0,
+                backend=backend)
+    W = layer.get_weights()
+    x = rng.normal(size=(Bn, T, Hn))
+    mask = rng.random((Bn, T)) > 0.3
+    y = layer(x, mask=mask)
+    np.testing.assert_allclose(y, xel_reference(W, x, mask), rtol=1e-12, atol=1e-12)
+    dy = rng.normal(size=y.shape)
+    dx = layer.backward(dy)
+
+    def loss():
+        return float(np.sum(xel_reference(W, x, mask) * dy))
+    np.testing.assert_allclose(dx, central_diff(loss, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(layer.grads[0], central_diff(loss, W[0]), rtol=1e-6, atol=1e-7)
+    trunc = cls(Hn, input_dim=Hn, return_sequences=True, dtype="float64", weights=W,
+                truncate_gradient=2, backend=backend)
+    trunc(x, mask=mask)
+    assert not np.any(trunc.backward(dy)[:, :T - 2])     # steps not reached: no gradient

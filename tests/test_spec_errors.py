@@ -66,8 +66,10 @@ def test_shape_mismatches(tmp_path):
     probs, _ = problems(tmp_path, GOOD.replace("x @ W + b + h @ U", "x @ W + U + h @ b"))
     assert has(probs, 9, "U", "right operand of @")
     assert has(probs, 9, "right operand of @ must be a matrix weight")
+    # x elementwise is allowed (input_dim must then equal output_dim); a matrix is not
     probs, _ = problems(tmp_path, GOOD.replace("x @ W + b + h @ U", "x + b + h @ U + W"))
-    assert any("x can only be used as x @ W" in m for _, m in probs)
+    assert has(probs, 9, "weight 'W' has shape [input_dim, output_dim] and can only be the "
+                         "right operand of @")
 
 
 def test_used_before_defined_and_cycle(tmp_path):
