@@ -15,6 +15,11 @@ int rnngen_gru_sizes(int T, int B, int D, int H, long long *save_size, long long
  * 0 OpenMP's count (OMP_NUM_THREADS, else one per core).  RNNGEN_EDIM if n < 0. */
 int rnngen_gru_set_threads(int n);
 
+/* The threads a float32 call at these sizes asks OpenMP for (which may give fewer): the
+ * count set by set_threads, else as many as the work keeps busy (small problems run on
+ * one thread; see rnngen_team); a negative rnngen_status for bad sizes. */
+int rnngen_gru_team_size(int T, int B, int D, int H);
+
 /* Forward over all steps.  save == NULL: inference (nothing kept for backward). */
 int rnngen_gru_forward_f32(int T, int B, int D, int H,
     const float *x, const unsigned char *mask,

@@ -29,20 +29,25 @@
 #define NVEC 3     /* vector weights (biases) */
 /* bytes of packed weights every thread reads each step in the batch split */
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
+/* the threads a call asks for (see rnngen_team), for elements of `size` bytes */
+#define TEAM(T, B, D, H, size) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size))
 /* where in save forward notes the layout of XW (its number of slices); the next element
  * notes whether it had a mask */
+#define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
 #define SAVE_LAYOUT(T, B, H) (KEEP_XW * (size_t)(B) * (size_t)(T) * NW * (size_t)(H) + (size_t)NSLOT * (size_t)(T) * (size_t)(B) * (size_t)(H))
 
 int rnngen_jzs2_sizes(int T, int B, int D, int H, long long *save_size, long long *work_size)
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 2);   /* the saved values, then forward's two notes */
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
-             + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H;
+             + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H
+             + (size_t)X_ELEMENTWISE * B * T * H;
     n += (3 * (size_t)H + B + (size_t)T * B) * 2 * (size_t)H
          + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 2 * (size_t)H);   /* g0 */
     n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
@@ -57,6 +62,12 @@ int rnngen_jzs2_set_threads(int n)
     if (n < 0) return RNNGEN_EDIM;
     rnngen_thread_count = n;
     return RNNGEN_OK;
+}
+
+int rnngen_jzs2_team_size(int T, int B, int D, int H)
+{
+    int st = rnngen_check_dims(T, B, D, H, WIDEST);
+    return st ? st : TEAM(T, B, D, H, sizeof(float));
 }
 
 /* ======================== float ======================== */
@@ -79,6 +90,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !y || !work || !w_W_z || !w_U_z || !w_b_z || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !w_Pmat) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 2 * (size_t)H;
@@ -111,6 +123,8 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
     float *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
+    float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
+    (void)dXE;
     float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
     /* forward uses some of these, backward others */
@@ -131,7 +145,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = rnngen_threads(H);
+    const int nt_asked = TEAM(T, B, D, H, sizeof(float));
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(float)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -155,7 +169,7 @@ int rnngen_jzs2_forward_f32(int T, int B, int D, int H,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (2 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
@@ -390,6 +404,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_U_z || !dw_U_z || !w_b_z || !dw_b_z || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_W_h || !dw_W_h || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h || !w_Pmat || !dw_Pmat) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
@@ -420,6 +435,8 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     float *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
+    float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
+    (void)dXE;
     float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
     /* forward uses some of these, backward others */
@@ -433,7 +450,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
 
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXW; (void)dXP;
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
     const float slices = save[SAVE_LAYOUT(T, B, H)];
     if (!(slices >= 1 && slices <= RNNGEN_MAX_THREADS && slices == (int)slices)) return RNNGEN_ESAVE;
@@ -445,7 +462,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? rnngen_threads(H) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(float)) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -466,7 +483,7 @@ int rnngen_jzs2_backward_f32(int T, int B, int D, int H, int truncate,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (2 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
@@ -925,6 +942,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !y || !work || !w_W_z || !w_U_z || !w_b_z || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !w_Pmat) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 2 * (size_t)H;
@@ -957,6 +975,8 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
     double *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
+    double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
+    (void)dXE;
     double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
     /* forward uses some of these, backward others */
@@ -977,7 +997,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = rnngen_threads(H);
+    const int nt_asked = TEAM(T, B, D, H, sizeof(double));
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(double)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -1001,7 +1021,7 @@ int rnngen_jzs2_forward_f64(int T, int B, int D, int H,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (2 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
@@ -1236,6 +1256,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
+    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_U_z || !dw_U_z || !w_b_z || !dw_b_z || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_W_h || !dw_W_h || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h || !w_Pmat || !dw_Pmat) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
@@ -1266,6 +1287,8 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     double *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
     double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
     double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
+    double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
+    (void)dXE;
     double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
     double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
     /* forward uses some of these, backward others */
@@ -1279,7 +1302,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
 
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXP;
+    (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXW; (void)dXP;
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
     const double slices = save[SAVE_LAYOUT(T, B, H)];
     if (!(slices >= 1 && slices <= RNNGEN_MAX_THREADS && slices == (int)slices)) return RNNGEN_ESAVE;
@@ -1291,7 +1314,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? rnngen_threads(H) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(double)) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -1312,7 +1335,7 @@ int rnngen_jzs2_backward_f64(int T, int B, int D, int H, int truncate,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (2 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;

@@ -103,9 +103,10 @@ class Schedule:
         and the packed weights fit RNNGEN_SPLIT_MAX_BYTES.
     xw_first: True computes x @ W for all steps before the step loop, False per step;
         None: before the loop below RNNGEN_XW_FIRST_B samples.
-    team_work: the work per step (multiply-adds, see rnngen_team in the runtime header)
-        each thread of an automatic team must have, at least 1; None: RNNGEN_TEAM_WORK.
-        1 gives every call the whole team OpenMP offers.
+    team_work: the work of a step (see rnngen_team in the runtime header) each thread of
+        an automatic team must have in the unit split, at least 1, and 8 times that of
+        the call's; None: the runtime's (RNNGEN_TEAM_WORK, RNNGEN_TEAM_CALL_WORK).  1 gives
+        every call the whole team OpenMP offers.
     barrier_spins: how often a thread waiting at a barrier checks before it sleeps, at
         most (also the least it adapts down to, where that is below 16); None: the
         runtime's.  0 sleeps at every wait that has to wait at all."""
@@ -136,7 +137,8 @@ class Schedule:
         if self.xw_first is not None:
             out += [("RNNGEN_XW_FIRST_B", "2147483647" if self.xw_first else "0")]
         if self.team_work is not None:
-            out += [("RNNGEN_TEAM_WORK", str(self.team_work))]
+            out += [("RNNGEN_TEAM_WORK", str(self.team_work)),
+                    ("RNNGEN_TEAM_CALL_WORK", str(8 * self.team_work))]
         if self.barrier_spins is not None:
             out += [("RNNGEN_BARRIER_SPINS", str(self.barrier_spins)),
                     ("RNNGEN_BARRIER_MIN_SPINS", str(min(self.barrier_spins, 16)))]

@@ -65,30 +65,102 @@ static inline int rnngen_threads(int H)
     return nt < 1 ? 1 : nt;
 }
 
-/* A barrier for the team of one kernel call: the last thread to arrive flips `sense`,
- * the others spin on it (yielding the core after a while, in case there are more
- * threads than cores).  Release/acquire ordering makes every write before the barrier
- * visible after it.  (libgomp's barrier measured ~15% of a B = 1 step in waits.) */
+/* A barrier for the team of one kernel call: the last thread to arrive flips the sense
+ * bit of `sense`, the others wait for it.  Release/acquire ordering makes every write
+ * before the barrier visible after it.  (libgomp's barrier measured ~15% of a B = 1 step
+ * in waits.)
+ * A waiter spins a while, then sleeps in the kernel (a futex on `sense`) until the flip:
+ * on a busy machine the thread it waits for may not be running, and a waiter that keeps
+ * its core (spinning, or yielding, which leaves it on the core whenever nothing else is
+ * queued on that very core) keeps it from that thread; with more threads than cores a
+ * spinner can hold its core for a whole time slice at every barrier.  How long it spins
+ * adapts, per thread: the budget halves after a wait that ended asleep (down to
+ * RNNGEN_BARRIER_MIN_SPINS) and doubles after one that did not (up to
+ * RNNGEN_BARRIER_SPINS, about 45 us at 11 ns a pause here), so an idle machine keeps the
+ * cheap spinning wait and a busy one sleeps at once.
+ * `sense` holds the sense in bit 0 and, in bit 1, that a waiter may be asleep: a waiter
+ * sets bit 1 (compare-and-swap, only while the sense is still the old one) before it
+ * sleeps, the kernel puts it to sleep only if `sense` still holds that value, and the
+ * last thread swaps in the new sense with bit 1 clear and wakes the sleepers if bit 1
+ * was set: no wake-up is lost, and nobody makes a system call while nobody sleeps.
+ * Without futexes (not Linux) a waiter yields its core instead.
+ * Each thread's `*my` holds its sense in bit 0 and its spin budget above it (0 at the
+ * start: the full budget). */
 #if defined(__x86_64__) || defined(__i386__)
 #define RNNGEN_PAUSE() __builtin_ia32_pause()
 #else
 #define RNNGEN_PAUSE() ((void)0)
 #endif
+#ifndef RNNGEN_BARRIER_SPINS
+#define RNNGEN_BARRIER_SPINS 4096
+#endif
+#ifndef RNNGEN_BARRIER_MIN_SPINS
+#define RNNGEN_BARRIER_MIN_SPINS 16
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
+#if defined(__linux__) && defined(SYS_futex)
+#define RNNGEN_FUTEX 1
+/* declared here: <unistd.h> declares it only with _DEFAULT_SOURCE, and the kernels are
+ * compiled as strict C11 */
+long syscall(long number, ...);
+enum { RNNGEN_FUTEX_WAIT_PRIVATE = 128, RNNGEN_FUTEX_WAKE_PRIVATE = 129 };   /* linux/futex.h */
+#else
+#define RNNGEN_FUTEX 0
+#endif
+enum { RNNGEN_SENSE = 1, RNNGEN_SLEEPERS = 2 };   /* the bits of rnngen_barrier.sense */
 typedef struct { int count, sense; char pad[56]; } __attribute__((aligned(64))) rnngen_barrier;
-static inline void rnngen_barrier_wait(rnngen_barrier *bar, int nt, int *sense)
+
+/* Wait, asleep, until bar->sense holds sense s. */
+static inline void rnngen_barrier_sleep(rnngen_barrier *bar, int s)
 {
-    const int s = *sense = !*sense;
+    for (;;) {
+        int v = __atomic_load_n(&bar->sense, __ATOMIC_ACQUIRE);
+        if ((v & RNNGEN_SENSE) == s)
+            return;
+#if RNNGEN_FUTEX
+        if (!(v & RNNGEN_SLEEPERS)) {   /* say that a waiter may sleep, unless the sense flipped */
+            if (!__atomic_compare_exchange_n(&bar->sense, &v, v | RNNGEN_SLEEPERS, 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue;
+            v |= RNNGEN_SLEEPERS;
+        }
+        /* sleeps only while sense == v; returns at a wake-up or a signal, or at once */
+        syscall(SYS_futex, &bar->sense, RNNGEN_FUTEX_WAIT_PRIVATE, v, NULL, NULL, 0);
+#else
+        sched_yield();
+#endif
+    }
+}
+
+static inline void rnngen_barrier_wait(rnngen_barrier *bar, int nt, int *my)
+{
+    const int s = (*my & RNNGEN_SENSE) ^ RNNGEN_SENSE;
+    int budget = (*my >> 1) > 0 ? *my >> 1 : RNNGEN_BARRIER_SPINS;
     if (__atomic_add_fetch(&bar->count, 1, __ATOMIC_ACQ_REL) == nt) {
         __atomic_store_n(&bar->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&bar->sense, s, __ATOMIC_RELEASE);
-        return;
-    }
-    for (unsigned spins = 0; __atomic_load_n(&bar->sense, __ATOMIC_ACQUIRE) != s; spins++) {
-        if (spins < 1024u)
+        const int old = __atomic_exchange_n(&bar->sense, s, __ATOMIC_ACQ_REL);
+#if RNNGEN_FUTEX
+        if (old & RNNGEN_SLEEPERS)
+            syscall(SYS_futex, &bar->sense, RNNGEN_FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+#else
+        (void)old;
+#endif
+    } else {
+        int spins = budget;
+        while (spins > 0 && (__atomic_load_n(&bar->sense, __ATOMIC_ACQUIRE) & RNNGEN_SENSE) != s) {
             RNNGEN_PAUSE();
-        else
-            sched_yield();
+            spins--;
+        }
+        if (spins > 0) {
+            budget = budget < RNNGEN_BARRIER_SPINS / 2 ? 2 * budget : RNNGEN_BARRIER_SPINS;
+        } else {
+            rnngen_barrier_sleep(bar, s);
+            budget = budget > 2 * RNNGEN_BARRIER_MIN_SPINS ? budget / 2 : RNNGEN_BARRIER_MIN_SPINS;
+        }
     }
+    *my = budget << 1 | s;
 }
 
 /* Whether a call splits the samples between the threads (each runs every unit of its
@@ -109,6 +181,42 @@ static inline void rnngen_barrier_wait(rnngen_barrier *bar, int nt, int *sense)
 static inline int rnngen_split_batch(int B, int nt, size_t packed_bytes)
 {
     return nt > 1 && B >= RNNGEN_SPLIT_MIN_ROWS * nt && packed_bytes <= RNNGEN_SPLIT_MAX_BYTES;
+}
+
+/* The team of a call.  With the count left to OpenMP (set_threads(0), the default), the
+ * most threads, up to OpenMP's count, of which each has at least
+ *   - RNNGEN_TEAM_CALL_WORK of the call's work, T * w, and
+ *   - in the unit split (a barrier per step and phase), RNNGEN_TEAM_WORK of a step's, w,
+ * where w = (B + 2) * H * (D * nw + H * nu) for nw input and nu recurrent blocks of H
+ * columns: the multiply-adds of a step's products, plus a read of the weights, which
+ * costs about as much as 2 rows of products (a single row runs at a fraction of a block
+ * of rows' rate).  Else one thread.  A count set explicitly is used as it is.
+ * Measured (2-core Zen 5 guest, float32 training, one thread against two, in-process
+ * A/B, benchmarks/busy.py --calibrate): the unit split at B = 4..8 was 1.25-2.5x slower
+ * on two threads up to w = 600K (LSTM at T=20, B=8, D=16, H=32: 0.14 ms against 0.36)
+ * and even at 790K; at B = 1 (where each thread reads half the weights) 8-13% faster
+ * for the LSTM at H = 128 (w = 295K), slower for the GRU (221K) and SimpleRNN (74K).
+ * The batch split (no barrier in the step loop) was faster from T * w = 2.2M (SimpleRNN
+ * at T=20, B=16, D=32, H=64: 17% faster) and not below about 1.7M.  On a busy machine a
+ * team also waits whenever one of its threads is not running (OpenMP's own waits too,
+ * which spin for milliseconds), so the thresholds lean to one thread. */
+#ifndef RNNGEN_TEAM_WORK
+#define RNNGEN_TEAM_WORK 131072
+#endif
+#ifndef RNNGEN_TEAM_CALL_WORK
+#define RNNGEN_TEAM_CALL_WORK 1048576
+#endif
+static inline int rnngen_team(int T, int B, int D, int H, int nw, int nu, size_t packed_bytes)
+{
+    const int most = rnngen_threads(H);
+    if (rnngen_thread_count > 0)
+        return most;
+    const double w = ((double)B + 2) * H * ((double)D * nw + (double)H * nu);
+    for (int nt = most; nt > 1; nt--)
+        if ((double)T * w >= (double)RNNGEN_TEAM_CALL_WORK * nt
+            && (rnngen_split_batch(B, nt, packed_bytes) || w >= (double)RNNGEN_TEAM_WORK * nt))
+            return nt;
+    return 1;
 }
 
 /* [*lo, *hi): thread tid's share of n items, in blocks of `block`. */
