@@ -1,7 +1,7 @@
 # rnngen: generate every spec in specs/, build the libraries, run the demo.
 PYTHON ?= python3
 
-.PHONY: all generate build check demo test fuzz asan bench microbench clean wheel
+.PHONY: all generate build check demo test fuzz asan bench bench-busy microbench clean wheel
 
 all: build demo
 
@@ -54,6 +54,12 @@ bench: build
 # BLAS alike; the benchmark prints which kernel its BLAS runs.
 bench: build
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
+
+# Training on a busy machine: the small LSTM and the LSTM and GRU at bench's sizes, idle,
+# against one busy process and one per core, with the default threads and one thread;
+# medians, 90th percentiles and issue 10's targets (BUSY_ARGS: e.g. --rounds 5, --calibrate).
+bench-busy: build
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/busy.py $(BUSY_ARGS)
 
 # The single-row product's rate and the barrier's cost (the README's B = 1 arithmetic).
 microbench:
