@@ -241,7 +241,9 @@ def report(cases, samples, others) -> tuple[str, dict]:
 # Training on one thread against two (forced with set_num_threads, which the team-size
 # rule leaves alone) on an idle machine, over problems around the threshold: where two
 # threads stop paying for their start and their barriers.  The figures behind
-# RNNGEN_TEAM_WORK in templates/rnngen_runtime.h.
+# RNNGEN_TEAM_WORK and RNNGEN_TEAM_CALL_WORK in templates/rnngen_runtime.h.  The column
+# "others" is the cores other processes used meanwhile: rows where it is not near 0
+# measured a busy machine.
 CAL_CELLS = ("SimpleRNN", "GRU", "LSTM")
 CAL_GRID = [(T, B, D, H) for T in (5, 50) for B in (1, 4, 8, 16, 32)
             for H in (32, 64, 128, 256) for D in (16, H)]
@@ -252,7 +254,7 @@ def step_work(case) -> int:
     T, B, D, H = case.config
     k = case.layer._kernel
     nw = len(k.ir.xprods)
-    nu = sum(g.width for g in k.ir.groups)
+    nu = sum(g.width for g in k.ir.groups if not getattr(g, "mean", False))
     return B * H * (D * nw + H * nu)
 
 
@@ -293,7 +295,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-calls", type=int, default=400, help="timed calls per turn, at most")
     ap.add_argument("--small-only", action="store_true", help="the small LSTM only")
     ap.add_argument("--configs", default="",
-                    help="only these sizes besides the small case, e.g. 200,1,64,128;25,128,256,1024")
+                    help="only these sizes besides the small case, e.g. "
+                         "'200,1,64,128;25,128,256,1024' (with --calibrate: the grid)")
     ap.add_argument("--quiet-wait", type=float, default=60,
                     help="before each condition (each row, calibrating), wait up to this many "
                          "seconds for other processes to use less than a quarter of a core")
@@ -305,7 +308,9 @@ def main(argv=None) -> int:
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.calibrate:
-        print(calibrate(CAL_CELLS, CAL_GRID, args.rounds, min(args.seconds, 0.15),
+        grid = ([tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")]
+                if args.configs else CAL_GRID)
+        print(calibrate(CAL_CELLS, grid, args.rounds, min(args.seconds, 0.15),
                         args.quiet_wait, log))
         return 0
     rows = ROWS[:1] if args.small_only else ROWS
