@@ -29,6 +29,8 @@
 #define NVEC 3     /* vector weights (biases) */
 /* bytes of packed weights every thread reads each step in the batch split */
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
+/* the threads a call asks for (see rnngen_team), for elements of `size` bytes */
+#define TEAM(T, B, D, H, size) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size))
 /* where in save forward notes the layout of XW (its number of slices); the next element
  * notes whether it had a mask */
 #define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
@@ -62,6 +64,12 @@ int rnngen_jzs3_set_threads(int n)
     if (n < 0) return RNNGEN_EDIM;
     rnngen_thread_count = n;
     return RNNGEN_OK;
+}
+
+int rnngen_jzs3_team_size(int T, int B, int D, int H)
+{
+    int st = rnngen_check_dims(T, B, D, H, WIDEST);
+    return st ? st : TEAM(T, B, D, H, sizeof(float));
 }
 
 /* ======================== float ======================== */
@@ -148,7 +156,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = rnngen_threads(H);
+    const int nt_asked = TEAM(T, B, D, H, sizeof(float));
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(float)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -172,7 +180,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
@@ -494,7 +502,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? rnngen_threads(H) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(float)) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -515,7 +523,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
@@ -1107,7 +1115,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = rnngen_threads(H);
+    const int nt_asked = TEAM(T, B, D, H, sizeof(double));
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(double)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -1131,7 +1139,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;
@@ -1453,7 +1461,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? rnngen_threads(H) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(double)) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -1474,7 +1482,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         const size_t OFF_g1 = (1 - 1) * (size_t)j0;

@@ -28,6 +28,8 @@
 #define NVEC 4     /* vector weights (biases) */
 /* bytes of packed weights every thread reads each step in the batch split */
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
+/* the threads a call asks for (see rnngen_team), for elements of `size` bytes */
+#define TEAM(T, B, D, H, size) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size))
 /* where in save forward notes the layout of XW (its number of slices); the next element
  * notes whether it had a mask */
 #define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
@@ -57,6 +59,12 @@ int rnngen_lstm_set_threads(int n)
     if (n < 0) return RNNGEN_EDIM;
     rnngen_thread_count = n;
     return RNNGEN_OK;
+}
+
+int rnngen_lstm_team_size(int T, int B, int D, int H)
+{
+    int st = rnngen_check_dims(T, B, D, H, WIDEST);
+    return st ? st : TEAM(T, B, D, H, sizeof(float));
 }
 
 /* ======================== float ======================== */
@@ -133,7 +141,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = rnngen_threads(H);
+    const int nt_asked = TEAM(T, B, D, H, sizeof(float));
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(float)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -157,7 +165,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (4 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
@@ -428,7 +436,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? rnngen_threads(H) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(float)) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -449,7 +457,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (4 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
@@ -940,7 +948,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = rnngen_threads(H);
+    const int nt_asked = TEAM(T, B, D, H, sizeof(double));
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(double)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -964,7 +972,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (4 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
@@ -1235,7 +1243,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? rnngen_threads(H) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(double)) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -1256,7 +1264,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
         const size_t nU = (size_t)(j1 - j0);
         (void)nU; (void)lnt;
-        int sense = 0;   /* this thread's side of the barrier */
+        int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (4 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
