@@ -26,6 +26,9 @@ INPUT_WEIGHTS = {
     "JZS1": ["W_z", "W_r", "Pmat"],
     "JZS2": ["W_z", "Pmat", "W_h"],
     "JZS3": ["W_z", "W_r", "W_h"],
+    # two cells of examples/ (bench_gpu.py): the minimal gated unit, and torch's GRU
+    "MGU": ["W_f", "W_h"],
+    "TorchGRU": ["W_ir", "W_iz", "W_in"],
 }
 
 
@@ -74,6 +77,15 @@ def step(cell: str, F, w: dict, xw: list, st: tuple, t):
         r = inner(xw[1] + w["b_r"] + h @ w["U_r"])
         hh = act(xw[2] + w["b_h"] + (r * h) @ w["U_h"])
         return (hh * z + h * (1 - z),)
+    if cell == "MGU":          # examples/mgu.yaml
+        f = inner(xw[0] + w["b_f"] + h @ w["U_f"])
+        hh = act(xw[1] + w["b_h"] + (f * h) @ w["U_h"])
+        return ((1 - f) * h + f * hh,)
+    if cell == "TorchGRU":     # examples/torch_gru.yaml: the reset gate after the product
+        r = F.sigmoid(xw[0] + w["b_ir"] + h @ w["W_hr"] + w["b_hr"])
+        z = F.sigmoid(xw[1] + w["b_iz"] + h @ w["W_hz"] + w["b_hz"])
+        n = F.tanh(xw[2] + w["b_in"] + r * (h @ w["W_hn"] + w["b_hn"]))
+        return ((1 - z) * n + z * h,)
     raise KeyError(cell)
 
 
@@ -88,7 +100,7 @@ def _namespace(cell_params: dict, sigmoid, clip, tanh, relu, softplus, started):
     }
     return SimpleNamespace(act=funcs[cell_params["activation"]],
                            inner=funcs.get(cell_params.get("inner_activation"), None),
-                           tanh=tanh, started=started)
+                           tanh=tanh, started=started, sigmoid=sigmoid)
 
 
 def available(name: str):
@@ -201,6 +213,28 @@ class TorchLSTMPeer:
         y = self.mod(xt)[0]
         y.backward(torch.from_numpy(dy))
         return xt.grad.numpy()
+
+
+class TorchGRUPeer(TorchLSTMPeer):
+    """torch.nn.GRU (cuDNN on a GPU, oneDNN on the CPU).  It is not the seed GRU (whose
+    reset gate applies before the recurrent product) but exactly examples/torch_gru.yaml
+    (TorchGRU): the reset gate after the product, an input and a recurrent bias per gate."""
+    name = "nn.GRU"
+    trains = True
+    exact = True
+
+    def __init__(self, cell, params, weights: dict):
+        import torch
+        self.torch = torch
+        D, H = weights["W_ir"].shape
+        self.mod = torch.nn.GRU(D, H, batch_first=True)
+        order = ["r", "z", "n"]           # PyTorch's gate order
+        cat = lambda names: torch.tensor(np.concatenate(names, axis=0))  # noqa: E731
+        with torch.no_grad():
+            self.mod.weight_ih_l0.copy_(cat([weights[f"W_i{g}"].T for g in order]))
+            self.mod.weight_hh_l0.copy_(cat([weights[f"W_h{g}"].T for g in order]))
+            self.mod.bias_ih_l0.copy_(cat([weights[f"b_i{g}"] for g in order]))
+            self.mod.bias_hh_l0.copy_(cat([weights[f"b_h{g}"] for g in order]))
 
 
 # ---------------------------------------------------------------- JAX
