@@ -1,7 +1,7 @@
 # rnngen: generate every spec in specs/, build the libraries, run the demo.
 PYTHON ?= python3
 
-.PHONY: all generate build check demo test fuzz asan bench bench-busy microbench clean wheel
+.PHONY: all generate build check demo test fuzz asan bench bench-busy bench-gpu microbench clean wheel
 
 all: build demo
 
@@ -60,6 +60,13 @@ bench: build
 # medians, 90th percentiles and issue 10's targets (BUSY_ARGS: e.g. --rounds 5, --calibrate).
 bench-busy: build
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/busy.py $(BUSY_ARGS)
+
+# rnngen's CUDA kernels against cuDNN, the PyTorch eager loop, torch.compile and jax.lax.scan
+# on one GPU (needs torch with CUDA; jax[cuda13] for the JAX column); exits 2 without a GPU.
+# Writes benchmarks/RESULTS-GPU.md.  BENCH_GPU_ARGS: e.g. --quick (each target once, for a
+# short session), --smoke (the whole code path on the CPU at tiny sizes: a test).
+bench-gpu:
+	$(PYTHON) benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
 
 # The single-row product's rate and the barrier's cost (the README's B = 1 arithmetic).
 microbench:
