@@ -399,7 +399,7 @@ def run_case(place, cell, cfg, a, wanted, compile_cells):
             print(f"    {pname}: {notes[pname]}", flush=True)
             continue
         if pname == "torch.compile":
-            compile_s = {"inference": round(t1 - t0, 2), "training": round(t2 - t1, 2)}
+            compile_s = {"inference": round(t1 - t0, 3), "training": round(t2 - t1, 3)}
         err = bench.close(y, y_ref, 0)
         checks[pname] = {"forward": err}
         if err > TOL["forward"]:
@@ -551,8 +551,8 @@ def main(argv=None) -> int:
             r = run_case(place, cell, cfg, a, wanted, compile_cells)
             r.update(cell=cell[0], config=list(cfg))
             results.append(r)
-            comp = (f"; torch.compile took {r['compile_s']['inference']:.0f} + "
-                    f"{r['compile_s']['training']:.0f} s" if r["compile_s"] else "")
+            comp = (f"; torch.compile took {r['compile_s']['inference']:.1f} + "
+                    f"{r['compile_s']['training']:.1f} s" if r["compile_s"] else "")
             print(f"  {cell[0]:14s} {str(cfg):22s} inference {r['inference']['ms']['rnngen']:8.3f}"
                   f" ms  training {r['training']['ms']['rnngen']:8.3f} ms  "
                   f"({time.perf_counter() - t0:.0f} s{comp})", flush=True)
