@@ -25,6 +25,7 @@ COMMANDS = ["list", "show", "build", "new", "cache", "demo", "generate", "check"
 def rnngen_cli(*args, cwd=None, env=None, timeout=300):
     """`python -m rnngen ARGS` in a subprocess: (exit status, stdout, stderr)."""
     e = dict(os.environ, PYTHONPATH=str(ROOT))
+    e.pop("RNNGEN_QUIET", None)      # the tests that want it quiet say so
     e.update(env or {})
     res = subprocess.run([sys.executable, "-m", "rnngen", *map(str, args)], cwd=cwd, env=e,
                          capture_output=True, text=True, timeout=timeout)
