@@ -120,11 +120,11 @@ class Schedule:
             raise ValueError(f"split must be None, 'batch' or 'unit', got {self.split!r}")
         if self.xw_first not in (None, True, False):
             raise ValueError(f"xw_first must be None, True or False, got {self.xw_first!r}")
-        for name, least in (("team_work", 1), ("barrier_spins", 0)):
+        for name, least, most in (("team_work", 1, 2**30), ("barrier_spins", 0, 2**24)):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)
-                                  or not least <= v <= 2**30):
-                raise ValueError(f"{name} must be None or an int from {least} to 2**30, "
+                                  or not least <= v <= most):
+                raise ValueError(f"{name} must be None or an int from {least} to {most}, "
                                  f"got {v!r}")
 
     def defines(self) -> tuple:

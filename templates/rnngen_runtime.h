@@ -197,7 +197,7 @@ static inline int rnngen_split_batch(int B, int nt, size_t packed_bytes)
  * and even at 790K; at B = 1 (where each thread reads half the weights) 8-13% faster
  * for the LSTM at H = 128 (w = 295K), slower for the GRU (221K) and SimpleRNN (74K).
  * The batch split (no barrier in the step loop) was faster from T * w = 2.2M (SimpleRNN
- * at T=20, B=16, D=32, H=64: 17% faster) and not below about 1.7M.  On a busy machine a
+ * at T=20, B=16, D=32, H=64: 17% faster), even or slower below 2M.  On a busy machine a
  * team also waits whenever one of its threads is not running (OpenMP's own waits too,
  * which spin for milliseconds), so the thresholds lean to one thread. */
 #ifndef RNNGEN_TEAM_WORK

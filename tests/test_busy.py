@@ -128,7 +128,7 @@ def test_schedule_forces_the_team_rule_and_the_barrier():
     assert "#define RNNGEN_BARRIER_SPINS 0 " in forced
     assert "#define RNNGEN_BARRIER_MIN_SPINS 0 " in forced
     for bad in (dict(team_work=0), dict(team_work=1.5), dict(barrier_spins=-1),
-                dict(barrier_spins=True), dict(team_work=2**31)):
+                dict(barrier_spins=True), dict(team_work=2**31), dict(barrier_spins=2**25)):
         with pytest.raises(ValueError, match="must be None or an int"):
             Schedule(**bad)
 
