@@ -194,14 +194,17 @@ static inline int rnngen_split_batch(int B, int nt, size_t packed_bytes)
  * Measured (2-core Zen 5 guest, float32 training, one thread against two, in-process
  * A/B, benchmarks/busy.py --calibrate): the unit split at B = 4..8 was 1.25-2.5x slower
  * on two threads up to w = 600K (LSTM at T=20, B=8, D=16, H=32: 0.14 ms against 0.36)
- * and even at 790K; at B = 1 (where each thread reads half the weights) 8-13% faster
+ * and even at 790K; at B = 1 (where each thread reads half the weights) 7-13% faster
  * for the LSTM at H = 128 (w = 295K), slower for the GRU (221K) and SimpleRNN (74K).
+ * That LSTM (T=200, D=64) runs on one thread all the same: next to one busy process,
+ * two threads took 6.1 ms (median) and 16 ms (90th percentile) per training call, one
+ * thread 2.2 and 2.3 (idle: 2.0 against 2.2).
  * The batch split (no barrier in the step loop) was faster from T * w = 2.2M (SimpleRNN
  * at T=20, B=16, D=32, H=64: 17% faster), even or slower below 2M.  On a busy machine a
  * team also waits whenever one of its threads is not running (OpenMP's own waits too,
  * which spin for milliseconds), so the thresholds lean to one thread. */
 #ifndef RNNGEN_TEAM_WORK
-#define RNNGEN_TEAM_WORK 131072
+#define RNNGEN_TEAM_WORK 262144
 #endif
 #ifndef RNNGEN_TEAM_CALL_WORK
 #define RNNGEN_TEAM_CALL_WORK 1048576

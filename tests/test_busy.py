@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = (20, 8, 16, 32)          # (T, B, D, H): the issue's small LSTM
 BENCH = [(100, 32, 128, 256), (50, 64, 512, 512), (200, 1, 64, 128), (25, 128, 256, 1024)]
 TINY = (6, 3, 5, 37)
-MID = [(8, 6, 64, 160), (8, 40, 64, 96)]   # teams in the unit split and in the batch split
+MID = [(4, 6, 64, 256), (8, 40, 64, 96)]   # teams in the unit split and in the batch split
 
 
 def team_size(kernel, T, B, D, H) -> int:
@@ -48,7 +48,7 @@ def run_child(code: str, env_extra: dict, timeout: float = 600) -> str:
 
 def test_team_size_follows_the_work_per_step():
     """With OpenMP offering 4 threads: the small LSTM runs on one, the benchmark sizes
-    on more where that was measured faster (at B = 1 only the LSTM), the largest on all 4; a count set
+    on more except at B = 1, the largest on all 4; a count set
     explicitly is used as it is (capped at one thread per 16 units); forward notes the
     layout of the team it ran (one slice for one thread, else one per thread in the unit
     split); Schedule.team_work moves the threshold."""
@@ -83,8 +83,9 @@ def test_team_size_follows_the_work_per_step():
         small, slices, *bench = res[name][:6]
         assert small == 1 and slices == 1.0, name
         assert bench[0] >= 2 and bench[1] >= 2 and bench[3] == 4, (name, bench)
-        # B = 1: two threads measured faster for the LSTM, one for the GRU and SimpleRNN
-        assert bench[2] == (2 if name == "LSTM" else 1), (name, bench)
+        # B = 1: one thread (for the LSTM two were 7-13% faster on an idle machine, and
+        # 2.7x slower next to one busy process)
+        assert bench[2] == 1, (name, bench)
         assert all(t >= 2 for t in res[name][6:6 + len(MID)]), (name, res[name])
         assert res[name][6 + len(MID):] == [2, 3, -1, -1], name   # capped at H / 16; EDIM
     assert res["wide"] == [4, 4.0]
