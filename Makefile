@@ -48,13 +48,6 @@ asan:
 bench: build
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
 
-# Peers come from the bench extras: pip install -e '.[bench]'.  OPENBLAS_CORETYPE and
-# OPENBLAS_L2_SIZE are unset for this command alone: where the machine sets them (to
-# work around old OpenBLAS builds) they force a slower kernel on rnngen's and numpy's
-# BLAS alike; the benchmark prints which kernel its BLAS runs.
-bench: build
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
-
 # Training on a busy machine: the small LSTM and the LSTM and GRU at bench's sizes, idle,
 # against one busy process and one per core, with the default threads and one thread;
 # medians, 90th percentiles and issue 10's targets (BUSY_ARGS: e.g. --rounds 5, --calibrate).
