@@ -165,12 +165,13 @@ class Recurrent:
 
     def build(self, input_dim: int) -> None:
         self.input_dim = _check_pos_int(input_dim, "input_dim", maximum=MAX_INPUT_DIM)
-        if self.input_dim != self.output_dim and self._ir().x_elementwise:
+        ir = self._ir()
+        if self.input_dim != self.output_dim and ir.x_elementwise:
             raise ValueError(f"{type(self).__name__} uses x elementwise (not only as x @ W), so "
                              f"input_dim must equal output_dim ({self.output_dim}), got "
                              f"{self.input_dim}")
         itemsize = np.dtype(_DTYPES[self.dtype]).itemsize
-        shapes = self.weight_shapes(self.input_dim)
+        shapes = [w.dims(self.input_dim, self.output_dim) for w in ir.weights]
         check_memory(sum(int(np.prod(s)) for s in shapes) * itemsize * 3,
                      f"{type(self).__name__}'s weights (with gradients and a copy)")
         self._kernel = compile_cell(self.spec, self._code_params, self.backend)
@@ -233,11 +234,14 @@ class Recurrent:
         return mask if self.return_sequences else None
 
     # -- running ---------------------------------------------------------------------
+    def _require_cuda_backend(self, what):
+        if self.backend not in CUDA_BACKENDS:
+            raise TypeError(f"{what} is a CUDA device array, but the layer's backend is "
+                            f"{self.backend!r}: use backend='cuda', or pass a numpy array")
+
     def _check_device_input(self, x, mask):
         """x (and mask) in CUDA device memory: checked as _check_input does, read in place."""
-        if self.backend not in CUDA_BACKENDS:
-            raise TypeError(f"x is a CUDA device array, but the layer's backend is "
-                            f"{self.backend!r}: use backend='cuda', or pass a numpy array")
+        self._require_cuda_backend("x")
         v = DeviceView.of(x, "x")
         if len(v.shape) != 3:
             raise ValueError(f"x must have 3 dimensions (nb_samples, timesteps, input_dim), "
@@ -326,9 +330,7 @@ class Recurrent:
         B, T, _ = DeviceView.of(x, "x").shape if is_device_array(x) else x.shape
         expected = (B, T, self.output_dim) if self.return_sequences else (B, self.output_dim)
         if is_device_array(dy):
-            if self.backend not in CUDA_BACKENDS:
-                raise TypeError(f"dy is a CUDA device array, but the layer's backend is "
-                                f"{self.backend!r}")
+            self._require_cuda_backend("dy")
             v = DeviceView.of(dy, "dy")
             if v.shape != expected or v.dtype != np.dtype(self.dtype):
                 raise ValueError(f"dy must have the shape of the last output {expected} and "

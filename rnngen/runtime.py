@@ -79,7 +79,7 @@ class Kernel:
 
     def set_threads(self, n: int) -> None:
         """Threads the kernels use (0: OpenMP's count, OMP_NUM_THREADS or the cores)."""
-        st = getattr(self.lib, f"{self.prefix}_set_threads")(int(n))
+        st = self._fn("set_threads")(int(n))
         if st != 0:
             raise ValueError(f"the number of threads must be 0 (automatic) or positive, got {n}")
 
@@ -92,6 +92,15 @@ class Kernel:
             buf = bufs[dtype] = np.empty(max(n, 1), dtype=dtype)
         return buf
 
+    def _fn(self, name):
+        """The library's entry point rnngen_<cell>_<name>."""
+        return getattr(self.lib, f"{self.prefix}_{name}")
+
+    def _check_memory(self, T, B, D, H, n_save, n_work, training, itemsize):
+        """MemoryError before anything is allocated if a call cannot fit this machine."""
+        check_memory((n_save * training + n_work + 2 * B * T * (H + D)) * itemsize,
+                     f"{self.ir.spec.name} at T={T}, B={B}, D={D}, H={H}")
+
     def _check(self, status: int, what: str):
         if status != 0:
             raise KernelError(f"{self.ir.spec.name} {what}: {STATUS.get(status, 'status')} "
@@ -100,7 +109,7 @@ class Kernel:
     def sizes(self, T, B, D, H) -> tuple[int, int]:
         save = self.ffi.new("long long *")
         work = self.ffi.new("long long *")
-        self._check(getattr(self.lib, f"{self.prefix}_sizes")(T, B, D, H, save, work), "sizes")
+        self._check(self._fn("sizes")(T, B, D, H, save, work), "sizes")
         return int(save[0]), int(work[0])
 
     def _ptr(self, ctype, arr: Optional[np.ndarray]):
@@ -116,8 +125,7 @@ class Kernel:
         B, T, D = x.shape
         ctype, sfx = DTYPES[x.dtype]
         n_save, n_work = self.sizes(T, B, D, H)
-        check_memory((n_save * training + n_work + 2 * B * T * (H + D)) * x.dtype.itemsize,
-                     f"{self.ir.spec.name} at T={T}, B={B}, D={D}, H={H}")
+        self._check_memory(T, B, D, H, n_save, n_work, training, x.dtype.itemsize)
         y = _fit(out, (B, T, H), x.dtype)
         if not training:
             save = None
@@ -125,7 +133,7 @@ class Kernel:
             save = np.empty(n_save, dtype=x.dtype)
         work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731
-        st = getattr(self.lib, f"{self.prefix}_forward{sfx}")(
+        st = self._fn(f"forward{sfx}")(
             T, B, D, H, p(x), self._ptr("unsigned char", mask), *[p(w) for w in weights],
             p(y), p(save), p(work))
         self._check(st, "forward")
@@ -144,7 +152,7 @@ class Kernel:
         grads = [_fit(g, w.shape, w.dtype) for g, w in zip(grads_out, weights)]
         work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731
-        st = getattr(self.lib, f"{self.prefix}_backward{sfx}")(
+        st = self._fn(f"backward{sfx}")(
             T, B, D, H, int(truncate), p(x), self._ptr("unsigned char", mask),
             *[p(w) for w in weights], p(save), p(dy), p(dx), *[p(g) for g in grads], p(work))
         self._check(st, "backward")
@@ -279,9 +287,6 @@ class CudaKernel(Kernel):
         # Python threads take turns
         self._calls = threading.Lock()
 
-    def _fn(self, name):
-        return getattr(self.lib, f"{self.prefix}_{name}")
-
     def _stream_ptr(self, stream: int):
         return self.ffi.cast("void *", stream) if stream else self.ffi.NULL
 
@@ -348,8 +353,7 @@ class CudaKernel(Kernel):
         stream = xv.stream if dev else 0
         _, sfx = DTYPES[dtype]
         n_save, n_work = self.sizes(T, B, D, H)
-        check_memory((n_save * training + n_work + 2 * B * T * (H + D)) * dtype.itemsize,
-                     f"{self.ir.spec.name} at T={T}, B={B}, D={D}, H={H}")
+        self._check_memory(T, B, D, H, n_save, n_work, training, dtype.itemsize)
         if not training:
             save = None
         elif not (isinstance(save, DeviceBuffer) and save.nbytes == n_save * dtype.itemsize):
@@ -370,12 +374,13 @@ class CudaKernel(Kernel):
         return (y if dev else self._download(y, yptr)), save
 
     def _backward(self, x, mask, weights, save, dy, truncate, out, grads_out):
-        dev = is_device_array(x) or is_device_array(dy)
-        B, T, D = DeviceView.of(x, "x").shape if is_device_array(x) else x.shape
+        xv = DeviceView.of(x, "x") if is_device_array(x) else None
         dyv = DeviceView.of(dy, "dy") if is_device_array(dy) else None
+        dev = xv is not None or dyv is not None
+        B, T, D = xv.shape if xv else x.shape
         H = dyv.shape[2] if dyv else dy.shape[2]
         dtype = dyv.dtype if dyv else dy.dtype
-        stream = dyv.stream if dyv else (DeviceView.of(x, "x").stream if dev else 0)
+        stream = dyv.stream if dyv else (xv.stream if xv else 0)
         _, sfx = DTYPES[dtype]
         _, n_work = self.sizes(T, B, D, H)
         if not isinstance(save, DeviceBuffer):
