@@ -7,7 +7,7 @@
 from .errors import BuildError, DeviceError, KernelError, SpecError
 
 __version__ = "0.1.0"
-__all__ = ["load_cell", "set_num_threads", "get_num_threads", "SpecError", "BuildError",
+__all__ = ["load_cell", "load_example", "set_num_threads", "get_num_threads", "SpecError", "BuildError",
            "KernelError", "DeviceError", "__version__"]
 
 
@@ -15,6 +15,19 @@ def load_cell(path):
     """Return a layer class for the cell spec at ``path`` (used like rnngen.layers.GRU)."""
     from .layers import load_cell as _load
     return _load(path)
+
+
+def load_example(name):
+    """The layer class of a shipped example cell, by file stem: ``load_example("torch_gru")``
+    reads examples/torch_gru.yaml (``mgu``, ``mingru``, ``indrnn``, ``slstm``,
+    ``layernorm_lstm``, ``layernorm_gru``, ``torch_gru``)."""
+    from .pipeline import EXAMPLES
+    from .spec import is_identifier
+    path = EXAMPLES / f"{name}.yaml" if isinstance(name, str) and is_identifier(name) else None
+    if path is None or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in EXAMPLES.glob("*.yaml")))
+        raise ValueError(f"no example cell {name!r}; the examples are: {known}")
+    return load_cell(path)
 
 
 def set_num_threads(n):

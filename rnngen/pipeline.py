@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent      # the checkout (installed: si
 # (rnngen/_data/specs), else the checkout's top-level specs/ (the source of truth).
 SPECS = next((d for d in (Path(__file__).resolve().parent / "_data" / "specs", ROOT / "specs")
               if d.is_dir()), ROOT / "specs")
+# The example cells (examples/*.yaml), found the same way; rnngen.load_example reads them.
+EXAMPLES = next((d for d in (Path(__file__).resolve().parent / "_data" / "examples",
+                             ROOT / "examples") if d.is_dir()), ROOT / "examples")
 GENERATED = ROOT / "generated"                     # a checkout's only (make generate)
 
 _kernels: dict = {}

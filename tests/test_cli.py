@@ -285,7 +285,7 @@ def test_readme_stays_short_and_inside_the_repository():
         if not link.startswith("http"):
             assert (ROOT / link).is_file(), link
     first = README.split("\n\n")[1]      # the two commands open it, as CI runs them
-    assert "pip install -e '.[test,cuda]' && make PYTHON=.venv/bin/python" in first
+    assert "pip install -e '.[test,cuda,torch,examples]' && make PYTHON=.venv/bin/python" in first
     assert first.splitlines()[1].strip() == ".venv/bin/python -m pytest -q"
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert first.splitlines()[1].strip() in ci
