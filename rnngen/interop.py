@@ -118,9 +118,9 @@ def _check_list(weights, kind: str):
     want = {"in": (D, H), "rec": (H, H), "bias": (H,)}
     for (name, role), a in zip(names, arrays):
         if a.shape != want[role]:
-            raise ValueError(f"weight {name} has shape {a.shape}, expected {want[role]} "
-                             f"{_ROLE_SHAPE[role]} with input_dim={D}, output_dim={H} (from "
-                             f"{names[0][0]}); expected {_expected(kind)}")
+            raise ValueError(f"weight {name} has shape {a.shape}, expected {want[role]} = "
+                             f"{_ROLE_SHAPE[role]}, with input_dim={D} and output_dim={H} "
+                             f"read from {names[0][0]}'s shape; expected {_expected(kind)}")
     return arrays, D, H
 
 
@@ -132,8 +132,10 @@ def _weights_arg(weights, kind: str, settings: dict, target: str):
         layer = weights
         got = {k: layer.params.get(k) for k in settings}
         if not _same_spec(layer, kind) or got != settings:
-            what = type(layer).__name__ + "".join(f", {k}={v!r}" for k, v in got.items())
-            want = MAKE[kind] + "".join(f", {k}={v!r}" for k, v in settings.items())
+            what = type(layer).__name__ + (f"({', '.join(f'{k}={v!r}' for k, v in got.items())})"
+                                           if settings else "")
+            want = MAKE[kind] + (f"(..., {', '.join(f'{k}={v!r}' for k, v in settings.items())})"
+                                 if settings else "")
             hint = ""
             if kind == "TorchGRU" and _same_spec(layer, "GRU"):
                 hint = (" (rnngen.layers.GRU applies the reset gate before the recurrent "
@@ -164,10 +166,6 @@ def _list(gates, kind):
         else:
             values[nbx], values[nbh] = bx, bh if bh is not None else np.zeros_like(bx)
     return [np.array(values[n], order="C") for n, _ in LISTS[kind]]    # copies, own memory
-
-
-def _blocks(a, n, axis):
-    return np.split(a, n, axis=axis)
 
 
 # -- torch -------------------------------------------------------------------------------
@@ -219,10 +217,10 @@ def _from_torch(module, kind, what):
          for n in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ())}
     order = TORCH_ORDER[kind]
     n = len(order)
-    wi, wh = _blocks(p["weight_ih"], n, 0), _blocks(p["weight_hh"], n, 0)
+    wi, wh = np.split(p["weight_ih"], n, 0), np.split(p["weight_hh"], n, 0)
     zero = np.zeros(H, dtype=p["weight_ih"].dtype)
-    bi = _blocks(p["bias_ih"], n, 0) if bias else [zero] * n
-    bh = _blocks(p["bias_hh"], n, 0) if bias else [zero] * n
+    bi = np.split(p["bias_ih"], n, 0) if bias else [zero] * n
+    bh = np.split(p["bias_hh"], n, 0) if bias else [zero] * n
     gates = {g: (wi[k].T, wh[k].T, bi[k], bh[k]) for k, g in enumerate(order)}
     return _list(gates, "LSTM" if kind == "LSTM" else "TorchGRU")
 
@@ -367,10 +365,10 @@ def from_keras(layer) -> list:
         bx, bh = (b[0], b[1]) if kind == "TorchGRU" else (b, None)
     else:
         bx, bh = np.zeros(n * H, K.dtype), None
-    bxs = _blocks(bx, n, 0)
-    bhs = _blocks(bh, n, 0) if bh is not None else [None] * n
+    bxs = np.split(bx, n, 0)
+    bhs = np.split(bh, n, 0) if bh is not None else [None] * n
     gates = {g: (Wx, Wh, b1, b2) for g, Wx, Wh, b1, b2 in
-             zip(order, _blocks(K, n, 1), _blocks(R, n, 1), bxs, bhs)}
+             zip(order, np.split(K, n, 1), np.split(R, n, 1), bxs, bhs)}
     return _list(gates, kind)
 
 
