@@ -30,9 +30,11 @@ int rnngen_gru_cuda_sync(void *stream);
 int rnngen_gru_sizes(int T, int B, int D, int H, long long *save_size, long long *work_size);
 
 /* Forward over all steps, on `stream` (a cudaStream_t; NULL: the default stream).
- * save == NULL: inference (nothing kept for backward). */
+ * save == NULL: inference (nothing kept for backward).  state0: [S,B,H] every state
+ * (h) before the first step, or NULL for zeros; state_last: NULL, or
+ * [S,B,H] to receive every state's final value. */
 int rnngen_gru_forward_f32(void *stream, int T, int B, int D, int H,
-    const float *x, const unsigned char *mask,
+    const float *x, const unsigned char *mask, const float *state0,
     const float *w_W_z,
     const float *w_U_z,
     const float *w_b_z,
@@ -42,11 +44,13 @@ int rnngen_gru_forward_f32(void *stream, int T, int B, int D, int H,
     const float *w_W_h,
     const float *w_U_h,
     const float *w_b_h,
-    float *y, float *save, float *work);
+    float *y, float *state_last, float *save, float *work);
 
 /* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * writes dx [B,T,D] and every weight gradient.  truncate: -1 = full BPTT,
- * k > 0 = the last k steps only. */
+ * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
+ * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
+ * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
+ * full BPTT, k > 0 = the last k steps only. */
 int rnngen_gru_backward_f32(void *stream, int T, int B, int D, int H, int truncate,
     const float *x, const unsigned char *mask,
     const float *w_W_z,
@@ -58,7 +62,8 @@ int rnngen_gru_backward_f32(void *stream, int T, int B, int D, int H, int trunca
     const float *w_W_h,
     const float *w_U_h,
     const float *w_b_h,
-    const float *save, const float *dy, float *dx,
+    const float *save, const float *dy, const float *dstate_last,
+    float *dx, float *dstate0,
     float *dw_W_z,
     float *dw_U_z,
     float *dw_b_z,
@@ -71,9 +76,11 @@ int rnngen_gru_backward_f32(void *stream, int T, int B, int D, int H, int trunca
     float *work);
 
 /* Forward over all steps, on `stream` (a cudaStream_t; NULL: the default stream).
- * save == NULL: inference (nothing kept for backward). */
+ * save == NULL: inference (nothing kept for backward).  state0: [S,B,H] every state
+ * (h) before the first step, or NULL for zeros; state_last: NULL, or
+ * [S,B,H] to receive every state's final value. */
 int rnngen_gru_forward_f64(void *stream, int T, int B, int D, int H,
-    const double *x, const unsigned char *mask,
+    const double *x, const unsigned char *mask, const double *state0,
     const double *w_W_z,
     const double *w_U_z,
     const double *w_b_z,
@@ -83,11 +90,13 @@ int rnngen_gru_forward_f64(void *stream, int T, int B, int D, int H,
     const double *w_W_h,
     const double *w_U_h,
     const double *w_b_h,
-    double *y, double *save, double *work);
+    double *y, double *state_last, double *save, double *work);
 
 /* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * writes dx [B,T,D] and every weight gradient.  truncate: -1 = full BPTT,
- * k > 0 = the last k steps only. */
+ * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
+ * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
+ * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
+ * full BPTT, k > 0 = the last k steps only. */
 int rnngen_gru_backward_f64(void *stream, int T, int B, int D, int H, int truncate,
     const double *x, const unsigned char *mask,
     const double *w_W_z,
@@ -99,7 +108,8 @@ int rnngen_gru_backward_f64(void *stream, int T, int B, int D, int H, int trunca
     const double *w_W_h,
     const double *w_U_h,
     const double *w_b_h,
-    const double *save, const double *dy, double *dx,
+    const double *save, const double *dy, const double *dstate_last,
+    double *dx, double *dstate0,
     double *dw_W_z,
     double *dw_U_z,
     double *dw_b_z,

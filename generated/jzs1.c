@@ -31,8 +31,8 @@
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
 /* the threads a call asks for (see rnngen_team), for elements of `size` bytes */
 #define TEAM(T, B, D, H, size) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size))
-/* where in save forward notes the layout of XW (its number of slices); the next element
- * notes whether it had a mask */
+/* where in save forward notes the layout of XW (its number of slices); the next two
+ * elements note whether it had a mask and whether it had initial states */
 #define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
 #define SAVE_LAYOUT(T, B, H) (KEEP_XW * (size_t)(B) * (size_t)(T) * NW * (size_t)(H) + (size_t)NSLOT * (size_t)(T) * (size_t)(B) * (size_t)(H))
 
@@ -43,7 +43,7 @@ int rnngen_jzs1_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 2);   /* the saved values, then forward's two notes */
+    *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 3);   /* the saved values, then forward's three notes */
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H
@@ -75,6 +75,7 @@ int rnngen_jzs1_team_size(int T, int B, int D, int H)
 int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
     const float *x,                /* [B,T,D] */
     const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
+    const float *state0,           /* [S,B,H] h before the first step; NULL: zeros */
     const float *w_W_z,         /* [D,H] */
     const float *w_b_z,         /* [H] */
     const float *w_W_r,         /* [D,H] */
@@ -84,6 +85,7 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
     const float *w_b_h,         /* [H] */
     const float *w_Pmat,        /* [D,H] */
     float *y,                      /* [B,T,H] output (the carried h) at every step */
+    float *state_last,             /* [S,B,H] every state's final value, or NULL */
     float *save,                   /* [save_size] for backward, or NULL (inference) */
     float *work)                   /* [work_size] scratch */
 {
@@ -187,6 +189,7 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
                                    * are laid out otherwise: see lags_shared) */
             save[SAVE_LAYOUT(T, B, H)] = (float)lnt;
             save[SAVE_LAYOUT(T, B, H) + 1] = mask ? 1 : 0;
+            save[SAVE_LAYOUT(T, B, H) + 2] = state0 ? 1 : 0;
         }
         float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
@@ -248,9 +251,12 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
         if (split)   /* the packed weights are shared */
             rnngen_barrier_wait(&bar, nt, &sense);
 
-        for (int b = b0; b < b1; b++) {
-            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
-            nreal[b] = 0;
+        for (int b = b0; b < b1; b++) {   /* the registers: state0 (or zeros) one step back, zeros further */
+            if (state0)
+                memcpy(L_h_1 + (size_t)b * H + j0, state0 + (0 * (size_t)B + b) * H + j0, nU * sizeof(float));
+            else
+                memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            nreal[b] = state0 ? 1 : 0;   /* started(h[-1]) holds at step 0 given an initial state */
         }
 
         if (xw_first && nU > 0)   /* x @ W for all steps at once: a few rows per step would
@@ -366,6 +372,10 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
             for (int b = b0; b < b1; b++)
                 nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
+        if (state_last)   /* every state after the last real step: this thread's part of the registers */
+            for (int b = b0; b < b1; b++) {
+                memcpy(state_last + (0 * (size_t)B + b) * H + j0, L_h_1 + (size_t)b * H + j0, nU * sizeof(float));
+            }
     }
     return RNNGEN_OK;
 }
@@ -383,7 +393,9 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
     const float *w_Pmat,        /* [D,H] */
     const float *save,             /* [save_size] from forward */
     const float *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
+    const float *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
     float *dx,                     /* [B,T,D] */
+    float *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
     float *dw_W_z,        /* [D,H] */
     float *dw_b_z,        /* [H] */
     float *dw_W_r,        /* [D,H] */
@@ -449,6 +461,8 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
     const float masked = save[SAVE_LAYOUT(T, B, H) + 1];
     if (masked != 0 && masked != 1) return RNNGEN_ESAVE;
     if (masked != (mask ? 1 : 0)) return RNNGEN_EMASK;
+    const float started0 = save[SAVE_LAYOUT(T, B, H) + 2];   /* forward had initial states */
+    if (started0 != 0 && started0 != 1) return RNNGEN_ESAVE;
     const int split = slices == 1;   /* one slice: any team can share the samples out */
     int team_ok = 1;
     rnngen_blas_serial();
@@ -569,9 +583,12 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int b = b0; b < b1; b++)
                         memset(dS_g1 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
-            for (int b = b0; b < b1; b++) {
-                memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
-                nreal[b] = 0;
+            for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
+                if (dstate_last)
+                    memcpy(dL_h_1 + (size_t)b * H + j0, dstate_last + (0 * (size_t)B + b) * H + j0, nU * sizeof(float));
+                else
+                    memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+                nreal[b] = started0;
                 for (int t = 0; t < T; t++)
                     nreal[b] += rnngen_real(mask, (size_t)b * T + t);
             }
@@ -747,6 +764,13 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
                     rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
+            if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
+                for (int b = b0; b < b1; b++) {
+                    if (t0 == 0)
+                        memcpy(dstate0 + (0 * (size_t)B + b) * H + j0, dL_h_1 + (size_t)b * H + j0, nU * sizeof(float));
+                    else
+                        memset(dstate0 + (0 * (size_t)B + b) * H + j0, 0, nU * sizeof(float));
+                }
             for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
                 for (int b = b0; b < b1; b++)
                     memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
@@ -925,6 +949,7 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
 int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
     const double *x,                /* [B,T,D] */
     const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
+    const double *state0,           /* [S,B,H] h before the first step; NULL: zeros */
     const double *w_W_z,         /* [D,H] */
     const double *w_b_z,         /* [H] */
     const double *w_W_r,         /* [D,H] */
@@ -934,6 +959,7 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
     const double *w_b_h,         /* [H] */
     const double *w_Pmat,        /* [D,H] */
     double *y,                      /* [B,T,H] output (the carried h) at every step */
+    double *state_last,             /* [S,B,H] every state's final value, or NULL */
     double *save,                   /* [save_size] for backward, or NULL (inference) */
     double *work)                   /* [work_size] scratch */
 {
@@ -1037,6 +1063,7 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
                                    * are laid out otherwise: see lags_shared) */
             save[SAVE_LAYOUT(T, B, H)] = (double)lnt;
             save[SAVE_LAYOUT(T, B, H) + 1] = mask ? 1 : 0;
+            save[SAVE_LAYOUT(T, B, H) + 2] = state0 ? 1 : 0;
         }
         double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
@@ -1098,9 +1125,12 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
         if (split)   /* the packed weights are shared */
             rnngen_barrier_wait(&bar, nt, &sense);
 
-        for (int b = b0; b < b1; b++) {
-            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
-            nreal[b] = 0;
+        for (int b = b0; b < b1; b++) {   /* the registers: state0 (or zeros) one step back, zeros further */
+            if (state0)
+                memcpy(L_h_1 + (size_t)b * H + j0, state0 + (0 * (size_t)B + b) * H + j0, nU * sizeof(double));
+            else
+                memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            nreal[b] = state0 ? 1 : 0;   /* started(h[-1]) holds at step 0 given an initial state */
         }
 
         if (xw_first && nU > 0)   /* x @ W for all steps at once: a few rows per step would
@@ -1216,6 +1246,10 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
             for (int b = b0; b < b1; b++)
                 nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
+        if (state_last)   /* every state after the last real step: this thread's part of the registers */
+            for (int b = b0; b < b1; b++) {
+                memcpy(state_last + (0 * (size_t)B + b) * H + j0, L_h_1 + (size_t)b * H + j0, nU * sizeof(double));
+            }
     }
     return RNNGEN_OK;
 }
@@ -1233,7 +1267,9 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
     const double *w_Pmat,        /* [D,H] */
     const double *save,             /* [save_size] from forward */
     const double *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
+    const double *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
     double *dx,                     /* [B,T,D] */
+    double *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
     double *dw_W_z,        /* [D,H] */
     double *dw_b_z,        /* [H] */
     double *dw_W_r,        /* [D,H] */
@@ -1299,6 +1335,8 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
     const double masked = save[SAVE_LAYOUT(T, B, H) + 1];
     if (masked != 0 && masked != 1) return RNNGEN_ESAVE;
     if (masked != (mask ? 1 : 0)) return RNNGEN_EMASK;
+    const double started0 = save[SAVE_LAYOUT(T, B, H) + 2];   /* forward had initial states */
+    if (started0 != 0 && started0 != 1) return RNNGEN_ESAVE;
     const int split = slices == 1;   /* one slice: any team can share the samples out */
     int team_ok = 1;
     rnngen_blas_serial();
@@ -1419,9 +1457,12 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int b = b0; b < b1; b++)
                         memset(dS_g1 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
-            for (int b = b0; b < b1; b++) {
-                memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
-                nreal[b] = 0;
+            for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
+                if (dstate_last)
+                    memcpy(dL_h_1 + (size_t)b * H + j0, dstate_last + (0 * (size_t)B + b) * H + j0, nU * sizeof(double));
+                else
+                    memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+                nreal[b] = started0;
                 for (int t = 0; t < T; t++)
                     nreal[b] += rnngen_real(mask, (size_t)b * T + t);
             }
@@ -1597,6 +1638,13 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
                     rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
+            if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
+                for (int b = b0; b < b1; b++) {
+                    if (t0 == 0)
+                        memcpy(dstate0 + (0 * (size_t)B + b) * H + j0, dL_h_1 + (size_t)b * H + j0, nU * sizeof(double));
+                    else
+                        memset(dstate0 + (0 * (size_t)B + b) * H + j0, 0, nU * sizeof(double));
+                }
             for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
                 for (int b = b0; b < b1; b++)
                     memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));

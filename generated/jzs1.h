@@ -20,9 +20,11 @@ int rnngen_jzs1_set_threads(int n);
  * one thread; see rnngen_team); a negative rnngen_status for bad sizes. */
 int rnngen_jzs1_team_size(int T, int B, int D, int H);
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward). */
+/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
+ * state0: [S,B,H] every state (h) before the first step, or NULL for
+ * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
 int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
-    const float *x, const unsigned char *mask,
+    const float *x, const unsigned char *mask, const float *state0,
     const float *w_W_z,
     const float *w_b_z,
     const float *w_W_r,
@@ -31,11 +33,13 @@ int rnngen_jzs1_forward_f32(int T, int B, int D, int H,
     const float *w_U_h,
     const float *w_b_h,
     const float *w_Pmat,
-    float *y, float *save, float *work);
+    float *y, float *state_last, float *save, float *work);
 
 /* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * writes dx [B,T,D] and every weight gradient.  truncate: -1 = full BPTT,
- * k > 0 = the last k steps only. */
+ * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
+ * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
+ * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
+ * full BPTT, k > 0 = the last k steps only. */
 int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
     const float *x, const unsigned char *mask,
     const float *w_W_z,
@@ -46,7 +50,8 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
     const float *w_U_h,
     const float *w_b_h,
     const float *w_Pmat,
-    const float *save, const float *dy, float *dx,
+    const float *save, const float *dy, const float *dstate_last,
+    float *dx, float *dstate0,
     float *dw_W_z,
     float *dw_b_z,
     float *dw_W_r,
@@ -57,9 +62,11 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
     float *dw_Pmat,
     float *work);
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward). */
+/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
+ * state0: [S,B,H] every state (h) before the first step, or NULL for
+ * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
 int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
-    const double *x, const unsigned char *mask,
+    const double *x, const unsigned char *mask, const double *state0,
     const double *w_W_z,
     const double *w_b_z,
     const double *w_W_r,
@@ -68,11 +75,13 @@ int rnngen_jzs1_forward_f64(int T, int B, int D, int H,
     const double *w_U_h,
     const double *w_b_h,
     const double *w_Pmat,
-    double *y, double *save, double *work);
+    double *y, double *state_last, double *save, double *work);
 
 /* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * writes dx [B,T,D] and every weight gradient.  truncate: -1 = full BPTT,
- * k > 0 = the last k steps only. */
+ * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
+ * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
+ * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
+ * full BPTT, k > 0 = the last k steps only. */
 int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
     const double *x, const unsigned char *mask,
     const double *w_W_z,
@@ -83,7 +92,8 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
     const double *w_U_h,
     const double *w_b_h,
     const double *w_Pmat,
-    const double *save, const double *dy, double *dx,
+    const double *save, const double *dy, const double *dstate_last,
+    double *dx, double *dstate0,
     double *dw_W_z,
     double *dw_b_z,
     double *dw_W_r,

@@ -113,7 +113,7 @@ int rnngen_jzs2_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)SAVE_SIZE(T, B, H);
+    *save_size = (long long)(SAVE_SIZE(T, B, H) + (size_t)T * B);   /* the saved values, then NREAL */
     size_t n = 2 * (size_t)D * LDXW + (size_t)T * B + (size_t)(NSLOT * 2 + NR + NVEC) * BH
              + 2 * (size_t)B * T * LDXW + (size_t)X_ELEMENTWISE * B * T * H;
     n += (2 * (size_t)H + B + (size_t)T * B) * 2 * (size_t)H;   /* g0 */
@@ -491,6 +491,7 @@ static __global__ void rnngen_jzs2_bwd1_f32(const rnngen_jzs2_frame_f32 F, const
 int rnngen_jzs2_forward_f32(void *stream, int T, int B, int D, int H,
     const float *x,                /* [B,T,D] */
     const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
+    const float *state0,           /* [S,B,H] h before the first step; NULL: zeros */
     const float *w_W_z,         /* [D,H] */
     const float *w_U_z,         /* [H,H] */
     const float *w_b_z,         /* [H] */
@@ -501,6 +502,7 @@ int rnngen_jzs2_forward_f32(void *stream, int T, int B, int D, int H,
     const float *w_b_h,         /* [H] */
     const float *w_Pmat,        /* [D,H] */
     float *y,                      /* [B,T,H] output (the carried h) at every step */
+    float *state_last,             /* [S,B,H] every state's final value, or NULL */
     float *save,                   /* [save_size] for backward, or NULL (inference) */
     float *work)                   /* [work_size] scratch */
 {
@@ -534,7 +536,7 @@ int rnngen_jzs2_forward_f32(void *stream, int T, int B, int D, int H,
     [[maybe_unused]] float *dL_h_1 = p; p += BH;   /* [B,H] its adjoint */
     [[maybe_unused]] float *d_t15 = p; p += BH;   /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] float *d_h_new = p; p += BH;   /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step */
+    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step (inference; training keeps it in save) */
     [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
     [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] x @ Wcat when save does not keep it */
     [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
@@ -573,8 +575,16 @@ int rnngen_jzs2_forward_f32(void *stream, int T, int B, int D, int H,
 
     RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(float), w_U_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(float), cs));
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<float>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, NREAL);
+    /* the registers: state0 (or zeros) one step back, zeros further */
+    if (state0)
+        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+    else
+        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(float), cs));
+    if (save)   /* backward reads forward's count */
+        NREAL = save + SAVE_SIZE(T, B, H);
+    F.NREAL = NREAL;
+    /* started(h[-1]) holds at step 0 given an initial state */
+    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<float>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
     /* x @ W for every step at once */
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (float)1, x, (size_t)D, Wcat, LDXW, (float)0, XW, LDXW));
 
@@ -595,6 +605,9 @@ int rnngen_jzs2_forward_f32(void *stream, int T, int B, int D, int H,
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g1, H, (float)1, s_t15, LDSL, Ucat_g1, LDS_g1, (float)0, S_g1, LDS_g1));
         RNNGEN_CU_LAUNCH(rnngen_jzs2_fwd2_f32, grid, block, cs, F, t);
     }
+    if (state_last) {   /* every state after the last real step */
+        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+    }
     return RNNGEN_OK;
 }
 
@@ -612,7 +625,9 @@ int rnngen_jzs2_backward_f32(void *stream, int T, int B, int D, int H, int trunc
     const float *w_Pmat,        /* [D,H] */
     const float *save,             /* [save_size] from forward */
     const float *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
+    const float *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
     float *dx,                     /* [B,T,D] */
+    float *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
     float *dw_W_z,        /* [D,H] */
     float *dw_U_z,        /* [H,H] */
     float *dw_b_z,        /* [H] */
@@ -653,7 +668,7 @@ int rnngen_jzs2_backward_f32(void *stream, int T, int B, int D, int H, int trunc
     [[maybe_unused]] float *dL_h_1 = p; p += BH;   /* [B,H] its adjoint */
     [[maybe_unused]] float *d_t15 = p; p += BH;   /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] float *d_h_new = p; p += BH;   /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step */
+    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step (inference; training keeps it in save) */
     [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
     [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] x @ Wcat when save does not keep it */
     [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
@@ -662,6 +677,7 @@ int rnngen_jzs2_backward_f32(void *stream, int T, int B, int D, int H, int trunc
     [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
+    NREAL = (float *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
     rnngen_jzs2_frame_f32 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
@@ -692,12 +708,15 @@ int rnngen_jzs2_backward_f32(void *stream, int T, int B, int D, int H, int trunc
     RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(float), w_U_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
-    RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(float), cs));
+    /* adjoints: of the final states (or zeros) one step back */
+    if (dstate_last)
+        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+    else
+        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dS_g1, 0, (size_t)T * B * LDS_g1 * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(float), cs));
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<float>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, NREAL);
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
@@ -716,6 +735,12 @@ int rnngen_jzs2_backward_f32(void *stream, int T, int B, int D, int H, int trunc
         RNNGEN_CU_LAUNCH(rnngen_jzs2_bwd1_f32, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (float)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (float)1, dL_h_1, (size_t)H));
+    }
+    if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
+        if (t0 == 0)
+            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        else
+            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(float), cs));
     }
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
@@ -1108,6 +1133,7 @@ static __global__ void rnngen_jzs2_bwd1_f64(const rnngen_jzs2_frame_f64 F, const
 int rnngen_jzs2_forward_f64(void *stream, int T, int B, int D, int H,
     const double *x,                /* [B,T,D] */
     const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
+    const double *state0,           /* [S,B,H] h before the first step; NULL: zeros */
     const double *w_W_z,         /* [D,H] */
     const double *w_U_z,         /* [H,H] */
     const double *w_b_z,         /* [H] */
@@ -1118,6 +1144,7 @@ int rnngen_jzs2_forward_f64(void *stream, int T, int B, int D, int H,
     const double *w_b_h,         /* [H] */
     const double *w_Pmat,        /* [D,H] */
     double *y,                      /* [B,T,H] output (the carried h) at every step */
+    double *state_last,             /* [S,B,H] every state's final value, or NULL */
     double *save,                   /* [save_size] for backward, or NULL (inference) */
     double *work)                   /* [work_size] scratch */
 {
@@ -1151,7 +1178,7 @@ int rnngen_jzs2_forward_f64(void *stream, int T, int B, int D, int H,
     [[maybe_unused]] double *dL_h_1 = p; p += BH;   /* [B,H] its adjoint */
     [[maybe_unused]] double *d_t15 = p; p += BH;   /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] double *d_h_new = p; p += BH;   /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step */
+    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step (inference; training keeps it in save) */
     [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
     [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] x @ Wcat when save does not keep it */
     [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
@@ -1190,8 +1217,16 @@ int rnngen_jzs2_forward_f64(void *stream, int T, int B, int D, int H,
 
     RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(double), w_U_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(double), cs));
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<double>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, NREAL);
+    /* the registers: state0 (or zeros) one step back, zeros further */
+    if (state0)
+        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
+    else
+        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(double), cs));
+    if (save)   /* backward reads forward's count */
+        NREAL = save + SAVE_SIZE(T, B, H);
+    F.NREAL = NREAL;
+    /* started(h[-1]) holds at step 0 given an initial state */
+    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<double>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
     /* x @ W for every step at once */
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (double)1, x, (size_t)D, Wcat, LDXW, (double)0, XW, LDXW));
 
@@ -1212,6 +1247,9 @@ int rnngen_jzs2_forward_f64(void *stream, int T, int B, int D, int H,
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g1, H, (double)1, s_t15, LDSL, Ucat_g1, LDS_g1, (double)0, S_g1, LDS_g1));
         RNNGEN_CU_LAUNCH(rnngen_jzs2_fwd2_f64, grid, block, cs, F, t);
     }
+    if (state_last) {   /* every state after the last real step */
+        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
+    }
     return RNNGEN_OK;
 }
 
@@ -1229,7 +1267,9 @@ int rnngen_jzs2_backward_f64(void *stream, int T, int B, int D, int H, int trunc
     const double *w_Pmat,        /* [D,H] */
     const double *save,             /* [save_size] from forward */
     const double *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
+    const double *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
     double *dx,                     /* [B,T,D] */
+    double *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
     double *dw_W_z,        /* [D,H] */
     double *dw_U_z,        /* [H,H] */
     double *dw_b_z,        /* [H] */
@@ -1270,7 +1310,7 @@ int rnngen_jzs2_backward_f64(void *stream, int T, int B, int D, int H, int trunc
     [[maybe_unused]] double *dL_h_1 = p; p += BH;   /* [B,H] its adjoint */
     [[maybe_unused]] double *d_t15 = p; p += BH;   /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] double *d_h_new = p; p += BH;   /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step */
+    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step (inference; training keeps it in save) */
     [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
     [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] x @ Wcat when save does not keep it */
     [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
@@ -1279,6 +1319,7 @@ int rnngen_jzs2_backward_f64(void *stream, int T, int B, int D, int H, int trunc
     [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
 
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
+    NREAL = (double *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
     rnngen_jzs2_frame_f64 F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
@@ -1309,12 +1350,15 @@ int rnngen_jzs2_backward_f64(void *stream, int T, int B, int D, int H, int trunc
     RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(double), w_U_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
-    RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(double), cs));
+    /* adjoints: of the final states (or zeros) one step back */
+    if (dstate_last)
+        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
+    else
+        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dS_g1, 0, (size_t)T * B * LDS_g1 * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(double), cs));
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<double>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, NREAL);
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
@@ -1333,6 +1377,12 @@ int rnngen_jzs2_backward_f64(void *stream, int T, int B, int D, int H, int trunc
         RNNGEN_CU_LAUNCH(rnngen_jzs2_bwd1_f64, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (double)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (double)1, dL_h_1, (size_t)H));
+    }
+    if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
+        if (t0 == 0)
+            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
+        else
+            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(double), cs));
     }
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step

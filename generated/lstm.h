@@ -20,9 +20,11 @@ int rnngen_lstm_set_threads(int n);
  * one thread; see rnngen_team); a negative rnngen_status for bad sizes. */
 int rnngen_lstm_team_size(int T, int B, int D, int H);
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward). */
+/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
+ * state0: [S,B,H] every state (h, c) before the first step, or NULL for
+ * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
 int rnngen_lstm_forward_f32(int T, int B, int D, int H,
-    const float *x, const unsigned char *mask,
+    const float *x, const unsigned char *mask, const float *state0,
     const float *w_W_i,
     const float *w_U_i,
     const float *w_b_i,
@@ -35,11 +37,13 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     const float *w_W_o,
     const float *w_U_o,
     const float *w_b_o,
-    float *y, float *save, float *work);
+    float *y, float *state_last, float *save, float *work);
 
 /* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * writes dx [B,T,D] and every weight gradient.  truncate: -1 = full BPTT,
- * k > 0 = the last k steps only. */
+ * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
+ * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
+ * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
+ * full BPTT, k > 0 = the last k steps only. */
 int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     const float *x, const unsigned char *mask,
     const float *w_W_i,
@@ -54,7 +58,8 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     const float *w_W_o,
     const float *w_U_o,
     const float *w_b_o,
-    const float *save, const float *dy, float *dx,
+    const float *save, const float *dy, const float *dstate_last,
+    float *dx, float *dstate0,
     float *dw_W_i,
     float *dw_U_i,
     float *dw_b_i,
@@ -69,9 +74,11 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     float *dw_b_o,
     float *work);
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward). */
+/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
+ * state0: [S,B,H] every state (h, c) before the first step, or NULL for
+ * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
 int rnngen_lstm_forward_f64(int T, int B, int D, int H,
-    const double *x, const unsigned char *mask,
+    const double *x, const unsigned char *mask, const double *state0,
     const double *w_W_i,
     const double *w_U_i,
     const double *w_b_i,
@@ -84,11 +91,13 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     const double *w_W_o,
     const double *w_U_o,
     const double *w_b_o,
-    double *y, double *save, double *work);
+    double *y, double *state_last, double *save, double *work);
 
 /* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * writes dx [B,T,D] and every weight gradient.  truncate: -1 = full BPTT,
- * k > 0 = the last k steps only. */
+ * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
+ * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
+ * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
+ * full BPTT, k > 0 = the last k steps only. */
 int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     const double *x, const unsigned char *mask,
     const double *w_W_i,
@@ -103,7 +112,8 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     const double *w_W_o,
     const double *w_U_o,
     const double *w_b_o,
-    const double *save, const double *dy, double *dx,
+    const double *save, const double *dy, const double *dstate_last,
+    double *dx, double *dstate0,
     double *dw_W_i,
     double *dw_U_i,
     double *dw_b_i,

@@ -30,8 +30,8 @@
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
 /* the threads a call asks for (see rnngen_team), for elements of `size` bytes */
 #define TEAM(T, B, D, H, size) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size))
-/* where in save forward notes the layout of XW (its number of slices); the next element
- * notes whether it had a mask */
+/* where in save forward notes the layout of XW (its number of slices); the next two
+ * elements note whether it had a mask and whether it had initial states */
 #define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
 #define SAVE_LAYOUT(T, B, H) (KEEP_XW * (size_t)(B) * (size_t)(T) * NW * (size_t)(H) + (size_t)NSLOT * (size_t)(T) * (size_t)(B) * (size_t)(H))
 
@@ -42,7 +42,7 @@ int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size,
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 2);   /* the saved values, then forward's two notes */
+    *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 3);   /* the saved values, then forward's three notes */
     size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H
@@ -76,12 +76,14 @@ int rnngen_simpledeeprnn_team_size(int T, int B, int D, int H)
 int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     const float *x,                /* [B,T,D] */
     const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
+    const float *state0,           /* [S,B,H] h before the first step; NULL: zeros */
     const float *w_W,           /* [D,H] */
     const float *w_U_1,         /* [H,H] */
     const float *w_U_2,         /* [H,H] */
     const float *w_U_3,         /* [H,H] */
     const float *w_b,           /* [H] */
     float *y,                      /* [B,T,H] output (the carried h) at every step */
+    float *state_last,             /* [S,B,H] every state's final value, or NULL */
     float *save,                   /* [save_size] for backward, or NULL (inference) */
     float *work)                   /* [work_size] scratch */
 {
@@ -97,7 +99,9 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
      * s + b * LDSL + j, s = the slot's start + t * STEPSL */
-    const int lags_shared = save && !mask;   /* see the slot pointers of h[-k] */
+    /* see the slot pointers of h[-k]: without a mask or initial states, h[-k] is h[-1] of
+     * k-1 steps earlier */
+    const int lags_shared = save && !mask && !state0;
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
@@ -201,6 +205,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
                                    * are laid out otherwise: see lags_shared) */
             save[SAVE_LAYOUT(T, B, H)] = (float)lnt;
             save[SAVE_LAYOUT(T, B, H) + 1] = mask ? 1 : 0;
+            save[SAVE_LAYOUT(T, B, H) + 2] = state0 ? 1 : 0;
         }
         float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
@@ -269,11 +274,14 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
         if (split)   /* the packed weights are shared */
             rnngen_barrier_wait(&bar, nt, &sense);
 
-        for (int b = b0; b < b1; b++) {
-            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+        for (int b = b0; b < b1; b++) {   /* the registers: state0 (or zeros) one step back, zeros further */
+            if (state0)
+                memcpy(L_h_1 + (size_t)b * H + j0, state0 + (0 * (size_t)B + b) * H + j0, nU * sizeof(float));
+            else
+                memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
             memset(L_h_3 + (size_t)b * H + j0, 0, nU * sizeof(float));
-            nreal[b] = 0;
+            nreal[b] = state0 ? 1 : 0;   /* started(h[-1]) holds at step 0 given an initial state */
         }
 
         if (xw_first && nU > 0)   /* x @ W for all steps at once: a few rows per step would
@@ -363,6 +371,10 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
             for (int b = b0; b < b1; b++)
                 nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
+        if (state_last)   /* every state after the last real step: this thread's part of the registers */
+            for (int b = b0; b < b1; b++) {
+                memcpy(state_last + (0 * (size_t)B + b) * H + j0, L_h_1 + (size_t)b * H + j0, nU * sizeof(float));
+            }
     }
     return RNNGEN_OK;
 }
@@ -377,7 +389,9 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     const float *w_b,           /* [H] */
     const float *save,             /* [save_size] from forward */
     const float *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
+    const float *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
     float *dx,                     /* [B,T,D] */
+    float *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
     float *dw_W,          /* [D,H] */
     float *dw_U_1,        /* [H,H] */
     float *dw_U_2,        /* [H,H] */
@@ -397,7 +411,6 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    const int lags_shared = !mask;   /* forward saved h[-k] in the slot of h[-1] (training, no mask) */
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
@@ -452,6 +465,10 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     const float masked = save[SAVE_LAYOUT(T, B, H) + 1];
     if (masked != 0 && masked != 1) return RNNGEN_ESAVE;
     if (masked != (mask ? 1 : 0)) return RNNGEN_EMASK;
+    const float started0 = save[SAVE_LAYOUT(T, B, H) + 2];   /* forward had initial states */
+    if (started0 != 0 && started0 != 1) return RNNGEN_ESAVE;
+    /* forward saved h[-k] in the slot of h[-1] (training, no mask, no initial states) */
+    const int lags_shared = !mask && started0 == 0;
     const int split = slices == 1;   /* one slice: any team can share the samples out */
     int team_ok = 1;
     rnngen_blas_serial();
@@ -579,11 +596,14 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int b = b0; b < b1; b++)
                         memset(dS_g2 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
-            for (int b = b0; b < b1; b++) {
-                memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
+            for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
+                if (dstate_last)
+                    memcpy(dL_h_1 + (size_t)b * H + j0, dstate_last + (0 * (size_t)B + b) * H + j0, nU * sizeof(float));
+                else
+                    memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(float));
                 memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(float));
                 memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(float));
-                nreal[b] = 0;
+                nreal[b] = started0;
                 for (int t = 0; t < T; t++)
                     nreal[b] += rnngen_real(mask, (size_t)b * T + t);
             }
@@ -689,6 +709,13 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
                     rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g2, DSB * LDS_g2, Pb_t_g2, dL_h_3 + (size_t)b0 * H + j0, H, 1);
             }
 
+            if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
+                for (int b = b0; b < b1; b++) {
+                    if (t0 == 0)
+                        memcpy(dstate0 + (0 * (size_t)B + b) * H + j0, dL_h_1 + (size_t)b * H + j0, nU * sizeof(float));
+                    else
+                        memset(dstate0 + (0 * (size_t)B + b) * H + j0, 0, nU * sizeof(float));
+                }
             for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
                 for (int b = b0; b < b1; b++)
                     memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
@@ -876,12 +903,14 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
 int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     const double *x,                /* [B,T,D] */
     const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
+    const double *state0,           /* [S,B,H] h before the first step; NULL: zeros */
     const double *w_W,           /* [D,H] */
     const double *w_U_1,         /* [H,H] */
     const double *w_U_2,         /* [H,H] */
     const double *w_U_3,         /* [H,H] */
     const double *w_b,           /* [H] */
     double *y,                      /* [B,T,H] output (the carried h) at every step */
+    double *state_last,             /* [S,B,H] every state's final value, or NULL */
     double *save,                   /* [save_size] for backward, or NULL (inference) */
     double *work)                   /* [work_size] scratch */
 {
@@ -897,7 +926,9 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
      * s + b * LDSL + j, s = the slot's start + t * STEPSL */
-    const int lags_shared = save && !mask;   /* see the slot pointers of h[-k] */
+    /* see the slot pointers of h[-k]: without a mask or initial states, h[-k] is h[-1] of
+     * k-1 steps earlier */
+    const int lags_shared = save && !mask && !state0;
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
@@ -1001,6 +1032,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
                                    * are laid out otherwise: see lags_shared) */
             save[SAVE_LAYOUT(T, B, H)] = (double)lnt;
             save[SAVE_LAYOUT(T, B, H) + 1] = mask ? 1 : 0;
+            save[SAVE_LAYOUT(T, B, H) + 2] = state0 ? 1 : 0;
         }
         double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
@@ -1069,11 +1101,14 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
         if (split)   /* the packed weights are shared */
             rnngen_barrier_wait(&bar, nt, &sense);
 
-        for (int b = b0; b < b1; b++) {
-            memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+        for (int b = b0; b < b1; b++) {   /* the registers: state0 (or zeros) one step back, zeros further */
+            if (state0)
+                memcpy(L_h_1 + (size_t)b * H + j0, state0 + (0 * (size_t)B + b) * H + j0, nU * sizeof(double));
+            else
+                memset(L_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(L_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
             memset(L_h_3 + (size_t)b * H + j0, 0, nU * sizeof(double));
-            nreal[b] = 0;
+            nreal[b] = state0 ? 1 : 0;   /* started(h[-1]) holds at step 0 given an initial state */
         }
 
         if (xw_first && nU > 0)   /* x @ W for all steps at once: a few rows per step would
@@ -1163,6 +1198,10 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
             for (int b = b0; b < b1; b++)
                 nreal[b] += rnngen_real(mask, (size_t)b * T + t);
         }
+        if (state_last)   /* every state after the last real step: this thread's part of the registers */
+            for (int b = b0; b < b1; b++) {
+                memcpy(state_last + (0 * (size_t)B + b) * H + j0, L_h_1 + (size_t)b * H + j0, nU * sizeof(double));
+            }
     }
     return RNNGEN_OK;
 }
@@ -1177,7 +1216,9 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     const double *w_b,           /* [H] */
     const double *save,             /* [save_size] from forward */
     const double *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
+    const double *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
     double *dx,                     /* [B,T,D] */
+    double *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
     double *dw_W,          /* [D,H] */
     double *dw_U_1,        /* [H,H] */
     double *dw_U_2,        /* [H,H] */
@@ -1197,7 +1238,6 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    const int lags_shared = !mask;   /* forward saved h[-k] in the slot of h[-1] (training, no mask) */
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
@@ -1252,6 +1292,10 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     const double masked = save[SAVE_LAYOUT(T, B, H) + 1];
     if (masked != 0 && masked != 1) return RNNGEN_ESAVE;
     if (masked != (mask ? 1 : 0)) return RNNGEN_EMASK;
+    const double started0 = save[SAVE_LAYOUT(T, B, H) + 2];   /* forward had initial states */
+    if (started0 != 0 && started0 != 1) return RNNGEN_ESAVE;
+    /* forward saved h[-k] in the slot of h[-1] (training, no mask, no initial states) */
+    const int lags_shared = !mask && started0 == 0;
     const int split = slices == 1;   /* one slice: any team can share the samples out */
     int team_ok = 1;
     rnngen_blas_serial();
@@ -1379,11 +1423,14 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int b = b0; b < b1; b++)
                         memset(dS_g2 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
-            for (int b = b0; b < b1; b++) {
-                memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
+            for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
+                if (dstate_last)
+                    memcpy(dL_h_1 + (size_t)b * H + j0, dstate_last + (0 * (size_t)B + b) * H + j0, nU * sizeof(double));
+                else
+                    memset(dL_h_1 + (size_t)b * H + j0, 0, nU * sizeof(double));
                 memset(dL_h_2 + (size_t)b * H + j0, 0, nU * sizeof(double));
                 memset(dL_h_3 + (size_t)b * H + j0, 0, nU * sizeof(double));
-                nreal[b] = 0;
+                nreal[b] = started0;
                 for (int t = 0; t < T; t++)
                     nreal[b] += rnngen_real(mask, (size_t)b * T + t);
             }
@@ -1489,6 +1536,13 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
                     rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g2, DSB * LDS_g2, Pb_t_g2, dL_h_3 + (size_t)b0 * H + j0, H, 1);
             }
 
+            if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
+                for (int b = b0; b < b1; b++) {
+                    if (t0 == 0)
+                        memcpy(dstate0 + (0 * (size_t)B + b) * H + j0, dL_h_1 + (size_t)b * H + j0, nU * sizeof(double));
+                    else
+                        memset(dstate0 + (0 * (size_t)B + b) * H + j0, 0, nU * sizeof(double));
+                }
             for (int t = 0; t < t0; t++)   /* steps backward did not reach: no gradient */
                 for (int b = b0; b < b1; b++)
                     memset(dXW + ((size_t)b * T + t) * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));

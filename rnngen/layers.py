@@ -88,6 +88,11 @@ class Recurrent:
         if not isinstance(rs, (bool, np.bool_)):
             raise TypeError(f"return_sequences must be True or False, got {rs!r}")
         self.return_sequences = bool(rs)
+        for name in ("return_state", "go_backwards"):
+            v = a.pop(name)
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {v!r}")
+            setattr(self, name, bool(v))
         self.input_dim = _check_pos_int(a.pop("input_dim"), "input_dim", allow_none=True,
                                         maximum=MAX_INPUT_DIM)
         self.input_length = _check_pos_int(a.pop("input_length"), "input_length", allow_none=True)
@@ -131,6 +136,19 @@ class Recurrent:
     @grads.setter
     def grads(self, value):
         self._tl.grads = value
+
+    @property
+    def initial_state_grads(self) -> Optional[list]:
+        """After a backward whose forward had ``initial_state``: the gradient w.r.t. each
+        initial state, (B, H) arrays in state order (this thread's last backward); else
+        None."""
+        return getattr(self._tl, "initial_state_grads", None)
+
+    @property
+    def state_names(self) -> list[str]:
+        """The states, in the order of ``initial_state`` and of the states return_state
+        gives (the spec's ``state:`` list)."""
+        return list(self.spec.states)
 
     # -- construction --------------------------------------------------------
     @property
@@ -217,17 +235,22 @@ class Recurrent:
         cfg = {"class_name": type(self).__name__, "output_dim": self.output_dim}
         cfg.update(self.params)
         cfg.update(truncate_gradient=self.truncate_gradient,
-                   return_sequences=self.return_sequences, input_dim=self.input_dim,
+                   return_sequences=self.return_sequences, return_state=self.return_state,
+                   go_backwards=self.go_backwards, input_dim=self.input_dim,
                    input_length=self.input_length, dtype=self.dtype, backend=self.backend)
         if not _is_builtin(self.spec):
             cfg["spec_path"] = str(Path(self.spec.path).resolve())
         return cfg
 
     @property
-    def output_shape(self) -> tuple:
-        if self.return_sequences:
-            return (None, self.input_length, self.output_dim)
-        return (None, self.output_dim)
+    def output_shape(self):
+        """The output's shape (None: any); with return_state, a list: the output's, then
+        one (None, output_dim) per state."""
+        out = (None, self.input_length, self.output_dim) if self.return_sequences \
+            else (None, self.output_dim)
+        if self.return_state:
+            return [out] + [(None, self.output_dim)] * len(self.spec.states)
+        return out
 
     def compute_mask(self, x=None, mask=None):
         """The mask passed on: the input mask with return_sequences, else None."""
@@ -303,32 +326,91 @@ class Recurrent:
         B, T, _ = x.shape
         return x, self._check_mask(mask, B, T)
 
-    def forward(self, x, mask=None, *, training: bool = True):
-        """Run the layer on x (nb_samples, timesteps, input_dim); see output_shape."""
+    def _check_states(self, states, B, what, device_ok):
+        """A list of one (B, H) array per state (a bare array for a one-state cell), or one
+        [S, B, H] device array, as one contiguous [S, B, H] array; None stays None."""
+        if states is None:
+            return None
+        S, H = len(self.spec.states), self.output_dim
+        names = ", ".join(self.spec.states)
+        if is_device_array(states):
+            if not device_ok:
+                raise TypeError(f"{what} is a CUDA device array but x is not: pass both on the "
+                                "device or both on the host")
+            v = DeviceView.of(states, what)
+            if v.shape != (S, B, H) or v.dtype != np.dtype(self.dtype):
+                raise ValueError(f"{what} on the device must be one {self.dtype} array of shape "
+                                 f"(states, nb_samples, output_dim) = {(S, B, H)} ({names}), "
+                                 f"got {v.dtype} {v.shape}")
+            return states
+        if isinstance(states, np.ndarray) and S == 1 and states.ndim == 2:
+            states = [states]
+        if not isinstance(states, (list, tuple)) or len(states) != S:
+            n = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
+            raise ValueError(f"{what} must be a list of {S} arrays of shape (nb_samples, "
+                             f"output_dim) = {(B, H)}, one per state ({names}); got {n}")
+        out = np.empty((S, B, H), _DTYPES[self.dtype])
+        for i, (name, a) in enumerate(zip(self.spec.states, states)):
+            if is_device_array(a):
+                raise TypeError(f"{what}: pass numpy arrays, or one [S, B, H] device array")
+            arr = _as_float_array(a, f"{what} for {name}", _DTYPES[self.dtype])
+            if arr.shape != (B, H):
+                raise ValueError(f"{what} for {name} has shape {arr.shape}, expected (nb_samples, "
+                                 f"output_dim) = {(B, H)}")
+            out[i] = arr
+        return out
+
+    def forward(self, x, mask=None, initial_state=None, *, training: bool = True):
+        """Run the layer on x (nb_samples, timesteps, input_dim); see output_shape.
+
+        ``initial_state``: one (nb_samples, output_dim) array per state, in state_names
+        order (zeros when absent): each state's value before the first step.  With
+        return_state the result is ``[output, final state 1, ..., final state S]``."""
         x, mask = self._check_input(x, mask)
         device = is_device_array(x)
         if not self.built:
             self.build(DeviceView.of(x, "x").shape[2] if device else x.shape[2])
+        B, T = (DeviceView.of(x, "x").shape if device else x.shape)[:2]
+        state0 = self._check_states(initial_state, B, "initial_state", device)
+        if self.go_backwards:   # the steps in reverse: x and mask reversed in time
+            if device:
+                raise TypeError("go_backwards takes numpy arrays (reversing a device array is "
+                                "not supported); use rnngen.torch for tensors on the GPU")
+            x, mask = x[:, ::-1], (mask[:, ::-1].copy() if mask is not None else None)
         if not device:
             x = np.ascontiguousarray(x, dtype=_DTYPES[self.dtype])
         old = self._last[2] if self._last is not None else None   # backward only reads the last
-        y, save = self._kernel.forward(x, mask, self._weights, self.output_dim, training, old,
-                                       self._reusable("y"))
+        y, save, last = self._kernel.forward(x, mask, self._weights, self.output_dim, training,
+                                             old, self._reusable("y"), state0,
+                                             self.return_state)
         self._outputs["y"] = y
-        self._last = (x, mask, save, [w for w in self._weights]) if training else None
+        self._last = (x, mask, save, [w for w in self._weights], state0 is not None) \
+            if training else None
         if self.return_sequences:
-            return y
-        return y.last_step() if device else y[:, -1, :].copy()
+            out = y
+        else:
+            out = y.last_step() if device else y[:, -1, :].copy()
+        if self.return_state:
+            return [out] + [last.index(i) if device else last[i]
+                            for i in range(len(self.spec.states))]
+        return out
 
     __call__ = forward
 
-    def backward(self, dy):
-        """Gradient of the loss w.r.t. the last forward's input; fills self.grads."""
+    def backward(self, dy, dstates=None):
+        """Gradient of the loss w.r.t. the last forward's input; fills self.grads (and,
+        when that forward had initial_state, self.initial_state_grads).
+
+        ``dstates``: with return_state, the gradients w.r.t. the final states, one
+        (nb_samples, output_dim) array per state (None: zero)."""
         if self._last is None:
             raise ValueError("backward() needs a forward(x) with training=True first")
-        x, mask, save, weights = self._last
+        x, mask, save, weights, had_state0 = self._last
         B, T, _ = DeviceView.of(x, "x").shape if is_device_array(x) else x.shape
         expected = (B, T, self.output_dim) if self.return_sequences else (B, self.output_dim)
+        if dstates is not None and not self.return_state:
+            raise ValueError("dstates are the gradients of the final states, which the layer "
+                             "returns only with return_state=True")
         if is_device_array(dy):
             self._require_cuda_backend("dy")
             v = DeviceView.of(dy, "dy")
@@ -346,10 +428,16 @@ class Recurrent:
                 full = np.zeros((B, T, self.output_dim), dtype=dy.dtype)
                 full[:, -1, :] = dy
                 dy = full
-        dx, grads = self._kernel.backward(x, mask, weights, save, dy, self.truncate_gradient,
-                                          self._reusable("dx"), self._reusable_grads())
+        dstates = self._check_states(dstates, B, "dstates", is_device_array(dy))
+        dx, grads, d0 = self._kernel.backward(x, mask, weights, save, dy, self.truncate_gradient,
+                                              self._reusable("dx"), self._reusable_grads(),
+                                              dstates, had_state0)
         self._outputs["dx"] = dx
         self.grads = grads
+        self._tl.initial_state_grads = None if d0 is None else [
+            d0.index(i) if is_device_array(d0) else d0[i] for i in range(len(self.spec.states))]
+        if self.go_backwards:   # dx of the reversed x, back in x's order
+            dx = dx[:, ::-1].copy()
         return dx
 
     def _reusable(self, name):
@@ -390,6 +478,8 @@ def _signature(spec: CellSpec) -> inspect.Signature:
                P("return_sequences", P.POSITIONAL_OR_KEYWORD, default=False),
                P("input_dim", P.POSITIONAL_OR_KEYWORD, default=None),
                P("input_length", P.POSITIONAL_OR_KEYWORD, default=None),
+               P("return_state", P.KEYWORD_ONLY, default=False),
+               P("go_backwards", P.KEYWORD_ONLY, default=False),
                P("dtype", P.KEYWORD_ONLY, default="float32"),
                P("seed", P.KEYWORD_ONLY, default=None),
                P("backend", P.KEYWORD_ONLY, default="c")]

@@ -117,8 +117,16 @@ class Kernel:
             return self.ffi.NULL
         return self.ffi.from_buffer(ctype + "[]", arr)
 
-    def forward(self, x, mask, weights, H, training: bool, save=None, out=None):
-        """x [B,T,D] contiguous; mask uint8 [B,T] or None; returns (y [B,T,H], save).
+    @property
+    def nstates(self) -> int:
+        """S: the states of the cell (ir.states, in spec order)."""
+        return len(self.ir.states)
+
+    def forward(self, x, mask, weights, H, training: bool, save=None, out=None, state0=None,
+                states_out: bool = False):
+        """x [B,T,D] contiguous; mask uint8 [B,T] or None; state0 [S,B,H] contiguous (every
+        state before the first step) or None for zeros; returns (y [B,T,H], save, last):
+        last is [S,B,H], every state's final value, with ``states_out``, else None.
 
         ``save``: a buffer from an earlier call to reuse when it has the right size;
         ``out``: an array to write y into (used when its shape and dtype fit)."""
@@ -131,17 +139,21 @@ class Kernel:
             save = None
         elif save is None or save.size != n_save or save.dtype != x.dtype:
             save = np.empty(n_save, dtype=x.dtype)
+        last = np.empty((self.nstates, B, H), x.dtype) if states_out else None
         work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731
         st = self._fn(f"forward{sfx}")(
-            T, B, D, H, p(x), self._ptr("unsigned char", mask), *[p(w) for w in weights],
-            p(y), p(save), p(work))
+            T, B, D, H, p(x), self._ptr("unsigned char", mask), p(state0),
+            *[p(w) for w in weights], p(y), p(last), p(save), p(work))
         self._check(st, "forward")
-        return y, save
+        return y, save, last
 
-    def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None):
-        """Returns (dx, weight gradients); ``out`` and ``grads_out``: arrays to write them
-        into where shape and dtype fit."""
+    def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None,
+                 dstates=None, state0_grad: bool = False):
+        """Returns (dx, weight gradients, dstate0); ``dstates``: [S,B,H] the gradient
+        w.r.t. the final states (None: zero); dstate0 is [S,B,H], the gradient w.r.t. the
+        initial states, with ``state0_grad``, else None.  ``out`` and ``grads_out``:
+        arrays to write dx and the weight gradients into where shape and dtype fit."""
         B, T, D = x.shape
         H = dy.shape[2]
         ctype, sfx = DTYPES[x.dtype]
@@ -150,13 +162,15 @@ class Kernel:
         if grads_out is None or len(grads_out) != len(weights):
             grads_out = [None] * len(weights)
         grads = [_fit(g, w.shape, w.dtype) for g, w in zip(grads_out, weights)]
+        d0 = np.empty((self.nstates, B, H), x.dtype) if state0_grad else None
         work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731
         st = self._fn(f"backward{sfx}")(
             T, B, D, H, int(truncate), p(x), self._ptr("unsigned char", mask),
-            *[p(w) for w in weights], p(save), p(dy), p(dx), *[p(g) for g in grads], p(work))
+            *[p(w) for w in weights], p(save), p(dy), p(dstates), p(dx), p(d0),
+            *[p(g) for g in grads], p(work))
         self._check(st, "backward")
-        return dx, grads
+        return dx, grads, d0
 
 
 def is_device_array(a) -> bool:
@@ -249,6 +263,14 @@ class DeviceArray:
         return DeviceArray(self._kernel, self._buf, (B, H), self.dtype,
                            self._offset + (T - 1) * H * item, (T * H * item, item), self._stream)
 
+    def index(self, i: int) -> "DeviceArray":
+        """The view [i] of a C-contiguous array (no copy): one state of [S, B, H]."""
+        if self._strides is not None or not 0 <= i < self.shape[0]:
+            raise IndexError(f"index {i} of a DeviceArray of shape {self.shape}")
+        size = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        return DeviceArray(self._kernel, self._buf, self.shape[1:], self.dtype,
+                           self._offset + i * size, None, self._stream)
+
     def get(self) -> np.ndarray:
         """A host copy (waits for the stream the array was written on)."""
         k = self._kernel
@@ -333,19 +355,31 @@ class CudaKernel(Kernel):
                     "copy from the device")
         return arr
 
-    def forward(self, x, mask, weights, H, training: bool, save=None, out=None):
-        """As Kernel.forward; x (and mask, weights) may be device arrays: then y is a
-        DeviceArray computed on x's stream."""
+    def forward(self, x, mask, weights, H, training: bool, save=None, out=None, state0=None,
+                states_out: bool = False):
+        """As Kernel.forward; x (and mask, weights, state0) may be device arrays: then y
+        (and the final states) are DeviceArrays computed on x's stream."""
         with self._calls:
-            return self._forward(x, mask, weights, H, training, save, out)
+            return self._forward(x, mask, weights, H, training, save, out, state0, states_out)
 
-    def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None):
-        """As Kernel.backward; with a device x or dy, dx is a DeviceArray (the weight
-        gradients are numpy arrays, like the weights)."""
+    def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None,
+                 dstates=None, state0_grad: bool = False):
+        """As Kernel.backward; with a device x or dy, dx (and dstate0) are DeviceArrays
+        (the weight gradients are numpy arrays, like the weights)."""
         with self._calls:
-            return self._backward(x, mask, weights, save, dy, truncate, out, grads_out)
+            return self._backward(x, mask, weights, save, dy, truncate, out, grads_out,
+                                  dstates, state0_grad)
 
-    def _forward(self, x, mask, weights, H, training, save, out):
+    def _result(self, role: str, dev: bool, shape, dtype, stream: int):
+        """(array, device pointer) for a result: a DeviceArray when the inputs are on the
+        device, else a numpy array and a device buffer kept for ``role``."""
+        if dev:
+            a = DeviceArray.empty(self, shape, dtype, stream)
+            return a, a._buf.ptr
+        a = np.empty(shape, dtype)
+        return a, self._device(role, a.nbytes).ptr
+
+    def _forward(self, x, mask, weights, H, training, save, out, state0, states_out):
         dev = is_device_array(x)
         xv = DeviceView.of(x, "x") if dev else None
         B, T, D = xv.shape if dev else x.shape
@@ -365,15 +399,23 @@ class CudaKernel(Kernel):
         else:
             y = _fit(out, (B, T, H), dtype)
             yptr = self._device("y", y.nbytes).ptr
+        S = self.nstates
+        last, lastptr = self._result("last", dev, (S, B, H), dtype, stream) if states_out \
+            else (None, self.ffi.NULL)
         st = self._fn(f"forward{sfx}")(
             self._stream_ptr(stream), T, B, D, H, self._in("x", x, (B, T, D), dtype),
-            self._in("mask", mask, (B, T), np.uint8), *ws, yptr,
-            save.ptr if save is not None else self.ffi.NULL,
+            self._in("mask", mask, (B, T), np.uint8), self._in("state0", state0, (S, B, H), dtype),
+            *ws, yptr, lastptr, save.ptr if save is not None else self.ffi.NULL,
             self._device("work", n_work * dtype.itemsize).ptr)
         self._check(st, "forward")
-        return (y if dev else self._download(y, yptr)), save
+        if not dev:
+            self._download(y, yptr)
+            if last is not None:
+                self._download(last, lastptr)
+        return y, save, last
 
-    def _backward(self, x, mask, weights, save, dy, truncate, out, grads_out):
+    def _backward(self, x, mask, weights, save, dy, truncate, out, grads_out, dstates,
+                  state0_grad):
         xv = DeviceView.of(x, "x") if is_device_array(x) else None
         dyv = DeviceView.of(dy, "dy") if is_device_array(dy) else None
         dev = xv is not None or dyv is not None
@@ -396,16 +438,24 @@ class CudaKernel(Kernel):
             dx = _fit(out, (B, T, D), dtype)
             dxptr = self._device("dx", dx.nbytes).ptr
         dgs = [self._device(f"dw{i}", g.nbytes) for i, g in enumerate(grads)]
+        S = self.nstates
+        d0, d0ptr = self._result("dstate0", dev, (S, B, H), dtype, stream) if state0_grad \
+            else (None, self.ffi.NULL)
         st = self._fn(f"backward{sfx}")(
             self._stream_ptr(stream), T, B, D, H, int(truncate),
             self._in("x", x, (B, T, D), dtype), self._in("mask", mask, (B, T), np.uint8), *ws,
-            save.ptr, self._in("dy", dy, (B, T, H), dtype), dxptr, *[g.ptr for g in dgs],
-            self._device("work", n_work * dtype.itemsize).ptr)
+            save.ptr, self._in("dy", dy, (B, T, H), dtype),
+            self._in("dstates", dstates, (S, B, H), dtype), dxptr, d0ptr,
+            *[g.ptr for g in dgs], self._device("work", n_work * dtype.itemsize).ptr)
         self._check(st, "backward")
         self._check(self._fn("cuda_sync")(self._stream_ptr(stream)), "cuda_sync")
         for g, d in zip(grads, dgs):
             self._download(g, d.ptr)
-        return (dx if dev else self._download(dx, dxptr)), grads
+        if not dev:
+            self._download(dx, dxptr)
+            if d0 is not None:
+                self._download(d0, d0ptr)
+        return dx, grads, d0
 
     def expand_last(self, dy, T: int):
         """A [B, T, H] device array, zero but for step T-1, which is dy [B, H] (a device

@@ -114,13 +114,14 @@ static inline int rnngen_cu_check_dims(int T, int B, int D, int H, int widest)
     return RNNGEN_OK;
 }
 
-/* nreal[t*B + b] = the real steps of sample b before step t (started() reads it). */
+/* nreal[t*B + b] = base (1 given initial states, else 0) + the real steps of sample b
+ * before step t (started() reads it). */
 template <typename R>
-__global__ void rnngen_cu_count_real(const unsigned char *mask, int T, int B, R *nreal)
+__global__ void rnngen_cu_count_real(const unsigned char *mask, int T, int B, int base, R *nreal)
 {
     const int b = (int)(blockIdx.x * blockDim.x + threadIdx.x);
     if (b >= B) return;
-    R n = 0;
+    R n = (R)base;
     for (int t = 0; t < T; t++) {
         nreal[(size_t)t * B + b] = n;
         n += (R)rnngen_real(mask, (size_t)b * T + t);

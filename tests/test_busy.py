@@ -63,7 +63,7 @@ def test_team_size_follows_the_work_per_step():
         "    L = getattr(layers, name)(32, input_dim=16, return_sequences=True, seed=0)\n"
         "    L(np.zeros((8, 20, 16), np.float32))\n"
         "    k = L._kernel\n"
-        "    res[name] = [tb.team_size(k, *tb.SMALL), float(L._last[2][-2])]\n"
+        "    res[name] = [tb.team_size(k, *tb.SMALL), float(L._last[2][-3])]\n"
         "    res[name] += [tb.team_size(k, *c) for c in tb.BENCH]\n"
         "    res[name] += [tb.team_size(k, *c) for c in tb.MID]\n"
         "    rnngen.set_num_threads(3)\n"
@@ -72,7 +72,7 @@ def test_team_size_follows_the_work_per_step():
         "    rnngen.set_num_threads(0)\n"
         "L = layers.LSTM(512, input_dim=512, return_sequences=True, seed=0, dtype='float64')\n"
         "L(np.zeros((4, 3, 512)))\n"
-        "res['wide'] = [tb.team_size(L._kernel, 3, 4, 512, 512), float(L._last[2][-2])]\n"
+        "res['wide'] = [tb.team_size(L._kernel, 3, 4, 512, 512), float(L._last[2][-3])]\n"
         "every = compile_cell(layers.LSTM.spec, schedule=Schedule(team_work=1))\n"
         "none = compile_cell(layers.LSTM.spec, schedule=Schedule(team_work=2**30))\n"
         "res['forced'] = [tb.team_size(every, *tb.SMALL), tb.team_size(every, 20, 8, 16, 64),\n"
@@ -162,10 +162,10 @@ for name, schedule in (("LSTM", Schedule()), ("GRU", Schedule(barrier_spins=0)),
         for nt in [1] + counts:
             rnngen.set_num_threads(nt)
             for rep in range(3):
-                y, save = kernel.forward(x, mask, ws, H, True)
+                y, save, _ = kernel.forward(x, mask, ws, H, True)
                 batch = nt > 1 and B >= 8 * nt
-                assert save[-2] == (1 if nt == 1 or batch else nt), (name, B, nt, save[-2])
-                dx, grads = kernel.backward(x, mask, ws, save, dy, -1)
+                assert save[-3] == (1 if nt == 1 or batch else nt), (name, B, nt, save[-3])
+                dx, grads, _ = kernel.backward(x, mask, ws, save, dy, -1)
                 res.setdefault(nt, []).append([y.copy(), dx.copy()] + [g.copy() for g in grads])
         for nt in counts:
             for got in res[nt]:

@@ -199,13 +199,13 @@ def test_means_are_right_when_threads_split_the_units_or_the_samples(split):
     old = rnngen.get_num_threads()
     try:
         rnngen.set_num_threads(1)
-        y1, s1 = one.forward(x, mask, ws, Hn, True)
-        dx1, g1 = one.backward(x, mask, ws, s1, dy, -1)
+        y1, s1, _ = one.forward(x, mask, ws, Hn, True)
+        dx1, g1, _ = one.backward(x, mask, ws, s1, dy, -1)
         y1, dx1, g1 = y1.copy(), dx1.copy(), [g.copy() for g in g1]
         rnngen.set_num_threads(2)
-        y2, s2 = forced.forward(x, mask, ws, Hn, True)
-        assert s2[-2] == (1 if split == "batch" else 2)     # the split it ran
-        dx2, g2 = forced.backward(x, mask, ws, s2, dy, -1)
+        y2, s2, _ = forced.forward(x, mask, ws, Hn, True)
+        assert s2[-3] == (1 if split == "batch" else 2)     # the split it ran
+        dx2, g2, _ = forced.backward(x, mask, ws, s2, dy, -1)
     finally:
         rnngen.set_num_threads(old)
     np.testing.assert_allclose(y2, y1, rtol=1e-12, atol=1e-13)

@@ -36,7 +36,8 @@ def test_signature_and_defaults(name):
     sig = inspect.signature(cls)
     positional = [p.name for p in sig.parameters.values() if p.kind != p.KEYWORD_ONLY]
     assert positional == SEED_SIGNATURES[name]
-    assert [p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY] == ["dtype", "seed", "backend"]
+    assert [p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY] == [
+        "return_state", "go_backwards", "dtype", "seed", "backend"]
     act, inner = DEFAULT_ACTS[name]
     assert sig.parameters["activation"].default == act
     if inner:

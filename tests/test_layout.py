@@ -25,8 +25,8 @@ def _weights(spec, rng):
 
 
 def _run(kernel, x, mask, ws, dy, truncate):
-    y, save = kernel.forward(x, mask, ws, H, True)
-    dx, grads = kernel.backward(x, mask, ws, save, dy, truncate)
+    y, save, _ = kernel.forward(x, mask, ws, H, True)
+    dx, grads, _ = kernel.backward(x, mask, ws, save, dy, truncate)
     return [y.copy(), dx.copy()] + [g.copy() for g in grads]
 
 
@@ -69,7 +69,7 @@ def test_a_forced_choice_computes_the_same(two_threads, name, layout, schedule):
         mask[2, 3] = 0
         if schedule.split:   # forward notes its layout: 1 slice (batch split) or 1 per thread
             save = forced.forward(x, None, ws, H, True)[1]
-            assert save[-2] == (1 if schedule.split == "batch" else 2)
+            assert save[-3] == (1 if schedule.split == "batch" else 2)
         for m, truncate in ((None, -1), (None, 3), (mask, -1), (mask, 3)):
             ref = _run(default, x, m, ws, dy, truncate)
             got = _run(forced, x, m, ws, dy, truncate)

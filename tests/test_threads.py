@@ -222,9 +222,11 @@ def test_saved_values_not_from_forward_are_refused():
     x = np.random.default_rng(0).normal(size=(B, T, D))
     y = layer.forward(x)
     save = layer._last[2]
-    for at, bads in ((-2, (0.0, 1.5, 65.0, np.nan)), (-1, (0.5, 2.0, np.nan))):
+    for at, bads in ((-3, (0.0, 1.5, 65.0, np.nan)), (-2, (0.5, 2.0, np.nan)),
+                     (-1, (0.5, 2.0, -1.0, np.nan))):
         old = save[at]
-        for bad in bads:   # where forward notes its layout (-2) and whether it had a mask
+        for bad in bads:   # where forward notes its layout (-3), whether it had a mask (-2)
+            # and whether it had initial states (-1)
             save[at] = bad
             with pytest.raises(KernelError, match="not written by this cell's forward"):
                 layer.backward(np.ones_like(y))
@@ -243,7 +245,7 @@ def test_backward_without_its_forward_s_mask_is_an_error(name):
     for fwd, bwd in ((mask, None), (None, mask)):
         layer.forward(x, fwd)
         kernel = layer._kernel
-        xx, _, save, weights = layer._last
+        xx, _, save, weights, _ = layer._last
         with pytest.raises(KernelError, match="pass backward the mask of its forward"):
             kernel.backward(xx, bwd, weights, save, np.ones((B, T, H)), -1)
         layer.backward(np.ones((B, T, H)))   # with forward's own mask: fine
@@ -264,7 +266,7 @@ def test_a_smaller_team_for_backward_than_forward_is_an_error(tmp_path):
         "rnngen.set_num_threads(2)\n"
         "x = np.random.default_rng(0).normal(size=(3, 5, 4))\n"
         "L = layers.JZS1(40, input_dim=4, return_sequences=True, dtype='float64', seed=0)\n"
-        "y = L(x)\nassert L._last[2][-2] == 2\nL._last[2][-2] = 3\n"
+        "y = L(x)\nassert L._last[2][-3] == 2\nL._last[2][-3] = 3\n"
         "try:\n    L.backward(np.ones_like(y))\nexcept KernelError as e:\n    print(e)\n")
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, OMP_THREAD_LIMIT="2")

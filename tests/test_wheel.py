@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["pyproject.toml", "README.md", "MANIFEST.in", "rnngen", "specs", "templates"]
+SOURCES = ["pyproject.toml", "README.md", "MANIFEST.in", "rnngen", "specs", "templates", "examples"]
 
 
 def run(cmd, **kw):
@@ -47,6 +47,8 @@ def test_wheel_installs_and_runs_a_layer_from_another_directory(tmp_path):
         assert f"rnngen/_data/specs/{spec.name}" in names
     for tpl in (ROOT / "templates").iterdir():
         assert f"rnngen/_data/templates/{tpl.name}" in names
+    for cell in (ROOT / "examples").glob("*.yaml"):
+        assert f"rnngen/_data/examples/{cell.name}" in names
 
     env = tmp_path / "env"
     run([sys.executable, "-m", "venv", env])
@@ -90,6 +92,7 @@ def test_wheel_installs_and_runs_a_layer_from_another_directory(tmp_path):
         assert y.shape == (2, 5, 16) and dx.shape == x.shape and np.isfinite(dx).all()
         Tiny = rnngen.load_cell("tiny.yaml")        # relative to the current directory
         assert Tiny.__name__ == "Tiny"
+        assert rnngen.load_example("mgu").spec.path.startswith(str(pkg / "_data" / "examples"))
         print("ok", pkg)
         """)
     res = run([py, "-c", script], cwd=work, env=envvars)
