@@ -427,8 +427,8 @@ def to_rnngen(source, **kwargs):
     ``kwargs`` go to the layer's constructor (``return_sequences``, ``dtype``, ``backend``,
     ``truncate_gradient``, ...); ``dtype`` defaults to float64 for float64 weights, else
     float32, and ``return_sequences`` to True for torch (its output is the sequence) and to
-    the Keras layer's own.  The rnngen layer takes x as (nb_samples, timesteps, input_dim):
-    torch's batch_first=True layout."""
+    the Keras layer's own (``return_state`` and ``go_backwards`` too).  The rnngen layer
+    takes x as (nb_samples, timesteps, input_dim): torch's batch_first=True layout."""
     clash = [k for k in _SET_HERE if k in kwargs]
     if clash:
         raise TypeError(f"to_rnngen sets {', '.join(clash)} itself (from the source layer, so "
@@ -445,13 +445,11 @@ def to_rnngen(source, **kwargs):
     elif keras is not None and isinstance(getattr(source, "cell", source), keras.layers.Layer):
         _, cell, kind = _keras_cell(source, "to_rnngen")
         settings = _keras_settings(keras, cell, kind)
-        if getattr(source, "go_backwards", False):
-            raise ValueError("the Keras layer has go_backwards=True; rnngen's layers run "
-                             "forward in time (reverse x's time axis, and the output's, "
-                             "instead)")
         arrays = from_keras(source)
         if source is not cell:
             kwargs.setdefault("return_sequences", bool(source.return_sequences))
+            kwargs.setdefault("return_state", bool(getattr(source, "return_state", False)))
+            kwargs.setdefault("go_backwards", bool(getattr(source, "go_backwards", False)))
     else:
         raise TypeError("to_rnngen expects a torch.nn.LSTM, LSTMCell, GRU or GRUCell, or a "
                         "Keras 3 SimpleRNN, GRU or LSTM layer (or cell), got "

@@ -605,6 +605,167 @@ class Embedding:
         return (None, None, self.output_dim)
 
 
+MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+class Bidirectional:
+    """Runs ``layer`` forward in time and a copy of it backward (go_backwards flipped, its
+    own weights), as Keras 3's Bidirectional: the backward copy's output sequence is put
+    back in time order, then the two are merged (``merge_mode``: "concat" on the last
+    axis, "sum", "mul", "ave", or None for the list [forward, backward]).  With
+    return_sequences and a mask, both outputs are zero at padded steps (as in Keras 3,
+    where Bidirectional sets zero_output_for_mask: a padded step's carried output would
+    otherwise come from different steps in the two directions).
+
+    With return_state the result is ``[output, *forward states, *backward states]``;
+    ``initial_state`` is the forward layer's states, then the backward one's.  Weights:
+    the forward layer's, then the backward one's."""
+
+    def __init__(self, layer, merge_mode="concat", backward_layer=None):
+        if not isinstance(layer, Recurrent):
+            raise TypeError(f"Bidirectional wraps a recurrent layer (rnngen.layers.GRU(...), a "
+                            f"load_cell class instance), got {type(layer).__name__}")
+        if merge_mode not in MERGE_MODES:
+            raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        self.merge_mode = merge_mode
+        self.forward_layer = layer
+        if backward_layer is None:
+            cfg = layer.get_config()
+            cfg["go_backwards"] = not layer.go_backwards
+            backward_layer = from_config(cfg)
+        elif not isinstance(backward_layer, Recurrent):
+            raise TypeError("backward_layer must be a recurrent layer")
+        for a in ("return_sequences", "return_state", "output_dim", "dtype"):
+            if getattr(backward_layer, a) != getattr(layer, a):
+                raise ValueError(f"the backward layer's {a} ({getattr(backward_layer, a)!r}) "
+                                 f"differs from the forward layer's ({getattr(layer, a)!r})")
+        if backward_layer.go_backwards == layer.go_backwards:
+            raise ValueError("the backward layer must have the other go_backwards")
+        self.backward_layer = backward_layer
+        self.return_sequences, self.return_state = layer.return_sequences, layer.return_state
+        self._tl = threading.local()
+
+    @property
+    def grads(self) -> Optional[list]:
+        """The forward layer's weight gradients, then the backward one's (last backward)."""
+        f, b = self.forward_layer.grads, self.backward_layer.grads
+        return None if f is None or b is None else list(f) + list(b)
+
+    @property
+    def initial_state_grads(self) -> Optional[list]:
+        f, b = self.forward_layer.initial_state_grads, self.backward_layer.initial_state_grads
+        return None if f is None or b is None else list(f) + list(b)
+
+    def get_weights(self) -> list:
+        return self.forward_layer.get_weights() + self.backward_layer.get_weights()
+
+    def set_weights(self, weights) -> None:
+        n = len(self.forward_layer.weight_names())
+        if not isinstance(weights, (list, tuple)) or len(weights) != 2 * n:
+            raise ValueError(f"Bidirectional expects {2 * n} weight arrays: the forward layer's "
+                             f"{n}, then the backward layer's {n}")
+        self.forward_layer.set_weights(list(weights[:n]))
+        self.backward_layer.set_weights(list(weights[n:]))
+
+    def get_config(self) -> dict:
+        return {"class_name": "Bidirectional", "merge_mode": self.merge_mode,
+                "layer": self.forward_layer.get_config(),
+                "backward_layer": self.backward_layer.get_config()}
+
+    def _split_states(self, states, what):
+        if states is None:
+            return None, None
+        n = len(self.forward_layer.spec.states)
+        if not isinstance(states, (list, tuple)) or len(states) != 2 * n:
+            raise ValueError(f"{what} must be a list of {2 * n} arrays: the forward layer's "
+                             f"{n} states, then the backward layer's")
+        return list(states[:n]), list(states[n:])
+
+    def forward(self, x, mask=None, initial_state=None, *, training: bool = True):
+        if is_device_array(x):
+            raise TypeError("Bidirectional takes numpy arrays (its backward layer reverses "
+                            "x in time on the host)")
+        s_f, s_b = self._split_states(initial_state, "initial_state")
+        out_f = self.forward_layer.forward(x, mask, s_f, training=training)
+        out_b = self.backward_layer.forward(x, mask, s_b, training=training)
+        states = []
+        if self.return_state:
+            (out_f, *st_f), (out_b, *st_b) = out_f, out_b
+            states = st_f + st_b
+        if self.return_sequences:   # the backward layer's sequence, back in time order
+            out_b = out_b[:, ::-1]
+        keep = None
+        if self.return_sequences and mask is not None:   # padded steps output zero
+            keep = (np.asarray(mask) != 0)[:, :, None]
+            out_f, out_b = out_f * keep, out_b * keep
+        self._tl.keep = keep
+        self._tl.outs = (out_f, out_b) if self.merge_mode == "mul" else None
+        if self.merge_mode is None:
+            out = [out_f, np.ascontiguousarray(out_b)]
+        elif self.merge_mode == "concat":
+            out = np.concatenate([out_f, out_b], axis=-1)
+        elif self.merge_mode == "sum":
+            out = out_f + out_b
+        elif self.merge_mode == "mul":
+            out = out_f * out_b
+        else:
+            out = (out_f + out_b) / 2
+        if self.return_state:
+            return (out if isinstance(out, list) else [out]) + states
+        return out
+
+    __call__ = forward
+
+    def backward(self, dy, dstates=None):
+        """dy: the gradient of the merged output (with merge_mode=None, a list of two);
+        returns dx; fills grads (and initial_state_grads)."""
+        H = self.forward_layer.output_dim
+        if self.merge_mode is None:
+            if not isinstance(dy, (list, tuple)) or len(dy) != 2:
+                raise ValueError("with merge_mode=None dy is a list of two: the gradients of "
+                                 "the forward and the backward outputs")
+            dy_f, dy_b = (np.asarray(d) for d in dy)
+        else:
+            dy = np.asarray(dy)
+            if self.merge_mode == "concat":
+                if dy.shape[-1] != 2 * H:
+                    raise ValueError(f"dy's last axis must be 2 * output_dim = {2 * H}, got "
+                                     f"shape {dy.shape}")
+                dy_f, dy_b = dy[..., :H], dy[..., H:]
+            elif self.merge_mode == "sum":
+                dy_f = dy_b = dy
+            elif self.merge_mode == "ave":
+                dy_f = dy_b = dy / 2
+            else:
+                outs = getattr(self._tl, "outs", None)
+                if outs is None:
+                    raise ValueError("backward() needs a forward(x) with training=True first")
+                out_f, out_b = outs
+                dy_f, dy_b = dy * out_b, dy * out_f
+        keep = getattr(self._tl, "keep", None)
+        if keep is not None:   # padded steps output a constant zero
+            dy_f, dy_b = dy_f * keep, dy_b * keep
+        if self.return_sequences:   # into the backward layer's own (reversed) order
+            dy_b = dy_b[:, ::-1]
+        d_f, d_b = self._split_states(dstates, "dstates")
+        dx = self.forward_layer.backward(dy_f, d_f)
+        return dx + self.backward_layer.backward(dy_b, d_b)
+
+    @property
+    def output_shape(self):
+        out = self.forward_layer.output_shape
+        seq = out[0] if self.return_state else out
+        if self.merge_mode == "concat":
+            seq = seq[:-1] + (2 * seq[-1],)
+        first = [seq, seq] if self.merge_mode is None else [seq]
+        if self.return_state:
+            return first + out[1:] * 2
+        return first if self.merge_mode is None else seq
+
+    def __repr__(self):
+        return f"Bidirectional({self.forward_layer!r}, merge_mode={self.merge_mode!r})"
+
+
 BUILTIN: dict[str, type] = {}
 for _p in builtin_specs():
     _cls = load_cell(_p)
@@ -628,6 +789,10 @@ def from_config(config: dict):
     name = cfg.pop("class_name")
     if name == "Embedding":
         return Embedding(**cfg)
+    if name == "Bidirectional":
+        return Bidirectional(from_config(cfg["layer"]), cfg.get("merge_mode", "concat"),
+                             from_config(cfg["backward_layer"]) if "backward_layer" in cfg
+                             else None)
     spec_path = cfg.pop("spec_path", None)
     if spec_path is not None:
         cls = load_cell(spec_path)

@@ -2,17 +2,15 @@
 and Keras 3's SimpleRNN, GRU and LSTM.  Each pair in float64: the foreign layer with
 random weights, converted, both run on one input and compared to 1e-12; converted back,
 the foreign weights are the same bits.  One float32 check each for torch and Keras, and
-the errors.  The torch tests skip without torch, the Keras tests without keras."""
-import os
+the errors.  The torch tests skip without torch, the Keras tests without keras (the
+float64 Keras fixture is conftest.py's)."""
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "numpy")
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import rnngen  # noqa: E402
-from rnngen import interop, layers  # noqa: E402
+import rnngen
+from rnngen import interop, layers
 
 B, T, D, H = 3, 6, 4, 5
 EXACT = dict(rtol=1e-12, atol=1e-12)
@@ -23,26 +21,6 @@ def torch():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     return torch
-
-
-@pytest.fixture
-def keras(monkeypatch):
-    """Keras 3 on its numpy backend, computing in float64.  Keras 3.15 maps float64 to
-    float32 in its type promotion on every backend but TensorFlow (BIT64_TO_BIT32_DTYPE,
-    "to be aligned with JAX"), so its float64 layers compute in float32 (tests/test_keras.py
-    sees 7e-8); mapping float64 to itself for these tests makes them float64 throughout."""
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "numpy":  # pragma: no cover - imported earlier elsewhere
-        pytest.skip("keras was loaded with another backend")
-    try:
-        from keras.src.backend.common import dtypes
-        monkeypatch.setitem(dtypes.BIT64_TO_BIT32_DTYPE, "float64", "float64")
-    except (ImportError, AttributeError):   # pragma: no cover - a Keras without the map
-        pass
-    floatx = keras.config.floatx()
-    keras.config.set_floatx("float64")
-    yield keras
-    keras.config.set_floatx(floatx)
 
 
 def randomize_torch(torch, module, scale=0.5):
@@ -309,10 +287,6 @@ def test_keras_errors(keras):
         interop.to_keras(layers.LSTM(H, input_dim=D), sig)
     with pytest.raises(ValueError, match="only with activation='tanh'"):
         g = L.GRU(H, activation="relu")
-        g.build((None, None, D))
-        interop.to_rnngen(g)
-    with pytest.raises(ValueError, match="go_backwards=True"):
-        g = L.SimpleRNN(H, go_backwards=True)
         g.build((None, None, D))
         interop.to_rnngen(g)
     with pytest.raises(ValueError, match="use_bias=False"):
