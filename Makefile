@@ -34,7 +34,7 @@ fuzz:
 # threads, the emulated CUDA backend against the C backend.  Leaks are not checked (the
 # interpreter's own allocations would be reported).  CI runs it (.ci/run).
 ASAN_TESTS ?= tests/test_against_reference.py tests/test_custom_cells.py tests/test_layout.py \
-	tests/test_hardening.py tests/test_cuda.py::test_emulated_cuda_agrees_with_c
+	tests/test_hardening.py tests/test_states.py tests/test_cuda.py::test_emulated_cuda_agrees_with_c
 asan:
 	RNNGEN_SANITIZE=1 RNNGEN_CACHE_DIR="$(CURDIR)/build/cache-asan" \
 	LD_PRELOAD="$$($${CC:-cc} -print-file-name=libasan.so)" \
