@@ -8,10 +8,25 @@ written once against a small namespace ``F`` of the framework's functions, so
 the three peers compute the same equations; bench.py checks each peer's output
 against rnngen's before timing it.
 
+The two cells of examples/ in `make bench` (the LayerNorm LSTM and xLSTM's sLSTM) are
+written the way their reference implementations write them (Haste's LayerNormLSTM,
+xLSTM's sLSTM): the four recurrent products are one product with the concatenated
+matrix, and what depends on x alone is done for all steps before the loop (the
+LayerNorm of the input pre-activations, the biases).  The torch peer normalises with
+``torch.nn.functional.layer_norm``; sLSTM's ``log(sigmoid(a))`` is the framework's
+``log_sigmoid``, the same function.
+
+The PyTorch peers run with denormals flushed (``torch.set_flush_denormal(True)`` during
+their calls), as XLA's CPU code runs and as rnngen's kernels compute (its exp does not
+return denormals): sLSTM's stabilised gates exp(lf + m - m') underflow into them often,
+and unflushed they made the eager loop's training about 5x slower on x86, a cost of the
+CPU's microcode, not of the framework.
+
 None of this is imported by rnngen.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from types import SimpleNamespace
 
@@ -29,14 +44,44 @@ INPUT_WEIGHTS = {
     # two cells of examples/ (bench_gpu.py): the minimal gated unit, and torch's GRU
     "MGU": ["W_f", "W_h"],
     "TorchGRU": ["W_ir", "W_iz", "W_in"],
+    # examples/layernorm_lstm.yaml and examples/slstm.yaml (bench.py)
+    "LayerNormLSTM": ["W_f", "W_i", "W_o", "W_g"],
+    "SLSTM": ["W_z", "W_i", "W_f", "W_o"],
 }
+# registers carried between steps, h first, where a cell has more than h
+N_STATES = {"LSTM": 2, "LayerNormLSTM": 2, "SLSTM": 4}
 
 
 def n_states(cell: str, params: dict) -> int:
     """Registers carried between steps (h first; SimpleDeepRNN keeps depth lags of h)."""
     if cell == "SimpleDeepRNN":
         return params["depth"]
-    return 2 if cell == "LSTM" else 1
+    return N_STATES.get(cell, 1)
+
+
+def prepare(cell: str, F, w: dict) -> dict:
+    """The weights as the step uses them, made once per call (inside autograd's or jit's
+    trace, so gradients reach the spec's weights): for the two cells of examples/, the
+    four recurrent matrices as one and the gate vectors in the same order."""
+    def cat(names):
+        return F.cat([w[n] for n in names])
+    if cell == "LayerNormLSTM":
+        gates = "fiog"
+        return dict(w, U=cat([f"U_{g}" for g in gates]), a1=cat([f"a1_{g}" for g in gates]),
+                    a2=cat([f"a2_{g}" for g in gates]), b=cat([f"b_{g}" for g in gates]))
+    if cell == "SLSTM":
+        return dict(w, R=cat([f"R_{g}" for g in "zifo"]), b=cat([f"b_{g}" for g in "zifo"]))
+    return w
+
+
+def hoisted(cell: str, F, w: dict, xw):
+    """x @ W of all steps, [B*T, n*H] (the input matrices side by side), with what depends
+    on x alone applied before the loop: LayerNorm's input half and biases."""
+    if cell == "LayerNormLSTM":      # LN over the 4H input pre-activations of a sample
+        return F.layer_norm(xw, w["a2"], w["b"], F.eps)
+    if cell == "SLSTM":
+        return xw + w["b"]
+    return xw
 
 
 def step(cell: str, F, w: dict, xw: list, st: tuple, t):
@@ -86,10 +131,37 @@ def step(cell: str, F, w: dict, xw: list, st: tuple, t):
         z = F.sigmoid(xw[1] + w["b_iz"] + h @ w["W_hz"] + w["b_hz"])
         n = F.tanh(xw[2] + w["b_in"] + r * (h @ w["W_hn"] + w["b_hn"]))
         return ((1 - z) * n + z * h,)
+    if cell == "LayerNormLSTM":  # examples/layernorm_lstm.yaml (Ba et al. 2016)
+        c = st[1]
+        H = h.shape[-1]
+        r = F.layer_norm(h @ w["U"], w["a1"], None, F.eps)   # LN over the 4H units
+        f = F.sigmoid(r[:, :H] + xw[0])
+        i = F.sigmoid(r[:, H:2 * H] + xw[1])
+        o = F.sigmoid(r[:, 2 * H:3 * H] + xw[2])
+        g = F.tanh(r[:, 3 * H:] + xw[3])
+        c = f * c + i * g
+        return (o * F.tanh(F.layer_norm(c, w["a3"], w["b3"], F.eps)), c)
+    if cell == "SLSTM":          # examples/slstm.yaml (Beck et al. 2024)
+        c, n, m = st[1:]
+        H = h.shape[-1]
+        r = h @ w["R"]
+        z = F.tanh(xw[0] + r[:, :H])
+        ii = xw[1] + r[:, H:2 * H]
+        lf = F.log_sigmoid(xw[2] + r[:, 2 * H:3 * H])
+        o = F.sigmoid(xw[3] + r[:, 3 * H:])
+        m_new = F.maximum(lf + m, ii)
+        i = F.exp(ii - m_new)
+        f = F.exp(lf + m - m_new)
+        c = f * c + i * z
+        n = f * n + i
+        return (o * c / n, c, n, m_new)
     raise KeyError(cell)
 
 
-def _namespace(cell_params: dict, sigmoid, clip, tanh, relu, softplus, started):
+def _namespace(cell_params: dict, sigmoid, clip, tanh, relu, softplus, started, **more):
+    """The functions a step uses.  ``more``: exp, log_sigmoid, maximum, cat (a list along
+    the last axis) and layer_norm(v, gain, bias or None, eps) over the last axis, for the
+    cells of examples/."""
     funcs = {
         "sigmoid": sigmoid,
         "hard_sigmoid": lambda v: clip(0.2 * v + 0.5, 0.0, 1.0),
@@ -98,9 +170,20 @@ def _namespace(cell_params: dict, sigmoid, clip, tanh, relu, softplus, started):
         "softplus": softplus,
         "linear": lambda v: v,
     }
-    return SimpleNamespace(act=funcs[cell_params["activation"]],
-                           inner=funcs.get(cell_params.get("inner_activation"), None),
-                           tanh=tanh, started=started, sigmoid=sigmoid)
+    return SimpleNamespace(act=funcs.get(cell_params.get("activation")),
+                           inner=funcs.get(cell_params.get("inner_activation")),
+                           tanh=tanh, started=started, sigmoid=sigmoid,
+                           eps=cell_params.get("eps"), **more)
+
+
+def _layer_norm(mean, rsqrt):
+    """LayerNorm over the last axis from a framework's mean and 1/sqrt: the biased
+    variance, eps inside the root (as the spec writes it, and as torch's layer_norm)."""
+    def layer_norm(v, gain, bias, eps):
+        d = v - mean(v)
+        out = d * rsqrt(mean(d * d) + eps) * gain
+        return out if bias is None else out + bias
+    return layer_norm
 
 
 def available(name: str):
@@ -122,13 +205,19 @@ class NumpyPeer:
         self.Wcat = np.concatenate([weights[n] for n in INPUT_WEIGHTS[cell]], axis=1)
         self.F = _namespace(params, lambda v: 1 / (1 + np.exp(-v)), np.clip, np.tanh,
                             lambda v: np.maximum(v, 0), lambda v: np.logaddexp(0, v),
-                            lambda t, k: np.float32(t >= k))
+                            lambda t, k: np.float32(t >= k), exp=np.exp,
+                            log_sigmoid=lambda v: -np.logaddexp(0, -v), maximum=np.maximum,
+                            cat=lambda vs: np.concatenate(vs, axis=-1),
+                            layer_norm=_layer_norm(lambda v: v.mean(-1, keepdims=True),
+                                                   lambda v: 1 / np.sqrt(v)))
+        self.w = prepare(cell, self.F, weights)
 
     def forward(self, x):
         B, T, D = x.shape
         H = self.Wcat.shape[1] // len(INPUT_WEIGHTS[self.cell])
         n = len(INPUT_WEIGHTS[self.cell])
-        xw = (x.reshape(B * T, D) @ self.Wcat).reshape(B, T, n, H)
+        xw = hoisted(self.cell, self.F, self.w, x.reshape(B * T, D) @ self.Wcat)
+        xw = xw.reshape(B, T, n, H)
         st = tuple(np.zeros((B, H), x.dtype) for _ in range(n_states(self.cell, self.params)))
         y = np.empty((B, T, H), x.dtype)
         for t in range(T):
@@ -138,9 +227,24 @@ class NumpyPeer:
 
 
 # ---------------------------------------------------------------- PyTorch
+@contextlib.contextmanager
+def flushing(torch):
+    """Denormals flushed to zero in torch's CPU code while inside (see the docstring)."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+FLUSH_NOTE = ("denormals flushed to zero during its calls (torch.set_flush_denormal), as "
+              "XLA's CPU code runs; see benchmarks/peers.py")
+
+
 class TorchEagerPeer:
     name = "torch eager"
     trains = True
+    note = FLUSH_NOTE
 
     def __init__(self, cell, params, weights: dict):
         import torch
@@ -148,8 +252,13 @@ class TorchEagerPeer:
         self.cell, self.params = cell, params
         self.w = {k: torch.tensor(v, requires_grad=True) for k, v in weights.items()}
         self.inputs = INPUT_WEIGHTS[cell]
+        nnf = torch.nn.functional
         self.F = _namespace(params, torch.sigmoid, torch.clamp, torch.tanh, torch.relu,
-                            torch.nn.functional.softplus, lambda t, k: float(t >= k))
+                            nnf.softplus, lambda t, k: float(t >= k), exp=torch.exp,
+                            log_sigmoid=nnf.logsigmoid, maximum=torch.maximum,
+                            cat=lambda vs: torch.cat(vs, dim=-1),
+                            layer_norm=lambda v, g, b, eps: nnf.layer_norm(
+                                v, v.shape[-1:], g, b, eps))
 
     def _run(self, x):
         torch = self.torch
@@ -157,16 +266,17 @@ class TorchEagerPeer:
         H = self.w[self.inputs[0]].shape[1]
         Wcat = torch.cat([self.w[n] for n in self.inputs], dim=1)
         n = len(self.inputs)
-        xw = (x.reshape(B * T, D) @ Wcat).reshape(B, T, n, H)
+        w = prepare(self.cell, self.F, self.w)
+        xw = hoisted(self.cell, self.F, w, x.reshape(B * T, D) @ Wcat).reshape(B, T, n, H)
         st = tuple(x.new_zeros((B, H)) for _ in range(n_states(self.cell, self.params)))
         ys = []
         for t in range(T):
-            st = step(self.cell, self.F, self.w, [xw[:, t, k] for k in range(n)], st, t)
+            st = step(self.cell, self.F, w, [xw[:, t, k] for k in range(n)], st, t)
             ys.append(st[0])
         return torch.stack(ys, dim=1)
 
     def forward(self, x):
-        with self.torch.no_grad():
+        with self.torch.no_grad(), flushing(self.torch):
             return self._run(self.torch.from_numpy(x)).numpy()
 
     def train(self, x, dy):
@@ -175,8 +285,9 @@ class TorchEagerPeer:
         xt = torch.from_numpy(x).requires_grad_(True)
         for v in self.w.values():
             v.grad = None
-        y = self._run(xt)
-        y.backward(torch.from_numpy(dy))
+        with flushing(torch):
+            y = self._run(xt)
+            y.backward(torch.from_numpy(dy))
         return xt.grad.numpy()
 
 
@@ -185,6 +296,7 @@ class TorchLSTMPeer:
     LSTM exactly when inner_activation='sigmoid' (and activation='tanh')."""
     name = "nn.LSTM"
     trains = True
+    note = FLUSH_NOTE
 
     def __init__(self, cell, params, weights: dict):
         import torch
@@ -203,15 +315,16 @@ class TorchLSTMPeer:
         self.exact = params.get("inner_activation") == "sigmoid" and params["activation"] == "tanh"
 
     def forward(self, x):
-        with self.torch.no_grad():
+        with self.torch.no_grad(), flushing(self.torch):
             return self.mod(self.torch.from_numpy(x))[0].numpy()
 
     def train(self, x, dy):
         torch = self.torch
         xt = torch.from_numpy(x).requires_grad_(True)
         self.mod.zero_grad(set_to_none=True)
-        y = self.mod(xt)[0]
-        y.backward(torch.from_numpy(dy))
+        with flushing(torch):
+            y = self.mod(xt)[0]
+            y.backward(torch.from_numpy(dy))
         return xt.grad.numpy()
 
 
@@ -250,7 +363,11 @@ class JaxPeer:
         self.w = {k: jnp.asarray(v) for k, v in weights.items()}
         inputs = INPUT_WEIGHTS[cell]
         F = _namespace(params, jax.nn.sigmoid, jnp.clip, jnp.tanh, jax.nn.relu,
-                       jax.nn.softplus, lambda t, k: (t >= k).astype(jnp.float32))
+                       jax.nn.softplus, lambda t, k: (t >= k).astype(jnp.float32),
+                       exp=jnp.exp, log_sigmoid=jax.nn.log_sigmoid, maximum=jnp.maximum,
+                       cat=lambda vs: jnp.concatenate(vs, axis=-1),
+                       layer_norm=_layer_norm(lambda v: jnp.mean(v, -1, keepdims=True),
+                                              jax.lax.rsqrt))
         nst = n_states(cell, params)
 
         def run(w, x):
@@ -258,7 +375,9 @@ class JaxPeer:
             H = w[inputs[0]].shape[1]
             n = len(inputs)
             Wcat = jnp.concatenate([w[k] for k in inputs], axis=1)
-            xw = (x.reshape(B * T, D) @ Wcat).reshape(B, T, n, H).transpose(1, 2, 0, 3)
+            w = prepare(cell, F, w)
+            xw = hoisted(cell, F, w, x.reshape(B * T, D) @ Wcat)
+            xw = xw.reshape(B, T, n, H).transpose(1, 2, 0, 3)
 
             def body(carry, xw_t):
                 st, t = carry

@@ -64,3 +64,38 @@ def test_kernel_microbenchmark_builds_warning_free_and_reports(monkeypatch, caps
     assert len(blocks) == 2 and all(float(a) > 0 and float(b) > 0 for a, b in blocks)
     m = re.search(r"barrier, 2 threads: rnngen (\d+) ns, libgomp (\d+) ns", out)
     assert m and int(m.group(1)) >= 0 and int(m.group(2)) >= 0
+
+
+@pytest.mark.parametrize("peer", ["numpy", "torch eager", "jax scan"])
+@pytest.mark.parametrize("source", ["examples/layernorm_lstm.yaml", "examples/slstm.yaml"])
+def test_gallery_peers_compute_the_cell_of_the_yaml(bench, source, peer):
+    """The peers of the two cells of examples/ in `make bench`, written from the YAML
+    equations, against rnngen in float64 at tiny sizes: forward, and dx where they train.
+    Biases and gains get random values, so that their placement is checked too."""
+    label, mod, pcls = next(p for p in bench.PEERS if p[0] == peer)
+    if mod != "numpy":
+        pytest.importorskip(mod)
+    jax = bench.peers.available("jax") if mod == "jax" else None
+    if jax is not None:
+        x64 = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", True)
+    try:
+        import numpy as np
+        T, B, D, H = 4, 3, 5, 6
+        rng = np.random.default_rng(3)
+        layer = bench.layer_class(source)(H, input_dim=D, return_sequences=True,
+                                          dtype="float64", seed=0)
+        ws = [w + rng.uniform(-0.3, 0.3, w.shape) for w in layer.get_weights()]
+        layer.set_weights(ws)
+        x, dy = rng.uniform(-1, 1, (B, T, D)), rng.uniform(-1, 1, (B, T, H))
+        obj = pcls(type(layer).__name__, layer.params, dict(zip(layer.weight_names(), ws)))
+        y = obj.forward(x)
+        assert y.dtype == np.float64
+        np.testing.assert_allclose(y, layer.forward(x), rtol=1e-12, atol=1e-13)
+        if obj.trains:
+            layer.forward(x)
+            np.testing.assert_allclose(obj.train(x, dy), layer.backward(dy), rtol=1e-11,
+                                       atol=1e-12)
+    finally:
+        if jax is not None:
+            jax.config.update("jax_enable_x64", x64)
