@@ -8,10 +8,11 @@ GPU, or its host emulation), copying numpy arrays to device memory and back.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import cffi
@@ -173,10 +174,73 @@ class Kernel:
         return dx, grads, d0
 
 
+# DLPack's device types of CUDA memory (kDLCUDA, kDLCUDAManaged) and its data types
+# (code, bits) that rnngen reads: float32/64, uint8 and bool (masks)
+_DL_CUDA = (2, 13)
+_DL_DTYPES = {(2, 32): np.dtype(np.float32), (2, 64): np.dtype(np.float64),
+              (1, 8): np.dtype(np.uint8), (6, 8): np.dtype(np.bool_)}
+
+
+def _dlpack_device(a) -> Optional[tuple]:
+    try:
+        return tuple(a.__dlpack_device__())
+    except Exception:   # noqa: BLE001 - no DLPack, or a producer that cannot say
+        return None
+
+
 def is_device_array(a) -> bool:
-    """Whether ``a`` is a CUDA device array (CuPy, torch CUDA tensors, numba, rnngen's
-    own DeviceArray): it has ``__cuda_array_interface__``."""
-    return hasattr(a, "__cuda_array_interface__")
+    """Whether ``a`` is a CUDA device array (CuPy, torch CUDA tensors, numba, JAX, rnngen's
+    own DeviceArray): it has ``__cuda_array_interface__``, or DLPack (``__dlpack__``) on a
+    CUDA device."""
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    dev = _dlpack_device(a) if hasattr(a, "__dlpack__") else None
+    return dev is not None and len(dev) == 2 and dev[0] in _DL_CUDA
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    """DLPack's DLTensor, which opens the DLManagedTensor a "dltensor" capsule holds."""
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def _from_dlpack(a, what: str):
+    """(pointer, shape, dtype, element strides or None, the capsule) of a DLPack array.
+    The producer is asked to order its work before the legacy default stream (stream=1),
+    the stream rnngen then runs on; the capsule, kept with the view, owns the reference
+    (its deleter runs when it is collected)."""
+    try:
+        try:
+            capsule = a.__dlpack__(stream=1)
+        except TypeError:   # a producer without the stream argument
+            capsule = a.__dlpack__()
+        addr = _capsule_pointer(capsule, b"dltensor")
+    except Exception as e:   # noqa: BLE001 - a producer or capsule rnngen cannot read
+        raise TypeError(f"{what}: its DLPack capsule is not readable ({e})") from None
+    t = ctypes.cast(addr, ctypes.POINTER(_DLTensor)).contents
+    key = (t.dtype.code, t.dtype.bits)
+    if key not in _DL_DTYPES or t.dtype.lanes != 1:
+        raise TypeError(f"{what} must hold float32 or float64 (or, for a mask, uint8 or bool), "
+                        f"got DLPack dtype code {t.dtype.code}, {t.dtype.bits} bits")
+    if not 0 <= t.ndim <= 8:
+        raise ValueError(f"{what} has {t.ndim} dimensions")
+    shape = tuple(int(t.shape[i]) for i in range(t.ndim))
+    strides = tuple(int(t.strides[i]) for i in range(t.ndim)) if t.strides else None
+    return (t.data or 0) + int(t.byte_offset), shape, _DL_DTYPES[key], strides, capsule
 
 
 _TYPESTRS = {"<f4": np.dtype(np.float32), "<f8": np.dtype(np.float64),
@@ -190,9 +254,17 @@ class DeviceView:
     shape: tuple
     dtype: np.dtype
     stream: int          # 0: the default stream
+    keep: object = field(default=None, compare=False, repr=False)   # a DLPack capsule
 
     @classmethod
     def of(cls, a, what: str) -> "DeviceView":
+        """Read ``__cuda_array_interface__`` (first) or DLPack."""
+        if not hasattr(a, "__cuda_array_interface__") and hasattr(a, "__dlpack__"):
+            ptr, shape, dtype, strides, capsule = _from_dlpack(a, what)
+            if strides is not None:
+                strides = tuple(n * dtype.itemsize for n in strides)   # elements -> bytes
+            cls._check_layout(what, ptr, shape, dtype, strides)
+            return cls(ptr, shape, dtype, 0, capsule)
         try:
             iface = a.__cuda_array_interface__
             shape = tuple(int(n) for n in iface["shape"])
@@ -204,7 +276,13 @@ class DeviceView:
             raise TypeError(f"{what} must hold float32 or float64 (or, for a mask, uint8 or "
                             f"bool), got typestr {typestr!r}")
         dtype = _TYPESTRS[typestr]
-        strides = iface.get("strides")
+        cls._check_layout(what, ptr, shape, dtype, iface.get("strides"))
+        stream = iface.get("stream") if iface.get("version", 0) >= 3 else None
+        return cls(ptr, shape, dtype, int(stream) if stream else 0)
+
+    @staticmethod
+    def _check_layout(what, ptr, shape, dtype, strides):
+        """C-contiguous (byte strides, or None for compact) and not NULL."""
         if strides is not None:
             expect, step = [], dtype.itemsize
             for n in reversed(shape):
@@ -215,8 +293,6 @@ class DeviceView:
                                  f"expected {tuple(expect)}); copy it first")
         if ptr == 0 and int(np.prod(shape)) > 0:
             raise ValueError(f"{what} has a NULL data pointer")
-        stream = iface.get("stream") if iface.get("version", 0) >= 3 else None
-        return cls(ptr, shape, dtype, int(stream) if stream else 0)
 
 
 class DeviceBuffer:

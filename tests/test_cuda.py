@@ -325,3 +325,59 @@ def test_device_arrays_are_checked():
         layer(type("Strided", (), {"__cuda_array_interface__": iface})())
     with pytest.raises(TypeError, match="backend is 'c'"):
         layers.GRU(H, input_dim=D)(HostAsDevice(np.zeros((B, T, D), np.float32)))
+
+
+class DLPackOnDevice:
+    """Host memory behind DLPack, saying it is on CUDA device 0 (in the emulation device
+    memory is host memory): stands for an array that offers DLPack only.  The capsule is
+    numpy's (its own device field says CPU; rnngen goes by __dlpack_device__)."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, stream=None):
+        return self.a.__dlpack__()
+
+
+def test_dlpack_arrays_are_read_in_place():
+    rng = np.random.default_rng(6)
+    a, b = _pair(layers.LSTM, "cuda-emulated", "float64", return_sequences=True,
+                 return_state=True)
+    x = rng.normal(size=(B, T, D))
+    mask = _mask("holes", rng)
+    init = [rng.normal(size=(B, H)) for _ in range(2)]
+    host = a(x, mask=mask, initial_state=init)
+    dev = b._kernel._local.__dict__.setdefault("dev", {})
+    dev.pop("x", None), dev.pop("mask", None), dev.pop("state0", None)
+    got = b(DLPackOnDevice(x), mask=DLPackOnDevice(mask.astype(np.uint8)),
+            initial_state=DLPackOnDevice(np.stack(init)))
+    assert "x" not in dev and "mask" not in dev and "state0" not in dev   # read in place
+    assert all(isinstance(g, rnngen.runtime.DeviceArray) for g in got)
+    for g, h in zip(got, host):
+        np.testing.assert_allclose(g.get(), h, rtol=1e-12, atol=1e-13)
+    dy = rng.normal(size=host[0].shape)
+    dx = b.backward(DLPackOnDevice(dy))
+    np.testing.assert_allclose(dx.get(), a.backward(dy), rtol=1e-12, atol=1e-13)
+    for g, h in zip(b.initial_state_grads, a.initial_state_grads):
+        np.testing.assert_allclose(g.get(), h, rtol=1e-12, atol=1e-13)
+
+
+def test_dlpack_arrays_are_checked():
+    from rnngen.runtime import DeviceView, is_device_array
+    x = np.zeros((B, T, D))
+    assert not is_device_array(x)                 # numpy's DLPack device is the CPU
+    assert is_device_array(DLPackOnDevice(x))
+    v = DeviceView.of(DLPackOnDevice(x), "x")
+    assert v.ptr == x.ctypes.data and v.shape == x.shape and v.dtype == np.float64
+    layer = layers.GRU(H, input_dim=D, backend="cuda-emulated", dtype="float64")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        layer(DLPackOnDevice(np.zeros((B, T, D), np.int32)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        layer(DLPackOnDevice(np.zeros((D, T, B)).transpose(2, 1, 0)))
+    with pytest.raises(TypeError, match="layer's dtype float64"):
+        layer(DLPackOnDevice(np.zeros((B, T, D), np.float32)))
+    with pytest.raises(TypeError, match="backend is 'c'"):
+        layers.GRU(H, input_dim=D)(DLPackOnDevice(x))
