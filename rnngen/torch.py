@@ -22,8 +22,9 @@ give both operators' shapes (the size of ``save`` from the kernel's ``sizes``, a
 an unbacked size where the shapes are symbolic).
 
 CPU tensors reach the kernels by pointer: numpy views of contiguous tensors, and outputs
-written into ``torch.empty`` tensors.  torch is an optional dependency: ``pip install -e
-'.[torch]'``.
+written into tensors whose memory is reused once nothing refers to it (:class:`_Pool`).
+CUDA tensors go to the CUDA backend by device pointer, on torch's current stream.  torch is
+an optional dependency: ``pip install -e '.[torch]'``.  Guide: docs/torch.md.
 """
 import hashlib
 import math
@@ -107,19 +108,27 @@ class _Pool:
     the numpy layers measured 4% of the call for the same reason).  The pool keeps the
     storages of its last outputs and hands one out again when its use count says that only
     the pool holds it (no tensor, view or numpy array of it is alive, autograd's saved
-    tensors and a parameter's .grad included)."""
+    tensors and a parameter's .grad included).  A storage serves requests from half its
+    size up to its size, so batches of varying length reuse the longest one's; at most
+    MAX storages are kept, the least recently used dropped first."""
 
-    MAX = 16          # storages kept, the least recently used dropped first
+    MAX = 32
 
     def __init__(self):
         self._storages: list = []
         self._lock = threading.Lock()
+        # torch's count of the references to a storage (a private function: without it,
+        # every output is a fresh torch.empty)
+        self._use_count = getattr(torch._C, "_storage_Use_Count", None)
+        self.enabled = self._use_count is not None
 
     def empty(self, shape, dtype) -> torch.Tensor:
-        nbytes = math.prod(shape) * dtype.itemsize
+        if not self.enabled:
+            return torch.empty(shape, dtype=dtype)
+        nbytes = max(math.prod(shape) * dtype.itemsize, 1)
         with self._lock:
             for i, st in enumerate(self._storages):
-                if st.nbytes() == nbytes and torch._C._storage_Use_Count(st._cdata) == 1:
+                if nbytes <= st.nbytes() <= 2 * nbytes and self._use_count(st._cdata) == 1:
                     self._storages.append(self._storages.pop(i))
                     break
             else:
@@ -407,9 +416,35 @@ class Recurrent(nn.Module):
             self.register_parameter(
                 name, nn.Parameter(torch.tensor(w, dtype=dtype, device=device)))
 
-    # -- checks -----------------------------------------------------------------------------
+    # -- weights ---------------------------------------------------------------------------
     def _weights(self) -> List[torch.Tensor]:
         return [self._parameters[n] for n in self.weight_names]
+
+    def get_weights(self) -> list:
+        """Copies of the parameters as numpy arrays, in spec order (the numpy layer's
+        get_weights() and weights= order; rnngen.interop reads and writes such lists)."""
+        return [w.detach().cpu().numpy().copy() for w in self._weights()]
+
+    def set_weights(self, weights) -> None:
+        """Copy a list of arrays (or tensors) in spec order into the parameters, keeping
+        their dtype and device."""
+        ws = self._weights()
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(ws):
+            n = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+            raise ValueError(f"wrong number of weights: got {n}; {self.cell_class.__name__} "
+                             f"expects {len(ws)}: " + ", ".join(
+                                 f"{n} {tuple(w.shape)}" for n, w in zip(self.weight_names, ws)))
+        new = [torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a)
+               for a in weights]
+        for name, w, a in zip(self.weight_names, ws, new):
+            if tuple(a.shape) != tuple(w.shape):
+                raise ValueError(f"weight {name} has shape {tuple(a.shape)}, expected "
+                                 f"{tuple(w.shape)}")
+        with torch.no_grad():
+            for w, a in zip(ws, new):
+                w.copy_(a)
+
+    # -- checks -----------------------------------------------------------------------------
 
     def _check_x(self, x, w0):
         _check_float(x, "x")

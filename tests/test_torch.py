@@ -97,6 +97,25 @@ def test_parameters_are_the_numpy_layers_weights(name, leaky_path):
         np.testing.assert_array_equal(p.detach().numpy(), w.astype(np.float32))
 
 
+def test_get_and_set_weights_and_torch_nn_lstm_interop():
+    from rnngen import interop
+    m = rt.Recurrent("LSTM", D, H, return_sequences=True, dtype=torch.float64,
+                     inner_activation="sigmoid")
+    layer = m.cell_class(H, input_dim=D, seed=3, dtype="float64")
+    m.set_weights(layer.get_weights())
+    for a, b in zip(m.get_weights(), layer.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="expects 12: W_i"):
+        m.set_weights(layer.get_weights()[:3])
+    with pytest.raises(ValueError, match=r"weight W_i has shape \(3, 3\), expected \(3, 4\)"):
+        m.set_weights([w[:3, :3] if w.ndim == 2 else w for w in layer.get_weights()])
+    # torch.nn.LSTM's weights (biases summed) give torch's function
+    lstm = torch.nn.LSTM(D, H, batch_first=True).double()
+    m.set_weights(interop.from_torch_lstm(lstm))
+    x, _ = problem()
+    torch.testing.assert_close(m(x), lstm(x)[0], rtol=1e-12, atol=1e-13)
+
+
 def test_seed_from_torch_generator():
     torch.manual_seed(3)
     a = rt.Recurrent("GRU", D, H)
@@ -342,21 +361,25 @@ class Readout(torch.nn.Module):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
 def test_torch_compile_fullgraph_matches_eager():
+    """One compiled model, eager and compiled side by side: at a first shape, then at a
+    second one (which torch.compile compiles again with symbolic sizes)."""
     torch.manual_seed(0)
     model = Readout("LSTM", return_state=True)
-    x, mask = problem(torch.float32)
-    s0 = states(model.rnn, torch.float32)
-    results = []
-    for fn in (model, torch.compile(model, fullgraph=True)):
-        model.zero_grad()
-        xi = x.clone().requires_grad_(True)
-        si = [s.detach().clone().requires_grad_(True) for s in s0]
-        y = fn(xi, mask, si)
-        y.sum().backward()
-        results.append([y.detach(), xi.grad] + [s.grad for s in si]
-                       + [p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    compiled = torch.compile(model, fullgraph=True)
+    for b, t in ((B, T), (4, 7)):
+        x, mask = problem(torch.float32, b=b, t=t)
+        s0 = states(model.rnn, torch.float32, b=b)
+        results = []
+        for fn in (model, compiled):
+            model.zero_grad()
+            xi = x.clone().requires_grad_(True)
+            si = [s.detach().clone().requires_grad_(True) for s in s0]
+            y = fn(xi, mask, si)
+            y.sum().backward()
+            results.append([y.detach(), xi.grad] + [s.grad for s in si]
+                           + [p.grad.clone() for p in model.parameters()])
+        for a, e in zip(*results):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
 # -- training ------------------------------------------------------------------------------------
