@@ -525,6 +525,25 @@ class Recurrent(nn.Module):
             return (out, *last.unbind(0))
         return out
 
+    # -- pickling (torch.save(module), multiprocessing) --------------------------------------
+    def __getstate__(self):
+        """The cell class is made at run time from its spec: pickled as the built-in's
+        name or the spec file's path, loaded again (and its key registered) on unpickling."""
+        from .layers import BUILTIN
+        state = dict(super().__getstate__())
+        cls = state.pop("cell_class")
+        state["_cell_ref"] = (cls.__name__ if BUILTIN.get(cls.__name__) is cls
+                              else str(Path(cls.spec.path).resolve()))
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        cls = _cell_class(state.pop("_cell_ref"))
+        super().__setstate__(state)
+        self.cell_class = cls
+        code = {p.name: self.params[p.name] for p in cls.spec.params if p.kind != "init"}
+        register_cell(cls.spec, code)
+
     def extra_repr(self) -> str:
         s = (f"{self.cell_class.__name__}, input_dim={self.input_dim}, "
              f"output_dim={self.output_dim}")

@@ -468,32 +468,19 @@ def test_bidirectional_padded_steps_output_zero():
 # -- DistributedDataParallel -------------------------------------------------------------------
 DDP_SCRIPT = """\
 import datetime, sys, torch, torch.distributed as dist
-import rnngen.torch as rt
-rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+rank, port, work = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+sys.path.insert(0, sys.argv[4])          # the tests: the pickled model's Readout class
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                         world_size=2, timeout=datetime.timedelta(seconds=60))
-sys.path.insert(0, sys.argv[4])
-from test_torch import ddp_model, ddp_data
-model = torch.nn.parallel.DistributedDataParallel(ddp_model())
-x, mask, target = ddp_data()
+model, x, mask, target = torch.load(f"{work}/job.pt", weights_only=False)
+model = torch.nn.parallel.DistributedDataParallel(model)
 half = x.shape[0] // 2
 part = slice(rank * half, (rank + 1) * half)
 loss = ((model(x[part], mask[part]) - target[part]) ** 2).mean()
 loss.backward()
-torch.save([p.grad for p in model.parameters()], out)
+torch.save([p.grad for p in model.parameters()], f"{work}/g{rank}.pt")
 dist.destroy_process_group()
 """
-
-
-def ddp_model():
-    torch.manual_seed(0)
-    return Readout("GRU").double()
-
-
-def ddp_data():
-    x, mask = problem(torch.float64, seed=3, b=8, t=6)
-    return x, mask, torch.randn(8, generator=torch.Generator().manual_seed(4),
-                                dtype=torch.float64)
 
 
 def free_port():
@@ -502,14 +489,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_average_to_the_whole_batch(tmp_path):
+def test_ddp_two_processes_average_to_the_whole_batch(tmp_path, leaky_path):
+    """Two processes, gloo on localhost, each half of the batch: DDP's averaged gradients
+    are the single process's on the whole batch.  The model (a user spec's cell) reaches
+    the processes pickled, so unpickling in a fresh process is tested too."""
+    torch.manual_seed(0)
+    model = Readout(str(leaky_path), leak=0.25).double()
+    x, mask = problem(torch.float64, seed=3, b=8, t=6)
+    target = torch.randn(8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.save((model, x, mask, target), tmp_path / "job.pt")
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     port = str(free_port())
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), port,
-                               str(tmp_path / f"g{r}.pt"), str(Path(__file__).parent)],
-                              env=env, cwd=ROOT, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), port, str(tmp_path),
+                               str(Path(__file__).parent)],
+                              env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(2)]
     outs = []
     try:
@@ -521,10 +516,9 @@ def test_ddp_two_processes_average_to_the_whole_batch(tmp_path):
                 p.kill()
                 p.wait()
     assert all(p.returncode == 0 for p in procs), "\n".join(outs)
-    model = ddp_model()
-    x, mask, target = ddp_data()
     ((model(x, mask) - target) ** 2).mean().backward()
     g0, g1 = (torch.load(tmp_path / f"g{r}.pt") for r in range(2))
+    assert len(g0) == len(list(model.parameters())) == 5
     for a, b, p in zip(g0, g1, model.parameters()):
         assert torch.equal(a, b)                 # every process holds the average
         torch.testing.assert_close(a, p.grad, rtol=1e-12, atol=1e-14)
