@@ -308,7 +308,6 @@ def _setup_context(ctx, inputs, output):
     # training call
     ctx.set_materialize_grads(False)
     ctx.key, ctx.H, ctx.truncate, ctx.states_out = key, H, truncate, states_out
-    ctx.nweights = len(weights)
     ctx.save_for_backward(x, mask, state0, save, *weights)
 
 

@@ -3,7 +3,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ torch = pytest.importorskip("torch")
 
 import rnngen  # noqa: E402
 import rnngen.torch as rt  # noqa: E402
-from rnngen.layers import BUILTIN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS = ["SimpleRNN", "SimpleDeepRNN", "GRU", "LSTM", "JZS1", "JZS2", "JZS3"]
@@ -275,6 +273,23 @@ def test_tensors_reach_the_kernel_without_copies(monkeypatch):
     y = m(x, mask)
     y.sum().backward()
     assert seen == dict(x=True, w=True, y=True, save=True, dx=True, grads=True)
+
+
+def test_interleaved_forwards_and_retained_graphs_keep_their_memory():
+    """Output memory is reused only when nothing refers to it: two graphs alive at once,
+    one backpropagated twice (retain_graph), each gives its own gradients."""
+    m = rt.Recurrent("SimpleDeepRNN", D, H, return_sequences=True, dtype=torch.float64)
+    x, mask = problem()
+    x.requires_grad_(True)
+    y1 = m(x, mask)
+    g1 = torch.autograd.grad(y1.sum(), x, retain_graph=True)[0]
+    y2 = m(2 * x, mask)
+    g2 = torch.autograd.grad(y2.sum(), x)[0]
+    for _ in range(3):               # fresh calls while y1's graph is alive
+        m(x.flip(0), mask).sum().backward()
+    assert torch.equal(torch.autograd.grad(y1.sum(), x)[0], g1)
+    assert not torch.equal(g1, g2)
+    assert torch.equal(m(x, mask), y1)
 
 
 def test_double_and_float_switch_the_kernels():
