@@ -101,6 +101,15 @@ def sgemm_rate(n: int = 2048, reps: int = 5) -> dict:
     return out
 
 
+def load() -> list:
+    """The load average over 1, 5 and 15 minutes: how busy the machine is with other
+    processes too (a shared machine; None where the OS does not say)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -350,9 +359,12 @@ def main(argv=None):
     info = machine()
     info["versions"] = {m: getattr(v, "__version__", "?") if v else "missing"
                         for m, v in mods.items()}
+    load_before = load()
     rates = sgemm_rate()
     sgemm = rates["scipy-openblas32"]
-    print(f"machine: {info['cpu']}, {info['cores']} cores; peers: {info['versions']}")
+    first = sgemm
+    print(f"machine: {info['cpu']}, {info['cores']} cores; peers: {info['versions']}; "
+          f"load average {load_before}")
     print(f"SGEMM 2048^3: {sgemm:.0f} GFLOP/s through scipy-openblas32, {rates['kernel']} kernel "
           f"(numpy's BLAS: {rates['numpy']:.0f}); threads: {os.cpu_count()} for every implementation")
 
@@ -360,8 +372,9 @@ def main(argv=None):
     for label, cls, extra in cells:
         for cfg in configs:
             t0 = time.perf_counter()
+            at_start = load()
             r = run_case(label, cls, extra, cfg, a.rounds, a.per_round, factory, a.settle)
-            r.update(cell=label, config=list(cfg))
+            r.update(cell=label, config=list(cfg), load=at_start)
             results.append(r)
             print(f"  {label:14s} {str(cfg):22s} inference {r['inference']['ms']['rnngen']:8.2f} ms"
                   f"  training {r['training']['ms']['rnngen']:8.2f} ms"
@@ -389,6 +402,8 @@ def main(argv=None):
     for p, n in missing.items():
         print(f"  peer {p} {n}")
     doc = {"machine": info, "sgemm_gflops": rates, "results": results,
+           "sgemm_measured": [first, again["scipy-openblas32"]],
+           "load": {"before": load_before, "after": load()},
            "targets": [{"target": d, "met": ok, "worst": w} for d, ok, w in tg],
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     (out / "results.json").write_text(json.dumps(doc, indent=1))

@@ -51,6 +51,29 @@ def table(results, mode: str, sgemm: float, peers: list[str]) -> str:
                      + [fmt(c) for c in rows])
 
 
+def busyness(doc: dict) -> Optional[str]:
+    """How busy and how fast the machine was during the run, where the JSON says (runs
+    since the LayerNorm LSTM and sLSTM rows): SGEMM before and after, load averages."""
+    sg, ld = doc.get("sgemm_measured"), doc.get("load") or {}
+    per_case = sorted(r["load"][0] for r in doc["results"] if r.get("load"))
+    if not sg and not per_case:
+        return None
+    text = []
+    if sg:
+        text.append(f"SGEMM measured {sg[0]:.0f} GFLOP/s before the timings and {sg[1]:.0f} "
+                    f"after; the fractions below use the higher")
+    if per_case:
+        text.append(f"the load average over one minute (every process on the machine, "
+                    f"this run's too) was {per_case[0]:.2f} to {per_case[-1]:.2f} at the "
+                    f"start of the {len(per_case)} rows, median "
+                    f"{per_case[len(per_case) // 2]:.2f}"
+                    + (f", and {ld['after'][0]:.2f} at the end" if ld.get("after") else ""))
+    return ("; ".join(text) + ". On a shared machine, rows that ran while other processes "
+            "were busy are slower, by different amounts for different implementations: the "
+            "ratios within a row, whose calls are interleaved, are steadier than its times, "
+            "but not immune.")
+
+
 def render(doc: dict, source: str, chart: Optional[str]) -> str:
     """The markdown: where it comes from, the machine, the chart, both tables, targets.
     ``source``: how the JSON is named in the text; ``chart``: a relative link or None."""
@@ -70,6 +93,11 @@ def render(doc: dict, source: str, chart: Optional[str]) -> str:
         f"float32) {sgemm:.0f} GFLOP/s through scipy-openblas32 ({rates.get('kernel', '?')} "
         f"kernel), numpy's BLAS {rates.get('numpy', 0):.0f}; peers: {versions or 'unknown'}.",
         "",
+    ]
+    busy = busyness(doc)
+    if busy:
+        out += [busy, ""]
+    out += [
         "float32, every implementation on all cores. T steps, B samples, D inputs, "
         "H = output_dim. Columns: rnngen's median time in ms; its GFLOP/s, counting "
         "matrix-product FLOPs only (forward `2*T*B*H*(D*nW + H*nU)`, training 3x that); that "
@@ -80,7 +108,9 @@ def render(doc: dict, source: str, chart: Optional[str]) -> str:
         "",
     ]
     if chart:
-        out += [f"![peer time / rnngen time, per cell and size]({chart})", ""]
+        out += [f"![peer time / rnngen time, per cell and size]({chart})", "",
+                "(The chart and the JSON are written by the run, under "
+                "`benchmarks/results/`, which is not in the repository.)", ""]
     else:
         out += ["No chart: `make bench` writes `benchmarks/results/ratios.png` (with "
                 "matplotlib, from `pip install -e '.[bench]'`) and links it here.", ""]
@@ -88,7 +118,8 @@ def render(doc: dict, source: str, chart: Optional[str]) -> str:
             "## Training (forward + backward)", "", table(results, "training", sgemm, peers),
             ""]
     if doc.get("targets"):
-        out += ["## Targets", "", "The performance targets, as the script checks them:", ""]
+        out += ["## Targets", "", "The performance targets, as the script checks them (the last "
+                "two, for LayerNormLSTM and sLSTM, are issue 12's):", ""]
         out += [f"    [{'ok' if t['met'] else 'MISSED'}] {t['target']}: {t['worst']}"
                 for t in doc["targets"]]
         out.append("")
