@@ -303,6 +303,19 @@ class DeviceBuffer:
         kernel._check(kernel._fn("cuda_alloc")(max(int(nbytes), 1), pp), "cuda_alloc")
         self.ptr = kernel.ffi.gc(pp[0], kernel._fn("cuda_free"))
         self.nbytes = int(nbytes)
+        self.owner = None
+
+    @classmethod
+    def over(cls, kernel: "CudaKernel", device_array, what: str = "save") -> "DeviceBuffer":
+        """A buffer over a C-contiguous device array's memory (a torch CUDA tensor, say),
+        which keeps the array alive and never frees it: the save buffer of a framework that
+        allocates it itself."""
+        v = DeviceView.of(device_array, what)
+        buf = cls.__new__(cls)
+        buf.ptr = kernel.ffi.cast("void *", v.ptr)
+        buf.nbytes = int(np.prod(v.shape)) * v.dtype.itemsize
+        buf.owner = device_array
+        return buf
 
 
 class DeviceArray:
@@ -441,10 +454,30 @@ class CudaKernel(Kernel):
     def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None,
                  dstates=None, state0_grad: bool = False):
         """As Kernel.backward; with a device x or dy, dx (and dstate0) are DeviceArrays
-        (the weight gradients are numpy arrays, like the weights)."""
+        (the weight gradients are numpy arrays, like the weights).  Device arrays given as
+        ``out`` (dx) and ``grads_out`` (every weight gradient) are written in place, on the
+        stream, with no copy to the host and no wait; they are returned."""
         with self._calls:
             return self._backward(x, mask, weights, save, dy, truncate, out, grads_out,
                                   dstates, state0_grad)
+
+    def _weights_in(self, weights, dtype):
+        """The weights' device pointers (numpy weights copied up) and their shapes."""
+        shapes = [DeviceView.of(w, f"w{i}").shape if is_device_array(w) else np.shape(w)
+                  for i, w in enumerate(weights)]
+        return [self._in(f"w{i}", w, s, dtype) for i, (w, s) in enumerate(zip(weights, shapes))], \
+            shapes
+
+    def _given(self, arr, what: str, shape, dtype):
+        """The device pointer of a device array given to write a result into (checked), or
+        None when ``arr`` is not a device array."""
+        if arr is None or not is_device_array(arr):
+            return None
+        v = DeviceView.of(arr, what)
+        if v.shape != tuple(shape) or v.dtype != dtype:
+            raise ValueError(f"{what} on the device has shape {v.shape} and dtype {v.dtype}, "
+                             f"expected {tuple(shape)} and {np.dtype(dtype)}")
+        return self.ffi.cast("void *", v.ptr)
 
     def _result(self, role: str, dev: bool, shape, dtype, stream: int):
         """(array, device pointer) for a result: a DeviceArray when the inputs are on the
@@ -468,8 +501,11 @@ class CudaKernel(Kernel):
             save = None
         elif not (isinstance(save, DeviceBuffer) and save.nbytes == n_save * dtype.itemsize):
             save = DeviceBuffer(self, n_save * dtype.itemsize)
-        ws = [self._in(f"w{i}", w, w.shape, dtype) for i, w in enumerate(weights)]
-        if dev:
+        ws, _ = self._weights_in(weights, dtype)
+        yptr = self._given(out, "out", (B, T, H), dtype) if dev else None
+        if yptr is not None:
+            y = out
+        elif dev:
             y = DeviceArray.empty(self, (B, T, H), dtype, stream)
             yptr = y._buf.ptr
         else:
@@ -505,15 +541,23 @@ class CudaKernel(Kernel):
             raise TypeError("backward needs the save buffer of a forward on the CUDA backend")
         if grads_out is None or len(grads_out) != len(weights):
             grads_out = [None] * len(weights)
-        grads = [_fit(g, w.shape, dtype) for g, w in zip(grads_out, weights)]
-        ws = [self._in(f"w{i}", w, w.shape, dtype) for i, w in enumerate(weights)]
-        if dev:
+        ws, shapes = self._weights_in(weights, dtype)
+        gptrs = [self._given(g, f"grads_out[{i}]", s, dtype)
+                 for i, (g, s) in enumerate(zip(grads_out, shapes))]
+        on_device = dev and all(p is not None for p in gptrs)   # no gradient goes to the host
+        grads = list(grads_out) if on_device else [_fit(g, s, dtype)
+                                                   for g, s in zip(grads_out, shapes)]
+        dxptr = self._given(out, "out", (B, T, D), dtype) if dev else None
+        if dxptr is not None:
+            dx = out
+        elif dev:
             dx = DeviceArray.empty(self, (B, T, D), dtype, stream)
             dxptr = dx._buf.ptr
         else:
             dx = _fit(out, (B, T, D), dtype)
             dxptr = self._device("dx", dx.nbytes).ptr
-        dgs = [self._device(f"dw{i}", g.nbytes) for i, g in enumerate(grads)]
+        dgs = gptrs if on_device else [self._device(f"dw{i}", g.nbytes).ptr
+                                       for i, g in enumerate(grads)]
         S = self.nstates
         d0, d0ptr = self._result("dstate0", dev, (S, B, H), dtype, stream) if state0_grad \
             else (None, self.ffi.NULL)
@@ -522,11 +566,12 @@ class CudaKernel(Kernel):
             self._in("x", x, (B, T, D), dtype), self._in("mask", mask, (B, T), np.uint8), *ws,
             save.ptr, self._in("dy", dy, (B, T, H), dtype),
             self._in("dstates", dstates, (S, B, H), dtype), dxptr, d0ptr,
-            *[g.ptr for g in dgs], self._device("work", n_work * dtype.itemsize).ptr)
+            *dgs, self._device("work", n_work * dtype.itemsize).ptr)
         self._check(st, "backward")
-        self._check(self._fn("cuda_sync")(self._stream_ptr(stream)), "cuda_sync")
-        for g, d in zip(grads, dgs):
-            self._download(g, d.ptr)
+        if not on_device:
+            self._check(self._fn("cuda_sync")(self._stream_ptr(stream)), "cuda_sync")
+            for g, d in zip(grads, dgs):
+                self._download(g, d)
         if not dev:
             self._download(dx, dxptr)
             if d0 is not None:

@@ -211,41 +211,42 @@ def _dev(t):
 def _buffer(k, t: torch.Tensor) -> DeviceBuffer:
     """A DeviceBuffer over a tensor's memory (owned by the tensor), which the CUDA kernels
     take as their save buffer: forward writes it, backward reads it."""
-    buf = DeviceBuffer.__new__(DeviceBuffer)
-    buf.ptr = k.ffi.cast("void *", t.data_ptr())
-    buf.nbytes = t.numel() * t.element_size()
-    return buf
+    return DeviceBuffer.over(k, _OnStream(t))
 
 
 def _tensor_on(a, device) -> torch.Tensor:
-    """A tensor on ``device`` from the CUDA kernels' result: an rnngen DeviceArray (read in
-    place on a GPU through its __cuda_array_interface__) or a numpy array (the weight
-    gradients, which the CUDA backend returns on the host: copied).  On the CPU (the
-    emulation) a DeviceArray is copied out with its get()."""
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(a).to(device)
+    """A tensor on ``device`` from a DeviceArray the CUDA kernels made (the final states
+    and their gradients: read in place on a GPU through its __cuda_array_interface__; on
+    the CPU, the emulation, copied out with its get())."""
     if device.type == "cpu":
         return torch.from_numpy(a.get())
     return torch.as_tensor(a, device=device)
 
 
 def _forward_cuda(k, x, mask, state0, weights, H, training, states_out):
+    """y and save are torch's own tensors, which the kernels write in place."""
     B, T, D = x.shape
     save = torch.empty(k.sizes(T, B, D, H)[0] if training else 0, dtype=x.dtype,
                        device=x.device)
-    y, _, last = k.forward(_dev(x), _dev(mask), [_dev(w) for w in weights], H, training,
-                           save=_buffer(k, save) if training else None, state0=_dev(state0),
-                           states_out=states_out)
+    y = torch.empty((B, T, H), dtype=x.dtype, device=x.device)
+    _, _, last = k.forward(_dev(x), _dev(mask), [_dev(w) for w in weights], H, training,
+                           save=_buffer(k, save) if training else None, out=_OnStream(y),
+                           state0=_dev(state0), states_out=states_out)
     last = _tensor_on(last, x.device) if states_out else _empty_states(x)
-    return _tensor_on(y, x.device), save, last
+    return y, save, last
 
 
 def _backward_cuda(k, x, mask, state0, weights, save, dy, dlast, truncate, state0_grad):
-    dx, grads, ds0 = k.backward(
+    """dx and the weight gradients are torch's own tensors, written in place on torch's
+    stream (nothing goes through the host)."""
+    dx = torch.empty_like(x)
+    grads = [torch.empty(w.shape, dtype=x.dtype, device=x.device) for w in weights]
+    _, _, ds0 = k.backward(
         _dev(x), _dev(mask), [_dev(w) for w in weights], _buffer(k, save.contiguous()),
-        _dev(dy), truncate, dstates=_dev(dlast), state0_grad=state0_grad)
+        _dev(dy), truncate, out=_OnStream(dx), grads_out=[_OnStream(g) for g in grads],
+        dstates=_dev(dlast), state0_grad=state0_grad)
     ds0 = _tensor_on(ds0, x.device) if state0_grad else _empty_states(x)
-    return [_tensor_on(dx, x.device), ds0] + [_tensor_on(g, x.device) for g in grads]
+    return [dx, ds0] + grads
 
 
 # the backend for a tensor's device type, and the functions that run its kernels

@@ -381,3 +381,39 @@ def test_dlpack_arrays_are_checked():
         layer(DLPackOnDevice(np.zeros((B, T, D), np.float32)))
     with pytest.raises(TypeError, match="backend is 'c'"):
         layers.GRU(H, input_dim=D)(DLPackOnDevice(x))
+
+
+def test_results_into_given_device_arrays():
+    """A framework's own device memory as y, dx and every weight gradient: written in
+    place on the stream, nothing copied to the host (no dw upload buffers made)."""
+    from rnngen.runtime import DeviceBuffer
+    rng = np.random.default_rng(8)
+    a, b = _pair(layers.GRU, "cuda-emulated", "float64", return_sequences=True)
+    x, mask = rng.normal(size=(B, T, D)), _mask("holes", rng)
+    y_ref = a(x, mask=mask)
+    dy = rng.normal(size=y_ref.shape)
+    dx_ref = a.backward(dy)
+    k = b._kernel
+    ws = [HostAsDevice(w) for w in a.get_weights()]
+    y = HostAsDevice(np.zeros((B, T, H)))
+    save = HostAsDevice(np.zeros(k.sizes(T, B, D, H)[0]))
+    got, _, _ = k.forward(HostAsDevice(x), HostAsDevice(mask.astype(np.uint8)), ws, H, True,
+                          save=DeviceBuffer.over(k, save), out=y)
+    assert got is y
+    np.testing.assert_allclose(y.a, y_ref, rtol=1e-12, atol=1e-13)
+    dx = HostAsDevice(np.zeros((B, T, D)))
+    grads = [HostAsDevice(np.zeros_like(w.a)) for w in ws]
+    dev = k._local.__dict__.setdefault("dev", {})
+    for name in [n for n in dev if n.startswith("dw")]:
+        dev.pop(name)
+    got_dx, got_grads, _ = k.backward(HostAsDevice(x), HostAsDevice(mask.astype(np.uint8)), ws,
+                                      DeviceBuffer.over(k, save), HostAsDevice(dy), -1,
+                                      out=dx, grads_out=grads)
+    assert got_dx is dx and all(g is h for g, h in zip(got_grads, grads))
+    assert not any(n.startswith("dw") for n in dev)
+    np.testing.assert_allclose(dx.a, dx_ref, rtol=1e-12, atol=1e-13)
+    for g, ref in zip(grads, a.grads):
+        np.testing.assert_allclose(g.a, ref, rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="grads_out"):
+        k.backward(HostAsDevice(x), None, ws, DeviceBuffer.over(k, save), HostAsDevice(dy), -1,
+                   grads_out=[HostAsDevice(np.zeros((1, 1)))] * len(ws))
