@@ -608,6 +608,17 @@ class Embedding:
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
 
+def check_pair(layer, backward_layer, same: tuple) -> None:
+    """A Bidirectional's two layers (numpy or torch): the attributes ``same`` equal, the
+    other go_backwards."""
+    for a in same:
+        if getattr(backward_layer, a) != getattr(layer, a):
+            raise ValueError(f"the backward layer's {a} ({getattr(backward_layer, a)!r}) "
+                             f"differs from the forward layer's ({getattr(layer, a)!r})")
+    if backward_layer.go_backwards == layer.go_backwards:
+        raise ValueError("the backward layer must have the other go_backwards")
+
+
 class Bidirectional:
     """Runs ``layer`` forward in time and a copy of it backward (go_backwards flipped, its
     own weights), as Keras 3's Bidirectional: the backward copy's output sequence is put
@@ -635,12 +646,8 @@ class Bidirectional:
             backward_layer = from_config(cfg)
         elif not isinstance(backward_layer, Recurrent):
             raise TypeError("backward_layer must be a recurrent layer")
-        for a in ("return_sequences", "return_state", "output_dim", "dtype"):
-            if getattr(backward_layer, a) != getattr(layer, a):
-                raise ValueError(f"the backward layer's {a} ({getattr(backward_layer, a)!r}) "
-                                 f"differs from the forward layer's ({getattr(layer, a)!r})")
-        if backward_layer.go_backwards == layer.go_backwards:
-            raise ValueError("the backward layer must have the other go_backwards")
+        check_pair(layer, backward_layer, ("return_sequences", "return_state", "output_dim",
+                                           "dtype"))
         self.backward_layer = backward_layer
         self.return_sequences, self.return_state = layer.return_sequences, layer.return_state
         self._tl = threading.local()

@@ -42,6 +42,7 @@ except ImportError as e:                      # pragma: no cover - tested in a s
 
 import numpy as np
 
+from .layers import MERGE_MODES, check_pair
 from .pipeline import compile_cell
 from .runtime import DeviceBuffer, Kernel
 
@@ -563,7 +564,6 @@ class Recurrent(nn.Module):
                          **self.cell_params)
 
 
-MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
 
 class Bidirectional(nn.Module):
@@ -591,12 +591,8 @@ class Bidirectional(nn.Module):
             backward_layer = layer._reversed_copy(seed)
         elif not isinstance(backward_layer, Recurrent):
             raise TypeError("backward_layer must be an rnngen.torch.Recurrent")
-        for a in ("return_sequences", "return_state", "output_dim", "input_dim"):
-            if getattr(backward_layer, a) != getattr(layer, a):
-                raise ValueError(f"the backward layer's {a} ({getattr(backward_layer, a)!r}) "
-                                 f"differs from the forward layer's ({getattr(layer, a)!r})")
-        if backward_layer.go_backwards == layer.go_backwards:
-            raise ValueError("the backward layer must have the other go_backwards")
+        check_pair(layer, backward_layer, ("return_sequences", "return_state", "output_dim",
+                                           "input_dim"))
         self.merge_mode = merge_mode
         self.forward_layer = layer
         self.backward_layer = backward_layer
