@@ -301,8 +301,8 @@ def main(argv=None) -> dict:
           f"{args.epochs} epochs ({total_s:.1f} s); predicting 1.0 gives {BASELINE:.4f}")
 
     plot(step_losses, val_losses, steps_per_epoch, args.png,
-         f"adding problem, T={args.min_len}-{args.max_len}: MGU (examples/mgu.yaml) "
-         f"with {args.hidden} units, rnngen.torch")
+         f"MGU (examples/mgu.yaml), {args.hidden} units, on the adding problem, "
+         f"T = {args.min_len}-{args.max_len}")
     print(f"loss curve: {args.png}")
 
     # The same model three ways, each timed on the same batches from a fresh start.
