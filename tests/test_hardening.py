@@ -86,6 +86,6 @@ def test_a_damaged_index_entry_only_costs_a_render(monkeypatch):
         p.write_text("../../etc nothing\n")
     monkeypatch.setattr(pipeline, "_kernels", {})
     k = pipeline.compile_cell(spec)
-    y, _ = k.forward(np.ones((1, 2, 3)), None, [np.full(s, 0.1) for s in
+    y, _, _ = k.forward(np.ones((1, 2, 3)), None, [np.full(s, 0.1) for s in
                                                   [w.dims(3, 4) for w in k.ir.weights]], 4, False)
     assert np.all(np.isfinite(y))

@@ -188,7 +188,7 @@ def test_kernel_status_becomes_exception():
     with pytest.raises(KernelError, match="dimension .* smaller than 1"):
         k.sizes(0, 1, 2, 3)
     x = np.zeros((1, 2, 2))
-    _, save = k.forward(x, None, layer.get_weights(), 3, True)
+    _, save, _ = k.forward(x, None, layer.get_weights(), 3, True)
     with pytest.raises(KernelError, match="truncate_gradient must be -1"):
         k.backward(x, None, layer.get_weights(), save, np.zeros((1, 2, 3)), 0)
 
