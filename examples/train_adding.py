@@ -2,8 +2,13 @@
 adding problem, through rnngen.torch.
 
     pip install -e '.[torch,examples]'          # torch, tqdm, matplotlib
-    python examples/train_adding.py              # a few minutes on 2 cores
-    python examples/train_adding.py --quick      # a smoke run, well under a minute
+    python examples/train_adding.py              # 1 to 4 minutes on 2 cores, see below
+    python examples/train_adding.py --quick      # a smoke run of about 6 s
+
+On a machine that other processes keep busy, --threads 1 is much faster than the libraries'
+default of one thread per core: every step of a recurrent loop waits for its slowest thread.
+On 2 cores shared with other busy processes the defaults took 3.5 to 4.5 minutes (epochs of
+5 to 30 s, as the other processes came and went), and 1 minute with --threads 1.
 
 The adding problem (Hochreiter & Schmidhuber 1997, in the form of Le et al. 2015): each
 sequence has two channels, numbers drawn uniformly from [0, 1] and a marker channel that is 1
@@ -15,10 +20,12 @@ padded at the end to the longest of their batch and masked, so every sample is r
 own last step.
 
 The model: rnngen.torch.Recurrent over the MGU cell (the last real step's state, as masked
-steps keep the state), a linear readout, MSE, Adam. A tqdm bar shows the loss and steps/s;
-at the end the script writes the loss curve (--png) and times one epoch of the same model
-with the cell written as a PyTorch step loop (StepLoopMGU) and with torch.nn.GRU over
-packed sequences (PackedGRU).
+steps keep the state), a linear readout, MSE, Adam with the gradient clipped to norm 1. A
+tqdm bar shows the loss and steps/s; at the end the script writes the loss curve (--png) and
+times an epoch of the same model with the cell written as a PyTorch step loop (StepLoopMGU,
+the same equations and weights) and with torch.nn.GRU, a different cell with the same
+interface: over packed sequences (PackedGRU, the usual way) and over the padded batch read
+at each sample's last real step (PaddedGRU, faster on the CPU).
 """
 import argparse
 import math
