@@ -312,7 +312,8 @@ def main(argv=None) -> dict:
          f"T = {args.min_len}-{args.max_len}")
     print(f"loss curve: {args.png}")
 
-    # The same model three ways, each timed on the same batches from a fresh start.
+    # The same model with the MGU from rnngen, the MGU as a step loop, and nn.GRU two ways,
+    # each from a fresh start and timed on the same batches.
     fresh = AddingModel(rnngen_mgu(args.hidden, args.seed), args.hidden)
     loop = AddingModel(StepLoopMGU(2, args.hidden), args.hidden)
     loop.load_state_dict(fresh.state_dict())          # the same weights, the same names
