@@ -43,7 +43,7 @@ from .errors import BuildError
 from .render import TEMPLATES
 
 CC = os.environ.get("CC", "cc")
-CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fopenmp", "-ffp-contract=fast", "-Wall", "-Wextra", "-Werror"]
+CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wextra", "-Werror"]
 # -z nodelete: the library (and so libgomp and the BLAS it loaded) stays mapped when
 # cffi closes it at interpreter exit.  Unloaded, libgomp's idle worker threads (and the
 # BLAS's) would run unmapped code: 5-8% of runs crashed at exit before this flag.

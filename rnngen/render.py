@@ -59,7 +59,7 @@ class Dialect:
         return template.format(**names, **consts, **kw)
 
 C_F32 = Dialect("c", "float", "_f32", "f", "f", "RNNGEN_GEMM_F32",
-                (("exp", "rnngen_expf"), ("tanh", "rnngen_tanhf")))
+                (("exp", "rnngen_expf"), ("tanh", "rnngen_tanhf"), ("log", "rnngen_logf")))
 C_F64 = Dialect("c", "double", "_f64", "", "", "RNNGEN_GEMM_F64")
 C_DIALECTS = (C_F32, C_F64)
 # CUDA's device math library has expf, tanhf, log1pf, ... and the runtime header the

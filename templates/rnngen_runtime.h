@@ -245,6 +245,32 @@ static inline float rnngen_minf(float a, float b) { return a > b ? b : a; }
 static inline double rnngen_max(double a, double b) { return a < b ? b : a; }
 static inline double rnngen_min(double a, double b) { return a > b ? b : a; }
 
+/* Sum of row[0..n) in a fixed order that vectorises: RNNGEN_SUM_LANES running sums
+ * (lane k takes elements k, k + LANES, ...), then added pairwise.  A single running sum
+ * is a chain of dependent additions (one per element: the latency of an add each) and,
+ * without -ffast-math, the compiler may not reorder it; this order is the same on
+ * every call and every thread, so results stay reproducible. */
+#define RNNGEN_SUM_LANES 16
+#define RNNGEN_DEFINE_ROW_SUM(T, NAME)                                             \
+static inline T NAME(const T *row, int n)                                         \
+{                                                                                 \
+    T acc[RNNGEN_SUM_LANES];                                                      \
+    for (int k = 0; k < RNNGEN_SUM_LANES; k++)                                    \
+        acc[k] = 0;                                                               \
+    int u = 0;                                                                    \
+    for (; u + RNNGEN_SUM_LANES <= n; u += RNNGEN_SUM_LANES)                      \
+        for (int k = 0; k < RNNGEN_SUM_LANES; k++)                                \
+            acc[k] += row[u + k];                                                 \
+    for (int k = 0; u + k < n; k++)                                               \
+        acc[k] += row[u + k];                                                     \
+    for (int w = RNNGEN_SUM_LANES / 2; w > 0; w /= 2)                             \
+        for (int k = 0; k < w; k++)                                               \
+            acc[k] += acc[k + w];                                                 \
+    return acc[0];                                                                \
+}
+RNNGEN_DEFINE_ROW_SUM(float, rnngen_row_sum_f32)
+RNNGEN_DEFINE_ROW_SUM(double, rnngen_row_sum_f64)
+
 /* Vectorisable float exp and tanh (GCC turns loops of these into SIMD code;
  * libm's expf/tanhf are scalar calls).  Cody-Waite reduction and the Cephes
  * polynomials; within 2 ulp of libm on the tested range.  NaN propagates;
@@ -286,6 +312,44 @@ static inline float rnngen_tanhf(float x)
     const float e = rnngen_expf(2.0f * a);               /* otherwise 1 - 2 / (e^2|x| + 1) */
     const float l = copysignf(1.0f - 2.0f / (e + 1.0f), x);
     return a < 0.625f ? s : l;                           /* NaN: a < 0.625 is false, l is NaN */
+}
+
+/* Vectorisable float natural log (libm's logf is a scalar call, which keeps the whole
+ * loop around it scalar).  The argument split as m * 2^e with m in [sqrt(1/2), sqrt(2)),
+ * log(m) = f - f^2/2 + f^3 P(f), f = m - 1, with the Cephes logf polynomial, and e * log 2
+ * added in two parts (as in rnngen_expf); within 2 ulp of libm on the tested range.
+ * Subnormal arguments are scaled by 2^25 first; log(+-0) = -inf, log(inf) = inf, and a
+ * negative argument or NaN gives NaN, as libm's. */
+static inline float rnngen_logf(float x)
+{
+    const int sub = x < 1.17549435e-38f;                 /* subnormal (or zero, negative) */
+    const float xs = sub ? x * 33554432.0f : x;          /* times 2^25 */
+    unsigned int bits;
+    memcpy(&bits, &xs, sizeof bits);
+    /* x = 2^e * m with m in [sqrt(1/2), sqrt(2)): subtracting sqrt(1/2)'s bits moves the
+     * exponent's boundary there (integer arithmetic, no branch) */
+    const unsigned int ix = bits - 0x3f3504f3u;
+    const int e = (int)((ix >> 23) & 0x1ffu) - (int)((ix >> 31) << 9) - (sub ? 25 : 0);
+    bits = (ix & 0x007fffffu) + 0x3f3504f3u;
+    float m;
+    memcpy(&m, &bits, sizeof m);
+    const float f = m - 1.0f;
+    const float z = f * f;
+    float p = 7.0376836292e-2f;
+    p = p * f - 1.1514610310e-1f;
+    p = p * f + 1.1676998740e-1f;
+    p = p * f - 1.2420140846e-1f;
+    p = p * f + 1.4249322787e-1f;
+    p = p * f - 1.6668057665e-1f;
+    p = p * f + 2.0000714765e-1f;
+    p = p * f - 2.4999993993e-1f;
+    p = p * f + 3.3333331174e-1f;
+    const float ef = (float)e;
+    float y = p * f * z + ef * -2.12194440e-4f - 0.5f * z;
+    y = f + y + ef * 0.693359375f;
+    y = x == 0.0f ? -INFINITY : y;
+    y = x == INFINITY ? INFINITY : y;
+    return x >= 0.0f ? y : NAN;                          /* negative or NaN */
 }
 
 /* Small GEMM with a packed right operand, for the per-step products.
