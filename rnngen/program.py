@@ -31,8 +31,8 @@ from .layout import Layout
 # -- accesses: one element (b, j) of a buffer the frame defines --------------------------
 @dataclass(frozen=True)
 class Access:
-    """kind: state | dstate (s, lag) | slot (node label) | product | dproduct (group,
-    block) | xw | dxw (block) | vector | dvector (weight) | droot (root index) | adj
+    """kind: state | dstate (s, lag) | slot (node label) | product | dproduct | dmean
+    (group, block: the gradient w.r.t. a GEMM's or a mean's result) | xw | dxw (block) | vector | dvector (weight) | droot (root index) | adj
     (node label) | y | dy | x | dxe (x read elementwise, and its gradient)."""
     kind: str
     name: str = ""
@@ -499,7 +499,7 @@ class _Lowering:
             g = Local(f"g_{n.label}")
             if n.op in ("matmul", "mean"):
                 grp, k = ir.group_of(n)
-                out.append(Set(Access("dproduct", grp.name, k), g))
+                out.append(Set(Access("dmean" if grp.mean else "dproduct", grp.name, k), g))
                 continue
             for a, f, neg in self.partials(n, self.bwd_val):
                 tgt = self.adjoint_target(a, p)

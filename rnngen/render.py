@@ -81,8 +81,7 @@ class Renderer:
     def __init__(self, d: Dialect):
         self.d = d
 
-    @staticmethod
-    def access(a: P.Access) -> str:
+    def access(self, a: P.Access) -> str:
         k = a.kind
         if k == "state":
             return f"L_{a.name}_{a.index}[bj]"
@@ -95,6 +94,12 @@ class Renderer:
         if k == "product":
             return f"S_{a.name}[(size_t)b * LDS_{a.name} + OFF_{a.name} + {a.index} * nU + j]"
         if k == "dproduct":
+            return (f"dS_{a.name}[((size_t)b * DSB + (size_t)t * DST) * LDS_{a.name} + "
+                    f"OFF_{a.name} + {a.index} * nU + j]")
+        if k == "dmean":   # the C frame keeps a mean's dS for two steps (t & 1), CUDA for all
+            if self.d.name == "c":
+                return (f"dS_{a.name}[(((size_t)t & 1) * B + b) * LDS_{a.name} + "
+                        f"OFF_{a.name} + {a.index} * nU + j]")
             return (f"dS_{a.name}[((size_t)b * DSB + (size_t)t * DST) * LDS_{a.name} + "
                     f"OFF_{a.name} + {a.index} * nU + j]")
         if k == "xw":
