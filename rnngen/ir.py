@@ -114,6 +114,7 @@ class CellIR:
     loops: tuple               # loop p -> tuple of step nodes computed in it (topological)
     groups: tuple              # of Group, ordered by phase
     slots: tuple               # nodes whose per-step value is stored
+    needed: frozenset          # step nodes whose value a backward partial reads
     owner: Mapping             # node -> loop index that owns its adjoint
     buffered: tuple            # nodes whose adjoint lives in a [B, H] buffer
     users: Mapping             # node -> tuple of the nodes that read it
@@ -757,12 +758,18 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
     for n in nodes:
         if not n.varying or n.op in STEP_LEAVES:
             continue
-        if n.op in ("mul", "max", "min"):
+        # (a partial with respect to a constant is never formed: see StepProgram.partials)
+        if n.op == "mul":
+            a, b = n.args
+            needed.update(x for x, other in ((a, b), (b, a)) if not other.is_const)
+        elif n.op in ("max", "min"):
             needed.update(n.args)
         elif n.op == "pow":
             needed.add(n.args[0])
         elif n.op == "div":
-            needed.update((n.args[1], n))
+            needed.add(n.args[1])
+            if not n.args[1].is_const:   # d(a/b)/db = -(a/b)/b
+                needed.add(n)
         elif n.op == "call":
             f = FUNCTIONS[n.attr]
             if f.uses_x:
@@ -808,5 +815,5 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
                   nodes=tuple(nodes), assigns=ro(dict(assigns)), xprods=tuple(xprods),
                   roots=tuple(roots), hoisted=tuple(hoisted), phases=ro(phase), nphases=nphases,
                   loops=tuple(tuple(lp) for lp in loops), groups=tuple(groups),
-                  slots=tuple(slots), owner=ro(owner), buffered=tuple(buffered),
+                  slots=tuple(slots), needed=frozenset(needed), owner=ro(owner), buffered=tuple(buffered),
                   users=ro({n: tuple(us) for n, us in users.items()}))

@@ -5,6 +5,9 @@ downstream reads it (the step program, both frames, the weight-gradient GEMMs):
 
 * ``slots``: the nodes whose per-step value forward saves for backward (and, in
   inference, the GEMM operands and values read by a later loop: ``inference_slots``).
+* ``transient``: slots that forward needs within a step only (a mean's operand, a value
+  read by a later loop) and backward never reads: training keeps them for two steps
+  (t & 1), as inference keeps every slot, instead of writing T steps of them.
 * ``new_state_alias``: a slot that is a state's new value (``h = sigmoid(...)``)
   holds at step t < T-1 what the slot of that state's previous value holds at step
   t+1, so forward saves it at the last step only and backward reads the other slot.
@@ -34,6 +37,7 @@ from .ir import CellIR, Group, Node
 class Layout:
     slots: tuple                          # of Node, in slot order
     inference_slots: frozenset            # of Node
+    transient: frozenset                  # of Node: kept for two steps in training too
     new_state_alias: Mapping              # Node -> Node (the previous-state slot)
     lag_alias: Mapping                    # Node -> (Node of h[-1], k)
     xw_group: Optional[Group]
@@ -68,7 +72,7 @@ def _xw_alias_group(ir: CellIR) -> Optional[Group]:
 
 
 def compute_layout(ir: CellIR, *, alias_new_state: bool = True, share_lags: bool = True,
-                   xw_in_ds: bool = True) -> Layout:
+                   xw_in_ds: bool = True, transient_slots: bool = True) -> Layout:
     """The layout of ``ir``'s saved values; each keyword turns one optimisation off."""
     operands = {g.operand for g in ir.groups}
     last = ir.nphases - 1
@@ -89,7 +93,16 @@ def compute_layout(ir: CellIR, *, alias_new_state: bool = True, share_lags: bool
     if share_lags and xw_group is None:
         lags = {n: (prev[n.attr[0]], n.attr[1]) for n in ir.slots
                 if n.op == "state" and n.attr[1] >= 2 and n.attr[0] in prev}
-    return Layout(slots=tuple(ir.slots), inference_slots=inference,
+    transient = frozenset()
+    if transient_slots:
+        gemm_operands = {g.operand for g in ir.groups if not g.mean}
+        aliased = set(new_state) | set(new_state.values()) | set(lags) | {
+            p for p, _ in lags.values()}
+        transient = frozenset(
+            n for n in inference
+            if n.op not in ("state", "started", "assign") and not n.hoisted
+            and n not in ir.needed and n not in gemm_operands and n not in aliased)
+    return Layout(slots=tuple(ir.slots), inference_slots=inference, transient=transient,
                   new_state_alias=MappingProxyType(new_state),
                   lag_alias=MappingProxyType(lags), xw_group=xw_group)
 

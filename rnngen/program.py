@@ -298,7 +298,7 @@ class _Lowering:
             return self._hoisted_value(n)
         if n.op == "started":   # backward keeps nreal as forward had it at this step
             return Started(n.attr)
-        assert n in self.slot_set, n
+        assert n in self.slot_set and n not in self.layout.transient, n
         return Load(slot(n))
 
     def hoisted_local(self, n):
@@ -333,13 +333,15 @@ class _Lowering:
             return [(n.args[0], None, False), (n.args[1], None, True)]
         if n.op == "neg":
             return [(n.args[0], None, True)]
-        if n.op == "mul":
+        if n.op == "mul":   # none with respect to a constant (its value may not be saved)
             a, b = n.args
-            return [(a, val(b), False), (b, val(a), False)]
+            return [(x, val(other), False) for x, other in ((a, b), (b, a)) if not x.is_const]
         if n.op == "div":
             a, b = n.args
-            return [(a, Bin("/", Lit(1.0), val(b)), False),
-                    (b, Bin("/", Neg(val(n), parens=False), val(b)), False)]
+            out = [(a, Bin("/", Lit(1.0), val(b)), False)] if not a.is_const else []
+            if not b.is_const:
+                out.append((b, Bin("/", Neg(val(n), parens=False), val(b)), False))
+            return out
         if n.op == "call":
             f = FUNCTIONS[n.attr]
             x = val(n.args[0]) if f.uses_x else None
