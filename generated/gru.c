@@ -16,7 +16,7 @@
 
 #define NW 3     /* blocks of the input product */
 #define NR 3     /* hoisted roots */
-#define NSLOT 6  /* values kept per step */
+#define NSLOT 5  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */
 /* Whether dXW is dS of a group (x @ W and that group's product meet in sums only); then
  * dS and the saved values are laid out like x, rows b*T + t, so that x @ W's gradient
@@ -280,8 +280,7 @@ int rnngen_gru_forward_f32(int T, int B, int D, int H,
             float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
             float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
             float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
-            float *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-    (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+    (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
             /* phase 0 */
@@ -364,7 +363,6 @@ int rnngen_gru_forward_f32(int T, int B, int D, int H,
                     if (save) s_hh[bs] = v_hh;
                     const float v_t20 = v_z * L_h_1[bj];
                     const float v_t22 = 1.0f - v_z;
-                    if (save) s_t22[bs] = v_t22;
                     const float v_t23 = v_t22 * v_hh;
                     const float v_t24 = v_t20 + v_t23;
                     const float v_h_new = v_t24;
@@ -616,8 +614,7 @@ int rnngen_gru_backward_f32(int T, int B, int D, int H, int truncate,
                 float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
                 float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
                 float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
-                float *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-        (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+        (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
@@ -642,8 +639,6 @@ int rnngen_gru_backward_f32(int T, int B, int D, int H, int truncate,
                             float a0 = 0.0f;
                             float a1 = 0.0f;
                             float a2 = 0.0f;
-                            float a3 = 0.0f;
-                            float a4 = 0.0f;
                             float g_h_prev_u_z = 0.0f;
                             float g_t5 = 0.0f;
                             float g_z = 0.0f;
@@ -659,12 +654,12 @@ int rnngen_gru_backward_f32(int T, int B, int D, int H, int truncate,
                             g_t20 += g_t24;
                             g_t23 += g_t24;
                             g_t22 += g_t23 * (s_hh[bs]);
-                            g_hh += g_t23 * (s_t22[bs]);
+                            g_hh += g_t23 * ((1.0f - s_z[bs]));
                             g_z += -g_t22;
                             g_z += g_t20 * (s_h_prev[bs]);
                             a0 += g_t20 * (s_z[bs]);
                             g_t18 += g_hh * (s_hh[bs] * (1.0f - s_hh[bs]));
-                            a4 += g_t18;
+                            a1 += g_t18;
                             g_t15_u_h += g_t18;
                             dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
                             g_t5 += g_z * (((s_z[bs]) > 0.0f && (s_z[bs]) < 1.0f ? 0.2f : 0.0f));
@@ -672,10 +667,8 @@ int rnngen_gru_backward_f32(int T, int B, int D, int H, int truncate,
                             g_h_prev_u_z += g_t5;
                             dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
                             dL_h_1[bj] = a0;
-                            d_t15[bj] = a1;
+                            dXP[(size_t)2 * BH + bj] = a1;
                             dXP[(size_t)0 * BH + bj] = a2;
-                            dXP[(size_t)1 * BH + bj] = a3;
-                            dXP[(size_t)2 * BH + bj] = a4;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -692,7 +685,7 @@ int rnngen_gru_backward_f32(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t15 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t15 + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -706,7 +699,7 @@ int rnngen_gru_backward_f32(int T, int B, int D, int H, int truncate,
                             (void)bj; (void)bs;
                             float a0 = d_t15[bj];
                             float a1 = dL_h_1[bj];
-                            float a2 = dXP[(size_t)1 * BH + bj];
+                            float a2 = 0.0f;
                             float a3 = dXP[(size_t)0 * BH + bj];
                             float a4 = dXP[(size_t)2 * BH + bj];
                             float g_h_prev_u_r = 0.0f;
@@ -1156,8 +1149,7 @@ int rnngen_gru_forward_f64(int T, int B, int D, int H,
             double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
             double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
             double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
-            double *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-    (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+    (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
             /* phase 0 */
@@ -1240,7 +1232,6 @@ int rnngen_gru_forward_f64(int T, int B, int D, int H,
                     if (save) s_hh[bs] = v_hh;
                     const double v_t20 = v_z * L_h_1[bj];
                     const double v_t22 = 1.0 - v_z;
-                    if (save) s_t22[bs] = v_t22;
                     const double v_t23 = v_t22 * v_hh;
                     const double v_t24 = v_t20 + v_t23;
                     const double v_h_new = v_t24;
@@ -1492,8 +1483,7 @@ int rnngen_gru_backward_f64(int T, int B, int D, int H, int truncate,
                 double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
                 double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
                 double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
-                double *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-        (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+        (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
@@ -1518,8 +1508,6 @@ int rnngen_gru_backward_f64(int T, int B, int D, int H, int truncate,
                             double a0 = 0.0;
                             double a1 = 0.0;
                             double a2 = 0.0;
-                            double a3 = 0.0;
-                            double a4 = 0.0;
                             double g_h_prev_u_z = 0.0;
                             double g_t5 = 0.0;
                             double g_z = 0.0;
@@ -1535,12 +1523,12 @@ int rnngen_gru_backward_f64(int T, int B, int D, int H, int truncate,
                             g_t20 += g_t24;
                             g_t23 += g_t24;
                             g_t22 += g_t23 * (s_hh[bs]);
-                            g_hh += g_t23 * (s_t22[bs]);
+                            g_hh += g_t23 * ((1.0 - s_z[bs]));
                             g_z += -g_t22;
                             g_z += g_t20 * (s_h_prev[bs]);
                             a0 += g_t20 * (s_z[bs]);
                             g_t18 += g_hh * (s_hh[bs] * (1.0 - s_hh[bs]));
-                            a4 += g_t18;
+                            a1 += g_t18;
                             g_t15_u_h += g_t18;
                             dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
                             g_t5 += g_z * (((s_z[bs]) > 0.0 && (s_z[bs]) < 1.0 ? 0.2 : 0.0));
@@ -1548,10 +1536,8 @@ int rnngen_gru_backward_f64(int T, int B, int D, int H, int truncate,
                             g_h_prev_u_z += g_t5;
                             dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
                             dL_h_1[bj] = a0;
-                            d_t15[bj] = a1;
+                            dXP[(size_t)2 * BH + bj] = a1;
                             dXP[(size_t)0 * BH + bj] = a2;
-                            dXP[(size_t)1 * BH + bj] = a3;
-                            dXP[(size_t)2 * BH + bj] = a4;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -1568,7 +1554,7 @@ int rnngen_gru_backward_f64(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t15 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t15 + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1582,7 +1568,7 @@ int rnngen_gru_backward_f64(int T, int B, int D, int H, int truncate,
                             (void)bj; (void)bs;
                             double a0 = d_t15[bj];
                             double a1 = dL_h_1[bj];
-                            double a2 = dXP[(size_t)1 * BH + bj];
+                            double a2 = 0.0;
                             double a3 = dXP[(size_t)0 * BH + bj];
                             double a4 = dXP[(size_t)2 * BH + bj];
                             double g_h_prev_u_r = 0.0;

@@ -640,8 +640,6 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
                             float a1 = 0.0f;
                             float a2 = 0.0f;
                             float a3 = 0.0f;
-                            float a4 = 0.0f;
-                            float a5 = 0.0f;
                             float g_t14_u_h = 0.0f;
                             float g_t17 = 0.0f;
                             float g_hh = 0.0f;
@@ -653,19 +651,17 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
                             g_t19 += g_t23;
                             g_t22 += g_t23;
                             a0 += g_t22 * (v_t21);
-                            a5 += g_t22 * (s_h_prev[bs]);
+                            a1 += g_t22 * (s_h_prev[bs]);
                             g_hh += g_t19 * (v_z);
                             a2 += g_t19 * (s_hh[bs]);
                             g_t17 += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-                            a4 += g_t17;
+                            a3 += g_t17;
                             g_t14_u_h += g_t17;
                             dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t14_u_h;
                             dL_h_1[bj] = a0;
-                            d_t14[bj] = a1;
+                            dXP[(size_t)3 * BH + bj] = a1;
                             dXP[(size_t)0 * BH + bj] = a2;
-                            dXP[(size_t)1 * BH + bj] = a3;
-                            dXP[(size_t)2 * BH + bj] = a4;
-                            dXP[(size_t)3 * BH + bj] = a5;
+                            dXP[(size_t)2 * BH + bj] = a3;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -682,7 +678,7 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t14 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t14 + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -709,7 +705,7 @@ int rnngen_jzs1_backward_f32(int T, int B, int D, int H, int truncate,
                             (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
                             float a0 = d_t14[bj];
                             float a1 = dL_h_1[bj];
-                            float a2 = dXP[(size_t)1 * BH + bj];
+                            float a2 = 0.0f;
                             float a3 = dXP[(size_t)0 * BH + bj];
                             float a4 = dXP[(size_t)2 * BH + bj];
                             float a5 = dXP[(size_t)3 * BH + bj];
@@ -1514,8 +1510,6 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
                             double a1 = 0.0;
                             double a2 = 0.0;
                             double a3 = 0.0;
-                            double a4 = 0.0;
-                            double a5 = 0.0;
                             double g_t14_u_h = 0.0;
                             double g_t17 = 0.0;
                             double g_hh = 0.0;
@@ -1527,19 +1521,17 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
                             g_t19 += g_t23;
                             g_t22 += g_t23;
                             a0 += g_t22 * (v_t21);
-                            a5 += g_t22 * (s_h_prev[bs]);
+                            a1 += g_t22 * (s_h_prev[bs]);
                             g_hh += g_t19 * (v_z);
                             a2 += g_t19 * (s_hh[bs]);
                             g_t17 += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-                            a4 += g_t17;
+                            a3 += g_t17;
                             g_t14_u_h += g_t17;
                             dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t14_u_h;
                             dL_h_1[bj] = a0;
-                            d_t14[bj] = a1;
+                            dXP[(size_t)3 * BH + bj] = a1;
                             dXP[(size_t)0 * BH + bj] = a2;
-                            dXP[(size_t)1 * BH + bj] = a3;
-                            dXP[(size_t)2 * BH + bj] = a4;
-                            dXP[(size_t)3 * BH + bj] = a5;
+                            dXP[(size_t)2 * BH + bj] = a3;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -1556,7 +1548,7 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t14 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t14 + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1583,7 +1575,7 @@ int rnngen_jzs1_backward_f64(int T, int B, int D, int H, int truncate,
                             (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
                             double a0 = d_t14[bj];
                             double a1 = dL_h_1[bj];
-                            double a2 = dXP[(size_t)1 * BH + bj];
+                            double a2 = 0.0;
                             double a3 = dXP[(size_t)0 * BH + bj];
                             double a4 = dXP[(size_t)2 * BH + bj];
                             double a5 = dXP[(size_t)3 * BH + bj];

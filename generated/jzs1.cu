@@ -370,8 +370,6 @@ static __global__ void rnngen_jzs1_bwd2_f32(const rnngen_jzs1_frame_f32 F, const
         float a1 = 0.0f;
         float a2 = 0.0f;
         float a3 = 0.0f;
-        float a4 = 0.0f;
-        float a5 = 0.0f;
         float g_t14_u_h = 0.0f;
         float g_t17 = 0.0f;
         float g_hh = 0.0f;
@@ -383,19 +381,17 @@ static __global__ void rnngen_jzs1_bwd2_f32(const rnngen_jzs1_frame_f32 F, const
         g_t19 += g_t23;
         g_t22 += g_t23;
         a0 += g_t22 * (v_t21);
-        a5 += g_t22 * (s_h_prev[bs]);
+        a1 += g_t22 * (s_h_prev[bs]);
         g_hh += g_t19 * (v_z);
         a2 += g_t19 * (s_hh[bs]);
         g_t17 += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-        a4 += g_t17;
+        a3 += g_t17;
         g_t14_u_h += g_t17;
         dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t14_u_h;
         dL_h_1[bj] = a0;
-        d_t14[bj] = a1;
+        dXP[(size_t)3 * BH + bj] = a1;
         dXP[(size_t)0 * BH + bj] = a2;
-        dXP[(size_t)1 * BH + bj] = a3;
-        dXP[(size_t)2 * BH + bj] = a4;
-        dXP[(size_t)3 * BH + bj] = a5;
+        dXP[(size_t)2 * BH + bj] = a3;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
         d_t14[bj] = 0.0f;
@@ -459,7 +455,7 @@ static __global__ void rnngen_jzs1_bwd1_f32(const rnngen_jzs1_frame_f32 F, const
         (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
         float a0 = d_t14[bj];
         float a1 = dL_h_1[bj];
-        float a2 = dXP[(size_t)1 * BH + bj];
+        float a2 = 0.0f;
         float a3 = dXP[(size_t)0 * BH + bj];
         float a4 = dXP[(size_t)2 * BH + bj];
         float a5 = dXP[(size_t)3 * BH + bj];
@@ -738,8 +734,8 @@ int rnngen_jzs1_backward_f32(void *stream, int T, int B, int D, int H, int trunc
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs1_bwd2_f32, grid, block, cs, F, t);
-        /* dt14 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (float)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (float)1, d_t14, (size_t)H));
+        /* dt14 = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (float)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (float)0, d_t14, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs1_bwd1_f32, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (float)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (float)1, dL_h_1, (size_t)H));
@@ -1019,8 +1015,6 @@ static __global__ void rnngen_jzs1_bwd2_f64(const rnngen_jzs1_frame_f64 F, const
         double a1 = 0.0;
         double a2 = 0.0;
         double a3 = 0.0;
-        double a4 = 0.0;
-        double a5 = 0.0;
         double g_t14_u_h = 0.0;
         double g_t17 = 0.0;
         double g_hh = 0.0;
@@ -1032,19 +1026,17 @@ static __global__ void rnngen_jzs1_bwd2_f64(const rnngen_jzs1_frame_f64 F, const
         g_t19 += g_t23;
         g_t22 += g_t23;
         a0 += g_t22 * (v_t21);
-        a5 += g_t22 * (s_h_prev[bs]);
+        a1 += g_t22 * (s_h_prev[bs]);
         g_hh += g_t19 * (v_z);
         a2 += g_t19 * (s_hh[bs]);
         g_t17 += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-        a4 += g_t17;
+        a3 += g_t17;
         g_t14_u_h += g_t17;
         dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t14_u_h;
         dL_h_1[bj] = a0;
-        d_t14[bj] = a1;
+        dXP[(size_t)3 * BH + bj] = a1;
         dXP[(size_t)0 * BH + bj] = a2;
-        dXP[(size_t)1 * BH + bj] = a3;
-        dXP[(size_t)2 * BH + bj] = a4;
-        dXP[(size_t)3 * BH + bj] = a5;
+        dXP[(size_t)2 * BH + bj] = a3;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
         d_t14[bj] = 0.0;
@@ -1108,7 +1100,7 @@ static __global__ void rnngen_jzs1_bwd1_f64(const rnngen_jzs1_frame_f64 F, const
         (void)v_x_w_z; (void)v_b_z; (void)v_t3; (void)v_z; (void)v_x_w_r; (void)v_b_r; (void)v_t8; (void)v_x_pmat; (void)v_t12; (void)v_b_h; (void)v_t16; (void)v_t21;
         double a0 = d_t14[bj];
         double a1 = dL_h_1[bj];
-        double a2 = dXP[(size_t)1 * BH + bj];
+        double a2 = 0.0;
         double a3 = dXP[(size_t)0 * BH + bj];
         double a4 = dXP[(size_t)2 * BH + bj];
         double a5 = dXP[(size_t)3 * BH + bj];
@@ -1387,8 +1379,8 @@ int rnngen_jzs1_backward_f64(void *stream, int T, int B, int D, int H, int trunc
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs1_bwd2_f64, grid, block, cs, F, t);
-        /* dt14 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (double)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (double)1, d_t14, (size_t)H));
+        /* dt14 = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (double)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (double)0, d_t14, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs1_bwd1_f64, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (double)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (double)1, dL_h_1, (size_t)H));

@@ -22,7 +22,7 @@ extern "C" {
 
 #define NW 3     /* blocks of the input product */
 #define NR 3     /* hoisted roots */
-#define NSLOT 6  /* values kept per step */
+#define NSLOT 5  /* values kept per step */
 #define NVEC 3     /* vector weights (biases) */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */
 /* Whether dXW is dS of a group; then dS and the saved values are laid out like x, rows
@@ -183,8 +183,7 @@ static __global__ void rnngen_jzs2_fwd0_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] float *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -226,8 +225,7 @@ static __global__ void rnngen_jzs2_fwd1_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] float *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -283,8 +281,7 @@ static __global__ void rnngen_jzs2_fwd2_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] float *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -305,7 +302,6 @@ static __global__ void rnngen_jzs2_fwd2_f32(const rnngen_jzs2_frame_f32 F, const
     if (save) s_hh[bs] = v_hh;
     const float v_t20 = v_hh * v_z;
     const float v_t22 = 1.0f - v_z;
-    if (save) s_t22[bs] = v_t22;
     const float v_t23 = L_h_1[bj] * v_t22;
     const float v_t24 = v_t20 + v_t23;
     const float v_h_new = v_t24;
@@ -354,8 +350,7 @@ static __global__ void rnngen_jzs2_bwd2_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] float *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     if (m) {
@@ -363,8 +358,6 @@ static __global__ void rnngen_jzs2_bwd2_f32(const rnngen_jzs2_frame_f32 F, const
         float a0 = 0.0f;
         float a1 = 0.0f;
         float a2 = 0.0f;
-        float a3 = 0.0f;
-        float a4 = 0.0f;
         float g_h_prev_u_z = 0.0f;
         float g_t5 = 0.0f;
         float g_z = 0.0f;
@@ -379,13 +372,13 @@ static __global__ void rnngen_jzs2_bwd2_f32(const rnngen_jzs2_frame_f32 F, const
         g_t24 += g_h_new;
         g_t20 += g_t24;
         g_t23 += g_t24;
-        a0 += g_t23 * (s_t22[bs]);
+        a0 += g_t23 * ((1.0f - s_z[bs]));
         g_t22 += g_t23 * (s_h_prev[bs]);
         g_z += -g_t22;
         g_hh += g_t20 * (s_z[bs]);
         g_z += g_t20 * (s_hh[bs]);
         g_t18 += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-        a4 += g_t18;
+        a1 += g_t18;
         g_t15_u_h += g_t18;
         dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
         g_t5 += g_z * (s_z[bs] * (1.0f - s_z[bs]));
@@ -393,10 +386,8 @@ static __global__ void rnngen_jzs2_bwd2_f32(const rnngen_jzs2_frame_f32 F, const
         g_h_prev_u_z += g_t5;
         dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
         dL_h_1[bj] = a0;
-        d_t15[bj] = a1;
+        dXP[(size_t)2 * BH + bj] = a1;
         dXP[(size_t)0 * BH + bj] = a2;
-        dXP[(size_t)1 * BH + bj] = a3;
-        dXP[(size_t)2 * BH + bj] = a4;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
         d_t15[bj] = 0.0f;
@@ -442,14 +433,13 @@ static __global__ void rnngen_jzs2_bwd1_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] float *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     if (m) {
         float a0 = d_t15[bj];
         float a1 = dL_h_1[bj];
-        float a2 = dXP[(size_t)1 * BH + bj];
+        float a2 = 0.0f;
         float a3 = dXP[(size_t)0 * BH + bj];
         float a4 = dXP[(size_t)2 * BH + bj];
         float g_h_prev_u_r = 0.0f;
@@ -595,8 +585,7 @@ int rnngen_jzs2_forward_f32(void *stream, int T, int B, int D, int H,
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] float *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs2_fwd0_f32, grid, block, cs, F, t);
@@ -725,13 +714,12 @@ int rnngen_jzs2_backward_f32(void *stream, int T, int B, int D, int H, int trunc
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] float *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs2_bwd2_f32, grid, block, cs, F, t);
-        /* dt15 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (float)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (float)1, d_t15, (size_t)H));
+        /* dt15 = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (float)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (float)0, d_t15, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs2_bwd1_f32, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (float)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (float)1, dL_h_1, (size_t)H));
@@ -825,8 +813,7 @@ static __global__ void rnngen_jzs2_fwd0_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] double *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -868,8 +855,7 @@ static __global__ void rnngen_jzs2_fwd1_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] double *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -925,8 +911,7 @@ static __global__ void rnngen_jzs2_fwd2_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] double *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -947,7 +932,6 @@ static __global__ void rnngen_jzs2_fwd2_f64(const rnngen_jzs2_frame_f64 F, const
     if (save) s_hh[bs] = v_hh;
     const double v_t20 = v_hh * v_z;
     const double v_t22 = 1.0 - v_z;
-    if (save) s_t22[bs] = v_t22;
     const double v_t23 = L_h_1[bj] * v_t22;
     const double v_t24 = v_t20 + v_t23;
     const double v_h_new = v_t24;
@@ -996,8 +980,7 @@ static __global__ void rnngen_jzs2_bwd2_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] double *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     if (m) {
@@ -1005,8 +988,6 @@ static __global__ void rnngen_jzs2_bwd2_f64(const rnngen_jzs2_frame_f64 F, const
         double a0 = 0.0;
         double a1 = 0.0;
         double a2 = 0.0;
-        double a3 = 0.0;
-        double a4 = 0.0;
         double g_h_prev_u_z = 0.0;
         double g_t5 = 0.0;
         double g_z = 0.0;
@@ -1021,13 +1002,13 @@ static __global__ void rnngen_jzs2_bwd2_f64(const rnngen_jzs2_frame_f64 F, const
         g_t24 += g_h_new;
         g_t20 += g_t24;
         g_t23 += g_t24;
-        a0 += g_t23 * (s_t22[bs]);
+        a0 += g_t23 * ((1.0 - s_z[bs]));
         g_t22 += g_t23 * (s_h_prev[bs]);
         g_z += -g_t22;
         g_hh += g_t20 * (s_z[bs]);
         g_z += g_t20 * (s_hh[bs]);
         g_t18 += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-        a4 += g_t18;
+        a1 += g_t18;
         g_t15_u_h += g_t18;
         dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
         g_t5 += g_z * (s_z[bs] * (1.0 - s_z[bs]));
@@ -1035,10 +1016,8 @@ static __global__ void rnngen_jzs2_bwd2_f64(const rnngen_jzs2_frame_f64 F, const
         g_h_prev_u_z += g_t5;
         dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
         dL_h_1[bj] = a0;
-        d_t15[bj] = a1;
+        dXP[(size_t)2 * BH + bj] = a1;
         dXP[(size_t)0 * BH + bj] = a2;
-        dXP[(size_t)1 * BH + bj] = a3;
-        dXP[(size_t)2 * BH + bj] = a4;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
         d_t15[bj] = 0.0;
@@ -1084,14 +1063,13 @@ static __global__ void rnngen_jzs2_bwd1_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] double *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
     if (m) {
         double a0 = d_t15[bj];
         double a1 = dL_h_1[bj];
-        double a2 = dXP[(size_t)1 * BH + bj];
+        double a2 = 0.0;
         double a3 = dXP[(size_t)0 * BH + bj];
         double a4 = dXP[(size_t)2 * BH + bj];
         double g_h_prev_u_r = 0.0;
@@ -1237,8 +1215,7 @@ int rnngen_jzs2_forward_f64(void *stream, int T, int B, int D, int H,
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] double *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs2_fwd0_f64, grid, block, cs, F, t);
@@ -1367,13 +1344,12 @@ int rnngen_jzs2_backward_f64(void *stream, int T, int B, int D, int H, int trunc
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-        [[maybe_unused]] double *s_t22 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh; (void)s_t22;
+(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs2_bwd2_f64, grid, block, cs, F, t);
-        /* dt15 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (double)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (double)1, d_t15, (size_t)H));
+        /* dt15 = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (double)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (double)0, d_t15, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs2_bwd1_f64, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (double)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (double)1, dL_h_1, (size_t)H));

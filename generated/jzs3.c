@@ -16,7 +16,7 @@
 
 #define NW 3     /* blocks of the input product */
 #define NR 3     /* hoisted roots */
-#define NSLOT 7  /* values kept per step */
+#define NSLOT 6  /* values kept per step */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */
 /* Whether dXW is dS of a group (x @ W and that group's product meet in sums only); then
  * dS and the saved values are laid out like x, rows b*T + t, so that x @ W's gradient
@@ -307,8 +307,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
             float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
             float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
             float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-            float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-    (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+    (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
             /* phase 0 */
@@ -395,7 +394,6 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                     if (save) s_hh[bs] = v_hh;
                     const float v_t21 = v_hh * v_z;
                     const float v_t23 = 1.0f - v_z;
-                    if (save) s_t23[bs] = v_t23;
                     const float v_t24 = L_h_1[bj] * v_t23;
                     const float v_t25 = v_t21 + v_t24;
                     const float v_h_new = v_t25;
@@ -674,8 +672,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                 float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
                 float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
                 float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-                float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-        (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+        (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
@@ -700,9 +697,6 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                             float a0 = 0.0f;
                             float a1 = 0.0f;
                             float a2 = 0.0f;
-                            float a3 = 0.0f;
-                            float a4 = 0.0f;
-                            float a5 = 0.0f;
                             float g_t3_u_z = 0.0f;
                             float g_t6 = 0.0f;
                             float g_z = 0.0f;
@@ -717,25 +711,22 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                             g_t25 += g_h_new;
                             g_t21 += g_t25;
                             g_t24 += g_t25;
-                            a0 += g_t24 * (s_t23[bs]);
+                            a0 += g_t24 * ((1.0f - s_z[bs]));
                             g_t23 += g_t24 * (s_h_prev[bs]);
                             g_z += -g_t23;
                             g_hh += g_t21 * (s_z[bs]);
                             g_z += g_t21 * (s_hh[bs]);
                             g_t19 += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-                            a5 += g_t19;
+                            a1 += g_t19;
                             g_t16_u_h += g_t19;
                             dS_g2[((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
                             g_t6 += g_z * (s_z[bs] * (1.0f - s_z[bs]));
-                            a3 += g_t6;
+                            a2 += g_t6;
                             g_t3_u_z += g_t6;
                             dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
                             dL_h_1[bj] = a0;
-                            d_t3[bj] = a1;
-                            d_t16[bj] = a2;
-                            dXP[(size_t)0 * BH + bj] = a3;
-                            dXP[(size_t)1 * BH + bj] = a4;
-                            dXP[(size_t)2 * BH + bj] = a5;
+                            dXP[(size_t)2 * BH + bj] = a1;
+                            dXP[(size_t)0 * BH + bj] = a2;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -753,7 +744,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g2, DSB * LDS_g2, Pb_t_g2, d_t16 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g2, DSB * LDS_g2, Pb_t_g2, d_t16 + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -767,7 +758,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                             (void)bj; (void)bs;
                             float a0 = d_t16[bj];
                             float a1 = dL_h_1[bj];
-                            float a2 = dXP[(size_t)1 * BH + bj];
+                            float a2 = 0.0f;
                             float g_h_prev_u_r = 0.0f;
                             float g_t12 = 0.0f;
                             float g_r = 0.0f;
@@ -789,7 +780,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, d_t3 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, d_t3 + (size_t)b0 * H + j0, H, 0);
                 if (nU > 0)
                     rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, dL_h_1 + (size_t)b0 * H + j0, H, 1);
                 /* phase 0, reversed, then the input-only part (dXW rows, bias gradients) */
@@ -1290,8 +1281,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
             double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
             double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
             double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-            double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-    (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+    (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
             /* phase 0 */
@@ -1378,7 +1368,6 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                     if (save) s_hh[bs] = v_hh;
                     const double v_t21 = v_hh * v_z;
                     const double v_t23 = 1.0 - v_z;
-                    if (save) s_t23[bs] = v_t23;
                     const double v_t24 = L_h_1[bj] * v_t23;
                     const double v_t25 = v_t21 + v_t24;
                     const double v_h_new = v_t25;
@@ -1657,8 +1646,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                 double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
                 double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
                 double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-                double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-        (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+        (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
@@ -1683,9 +1671,6 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                             double a0 = 0.0;
                             double a1 = 0.0;
                             double a2 = 0.0;
-                            double a3 = 0.0;
-                            double a4 = 0.0;
-                            double a5 = 0.0;
                             double g_t3_u_z = 0.0;
                             double g_t6 = 0.0;
                             double g_z = 0.0;
@@ -1700,25 +1685,22 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                             g_t25 += g_h_new;
                             g_t21 += g_t25;
                             g_t24 += g_t25;
-                            a0 += g_t24 * (s_t23[bs]);
+                            a0 += g_t24 * ((1.0 - s_z[bs]));
                             g_t23 += g_t24 * (s_h_prev[bs]);
                             g_z += -g_t23;
                             g_hh += g_t21 * (s_z[bs]);
                             g_z += g_t21 * (s_hh[bs]);
                             g_t19 += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-                            a5 += g_t19;
+                            a1 += g_t19;
                             g_t16_u_h += g_t19;
                             dS_g2[((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
                             g_t6 += g_z * (s_z[bs] * (1.0 - s_z[bs]));
-                            a3 += g_t6;
+                            a2 += g_t6;
                             g_t3_u_z += g_t6;
                             dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
                             dL_h_1[bj] = a0;
-                            d_t3[bj] = a1;
-                            d_t16[bj] = a2;
-                            dXP[(size_t)0 * BH + bj] = a3;
-                            dXP[(size_t)1 * BH + bj] = a4;
-                            dXP[(size_t)2 * BH + bj] = a5;
+                            dXP[(size_t)2 * BH + bj] = a1;
+                            dXP[(size_t)0 * BH + bj] = a2;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -1736,7 +1718,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g2, DSB * LDS_g2, Pb_t_g2, d_t16 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g2, DSB * LDS_g2, Pb_t_g2, d_t16 + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1750,7 +1732,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                             (void)bj; (void)bs;
                             double a0 = d_t16[bj];
                             double a1 = dL_h_1[bj];
-                            double a2 = dXP[(size_t)1 * BH + bj];
+                            double a2 = 0.0;
                             double g_h_prev_u_r = 0.0;
                             double g_t12 = 0.0;
                             double g_r = 0.0;
@@ -1772,7 +1754,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, d_t3 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, d_t3 + (size_t)b0 * H + j0, H, 0);
                 if (nU > 0)
                     rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, dL_h_1 + (size_t)b0 * H + j0, H, 1);
                 /* phase 0, reversed, then the input-only part (dXW rows, bias gradients) */

@@ -22,7 +22,7 @@ extern "C" {
 
 #define NW 3     /* blocks of the input product */
 #define NR 3     /* hoisted roots */
-#define NSLOT 7  /* values kept per step */
+#define NSLOT 6  /* values kept per step */
 #define NVEC 3     /* vector weights (biases) */
 #define KEEP_XW 0   /* backward reads x @ W values: forward saves XW */
 /* Whether dXW is dS of a group; then dS and the saved values are laid out like x, rows
@@ -190,8 +190,7 @@ static __global__ void rnngen_jzs3_fwd0_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -239,8 +238,7 @@ static __global__ void rnngen_jzs3_fwd1_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -300,8 +298,7 @@ static __global__ void rnngen_jzs3_fwd2_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -322,7 +319,6 @@ static __global__ void rnngen_jzs3_fwd2_f32(const rnngen_jzs3_frame_f32 F, const
     if (save) s_hh[bs] = v_hh;
     const float v_t21 = v_hh * v_z;
     const float v_t23 = 1.0f - v_z;
-    if (save) s_t23[bs] = v_t23;
     const float v_t24 = L_h_1[bj] * v_t23;
     const float v_t25 = v_t21 + v_t24;
     const float v_h_new = v_t25;
@@ -375,8 +371,7 @@ static __global__ void rnngen_jzs3_bwd2_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     if (m) {
@@ -384,9 +379,6 @@ static __global__ void rnngen_jzs3_bwd2_f32(const rnngen_jzs3_frame_f32 F, const
         float a0 = 0.0f;
         float a1 = 0.0f;
         float a2 = 0.0f;
-        float a3 = 0.0f;
-        float a4 = 0.0f;
-        float a5 = 0.0f;
         float g_t3_u_z = 0.0f;
         float g_t6 = 0.0f;
         float g_z = 0.0f;
@@ -401,25 +393,22 @@ static __global__ void rnngen_jzs3_bwd2_f32(const rnngen_jzs3_frame_f32 F, const
         g_t25 += g_h_new;
         g_t21 += g_t25;
         g_t24 += g_t25;
-        a0 += g_t24 * (s_t23[bs]);
+        a0 += g_t24 * ((1.0f - s_z[bs]));
         g_t23 += g_t24 * (s_h_prev[bs]);
         g_z += -g_t23;
         g_hh += g_t21 * (s_z[bs]);
         g_z += g_t21 * (s_hh[bs]);
         g_t19 += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-        a5 += g_t19;
+        a1 += g_t19;
         g_t16_u_h += g_t19;
         dS_g2[((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
         g_t6 += g_z * (s_z[bs] * (1.0f - s_z[bs]));
-        a3 += g_t6;
+        a2 += g_t6;
         g_t3_u_z += g_t6;
         dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
         dL_h_1[bj] = a0;
-        d_t3[bj] = a1;
-        d_t16[bj] = a2;
-        dXP[(size_t)0 * BH + bj] = a3;
-        dXP[(size_t)1 * BH + bj] = a4;
-        dXP[(size_t)2 * BH + bj] = a5;
+        dXP[(size_t)2 * BH + bj] = a1;
+        dXP[(size_t)0 * BH + bj] = a2;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
         d_t3[bj] = 0.0f;
@@ -470,14 +459,13 @@ static __global__ void rnngen_jzs3_bwd1_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     if (m) {
         float a0 = d_t16[bj];
         float a1 = dL_h_1[bj];
-        float a2 = dXP[(size_t)1 * BH + bj];
+        float a2 = 0.0f;
         float g_h_prev_u_r = 0.0f;
         float g_t12 = 0.0f;
         float g_r = 0.0f;
@@ -537,8 +525,7 @@ static __global__ void rnngen_jzs3_bwd0_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     if (m) {
@@ -692,8 +679,7 @@ int rnngen_jzs3_forward_f32(void *stream, int T, int B, int D, int H,
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd0_f32, grid, block, cs, F, t);
@@ -834,16 +820,15 @@ int rnngen_jzs3_backward_f32(void *stream, int T, int B, int D, int H, int trunc
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd2_f32, grid, block, cs, F, t);
-        /* dt16 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g2, (float)1, dS_g2 + (size_t)t * DST * LDS_g2, DSB * LDS_g2, Ucat_g2, LDS_g2, (float)1, d_t16, (size_t)H));
+        /* dt16 = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g2, (float)1, dS_g2 + (size_t)t * DST * LDS_g2, DSB * LDS_g2, Ucat_g2, LDS_g2, (float)0, d_t16, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd1_f32, grid, block, cs, F, t);
-        /* dt3 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (float)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (float)1, d_t3, (size_t)H));
+        /* dt3 = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (float)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (float)0, d_t3, (size_t)H));
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (float)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (float)1, dL_h_1, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd0_f32, grid, block, cs, F, t);
@@ -945,8 +930,7 @@ static __global__ void rnngen_jzs3_fwd0_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -994,8 +978,7 @@ static __global__ void rnngen_jzs3_fwd1_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -1055,8 +1038,7 @@ static __global__ void rnngen_jzs3_fwd2_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -1077,7 +1059,6 @@ static __global__ void rnngen_jzs3_fwd2_f64(const rnngen_jzs3_frame_f64 F, const
     if (save) s_hh[bs] = v_hh;
     const double v_t21 = v_hh * v_z;
     const double v_t23 = 1.0 - v_z;
-    if (save) s_t23[bs] = v_t23;
     const double v_t24 = L_h_1[bj] * v_t23;
     const double v_t25 = v_t21 + v_t24;
     const double v_h_new = v_t25;
@@ -1130,8 +1111,7 @@ static __global__ void rnngen_jzs3_bwd2_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     if (m) {
@@ -1139,9 +1119,6 @@ static __global__ void rnngen_jzs3_bwd2_f64(const rnngen_jzs3_frame_f64 F, const
         double a0 = 0.0;
         double a1 = 0.0;
         double a2 = 0.0;
-        double a3 = 0.0;
-        double a4 = 0.0;
-        double a5 = 0.0;
         double g_t3_u_z = 0.0;
         double g_t6 = 0.0;
         double g_z = 0.0;
@@ -1156,25 +1133,22 @@ static __global__ void rnngen_jzs3_bwd2_f64(const rnngen_jzs3_frame_f64 F, const
         g_t25 += g_h_new;
         g_t21 += g_t25;
         g_t24 += g_t25;
-        a0 += g_t24 * (s_t23[bs]);
+        a0 += g_t24 * ((1.0 - s_z[bs]));
         g_t23 += g_t24 * (s_h_prev[bs]);
         g_z += -g_t23;
         g_hh += g_t21 * (s_z[bs]);
         g_z += g_t21 * (s_hh[bs]);
         g_t19 += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-        a5 += g_t19;
+        a1 += g_t19;
         g_t16_u_h += g_t19;
         dS_g2[((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_t16_u_h;
         g_t6 += g_z * (s_z[bs] * (1.0 - s_z[bs]));
-        a3 += g_t6;
+        a2 += g_t6;
         g_t3_u_z += g_t6;
         dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_t3_u_z;
         dL_h_1[bj] = a0;
-        d_t3[bj] = a1;
-        d_t16[bj] = a2;
-        dXP[(size_t)0 * BH + bj] = a3;
-        dXP[(size_t)1 * BH + bj] = a4;
-        dXP[(size_t)2 * BH + bj] = a5;
+        dXP[(size_t)2 * BH + bj] = a1;
+        dXP[(size_t)0 * BH + bj] = a2;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
         d_t3[bj] = 0.0;
@@ -1225,14 +1199,13 @@ static __global__ void rnngen_jzs3_bwd1_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     if (m) {
         double a0 = d_t16[bj];
         double a1 = dL_h_1[bj];
-        double a2 = dXP[(size_t)1 * BH + bj];
+        double a2 = 0.0;
         double g_h_prev_u_r = 0.0;
         double g_t12 = 0.0;
         double g_r = 0.0;
@@ -1292,8 +1265,7 @@ static __global__ void rnngen_jzs3_bwd0_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
     if (m) {
@@ -1447,8 +1419,7 @@ int rnngen_jzs3_forward_f64(void *stream, int T, int B, int D, int H,
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd0_f64, grid, block, cs, F, t);
@@ -1589,16 +1560,15 @@ int rnngen_jzs3_backward_f64(void *stream, int T, int B, int D, int H, int trunc
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_t23 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* 1.0 - z */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh; (void)s_t23;
+(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd2_f64, grid, block, cs, F, t);
-        /* dt16 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g2, (double)1, dS_g2 + (size_t)t * DST * LDS_g2, DSB * LDS_g2, Ucat_g2, LDS_g2, (double)1, d_t16, (size_t)H));
+        /* dt16 = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g2, (double)1, dS_g2 + (size_t)t * DST * LDS_g2, DSB * LDS_g2, Ucat_g2, LDS_g2, (double)0, d_t16, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd1_f64, grid, block, cs, F, t);
-        /* dt3 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (double)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (double)1, d_t3, (size_t)H));
+        /* dt3 = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (double)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (double)0, d_t3, (size_t)H));
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (double)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (double)1, dL_h_1, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd0_f64, grid, block, cs, F, t);

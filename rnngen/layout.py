@@ -8,6 +8,10 @@ downstream reads it (the step program, both frames, the weight-gradient GEMMs):
 * ``transient``: slots that forward needs within a step only (a mean's operand, a value
   read by a later loop) and backward never reads: training keeps them for two steps
   (t & 1), as inference keeps every slot, instead of writing T steps of them.
+* ``recomputed``: values backward reads that are one sum, difference, product or
+  negation of saved values, weights and constants (``a1 * (c - mean(c))``): backward
+  recomputes them from those instead of reading a saved copy, and forward does not save
+  them (they leave ``slots``).
 * ``new_state_alias``: a slot that is a state's new value (``h = sigmoid(...)``)
   holds at step t < T-1 what the slot of that state's previous value holds at step
   t+1, so forward saves it at the last step only and backward reads the other slot.
@@ -38,6 +42,7 @@ class Layout:
     slots: tuple                          # of Node, in slot order
     inference_slots: frozenset            # of Node
     transient: frozenset                  # of Node: kept for two steps in training too
+    recomputed: frozenset                 # of Node: not saved, backward recomputes them
     new_state_alias: Mapping              # Node -> Node (the previous-state slot)
     lag_alias: Mapping                    # Node -> (Node of h[-1], k)
     xw_group: Optional[Group]
@@ -72,7 +77,8 @@ def _xw_alias_group(ir: CellIR) -> Optional[Group]:
 
 
 def compute_layout(ir: CellIR, *, alias_new_state: bool = True, share_lags: bool = True,
-                   xw_in_ds: bool = True, transient_slots: bool = True) -> Layout:
+                   xw_in_ds: bool = True, transient_slots: bool = True,
+                   recompute: bool = True) -> Layout:
     """The layout of ``ir``'s saved values; each keyword turns one optimisation off."""
     operands = {g.operand for g in ir.groups}
     last = ir.nphases - 1
@@ -102,7 +108,23 @@ def compute_layout(ir: CellIR, *, alias_new_state: bool = True, share_lags: bool
             n for n in inference
             if n.op not in ("state", "started", "assign") and not n.hoisted
             and n not in ir.needed and n not in gemm_operands and n not in aliased)
-    return Layout(slots=tuple(ir.slots), inference_slots=inference, transient=transient,
+    recomputed = set()
+    if recompute:
+        gemm_operands = {g.operand for g in ir.groups if not g.mean}
+        aliased = set(new_state) | set(new_state.values()) | set(lags) | {
+            p for p, _ in lags.values()}
+
+        def saved(a):   # read by backward from a slot (or as a weight, a constant, started)
+            return (not a.varying or a.op == "started"
+                    or (a in slot_set and a not in transient and a not in recomputed))
+        for n in ir.slots:
+            if (n.op in ("add", "sub", "mul", "neg") and n not in inference
+                    and n not in gemm_operands and n not in aliased
+                    and all(saved(a) and a not in recomputed for a in n.args)):
+                recomputed.add(n)
+    return Layout(slots=tuple(n for n in ir.slots if n not in recomputed),
+                  inference_slots=inference, transient=transient,
+                  recomputed=frozenset(recomputed),
                   new_state_alias=MappingProxyType(new_state),
                   lag_alias=MappingProxyType(lags), xw_group=xw_group)
 

@@ -78,6 +78,7 @@ class Bin:
     op: str           # + - * /
     left: "Expr"
     right: "Expr"
+    parens: bool = False   # (a op b): where it is an operand
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class Gemm:
     weights: tuple        # of weight names, column blocks in order (none for a mean)
     transposed: bool
     target: Optional[Access] = None   # backward: the operand's adjoint buffer
+    starts: bool = False  # backward: the first write of target this step (=, not +=)
 
     @property
     def mean(self) -> bool:
@@ -268,6 +270,7 @@ class _Lowering:
         self._reads_hoisted = False
         self._locals: dict = {}        # backward loop being built: Access -> its local
         self._entry_inits: dict = {}   # assign node -> local holding its adjoint from the entry
+        self._starts: dict = {}        # adjoint buffer -> the loop or product that starts it
 
     # -- values ----------------------------------------------------------------------
     def _hoisted_value(self, n):
@@ -298,6 +301,9 @@ class _Lowering:
             return self._hoisted_value(n)
         if n.op == "started":   # backward keeps nreal as forward had it at this step
             return Started(n.attr)
+        if n in self.layout.recomputed:   # from saved values, as forward computed it
+            e = self.value_expr(n, self.bwd_val)
+            return Bin(e.op, e.left, e.right, parens=True) if isinstance(e, Bin) else e
         assert n in self.slot_set and n not in self.layout.transient, n
         return Load(slot(n))
 
@@ -536,12 +542,9 @@ class _Lowering:
                 self._entry_inits[a] = Local(f"a_{c_name(s)}")
             else:
                 inits[adj(a)] = Local(f"a_{c_name(s)}")
-        for n in ir.buffered:
+        for n in ir.buffered:   # (on real rows the first write of each starts it: _starts)
             if n.op != "assign":
-                inits[adj(n)] = Lit(0.0)
                 padded.append(Set(adj(n), Lit(0.0)))
-        for n in ir.roots:
-            inits[Access("droot", "", self.root_index[n])] = Lit(0.0)
         return pre, inits, padded
 
     def _loop(self, p: int, entry: bool, final: bool):
@@ -557,27 +560,54 @@ class _Lowering:
         self._entry_inits = {}
         if not body and not entry:
             return [], [], False
-        load = [Let(name, inits.get(access, Load(access)), const=False)
+        starts = {a for a, first in self._starts.items() if first == ("loop", p)}
+        load = [Let(name, inits.get(access, Lit(0.0) if access in starts else Load(access)),
+                    const=False)
                 for access, name in self._locals.items()]
-        # store what changed (or the entry set); root adjoints are read by no later loop
-        # than the final one
+        # store what changed (or the entry set, or what this loop starts); root adjoints
+        # are read by no later loop than the final one
         changed = {s.target.name for s in body if isinstance(s, Add)
                    and isinstance(s.target, Local)}
         store = [Set(access, Local(name)) for access, name in self._locals.items()
-                 if (access in inits or name in changed)
+                 if (access in inits or access in starts or name in changed)
                  and not (final and access.kind == "droot")]
         return self._with_hoisted(pre + load + body + store, reads), padded, reads
+
+    def _first_writes(self, final: int) -> dict:
+        """{adjoint buffer or root adjoint: ("loop", p) or ("gemm", group name)}, the first
+        of the step's backward loops and products (in the order they run) to touch it:
+        that one starts it (from zero, or writes the product) instead of adding to what
+        an earlier one left, so no loop spends a pass zeroing buffers it does not use."""
+        ir = self.ir
+        lazy = {adj(n) for n in ir.buffered if n.op != "assign"} | {
+            Access("droot", "", i) for i in range(len(ir.roots))}
+        first = {}
+        for p in range(ir.nphases - 1, -1, -1):
+            self._locals = {}
+            self._tracked(self._backward_body, p)
+            if p == final:
+                self._tracked(self._hoisted_partials)
+            for access in self._locals:
+                if access in lazy:
+                    first.setdefault(access, ("loop", p))
+            for g in ir.groups_of_phase(p):
+                if operand_adjoint(g) in lazy:
+                    first.setdefault(operand_adjoint(g), ("gemm", g.name))
+        self._locals = {}
+        return first
 
     def backward(self):
         ir = self.ir
         busy = [p for p in range(ir.nphases) if self._tracked(self._backward_body, p)[0]]
         self._locals = {}
         first, final = (max(busy), min(busy)) if busy else (0, 0)
+        self._starts = self._first_writes(final)
         out = []
         for p in range(ir.nphases - 1, -1, -1):
             real, padded, reads = self._loop(p, p == first, p == final)
             gemms = tuple(Gemm(g, g.operand, () if g.mean else tuple(mm.attr for mm in g.matmuls),
-                               True, operand_adjoint(g))
+                               True, operand_adjoint(g),
+                               self._starts.get(operand_adjoint(g)) == ("gemm", g.name))
                           for g in ir.groups_of_phase(p))
             out.append(BackwardPhase(p, tuple(real), tuple(padded), p == final, reads, gemms))
         self._locals = {}

@@ -140,7 +140,8 @@ class Renderer:
         if isinstance(e, P.Neg):
             return f"-({self.expr(e.arg)})" if e.parens else f"-{self.expr(e.arg)}"
         if isinstance(e, P.Bin):
-            return f"{self.expr(e.left)} {e.op} {self.expr(e.right)}"
+            text = f"{self.expr(e.left)} {e.op} {self.expr(e.right)}"
+            return f"({text})" if e.parens else text
         if isinstance(e, P.Call):
             f = FUNCTIONS[e.func]
             x = self.expr(e.x) if e.x is not None else None

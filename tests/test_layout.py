@@ -11,7 +11,8 @@ import rnngen
 from rnngen import layers
 from rnngen.ir import compute_ir
 from rnngen.layout import Schedule, compute_layout
-from rnngen.pipeline import compile_cell, generate
+from rnngen.pipeline import EXAMPLES, compile_cell, generate
+from rnngen.spec import load_spec
 
 T, D, H = 6, 3, 32   # H = 32: two threads of 16 units each in the unit split
 # On two threads the runtime takes the unit split and x @ W before the loop at B = 4, the
@@ -39,6 +40,8 @@ CHOICES = [
     ("GRU", {}, Schedule(split="unit", xw_first=True)),
     ("GRU", {}, Schedule(split="batch")),
     ("JZS1", {}, Schedule(xw_first=False)),
+    ("GRU", {"recompute": False}, Schedule()),
+    ("JZS3", {"recompute": False}, Schedule(split="unit")),
 ]
 
 
@@ -75,6 +78,30 @@ def test_a_forced_choice_computes_the_same(two_threads, name, layout, schedule):
             got = _run(forced, x, m, ws, dy, truncate)
             for a, b in zip(ref, got):
                 np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", [{"transient_slots": False}, {"recompute": False}])
+@pytest.mark.parametrize("split", ["unit", "batch"])
+def test_transient_and_recomputed_values_compute_the_same(two_threads, layout, split):
+    """The LayerNorm LSTM keeps its means' operands for two steps and recomputes
+    `a1 * (r - mean)` in backward: each of these off gives the default's results."""
+    spec = load_spec(EXAMPLES / "layernorm_lstm.yaml")
+    lay = compute_layout(compute_ir(spec))
+    assert {n.label for n in lay.transient} >= {"t18", "t116"}   # (rf - mr) ** 2, ...
+    assert len(lay.recomputed) == 8                              # a1_f * (rf - mr), ...
+    default = compile_cell(spec, schedule=Schedule(split=split))
+    forced = compile_cell(spec, layout=layout, schedule=Schedule(split=split))
+    rng = np.random.default_rng(2)
+    ws = _weights(spec, rng)
+    B = 4
+    x = rng.normal(size=(B, T, D))
+    dy = rng.normal(size=(B, T, H))
+    mask = np.ones((B, T), np.uint8)
+    mask[1, :2] = 0
+    mask[2, 3] = 0
+    for m, truncate in ((None, -1), (mask, -1), (mask, 3)):
+        for a, b in zip(_run(default, x, m, ws, dy, truncate), _run(forced, x, m, ws, dy, truncate)):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
 
 
 def test_the_layout_is_what_the_cells_need():
