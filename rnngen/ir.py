@@ -520,6 +520,12 @@ class _Lowering:
             raise _Abort()
         c = sum(s * t.attr for s, t in terms if t.is_const)
         rest = [(s, t) for s, t in terms if not t.is_const]
+        means = [(s, t) for s, t in rest if t.op == "mean"]
+        if len(means) > 1:   # mean(a) +- mean(b) = mean(a +- b): one reduction, not several
+            merged = self.node("mean", (self.build_sum([(s, t.args[0]) for s, t in means], line),))
+            at = rest.index(means[0])
+            rest = [st for st in rest[:at] if st[1].op != "mean"] + [(1, merged)] + [
+                st for st in rest[at:] if st[1].op != "mean"]
         ordered = [st for st in rest if not st[1].varying] + [st for st in rest if st[1].varying]
         acc = None
         if c != 0 or not ordered:
