@@ -31,7 +31,7 @@ from .layout import Layout
 # -- accesses: one element (b, j) of a buffer the frame defines --------------------------
 @dataclass(frozen=True)
 class Access:
-    """kind: state | dstate (s, lag) | slot (node label) | product | dproduct | dmean
+    """kind: state | dstate (s, lag) | slot (node label) | product | mean | dproduct | dmean
     (group, block: the gradient w.r.t. a GEMM's or a mean's result) | xw | dxw (block) | vector | dvector (weight) | droot (root index) | adj
     (node label) | y | dy | x | dxe (x read elementwise, and its gradient)."""
     kind: str
@@ -289,7 +289,7 @@ class _Lowering:
             return Started(n.attr)
         if n.op in ("matmul", "mean"):
             g, k = ir.group_of(n)
-            return Load(Access("product", g.name, k))
+            return Load(Access("mean" if g.mean else "product", g.name, k))
         if ir.phases[n] == loop:
             return Local(f"v_{n.label}")
         return Load(slot(n))

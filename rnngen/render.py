@@ -93,6 +93,10 @@ class Renderer:
             return f"d_{a.name}[bj]"
         if k == "product":
             return f"S_{a.name}[(size_t)b * LDS_{a.name} + OFF_{a.name} + {a.index} * nU + j]"
+        if k == "mean":   # the C frame keeps one copy per sample and thread (at unit j0)
+            if self.d.name == "c":
+                return f"S_{a.name}[(size_t)b * LDS_{a.name} + j0]"
+            return f"S_{a.name}[(size_t)b * LDS_{a.name} + OFF_{a.name} + {a.index} * nU + j]"
         if k == "dproduct":
             return (f"dS_{a.name}[((size_t)b * DSB + (size_t)t * DST) * LDS_{a.name} + "
                     f"OFF_{a.name} + {a.index} * nU + j]")
