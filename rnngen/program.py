@@ -397,7 +397,8 @@ class _Lowering:
         in_ds = self.layout.xw_group is not None
         skip = lambda n: in_ds and n.op == "xprod"  # noqa: E731
         for n in ir.hoisted:
-            init = self.root_adjoint(n) if n in self.root_index else Lit(0.0)
+            init = (self.root_adjoint(n) if n in self.root_index and not self._direct(n)
+                    else Lit(0.0))
             if not skip(n):
                 out.append(Let(f"g_{n.label}", init, const=False))
         for n in reversed(ir.hoisted):
@@ -479,6 +480,12 @@ class _Lowering:
         (roots of row (b, t) are only read at step t, so backward finishes them there)."""
         return self._mem(Access("droot", "", self.root_index[n]))
 
+    def _direct(self, n: Node) -> bool:
+        """A vector weight read by the step (`a * x + b`): the contributions to its
+        adjoint go straight into its gradient (summed over the samples), not through
+        the step's root adjoints (dXP) and the input-only part."""
+        return n.op == "bias" and n not in self.buf_set
+
     def adjoint_target(self, a: Node, p: int):
         """Where a contribution to a's adjoint goes, from backward loop p."""
         ir = self.ir
@@ -489,6 +496,8 @@ class _Lowering:
         if a.hoisted:
             if a in self.buf_set:   # a root that is also a GEMM operand
                 return self._mem(adj(a))
+            if self._direct(a):
+                return Access("dvector", a.attr)
             return self.root_adjoint(a)
         if ir.owner[a] == p:
             return Local(f"g_{a.label}")
@@ -512,7 +521,9 @@ class _Lowering:
             for a, f, neg in self.partials(n, self.bwd_val):
                 tgt = self.adjoint_target(a, p)
                 if tgt is not None:
-                    out.append(Add(tgt, Scaled(g, f, neg)))
+                    value = Scaled(g, f, neg)
+                    out.append(ReduceAdd(tgt, value) if isinstance(tgt, Access)
+                               and tgt.kind == "dvector" else Add(tgt, value))
         if p == 0:   # hoisted GEMM operands: their adjoint buffer flows to dXP
             for n in ir.buffered:
                 if n.hoisted:
