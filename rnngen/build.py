@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shlex
 import shutil
 import socket
@@ -46,11 +47,13 @@ CC = os.environ.get("CC", "cc")
 # -fno-math-errno: sqrt becomes one instruction (no errno); -fno-trapping-math: no code
 # relies on floating-point exceptions, so the compiler may turn branches into selects and
 # loops with exp, log, max ... vectorise (results are the same, IEEE rounding throughout);
-# -mprefer-vector-width=512: where the CPU has AVX-512, the elementwise loops use it
-# (GCC's default is 256 bits); no effect elsewhere.  Measured in docs/design.md.
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-std=c11", "-fPIC", "-fopenmp",
-          "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wextra",
-          "-Werror"]
+# -mprefer-vector-width=512 (x86 only): where the CPU has AVX-512, the elementwise loops use
+# it (GCC's default is 256 bits); no effect on x86 CPUs without it.  Measured in
+# docs/design.md.
+CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fopenmp", "-ffp-contract=fast",
+          "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wextra", "-Werror"]
+if platform.machine().lower() in ("x86_64", "amd64", "i686", "i386"):
+    CFLAGS.insert(2, "-mprefer-vector-width=512")
 # -z nodelete: the library (and so libgomp and the BLAS it loaded) stays mapped when
 # cffi closes it at interpreter exit.  Unloaded, libgomp's idle worker threads (and the
 # BLAS's) would run unmapped code: 5-8% of runs crashed at exit before this flag.

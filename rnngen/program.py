@@ -301,7 +301,8 @@ class _Lowering:
             return self._hoisted_value(n)
         if n.op == "started":   # backward keeps nreal as forward had it at this step
             return Started(n.attr)
-        if n in self.layout.recomputed:   # from saved values, as forward computed it
+        if n in self.layout.recomputed:   # from saved values (the same operation as forward;
+            # where forward's compiler fused it into an FMA the two may differ by a rounding)
             e = self.value_expr(n, self.bwd_val)
             return Bin(e.op, e.left, e.right, parens=True) if isinstance(e, Bin) else e
         assert n in self.slot_set and n not in self.layout.transient, n

@@ -182,14 +182,16 @@ def test_layernorm_gru_against_the_paper(backend):
     test_example_cell_against_its_papers_equations("layernorm_gru", backend)
 
 
-@pytest.mark.parametrize("split", ["unit", "batch"])
-def test_means_are_right_when_threads_split_the_units_or_the_samples(split):
+@pytest.mark.parametrize("split,threads,Hn", [("unit", 2, 32), ("batch", 2, 32), ("unit", 3, 64)])
+def test_means_are_right_when_threads_split_the_units_or_the_samples(split, threads, Hn):
     """In the unit split each thread holds some units of every sample: a mean reads all of
-    them after the step's barrier.  Two threads, each split forced, against one thread."""
+    them after the step's barrier.  Two threads, each split forced, against one thread;
+    and three threads for 64 units (four blocks of 16, two per thread): the third holds
+    none."""
     from rnngen.layout import Schedule
     from rnngen.pipeline import compile_cell
     spec = rnngen.load_cell(ROOT / "examples" / "layernorm_lstm.yaml").spec
-    Bn, Hn = 16, 32
+    Bn = 16
     rng = np.random.default_rng(0)
     one = compile_cell(spec)
     forced = compile_cell(spec, schedule=Schedule(split=split))
@@ -202,9 +204,9 @@ def test_means_are_right_when_threads_split_the_units_or_the_samples(split):
         y1, s1, _ = one.forward(x, mask, ws, Hn, True)
         dx1, g1, _ = one.backward(x, mask, ws, s1, dy, -1)
         y1, dx1, g1 = y1.copy(), dx1.copy(), [g.copy() for g in g1]
-        rnngen.set_num_threads(2)
+        rnngen.set_num_threads(threads)
         y2, s2, _ = forced.forward(x, mask, ws, Hn, True)
-        assert s2[-3] == (1 if split == "batch" else 2)     # the split it ran
+        assert s2[-3] == (1 if split == "batch" else threads)     # the split it ran
         dx2, g2, _ = forced.backward(x, mask, ws, s2, dy, -1)
     finally:
         rnngen.set_num_threads(old)

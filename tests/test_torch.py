@@ -494,6 +494,7 @@ part = slice(rank * half, (rank + 1) * half)
 loss = ((model(x[part], mask[part]) - target[part]) ** 2).mean()
 loss.backward()
 torch.save([p.grad for p in model.parameters()], f"{work}/g{rank}.pt")
+dist.barrier()                           # both done before either tears down
 dist.destroy_process_group()
 """
 
@@ -530,7 +531,13 @@ def test_ddp_two_processes_average_to_the_whole_batch(tmp_path, leaky_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+    # torch's gloo teardown has been seen to abort one process at exit ("terminate called
+    # without an active exception", seen once in CI), after both had saved their
+    # gradients: that exit is accepted, any other failure is not
+    teardown = "terminate called without an active exception"
+    saved = all((tmp_path / f"g{r}.pt").exists() for r in range(2))
+    assert all(p.returncode == 0 or (saved and teardown in out)
+               for p, out in zip(procs, outs)), "\n".join(outs)
     ((model(x, mask) - target) ** 2).mean().backward()
     g0, g1 = (torch.load(tmp_path / f"g{r}.pt") for r in range(2))
     assert len(g0) == len(list(model.parameters())) == 5
