@@ -1,7 +1,8 @@
 """`make bench`: rnngen's kernels side by side with peers, in one run.
 
-For every seed cell, and two cells of examples/ (the LayerNorm LSTM and xLSTM's
-sLSTM, issue 12), and every configuration (T, B, D, H), float32, it times inference
+For every seed cell and two cells of examples/ (the LayerNorm LSTM and xLSTM's
+sLSTM, issue 12) at every configuration (T, B, D, H), and the other cells of examples/
+(MGU, torch's GRU, minGRU, IndRNN, the LayerNorm GRU) at the first and third, float32, it times inference
 (forward only) and training (the forward that saves what backward needs, then
 backward with full BPTT), interleaving rnngen and its peers call by call on the
 same inputs and thread count.  Each result is the median of the timed calls
@@ -55,9 +56,17 @@ CELLS = [
     ("JZS3", "JZS3", {}),
     ("LayerNormLSTM", "examples/layernorm_lstm.yaml", {}),
     ("sLSTM", "examples/slstm.yaml", {}),
+    ("MGU", "examples/mgu.yaml", {}),
+    ("TorchGRU", "examples/torch_gru.yaml", {}),
+    ("MinGRU", "examples/mingru.yaml", {}),
+    ("IndRNN", "examples/indrnn.yaml", {}),
+    ("LayerNormGRU", "examples/layernorm_gru.yaml", {}),
 ]
 SEED = {"SimpleRNN", "SimpleDeepRNN", "GRU", "LSTM", "JZS1", "JZS2", "JZS3"}
-GALLERY = {"LayerNormLSTM", "sLSTM"}
+GALLERY = {"LayerNormLSTM", "sLSTM"}   # issue 12's targets
+# the rest of examples/, at the first and third configurations unless --configs is given
+MORE = {"MGU", "TorchGRU", "MinGRU", "IndRNN", "LayerNormGRU"}
+MORE_CONFIGS = [CONFIGS[0], CONFIGS[2]]
 PEERS = [
     ("nn.LSTM", "torch", peers.TorchLSTMPeer),
     ("torch eager", "torch", peers.TorchEagerPeer),
@@ -291,7 +300,8 @@ def targets(results, sgemm) -> list[tuple[str, bool, str]]:
     check("LSTM training >= 1.5x nn.LSTM", ratios("training", "nn.LSTM", lstm), 1.5)
     check("inference >= 80% of SGEMM at B>=32 (seed cells, LSTM-sigmoid)", [
         (r["inference"]["gflops"]["rnngen"] / sgemm, f"{r['cell']} {r['config']}")
-        for r in results if r["config"][1] >= 32 and not gallery(r)], 0.8)
+        for r in results if r["config"][1] >= 32 and not gallery(r) and r["cell"] not in MORE],
+          0.8)
     # issue 12: the LayerNorm LSTM and sLSTM of examples/, as for the seed cells
     check("LayerNormLSTM, sLSTM training >= 3x jax at B=32", ratios(
         "training", "jax scan", lambda r: b32(r) and gallery(r)), 3)
@@ -369,8 +379,11 @@ def main(argv=None):
           f"(numpy's BLAS: {rates['numpy']:.0f}); threads: {os.cpu_count()} for every implementation")
 
     results = []
+    default_configs = a.configs == ap.get_default("configs")
     for label, cls, extra in cells:
         for cfg in configs:
+            if label in MORE and default_configs and cfg not in MORE_CONFIGS:
+                continue
             t0 = time.perf_counter()
             at_start = load()
             r = run_case(label, cls, extra, cfg, a.rounds, a.per_round, factory, a.settle)

@@ -44,9 +44,13 @@ INPUT_WEIGHTS = {
     # two cells of examples/ (bench_gpu.py): the minimal gated unit, and torch's GRU
     "MGU": ["W_f", "W_h"],
     "TorchGRU": ["W_ir", "W_iz", "W_in"],
-    # examples/layernorm_lstm.yaml and examples/slstm.yaml (bench.py)
+    # examples/layernorm_lstm.yaml and examples/slstm.yaml (bench.py), and the rest of
+    # the gallery: minGRU, IndRNN, the LayerNorm GRU
     "LayerNormLSTM": ["W_f", "W_i", "W_o", "W_g"],
     "SLSTM": ["W_z", "W_i", "W_f", "W_o"],
+    "MinGRU": ["W_z", "W_h"],
+    "IndRNN": ["W"],
+    "LayerNormGRU": ["W_z", "W_r", "W_h"],
 }
 # registers carried between steps, h first, where a cell has more than h
 N_STATES = {"LSTM": 2, "LayerNormLSTM": 2, "SLSTM": 4}
@@ -71,6 +75,9 @@ def prepare(cell: str, F, w: dict) -> dict:
                     a2=cat([f"a2_{g}" for g in gates]), b=cat([f"b_{g}" for g in gates]))
     if cell == "SLSTM":
         return dict(w, R=cat([f"R_{g}" for g in "zifo"]), b=cat([f"b_{g}" for g in "zifo"]))
+    if cell == "LayerNormGRU":   # z and r normalised together over their 2H units
+        return dict(w, U=cat(["U_z", "U_r"]), a1=cat(["a1_z", "a1_r"]),
+                    a2=cat(["a2_z", "a2_r"]), b=cat(["b_z", "b_r"]))
     return w
 
 
@@ -81,6 +88,10 @@ def hoisted(cell: str, F, w: dict, xw):
         return F.layer_norm(xw, w["a2"], w["b"], F.eps)
     if cell == "SLSTM":
         return xw + w["b"]
+    if cell == "LayerNormGRU":       # LN over x @ [W_z | W_r] (2H units), and over x @ W_h
+        H = w["a3"].shape[-1]
+        return F.cat([F.layer_norm(xw[:, :2 * H], w["a1"], w["b"], F.eps),
+                      F.layer_norm(xw[:, 2 * H:], w["a3"], w["b_h"], F.eps)])
     return xw
 
 
@@ -131,6 +142,18 @@ def step(cell: str, F, w: dict, xw: list, st: tuple, t):
         z = F.sigmoid(xw[1] + w["b_iz"] + h @ w["W_hz"] + w["b_hz"])
         n = F.tanh(xw[2] + w["b_in"] + r * (h @ w["W_hn"] + w["b_hn"]))
         return ((1 - z) * n + z * h,)
+    if cell == "MinGRU":       # examples/mingru.yaml (Feng et al. 2024): no recurrent product
+        z = F.sigmoid(xw[0] + w["b_z"])
+        return ((1 - z) * h + z * (xw[1] + w["b_h"]),)
+    if cell == "IndRNN":       # examples/indrnn.yaml (Li et al. 2018): u * h, elementwise
+        return (act(xw[0] + w["u"] * h + w["b"]),)
+    if cell == "LayerNormGRU":   # examples/layernorm_gru.yaml
+        H = h.shape[-1]
+        g = F.layer_norm(h @ w["U"], w["a2"], None, F.eps)
+        z = F.sigmoid(xw[0] + g[:, :H])
+        r = F.sigmoid(xw[1] + g[:, H:])
+        hh = F.tanh(xw[2] + F.layer_norm((r * h) @ w["U_h"], w["a4"], None, F.eps))
+        return (z * h + (1 - z) * hh,)
     if cell == "LayerNormLSTM":  # examples/layernorm_lstm.yaml (Ba et al. 2016)
         c = st[1]
         H = h.shape[-1]

@@ -75,9 +75,12 @@ def test_kernel_microbenchmark_builds_warning_free_and_reports(monkeypatch, caps
 
 
 @pytest.mark.parametrize("peer", ["numpy", "torch eager", "jax scan"])
-@pytest.mark.parametrize("source", ["examples/layernorm_lstm.yaml", "examples/slstm.yaml"])
+@pytest.mark.parametrize("source", ["examples/layernorm_lstm.yaml", "examples/slstm.yaml",
+                                    "examples/mgu.yaml", "examples/torch_gru.yaml",
+                                    "examples/mingru.yaml", "examples/indrnn.yaml",
+                                    "examples/layernorm_gru.yaml"])
 def test_gallery_peers_compute_the_cell_of_the_yaml(bench, source, peer):
-    """The peers of the two cells of examples/ in `make bench`, written from the YAML
+    """The peers of the cells of examples/ in `make bench`, written from the YAML
     equations, against rnngen in float64 at tiny sizes: forward, and dx where they train.
     Biases and gains get random values, so that their placement is checked too."""
     label, mod, pcls = next(p for p in bench.PEERS if p[0] == peer)
