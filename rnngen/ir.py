@@ -764,7 +764,7 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
     for n in nodes:
         if not n.varying or n.op in STEP_LEAVES:
             continue
-        # (a partial with respect to a constant is never formed: see StepProgram.partials)
+        # (a partial with respect to a constant is never formed: see program's partials)
         if n.op == "mul":
             a, b = n.args
             needed.update(x for x, other in ((a, b), (b, a)) if not other.is_const)

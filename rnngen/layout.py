@@ -99,28 +99,24 @@ def compute_layout(ir: CellIR, *, alias_new_state: bool = True, share_lags: bool
     if share_lags and xw_group is None:
         lags = {n: (prev[n.attr[0]], n.attr[1]) for n in ir.slots
                 if n.op == "state" and n.attr[1] >= 2 and n.attr[0] in prev}
+    gemm_operands = {g.operand for g in ir.groups if not g.mean}
+    aliased = set(new_state) | set(new_state.values()) | set(lags) | {
+        p for p, _ in lags.values()}
     transient = frozenset()
     if transient_slots:
-        gemm_operands = {g.operand for g in ir.groups if not g.mean}
-        aliased = set(new_state) | set(new_state.values()) | set(lags) | {
-            p for p, _ in lags.values()}
         transient = frozenset(
             n for n in inference
             if n.op not in ("state", "started", "assign") and not n.hoisted
             and n not in ir.needed and n not in gemm_operands and n not in aliased)
     recomputed = set()
     if recompute:
-        gemm_operands = {g.operand for g in ir.groups if not g.mean}
-        aliased = set(new_state) | set(new_state.values()) | set(lags) | {
-            p for p, _ in lags.values()}
-
         def saved(a):   # read by backward from a slot (or as a weight, a constant, started)
             return (not a.varying or a.op == "started"
                     or (a in slot_set and a not in transient and a not in recomputed))
         for n in ir.slots:
             if (n.op in ("add", "sub", "mul", "neg") and n not in inference
                     and n not in gemm_operands and n not in aliased
-                    and all(saved(a) and a not in recomputed for a in n.args)):
+                    and all(saved(a) for a in n.args)):
                 recomputed.add(n)
     return Layout(slots=tuple(n for n in ir.slots if n not in recomputed),
                   inference_slots=inference, transient=transient,

@@ -31,9 +31,10 @@ from .layout import Layout
 # -- accesses: one element (b, j) of a buffer the frame defines --------------------------
 @dataclass(frozen=True)
 class Access:
-    """kind: state | dstate (s, lag) | slot (node label) | product | mean | dproduct | dmean
-    (group, block: the gradient w.r.t. a GEMM's or a mean's result) | xw | dxw (block) | vector | dvector (weight) | droot (root index) | adj
-    (node label) | y | dy | x | dxe (x read elementwise, and its gradient)."""
+    """kind: state | dstate (s, lag) | slot (node label) | product | mean | dproduct |
+    dmean (group, block: a GEMM's or a mean's result, and its gradient) | xw | dxw (block)
+    | vector | dvector (weight) | droot (root index) | adj (node label) | y | dy | x | dxe
+    (x read elementwise, and its gradient)."""
     kind: str
     name: str = ""
     index: int = 0

@@ -91,19 +91,14 @@ class Renderer:
             return f"s_{a.name}[bs]"
         if k == "adj":
             return f"d_{a.name}[bj]"
-        if k == "product":
+        if k == "mean" and self.d.name == "c":   # one copy per sample and thread (unit j0)
+            return f"S_{a.name}[(size_t)b * LDS_{a.name} + j0]"
+        if k in ("product", "mean"):
             return f"S_{a.name}[(size_t)b * LDS_{a.name} + OFF_{a.name} + {a.index} * nU + j]"
-        if k == "mean":   # the C frame keeps one copy per sample and thread (at unit j0)
-            if self.d.name == "c":
-                return f"S_{a.name}[(size_t)b * LDS_{a.name} + j0]"
-            return f"S_{a.name}[(size_t)b * LDS_{a.name} + OFF_{a.name} + {a.index} * nU + j]"
-        if k == "dproduct":
-            return (f"dS_{a.name}[((size_t)b * DSB + (size_t)t * DST) * LDS_{a.name} + "
+        if k == "dmean" and self.d.name == "c":   # a mean's dS kept two steps (t & 1)
+            return (f"dS_{a.name}[(((size_t)t & 1) * B + b) * LDS_{a.name} + "
                     f"OFF_{a.name} + {a.index} * nU + j]")
-        if k == "dmean":   # the C frame keeps a mean's dS for two steps (t & 1), CUDA for all
-            if self.d.name == "c":
-                return (f"dS_{a.name}[(((size_t)t & 1) * B + b) * LDS_{a.name} + "
-                        f"OFF_{a.name} + {a.index} * nU + j]")
+        if k in ("dproduct", "dmean"):
             return (f"dS_{a.name}[((size_t)b * DSB + (size_t)t * DST) * LDS_{a.name} + "
                     f"OFF_{a.name} + {a.index} * nU + j]")
         if k == "xw":
