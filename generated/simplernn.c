@@ -43,12 +43,12 @@ int rnngen_simplernn_sizes(int T, int B, int D, int H, long long *save_size, lon
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 3);   /* the saved values, then forward's three notes */
-    size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL * RNNGEN_MAX_THREADS
+    size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS
              + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
              + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H
              + (size_t)X_ELEMENTWISE * B * T * H;
     n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
-         + 2 * (size_t)RNNGEN_PANEL * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g0 */
+         + 2 * (size_t)RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g0 */
     n += (size_t)(2 + 1) * BH;
     *work_size = (long long)n;
     return RNNGEN_OK;
@@ -95,10 +95,10 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
-    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
+    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
-    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
+    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
+    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
     float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
@@ -157,10 +157,10 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
         (void)Pw_t;
-        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
-        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
         (void)Pf_t_g0; (void)Pb_t_g0;
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
@@ -172,33 +172,33 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
         }
         float *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
+            {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+                const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = D;   /* the batch split packs the one slice together */
                 if (split)
                     rnngen_share(D, 1, tid, nt, &k0, &k1);
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: W */
                         const size_t n = 0 * nU + u;
-                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
+                        Pw_t[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * D + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_W[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pw_t[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * D + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
+            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
                     rnngen_share(H, 1, tid, nt, &k0, &k1);
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
@@ -314,10 +314,10 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
-    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
+    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
-    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
+    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
+    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
     float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
@@ -381,10 +381,10 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
         (void)Pw_t;
-        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
-        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
         (void)Pf_t_g0; (void)Pb_t_g0;
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
@@ -402,7 +402,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
 
             if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
                 float *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
+                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -410,7 +410,7 @@ int rnngen_simplernn_backward_f32(int T, int B, int D, int H, int truncate,
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U */
                         if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
                             for (size_t n = 0; n < Np; n++)
-                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U[(j0 + n) * (size_t)H + u] : 0;
+                                P[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * K + k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = n < nU ? w_U[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 
@@ -645,10 +645,10 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
-    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
+    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
-    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
+    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
+    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
     double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
@@ -707,10 +707,10 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
         (void)Pw_t;
-        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
-        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
         (void)Pf_t_g0; (void)Pb_t_g0;
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
@@ -722,33 +722,33 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
         }
         double *nreal = nreal_all + (size_t)tid * B;   /* each thread counts for itself */
         if (nU > 0) {   /* this thread's columns of the packed weights */
-            {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N);
+            {   /* Pw_t: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+                const size_t N = NW * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = D;   /* the batch split packs the one slice together */
                 if (split)
                     rnngen_share(D, 1, tid, nt, &k0, &k1);
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: W */
                         const size_t n = 0 * nU + u;
-                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_W[(size_t)k * H + j0 + u];
+                        Pw_t[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * D + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_W[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pw_t[(n / RNNGEN_PANEL) * RNNGEN_PANEL * D + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pw_t[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * D + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL */
-                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N);
+            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+                const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
                     rnngen_share(H, 1, tid, nt, &k0, &k1);
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = w_U[(size_t)k * H + j0 + u];
+                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL) * RNNGEN_PANEL * H + (size_t)k * RNNGEN_PANEL + n % RNNGEN_PANEL] = 0;
+                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
@@ -864,10 +864,10 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
-    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
+    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
     double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
-    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
+    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
+    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
     double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
     double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
     double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
@@ -931,10 +931,10 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
         const size_t OFFW = (NW - 1) * (size_t)j0;
         const size_t OFF_g0 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
         (void)Pw_t;
-        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL * (size_t)lt);
-        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL * (size_t)lt);
+        double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
         (void)Pf_t_g0; (void)Pb_t_g0;
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
@@ -952,7 +952,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
 
             if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
                 double *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU);
+                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -960,7 +960,7 @@ int rnngen_simplernn_backward_f64(int T, int B, int D, int H, int truncate,
                     for (int u = q0; u < q1; u++, k++)   /* block 0: U */
                         if (!split || (int)(k % (size_t)nt) == tid)   /* the batch split shares the rows out */
                             for (size_t n = 0; n < Np; n++)
-                                P[(n / RNNGEN_PANEL) * RNNGEN_PANEL * K + k * RNNGEN_PANEL + n % RNNGEN_PANEL] = n < nU ? w_U[(j0 + n) * (size_t)H + u] : 0;
+                                P[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * K + k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = n < nU ? w_U[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
 

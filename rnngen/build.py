@@ -3,8 +3,9 @@
 The cache key is a hash of everything that affects the binary: the rendered
 source and header (which already encode the spec, its parameters, the
 generator and the templates), the runtime header, the compiler command, the
-compiler's version and what ``-march=native`` resolves to on this machine (a
-cache shared between machines must not serve code for another CPU).
+compiler's version and the target (rnngen.targets: the -march value, RNNGEN_MARCH, what
+the compiler resolves it to on this machine, and the micro-kernel; a cache shared between
+machines must not serve code for another CPU).
 
 A build is claimed by creating ``lock`` exclusively (it names the owner: PID,
 host, the process's start time); the library is compiled under a temporary name
@@ -27,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import socket
@@ -42,18 +42,17 @@ from typing import Callable, Optional, Sequence
 
 from .errors import BuildError
 from .render import TEMPLATES
+from .targets import CpuTarget, cpu_target
 
 CC = os.environ.get("CC", "cc")
+# The flags of every C build; the target's (-march=..., and -mprefer-vector-width=512 where
+# it has AVX-512: rnngen.targets.CpuTarget.flags) follow -O3.
 # -fno-math-errno: sqrt becomes one instruction (no errno); -fno-trapping-math: no code
 # relies on floating-point exceptions, so the compiler may turn branches into selects and
-# loops with exp, log, max ... vectorise (results are the same, IEEE rounding throughout);
-# -mprefer-vector-width=512 (x86 only): where the CPU has AVX-512, the elementwise loops use
-# it (GCC's default is 256 bits); no effect on x86 CPUs without it.  Measured in
-# docs/design.md.
-CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fopenmp", "-ffp-contract=fast",
-          "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wextra", "-Werror"]
-if platform.machine().lower() in ("x86_64", "amd64", "i686", "i386"):
-    CFLAGS.insert(2, "-mprefer-vector-width=512")
+# loops with exp, log, max ... vectorise (results are the same, IEEE rounding throughout).
+# Measured in docs/design.md.
+BASE_CFLAGS = ("-O3", "-std=c11", "-fPIC", "-fopenmp", "-ffp-contract=fast",
+               "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wextra", "-Werror")
 # -z nodelete: the library (and so libgomp and the BLAS it loaded) stays mapped when
 # cffi closes it at interpreter exit.  Unloaded, libgomp's idle worker threads (and the
 # BLAS's) would run unmapped code: 5-8% of runs crashed at exit before this flag.
@@ -62,8 +61,18 @@ LDFLAGS = ["-Wl,-z,nodelete"]
 # process that preloads the sanitizer runtime (the key holds the flags, so such libraries
 # never serve a process without it).
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-if os.environ.get("RNNGEN_SANITIZE"):
-    CFLAGS = CFLAGS + SANITIZE
+
+
+def cflags(target: Optional[CpuTarget] = None) -> list[str]:
+    """The C compiler's flags for ``target`` (default: rnngen.targets.cpu_target(), i.e.
+    RNNGEN_MARCH and RNNGEN_KERNEL as they are now)."""
+    target = target or cpu_target()
+    out = [BASE_CFLAGS[0], *target.flags, *BASE_CFLAGS[1:]]
+    if os.environ.get("RNNGEN_SANITIZE"):
+        out += SANITIZE
+    return out
+
+
 BUILD_TIMEOUT_S = float(os.environ.get("RNNGEN_BUILD_TIMEOUT", "600"))
 
 
@@ -100,41 +109,20 @@ def runtime_header() -> str:
     return (TEMPLATES / "rnngen_runtime.h").read_text()
 
 
-@lru_cache(maxsize=None)
-def native_target() -> str:
-    """What ``-march=native`` means here, as the compiler resolves it (gcc: the cc1
-    line of ``-###`` with the CPU's name and every -m feature flag; clang: its
-    -target-cpu and -target-feature).  Computed once per process; part of the key."""
-    march = [f for f in CFLAGS if f.startswith(("-march=", "-mtune=", "-mcpu="))]
-    try:
-        res = subprocess.run([CC, *march, "-###", "-E", "-x", "c", os.devnull],
-                             capture_output=True, text=True, timeout=60)
-        lines = res.stderr.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        lines = []
-    for line in lines:
-        if line.startswith(" ") and ("cc1" in line or "-target-cpu" in line):
-            try:
-                tokens = shlex.split(line)
-            except ValueError:
-                continue
-            return " ".join(t for t in tokens[1:] if "/" not in t)
-    # no such line (another compiler): the CPU's features as the kernel reports them
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return f"{' '.join(march)} {flags.strip()}"
+def target_key() -> str:
+    """The current C target as the key holds it: its flags, its kernel and what the
+    compiler resolves -march to (the CPU's name and every -m feature flag), so a cache
+    shared between machines never serves code for another CPU."""
+    return cpu_target().key()
 
 
 def _env_parts(key_extra: Sequence[str], command: Optional[Callable], suffix: str) -> list:
     """What the binary depends on besides the sources: with the default command the
-    compiler's version, the flags, the BLAS and what -march=native resolves to; another
+    compiler's version, the flags, the BLAS and the target (target_key); another
     command is named, and its compiler and flags belong in ``key_extra``."""
     parts = [runtime_header(), sys.platform, suffix, *key_extra]
     if command is None or command is compile_command:
-        parts += [compiler_id(), " ".join(CFLAGS + LDFLAGS), *blas_paths(), native_target()]
+        parts += [compiler_id(), " ".join(cflags() + LDFLAGS), *blas_paths(), target_key()]
     else:
         parts.append(f"{getattr(command, '__module__', '')}."
                      f"{getattr(command, '__qualname__', repr(command))}")
@@ -190,12 +178,14 @@ def record(ikey: str, lib: Path) -> None:
         pass
 
 
-def compile_command(src: Path, out: Path, include: Path, shared: bool = True) -> list[str]:
+def compile_command(src: Path, out: Path, include: Path, shared: bool = True,
+                    target: Optional[CpuTarget] = None) -> list[str]:
     """The compiler call for a cell library (or, shared=False, a program such as the
-    kernel microbenchmark) against the runtime header and the BLAS."""
+    kernel microbenchmark) against the runtime header and the BLAS, for ``target``
+    (default: the current one, rnngen.targets.cpu_target())."""
     inc, libdir, lib = blas_paths()
     link = ["-shared", *LDFLAGS] if shared else []
-    return [CC, *CFLAGS, *link, str(src), "-o", str(out), f"-I{include}",
+    return [CC, *cflags(target), *link, str(src), "-o", str(out), f"-I{include}",
             f"-I{inc}", f"-L{libdir}", f"-l{lib}", f"-Wl,-rpath,{libdir}", "-lm"]
 
 

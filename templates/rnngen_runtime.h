@@ -18,6 +18,71 @@ enum rnngen_status {
 };
 /* cdef-end */
 
+/* The target's micro-kernels: one table, read by the kernels below and by rnngen/targets.py
+ * (which runs the preprocessor over this header with the build's flags).  Chosen from the
+ * instruction set the compiler targets (its predefined macros), so that the register block
+ * fits the target's registers (the accumulators MR x NV vectors, plus NV vectors of the
+ * packed operand and a broadcast row element):
+ *   avx512  32 x 512-bit: float 8 x 32 (16 accumulators), double 8 x 16 (16)
+ *   avx2    16 x 256-bit, FMA: float 6 x 16, double 6 x 8 (12 accumulators; BLIS's Haswell shape)
+ *   sse2    16 x 128-bit, no FMA (a product needs a temporary): float 4 x 8, double 4 x 4 (8)
+ *   neon    32 x 128-bit (aarch64): float 6 x 16, double 6 x 8 (24)
+ *   portable  anything else, or RNNGEN_KERNEL_PORTABLE defined: the BLAS's GEMM on each panel
+ *             of 64 columns (as fast as a GEMM call per step, which the panels replace)
+ * RNNGEN_PANEL_F32/_F64: the packed operand's panel width (columns); RNNGEN_MR_*: rows of
+ * the register block; RNNGEN_NV_*: vectors per panel row; RNNGEN_VEC_BYTES: vector size. */
+#if defined(RNNGEN_KERNEL_PORTABLE)
+#define RNNGEN_KERNEL_NAME "portable"
+#elif defined(__AVX512F__)
+#define RNNGEN_KERNEL_AVX512 1
+#define RNNGEN_KERNEL_NAME "avx512"
+#define RNNGEN_VEC_BYTES 64
+#define RNNGEN_MR_F32 8
+#define RNNGEN_NV_F32 2
+#define RNNGEN_MR_F64 8
+#define RNNGEN_NV_F64 2
+#elif defined(__AVX2__) && defined(__FMA__)
+#define RNNGEN_KERNEL_AVX2 1
+#define RNNGEN_KERNEL_NAME "avx2"
+#define RNNGEN_VEC_BYTES 32
+#define RNNGEN_MR_F32 6
+#define RNNGEN_NV_F32 2
+#define RNNGEN_MR_F64 6
+#define RNNGEN_NV_F64 2
+#elif defined(__SSE2__)
+#define RNNGEN_KERNEL_SSE2 1
+#define RNNGEN_KERNEL_NAME "sse2"
+#define RNNGEN_VEC_BYTES 16
+#define RNNGEN_MR_F32 4
+#define RNNGEN_NV_F32 2
+#define RNNGEN_MR_F64 4
+#define RNNGEN_NV_F64 2
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define RNNGEN_KERNEL_NEON 1
+#define RNNGEN_KERNEL_NAME "neon"
+#define RNNGEN_VEC_BYTES 16
+#define RNNGEN_MR_F32 6
+#define RNNGEN_NV_F32 4
+#define RNNGEN_MR_F64 6
+#define RNNGEN_NV_F64 4
+#else
+#define RNNGEN_KERNEL_PORTABLE 1
+#define RNNGEN_KERNEL_NAME "portable"
+#endif
+#if defined(RNNGEN_KERNEL_PORTABLE)
+#define RNNGEN_PANEL_F32 64
+#define RNNGEN_PANEL_F64 64
+#define RNNGEN_MR_F32 0
+#define RNNGEN_MR_F64 0
+#else
+#define RNNGEN_PANEL_F32 (RNNGEN_NV_F32 * RNNGEN_VEC_BYTES / 4)
+#define RNNGEN_PANEL_F64 (RNNGEN_NV_F64 * RNNGEN_VEC_BYTES / 8)
+#endif
+/* the widest panel of the two types: what the work buffer's size allows for */
+#define RNNGEN_PANEL_MAX (RNNGEN_PANEL_F32 > RNNGEN_PANEL_F64 ? RNNGEN_PANEL_F32 : RNNGEN_PANEL_F64)
+/* columns of n packed into panels of p */
+#define RNNGEN_PACKED_COLS(n, p) (((n) + (p) - 1) / (p) * (p))
+
 #ifndef RNNGEN_NO_BLAS
 #include <limits.h>
 #include <math.h>
@@ -355,19 +420,31 @@ static inline float rnngen_logf(float x)
 /* Small GEMM with a packed right operand, for the per-step products.
  * The BLAS packs its operands on every call; the recurrent matrices are the
  * same at every step, so each thread packs its slice once per call into
- * panels of RNNGEN_PANEL columns (K rows each, zero-padded) and this kernel
- * reads them as they lie.  C[M,N] (=|+=) A[M,K] @ P.  GCC vector extensions:
- * 512-bit registers where the target has them, narrower ones otherwise. */
-#define RNNGEN_PANEL 32
-#define RNNGEN_PACKED_COLS(n) (((n) + RNNGEN_PANEL - 1) / RNNGEN_PANEL * RNNGEN_PANEL)
-
-/* c[0..nn) (=|+=) one panel's row of results, o[NV]; V holds RNNGEN_PANEL / NV
- * elements and VU is the same vector type allowed at any address. */
-#define RNNGEN_DEFINE_STORE(T, V, VU, NV, NAME)                                       \
+ * panels of RNNGEN_PANEL_F32 / _F64 columns (K rows each, zero-padded; element
+ * (k, n) of the slice at (n / P) * P * K + k * P + n % P) and this kernel reads
+ * them as they lie.  C[M,N] (=|+=) A[M,K] @ P.  The register block comes from the
+ * target's table above; GCC vector extensions of the target's vector size. */
+#if defined(RNNGEN_KERNEL_PORTABLE)
+#define RNNGEN_DEFINE_PGEMM(T, GEMM, P, SFX)                                          \
+static inline void rnngen_pgemm##SFX(int M, int N, int K, const T *A, size_t lda,   \
+                                     const T *Pk, T *C, size_t ldc, int accumulate)  \
+{                                                                                    \
+    for (int n0 = 0; n0 < N; n0 += P) {                                              \
+        const int nn = N - n0 < P ? N - n0 : P;                                      \
+        GEMM(RNNGEN_N, RNNGEN_N, M, nn, K, (T)1, A, (int)lda, Pk + (size_t)n0 * K, P,\
+             accumulate ? (T)1 : (T)0, C + n0, (int)ldc);                            \
+    }                                                                                \
+}
+RNNGEN_DEFINE_PGEMM(float, RNNGEN_GEMM_F32, RNNGEN_PANEL_F32, _f32)
+RNNGEN_DEFINE_PGEMM(double, RNNGEN_GEMM_F64, RNNGEN_PANEL_F64, _f64)
+#else
+/* c[0..nn) (=|+=) one panel's row of results, o[NV]; V holds P / NV elements and VU
+ * is the same vector type allowed at any address. */
+#define RNNGEN_DEFINE_STORE(T, V, VU, NV, P, NAME)                                    \
 static inline void NAME(T *c, const V *o, int nn, int accumulate)                    \
 {                                                                                    \
-    enum { W = RNNGEN_PANEL / NV };                                                  \
-    if (nn == RNNGEN_PANEL) {                                                        \
+    enum { W = P / NV };                                                             \
+    if (nn == P) {                                                                   \
         for (int v = 0; v < NV; v++) {                                               \
             V s = o[v];                                                              \
             if (accumulate) s += *(const VU *)(c + v * W);                           \
@@ -381,12 +458,13 @@ static inline void NAME(T *c, const V *o, int nn, int accumulate)               
     }                                                                                \
 }
 
-/* One block of MR rows by one panel. */
-#define RNNGEN_DEFINE_BLOCK(T, V, VU, NV, MR, NAME, STORE)                            \
+/* One block of MR rows by one panel: MR x NV accumulators, NV vectors of the panel's
+ * row k loaded once and used by every row. */
+#define RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, MR, NAME, STORE)                         \
 static inline void NAME(int K, const T *A, size_t lda, const T *pp, T *C, size_t ldc, \
                         int nn, int accumulate)                                      \
 {                                                                                    \
-    enum { W = RNNGEN_PANEL / NV };                                                  \
+    enum { W = P / NV };                                                             \
     V acc[MR][NV];                                                                   \
     for (int r = 0; r < MR; r++)                                                     \
         for (int v = 0; v < NV; v++)                                                 \
@@ -394,7 +472,7 @@ static inline void NAME(int K, const T *A, size_t lda, const T *pp, T *C, size_t
     for (int k = 0; k < K; k++) {                                                    \
         V b[NV];                                                                     \
         for (int v = 0; v < NV; v++)                                                 \
-            b[v] = *(const VU *)(pp + (size_t)k * RNNGEN_PANEL + v * W);             \
+            b[v] = *(const VU *)(pp + (size_t)k * P + v * W);                        \
         for (int r = 0; r < MR; r++) {                                               \
             const T a = A[(size_t)r * lda + k];                                      \
             for (int v = 0; v < NV; v++)                                             \
@@ -406,11 +484,11 @@ static inline void NAME(int K, const T *A, size_t lda, const T *pp, T *C, size_t
 }
 
 /* One row by one panel (B = 1 is all such rows): four partial sums over k, so
- * that successive multiply-adds do not wait for each other. */
-#define RNNGEN_DEFINE_ROW(T, V, VU, NV, NAME, STORE)                                   \
+ * that successive multiply-adds do not wait for each other (4 x NV accumulators). */
+#define RNNGEN_DEFINE_ROW(T, V, VU, NV, P, NAME, STORE)                                \
 static inline void NAME(int K, const T *a, const T *pp, T *c, int nn, int accumulate) \
 {                                                                                    \
-    enum { W = RNNGEN_PANEL / NV };                                                  \
+    enum { W = P / NV };                                                             \
     V acc[4][NV];                                                                    \
     for (int u = 0; u < 4; u++)                                                      \
         for (int v = 0; v < NV; v++)                                                 \
@@ -419,43 +497,45 @@ static inline void NAME(int K, const T *a, const T *pp, T *c, int nn, int accumu
     for (; k + 4 <= K; k += 4)                                                       \
         for (int u = 0; u < 4; u++)                                                  \
             for (int v = 0; v < NV; v++)                                             \
-                acc[u][v] += a[k + u] * *(const VU *)(pp + (size_t)(k + u) * RNNGEN_PANEL + v * W); \
+                acc[u][v] += a[k + u] * *(const VU *)(pp + (size_t)(k + u) * P + v * W); \
     for (; k < K; k++)                                                               \
         for (int v = 0; v < NV; v++)                                                 \
-            acc[0][v] += a[k] * *(const VU *)(pp + (size_t)k * RNNGEN_PANEL + v * W);    \
+            acc[0][v] += a[k] * *(const VU *)(pp + (size_t)k * P + v * W);           \
     V o[NV];                                                                         \
     for (int v = 0; v < NV; v++)                                                     \
         o[v] = (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]);                    \
     STORE(c, o, nn, accumulate);                                                     \
 }
 
-#define RNNGEN_DEFINE_PGEMM(T, V, VU, NV, SFX)                                        \
-RNNGEN_DEFINE_STORE(T, V, VU, NV, rnngen_store##SFX)                                 \
-RNNGEN_DEFINE_BLOCK(T, V, VU, NV, 8, rnngen_block8##SFX, rnngen_store##SFX)          \
-RNNGEN_DEFINE_BLOCK(T, V, VU, NV, 4, rnngen_block4##SFX, rnngen_store##SFX)          \
-RNNGEN_DEFINE_ROW(T, V, VU, NV, rnngen_row##SFX, rnngen_store##SFX)                  \
+/* Rows in blocks of MR, then (where MR > 4) of 4, then one by one. */
+#define RNNGEN_DEFINE_PGEMM(T, V, VU, NV, P, MR, SFX)                                 \
+RNNGEN_DEFINE_STORE(T, V, VU, NV, P, rnngen_store##SFX)                              \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, MR, rnngen_block##SFX, rnngen_store##SFX)       \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, 4, rnngen_block4##SFX, rnngen_store##SFX)       \
+RNNGEN_DEFINE_ROW(T, V, VU, NV, P, rnngen_row##SFX, rnngen_store##SFX)               \
 static inline void rnngen_pgemm##SFX(int M, int N, int K, const T *A, size_t lda,   \
-                                     const T *P, T *C, size_t ldc, int accumulate)   \
+                                     const T *Pk, T *C, size_t ldc, int accumulate)  \
 {                                                                                    \
-    for (int n0 = 0; n0 < N; n0 += RNNGEN_PANEL) {                                   \
-        const int nn = N - n0 < RNNGEN_PANEL ? N - n0 : RNNGEN_PANEL;                \
-        const T *pp = P + (size_t)n0 * K;                                            \
+    for (int n0 = 0; n0 < N; n0 += P) {                                              \
+        const int nn = N - n0 < P ? N - n0 : P;                                      \
+        const T *pp = Pk + (size_t)n0 * K;                                           \
         int m = 0;                                                                   \
-        for (; m + 8 <= M; m += 8)                                                   \
-            rnngen_block8##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
-        for (; m + 4 <= M; m += 4)                                                   \
+        for (; m + MR <= M; m += MR)                                                 \
+            rnngen_block##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
+        for (; MR > 4 && m + 4 <= M; m += 4)                                         \
             rnngen_block4##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
         for (; m < M; m++)                                                           \
             rnngen_row##SFX(K, A + m * lda, pp, C + m * ldc + n0, nn, accumulate);   \
     }                                                                                \
 }
 
-typedef float rnngen_v16f __attribute__((vector_size(64)));
-typedef float rnngen_v16fu __attribute__((vector_size(64), aligned(4), may_alias));
-typedef double rnngen_v8d __attribute__((vector_size(64)));
-typedef double rnngen_v8du __attribute__((vector_size(64), aligned(8), may_alias));
-RNNGEN_DEFINE_PGEMM(float, rnngen_v16f, rnngen_v16fu, 2, _f32)
-RNNGEN_DEFINE_PGEMM(double, rnngen_v8d, rnngen_v8du, 4, _f64)
+typedef float rnngen_vf __attribute__((vector_size(RNNGEN_VEC_BYTES)));
+typedef float rnngen_vfu __attribute__((vector_size(RNNGEN_VEC_BYTES), aligned(4), may_alias));
+typedef double rnngen_vd __attribute__((vector_size(RNNGEN_VEC_BYTES)));
+typedef double rnngen_vdu __attribute__((vector_size(RNNGEN_VEC_BYTES), aligned(8), may_alias));
+RNNGEN_DEFINE_PGEMM(float, rnngen_vf, rnngen_vfu, RNNGEN_NV_F32, RNNGEN_PANEL_F32, RNNGEN_MR_F32, _f32)
+RNNGEN_DEFINE_PGEMM(double, rnngen_vd, rnngen_vdu, RNNGEN_NV_F64, RNNGEN_PANEL_F64, RNNGEN_MR_F64, _f64)
+#endif
 
 /* Below this batch size the forward computes x @ W for all steps before the step
  * loop (one GEMM of B*T rows) rather than per step.  Measured (LSTM and GRU, T=100,

@@ -304,10 +304,10 @@ def test_a_relative_cache_path_starting_with_a_dash(tmp_path, monkeypatch):
 
 # -- the key -------------------------------------------------------------------------------
 def test_the_key_holds_what_march_native_resolves_to(monkeypatch):
-    target = build.native_target()
-    assert target and "native" not in target.split("-march=")[-1].split()[0]
+    target = build.target_key()
+    assert target and "native" not in target.split("| ")[-1].split("-march=")[-1].split()[0]
     key = build.build_key(NAME, HEADER, SOURCE)
-    monkeypatch.setattr(build, "native_target", lambda: target + " -mno-avx2")
+    monkeypatch.setattr(build, "target_key", lambda: target + " -mno-avx2")
     assert build.build_key(NAME, HEADER, SOURCE) != key
 
 
