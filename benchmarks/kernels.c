@@ -24,7 +24,7 @@ static double now(void)
 /* Best of five timings of `reps` products c = a @ P, P packed K x N. */
 static double row_rate(int K, int N, long reps)
 {
-    const size_t Np = RNNGEN_PACKED_COLS((size_t)N);
+    const size_t Np = RNNGEN_PACKED_COLS((size_t)N, RNNGEN_PANEL_F32);
     float *P = malloc(sizeof(float) * (size_t)K * Np), *a = malloc(sizeof(float) * (size_t)K);
     float *c = malloc(sizeof(float) * Np);
     if (!P || !a || !c) {
@@ -53,7 +53,7 @@ static double row_rate(int K, int N, long reps)
  * B packed once (*own) and by the BLAS (*blas), in GFLOP/s on one core. */
 static void block_rates(int M, int K, int N, long reps, double *own, double *blas)
 {
-    const size_t Np = RNNGEN_PACKED_COLS((size_t)N);
+    const size_t Np = RNNGEN_PACKED_COLS((size_t)N, RNNGEN_PANEL_F32);
     float *P = malloc(sizeof(float) * (size_t)K * Np), *A = malloc(sizeof(float) * (size_t)M * K);
     float *Bm = malloc(sizeof(float) * (size_t)K * N), *C = malloc(sizeof(float) * (size_t)M * Np);
     if (!P || !A || !Bm || !C) {
@@ -100,7 +100,7 @@ int main(int argc, char **argv)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int K = shapes[s][0], N = shapes[s][1];
         printf("row 1x%d by %dx%d (panel %d KB): %.0f GFLOP/s on one core\n", K, K, N,
-               (int)(K * RNNGEN_PACKED_COLS(N) * sizeof(float) / 1024), row_rate(K, N, reps));
+               (int)(K * RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32) * sizeof(float) / 1024), row_rate(K, N, reps));
     }
 
     static const int blocks[][3] = {{16, 256, 256}, {32, 256, 128}};
@@ -152,14 +152,14 @@ int main(int argc, char **argv)
             int j0, j1;
             rnngen_share(HS, RNNGEN_UNIT_BLOCK, tid, nt, &j0, &j1);
             const int N = j1 - j0;
-            float *P = malloc(sizeof(float) * HS * RNNGEN_PACKED_COLS((size_t)N));
+            float *P = malloc(sizeof(float) * HS * RNNGEN_PACKED_COLS((size_t)N, RNNGEN_PANEL_F32));
             if (!P) {
                 fprintf(stderr, "out of memory\n");
                 exit(1);
             }
             for (int k = 0; k < HS; k++)   /* this thread's columns, packed once */
-                for (int c = 0; c < (int)RNNGEN_PACKED_COLS((size_t)N); c++)
-                    P[(c / RNNGEN_PANEL) * RNNGEN_PANEL * HS + k * RNNGEN_PANEL + c % RNNGEN_PANEL] =
+                for (int c = 0; c < (int)RNNGEN_PACKED_COLS((size_t)N, RNNGEN_PANEL_F32); c++)
+                    P[(c / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * HS + k * RNNGEN_PANEL_F32 + c % RNNGEN_PANEL_F32] =
                         c < N ? U[k * HS + j0 + c] : 0;
             for (long t = 0; t < steps; t++) {
                 const float *cur = h + (t & 1) * HS;

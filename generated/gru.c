@@ -70,6 +70,11 @@ int rnngen_gru_team_size(int T, int B, int D, int H)
     return st ? st : TEAM(T, B, D, H, sizeof(float));
 }
 
+const char *rnngen_gru_kernel(void)
+{
+    return RNNGEN_KERNEL_INFO;
+}
+
 /* ======================== float ======================== */
 
 int rnngen_gru_forward_f32(int T, int B, int D, int H,

@@ -72,6 +72,11 @@ int rnngen_jzs3_team_size(int T, int B, int D, int H)
     return st ? st : TEAM(T, B, D, H, sizeof(float));
 }
 
+const char *rnngen_jzs3_kernel(void)
+{
+    return RNNGEN_KERNEL_INFO;
+}
+
 /* ======================== float ======================== */
 
 int rnngen_jzs3_forward_f32(int T, int B, int D, int H,

@@ -67,6 +67,11 @@ int rnngen_lstm_team_size(int T, int B, int D, int H)
     return st ? st : TEAM(T, B, D, H, sizeof(float));
 }
 
+const char *rnngen_lstm_kernel(void)
+{
+    return RNNGEN_KERNEL_INFO;
+}
+
 /* ======================== float ======================== */
 
 int rnngen_lstm_forward_f32(int T, int B, int D, int H,

@@ -20,6 +20,11 @@ int rnngen_simplernn_set_threads(int n);
  * one thread; see rnngen_team); a negative rnngen_status for bad sizes. */
 int rnngen_simplernn_team_size(int T, int B, int D, int H);
 
+/* The micro-kernel this library was compiled with (the runtime header's table for the
+ * build's instruction set): its name (avx512, avx2, sse2, neon, portable) and the
+ * register blocks, e.g. "avx2 float 6x16 double 6x8". */
+const char *rnngen_simplernn_kernel(void);
+
 /* Forward over all steps.  save == NULL: inference (nothing kept for backward).
  * state0: [S,B,H] every state (h) before the first step, or NULL for
  * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */

@@ -84,6 +84,12 @@ class Kernel:
         if st != 0:
             raise ValueError(f"the number of threads must be 0 (automatic) or positive, got {n}")
 
+    @property
+    def micro_kernel(self) -> str:
+        """The micro-kernel the library was compiled with: its instruction set and register
+        blocks, e.g. ``"avx2 float 6x16 double 6x8"`` (rnngen.targets)."""
+        return self.ffi.string(self._fn("kernel")()).decode()
+
     def _work(self, n: int, dtype) -> np.ndarray:
         """Scratch of n elements, kept between calls: a fresh buffer each call would cost
         page faults on every first touch (tens of MB for the larger problems)."""

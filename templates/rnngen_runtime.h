@@ -30,7 +30,7 @@ enum rnngen_status {
  *   portable  anything else, or RNNGEN_KERNEL_PORTABLE defined: the BLAS's GEMM on each panel
  *             of 64 columns (as fast as a GEMM call per step, which the panels replace)
  * RNNGEN_PANEL_F32/_F64: the packed operand's panel width (columns); RNNGEN_MR_*: rows of
- * the register block; RNNGEN_NV_*: vectors per panel row; RNNGEN_VEC_BYTES: vector size. */
+ * the register block (0: portable); RNNGEN_VEC_BYTES: the vectors' size (0: portable). */
 #if defined(RNNGEN_KERNEL_PORTABLE)
 #define RNNGEN_KERNEL_NAME "portable"
 #elif defined(__AVX512F__)
@@ -38,46 +38,52 @@ enum rnngen_status {
 #define RNNGEN_KERNEL_NAME "avx512"
 #define RNNGEN_VEC_BYTES 64
 #define RNNGEN_MR_F32 8
-#define RNNGEN_NV_F32 2
+#define RNNGEN_PANEL_F32 32
 #define RNNGEN_MR_F64 8
-#define RNNGEN_NV_F64 2
+#define RNNGEN_PANEL_F64 16
 #elif defined(__AVX2__) && defined(__FMA__)
 #define RNNGEN_KERNEL_AVX2 1
 #define RNNGEN_KERNEL_NAME "avx2"
 #define RNNGEN_VEC_BYTES 32
 #define RNNGEN_MR_F32 6
-#define RNNGEN_NV_F32 2
+#define RNNGEN_PANEL_F32 16
 #define RNNGEN_MR_F64 6
-#define RNNGEN_NV_F64 2
+#define RNNGEN_PANEL_F64 8
 #elif defined(__SSE2__)
 #define RNNGEN_KERNEL_SSE2 1
 #define RNNGEN_KERNEL_NAME "sse2"
 #define RNNGEN_VEC_BYTES 16
 #define RNNGEN_MR_F32 4
-#define RNNGEN_NV_F32 2
+#define RNNGEN_PANEL_F32 8
 #define RNNGEN_MR_F64 4
-#define RNNGEN_NV_F64 2
+#define RNNGEN_PANEL_F64 4
 #elif defined(__aarch64__) && defined(__ARM_NEON)
 #define RNNGEN_KERNEL_NEON 1
 #define RNNGEN_KERNEL_NAME "neon"
 #define RNNGEN_VEC_BYTES 16
 #define RNNGEN_MR_F32 6
-#define RNNGEN_NV_F32 4
+#define RNNGEN_PANEL_F32 16
 #define RNNGEN_MR_F64 6
-#define RNNGEN_NV_F64 4
+#define RNNGEN_PANEL_F64 8
 #else
 #define RNNGEN_KERNEL_PORTABLE 1
 #define RNNGEN_KERNEL_NAME "portable"
 #endif
 #if defined(RNNGEN_KERNEL_PORTABLE)
-#define RNNGEN_PANEL_F32 64
-#define RNNGEN_PANEL_F64 64
+#define RNNGEN_VEC_BYTES 0
 #define RNNGEN_MR_F32 0
+#define RNNGEN_PANEL_F32 64
 #define RNNGEN_MR_F64 0
+#define RNNGEN_PANEL_F64 64
 #else
-#define RNNGEN_PANEL_F32 (RNNGEN_NV_F32 * RNNGEN_VEC_BYTES / 4)
-#define RNNGEN_PANEL_F64 (RNNGEN_NV_F64 * RNNGEN_VEC_BYTES / 8)
+#define RNNGEN_NV_F32 (RNNGEN_PANEL_F32 * 4 / RNNGEN_VEC_BYTES)   /* vectors per panel row */
+#define RNNGEN_NV_F64 (RNNGEN_PANEL_F64 * 8 / RNNGEN_VEC_BYTES)
 #endif
+#define RNNGEN_STR_(v) #v
+#define RNNGEN_STR(v) RNNGEN_STR_(v)
+/* e.g. "avx2 float 6x16 double 6x8" (what <cell>_kernel() returns) */
+#define RNNGEN_KERNEL_INFO RNNGEN_KERNEL_NAME " float " RNNGEN_STR(RNNGEN_MR_F32) "x" \
+    RNNGEN_STR(RNNGEN_PANEL_F32) " double " RNNGEN_STR(RNNGEN_MR_F64) "x" RNNGEN_STR(RNNGEN_PANEL_F64)
 /* the widest panel of the two types: what the work buffer's size allows for */
 #define RNNGEN_PANEL_MAX (RNNGEN_PANEL_F32 > RNNGEN_PANEL_F64 ? RNNGEN_PANEL_F32 : RNNGEN_PANEL_F64)
 /* columns of n packed into panels of p */
