@@ -15,6 +15,15 @@ Before timing, each peer's output (and for training, its dx) is compared with
 rnngen's, so every column computes the same thing.  How the peers are written (the
 input products hoisted, denormals flushed in PyTorch as in XLA): benchmarks/peers.py.
 Writes a table to the terminal, results.json and ratios.png under benchmarks/results/.
+
+Instruction sets: rnngen builds for RNNGEN_MARCH (default native; e.g. x86-64-v2,
+x86-64-v3, x86-64-v4).  Where it names an x86 level, the peers are held to the same level
+before they are imported (PEER_LIMITS: oneDNN's, MKL's and ATen's CPU dispatch for
+PyTorch, XLA's --xla_cpu_max_isa for JAX, OPENBLAS_CORETYPE for numpy's and rnngen's
+BLAS); results.json records the target, the limits and what each peer reports it runs
+(torch's CPU capability, the BLAS's kernel).  A run's JSON goes to
+benchmarks/results/<RNNGEN_MARCH>/, and benchmarks/RESULTS.md is written from every run
+found there, one section per level.
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import peers  # noqa: E402
 import rnngen  # noqa: E402
+import rnngen.targets  # noqa: E402
 from rnngen import layers  # noqa: E402
 
 WARM_S = 0.03     # untimed calls fill this much time before each turn's timed calls: the
@@ -107,6 +117,46 @@ def sgemm_rate(n: int = 2048, reps: int = 5) -> dict:
         out[name] = flop / min(ts) / 1e9
     assert np.allclose(c, a @ b, rtol=1e-3, atol=1e-2), "SGEMM check failed"
     out["kernel"] = ffi.string(blas.scipy_openblas_get_corename()).decode()
+    return out
+
+
+# The peers' instruction-set limits per x86 level: set before torch and jax are imported.
+PEER_LIMITS = {
+    "x86-64-v2": {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                  "ATEN_CPU_CAPABILITY": "default", "OPENBLAS_CORETYPE": "Nehalem",
+                  "XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"},
+    "x86-64-v3": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                  "ATEN_CPU_CAPABILITY": "avx2", "OPENBLAS_CORETYPE": "Haswell",
+                  "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"},
+    "x86-64-v4": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+                  "ATEN_CPU_CAPABILITY": "avx512", "OPENBLAS_CORETYPE": "SkylakeX",
+                  "XLA_FLAGS": "--xla_cpu_max_isa=AVX512"},
+}
+
+
+def hold_peers(march: str) -> dict:
+    """Set the peers' limits for ``march`` (an x86 level; nothing for others) in this
+    process's environment, before the peers are imported; returns what was set."""
+    limits = dict(PEER_LIMITS.get(march, {}))
+    for k, v in limits.items():
+        if k == "XLA_FLAGS" and os.environ.get(k):
+            v = f"{os.environ[k]} {v}"
+        os.environ[k] = limits[k] = v
+    return limits
+
+
+def peer_isa(mods) -> dict:
+    """What the peers report they run: torch's CPU capability (ATen's dispatch) and
+    oneDNN's limit as torch sees it; the XLA flags in force."""
+    out = {}
+    torch = mods.get("torch")
+    if torch is not None:
+        try:
+            out["torch cpu capability"] = torch.backends.cpu.get_cpu_capability()
+        except AttributeError:
+            pass
+    if mods.get("jax") is not None:
+        out["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
     return out
 
 
@@ -352,8 +402,15 @@ def main(argv=None):
                          "(OpenBLAS, OpenMP, XLA) spin for a while after a call and would slow "
                          "the next implementation (numpy's OpenBLAS threads spin for about "
                          "0.1 s; with 0.1 here, 0.3 ms calls measured up to 2.5x slower)")
-    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--out", default=None,
+                    help="folder for results.json and ratios.png (default: "
+                         "benchmarks/results/<RNNGEN_MARCH or native>)")
     a = ap.parse_args(argv)
+    target = rnngen.targets.cpu_target()
+    limits = hold_peers(target.march)
+    default_out = a.out is None
+    a.out = a.out or str(HERE / "results" / target.march
+                         + ("-portable" if target.forced_portable else ""))
 
     cells = [c for c in CELLS if c[0] in a.cells.split(",")]
     unknown = set(a.cells.split(",")) - {c[0] for c in CELLS}
@@ -369,12 +426,18 @@ def main(argv=None):
     info = machine()
     info["versions"] = {m: getattr(v, "__version__", "?") if v else "missing"
                         for m, v in mods.items()}
+    info["rnngen_march"] = target.march
+    info["target"] = target.describe()
+    info["peer_limits"] = limits
+    info["peer_isa"] = peer_isa(mods)
     load_before = load()
     rates = sgemm_rate()
     sgemm = rates["scipy-openblas32"]
     first = sgemm
     print(f"machine: {info['cpu']}, {info['cores']} cores; peers: {info['versions']}; "
           f"load average {load_before}")
+    print(f"rnngen: RNNGEN_MARCH={target.march}, {target.describe()}; peers held to: "
+          f"{limits or 'nothing (not an x86 level)'}; they report {info['peer_isa']}")
     print(f"SGEMM 2048^3: {sgemm:.0f} GFLOP/s through scipy-openblas32, {rates['kernel']} kernel "
           f"(numpy's BLAS: {rates['numpy']:.0f}); threads: {os.cpu_count()} for every implementation")
 
@@ -421,10 +484,14 @@ def main(argv=None):
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {out / 'results.json'} and {chart(results, peer_names, out / 'ratios.png')}")
-    # the markdown report: benchmarks/RESULTS.md for the default --out, else beside the JSON
+    # the markdown report: benchmarks/RESULTS.md from every level's run under
+    # benchmarks/results/ for the default --out, else beside the JSON
     import results_md
-    md = HERE / "RESULTS.md" if out.resolve() == (HERE / "results").resolve() else out / "RESULTS.md"
-    print(f"wrote {results_md.write(out / 'results.json', md)}")
+    if default_out:
+        runs = sorted((HERE / "results").glob("*/results.json"))
+        print(f"wrote {results_md.write(runs, HERE / 'RESULTS.md')}")
+    else:
+        print(f"wrote {results_md.write([out / 'results.json'], out / 'RESULTS.md')}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-/* Microbenchmarks of the pieces a B = 1 step is made of, for the arithmetic in the
- * README's Status section (`make microbench`, driven by benchmarks/micro.py):
- *   - rnngen_pgemm's single-row path, 1 x K by K x N, with the packed panel in L1 or L2;
- *   - a B = 32 step's product on one core of the batch split (16 x 256 by 256 x 256) and
- *     of the unit split (32 x 256 by 256 x 128), rnngen_pgemm against the BLAS's GEMM
- *     (which packs its operands on every call);
+/* Microbenchmarks of the pieces a step is made of, for the build's target (its micro-kernel
+ * is the runtime header's choice for the instruction set; `make microbench`, driven by
+ * benchmarks/micro.py, builds this once per x86 level the CPU runs):
+ *   - the core's multiply-add peak at the kernel's vector width (12 independent chains);
+ *   - rnngen_pgemm's single-row path, 1 x K by K x N, with the packed panel in L1 or L2,
+ *     against the BLAS's GEMM with one row;
+ *   - a step's products on one core: the LSTM's at B = 32 in the batch split (16 x 256 by
+ *     256 x 1024, and the input's 16 x 128 by 128 x 1024), in the unit split (32 x 256 by
+ *     256 x 512), and two smaller ones, rnngen_pgemm against the BLAS's GEMM (which packs
+ *     its operands on every call);
  *   - the kernels' spin barrier and libgomp's, two threads meeting repeatedly;
  *   - the least a B = 1 step of the unit split costs (H = 128): each of two threads
  *     multiplies the whole h by its 64 columns of U, writes its half of the next h, and
@@ -21,8 +25,42 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Best of five timings of `reps` products c = a @ P, P packed K x N. */
-static double row_rate(int K, int N, long reps)
+/* The core's multiply-add rate at the kernels' vector width, GFLOP/s: 12 independent
+ * chains acc = acc * m + b (one FMA each where the target has FMA). */
+#if defined(RNNGEN_KERNEL_PORTABLE)
+typedef float peak_v;
+#else
+typedef rnngen_vf peak_v;
+#endif
+static double fma_peak(long reps)
+{
+    enum { CHAINS = 12 };
+    peak_v acc[CHAINS];
+    for (int i = 0; i < CHAINS; i++)
+        acc[i] = (peak_v){0} + (float)i;
+    volatile float mv = 0.999999f, bv = 1e-7f;
+    const float m = mv, b = bv;
+    const long iters = reps * 20;
+    double best = 1e30;
+    for (int round = 0; round < 5; round++) {
+        const double t0 = now();
+        for (long it = 0; it < iters; it++) {
+            for (int i = 0; i < CHAINS; i++)
+                acc[i] = acc[i] * m + b;
+        }
+        const double t = now() - t0;
+        if (t < best) best = t;
+    }
+    float sink = 0;
+    for (int i = 0; i < CHAINS; i++)
+        sink += ((float *)&acc[i])[0];
+    if (sink == 12345.0f) printf("%g\n", sink);
+    return 2.0 * (sizeof(peak_v) / sizeof(float)) * CHAINS * (double)iters / best * 1e-9;
+}
+
+/* Best of five timings of `reps` products c = a @ P, P packed K x N (*own), and of the
+ * BLAS's GEMM with one row on the unpacked matrix (*blas), GFLOP/s. */
+static void row_rates(int K, int N, long reps, double *own, double *blas)
 {
     const size_t Np = RNNGEN_PACKED_COLS((size_t)N, RNNGEN_PANEL_F32);
     float *P = malloc(sizeof(float) * (size_t)K * Np), *a = malloc(sizeof(float) * (size_t)K);
@@ -33,20 +71,28 @@ static double row_rate(int K, int N, long reps)
     }
     for (size_t i = 0; i < (size_t)K * Np; i++) P[i] = (float)((i * 7919u) % 1000u) * 1e-3f;
     for (int i = 0; i < K; i++) a[i] = (float)(i % 13) * 0.1f;
-    double best = 1e30;
+    double best = 1e30, best_blas = 1e30;
     for (int round = 0; round < 5; round++) {
-        const double t0 = now();
+        double t0 = now();
         for (long i = 0; i < reps; i++) {
             rnngen_pgemm_f32(1, N, K, a, (size_t)K, P, c, (size_t)N, 0);
             a[i % K] += c[0] * 1e-12f;   /* each product depends on the last */
         }
-        const double t = (now() - t0) / (double)reps;
+        double t = (now() - t0) / (double)reps;
         if (t < best) best = t;
+        t0 = now();
+        for (long i = 0; i < reps; i++) {   /* P's first K x N elements as a plain matrix */
+            RNNGEN_GEMM_F32(RNNGEN_N, RNNGEN_N, 1, N, K, 1, a, K, P, N, 0, c, N);
+            a[i % K] += c[0] * 1e-12f;
+        }
+        t = (now() - t0) / (double)reps;
+        if (t < best_blas) best_blas = t;
     }
     free(P);
     free(a);
     free(c);
-    return 2.0 * K * N / best * 1e-9;
+    *own = 2.0 * K * N / best * 1e-9;
+    *blas = 2.0 * K * N / best_blas * 1e-9;
 }
 
 /* Best of five timings of `reps` products C[M,N] = A[M,K] @ B[K,N], by rnngen_pgemm on
@@ -96,19 +142,32 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: kernels REPS (REPS >= 1)\n");
         return 2;
     }
-    static const int shapes[][2] = {{128, 64}, {128, 256}, {128, 512}, {512, 64}, {64, 512}};
+    char *scipy_openblas_get_corename(void);
+    printf("kernel %s; BLAS core %s\n", RNNGEN_KERNEL_INFO, scipy_openblas_get_corename());
+    const double peak = fma_peak(reps);
+    printf("peak %.1f GFLOP/s on one core (multiply-adds at the kernel's vector width)\n", peak);
+    static const int shapes[][2] = {{128, 64}, {128, 256}, {128, 512}, {512, 64}, {64, 512},
+                                    {256, 1024}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int K = shapes[s][0], N = shapes[s][1];
-        printf("row 1x%d by %dx%d (panel %d KB): %.0f GFLOP/s on one core\n", K, K, N,
-               (int)(K * RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32) * sizeof(float) / 1024), row_rate(K, N, reps));
+        double own, blas;
+        row_rates(K, N, reps * 64 / K + 1, &own, &blas);
+        printf("row 1x%d by %dx%d (panel %d KB): rnngen %.1f, BLAS %.1f GFLOP/s on one core "
+               "(%.0f%% of peak)\n", K, K, N,
+               (int)(K * RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32) * sizeof(float) / 1024),
+               own, blas, 100 * own / peak);
     }
 
-    static const int blocks[][3] = {{16, 256, 256}, {32, 256, 128}};
+    static const int blocks[][3] = {{16, 256, 1024}, {16, 128, 1024}, {32, 256, 512},
+                                    {16, 256, 256}, {32, 256, 128}};
     for (size_t s = 0; s < sizeof blocks / sizeof blocks[0]; s++) {
         double own, blas;
-        block_rates(blocks[s][0], blocks[s][1], blocks[s][2], reps / 20 + 1, &own, &blas);
-        printf("block %dx%d by %dx%d: rnngen %.0f, BLAS %.0f GFLOP/s on one core\n", blocks[s][0],
-               blocks[s][1], blocks[s][1], blocks[s][2], own, blas);
+        block_rates(blocks[s][0], blocks[s][1], blocks[s][2],
+                    reps * 2048 / ((long)blocks[s][0] * blocks[s][1] * blocks[s][2] / 256) / 20 + 1,
+                    &own, &blas);
+        printf("block %dx%d by %dx%d: rnngen %.1f, BLAS %.1f GFLOP/s on one core (%.0f%% of "
+               "the BLAS)\n", blocks[s][0], blocks[s][1], blocks[s][1], blocks[s][2], own, blas,
+               100 * own / blas);
     }
 
     const long n = reps * 10;

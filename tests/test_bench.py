@@ -46,6 +46,11 @@ def test_tiny_run_writes_results(bench, tmp_path, monkeypatch, capsys):
     assert len(doc["sgemm_measured"]) == 2 and all(v > 0 for v in doc["sgemm_measured"])
     md = (tmp_path / "RESULTS.md").read_text()
     assert "SGEMM measured" in md
+    # the instruction set it ran at: rnngen's target, named in the JSON and the markdown
+    from rnngen.targets import cpu_target
+    assert doc["machine"]["rnngen_march"] == cpu_target().march
+    assert doc["machine"]["target"] == cpu_target().describe() and cpu_target().kernel in md
+    assert f"RNNGEN_MARCH={cpu_target().march}" in md
     if doc["load"]["before"] is not None:
         assert len(rows["GRU"]["load"]) == 3 and "load average over one minute" in md
 
@@ -60,18 +65,61 @@ def test_a_peer_that_computes_something_else_is_refused(bench, monkeypatch):
         bench.run_case("GRU", "GRU", {}, (3, 2, 4, 16), 1, 1, factory, 0)
 
 
+def test_an_x86_level_holds_the_peers_to_it(bench, monkeypatch, tmp_path):
+    """RNNGEN_MARCH=x86-64-v2: the limits are set before the peers are imported and take
+    effect where a peer can say (ATen's dispatch in torch, OpenBLAS's kernel)."""
+    import subprocess
+    import textwrap
+    from rnngen.targets import runnable_x86_levels
+    if "x86-64-v2" not in runnable_x86_levels():
+        pytest.skip("not an x86-64 machine")
+    assert bench.PEER_LIMITS.keys() == {"x86-64-v2", "x86-64-v3", "x86-64-v4"}
+    code = textwrap.dedent(f"""
+        import os, sys, json
+        sys.path.insert(0, {str(BENCH)!r})
+        import bench
+        limits = bench.hold_peers("x86-64-v2")
+        mods = {{"torch": bench.peers.available("torch"), "jax": None}}
+        print(json.dumps([limits, bench.peer_isa(mods), bench.sgemm_rate(64, 1)["kernel"]]))
+    """)
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in bench.PEER_LIMITS["x86-64-v2"]}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300, check=True).stdout
+    limits, isa, blas = json.loads(out.splitlines()[-1])
+    assert limits["OPENBLAS_CORETYPE"] == "Nehalem" and blas == "Nehalem"
+    if "torch cpu capability" in isa:
+        assert isa["torch cpu capability"] == "DEFAULT"
+
+
 def test_kernel_microbenchmark_builds_warning_free_and_reports(monkeypatch, capsys):
+    """`make microbench` at every x86 level this CPU runs, and a wide-margin guard: at each
+    level the packed kernel runs at least half the BLAS's rate (the BLAS held to the same
+    level, in the same process), for blocks of rows and for single rows.  (Before the
+    kernels were sized per instruction set, the AVX2 build ran at 2% of the BLAS.)"""
     monkeypatch.syspath_prepend(str(BENCH))
     sys.modules.pop("micro", None)
     import micro
-    out = micro.main(["--reps", "50"])      # compiles with -Wall -Wextra -Werror
+    from rnngen.targets import runnable_x86_levels
+    out = micro.main(["--reps", "1000"])      # compiles with -Wall -Wextra -Werror
     import re
-    rates = [float(v) for v in re.findall(r"row \S+ by \S+ \(panel \d+ KB\): (\d+) GFLOP/s", out)]
-    assert len(rates) == 5 and all(r > 0 for r in rates)
-    blocks = re.findall(r"block \d+x\d+ by \d+x\d+: rnngen (\d+), BLAS (\d+) GFLOP/s", out)
-    assert len(blocks) == 2 and all(float(a) > 0 and float(b) > 0 for a, b in blocks)
-    m = re.search(r"barrier, 2 threads: rnngen (\d+) ns, libgomp (\d+) ns", out)
-    assert m and int(m.group(1)) >= 0 and int(m.group(2)) >= 0
+    sections = out.split("\n== RNNGEN_MARCH=")[1:]
+    assert len(sections) == max(len(runnable_x86_levels()), 1)
+    for sec in sections:
+        level = sec.split(":", 1)[0]
+        assert re.search(r"kernel \w+ float \d+x\d+ double \d+x\d+; BLAS core \S+", sec), sec
+        peak = re.search(r"peak ([\d.]+) GFLOP/s", sec)
+        assert peak and float(peak.group(1)) > 0
+        rows = re.findall(r"row \S+ by \S+ \(panel \d+ KB\): rnngen ([\d.]+), BLAS ([\d.]+) "
+                          r"GFLOP/s", sec)
+        assert len(rows) == 6 and all(float(a) > 0 for a, _ in rows)
+        assert all(float(a) >= 0.5 * float(b) for a, b in rows), (level, rows)
+        blocks = re.findall(r"block \d+x\d+ by \d+x\d+: rnngen ([\d.]+), BLAS ([\d.]+) GFLOP/s",
+                            sec)
+        assert len(blocks) == 5 and all(float(b) > 0 for _, b in blocks)
+        assert all(float(a) >= 0.5 * float(b) for a, b in blocks), (level, blocks)
+        m = re.search(r"barrier, 2 threads: rnngen (\d+) ns, libgomp (\d+) ns", sec)
+        assert m and int(m.group(1)) >= 0 and int(m.group(2)) >= 0
 
 
 @pytest.mark.parametrize("peer", ["numpy", "torch eager", "jax scan"])
