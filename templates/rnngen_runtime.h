@@ -513,16 +513,53 @@ static inline void NAME(int K, const T *a, const T *pp, T *c, int nn, int accumu
     STORE(c, o, nn, accumulate);                                                     \
 }
 
-/* Rows in blocks of MR, then (where MR > 4) of 4, then one by one. */
+/* One row by two adjacent panels, pp and pp + P * K (c: P + nn columns): each element of
+ * the row, broadcast once, serves 2 * NV vectors, so fewer loads per multiply-add than
+ * one panel at a time; two partial sums over k (2 x 2 * NV accumulators). */
+#define RNNGEN_DEFINE_ROW2(T, V, VU, NV, P, NAME, STORE)                               \
+static inline void NAME(int K, const T *a, const T *pp, T *c, int nn, int accumulate) \
+{                                                                                    \
+    enum { W = P / NV };                                                             \
+    const T *pq = pp + (size_t)P * K;                                                \
+    V acc[2][2 * NV];                                                                \
+    for (int u = 0; u < 2; u++)                                                      \
+        for (int v = 0; v < 2 * NV; v++)                                             \
+            acc[u][v] = (V){0};                                                      \
+    int k = 0;                                                                       \
+    for (; k + 2 <= K; k += 2)                                                       \
+        for (int u = 0; u < 2; u++) {                                                \
+            const T av = a[k + u];                                                   \
+            for (int v = 0; v < NV; v++)                                             \
+                acc[u][v] += av * *(const VU *)(pp + (size_t)(k + u) * P + v * W);   \
+            for (int v = 0; v < NV; v++)                                             \
+                acc[u][NV + v] += av * *(const VU *)(pq + (size_t)(k + u) * P + v * W); \
+        }                                                                            \
+    for (; k < K; k++) {                                                             \
+        for (int v = 0; v < NV; v++)                                                 \
+            acc[0][v] += a[k] * *(const VU *)(pp + (size_t)k * P + v * W);           \
+        for (int v = 0; v < NV; v++)                                                 \
+            acc[0][NV + v] += a[k] * *(const VU *)(pq + (size_t)k * P + v * W);      \
+    }                                                                                \
+    V o[2 * NV];                                                                     \
+    for (int v = 0; v < 2 * NV; v++)                                                 \
+        o[v] = acc[0][v] + acc[1][v];                                                \
+    STORE(c, o, P, accumulate);                                                      \
+    STORE(c + P, o + NV, nn, accumulate);                                            \
+}
+
+/* Rows in blocks of MR, then (where MR > 4) of 4, then one by one: two panels at a time,
+ * and the last odd panel alone. */
 #define RNNGEN_DEFINE_PGEMM(T, V, VU, NV, P, MR, SFX)                                 \
 RNNGEN_DEFINE_STORE(T, V, VU, NV, P, rnngen_store##SFX)                              \
 RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, MR, rnngen_block##SFX, rnngen_store##SFX)       \
 RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, 4, rnngen_block4##SFX, rnngen_store##SFX)       \
 RNNGEN_DEFINE_ROW(T, V, VU, NV, P, rnngen_row##SFX, rnngen_store##SFX)               \
+RNNGEN_DEFINE_ROW2(T, V, VU, NV, P, rnngen_row2##SFX, rnngen_store##SFX)             \
 static inline void rnngen_pgemm##SFX(int M, int N, int K, const T *A, size_t lda,   \
                                      const T *Pk, T *C, size_t ldc, int accumulate)  \
 {                                                                                    \
-    for (int n0 = 0; n0 < N; n0 += P) {                                              \
+    const int in_blocks = M / MR * MR + (MR > 4 ? M % MR / 4 * 4 : 0);               \
+    for (int n0 = 0; n0 < N && in_blocks > 0; n0 += P) {                             \
         const int nn = N - n0 < P ? N - n0 : P;                                      \
         const T *pp = Pk + (size_t)n0 * K;                                           \
         int m = 0;                                                                   \
@@ -530,8 +567,15 @@ static inline void rnngen_pgemm##SFX(int M, int N, int K, const T *A, size_t lda
             rnngen_block##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
         for (; MR > 4 && m + 4 <= M; m += 4)                                         \
             rnngen_block4##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
-        for (; m < M; m++)                                                           \
-            rnngen_row##SFX(K, A + m * lda, pp, C + m * ldc + n0, nn, accumulate);   \
+    }                                                                                \
+    for (int m = in_blocks; m < M; m++) {                                            \
+        int n0 = 0;                                                                  \
+        for (; n0 + P < N; n0 += 2 * P) {                                            \
+            const int nn = N - n0 - P < P ? N - n0 - P : P;                          \
+            rnngen_row2##SFX(K, A + m * lda, Pk + (size_t)n0 * K, C + m * ldc + n0, nn, accumulate); \
+        }                                                                            \
+        if (n0 < N)                                                                  \
+            rnngen_row##SFX(K, A + m * lda, Pk + (size_t)n0 * K, C + m * ldc + n0, N - n0, accumulate); \
     }                                                                                \
 }
 

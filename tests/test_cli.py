@@ -130,8 +130,9 @@ def test_build_any_path_relative_to_the_current_directory(tmp_path):
     rc, out, err = rnngen_cli("build", p.name, cwd=tmp_path)
     assert rc == 0, err
     assert re.search(rf"built {name}\s+\({p.name}\) for c in [\d.]+ s", out)
+    from rnngen.targets import cpu_target
     line = (f"compiling {name} (float32+float64, activation=tanh, inner_activation=sigmoid) "
-            f"... ")
+            f"for {cpu_target().describe()} ... ")     # the target it is built for
     assert re.fullmatch(re.escape(line) + r"\d+\.\d s\n", err), err
     # built: found in the cache, nothing compiled, nothing printed
     rc, out, err = rnngen_cli("build", p.name, cwd=tmp_path)
@@ -150,7 +151,8 @@ def test_the_first_use_of_a_layer_prints_one_line_unless_quiet(tmp_path, capfd, 
     Cell(8, activation="linear", seed=0)(x)
     err = capfd.readouterr().err
     assert re.fullmatch(rf"compiling {name} \(float32\+float64, activation=linear, "
-                        rf"inner_activation=sigmoid\) \.\.\. \d+\.\d s\n", err), err
+                        rf"inner_activation=sigmoid\) for native \(\w+ kernels: [^)]*\) "
+                        rf"\.\.\. \d+\.\d s\n", err), err
     Cell(8, activation="linear", seed=1)(x)                   # the same library: silent
     assert capfd.readouterr().err == ""
     monkeypatch.setenv("RNNGEN_QUIET", "1")
