@@ -409,8 +409,8 @@ def main(argv=None):
     target = rnngen.targets.cpu_target()
     limits = hold_peers(target.march)
     default_out = a.out is None
-    a.out = a.out or str(HERE / "results" / target.march
-                         + ("-portable" if target.forced_portable else ""))
+    a.out = a.out or str(HERE / "results" / (target.march
+                                             + ("-portable" if target.forced_portable else "")))
 
     cells = [c for c in CELLS if c[0] in a.cells.split(",")]
     unknown = set(a.cells.split(",")) - {c[0] for c in CELLS}

@@ -9,7 +9,9 @@ through :func:`compile_cell`; nothing else reaches across stages.
 """
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +20,7 @@ from .build import build_library, input_key, lookup, record, runtime_header
 from .ir import CellIR, compute_ir
 from .layout import Schedule
 from .render import generator_digest, render_c, render_cuda
-from .runtime import Kernel
+from .runtime import Kernel, in_forked_child
 from .spec import CellSpec, is_identifier, load_spec
 from .targets import cpu_target
 
@@ -107,15 +109,42 @@ def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "
 MAX_THREADS = 1024
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (multiprocessing's fork, DataLoader workers, Hogwild) runs every kernel
+    on one thread: libgomp's threads do not survive fork, and a parallel region of more
+    than one thread would wait for them forever.  The lock may have been held by another
+    thread of the parent at the fork: the child gets a new one."""
+    global _threads, _lock
+    _lock = threading.Lock()
+    _threads = 1
+    for k in _kernels.values():
+        try:
+            k.set_threads(1)
+        except Exception:   # noqa: BLE001 - a kernel that cannot run here is never called
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def set_num_threads(n: int) -> None:
     """Threads every kernel uses from now on: 0 < n <= 1024, or 0 for OpenMP's count
     (OMP_NUM_THREADS, else one per core).  A kernel never uses more than 64 threads, nor
     more than one per 16 hidden units.  A backward uses the layout its forward saved
-    in, whatever the count is when it runs."""
+    in, whatever the count is when it runs.  In a process forked from one that imported
+    rnngen, every kernel runs on one thread whatever is asked (with a RuntimeWarning for
+    more): OpenMP cannot start threads after fork."""
     global _threads
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_THREADS:
         raise ValueError(f"the number of threads must be 0 (automatic) or a positive int at "
                          f"most {MAX_THREADS}, got {n!r}")
+    if in_forked_child():
+        if n != 1:
+            warnings.warn(f"set_num_threads({n}) in a forked process: its kernels run on one "
+                          f"thread (OpenMP's threads do not survive fork; start worker "
+                          f"processes with the 'spawn' or 'forkserver' method for more)",
+                          RuntimeWarning, stacklevel=2)
+        n = 1
     with _lock:
         _threads = n
         for k in _kernels.values():

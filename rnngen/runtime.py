@@ -35,6 +35,25 @@ STATUS = {
     -9: "a cuBLAS call failed",
 }
 ECUDA, ECUBLAS = -8, -9
+
+# After fork the child has no OpenMP threads but libgomp thinks it has: a parallel region of
+# more than one thread would wait for them forever.  rnngen.pipeline makes every kernel of
+# a forked child run on one thread; this notes the fork for the checks below.
+_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def in_forked_child() -> bool:
+    """Whether this process was forked from one that imported rnngen (its kernels then
+    run on one thread: OpenMP's threads do not survive fork)."""
+    return _forked_child
 DTYPES = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("double", "_f64")}
 
 
@@ -165,6 +184,12 @@ class Kernel:
         H = dy.shape[2]
         ctype, sfx = DTYPES[x.dtype]
         _, n_work = self.sizes(T, B, D, H)
+        if _forked_child and save.size > 3 and save[-3] > 1:
+            raise RuntimeError(
+                f"this backward's forward ran on {int(save[-3])} threads before the process "
+                f"forked; a forked child runs every kernel on one thread (OpenMP's threads do "
+                f"not survive fork), so it cannot run this backward: run the forward again in "
+                f"this process")
         dx = _fit(out, x.shape, x.dtype)
         if grads_out is None or len(grads_out) != len(weights):
             grads_out = [None] * len(weights)

@@ -547,35 +547,52 @@ static inline void NAME(int K, const T *a, const T *pp, T *c, int nn, int accumu
     STORE(c + P, o + NV, nn, accumulate);                                            \
 }
 
-/* Rows in blocks of MR, then (where MR > 4) of 4, then one by one: two panels at a time,
- * and the last odd panel alone. */
+/* Rows in blocks of at most MR, as even as they go (16 rows with MR = 6: 5, 5 and 6, not
+ * 6, 6 and 4: a small block has too few independent sums to keep the multiply-add units
+ * busy); a single row (B = 1) two panels at a time, and an odd last panel alone. */
 #define RNNGEN_DEFINE_PGEMM(T, V, VU, NV, P, MR, SFX)                                 \
 RNNGEN_DEFINE_STORE(T, V, VU, NV, P, rnngen_store##SFX)                              \
-RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, MR, rnngen_block##SFX, rnngen_store##SFX)       \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, 2, rnngen_block2##SFX, rnngen_store##SFX)       \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, 3, rnngen_block3##SFX, rnngen_store##SFX)       \
 RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, 4, rnngen_block4##SFX, rnngen_store##SFX)       \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, 5, rnngen_block5##SFX, rnngen_store##SFX)       \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, 6, rnngen_block6##SFX, rnngen_store##SFX)       \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, 7, rnngen_block7##SFX, rnngen_store##SFX)       \
+RNNGEN_DEFINE_BLOCK(T, V, VU, NV, P, 8, rnngen_block8##SFX, rnngen_store##SFX)       \
 RNNGEN_DEFINE_ROW(T, V, VU, NV, P, rnngen_row##SFX, rnngen_store##SFX)               \
 RNNGEN_DEFINE_ROW2(T, V, VU, NV, P, rnngen_row2##SFX, rnngen_store##SFX)             \
 static inline void rnngen_pgemm##SFX(int M, int N, int K, const T *A, size_t lda,   \
                                      const T *Pk, T *C, size_t ldc, int accumulate)  \
 {                                                                                    \
-    const int in_blocks = M / MR * MR + (MR > 4 ? M % MR / 4 * 4 : 0);               \
-    for (int n0 = 0; n0 < N && in_blocks > 0; n0 += P) {                             \
+    _Static_assert(MR >= 2 && MR <= 8, "the register block has 2 to 8 rows");        \
+    const int nb = M >= 2 ? (M + MR - 1) / MR : 0;   /* blocks of rows */           \
+    for (int n0 = 0; n0 < N && nb > 0; n0 += P) {                                    \
         const int nn = N - n0 < P ? N - n0 : P;                                      \
         const T *pp = Pk + (size_t)n0 * K;                                           \
-        int m = 0;                                                                   \
-        for (; m + MR <= M; m += MR)                                                 \
-            rnngen_block##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
-        for (; MR > 4 && m + 4 <= M; m += 4)                                         \
-            rnngen_block4##SFX(K, A + m * lda, lda, pp, C + m * ldc + n0, ldc, nn, accumulate); \
+        for (int b = 0, m = 0; b < nb; b++) {                                        \
+            const int rows = (M - m) / (nb - b);                                     \
+            const T *a = A + m * lda;                                                \
+            T *c = C + m * ldc + n0;                                                 \
+            switch (rows) {                                                          \
+            case 2: rnngen_block2##SFX(K, a, lda, pp, c, ldc, nn, accumulate); break; \
+            case 3: rnngen_block3##SFX(K, a, lda, pp, c, ldc, nn, accumulate); break; \
+            case 4: rnngen_block4##SFX(K, a, lda, pp, c, ldc, nn, accumulate); break; \
+            case 5: rnngen_block5##SFX(K, a, lda, pp, c, ldc, nn, accumulate); break; \
+            case 6: rnngen_block6##SFX(K, a, lda, pp, c, ldc, nn, accumulate); break; \
+            case 7: rnngen_block7##SFX(K, a, lda, pp, c, ldc, nn, accumulate); break; \
+            default: rnngen_block8##SFX(K, a, lda, pp, c, ldc, nn, accumulate); break; \
+            }                                                                        \
+            m += rows;                                                               \
+        }                                                                            \
     }                                                                                \
-    for (int m = in_blocks; m < M; m++) {                                            \
+    if (M == 1) {                                                                    \
         int n0 = 0;                                                                  \
         for (; n0 + P < N; n0 += 2 * P) {                                            \
             const int nn = N - n0 - P < P ? N - n0 - P : P;                          \
-            rnngen_row2##SFX(K, A + m * lda, Pk + (size_t)n0 * K, C + m * ldc + n0, nn, accumulate); \
+            rnngen_row2##SFX(K, A, Pk + (size_t)n0 * K, C + n0, nn, accumulate);     \
         }                                                                            \
         if (n0 < N)                                                                  \
-            rnngen_row##SFX(K, A + m * lda, Pk + (size_t)n0 * K, C + m * ldc + n0, N - n0, accumulate); \
+            rnngen_row##SFX(K, A, Pk + (size_t)n0 * K, C + n0, N - n0, accumulate);  \
     }                                                                                \
 }
 
