@@ -8,7 +8,9 @@ the structure of the file; :mod:`rnngen.ir` checks the equations' meaning
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -201,11 +203,54 @@ def _suggest(word, choices):
 def load_spec(path: Union[str, Path]) -> CellSpec:
     """Read and check a cell spec file; raise SpecError listing every problem."""
     path = Path(path)
+    return parse_spec(_read_spec_file(path), str(path))
+
+
+def _read_spec_file(path: Path) -> str:
+    """The text of a spec file: a regular file (not a device, FIFO or directory: /dev/zero
+    would read until memory runs out, a FIFO block forever), read up to the size limit and
+    no further, UTF-8."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        text = path.read_text()
+        fd = os.open(path, flags)
     except OSError as e:
         raise SpecError(str(path), [(0, f"cannot read the spec file: {e.strerror}")]) from None
-    return parse_spec(text, str(path))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError(str(path), [(0, "the spec must be a regular file (this is a "
+                                            + _file_kind(st.st_mode) + ")")])
+        limit = 4 * MAX_SPEC_CHARS   # UTF-8 takes at most 4 bytes a character
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise SpecError(str(path), [(0, f"cannot read the spec file: {e.strerror}")]) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise SpecError(str(path), [(0, f"the spec file is larger than {limit} bytes; at most "
+                                        f"{MAX_SPEC_CHARS} characters are allowed")])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise SpecError(str(path), [(line, f"the spec is not UTF-8 text (byte "
+                                           f"{data[e.start]:#04x} at offset {e.start})")]) from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def parse_spec(text: str, path: str = "<string>") -> CellSpec:

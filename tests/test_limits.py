@@ -167,3 +167,57 @@ def test_too_many_entries_and_characters():
 def test_a_bad_term_repeated_by_a_sum_is_listed_once():
     e = rejected(with_hh("(f * h) @ U_h + sum(k, 1, 200, f * zz)"), HH_LINE, "unknown name 'zz'")
     assert len(e.problems) == 1
+
+
+# -- what a spec path may be (issue 20, item 6) ----------------------------------------------
+def _load_in_child(path: str) -> str:
+    """load_spec in a child interpreter with a time and memory limit: what it raised."""
+    import subprocess
+    import sys
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))\n"
+            "from rnngen.spec import load_spec\n"
+            "from rnngen.errors import SpecError\n"
+            "try:\n"
+            "    load_spec(sys.argv[1])\n"
+            "except SpecError as e:\n"
+            "    print('SpecError:', e)\n")
+    res = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "/dev/urandom", "fifo", "dir"])
+def test_a_spec_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path, target):
+    import os
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")           # reading it would block forever
+        path = tmp_path / "fifo"
+    elif target == "dir":
+        path = tmp_path
+    else:
+        path = tmp_path / "spec.yaml"
+        path.symlink_to(target)                # reading it would never end
+    out = _load_in_child(str(path))
+    assert "SpecError" in out and "must be a regular file" in out, out
+
+
+def test_a_huge_spec_file_is_refused_without_reading_it_all(tmp_path):
+    import time
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as f:                 # 2 GB, sparse
+        f.truncate(2 << 30)
+    t0 = time.perf_counter()
+    out = _load_in_child(str(big))
+    assert "larger than" in out and time.perf_counter() - t0 < 20, out
+
+
+def test_a_spec_that_is_not_utf8_is_a_spec_error(tmp_path):
+    from rnngen.errors import SpecError
+    from rnngen.spec import load_spec
+    p = tmp_path / "latin.yaml"
+    p.write_bytes(b"name: Cell\n# caf\xe9\n")
+    with pytest.raises(SpecError, match=r"not UTF-8 text \(byte 0xe9 at offset 16\)") as e:
+        load_spec(p)
+    assert ":2" in str(e.value) or "line 2" in str(e.value)
