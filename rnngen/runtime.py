@@ -58,9 +58,71 @@ DTYPES = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("doubl
 
 
 def _fit(arr: Optional[np.ndarray], shape, dtype) -> np.ndarray:
-    if isinstance(arr, np.ndarray) and arr.shape == tuple(shape) and arr.dtype == dtype:
+    """``arr`` where it can take a result of ``shape`` and ``dtype`` as it lies (C-contiguous,
+    writable), else a new array."""
+    if (isinstance(arr, np.ndarray) and arr.shape == tuple(shape) and arr.dtype == dtype
+            and arr.flags.c_contiguous and arr.flags.writeable):
         return arr
     return np.empty(shape, dtype=dtype)
+
+
+def _describe(a) -> tuple:
+    """(shape, dtype, C-contiguous) of a numpy or device array; None for anything else."""
+    if isinstance(a, np.ndarray):
+        return a.shape, a.dtype, a.flags.c_contiguous
+    if is_device_array(a):
+        v = DeviceView.of(a, "an argument")   # checks contiguity itself
+        return v.shape, v.dtype, True
+    return None
+
+
+def check_arguments(ir: CellIR, T: int, B: int, D: int, H: int, dtype, args) -> None:
+    """Every argument of a kernel call against the cell: ``args`` is [(role, array or None,
+    expected shape or None for none, kinds of dtype allowed)].  Raises TypeError or ValueError
+    naming the argument, what it is and what is expected: no entry point can be driven to
+    read or write out of bounds, nor read one dtype as another."""
+    for role, arr, shape, dtypes in args:
+        if arr is None:
+            continue
+        d = _describe(arr)
+        if d is None:
+            raise TypeError(f"{role} must be a numpy array or a device array, got "
+                            f"{type(arr).__name__}")
+        got_shape, got_dtype, contiguous = d
+        if tuple(got_shape) != tuple(shape):
+            raise ValueError(f"{role} must have shape {tuple(shape)} for {ir.spec.name} at "
+                             f"T={T}, B={B}, D={D}, H={H}, got {tuple(got_shape)}")
+        if got_dtype not in dtypes:
+            raise TypeError(f"{role} must be {' or '.join(str(t) for t in dtypes)}, got "
+                            f"{got_dtype}")
+        if not contiguous:
+            raise ValueError(f"{role} must be C-contiguous (np.ascontiguousarray)")
+
+
+def _weight_args(ir: CellIR, weights, D: int, H: int, dtype) -> list:
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(ir.weights):
+        n = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+        raise ValueError(f"{ir.spec.name} takes {len(ir.weights)} weights "
+                         f"({', '.join(w.name for w in ir.weights)}), got {n}")
+    return [(f"weight {w.name}", a, w.dims(D, H), (dtype,)) for w, a in zip(ir.weights, weights)]
+
+
+_MASK_DTYPES = (np.dtype(np.uint8), np.dtype(np.bool_))
+
+
+def _dims(x, H) -> tuple:
+    """(B, T, D, dtype) of x, checked: a float32/float64 array of three dimensions; H a
+    positive int."""
+    d = _describe(x)
+    if d is None or len(d[0]) != 3:
+        raise ValueError(f"x must be a (batch, steps, input_dim) array, got "
+                         f"{d[0] if d else type(x).__name__}")
+    if d[1] not in DTYPES:
+        raise TypeError(f"x must be float32 or float64, got {d[1]}")
+    if isinstance(H, bool) or not isinstance(H, (int, np.integer)) or H < 1:
+        raise ValueError(f"H (output_dim) must be a positive int, got {H!r}")
+    B, T, D = d[0]
+    return B, T, D, d[1]
 
 
 def _physical_memory() -> Optional[int]:
@@ -156,7 +218,12 @@ class Kernel:
 
         ``save``: a buffer from an earlier call to reuse when it has the right size;
         ``out``: an array to write y into (used when its shape and dtype fit)."""
-        B, T, D = x.shape
+        B, T, D, dtype = _dims(x, H)
+        S = self.nstates
+        check_arguments(self.ir, T, B, D, H, dtype,
+                        [("x", x, (B, T, D), (dtype,)), ("mask", mask, (B, T), _MASK_DTYPES),
+                         ("state0", state0, (S, B, H), (dtype,))]
+                        + _weight_args(self.ir, weights, D, H, dtype))
         ctype, sfx = DTYPES[x.dtype]
         n_save, n_work = self.sizes(T, B, D, H)
         self._check_memory(T, B, D, H, n_save, n_work, training, x.dtype.itemsize)
@@ -180,10 +247,18 @@ class Kernel:
         w.r.t. the final states (None: zero); dstate0 is [S,B,H], the gradient w.r.t. the
         initial states, with ``state0_grad``, else None.  ``out`` and ``grads_out``:
         arrays to write dx and the weight gradients into where shape and dtype fit."""
-        B, T, D = x.shape
-        H = dy.shape[2]
+        if not isinstance(dy, np.ndarray) or dy.ndim != 3:
+            raise ValueError(f"dy must be a (batch, steps, output_dim) array, got "
+                             f"{getattr(dy, 'shape', type(dy).__name__)}")
+        B, T, D, dtype = _dims(x, dy.shape[2])
+        H, S = dy.shape[2], self.nstates
+        n_save, n_work = self.sizes(T, B, D, H)
+        check_arguments(self.ir, T, B, D, H, dtype,
+                        [("x", x, (B, T, D), (dtype,)), ("mask", mask, (B, T), _MASK_DTYPES),
+                         ("dy", dy, (B, T, H), (dtype,)), ("save", save, (n_save,), (dtype,)),
+                         ("dstates", dstates, (S, B, H), (dtype,))]
+                        + _weight_args(self.ir, weights, D, H, dtype))
         ctype, sfx = DTYPES[x.dtype]
-        _, n_work = self.sizes(T, B, D, H)
         if _forked_child and save.size > 3 and save[-3] > 1:
             raise RuntimeError(
                 f"this backward's forward ran on {int(save[-3])} threads before the process "
@@ -525,6 +600,11 @@ class CudaKernel(Kernel):
         B, T, D = xv.shape if dev else x.shape
         dtype = xv.dtype if dev else x.dtype
         stream = xv.stream if dev else 0
+        _dims(x, H)
+        S = self.nstates
+        check_arguments(self.ir, T, B, D, H, dtype,
+                        [("mask", mask, (B, T), _MASK_DTYPES), ("state0", state0, (S, B, H), (dtype,))]
+                        + _weight_args(self.ir, weights, D, H, dtype))
         _, sfx = DTYPES[dtype]
         n_save, n_work = self.sizes(T, B, D, H)
         self._check_memory(T, B, D, H, n_save, n_work, training, dtype.itemsize)
@@ -566,10 +646,19 @@ class CudaKernel(Kernel):
         H = dyv.shape[2] if dyv else dy.shape[2]
         dtype = dyv.dtype if dyv else dy.dtype
         stream = dyv.stream if dyv else (xv.stream if xv else 0)
+        _dims(x, H)
+        S = self.nstates
+        check_arguments(self.ir, T, B, D, H, dtype,
+                        [("x", x, (B, T, D), (dtype,)), ("mask", mask, (B, T), _MASK_DTYPES),
+                         ("dy", dy, (B, T, H), (dtype,)), ("dstates", dstates, (S, B, H), (dtype,))]
+                        + _weight_args(self.ir, weights, D, H, dtype))
         _, sfx = DTYPES[dtype]
-        _, n_work = self.sizes(T, B, D, H)
+        n_save, n_work = self.sizes(T, B, D, H)
         if not isinstance(save, DeviceBuffer):
             raise TypeError("backward needs the save buffer of a forward on the CUDA backend")
+        if save.nbytes != n_save * dtype.itemsize:
+            raise ValueError(f"save holds {save.nbytes} bytes, the forward of these sizes "
+                             f"writes {n_save * dtype.itemsize}")
         if grads_out is None or len(grads_out) != len(weights):
             grads_out = [None] * len(weights)
         ws, shapes = self._weights_in(weights, dtype)
