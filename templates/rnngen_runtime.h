@@ -344,13 +344,14 @@ RNNGEN_DEFINE_ROW_SUM(double, rnngen_row_sum_f64)
 
 /* Vectorisable float exp and tanh (GCC turns loops of these into SIMD code;
  * libm's expf/tanhf are scalar calls).  Cody-Waite reduction and the Cephes
- * polynomials; within 2 ulp of libm on the tested range.  NaN propagates;
- * exp saturates at 2^127 * (1 + ...) for x > 88.3 and underflows to 2^-126
- * scale for x < -87.3 instead of returning inf / denormals. */
+ * polynomials; within 2 ulp of libm on the tested range.  IEEE at the edges, as libm:
+ * NaN propagates, exp overflows to inf above 88.72 (ln FLT_MAX) and underflows gradually
+ * through the subnormals to 0 below -103.97: 2^k is applied as 2^(k/2) * 2^(k - k/2),
+ * two normal scales, so that the one rounding of the last product is the subnormal's. */
 static inline float rnngen_expf(float x)
 {
-    x = x > 88.3762626647949f ? 88.3762626647949f : x;   /* NaN passes through */
-    x = x < -87.3365447505531f ? -87.3365447505531f : x;
+    x = x > 89.0f ? 89.0f : x;                           /* NaN passes through; k <= 129 */
+    x = x < -104.0f ? -104.0f : x;                       /* k >= -151: the result rounds to 0 */
     const float shifter = 12582912.0f;                   /* 1.5 * 2^23: round to integer */
     float kf = x * 1.44269504088896341f + shifter;
     unsigned int kb;
@@ -364,10 +365,13 @@ static inline float rnngen_expf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    unsigned int eb = (kb - 0x4B400000u + 127u) << 23;   /* 2^k as float bits */
-    float scale;
-    memcpy(&scale, &eb, sizeof scale);
-    return p * scale;
+    const int k = (int)(kb - 0x4B400000u);               /* round(x / ln 2), -151..129 */
+    const int k1 = k / 2, k2 = k - k1;                   /* each -76..65: normal scales */
+    const unsigned int b1 = (unsigned int)(k1 + 127) << 23, b2 = (unsigned int)(k2 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    return p * s1 * s2;
 }
 
 static inline float rnngen_tanhf(float x)
