@@ -160,7 +160,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
     const int xw_all = (save && KEEP_XW) || xw_first;
     float *XW = save && KEEP_XW ? save : xw_first ? dXW : iXW;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    (void)p; (void)XW; (void)dXW; (void)dXP;
+    (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
     const int nt_asked = TEAM(T, B, D, H, sizeof(float));
@@ -458,8 +458,9 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
+    const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
-    const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
+    const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     float *p = work;
     float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
@@ -1134,7 +1135,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
     const int xw_all = (save && KEEP_XW) || xw_first;
     double *XW = save && KEEP_XW ? save : xw_first ? dXW : iXW;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    (void)p; (void)XW; (void)dXW; (void)dXP;
+    (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
     const int nt_asked = TEAM(T, B, D, H, sizeof(double));
@@ -1432,8 +1433,9 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     const size_t LDS_g1 = 1 * (size_t)H;
     const size_t LDS_g2 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
+    const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
-    const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
+    const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     double *p = work;
     double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
     double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */

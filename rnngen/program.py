@@ -398,13 +398,25 @@ class _Lowering:
         # x @ W's adjoints are not needed where dS holds them (see Layout.xw_group)
         in_ds = self.layout.xw_group is not None
         skip = lambda n: in_ds and n.op == "xprod"  # noqa: E731
+        # a value's adjoint is live where it reaches a gradient (x @ W's rows, a vector
+        # weight, x read elementwise) through live operands; the others are not emitted
+        # (their locals would only be written: a warning, an error with -Werror)
+        live = {}
+        for n in ir.hoisted:   # operands before their users
+            if n.op in ("xprod", "bias", "xval"):
+                live[n] = not skip(n)
+            else:
+                live[n] = any(live.get(a, False) for a, _, _ in self.partials(n, self.hoisted_local)
+                              if not a.is_const and not skip(a))
         for n in ir.hoisted:
-            init = (self.root_adjoint(n) if n in self.root_index and not self._direct(n)
-                    else Lit(0.0))
-            if not skip(n):
+            if live[n]:   # (root_adjoint loads the root's adjoint: only for live ones)
+                init = (self.root_adjoint(n) if n in self.root_index and not self._direct(n)
+                        else Lit(0.0))
                 out.append(Let(f"g_{n.label}", init, const=False))
         for n in reversed(ir.hoisted):
             g = Local(f"g_{n.label}")
+            if not live[n]:
+                continue
             if n.op == "xprod":
                 if not skip(n):
                     out.append(Set(Access("dxw", "", self.xprod_index[n]), g))
@@ -414,7 +426,7 @@ class _Lowering:
                 out.append(Set(Access("dxe"), g))
             else:
                 for a, f, neg in self.partials(n, self.hoisted_local):
-                    if not a.is_const and not skip(a):
+                    if not a.is_const and live.get(a, False):
                         out.append(Add(Local(f"g_{a.label}"), Scaled(g, f, neg)))
         return out
 
@@ -618,10 +630,13 @@ class _Lowering:
         out = []
         for p in range(ir.nphases - 1, -1, -1):
             real, padded, reads = self._loop(p, p == first, p == final)
+            # no product carries a gradient into an operand that has none (a constant, or
+            # started(): mean(started(h[-1])) is a number of the step, not of the weights)
             gemms = tuple(Gemm(g, g.operand, () if g.mean else tuple(mm.attr for mm in g.matmuls),
                                True, operand_adjoint(g),
                                self._starts.get(operand_adjoint(g)) == ("gemm", g.name))
-                          for g in ir.groups_of_phase(p))
+                          for g in ir.groups_of_phase(p)
+                          if not (g.operand.is_const or g.operand.op == "started"))
             out.append(BackwardPhase(p, tuple(real), tuple(padded), p == final, reads, gemms))
         self._locals = {}
         return tuple(out)
