@@ -22,12 +22,11 @@ give both operators' shapes (the size of ``save`` from the kernel's ``sizes``, a
 an unbacked size where the shapes are symbolic).
 
 CPU tensors reach the kernels by pointer: numpy views of contiguous tensors, and outputs
-written into tensors whose memory is reused once nothing refers to it (:class:`_Pool`).
+written straight into fresh tensors.
 CUDA tensors go to the CUDA backend by device pointer, on torch's current stream.  torch is
 an optional dependency: ``pip install -e '.[torch]'``.  Guide: docs/torch.md.
 """
 import hashlib
-import math
 import threading
 from pathlib import Path
 from typing import List, Optional
@@ -101,46 +100,13 @@ def _save_size(key, device_type, T, B, D, H):
 
 
 # -- CPU: numpy views of the tensors ----------------------------------------------------
-class _Pool:
-    """Host memory for the kernels' outputs, reused once nothing refers to it any more.
-
-    A fresh tensor of tens of MB is fresh pages: the kernels' first writes fault every
-    page in (about a thousand faults per training call of the LSTM at (100, 32, 128, 256);
-    the numpy layers measured 4% of the call for the same reason).  The pool keeps the
-    storages of its last outputs and hands one out again when its use count says that only
-    the pool holds it (no tensor, view or numpy array of it is alive, autograd's saved
-    tensors and a parameter's .grad included).  A storage serves requests from half its
-    size up to its size, so batches of varying length reuse the longest one's; at most
-    MAX storages are kept, the least recently used dropped first."""
-
-    MAX = 32
-
-    def __init__(self):
-        self._storages: list = []
-        self._lock = threading.Lock()
-        # torch's count of the references to a storage (a private function: without it,
-        # every output is a fresh torch.empty)
-        self._use_count = getattr(torch._C, "_storage_Use_Count", None)
-        self.enabled = self._use_count is not None
-
-    def empty(self, shape, dtype) -> torch.Tensor:
-        if not self.enabled:
-            return torch.empty(shape, dtype=dtype)
-        nbytes = max(math.prod(shape) * dtype.itemsize, 1)
-        with self._lock:
-            for i, st in enumerate(self._storages):
-                if nbytes <= st.nbytes() <= 2 * nbytes and self._use_count(st._cdata) == 1:
-                    self._storages.append(self._storages.pop(i))
-                    break
-            else:
-                st = torch.UntypedStorage(nbytes)
-                self._storages.append(st)
-                if len(self._storages) > self.MAX:
-                    self._storages.pop(0)
-            return torch.empty(0, dtype=dtype).set_(st, 0, tuple(shape))
-
-
-_pool = _Pool()
+def _empty(shape, dtype) -> torch.Tensor:
+    """A fresh tensor for a kernel's output.  (An earlier pool reused the memory of outputs
+    that torch's use count said nobody held; the count missed a held untyped_storage() and
+    tensors sent to other processes, which then changed under their holders.  Fresh memory
+    is never reachable by anyone else; glibc's heap serves repeated sizes without new page
+    faults once its mmap threshold has adapted.)"""
+    return torch.empty(shape, dtype=dtype)
 
 
 def _np(t: Optional[torch.Tensor]):
@@ -161,8 +127,8 @@ def _empty_states(x):
 
 def _forward_cpu(k, x, mask, state0, weights, H, training, states_out):
     B, T, D = x.shape
-    y = _pool.empty((B, T, H), x.dtype)
-    save = _pool.empty((k.sizes(T, B, D, H)[0] if training else 0,), x.dtype)
+    y = _empty((B, T, H), x.dtype)
+    save = _empty((k.sizes(T, B, D, H)[0] if training else 0,), x.dtype)
     y_view, save_view = y.numpy(), (save.numpy() if training else None)
     y_np, save_np, last = k.forward(
         _np(x), _np(mask), [_np(w) for w in weights], H, training, save=save_view,
@@ -174,8 +140,8 @@ def _forward_cpu(k, x, mask, state0, weights, H, training, states_out):
 
 
 def _backward_cpu(k, x, mask, state0, weights, save, dy, dlast, truncate, state0_grad):
-    dx = _pool.empty(x.shape, x.dtype)
-    grads = [_pool.empty(w.shape, w.dtype) for w in weights]
+    dx = _empty(x.shape, x.dtype)
+    grads = [_empty(w.shape, w.dtype) for w in weights]
     dx_view, g_views = dx.numpy(), [g.numpy() for g in grads]
     dx_np, g_np, ds0 = k.backward(
         _np(x), _np(mask), [_np(w) for w in weights], _np(save), _np(dy), truncate,

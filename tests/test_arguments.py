@@ -66,7 +66,7 @@ def test_kernel_calls_check_every_argument(backend):
 
 
 def _child(code: str) -> str:
-    torch = pytest.importorskip("torch")   # noqa: F841
+    pytest.importorskip("torch")
     res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr[-3000:]}"

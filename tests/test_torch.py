@@ -588,3 +588,17 @@ def test_cuda_tensors_agree_with_cpu():
     gpu = [y.detach(), xg.grad] + [p.grad for p in m.parameters()]
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)
+
+
+def test_outputs_are_never_written_where_the_caller_can_still_reach():
+    """A storage held without its tensor (untyped_storage()) keeps its values across later
+    calls (issue 20, item 2: the output pool reused it, its use count missed the holder)."""
+    m = rt.Recurrent("GRU", D, H, return_sequences=True)
+    x, mask = problem(torch.float32)
+    y = m(x, mask)
+    kept = y.detach().clone()
+    s = y.untyped_storage()
+    del y
+    for k in range(3):
+        m(x * (k + 2), mask).sum().backward()
+    assert torch.equal(torch.tensor([], dtype=kept.dtype).set_(s, 0, kept.shape), kept)
