@@ -114,8 +114,10 @@ def cmd_build(args) -> int:
 
 # -- list, show, new ----------------------------------------------------------------------
 def _describe(path: Path, builtin: bool) -> str:
+    from .ir import compute_ir
     from .spec import load_spec
     spec = load_spec(path)
+    compute_ir(spec)   # the equations' checks too (names, functions, shapes): SpecError
     where = f"built-in, {path.parent.name}/{path.name}" if builtin else str(path)
     lines = [f"{spec.name} ({where})"]
     if spec.doc:
@@ -136,8 +138,10 @@ def _describe(path: Path, builtin: bool) -> str:
 
 
 def cmd_list(args) -> int:
-    out = [_describe(p, True) for p in builtin_specs()]
-    out += [_describe(find_spec(s), False) for s in args.specs]
+    if args.specs:   # the given specs only, each checked as load_cell checks it
+        out = [_describe(find_spec(s), False) for s in args.specs]
+    else:
+        out = [_describe(p, True) for p in builtin_specs()]
     print("\n".join(out))
     return 0
 
@@ -323,9 +327,10 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", choices=backends, default="c",
                        help="the backend (default: c)")
 
-    p = add("list", "list the built-in specs and the given ones, with weights and parameters",
-            "Print every built-in cell (specs/ of rnngen) and each SPEC given: its class "
-            "name, file, weights (in the order of weights= and get_weights(), with shapes; "
+    p = add("list", "list and check the given specs (or the built-ins), with weights and parameters",
+            "Print each SPEC given, after checking it as load_cell does (a spec with mistakes "
+            "is an error listing them), or without SPEC every built-in cell (specs/ of "
+            "rnngen): its class name, file, weights (in the order of weights= and get_weights(), with shapes; "
             "a family U with count n is U_1..U_n), parameters with their defaults (in "
             "constructor order after output_dim), states and output.")
     p.add_argument("specs", nargs="*", metavar="SPEC", help="spec files to list as well")

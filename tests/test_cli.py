@@ -75,16 +75,19 @@ def test_unknown_options_are_refused(capsys):
 
 # -- list, show -----------------------------------------------------------------------------
 def test_list_shows_builtins_and_given_specs(capsys):
-    assert cli.main(["list", str(MGU)]) == 0
+    assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     for p in SPECS.glob("*.yaml"):
         assert f"{load_spec(p).name} (built-in, specs/{p.name})" in out
+    deep = out[out.index("SimpleDeepRNN (built-in"):]
+    assert "U_1..U_depth [output_dim, output_dim]" in deep and "depth=3" in deep
+    assert cli.main(["list", str(MGU)]) == 0          # given specs: those alone
+    out = capsys.readouterr().out
+    assert "(built-in" not in out
     mgu = out[out.index(f"MGU ({MGU})"):]
     assert "W_f [input_dim, output_dim], U_f [output_dim, output_dim], b_f [output_dim]" in \
         " ".join(mgu.split())
     assert "parameters: init=glorot_uniform, inner_init=orthogonal, activation=tanh," in mgu
-    deep = out[out.index("SimpleDeepRNN (built-in"):]
-    assert "U_1..U_depth [output_dim, output_dim]" in deep and "depth=3" in deep
 
 
 def test_list_of_a_broken_spec_reports_its_problems(tmp_path, capsys):
@@ -92,6 +95,14 @@ def test_list_of_a_broken_spec_reports_its_problems(tmp_path, capsys):
     bad.write_text(MGU.read_text().replace("output: h", "output: hhh"))
     assert cli.main(["list", str(bad)]) == 2
     assert "bad.yaml" in capsys.readouterr().err
+    # equation errors too, as load_cell finds them (issue 20, item 7: listed, exit 0)
+    for eq, msg in (("h = (1 - f) * h + f * hh", "unknown name 'q'"),
+                    ("f = inner_activation(", "unknown function 'tanhh'")):
+        wrong = {"unknown name 'q'": "h = (1 - f) * h + f * hh + q",
+                 "unknown function 'tanhh'": "f = tanhh("}[msg]
+        bad.write_text(MGU.read_text().replace(eq, wrong))
+        assert cli.main(["list", str(bad)]) == 2
+        assert msg in capsys.readouterr().err
 
 
 def test_show_prints_the_generated_c_and_cuda_source(capsys):
