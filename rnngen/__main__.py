@@ -43,15 +43,18 @@ def find_spec(arg: str) -> Path:
     """A spec file: ``arg`` as a path (relative to the current directory), else the
     built-in spec whose class name or file name is ``arg``."""
     p = Path(arg)
-    if p.is_file():
-        return p
+    try:
+        if p.is_file():
+            return p
+    except (OSError, RuntimeError) as e:   # a symlink loop, a name too long, ...
+        raise UsageError(f"cannot use {arg!r} as a spec file: {e}") from None
     from .spec import load_spec
     low = arg.lower()
     for b in builtin_specs():
         if low in (b.stem, b.name) or low == load_spec(b).name.lower():
             return b
     names = ", ".join(load_spec(b).name for b in builtin_specs())
-    raise UsageError(f"no spec file {arg!r} (looked for {p.resolve()}; paths are relative to "
+    raise UsageError(f"no spec file {arg!r} (looked for {os.path.abspath(p)}; paths are relative to "
                      f"the current directory) and no built-in spec of that name ({names})")
 
 
@@ -63,7 +66,20 @@ def parse_params(pairs) -> dict:
         k, sep, v = pair.partition("=")
         if not sep or not k:
             raise UsageError(f"--param takes NAME=VALUE (e.g. activation=relu), got {pair!r}")
-        out[k.strip()] = yaml.safe_load(v.strip())
+        try:
+            value = yaml.safe_load(v.strip())
+        except yaml.YAMLError:
+            raise UsageError(f"--param {k.strip()}: {v.strip()!r} is not a value (a name, an "
+                             f"integer or a number such as 1e-5)") from None
+        if isinstance(value, str):   # YAML 1.1 reads 1e-3 (no dot) as text; a number here
+            try:
+                value = float(value) if value.strip() else value
+            except ValueError:
+                pass
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UsageError(f"--param {k.strip()}: {v.strip()!r} is not a value (a name, an "
+                             f"integer or a number such as 1e-5)")
+        out[k.strip()] = value
     return out
 
 
@@ -211,7 +227,12 @@ def cmd_new(args) -> int:
     path = Path(args.output or f"{args.name.lower()}.yaml")
     if path.exists() and not args.force:
         raise UsageError(f"{path} exists; choose another name or -o PATH, or pass --force")
-    path.write_text(SKELETON.format(name=args.name, file=path.as_posix()))
+    try:
+        path.write_text(SKELETON.format(name=args.name, file=path.as_posix()))
+    except OSError as e:
+        hint = (" (give -o a file path, not a directory)" if path.is_dir() else
+                " (its directory does not exist)" if not path.parent.is_dir() else "")
+        raise UsageError(f"cannot write {path}: {e.strerror}{hint}") from None
     print(f"wrote {path}: a {args.name} cell; try `rnngen build {path}`")
     return 0
 
@@ -422,6 +443,10 @@ def main(argv=None) -> int:
         return 2
     except (BuildError, DeviceError, KernelError) as e:
         print(f"rnngen {args.command}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:   # a file that cannot be read or written
+        print(f"rnngen {args.command}: {e.strerror or e}"
+              + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 1
 
 

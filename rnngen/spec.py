@@ -37,6 +37,7 @@ _FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?
 # Limits on a spec (README, "Spec format"; those on equations are in expr.py).  Each
 # is checked before the work it bounds, so any text is rejected or loaded quickly.
 MAX_SPEC_CHARS = 1_000_000   # the file's text
+MAX_NAME = 100               # the cell's name (its library's file names hold it)
 MAX_YAML_DEPTH = 20          # lists and mappings inside each other (a spec needs 4)
 MAX_COUNT = 256              # members of a weight family (count:)
 MAX_INT_PARAM = 256          # value of an integer parameter (default or given to a layer)
@@ -297,6 +298,10 @@ def _parse_root(root, text: str, path: str, problems: list) -> CellSpec:
     if name is not None and not is_identifier(name):
         problems.append((_line(top["name"]), f"name {_short(name)} must be an identifier "
                                              "(letters, digits, underscore)"))
+    elif name is not None and len(name) > MAX_NAME:
+        problems.append((_line(top["name"]), f"the name has {len(name)} characters; at most "
+                                             f"{MAX_NAME} are allowed (it names the library "
+                                             f"and its files)"))
     doc = (_scalar(top["doc"], problems, "doc") if "doc" in top else "") or ""
 
     # params.  loose_*: what the equations may be checked against although the

@@ -346,3 +346,28 @@ def test_readme_lists_every_command():
     section = README[README.index("## Command line"):README.index("## Performance")]
     for c in COMMANDS:
         assert re.search(rf"`(rnngen )?{c}\b", section), c
+
+
+def test_command_line_mistakes_are_messages_not_tracebacks(tmp_path, monkeypatch, capsys):
+    """Issue 20, item 8: each was a raw traceback (or a wrong refusal) before."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    cases = [
+        (["new", "Foo", "-o", "missing/dir/foo.yaml"], "its directory does not exist"),
+        (["new", "Foo", "-o", "d", "--force"], "give -o a file path, not a directory"),
+        (["list", "loop1"], "no spec file 'loop1'"),
+        (["show", str(MGU), "--param", "activation=*a"], "'*a' is not a value"),
+    ]
+    for argv, msg in cases:
+        assert cli.main(argv) == 2, argv
+        assert msg in capsys.readouterr().err, argv
+    # 1e-3 is a number (YAML 1.1 reads it as text)
+    assert cli.main(["show", str(ROOT / "examples" / "layernorm_lstm.yaml"), "--param",
+                     "eps=1e-3"]) == 0
+    assert "eps=0.001" in capsys.readouterr().out
+    long = tmp_path / "long.yaml"
+    long.write_text(MGU.read_text().replace("name: MGU", "name: " + "A" * 5000))
+    assert cli.main(["list", str(long)]) == 2
+    assert "the name has 5000 characters; at most 100" in capsys.readouterr().err
