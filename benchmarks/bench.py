@@ -36,7 +36,38 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# The peers' instruction-set limits per x86 level: in the environment before numpy, torch and
+# jax load their libraries (OpenBLAS reads OPENBLAS_CORETYPE when it is loaded).
+PEER_LIMITS = {
+    "x86-64-v2": {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                  "ATEN_CPU_CAPABILITY": "default", "OPENBLAS_CORETYPE": "Nehalem",
+                  "XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"},
+    "x86-64-v3": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                  "ATEN_CPU_CAPABILITY": "avx2", "OPENBLAS_CORETYPE": "Haswell",
+                  "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"},
+    "x86-64-v4": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+                  "ATEN_CPU_CAPABILITY": "avx512", "OPENBLAS_CORETYPE": "SkylakeX",
+                  "XLA_FLAGS": "--xla_cpu_max_isa=AVX512"},
+}
+
+
+def hold_peers(march: str) -> dict:
+    """Set the peers' limits for ``march`` (an x86 level; nothing for others) in this
+    process's environment, before the peers are imported; returns what was set."""
+    limits = dict(PEER_LIMITS.get(march, {}))
+    for k, v in limits.items():
+        if k == "XLA_FLAGS" and os.environ.get(k) and v not in os.environ[k].split():
+            v = f"{os.environ[k]} {v}"
+        elif k == "XLA_FLAGS" and os.environ.get(k):
+            v = os.environ[k]
+        os.environ[k] = limits[k] = v
+    return limits
+
+
+if __name__ == "__main__":   # before numpy is imported (a test importing this sets nothing)
+    hold_peers(os.environ.get("RNNGEN_MARCH") or "native")
+
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -118,31 +149,6 @@ def sgemm_rate(n: int = 2048, reps: int = 5) -> dict:
     assert np.allclose(c, a @ b, rtol=1e-3, atol=1e-2), "SGEMM check failed"
     out["kernel"] = ffi.string(blas.scipy_openblas_get_corename()).decode()
     return out
-
-
-# The peers' instruction-set limits per x86 level: set before torch and jax are imported.
-PEER_LIMITS = {
-    "x86-64-v2": {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-                  "ATEN_CPU_CAPABILITY": "default", "OPENBLAS_CORETYPE": "Nehalem",
-                  "XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"},
-    "x86-64-v3": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-                  "ATEN_CPU_CAPABILITY": "avx2", "OPENBLAS_CORETYPE": "Haswell",
-                  "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"},
-    "x86-64-v4": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
-                  "ATEN_CPU_CAPABILITY": "avx512", "OPENBLAS_CORETYPE": "SkylakeX",
-                  "XLA_FLAGS": "--xla_cpu_max_isa=AVX512"},
-}
-
-
-def hold_peers(march: str) -> dict:
-    """Set the peers' limits for ``march`` (an x86 level; nothing for others) in this
-    process's environment, before the peers are imported; returns what was set."""
-    limits = dict(PEER_LIMITS.get(march, {}))
-    for k, v in limits.items():
-        if k == "XLA_FLAGS" and os.environ.get(k):
-            v = f"{os.environ[k]} {v}"
-        os.environ[k] = limits[k] = v
-    return limits
 
 
 def peer_isa(mods) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,6 +28,7 @@ from .ir import CellIR
 from .layout import Layout, Schedule, compute_layout
 from .render import TEMPLATES, cuda_layout, render_c, render_cuda
 from .runtime import CudaKernel, Kernel
+from .targets import cuda_archs, cuda_target, nvcc_path  # noqa: F401 (re-exported)
 
 CUBLAS_PIN = "nvidia-cublas==13.0.2.14"   # the release that matches nvcc 13.0
 CUBLAS_SONAME = "libcublas.so.13"
@@ -57,42 +57,8 @@ def _c_key() -> tuple[str, ...]:
 
 
 # -- CUDA ------------------------------------------------------------------------------
-def cuda_archs() -> list[str]:
-    """Target architectures: RNNGEN_CUDA_ARCHS (e.g. "80;90"), default 90 (H100/H200).
-    Each gives SASS for it; the newest also PTX, so newer GPUs can JIT it."""
-    raw = os.environ.get("RNNGEN_CUDA_ARCHS", "90")
-    archs = [a.strip() for a in raw.replace(",", ";").split(";") if a.strip()]
-    if not archs or not all(a.isdigit() and 2 <= len(a) <= 3 for a in archs):
-        raise BuildError(f"RNNGEN_CUDA_ARCHS must list compute capabilities such as '90' or "
-                         f"'80;90', got {raw!r}")
-    return sorted(set(archs), key=int)
-
-
-def _gencode() -> list[str]:
-    archs = cuda_archs()
-    out = []
-    for a in archs:
-        code = f"[sm_{a},compute_{a}]" if a == archs[-1] else f"sm_{a}"
-        out += ["-gencode", f"arch=compute_{a},code={code}"]
-    return out
-
-
-def nvcc_path() -> str:
-    for cand in (os.environ.get("NVCC"), shutil.which("nvcc"),
-                 os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    raise DeviceError("no nvcc: install the CUDA toolkit (13.0) or set NVCC to its path")
-
-
-@lru_cache(maxsize=None)
 def nvcc_version() -> str:
-    try:
-        out = subprocess.run([nvcc_path(), "--version"], capture_output=True, text=True,
-                             check=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise DeviceError(f"nvcc does not run ({e})") from None
-    return out.strip().splitlines()[-1]
+    return cuda_target().toolkit
 
 
 def cublas_dirs() -> tuple[str, str]:
@@ -116,15 +82,17 @@ def _headers_digest() -> str:
 
 
 def nvcc_command(src: Path, out: Path, include: Path) -> list[str]:
+    """nvcc's call for the current CUDA target (rnngen.targets.cuda_target)."""
     inc, lib = cublas_dirs()
-    return [nvcc_path(), "-O3", "-std=c++17", *_gencode(), "-Werror", "all-warnings",
+    target = cuda_target()
+    return [target.nvcc, "-O3", "-std=c++17", *target.gencode, "-Werror", "all-warnings",
             "-Xcompiler", "-fPIC,-Wall,-Wextra", "-shared", str(src), "-o", str(out),
             f"-I{include}", f"-I{TEMPLATES}", f"-I{inc}", f"-L{lib}", f"-l:{CUBLAS_SONAME}",
             "-Xlinker", f"-rpath,{lib}", "-Xlinker", "-z,nodelete"]
 
 
 def _cuda_key() -> tuple[str, ...]:
-    return (nvcc_version(), " ".join(_gencode()), _headers_digest(), cublas_dirs()[1])
+    return (cuda_target().key(), _headers_digest(), cublas_dirs()[1])
 
 
 def check_cuda() -> None:

@@ -22,7 +22,7 @@ from .layout import Schedule
 from .render import generator_digest, render_c, render_cuda
 from .runtime import Kernel, in_forked_child
 from .spec import CellSpec, is_identifier, load_spec
-from .targets import cpu_target
+from .targets import cpu_target, cuda_target
 
 ROOT = Path(__file__).resolve().parent.parent      # the checkout (installed: site-packages)
 # The built-in specs: inside the package where a wheel or `pip install .` put them
@@ -99,7 +99,8 @@ def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "
                     describe=spec.name + ("" if be.name == "c" else f" for {be.name}") + " ("
                     + ", ".join(["float32+float64"] + [f"{p.name}={ir.params[p.name]}"
                                                        for p in spec.params if p.kind != "init"])
-                    + ")" + (f" for {cpu_target().describe()}" if be.name == "c" else ""))
+                    + ")" + (f" for {cpu_target().describe()}" if be.name == "c" else
+                             f" for {cuda_target().describe()}" if be.name == "cuda" else ""))
                 record(ikey, lib)
             k = _kernels[ikey] = be.kernel(ir, lib, runtime_header(), header)
             k.set_threads(_threads)

@@ -1,5 +1,9 @@
 """Targets: what a library is compiled for.
 
+A :class:`CudaTarget` names the CUDA toolkit (nvcc's version) and the GPU architectures
+(``RNNGEN_CUDA_ARCHS``, default 90: SASS for each, PTX for the newest); the CUDA backend's
+compile line and cache key come from it.
+
 A :class:`CpuTarget` names the instruction set of a C build (the ``-march`` value,
 ``RNNGEN_MARCH``, default ``native``), the flags it adds to the compile line, and the
 micro-kernel that templates/rnngen_runtime.h selects for it.  The kernel table lives in
@@ -20,12 +24,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
 
-from .errors import BuildError
+from .errors import BuildError, DeviceError
 from .render import TEMPLATES
 
 MARCH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
@@ -193,3 +198,65 @@ def runnable_x86_levels() -> list[str]:
             continue
         levels.append(march)
     return levels
+
+
+# -- CUDA ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CudaTarget:
+    """The CUDA backend's target: the toolkit and the GPU architectures."""
+    archs: tuple          # compute capabilities, ascending, e.g. ("80", "90")
+    toolkit: str          # nvcc --version's last line
+    nvcc: str             # nvcc's path
+
+    @property
+    def gencode(self) -> tuple[str, ...]:
+        """nvcc's -gencode flags: SASS for every architecture, PTX for the newest too (so
+        newer GPUs can JIT it)."""
+        out = []
+        for a in self.archs:
+            code = f"[sm_{a},compute_{a}]" if a == self.archs[-1] else f"sm_{a}"
+            out += ["-gencode", f"arch=compute_{a},code={code}"]
+        return tuple(out)
+
+    def describe(self) -> str:
+        return (f"CUDA ({self.toolkit}) for {', '.join('sm_' + a for a in self.archs)} "
+                f"(+ PTX compute_{self.archs[-1]})")
+
+    def key(self) -> str:
+        return f"{self.toolkit} | {' '.join(self.gencode)}"
+
+
+def cuda_archs() -> list[str]:
+    """Target architectures: RNNGEN_CUDA_ARCHS (e.g. "80;90"), default 90 (H100/H200)."""
+    raw = os.environ.get("RNNGEN_CUDA_ARCHS", "90")
+    archs = [a.strip() for a in raw.replace(",", ";").split(";") if a.strip()]
+    if not archs or not all(a.isdigit() and 2 <= len(a) <= 3 for a in archs):
+        raise BuildError(f"RNNGEN_CUDA_ARCHS must list compute capabilities such as '90' or "
+                         f"'80;90', got {raw!r}")
+    return sorted(set(archs), key=int)
+
+
+def nvcc_path() -> str:
+    for cand in (os.environ.get("NVCC"), shutil.which("nvcc"),
+                 os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise DeviceError("no nvcc: install the CUDA toolkit (13.0) or set NVCC to its path")
+
+
+@lru_cache(maxsize=None)
+def _nvcc_version(nvcc: str) -> str:
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise DeviceError(f"nvcc does not run ({e})") from None
+    return out.strip().splitlines()[-1]
+
+
+def cuda_target() -> CudaTarget:
+    """The CUDA target of a build now: RNNGEN_CUDA_ARCHS and the nvcc found (NVCC,
+    PATH, CUDA_HOME); DeviceError without nvcc, BuildError for bad architectures."""
+    archs = tuple(cuda_archs())
+    nvcc = nvcc_path()
+    return CudaTarget(archs, _nvcc_version(nvcc), nvcc)
