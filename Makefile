@@ -35,14 +35,17 @@ fuzz:
 # interpreter's own allocations would be reported); nor are the Keras comparisons (Keras
 # imports matplotlib, whose extensions abort under the preloaded ASan).  CI runs it (.ci/run).
 ASAN_TESTS ?= tests/test_against_reference.py tests/test_custom_cells.py tests/test_layout.py \
-	tests/test_hardening.py tests/test_states.py tests/test_cuda.py::test_emulated_cuda_agrees_with_c
+	tests/test_hardening.py tests/test_states.py tests/test_cuda.py::test_emulated_cuda_agrees_with_c \
+	tests/test_accepted_specs_build.py tests/test_arguments.py::test_kernel_calls_check_every_argument
 asan:
 	RNNGEN_SANITIZE=1 RNNGEN_CACHE_DIR="$(CURDIR)/build/cache-asan" \
 	LD_PRELOAD="$$($${CC:-cc} -print-file-name=libasan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	$(PYTHON) -m pytest -q -p no:cacheprovider -k "not keras" $(ASAN_TESTS)
 
-# Peers come from the bench extras: pip install -e '.[bench]'.  OPENBLAS_CORETYPE and
+# Peers come from the bench extras: pip install -e '.[bench]'.  RNNGEN_MARCH=x86-64-v3 (or
+# any x86 level) builds rnngen for that level and holds the peers to it; each level's run
+# is kept under benchmarks/results/<level>/ and RESULTS.md shows them all.  OPENBLAS_CORETYPE and
 # OPENBLAS_L2_SIZE are unset for this command alone: where the machine sets them (to
 # work around old OpenBLAS builds) they force a slower kernel on rnngen's and numpy's
 # BLAS alike; the benchmark prints which kernel its BLAS runs.
@@ -62,7 +65,8 @@ bench-busy: build
 bench-gpu:
 	$(PYTHON) benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
 
-# The single-row product's rate and the barrier's cost (the README's B = 1 arithmetic).
+# The micro-kernels against the BLAS at every x86 level the CPU runs (the BLAS held to the
+# same level), the single-row product's rate, the barrier's cost.
 microbench:
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/micro.py
 
