@@ -67,7 +67,18 @@ class Recurrent:
     spec: CellSpec = None  # type: ignore[assignment]
 
     def __init__(self, output_dim, *args, **kwargs):
-        bound = self.__signature__.bind(output_dim, *args, **kwargs)
+        try:
+            bound = self.__signature__.bind(output_dim, *args, **kwargs)
+        except TypeError as e:   # say which names there are, and the nearest one
+            import difflib
+            names = list(self.__signature__.parameters)
+            unknown = [k for k in kwargs if k not in names]
+            hint = ""
+            if unknown:
+                near = difflib.get_close_matches(unknown[0], names, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise TypeError(f"{type(self).__name__}: {e}{hint}; its arguments are "
+                            f"{', '.join(names)}") from None
         bound.apply_defaults()
         a = dict(bound.arguments)
         self.output_dim = _check_pos_int(a.pop("output_dim"), "output_dim",
@@ -378,7 +389,12 @@ class Recurrent:
                                 "not supported); use rnngen.torch for tensors on the GPU")
             x, mask = x[:, ::-1], (mask[:, ::-1].copy() if mask is not None else None)
         if not device:
+            given = x
             x = np.ascontiguousarray(x, dtype=_DTYPES[self.dtype])
+            if training and np.shares_memory(x, given):
+                # backward reads x again: a copy, so that the caller may change its array
+                # in between without changing the gradients
+                x = x.copy()
         old = self._last[2] if self._last is not None else None   # backward only reads the last
         y, save, last = self._kernel.forward(x, mask, self._weights, self.output_dim, training,
                                              old, self._reusable("y"), state0,

@@ -278,3 +278,24 @@ def test_gradients_reuse_memory_only_when_no_one_holds_them():
     layer.backward(3 * dy)
     np.testing.assert_array_equal(one, one_copy)
     np.testing.assert_allclose(layer.grads[1], 1.5 * one_copy, rtol=1e-5, atol=1e-6)
+
+
+def test_x_changed_between_forward_and_backward_does_not_change_the_gradients():
+    """Issue 20, item 11: the layer kept the caller's x."""
+    layer = layers.GRU(5, input_dim=3, return_sequences=True, dtype="float64", seed=0)
+    x = np.random.default_rng(0).normal(size=(2, 4, 3))
+    y = layer(x)
+    dy = np.ones_like(y)
+    layer.backward(dy)
+    want = [g.copy() for g in layer.grads]
+    layer(x)
+    x += 1.0                                  # the caller reuses its buffer
+    layer.backward(dy)
+    for g, w in zip(layer.grads, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_an_unknown_keyword_names_the_arguments_and_the_nearest():
+    with pytest.raises(TypeError, match=r"did you mean 'activation'\?.*its arguments are "
+                                        r"output_dim, init, inner_init, activation"):
+        layers.GRU(4, activaton="tanh")
