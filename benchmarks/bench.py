@@ -497,7 +497,7 @@ def main(argv=None):
     # benchmarks/results/ for the default --out, else beside the JSON
     import results_md
     if default_out:
-        runs = sorted((HERE / "results").glob("*/results.json"))
+        runs = sorted((HERE / "results").glob("*/results.json"), reverse=True)   # v4, v3, v2
         print(f"wrote {results_md.write(runs, HERE / 'RESULTS.md')}")
     else:
         print(f"wrote {results_md.write([out / 'results.json'], out / 'RESULTS.md')}")

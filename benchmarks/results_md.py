@@ -133,7 +133,7 @@ def render(doc: dict, source: str, chart: Optional[str]) -> str:
     return render_runs([(doc, source, chart)])
 
 
-def render_runs(runs: list) -> str:
+def render_runs(runs: list, archived: tuple = ()) -> str:
     """The markdown of several `make bench` runs, ``runs`` = [(doc, source, chart)], one
     section each (e.g. one per instruction-set level): where they come from, the
     machine and target, the chart, both tables, targets."""
@@ -142,6 +142,9 @@ def render_runs(runs: list) -> str:
            "runs under `benchmarks/results/` (one folder per `RNNGEN_MARCH`; the JSON and "
            "charts are not in the repository). Each section names its CPU and the "
            "instruction set rnngen and its peers ran at.", "", COLUMNS, ""]
+    if archived:
+        out += ["Earlier runs, kept as they were written: "
+                + ", ".join(f"[{a}]({a})" for a in archived) + ".", ""]
     for doc, source, chart in runs:
         out += section(doc, source, chart)
     return "\n".join(out)
@@ -234,7 +237,8 @@ def write(json_paths, md_path: Path) -> Path:
     if len(runs) == 1 and "gpu" in runs[0][0]:
         text = render_gpu(*runs[0])
     else:
-        text = render_runs(runs)
+        archived = tuple(sorted(p.name for p in md_path.parent.glob("RESULTS-20*.md")))
+        text = render_runs(runs, archived)
     md_path.write_text(text)
     return md_path
 
@@ -246,7 +250,7 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", default=str(HERE / "RESULTS.md"),
                     help="the markdown to write (default: benchmarks/RESULTS.md)")
     a = ap.parse_args(argv)
-    paths = a.json or sorted((HERE / "results").glob("*/results.json"))
+    paths = a.json or sorted((HERE / "results").glob("*/results.json"), reverse=True)
     if not paths:
         ap.error("no JSON given and none under benchmarks/results/*/")
     print(f"wrote {write(paths, Path(a.output))}")
