@@ -75,3 +75,21 @@ def reference_grads(name, p, W, x, mask, dy_full, truncate):
     x[:, t0:] = xs
     dW = [central_diff(loss, w) for w in W]
     return dx, dW
+
+
+def check_layer_against(layer, reference, W, x, mask=None, *, rng, atol=1e-7):
+    """A float64 layer whose weights are W against ``reference(W, x, mask)`` (its output
+    for every step): forward to 1e-12, then dx and every weight's gradient against central
+    differences of the loss sum(y * dy) for a random dy.  Returns y."""
+    y = layer(x, mask=mask)
+    np.testing.assert_allclose(y, reference(W, x, mask), rtol=1e-12, atol=1e-12)
+    dy = rng.normal(size=y.shape)
+    dx = layer.backward(dy)
+
+    def loss():
+        return float(np.sum(reference(W, x, mask) * dy))
+    np.testing.assert_allclose(dx, central_diff(loss, x), rtol=1e-6, atol=atol)
+    for wname, w, g in zip(layer.weight_names(), W, layer.grads):
+        np.testing.assert_allclose(g, central_diff(loss, w), rtol=1e-6, atol=atol,
+                                   err_msg=wname)
+    return y

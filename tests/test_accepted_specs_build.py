@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnngen
-from helpers import central_diff
+from helpers import check_layer_against
 
 B, T, D = 2, 4, 3
 H = D   # x read elementwise needs input_dim == output_dim
@@ -72,14 +72,5 @@ def test_an_accepted_spec_builds_and_computes_its_equations(tmp_path, name, back
     W = [w + rng.normal(scale=0.3, size=w.shape) for w in layer.get_weights()]
     layer.set_weights(W)
     x = rng.normal(size=(B, T, D))
-    y = layer(x)
-    np.testing.assert_allclose(y, _reference(step, W, x), rtol=1e-12, atol=1e-12)
-    dy = rng.normal(size=y.shape)
-    dx = layer.backward(dy)
-
-    def loss():
-        return float(np.sum(_reference(step, W, x) * dy))
-    np.testing.assert_allclose(dx, central_diff(loss, x), rtol=1e-6, atol=1e-8)
-    for wname, w, g in zip(layer.weight_names(), W, layer.grads):
-        np.testing.assert_allclose(g, central_diff(loss, w), rtol=1e-6, atol=1e-8,
-                                   err_msg=wname)
+    check_layer_against(layer, lambda W, x, mask: _reference(step, W, x), W, x, rng=rng,
+                        atol=1e-8)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnngen
-from helpers import central_diff
+from helpers import check_layer_against
 from rnngen.pipeline import ROOT
 
 B, T, D, H = 2, 5, 3, 4
@@ -92,17 +92,7 @@ def test_example_cell_against_its_papers_equations(name, backend):
     x = rng.normal(size=(B, T, D))
     mask = rng.random((B, T)) > 0.3
     mask[0] = True
-    y = layer(x, mask=mask)
-    np.testing.assert_allclose(y, reference(W, x, mask), rtol=1e-12, atol=1e-12)
-    dy = rng.normal(size=y.shape)
-    dx = layer.backward(dy)
-
-    def loss():
-        return float(np.sum(reference(W, x, mask) * dy))
-    np.testing.assert_allclose(dx, central_diff(loss, x), rtol=1e-6, atol=1e-7)
-    for wname, w, g in zip(layer.weight_names(), W, layer.grads):
-        np.testing.assert_allclose(g, central_diff(loss, w), rtol=1e-6, atol=1e-7,
-                                   err_msg=wname)
+    y = check_layer_against(layer, reference, W, x, mask, rng=rng)
     l32 = cls(H, input_dim=D, return_sequences=True, seed=1, backend=backend)
     l32.set_weights(W)
     np.testing.assert_allclose(l32(x.astype(np.float32), mask=mask), y, rtol=1e-4, atol=1e-5)
