@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -262,14 +261,15 @@ def cmd_cache(args) -> int:
     index = root / "index"
     size = sum(map(_size, entries)) + (_size(index) if index.is_dir() else 0)
     if args.clear:
-        for p in entries:
-            shutil.rmtree(p, ignore_errors=True)
-        shutil.rmtree(index, ignore_errors=True)
+        from .build import clear_cache
+        deleted, kept = clear_cache(entries)
         try:
             root.rmdir()             # only if nothing else is left in it
         except OSError:
             pass
-        print(f"cleared {root}: {len(entries)} folders and the index, {size / 1e6:.1f} MB")
+        print(f"cleared {root}: {len(deleted)} folders and the index, "
+              f"{(size - sum(map(_size, kept))) / 1e6:.1f} MB"
+              + (f"; kept {len(kept)} where another process is building now" if kept else ""))
         return 0
     built = [p for p in entries if (p / "done").is_file()]
     failed = [p for p in entries if (p / "failed").is_file()]

@@ -226,7 +226,13 @@ def build_library(name: str, header: str, source: str, *, suffix: str = ".c",
             if failed_at is not None and failed_at >= waited_since - 1 and not lock.exists():
                 raise BuildError(f"building {lib.name} failed in another process:\n"
                                  f"{_read(failed)}")
-        token = _acquire(lock, root)
+        try:
+            token = _acquire(lock, root)
+        except BuildError:
+            if d.is_dir():
+                raise
+            d.mkdir(parents=True, exist_ok=True)   # cleared meanwhile: start over
+            continue
         if token is not None:
             try:
                 if _published(d, lib):    # the owner we waited for finished meanwhile
@@ -237,7 +243,15 @@ def build_library(name: str, header: str, source: str, *, suffix: str = ".c",
                           flush=True)
                 t0, built = time.perf_counter(), False
                 try:
-                    lib = _compile(d, name, header, source, suffix, command, key, root)
+                    try:
+                        lib = _compile(d, name, header, source, suffix, command, key, root)
+                    except BuildError:
+                        if d.is_dir():
+                            raise
+                        # the folder was deleted under us (a cache clear that looked just
+                        # before our lock): build again
+                        d.mkdir(parents=True, exist_ok=True)
+                        lib = _compile(d, name, header, source, suffix, command, key, root)
                     built = True
                     return lib
                 finally:
@@ -476,5 +490,26 @@ def _release(lock: Path, token: str) -> None:
             pass
 
 
-def clear_cache() -> None:
-    shutil.rmtree(cache_dir(), ignore_errors=True)
+def building(d: Path) -> bool:
+    """Whether a live process is building in cache folder ``d`` (its lock's owner is
+    alive and the lock not too old)."""
+    owner = _read_lock(d / "lock")
+    return owner is not None and _stale(owner) is None
+
+
+def clear_cache(entries: Optional[Sequence[Path]] = None) -> tuple[list[Path], list[Path]]:
+    """Delete the cache's library folders (``entries``, default every folder in it) and its
+    index, but not a folder where another process is building right now (that build would
+    fail): (deleted, kept)."""
+    root = cache_dir()
+    if entries is None:
+        entries = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    deleted, kept = [], []
+    for p in entries:
+        if p.name != "index" and building(p):
+            kept.append(p)
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        deleted.append(p)
+    shutil.rmtree(root / "index", ignore_errors=True)
+    return deleted, kept

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -333,3 +334,32 @@ def test_another_backend_can_use_build_library(cache):
     assert plain.parent not in (lib.parent, other.parent) and loads_and_answers(plain)
     with pytest.raises(TypeError):
         build.build_library(NAME, HEADER, SOURCE, ".src")
+
+
+# -- clearing while others build (issue 20, item 10) -----------------------------------------
+def test_clearing_keeps_a_folder_where_another_process_is_building(cache):
+    done = build.build_library(NAME, HEADER, SOURCE).parent     # a finished library
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        busy = cache / "other-0123456789abcdef0123"
+        write_lock(busy, pid=sleeper.pid, start=(build._proc_stat(sleeper.pid) or (None, None))[1])
+        deleted, kept = build.clear_cache()
+        assert kept == [busy] and busy.is_dir() and not done.exists()
+        assert done in deleted and not (cache / "index").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_build_whose_folder_is_cleared_meanwhile_builds_again(cache):
+    """A clear that looked at the folder just before this build locked it deletes it under
+    the compiler: the build starts over instead of failing."""
+    calls = []
+
+    def command(src, out, include):
+        calls.append(src)
+        if len(calls) == 1:
+            shutil.rmtree(src.parent)                      # the clear, mid-build
+        return build.compile_command(src, out, include)
+    lib = build.build_library(NAME, HEADER, SOURCE, command=command)
+    assert len(calls) == 2 and loads_and_answers(lib)
