@@ -385,7 +385,10 @@ class Recurrent(nn.Module):
 
     # -- weights ---------------------------------------------------------------------------
     def _weights(self) -> List[torch.Tensor]:
-        return [self._parameters[n] for n in self.weight_names]
+        """The weights as the module sees them now: parameters, or what a parametrization
+        (torch.nn.utils.parametrize: orthogonal, weight_norm, ...) or pruning makes of
+        them, or the tensors torch.func.functional_call put in their place."""
+        return [getattr(self, n) for n in self.weight_names]
 
     def get_weights(self) -> list:
         """Copies of the parameters as numpy arrays, in spec order (the numpy layer's
@@ -408,8 +411,12 @@ class Recurrent(nn.Module):
                 raise ValueError(f"weight {name} has shape {tuple(a.shape)}, expected "
                                  f"{tuple(w.shape)}")
         with torch.no_grad():
-            for w, a in zip(ws, new):
-                w.copy_(a)
+            for name, w, a in zip(self.weight_names, ws, new):
+                param = self._parameters.get(name)
+                if param is None:   # parametrized or pruned: it has no plain parameter
+                    raise ValueError(f"weight {name} is computed by a parametrization or "
+                                     f"pruning; set its original tensor instead")
+                param.copy_(a)
 
     # -- checks -----------------------------------------------------------------------------
 

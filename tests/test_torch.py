@@ -602,3 +602,21 @@ def test_outputs_are_never_written_where_the_caller_can_still_reach():
     for k in range(3):
         m(x * (k + 2), mask).sum().backward()
     assert torch.equal(torch.tensor([], dtype=kept.dtype).set_(s, 0, kept.shape), kept)
+
+
+def test_parametrized_and_pruned_weights_are_what_the_kernels_read():
+    """Issue 20, item 9: orthogonal() or pruning on a weight raised KeyError: 'U_z'."""
+    from torch.nn.utils import parametrizations, prune
+    m = rt.Recurrent("GRU", D, H, return_sequences=True, dtype=torch.float64)
+    x, mask = problem()
+    parametrizations.orthogonal(m, "U_z")
+    prune.l1_unstructured(m, "W_z", amount=0.5)
+    y = m(x, mask)
+    y.sum().backward()
+    assert m.parametrizations.U_z.original.grad is not None and m.W_z_orig.grad is not None
+    layer = m.cell_class(m.output_dim, weights=m.get_weights(), return_sequences=True,
+                         dtype="float64")      # the weights as the module computes them
+    np.testing.assert_allclose(y.detach().numpy(), layer(x.numpy(), mask.numpy()),
+                               rtol=1e-12, atol=1e-13)
+    U = m.U_z.detach()
+    np.testing.assert_allclose((U.T @ U).numpy(), np.eye(H), atol=1e-10)
