@@ -506,13 +506,25 @@ class Recurrent(nn.Module):
         from .layers import BUILTIN
         state = dict(super().__getstate__())
         cls = state.pop("cell_class")
+        # a built-in by name; a user cell by its spec's text (and path, for messages), so
+        # that unpickling makes the very cell that was pickled, wherever and whenever,
+        # whatever became of the file
         state["_cell_ref"] = (cls.__name__ if BUILTIN.get(cls.__name__) is cls
-                              else str(Path(cls.spec.path).resolve()))
+                              else ("spec", str(cls.spec.path), cls.spec.text))
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        cls = _cell_class(state.pop("_cell_ref"))
+        ref = state.pop("_cell_ref")
+        if isinstance(ref, tuple) and len(ref) == 3 and ref[0] == "spec":
+            from .layers import layer_class
+            from .ir import compute_ir
+            from .spec import parse_spec
+            spec = parse_spec(ref[2], ref[1])
+            compute_ir(spec)                     # its equations' checks, as load_cell's
+            cls = layer_class(spec)
+        else:
+            cls = _cell_class(ref)
         super().__setstate__(state)
         self.cell_class = cls
         code = {p.name: self.params[p.name] for p in cls.spec.params if p.kind != "init"}

@@ -620,3 +620,30 @@ def test_parametrized_and_pruned_weights_are_what_the_kernels_read():
                                rtol=1e-12, atol=1e-13)
     U = m.U_z.detach()
     np.testing.assert_allclose((U.T @ U).numpy(), np.eye(H), atol=1e-10)
+
+
+def test_a_pickled_user_cell_module_carries_its_spec(tmp_path):
+    """Issue 20, item 9: a pickled module of a user cell whose spec file changed later
+    failed in another process ("not registered") and silently ran the new cell in the same
+    one; the pickle now carries the spec's text: both get the cell that was pickled."""
+    import io
+    import subprocess
+    import sys
+    spec = tmp_path / "mycell.yaml"
+    src = (ROOT / "examples" / "mgu.yaml").read_text()
+    spec.write_text(src)
+    m = rt.Recurrent(str(spec), D, H, return_sequences=True, dtype=torch.float64)
+    x, mask = problem()
+    y = m(x, mask).detach()
+    buf = io.BytesIO()
+    torch.save((m, x, mask, y), buf)
+    spec.write_text(src.replace("hh = activation(", "hh = 2 * activation("))   # changed
+    again, _, _, _ = torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+    assert torch.equal(again(x, mask), y)                   # this process: the old cell
+    (tmp_path / "job.pt").write_bytes(buf.getvalue())
+    code = ("import sys, torch; import rnngen.torch\n"
+            "m, x, mask, y = torch.load(sys.argv[1], weights_only=False)\n"
+            "print(torch.equal(m(x, mask), y))\n")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.pt")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.stdout.strip() == "True", res.stderr[-2000:]  # another process: the old cell
