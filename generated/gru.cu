@@ -5,7 +5,6 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Before the steps, one GEMM for every step: XW[B*T, 3*H] = x[B*T, D] @ [W_z | W_r | W_h]
  * Input-only values (computed from XW in the step kernels): x_w_z + b_z; x_w_r + b_r; x_w_h + b_h
- * Step phase 0: one kernel over 
  * Step phase 1: cuBLAS GEMM h_prev @ [U_z | U_r]; one kernel over t11, r, t15
  * Step phase 2: cuBLAS GEMM t15 @ [U_h]; one kernel over t5, z, t18, hh, t20, t22, t23, t24, h_new
  * Backward, per step in reverse: per phase one kernel, then dOperand += dS @ [U...]^T

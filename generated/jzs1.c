@@ -5,7 +5,6 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 3*H] = x_t[B, D] @ [W_z | W_r | Pmat]
  * Input-only values (computed from XW inside the step loops): sigmoid(t3); x_w_r + b_r; t12 + b_h; 1.0 - z
- * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_r]; loop over t9, r, t14
  * Step phase 2: GEMM t14 @ [U_h]; loop over t17, hh, t19, t22, t23, h_new
  */

@@ -5,7 +5,6 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Before the steps, one GEMM for every step: XW[B*T, 3*H] = x[B*T, D] @ [W_z | W_r | Pmat]
  * Input-only values (computed from XW in the step kernels): sigmoid(t3); x_w_r + b_r; t12 + b_h; 1.0 - z
- * Step phase 0: one kernel over 
  * Step phase 1: cuBLAS GEMM h_prev @ [U_r]; one kernel over t9, r, t14
  * Step phase 2: cuBLAS GEMM t14 @ [U_h]; one kernel over t17, hh, t19, t22, t23, h_new
  * Backward, per step in reverse: per phase one kernel, then dOperand += dS @ [U...]^T

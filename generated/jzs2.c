@@ -5,7 +5,6 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 3*H] = x_t[B, D] @ [W_z | Pmat | W_h]
  * Input-only values (computed from XW inside the step loops): x_w_z + b_z; x_pmat + b_r; x_w_h + b_h
- * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_z | U_r]; loop over t11, r, t15
  * Step phase 2: GEMM t15 @ [U_h]; loop over t5, z, t18, hh, t20, t22, t23, t24, h_new
  */

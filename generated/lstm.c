@@ -5,7 +5,6 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 4*H] = x_t[B, D] @ [W_i | W_f | W_c | W_o]
  * Input-only values (computed from XW inside the step loops): x_w_i + b_i; x_w_f + b_f; x_w_c + b_c; x_w_o + b_o
- * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_i | U_f | U_c | U_o]; loop over t6, i, t12, f, t14, t19, t20, t21, t22, c_new, t28, o, t30, t31, h_new
  */
 #include <string.h>

@@ -5,7 +5,6 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Before the steps, one GEMM for every step: XW[B*T, 4*H] = x[B*T, D] @ [W_i | W_f | W_c | W_o]
  * Input-only values (computed from XW in the step kernels): x_w_i + b_i; x_w_f + b_f; x_w_c + b_c; x_w_o + b_o
- * Step phase 0: one kernel over 
  * Step phase 1: cuBLAS GEMM h_prev @ [U_i | U_f | U_c | U_o]; one kernel over t6, i, t12, f, t14, t19, t20, t21, t22, c_new, t28, o, t30, t31, h_new
  * Backward, per step in reverse: per phase one kernel, then dOperand += dS @ [U...]^T
  * (cuBLAS); after the steps the weight gradients and dx as one GEMM each, and the bias

@@ -5,7 +5,6 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 1*H] = x_t[B, D] @ [W]
  * Input-only values (computed from XW inside the step loops): x_w + b
- * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U_1]; GEMM h_lag2 @ [U_2]; GEMM h_lag3 @ [U_3]; loop over t7, t8, t14, t15, t21, t22, t24, t25, t26, t27, h_new
  */
 #include <string.h>

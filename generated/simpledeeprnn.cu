@@ -5,7 +5,6 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Before the steps, one GEMM for every step: XW[B*T, 1*H] = x[B*T, D] @ [W]
  * Input-only values (computed from XW in the step kernels): x_w + b
- * Step phase 0: one kernel over 
  * Step phase 1: cuBLAS GEMM h_prev @ [U_1]; cuBLAS GEMM h_lag2 @ [U_2]; cuBLAS GEMM h_lag3 @ [U_3]; one kernel over t7, t8, t14, t15, t21, t22, t24, t25, t26, t27, h_new
  * Backward, per step in reverse: per phase one kernel, then dOperand += dS @ [U...]^T
  * (cuBLAS); after the steps the weight gradients and dx as one GEMM each, and the bias

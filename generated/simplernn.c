@@ -5,7 +5,6 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 1*H] = x_t[B, D] @ [W]
  * Input-only values (computed from XW inside the step loops): x_w + b
- * Step phase 0: loop over 
  * Step phase 1: GEMM h_prev @ [U]; loop over t5, t6, h_new
  */
 #include <string.h>

@@ -215,7 +215,14 @@ def _read_spec_file(path: Path) -> str:
     try:
         fd = os.open(path, flags)
     except OSError as e:
-        raise SpecError(str(path), [(0, f"cannot read the spec file: {e.strerror}")]) from None
+        hint = ""
+        if isinstance(e, FileNotFoundError) and path.parts[:1] == ("examples",):
+            from .pipeline import EXAMPLES   # a checkout's examples/ outside a checkout
+            if (EXAMPLES / path.name).is_file():
+                hint = (f" (paths are relative to the current directory; the example "
+                        f"shipped with rnngen is rnngen.load_example({path.stem!r}))")
+        raise SpecError(str(path), [(0, f"cannot read the spec file: {e.strerror}{hint}")]) \
+            from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
