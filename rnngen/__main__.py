@@ -109,7 +109,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .pipeline import compile_cell
+    from .pipeline import build_cell
     from .spec import load_spec
     if args.specs:
         paths = [find_spec(s) for s in args.specs]
@@ -121,7 +121,7 @@ def cmd_build(args) -> int:
     for p in paths:
         spec = load_spec(p)
         t = time.perf_counter()
-        compile_cell(spec, params, args.backend)
+        build_cell(spec, params, args.backend)   # no device needed: prebuilding
         print(f"built {spec.name:14s} ({p}) for {args.backend} in "
               f"{time.perf_counter() - t:.2f} s")
     return 0

@@ -68,6 +68,46 @@ def generate(spec: CellSpec, params: Optional[dict] = None, backend: str = "c", 
     return ir, header, source
 
 
+def _identify(be, spec: CellSpec, params, layout, schedule) -> tuple:
+    """(ikey, ir, layout, source name): what finds a built library before rendering (the
+    spec, parameters, choices, the generator's code and templates, the build environment)."""
+    ir = compute_ir(spec, params)
+    lay = be.layout(ir, **(layout or {}))
+    name = source_name(spec)
+    inputs = (be.name, spec.digest, repr(sorted(ir.params.items())),
+              repr(sorted((layout or {}).items())), repr(schedule), name, generator_digest())
+    return input_key(inputs, be.key_extra(), command=be.command, suffix=be.suffix), ir, lay, name
+
+
+def _library(be, spec: CellSpec, ikey, ir, lay, name, schedule) -> tuple[Path, str]:
+    """(library, header text): found through the cache's index, or rendered and built;
+    nothing loaded, no device needed."""
+    found = lookup(ikey)
+    if found is not None:
+        return found
+    header, source = be.render(ir, name, lay, schedule)
+    lib = build_library(
+        be.library_name(ir), header, source, suffix=be.suffix, command=be.command,
+        key_extra=be.key_extra(),
+        describe=spec.name + ("" if be.name == "c" else f" for {be.name}") + " ("
+        + ", ".join(["float32+float64"] + [f"{p.name}={ir.params[p.name]}"
+                                           for p in spec.params if p.kind != "init"])
+        + ")" + (f" for {cpu_target().describe()}" if be.name == "c" else
+                 f" for {cuda_target().describe()}" if be.name == "cuda" else ""))
+    record(ikey, lib)
+    return lib, header
+
+
+def build_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "c", *,
+               layout: Optional[dict] = None, schedule: Schedule = Schedule()) -> Path:
+    """Build ``spec``'s library for ``backend`` into the cache without loading it: what
+    `rnngen build` does.  Needs the backend's compiler (for cuda: nvcc and cuBLAS), not its
+    device, so libraries can be prebuilt on a machine without a GPU."""
+    be = get_backend(backend)
+    ikey, ir, lay, name = _identify(be, spec, params, layout, schedule)
+    return _library(be, spec, ikey, ir, lay, name, schedule)[0]
+
+
 def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "c", *,
                  layout: Optional[dict] = None, schedule: Schedule = Schedule()) -> Kernel:
     """The loaded kernel for ``spec`` with ``params`` on ``backend``; built at most once
@@ -79,29 +119,11 @@ def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "
     is rendered: in this process, or through the cache's index."""
     be = get_backend(backend)
     be.check()
-    ir = compute_ir(spec, params)
-    lay = be.layout(ir, **(layout or {}))
-    name = source_name(spec)
-    inputs = (be.name, spec.digest, repr(sorted(ir.params.items())),
-              repr(sorted((layout or {}).items())), repr(schedule), name, generator_digest())
-    ikey = input_key(inputs, be.key_extra(), command=be.command, suffix=be.suffix)
+    ikey, ir, lay, name = _identify(be, spec, params, layout, schedule)
     with _lock:
         k = _kernels.get(ikey)
         if k is None:
-            found = lookup(ikey)
-            if found is not None:
-                lib, header = found
-            else:
-                header, source = be.render(ir, name, lay, schedule)
-                lib = build_library(
-                    be.library_name(ir), header, source, suffix=be.suffix, command=be.command,
-                    key_extra=be.key_extra(),
-                    describe=spec.name + ("" if be.name == "c" else f" for {be.name}") + " ("
-                    + ", ".join(["float32+float64"] + [f"{p.name}={ir.params[p.name]}"
-                                                       for p in spec.params if p.kind != "init"])
-                    + ")" + (f" for {cpu_target().describe()}" if be.name == "c" else
-                             f" for {cuda_target().describe()}" if be.name == "cuda" else ""))
-                record(ikey, lib)
+            lib, header = _library(be, spec, ikey, ir, lay, name, schedule)
             k = _kernels[ikey] = be.kernel(ir, lib, runtime_header(), header)
             k.set_threads(_threads)
     return k

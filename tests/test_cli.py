@@ -371,3 +371,18 @@ def test_command_line_mistakes_are_messages_not_tracebacks(tmp_path, monkeypatch
     long.write_text(MGU.read_text().replace("name: MGU", "name: " + "A" * 5000))
     assert cli.main(["list", str(long)]) == 2
     assert "the name has 5000 characters; at most 100" in capsys.readouterr().err
+
+
+def test_build_for_cuda_needs_nvcc_not_a_gpu(tmp_path, capsys, monkeypatch):
+    """Issue 20, item 12: `rnngen build --backend cuda` refused on a machine with nvcc and no
+    GPU; prebuilding needs only the compiler and cuBLAS."""
+    from rnngen.backends import cublas_dirs, nvcc_path
+    from rnngen.errors import DeviceError
+    try:
+        nvcc_path(), cublas_dirs()
+    except DeviceError as e:
+        pytest.skip(f"no CUDA toolchain: {e}")
+    monkeypatch.setenv("RNNGEN_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli.main(["build", str(MGU), "--backend", "cuda"]) == 0, capsys.readouterr().err
+    assert "built MGU" in capsys.readouterr().out
+    assert list((tmp_path / "cache").glob("mgu_cuda-*/libmgu_cuda.so"))
