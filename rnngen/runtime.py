@@ -54,6 +54,8 @@ def in_forked_child() -> bool:
     """Whether this process was forked from one that imported rnngen (its kernels then
     run on one thread: OpenMP's threads do not survive fork)."""
     return _forked_child
+
+
 DTYPES = {np.dtype(np.float32): ("float", "_f32"), np.dtype(np.float64): ("double", "_f64")}
 
 
@@ -165,6 +167,31 @@ class Kernel:
         if st != 0:
             raise ValueError(f"the number of threads must be 0 (automatic) or positive, got {n}")
 
+    def _check_forward(self, x, mask, state0, weights, H) -> tuple:
+        """(B, T, D, dtype) of a forward's arguments, each checked against the cell."""
+        B, T, D, dtype = _dims(x, H)
+        check_arguments(self.ir, T, B, D, H, dtype,
+                        [("x", x, (B, T, D), (dtype,)), ("mask", mask, (B, T), _MASK_DTYPES),
+                         ("state0", state0, (self.nstates, B, H), (dtype,))]
+                        + _weight_args(self.ir, weights, D, H, dtype))
+        return B, T, D, dtype
+
+    def _check_backward(self, x, mask, weights, dy, dstates) -> tuple:
+        """(B, T, D, H, dtype) of a backward's arguments (the save buffer apart), each
+        checked against the cell; H is dy's last dimension."""
+        d = _describe(dy)
+        if d is None or len(d[0]) != 3:
+            raise ValueError(f"dy must be a (batch, steps, output_dim) array, got "
+                             f"{d[0] if d else type(dy).__name__}")
+        H = d[0][2]
+        B, T, D, dtype = _dims(x, H)
+        check_arguments(self.ir, T, B, D, H, dtype,
+                        [("x", x, (B, T, D), (dtype,)), ("mask", mask, (B, T), _MASK_DTYPES),
+                         ("dy", dy, (B, T, H), (dtype,)),
+                         ("dstates", dstates, (self.nstates, B, H), (dtype,))]
+                        + _weight_args(self.ir, weights, D, H, dtype))
+        return B, T, D, H, dtype
+
     @property
     def micro_kernel(self) -> str:
         """The micro-kernel the library was compiled with: its instruction set and register
@@ -218,12 +245,7 @@ class Kernel:
 
         ``save``: a buffer from an earlier call to reuse when it has the right size;
         ``out``: an array to write y into (used when its shape and dtype fit)."""
-        B, T, D, dtype = _dims(x, H)
-        S = self.nstates
-        check_arguments(self.ir, T, B, D, H, dtype,
-                        [("x", x, (B, T, D), (dtype,)), ("mask", mask, (B, T), _MASK_DTYPES),
-                         ("state0", state0, (S, B, H), (dtype,))]
-                        + _weight_args(self.ir, weights, D, H, dtype))
+        B, T, D, _ = self._check_forward(x, mask, state0, weights, H)
         ctype, sfx = DTYPES[x.dtype]
         n_save, n_work = self.sizes(T, B, D, H)
         self._check_memory(T, B, D, H, n_save, n_work, training, x.dtype.itemsize)
@@ -247,17 +269,12 @@ class Kernel:
         w.r.t. the final states (None: zero); dstate0 is [S,B,H], the gradient w.r.t. the
         initial states, with ``state0_grad``, else None.  ``out`` and ``grads_out``:
         arrays to write dx and the weight gradients into where shape and dtype fit."""
-        if not isinstance(dy, np.ndarray) or dy.ndim != 3:
+        if not isinstance(dy, np.ndarray):   # host arrays only on this backend
             raise ValueError(f"dy must be a (batch, steps, output_dim) array, got "
-                             f"{getattr(dy, 'shape', type(dy).__name__)}")
-        B, T, D, dtype = _dims(x, dy.shape[2])
-        H, S = dy.shape[2], self.nstates
+                             f"{type(dy).__name__}")
+        B, T, D, H, dtype = self._check_backward(x, mask, weights, dy, dstates)
         n_save, n_work = self.sizes(T, B, D, H)
-        check_arguments(self.ir, T, B, D, H, dtype,
-                        [("x", x, (B, T, D), (dtype,)), ("mask", mask, (B, T), _MASK_DTYPES),
-                         ("dy", dy, (B, T, H), (dtype,)), ("save", save, (n_save,), (dtype,)),
-                         ("dstates", dstates, (S, B, H), (dtype,))]
-                        + _weight_args(self.ir, weights, D, H, dtype))
+        check_arguments(self.ir, T, B, D, H, dtype, [("save", save, (n_save,), (dtype,))])
         ctype, sfx = DTYPES[x.dtype]
         if _forked_child and save.size > 3 and save[-3] > 1:
             raise RuntimeError(
@@ -600,11 +617,7 @@ class CudaKernel(Kernel):
         B, T, D = xv.shape if dev else x.shape
         dtype = xv.dtype if dev else x.dtype
         stream = xv.stream if dev else 0
-        _dims(x, H)
-        S = self.nstates
-        check_arguments(self.ir, T, B, D, H, dtype,
-                        [("mask", mask, (B, T), _MASK_DTYPES), ("state0", state0, (S, B, H), (dtype,))]
-                        + _weight_args(self.ir, weights, D, H, dtype))
+        self._check_forward(x, mask, state0, weights, H)
         _, sfx = DTYPES[dtype]
         n_save, n_work = self.sizes(T, B, D, H)
         self._check_memory(T, B, D, H, n_save, n_work, training, dtype.itemsize)
@@ -646,12 +659,7 @@ class CudaKernel(Kernel):
         H = dyv.shape[2] if dyv else dy.shape[2]
         dtype = dyv.dtype if dyv else dy.dtype
         stream = dyv.stream if dyv else (xv.stream if xv else 0)
-        _dims(x, H)
-        S = self.nstates
-        check_arguments(self.ir, T, B, D, H, dtype,
-                        [("x", x, (B, T, D), (dtype,)), ("mask", mask, (B, T), _MASK_DTYPES),
-                         ("dy", dy, (B, T, H), (dtype,)), ("dstates", dstates, (S, B, H), (dtype,))]
-                        + _weight_args(self.ir, weights, D, H, dtype))
+        self._check_backward(x, mask, weights, dy, dstates)
         _, sfx = DTYPES[dtype]
         n_save, n_work = self.sizes(T, B, D, H)
         if not isinstance(save, DeviceBuffer):
