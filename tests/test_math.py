@@ -24,9 +24,8 @@ LEVELS = targets.runnable_x86_levels() or ["native"]
 def test_exp_tanh_log_are_ieee_at_every_level(march, tmp_path):
     t = targets.cpu_target(march, "auto")
     exe = tmp_path / "check_math"
-    cmd = [build.CC, *build.cflags(t), f"-I{TEMPLATES}", f"-I{build.blas_paths()[0]}",
-           str(HERE / "c" / "check_math.c"), "-o", str(exe), "-lm"]
-    subprocess.run(cmd, check=True)
+    subprocess.run(build.compile_command(HERE / "c" / "check_math.c", exe, TEMPLATES,
+                                         shared=False, target=t), check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout
     assert out.stdout.startswith(f"kernel {t.kernel}:") and " 0 failures" in out.stdout

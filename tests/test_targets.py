@@ -231,21 +231,12 @@ def test_both_thread_splits_run_at_every_level(target):
 
 
 # -- the micro-kernels alone, and aarch64 --------------------------------------------------
-def _kernel_check_cmd(cc, flags, out, *, link_blas=True):
-    cmd = [cc, "-O2", *flags, "-std=c11", "-fopenmp", "-Wall", "-Wextra", "-Werror",
-           f"-I{TEMPLATES}", f"-I{build.blas_paths()[0]}", str(HERE / "c" / "check_kernels.c"),
-           "-o", str(out)]
-    if link_blas:
-        inc, libdir, lib = build.blas_paths()
-        cmd += [f"-L{libdir}", f"-l{lib}", f"-Wl,-rpath,{libdir}"]
-    return cmd + ["-lm"]
-
-
 @pytest.mark.parametrize("march,kernel", VARIANTS)
 def test_micro_kernels_against_a_triple_loop(march, kernel, tmp_path):
     t = targets.cpu_target(march, kernel)
     exe = tmp_path / "check"
-    subprocess.run(_kernel_check_cmd(build.CC, t.flags, exe), check=True)
+    subprocess.run(build.compile_command(HERE / "c" / "check_kernels.c", exe, TEMPLATES,
+                                         shared=False, target=t), check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout
     assert out.stdout.startswith(f"kernel {t.kernel}:") and " 0 mismatches" in out.stdout
@@ -264,10 +255,16 @@ def _tool(name):
 AARCH64_FLAGS = ["-march=armv8.2-a"]
 
 
+def _aarch64_command(cc, src, out, *extra):
+    """The cross compiler with the kernels' own flags (build.BASE_CFLAGS) for aarch64."""
+    return [cc, *build.BASE_CFLAGS, *AARCH64_FLAGS, *extra, str(src), "-o", str(out),
+            f"-I{GENERATED}", f"-I{TEMPLATES}", f"-I{build.blas_paths()[0]}", "-lm"]
+
+
 def test_aarch64_neon_kernels_under_qemu(tmp_path):
     cc, qemu = _tool("aarch64-linux-gnu-gcc"), _tool("qemu-aarch64")
     exe = tmp_path / "check"
-    subprocess.run(_kernel_check_cmd(cc, AARCH64_FLAGS + ["-static"], exe, link_blas=False),
+    subprocess.run(_aarch64_command(cc, HERE / "c" / "check_kernels.c", exe, "-static"),
                    check=True)
     out = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -280,10 +277,8 @@ def test_generated_c_compiles_for_aarch64_warning_free(tmp_path):
     sources = sorted(GENERATED.glob("*.c"))
     assert len(sources) >= 7
     for src in sources:
-        cmd = [cc, *build.BASE_CFLAGS, *AARCH64_FLAGS, "-c", str(src), "-o",
-               str(tmp_path / (src.stem + ".o")), f"-I{GENERATED}", f"-I{TEMPLATES}",
-               f"-I{build.blas_paths()[0]}"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(_aarch64_command(cc, src, tmp_path / (src.stem + ".o"), "-c"),
+                             capture_output=True, text=True)
         assert res.returncode == 0, f"{src.name}:\n{res.stderr}"
         syms = subprocess.run([_tool("aarch64-linux-gnu-nm"), str(tmp_path / (src.stem + ".o"))],
                               capture_output=True, text=True, check=True).stdout
