@@ -1,306 +1,20 @@
-"""The kernels as PyTorch modules: :class:`Recurrent` and :class:`Bidirectional`.
-
-    import torch
-    import rnngen.torch as rt
-    m = rt.Recurrent("LSTM", input_dim=8, output_dim=16, return_sequences=True)
-    y = m(x, mask=mask)          # x (B, T, 8) float32 tensor, mask (B, T) bool
-    y.sum().backward()           # m.W_i.grad, m.U_i.grad, ... in get_weights() order
-
-Two operators in the namespace ``rnngen::`` carry every cell (torch.library.custom_op):
-
-    rnngen::recurrent(key, x, mask, state0, weights, H, truncate, training, states_out)
-        -> (y [B,T,H], save [n], last [S,B,H] or [0])
-    rnngen::recurrent_backward(key, x, mask, state0, weights, save, dy, dlast, truncate,
-                               state0_grad) -> [dx, dstate0 (or [0]), dW_1, ..., dW_n]
-
-``key`` names a cell and its compiled-in parameters (a digest of both, the same in every
-process); :func:`register_cell` maps it to the spec, and the kernel for a tensor's device
-(the C backend for CPU tensors, the CUDA backend for CUDA tensors) is compiled on first use.
-The forward returns ``save``, what the kernels keep for the backward, as a tensor, so that
-autograd (``register_autograd``) saves it and torch.compile sees it; fake implementations
-give both operators' shapes (the size of ``save`` from the kernel's ``sizes``, a C call, or
-an unbacked size where the shapes are symbolic).
-
-CPU tensors reach the kernels by pointer: numpy views of contiguous tensors, and outputs
-written straight into fresh tensors.
-CUDA tensors go to the CUDA backend by device pointer, on torch's current stream.  torch is
-an optional dependency: ``pip install -e '.[torch]'``.  Guide: docs/torch.md.
-"""
-import hashlib
-import threading
+"""The Keras-style modules: :class:`Recurrent` (one layer of any cell) and
+:class:`Bidirectional`."""
 from pathlib import Path
 from typing import List, Optional
 
-try:
-    import torch
-    from torch import nn
-except ImportError as e:                      # pragma: no cover - tested in a subprocess
-    raise ImportError("rnngen.torch needs PyTorch, an optional dependency: "
-                      "pip install -e '.[torch]' (from a checkout) or "
-                      "pip install 'rnngen[torch]'") from e
-
 import numpy as np
+import torch
+from torch import nn
 
-from .layers import MERGE_MODES, check_pair
-from .pipeline import compile_cell
-from .runtime import DeviceBuffer, Kernel
-
-__all__ = ["Recurrent", "Bidirectional", "register_cell"]
-
-_FLOATS = (torch.float32, torch.float64)
-
-# -- the registry of cells ------------------------------------------------------------
-_CELLS: dict = {}        # key -> (spec, compiled-in parameters)
-_KERNELS: dict = {}      # (key, backend) -> Kernel
-_lock = threading.Lock()
-
-
-def register_cell(spec, code_params: dict) -> str:
-    """The operators' key for ``spec`` with its compiled-in parameters ``code_params``
-    (activations, integer and float parameters), registered in this process.  The key is a
-    digest of the spec's text and the parameters, so it is the same in every process (a
-    graph compiled in one names the same cell in another that registered it)."""
-    params = {k: code_params[k] for k in sorted(code_params)}
-    digest = hashlib.sha256(repr((spec.digest, sorted(params.items()))).encode()).hexdigest()
-    key = f"{spec.name}:{digest[:20]}"
-    with _lock:
-        _CELLS.setdefault(key, (spec, params))
-    return key
-
-
-def _backend(device_type: str) -> str:
-    try:
-        return _BACKENDS[device_type]
-    except KeyError:
-        raise RuntimeError(f"rnngen runs on CPU and CUDA tensors, not on {device_type!r} "
-                           "ones") from None
-
-
-def _kernel(key: str, device_type: str) -> Kernel:
-    backend = _backend(device_type)
-    k = _KERNELS.get((key, backend))
-    if k is None:
-        with _lock:
-            cell = _CELLS.get(key)
-        if cell is None:
-            raise RuntimeError(f"rnngen cell {key!r} is not registered in this process: make "
-                               f"its rnngen.torch.Recurrent (or call register_cell) first")
-        k = compile_cell(cell[0], cell[1], backend)
-        with _lock:
-            k = _KERNELS.setdefault((key, backend), k)
-    return k
-
-
-def _save_size(key, device_type, T, B, D, H):
-    """Elements of the save buffer: the kernel's own count for concrete sizes, an unbacked
-    size for symbolic ones (torch.compile with dynamic shapes)."""
-    if all(isinstance(v, int) for v in (T, B, D, H)):
-        return _kernel(key, device_type).sizes(T, B, D, H)[0]
-    return torch.library.get_ctx().new_dynamic_size()
-
-
-# -- CPU: numpy views of the tensors ----------------------------------------------------
-def _empty(shape, dtype) -> torch.Tensor:
-    """A fresh tensor for a kernel's output.  (An earlier pool reused the memory of outputs
-    that torch's use count said nobody held; the count missed a held untyped_storage() and
-    tensors sent to other processes, which then changed under their holders.  Fresh memory
-    is never reachable by anyone else; glibc's heap serves repeated sizes without new page
-    faults once its mmap threshold has adapted.)"""
-    return torch.empty(shape, dtype=dtype)
-
-
-def _np(t: Optional[torch.Tensor]):
-    """The numpy view of a CPU tensor (no copy when it is contiguous)."""
-    return None if t is None else t.detach().contiguous().numpy()
-
-
-def _into(view: np.ndarray, arr: np.ndarray) -> None:
-    """The kernels return the array they were given to write into (a tensor's numpy
-    view) where it fits; anything else is copied there."""
-    if arr is not view:
-        view[...] = arr
-
-
-def _empty_states(x):
-    return torch.empty((0,), dtype=x.dtype, device=x.device)
-
-
-def _forward_cpu(k, x, mask, state0, weights, H, training, states_out):
-    B, T, D = x.shape
-    y = _empty((B, T, H), x.dtype)
-    save = _empty((k.sizes(T, B, D, H)[0] if training else 0,), x.dtype)
-    y_view, save_view = y.numpy(), (save.numpy() if training else None)
-    y_np, save_np, last = k.forward(
-        _np(x), _np(mask), [_np(w) for w in weights], H, training, save=save_view,
-        out=y_view, state0=_np(state0), states_out=states_out)
-    _into(y_view, y_np)
-    if training:
-        _into(save_view, save_np)
-    return y, save, torch.from_numpy(last) if states_out else _empty_states(x)
-
-
-def _backward_cpu(k, x, mask, state0, weights, save, dy, dlast, truncate, state0_grad):
-    dx = _empty(x.shape, x.dtype)
-    grads = [_empty(w.shape, w.dtype) for w in weights]
-    dx_view, g_views = dx.numpy(), [g.numpy() for g in grads]
-    dx_np, g_np, ds0 = k.backward(
-        _np(x), _np(mask), [_np(w) for w in weights], _np(save), _np(dy), truncate,
-        out=dx_view, grads_out=g_views, dstates=_np(dlast), state0_grad=state0_grad)
-    _into(dx_view, dx_np)
-    for view, g in zip(g_views, g_np):
-        _into(view, g)
-    return [dx, torch.from_numpy(ds0) if state0_grad else _empty_states(x)] + grads
-
-
-# -- CUDA: device pointers on torch's current stream -------------------------------------
-_TYPESTR = {torch.float32: "<f4", torch.float64: "<f8", torch.uint8: "|u1"}
-
-
-class _OnStream:
-    """A contiguous tensor as a device array for the CUDA kernels: its pointer, shape and
-    dtype, and torch's current stream (torch's own __cuda_array_interface__ names none,
-    and rnngen would then run on the default stream).  A CPU tensor gives its host
-    pointer, which is what the CUDA backend's emulation (cuda-emulated) reads."""
-
-    def __init__(self, t: torch.Tensor):
-        self.tensor = t                     # keeps the memory alive
-        self.shape = tuple(t.shape)
-        stream = torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
-        self.__cuda_array_interface__ = {
-            "shape": self.shape, "typestr": _TYPESTR[t.dtype], "data": (t.data_ptr(), False),
-            "strides": None, "version": 3, "stream": stream if stream else None}
-
-
-def _dev(t):
-    return None if t is None else _OnStream(t.contiguous())
-
-
-def _buffer(k, t: torch.Tensor) -> DeviceBuffer:
-    """A DeviceBuffer over a tensor's memory (owned by the tensor), which the CUDA kernels
-    take as their save buffer: forward writes it, backward reads it."""
-    return DeviceBuffer.over(k, _OnStream(t))
-
-
-def _tensor_on(a, device) -> torch.Tensor:
-    """A tensor on ``device`` from a DeviceArray the CUDA kernels made (the final states
-    and their gradients: read in place on a GPU through its __cuda_array_interface__; on
-    the CPU, the emulation, copied out with its get())."""
-    if device.type == "cpu":
-        return torch.from_numpy(a.get())
-    return torch.as_tensor(a, device=device)
-
-
-def _forward_cuda(k, x, mask, state0, weights, H, training, states_out):
-    """y and save are torch's own tensors, which the kernels write in place."""
-    B, T, D = x.shape
-    save = torch.empty(k.sizes(T, B, D, H)[0] if training else 0, dtype=x.dtype,
-                       device=x.device)
-    y = torch.empty((B, T, H), dtype=x.dtype, device=x.device)
-    _, _, last = k.forward(_dev(x), _dev(mask), [_dev(w) for w in weights], H, training,
-                           save=_buffer(k, save) if training else None, out=_OnStream(y),
-                           state0=_dev(state0), states_out=states_out)
-    last = _tensor_on(last, x.device) if states_out else _empty_states(x)
-    return y, save, last
-
-
-def _backward_cuda(k, x, mask, state0, weights, save, dy, dlast, truncate, state0_grad):
-    """dx and the weight gradients are torch's own tensors, written in place on torch's
-    stream (nothing goes through the host)."""
-    dx = torch.empty_like(x)
-    grads = [torch.empty(w.shape, dtype=x.dtype, device=x.device) for w in weights]
-    _, _, ds0 = k.backward(
-        _dev(x), _dev(mask), [_dev(w) for w in weights], _buffer(k, save.contiguous()),
-        _dev(dy), truncate, out=_OnStream(dx), grads_out=[_OnStream(g) for g in grads],
-        dstates=_dev(dlast), state0_grad=state0_grad)
-    ds0 = _tensor_on(ds0, x.device) if state0_grad else _empty_states(x)
-    return [dx, ds0] + grads
-
-
-# the backend for a tensor's device type, and the functions that run its kernels
-_BACKENDS = {"cpu": "c", "cuda": "cuda"}
-_RUN = {"c": (_forward_cpu, _backward_cpu), "cuda": (_forward_cuda, _backward_cuda),
-        "cuda-emulated": (_forward_cuda, _backward_cuda)}
-
-
-# -- the operators ----------------------------------------------------------------------
-@torch.library.custom_op(
-    "rnngen::recurrent", mutates_args=(),
-    schema="(str key, Tensor x, Tensor? mask, Tensor? state0, Tensor[] weights, SymInt H, "
-           "int truncate, bool training, bool states_out) -> (Tensor, Tensor, Tensor)")
-def _recurrent(key, x, mask, state0, weights, H, truncate, training, states_out):
-    """y [B,T,H] (every step), save (what backward reads; [0] unless training) and the
-    final states [S,B,H] (with states_out, else [0]) of the cell ``key`` on x [B,T,D]."""
-    k = _kernel(key, x.device.type)
-    run = _RUN[_backend(x.device.type)][0]
-    return run(k, x.contiguous(), mask, state0, weights, H, training, states_out)
-
-
-@_recurrent.register_fake
-def _recurrent_fake(key, x, mask, state0, weights, H, truncate, training, states_out):
-    B, T, D = x.shape
-    S = _kernel(key, x.device.type).nstates
-    n = _save_size(key, x.device.type, T, B, D, H) if training else 0
-    last = x.new_empty((S, B, H) if states_out else (0,))
-    return x.new_empty((B, T, H)), x.new_empty((n,)), last
-
-
-@torch.library.custom_op(
-    "rnngen::recurrent_backward", mutates_args=(),
-    schema="(str key, Tensor x, Tensor? mask, Tensor? state0, Tensor[] weights, Tensor save, "
-           "Tensor dy, Tensor? dlast, int truncate, bool state0_grad) -> Tensor[]")
-def _recurrent_backward(key, x, mask, state0, weights, save, dy, dlast, truncate,
-                        state0_grad):
-    """[dx, dstate0 ([0] unless state0_grad), dW_1, ..., dW_n] for the gradients dy of
-    every output and dlast of the final states (None: zero)."""
-    if save.numel() == 0:
-        raise RuntimeError("rnngen: backward through a forward that ran with training=False "
-                           "(nothing was saved for it)")
-    k = _kernel(key, x.device.type)
-    run = _RUN[_backend(x.device.type)][1]
-    return run(k, x.contiguous(), mask, state0, weights, save, dy.contiguous(), dlast,
-               truncate, state0_grad)
-
-
-@_recurrent_backward.register_fake
-def _recurrent_backward_fake(key, x, mask, state0, weights, save, dy, dlast, truncate,
-                             state0_grad):
-    ds0 = torch.empty_like(state0) if state0_grad else x.new_empty((0,))
-    return [torch.empty_like(x), ds0] + [torch.empty_like(w) for w in weights]
-
-
-def _setup_context(ctx, inputs, output):
-    key, x, mask, state0, weights, H, truncate, training, states_out = inputs
-    _, save, _ = output
-    ctx.mark_non_differentiable(save)
-    # no zero gradients for save (and unused outputs): zeros of save's size cost 10% of a
-    # training call
-    ctx.set_materialize_grads(False)
-    ctx.key, ctx.H, ctx.truncate, ctx.states_out = key, H, truncate, states_out
-    ctx.save_for_backward(x, mask, state0, save, *weights)
-
-
-def _backward(ctx, dy, dsave, dlast):
-    x, mask, state0, save, *weights = ctx.saved_tensors
-    if dy is None:
-        dy = x.new_zeros((x.shape[0], x.shape[1], ctx.H))
-    need = ctx.needs_input_grad
-    state0_grad = state0 is not None and bool(need[3])
-    out = torch.ops.rnngen.recurrent_backward(
-        ctx.key, x, mask, state0, weights, save, dy,
-        dlast.contiguous() if ctx.states_out and dlast is not None else None,
-        ctx.truncate, state0_grad)
-    dx, ds0, grads = out[0], out[1], out[2:]
-    return (None, dx if need[1] else None, None, ds0 if state0_grad else None,
-            list(grads), None, None, None, None)
-
-
-torch.library.register_autograd("rnngen::recurrent", _backward, setup_context=_setup_context)
+from ..layers import MERGE_MODES, check_pair
+from ._ops import _FLOATS, _kernel, register_cell
 
 
 # -- the modules --------------------------------------------------------------------------
 def _cell_class(cell):
     """The numpy layer class for a built-in name, a spec path, or a class from load_cell."""
-    from .layers import BUILTIN, Recurrent as NumpyRecurrent, load_cell
+    from ..layers import BUILTIN, Recurrent as NumpyRecurrent, load_cell
     if isinstance(cell, type) and issubclass(cell, NumpyRecurrent) and cell.spec is not None:
         return cell
     if isinstance(cell, str) and cell in BUILTIN:
@@ -313,6 +27,28 @@ def _cell_class(cell):
                          + ", ".join(BUILTIN) + ") nor a spec file (.yaml)")
     raise TypeError("cell must be a built-in name ('GRU'), a path to a YAML spec, or a class "
                     f"from rnngen.load_cell, got {cell!r}")
+
+
+def cell_ref(cls):
+    """What pickles a cell class: a built-in by name; a user cell by its spec's text (and
+    path, for messages), so that unpickling makes the very cell that was pickled, wherever
+    and whenever, whatever became of the file."""
+    from ..layers import BUILTIN
+    if BUILTIN.get(cls.__name__) is cls:
+        return cls.__name__
+    return ("spec", str(cls.spec.path), cls.spec.text)
+
+
+def cell_from_ref(ref):
+    """The cell class that :func:`cell_ref` describes."""
+    if isinstance(ref, tuple) and len(ref) == 3 and ref[0] == "spec":
+        from ..layers import layer_class
+        from ..ir import compute_ir
+        from ..spec import parse_spec
+        spec = parse_spec(ref[2], ref[1])
+        compute_ir(spec)                     # its equations' checks, as load_cell's
+        return layer_class(spec)
+    return _cell_class(ref)
 
 
 def _check_float(t, what):
@@ -502,29 +238,14 @@ class Recurrent(nn.Module):
     # -- pickling (torch.save(module), multiprocessing) --------------------------------------
     def __getstate__(self):
         """The cell class is made at run time from its spec: pickled as the built-in's
-        name or the spec file's path, loaded again (and its key registered) on unpickling."""
-        from .layers import BUILTIN
+        name or the spec's text, made again (and its key registered) on unpickling."""
         state = dict(super().__getstate__())
-        cls = state.pop("cell_class")
-        # a built-in by name; a user cell by its spec's text (and path, for messages), so
-        # that unpickling makes the very cell that was pickled, wherever and whenever,
-        # whatever became of the file
-        state["_cell_ref"] = (cls.__name__ if BUILTIN.get(cls.__name__) is cls
-                              else ("spec", str(cls.spec.path), cls.spec.text))
+        state["_cell_ref"] = cell_ref(state.pop("cell_class"))
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        ref = state.pop("_cell_ref")
-        if isinstance(ref, tuple) and len(ref) == 3 and ref[0] == "spec":
-            from .layers import layer_class
-            from .ir import compute_ir
-            from .spec import parse_spec
-            spec = parse_spec(ref[2], ref[1])
-            compute_ir(spec)                     # its equations' checks, as load_cell's
-            cls = layer_class(spec)
-        else:
-            cls = _cell_class(ref)
+        cls = cell_from_ref(state.pop("_cell_ref"))
         super().__setstate__(state)
         self.cell_class = cls
         code = {p.name: self.params[p.name] for p in cls.spec.params if p.kind != "init"}
