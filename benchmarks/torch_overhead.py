@@ -6,8 +6,7 @@ One training call = forward (saving what backward needs) + backward with full BP
 return_sequences=True, a fixed dy.  The numpy layer: ``layer(x)`` then ``layer.backward(dy)``;
 the module: ``m(x)`` then ``y.backward(dy)`` with the parameters' ``.grad`` set to None before
 each call (as ``optimizer.zero_grad()`` does), so autograd stores the kernel's gradient
-tensors without adding; with --no-pool also the module with fresh output tensors each call
-(rnngen.torch's pool of output storages off).  After untimed warm-up calls, calls alternate one by one between the
+tensors without adding.  After untimed warm-up calls, calls alternate one by one between the
 two (a busy machine then slows both alike); printed are the medians, their ratio, and the
 median of the ratios of neighbouring calls.  Also checks that both give the same output and
 gradients.
@@ -34,8 +33,6 @@ def main(argv=None):
     ap.add_argument("--size", nargs=4, type=int, default=[100, 32, 128, 256],
                     metavar=("T", "B", "D", "H"))
     ap.add_argument("--calls", type=int, default=60, help="timed calls per implementation")
-    ap.add_argument("--no-pool", action="store_true",
-                    help="also time the module with fresh output tensors each call (no reuse)")
     a = ap.parse_args(argv)
     T, B, D, H = a.size
     torch.manual_seed(0)
@@ -56,13 +53,6 @@ def main(argv=None):
             p.grad = None
         m(x).backward(dy)
 
-    def module_no_pool():
-        rt._pool.enabled = False
-        try:
-            module()
-        finally:
-            rt._pool.enabled = True
-
     # the same numbers from both
     y_np = layer(x_np).copy()
     layer.backward(dy_np)
@@ -72,8 +62,6 @@ def main(argv=None):
         np.testing.assert_allclose(p.grad.numpy(), g, rtol=1e-4, atol=1e-5)
 
     fns = {"numpy layer": bare, "rnngen.torch": module}
-    if a.no_pool:
-        fns["torch, no pool"] = module_no_pool
     times = {k: [] for k in fns}
     for fn in fns.values():
         for _ in range(5):

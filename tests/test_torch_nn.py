@@ -389,3 +389,20 @@ def test_bad_arguments_and_inputs_say_what_is_expected():
         m(x, (torch.zeros(2, 3, H), torch.zeros(2, 3, H)))
     with pytest.raises(TypeError, match="tuple of 2"):
         m(x, torch.zeros(2, B, H))
+
+
+def test_the_convert_example_trains_both_models_to_the_same_losses(capsys):
+    """examples/convert_model.py --quick: an nn.LSTM classifier (2 layers, bidirectional,
+    dropout, packed unsorted batches) and its converted copy train to the same float64
+    losses (the script exits with an error otherwise)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "examples" / "convert_model.py"
+    spec = importlib.util.spec_from_file_location("convert_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with torch.random.fork_rng():
+        mod.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "rnngen.torch._nn.LSTM" in out
+    assert "largest difference" in out and "seconds per epoch" in out
