@@ -123,7 +123,29 @@ def section(doc: dict, source: str, chart: Optional[str], level: str = "##") -> 
     notes = sorted({f"{p}: {n}" for r in results for p, n in r.get("notes", {}).items()})
     if notes:
         out += [f"{sub} Notes", ""] + [f"- {n}" for n in notes] + [""]
+    if doc.get("dropin"):
+        out += dropin_section(doc["dropin"], sub)
     return out
+
+
+def dropin_section(d: dict, sub: str) -> list[str]:
+    """benchmarks/bench_dropin.py's rows (dropin.json beside the run's results.json)."""
+    out = [f"{sub} Drop-in modules (training, float32)", "",
+           f"From `benchmarks/bench_dropin.py` ({d['date']}, torch {d['torch']}, rnngen for "
+           f"{d['target']}). One training call: forward and backward of a loss on the outputs "
+           f"(and h_n); ratio = peer time / rnngen time. Peak: what the first training call, "
+           f"then the second, adds to the peak resident set of a fresh process (rnngen / "
+           f"peer).", "",
+           "| rnngen | peer | shapes | rnngen ms | peer ms | ratio | target | "
+           "peak MB, 1st call | 2nd call |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in d["rows"]:
+        peak = (" | ".join(f"{a:.0f} / {b:.0f}" for a, b in zip(r["peak_mb"], r["peer_peak_mb"]))
+                if "peak_mb" in r else "- | -")
+        out.append(f"| {r['row']} | {r['peer']} | {r['shape']} | {r['ms']:.1f} | "
+                   f"{r['peer_ms']:.1f} | {r['ratio']:.2f}x | >= {r['target']}x "
+                   f"{'ok' if r['met'] else 'MISSED'} | {peak} |")
+    return out + [""]
 
 
 def render(doc: dict, source: str, chart: Optional[str]) -> str:
@@ -232,6 +254,8 @@ def write(json_paths, md_path: Path) -> Path:
     runs = []
     for jp in map(Path, json_paths):
         doc = json.loads(jp.read_text())
+        if (jp.parent / "dropin.json").is_file() and "gpu" not in doc:
+            doc["dropin"] = json.loads((jp.parent / "dropin.json").read_text())
         png = jp.with_suffix(".png") if "gpu" in doc else jp.parent / "ratios.png"
         runs.append((doc, rel(jp), rel(png) if png.is_file() else None))
     if len(runs) == 1 and "gpu" in runs[0][0]:

@@ -158,3 +158,31 @@ def test_gallery_peers_compute_the_cell_of_the_yaml(bench, source, peer):
     finally:
         if jax is not None:
             jax.config.update("jax_enable_x64", x64)
+
+
+def test_dropin_rows_run_check_their_peers_and_render(monkeypatch, tmp_path, capsys):
+    """benchmarks/bench_dropin.py at tiny sizes: every row times rnngen and its peer (after
+    checking that both compute the same loss), the JSON holds the ratios and targets, and
+    results_md renders them; peak_of sees a 64 MB allocation."""
+    pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(str(BENCH))
+    for m in ("bench", "peers", "bench_dropin", "results_md"):
+        sys.modules.pop(m, None)
+    import bench_dropin as bd
+    import results_md
+    monkeypatch.setattr(bd, "B", 3)
+    monkeypatch.setattr(bd, "D", 4)
+    monkeypatch.setattr(bd, "H", 5)
+    monkeypatch.setattr(bd, "LENGTHS", (2, 6))
+    monkeypatch.setattr(bd, "CUSTOM", {"MGU": (4, 3, 4, 5), "MGU B=1": (5, 1, 4, 5)})
+    bd.main(["--rounds", "1", "--per-round", "1", "--no-memory", "--out", str(tmp_path)])
+    doc = json.loads((tmp_path / "dropin.json").read_text())
+    assert [r["row"] for r in doc["rows"]] == ["LSTM", "GRU", "MGU", "MGU B=1"]
+    for r in doc["rows"]:
+        assert r["ms"] > 0 and r["peer_ms"] > 0 and r["ratio"] == r["peer_ms"] / r["ms"]
+        assert r["met"] == (r["ratio"] >= r["target"])
+    assert "torch.nn.GRU" in capsys.readouterr().out
+    md = "\n".join(results_md.dropin_section(doc, "###"))
+    assert "### Drop-in modules" in md and "| GRU | torch.nn.GRU |" in md
+    import numpy as np
+    assert bd.peak_of(lambda: np.ones(8 << 20).sum()) > 50
