@@ -227,16 +227,9 @@ static __global__ void rnngen_gru_fwd1_f32(const rnngen_gru_frame_f32 F, const i
 (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
-    const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const float v_b_z = w_b_z[j];
-    const float v_t4 = v_x_w_z + v_b_z;
     const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
     const float v_b_r = w_b_r[j];
     const float v_t10 = v_x_w_r + v_b_r;
-    const float v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const float v_b_h = w_b_h[j];
-    const float v_t17 = v_x_w_h + v_b_h;
-    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_w_r; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
     const float v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
     const float v_r = rnngen_minf(rnngen_maxf(0.2f * (v_t11) + 0.5f, 0.0f), 1.0f);
     if (save) s_r[bs] = v_r;
@@ -286,13 +279,9 @@ static __global__ void rnngen_gru_fwd2_f32(const rnngen_gru_frame_f32 F, const i
     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
     const float v_b_z = w_b_z[j];
     const float v_t4 = v_x_w_z + v_b_z;
-    const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
-    const float v_b_r = w_b_r[j];
-    const float v_t10 = v_x_w_r + v_b_r;
     const float v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
     const float v_b_h = w_b_h[j];
     const float v_t17 = v_x_w_h + v_b_h;
-    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_w_r; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const float v_z = rnngen_minf(rnngen_maxf(0.2f * (v_t5) + 0.5f, 0.0f), 1.0f);
     if (save) s_z[bs] = v_z;
@@ -857,16 +846,9 @@ static __global__ void rnngen_gru_fwd1_f64(const rnngen_gru_frame_f64 F, const i
 (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
 
 
-    const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const double v_b_z = w_b_z[j];
-    const double v_t4 = v_x_w_z + v_b_z;
     const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
     const double v_b_r = w_b_r[j];
     const double v_t10 = v_x_w_r + v_b_r;
-    const double v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const double v_b_h = w_b_h[j];
-    const double v_t17 = v_x_w_h + v_b_h;
-    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_w_r; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
     const double v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
     const double v_r = rnngen_min(rnngen_max(0.2 * (v_t11) + 0.5, 0.0), 1.0);
     if (save) s_r[bs] = v_r;
@@ -916,13 +898,9 @@ static __global__ void rnngen_gru_fwd2_f64(const rnngen_gru_frame_f64 F, const i
     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
     const double v_b_z = w_b_z[j];
     const double v_t4 = v_x_w_z + v_b_z;
-    const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
-    const double v_b_r = w_b_r[j];
-    const double v_t10 = v_x_w_r + v_b_r;
     const double v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
     const double v_b_h = w_b_h[j];
     const double v_t17 = v_x_w_h + v_b_h;
-    (void)v_x_w_z; (void)v_b_z; (void)v_t4; (void)v_x_w_r; (void)v_b_r; (void)v_t10; (void)v_x_w_h; (void)v_b_h; (void)v_t17;
     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const double v_z = rnngen_min(rnngen_max(0.2 * (v_t5) + 0.5, 0.0), 1.0);
     if (save) s_z[bs] = v_z;

@@ -348,16 +348,9 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     (void)bj; (void)bs;
-                    const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-                    const float v_b_z = w_b_z[j];
-                    const float v_t5 = v_x_w_z + v_b_z;
                     const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const float v_b_r = w_b_r[j];
                     const float v_t11 = v_x_w_r + v_b_r;
-                    const float v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-                    const float v_b_h = w_b_h[j];
-                    const float v_t18 = v_x_w_h + v_b_h;
-                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
                     const float v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t12)));
                     if (save) s_r[bs] = v_r;
@@ -384,13 +377,9 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
                     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b_z = w_b_z[j];
                     const float v_t5 = v_x_w_z + v_b_z;
-                    const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
-                    const float v_b_r = w_b_r[j];
-                    const float v_t11 = v_x_w_r + v_b_r;
                     const float v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const float v_b_h = w_b_h[j];
                     const float v_t18 = v_x_w_h + v_b_h;
-                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
                     const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t6)));
                     if (save) s_z[bs] = v_z;
@@ -1323,16 +1312,9 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                 for (int j = j0; j < j1; j++) {
                     const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     (void)bj; (void)bs;
-                    const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-                    const double v_b_z = w_b_z[j];
-                    const double v_t5 = v_x_w_z + v_b_z;
                     const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const double v_b_r = w_b_r[j];
                     const double v_t11 = v_x_w_r + v_b_r;
-                    const double v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-                    const double v_b_h = w_b_h[j];
-                    const double v_t18 = v_x_w_h + v_b_h;
-                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
                     const double v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
                     const double v_r = 1.0 / (1.0 + exp(-(v_t12)));
                     if (save) s_r[bs] = v_r;
@@ -1359,13 +1341,9 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
                     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b_z = w_b_z[j];
                     const double v_t5 = v_x_w_z + v_b_z;
-                    const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
-                    const double v_b_r = w_b_r[j];
-                    const double v_t11 = v_x_w_r + v_b_r;
                     const double v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const double v_b_h = w_b_h[j];
                     const double v_t18 = v_x_w_h + v_b_h;
-                    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
                     const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_z = 1.0 / (1.0 + exp(-(v_t6)));
                     if (save) s_z[bs] = v_z;

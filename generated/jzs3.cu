@@ -241,16 +241,9 @@ static __global__ void rnngen_jzs3_fwd1_f32(const rnngen_jzs3_frame_f32 F, const
 (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
-    const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const float v_b_z = w_b_z[j];
-    const float v_t5 = v_x_w_z + v_b_z;
     const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
     const float v_b_r = w_b_r[j];
     const float v_t11 = v_x_w_r + v_b_r;
-    const float v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const float v_b_h = w_b_h[j];
-    const float v_t18 = v_x_w_h + v_b_h;
-    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
     const float v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
     const float v_r = 1.0f / (1.0f + expf(-(v_t12)));
     if (save) s_r[bs] = v_r;
@@ -304,13 +297,9 @@ static __global__ void rnngen_jzs3_fwd2_f32(const rnngen_jzs3_frame_f32 F, const
     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
     const float v_b_z = w_b_z[j];
     const float v_t5 = v_x_w_z + v_b_z;
-    const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
-    const float v_b_r = w_b_r[j];
-    const float v_t11 = v_x_w_r + v_b_r;
     const float v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
     const float v_b_h = w_b_h[j];
     const float v_t18 = v_x_w_h + v_b_h;
-    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
     const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const float v_z = 1.0f / (1.0f + expf(-(v_t6)));
     if (save) s_z[bs] = v_z;
@@ -981,16 +970,9 @@ static __global__ void rnngen_jzs3_fwd1_f64(const rnngen_jzs3_frame_f64 F, const
 (void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
 
 
-    const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const double v_b_z = w_b_z[j];
-    const double v_t5 = v_x_w_z + v_b_z;
     const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
     const double v_b_r = w_b_r[j];
     const double v_t11 = v_x_w_r + v_b_r;
-    const double v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const double v_b_h = w_b_h[j];
-    const double v_t18 = v_x_w_h + v_b_h;
-    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
     const double v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
     const double v_r = 1.0 / (1.0 + exp(-(v_t12)));
     if (save) s_r[bs] = v_r;
@@ -1044,13 +1026,9 @@ static __global__ void rnngen_jzs3_fwd2_f64(const rnngen_jzs3_frame_f64 F, const
     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
     const double v_b_z = w_b_z[j];
     const double v_t5 = v_x_w_z + v_b_z;
-    const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
-    const double v_b_r = w_b_r[j];
-    const double v_t11 = v_x_w_r + v_b_r;
     const double v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
     const double v_b_h = w_b_h[j];
     const double v_t18 = v_x_w_h + v_b_h;
-    (void)v_x_w_z; (void)v_b_z; (void)v_t5; (void)v_x_w_r; (void)v_b_r; (void)v_t11; (void)v_x_w_h; (void)v_b_h; (void)v_t18;
     const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const double v_z = 1.0 / (1.0 + exp(-(v_t6)));
     if (save) s_z[bs] = v_z;

@@ -243,7 +243,6 @@ static __global__ void rnngen_lstm_fwd1_f32(const rnngen_lstm_frame_f32 F, const
     const float v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
     const float v_b_o = w_b_o[j];
     const float v_t27 = v_x_w_o + v_b_o;
-    (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
     const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_t6) + 0.5f, 0.0f), 1.0f);
     if (save) s_i[bs] = v_i;
@@ -811,7 +810,6 @@ static __global__ void rnngen_lstm_fwd1_f64(const rnngen_lstm_frame_f64 F, const
     const double v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
     const double v_b_o = w_b_o[j];
     const double v_t27 = v_x_w_o + v_b_o;
-    (void)v_x_w_i; (void)v_b_i; (void)v_t5; (void)v_x_w_f; (void)v_b_f; (void)v_t11; (void)v_x_w_c; (void)v_b_c; (void)v_t18; (void)v_x_w_o; (void)v_b_o; (void)v_t27;
     const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const double v_i = rnngen_min(rnngen_max(0.2 * (v_t6) + 0.5, 0.0), 1.0);
     if (save) s_i[bs] = v_i;

@@ -238,7 +238,6 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f32(const rnngen_simpledeeprnn_
     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const float v_b = w_b[j];
     const float v_t23 = v_x_w + v_b;
-    (void)v_x_w; (void)v_b; (void)v_t23;
     const float v_t7 = rnngen_minf(rnngen_maxf(0.2f * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
     if (save) s_t7[bs] = v_t7;
     const float v_t8 = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_t7;
@@ -758,7 +757,6 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f64(const rnngen_simpledeeprnn_
     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const double v_b = w_b[j];
     const double v_t23 = v_x_w + v_b;
-    (void)v_x_w; (void)v_b; (void)v_t23;
     const double v_t7 = rnngen_min(rnngen_max(0.2 * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5, 0.0), 1.0);
     if (save) s_t7[bs] = v_t7;
     const double v_t8 = (nreal[b] >= 1 ? 1.0 : 0.0) * v_t7;

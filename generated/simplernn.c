@@ -267,7 +267,6 @@ int rnngen_simplernn_forward_f32(int T, int B, int D, int H,
                     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b = w_b[j];
                     const float v_t4 = v_x_w + v_b;
-                    (void)v_x_w; (void)v_b; (void)v_t4;
                     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_t6 = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
                     if (save && t == T - 1) s_t6[bs] = v_t6;
@@ -818,7 +817,6 @@ int rnngen_simplernn_forward_f64(int T, int B, int D, int H,
                     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b = w_b[j];
                     const double v_t4 = v_x_w + v_b;
-                    (void)v_x_w; (void)v_b; (void)v_t4;
                     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
                     if (save && t == T - 1) s_t6[bs] = v_t6;

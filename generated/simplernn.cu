@@ -208,7 +208,6 @@ static __global__ void rnngen_simplernn_fwd1_f32(const rnngen_simplernn_frame_f3
     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const float v_b = w_b[j];
     const float v_t4 = v_x_w + v_b;
-    (void)v_x_w; (void)v_b; (void)v_t4;
     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const float v_t6 = 1.0f / (1.0f + expf(-(v_t5)));
     if (save && t == T - 1) s_t6[bs] = v_t6;
@@ -569,7 +568,6 @@ static __global__ void rnngen_simplernn_fwd1_f64(const rnngen_simplernn_frame_f6
     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const double v_b = w_b[j];
     const double v_t4 = v_x_w + v_b;
-    (void)v_x_w; (void)v_b; (void)v_t4;
     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
     if (save && t == T - 1) s_t6[bs] = v_t6;

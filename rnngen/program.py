@@ -20,7 +20,7 @@ read once and written once per element.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Optional, Union
 
 from .functions import FUNCTIONS
@@ -650,9 +650,72 @@ def operand_adjoint(g: Group) -> Access:
     return adj(a)
 
 
+# -- dead locals ----------------------------------------------------------------------
+_EXPRS = (Lit, Local, Load, Started, Neg, Bin, Call, Pow, MaxMin, Select, Scaled)
+
+
+def _reads(e, out: set) -> set:
+    """The locals an expression reads, added to ``out``."""
+    if isinstance(e, Local):
+        out.add(e.name)
+    elif isinstance(e, _EXPRS):
+        for f in fields(e):
+            v = getattr(e, f.name)
+            if isinstance(v, _EXPRS):
+                _reads(v, out)
+    return out
+
+
+def _flat(body):
+    for s in body:
+        if isinstance(s, IfReal):
+            yield from _flat(s.body)
+        else:
+            yield s
+
+
+def prune_locals(body: tuple) -> tuple:
+    """``body`` without the locals nothing needs: a statement is needed where it writes
+    memory (a Set or Add to an access, a ReduceAdd) or a needed local, and a local is
+    needed where a needed statement reads it.  What is left reads every local it
+    declares, so no compiler warns and nothing needs silencing (Unused goes too)."""
+    def local_target(s):
+        t = getattr(s, "target", None)
+        return t.name if isinstance(t, Local) else None
+
+    needed: set = set()
+    while True:
+        before = len(needed)
+        for s in _flat(body):
+            if isinstance(s, Unused):
+                continue
+            name = s.name if isinstance(s, Let) else local_target(s)
+            if name is None or name in needed:
+                _reads(s.value, needed)
+        if len(needed) == before:
+            break
+
+    def keep(stmts):
+        out = []
+        for s in stmts:
+            if isinstance(s, Unused):
+                continue
+            if isinstance(s, IfReal):
+                inner = keep(s.body)
+                if inner:
+                    out.append(IfReal(tuple(inner)))
+                continue
+            name = s.name if isinstance(s, Let) else local_target(s)
+            if name is None or name in needed:
+                out.append(s)
+        return out
+    return tuple(keep(body))
+
+
 def lower_program(ir: CellIR, layout: Layout) -> StepProgram:
     low = _Lowering(ir, layout)
-    forward = low.forward()
-    backward = low.backward()
+    forward = tuple(replace(ph, body=prune_locals(ph.body)) for ph in low.forward())
+    backward = tuple(replace(ph, real=prune_locals(ph.real), padded=prune_locals(ph.padded))
+                     for ph in low.backward())
     return StepProgram(ir=ir, layout=layout, forward=forward, backward=backward,
                        keep_xw=any(ph.reads_hoisted for ph in backward))
