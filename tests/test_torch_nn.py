@@ -293,6 +293,11 @@ def test_torch_compile_fullgraph():
         res.append([y.detach(), h.detach(), xi.grad] + [p.grad.clone() for p in m.parameters()])
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # a PackedSequence: its packing runs eagerly (torch.compiler.disable), the rest compiled
+    p = pack_padded_sequence(x, torch.tensor(LENGTHS), batch_first=True, enforce_sorted=False)
+    out = [flat(fn(p)) for fn in (m, torch.compile(m))]
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_pickle_deepcopy_and_to():
@@ -351,6 +356,44 @@ def test_convert_replaces_every_module_with_the_same_weights():
     torch.testing.assert_close(model(tokens), before, **TOL)
 
 
+def test_convert_keeps_the_parameter_objects_hooks_and_ties():
+    """An optimizer made before convert still trains the model; a weight tied between two
+    modules stays tied; a forward hook still runs."""
+    model = nn.Sequential(nn.LSTM(3, 4), nn.GRU(4, 4))
+    params = list(model.parameters())
+    model[1].weight_hh_l0 = nn.Parameter(torch.randn(12, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    calls = []
+    model[0].register_forward_hook(lambda *a: calls.append(1))
+    rt.convert(model)
+    assert isinstance(model[0], rt.LSTM) and model[0].weight_ih_l0 is params[0]
+    w0 = model[0].weight_ih_l0.detach().clone()
+    y, _ = model[1](model[0](torch.randn(5, 2, 3))[0])
+    y.sum().backward()
+    opt.step()
+    assert not torch.equal(w0, model[0].weight_ih_l0) and calls == [1]
+    a, b = nn.LSTM(3, 3), nn.LSTM(3, 3)
+    b.weight_hh_l0 = a.weight_hh_l0
+    pair_ = rt.convert(nn.ModuleList([a, b]))
+    assert pair_[0].weight_hh_l0 is pair_[1].weight_hh_l0
+
+
+def test_empty_batch_meta_device_and_flat_weights():
+    for m in (rt.GRU(3, 4), rt.LSTM(3, 4, 2, bidirectional=True, batch_first=True)):
+        ref = getattr(nn, type(m).__name__)(3, 4, m.num_layers, bidirectional=m.bidirectional,
+                                            batch_first=m.batch_first)
+        x = torch.randn(0, 5, 3) if m.batch_first else torch.randn(5, 0, 3)
+        for a, b in zip(flat(m(x)), flat(ref(x))):
+            assert a.shape == b.shape
+    with torch.device("meta"):
+        m = rt.LSTM(3, 4, bidirectional=True)
+        y, (h, c) = m(torch.randn(5, 2, 3))
+    assert y.device.type == "meta" and y.shape == (5, 2, 8) and c.shape == (2, 2, 4)
+    m = rt.GRU(3, 4)
+    assert [w is getattr(m, n) for w, n in zip(m._flat_weights, m._flat_weights_names)] == \
+        [True] * 4
+
+
 def test_convert_a_bare_module_returns_its_replacement():
     m = nn.GRU(D, H)
     m.weight_hh_l0.requires_grad_(False)
@@ -375,6 +418,8 @@ def test_bad_arguments_and_inputs_say_what_is_expected():
         rt.GRU(D, H, 2, dropout=1.5)
     with pytest.raises(ValueError, match="hidden_size"):
         rt.GRU(D, 0)
+    with pytest.raises(TypeError, match="hidden_size should be of type int"):
+        rt.GRU(D, 4.0)
     with pytest.warns(UserWarning, match="num_layers greater than 1"):
         rt.GRU(D, H, dropout=0.5)
     m = rt.LSTM(D, H, 2)
@@ -383,8 +428,9 @@ def test_bad_arguments_and_inputs_say_what_is_expected():
         m(torch.randn(T, B, D + 1))
     with pytest.raises(ValueError, match="2D .* or 3D"):
         m(torch.randn(2, T, B, D))
-    with pytest.raises(TypeError, match="float64 but the module's parameters are"):
-        m(x.double())
+    for error in (TypeError, ValueError):      # torch.nn raises a ValueError
+        with pytest.raises(error, match="float64 but the module's parameters are"):
+            m(x.double())
     with pytest.raises(RuntimeError, match=r"\(2, 4, 7\)"):
         m(x, (torch.zeros(2, 3, H), torch.zeros(2, 3, H)))
     with pytest.raises(TypeError, match="tuple of 2"):

@@ -41,6 +41,10 @@ class InputError(ValueError, RuntimeError):
     modules raise for the same mistakes."""
 
 
+class InputTypeError(InputError, TypeError):
+    """An input of the wrong dtype: also a TypeError."""
+
+
 # -- the cells torch computes, and how its parameters map onto their specs ---------------
 def _lstm_blocks(w_ih, w_hh, b_ih, b_hh):
     """torch's i, f, g, o blocks as the LSTM spec's W_*, U_*, b_* (g is the spec's c)."""
@@ -94,7 +98,9 @@ def _code_params(spec, given: dict) -> dict:
 
 
 def _check_int(name, v, low):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} should be of type int, got {type(v).__name__} {v!r}")
+    if v < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     return int(v)
 
@@ -110,6 +116,7 @@ class _Packing:
     """Where the rows of a PackedSequence's data sit in a padded batch-major tensor in the
     caller's order, and back."""
 
+    @torch.compiler.disable      # data-dependent sizes: run eagerly under torch.compile
     def __init__(self, p: PackedSequence):
         self.batch_sizes, self.sorted_indices = p.batch_sizes, p.sorted_indices
         self.unsorted_indices = p.unsorted_indices
@@ -123,6 +130,7 @@ class _Packing:
             unsorted = unsorted[self.unsorted_indices.to(device)]
         self.mask = unsorted.to(torch.uint8).contiguous()        # (B, T), caller's order
 
+    @torch.compiler.disable
     def padded(self, data):
         """(B, T, F) in the caller's order, zeros at padded steps."""
         tm = data.new_zeros((self.T, self.B) + tuple(data.shape[1:]))
@@ -132,12 +140,14 @@ class _Packing:
             out = out[self.unsorted_indices.to(data.device)]
         return out
 
+    @torch.compiler.disable
     def data(self, y):
         """The packed rows of a (B, T, F) tensor in the caller's order."""
         if self.sorted_indices is not None:
             y = y[self.sorted_indices.to(y.device)]
         return y.transpose(0, 1)[self.valid]
 
+    @torch.compiler.disable
     def pack(self, y):
         return PackedSequence(self.data(y), self.batch_sizes, self.sorted_indices,
                               self.unsorted_indices)
@@ -254,10 +264,15 @@ class _RNNBase(nn.Module):
         code written for torch.nn runs unchanged."""
 
     @property
+    def _flat_weights(self):
+        """The parameters in torch.nn's order, as torch.nn's ``_flat_weights``."""
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
     def all_weights(self):
         """The parameters per layer and direction, as torch.nn's ``all_weights``."""
         per = len(self._flat_weights_names) // len(self._sfx)
-        ws = [getattr(self, n) for n in self._flat_weights_names]
+        ws = self._flat_weights
         return [ws[i:i + per] for i in range(0, len(ws), per)]
 
     # -- the weights one layer and direction hands the kernels ------------------------------
@@ -287,10 +302,11 @@ class _RNNBase(nn.Module):
             raise TypeError(f"{name} takes a tensor or a PackedSequence, got "
                             f"{type(input).__name__}")
         if input.dtype not in _FLOATS:
-            raise TypeError(f"input must be float32 or float64, got {input.dtype}")
+            raise InputTypeError(f"input must be float32 or float64, got {input.dtype} "
+                                 "(float16 and bfloat16, autocast's too, are not supported)")
         if input.dtype != w0.dtype:
-            raise TypeError(f"input is {input.dtype} but the module's parameters are "
-                            f"{w0.dtype}: convert one of them (.float() / .double())")
+            raise InputTypeError(f"input is {input.dtype} but the module's parameters are "
+                                 f"{w0.dtype}: convert one of them (.float() / .double())")
         if input.device != w0.device:
             raise InputError(f"input is on {input.device} but the module's parameters are "
                              f"on {w0.device}")
@@ -352,10 +368,12 @@ class _RNNBase(nn.Module):
                 x = input if self.batch_first else input.transpose(0, 1)
             mask = None
         B, T = x.shape[0], x.shape[1]
-        if B < 1 or T < 1:
+        if T < 1:
             raise InputError(f"{type(self).__name__}: the input must hold at least one "
-                             f"sample and one step, got shape {tuple(input.shape) if packing is None else (B, T)}")
+                             f"step, got shape {tuple(input.shape)}")
         states0 = self._states0(hx, B, batched, x)
+        if B == 0:                   # an empty batch (as torch.nn: empty outputs)
+            return self._empty_result(x, T, batched)
         dirs = 2 if self.bidirectional else 1
         finals = []
         layer_in = x
@@ -379,6 +397,15 @@ class _RNNBase(nn.Module):
         else:
             output = layer_in if self.batch_first else layer_in.transpose(0, 1).contiguous()
         return output, (h_n[0] if S == 1 else tuple(h_n))
+
+    def _empty_result(self, x, T, batched):
+        dirs = 2 if self.bidirectional else 1
+        out = x.new_zeros((0, T, dirs * self.hidden_size))
+        if not self.batch_first:
+            out = out.transpose(0, 1).contiguous()
+        h = x.new_zeros((self.num_layers * dirs, 0, self.hidden_size))
+        S = len(self.state_names)
+        return out, (h if S == 1 else tuple(h.clone() for _ in range(S)))
 
     def _run(self, x, mask, state0, weights, reverse):
         if reverse:
@@ -506,24 +533,40 @@ def _replacement(m):
     p = next(m.parameters())
     common = dict(bias=m.bias, batch_first=m.batch_first, dropout=float(m.dropout),
                   bidirectional=m.bidirectional, device=p.device, dtype=p.dtype)
-    if type(m) is nn.LSTM:
-        new = LSTM(m.input_size, m.hidden_size, m.num_layers, **common)
-    elif type(m) is nn.GRU:
-        new = GRU(m.input_size, m.hidden_size, m.num_layers, **common)
-    else:
-        new = RNN(m.input_size, m.hidden_size, m.num_layers, m.nonlinearity, **common)
-    new.load_state_dict(m.state_dict())
+    with warnings.catch_warnings():     # torch warned about these arguments already
+        warnings.simplefilter("ignore")
+        if type(m) is nn.LSTM:
+            new = LSTM(m.input_size, m.hidden_size, m.num_layers, **common)
+        elif type(m) is nn.GRU:
+            new = GRU(m.input_size, m.hidden_size, m.num_layers, **common)
+        else:
+            new = RNN(m.input_size, m.hidden_size, m.num_layers, m.nonlinearity, **common)
+    # the module's own Parameter objects (same names and shapes), so that an optimizer
+    # made before, gradients, and weights tied between modules still hold
+    if list(new._parameters) != list(m._parameters):
+        raise RuntimeError(f"rnngen.torch.convert: {type(m).__name__}'s parameters "
+                           f"{list(m._parameters)} do not match {list(new._parameters)}")
+    for name, p in m._parameters.items():
+        new._parameters[name] = p
     new.train(m.training)
-    for p_old, p_new in zip(m.parameters(), new.parameters()):
-        p_new.requires_grad_(p_old.requires_grad)
+    for attr in _HOOKS:                  # its hooks too (the same dicts: handles still work)
+        if hasattr(m, attr):
+            setattr(new, attr, getattr(m, attr))
     return new
+
+
+_HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+          "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+          "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+          "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
 
 
 def convert(module: nn.Module) -> nn.Module:
     """Replace every torch.nn.LSTM, GRU and RNN inside ``module`` (recursively, and
-    ``module`` itself) with rnngen's drop-in carrying the same weights, device, dtype,
-    training mode and requires_grad; return the model (changed in place; a new module when
-    ``module`` itself is one of them).  A module used in two places is replaced by one
+    ``module`` itself) with rnngen's drop-in holding the same Parameter objects (so an
+    optimizer made before, gradients and tied weights carry over), training mode and
+    hooks; return the model (changed in place; a new module when ``module`` itself is one
+    of them).  A module used in two places is replaced by one
     module.  Those that cannot be converted (proj_size > 0, a subclass, parametrized
     weights, float16, ...) are left in place and listed in one warning."""
     if not isinstance(module, nn.Module):

@@ -216,11 +216,18 @@ def _recurrent(key, x, mask, state0, weights, H, truncate, training, states_out)
     return run(k, x.contiguous(), mask, state0, weights, H, training, states_out)
 
 
+def _fake_device(device_type: str) -> str:
+    """The kernel whose sizes a fake call reports: the tensors' device's, the C backend's
+    for tensors on the meta device (shape inference)."""
+    return "cpu" if device_type == "meta" else device_type
+
+
 @_recurrent.register_fake
 def _recurrent_fake(key, x, mask, state0, weights, H, truncate, training, states_out):
     B, T, D = x.shape
-    S = _kernel(key, x.device.type).nstates
-    n = _save_size(key, x.device.type, T, B, D, H) if training else 0
+    dev = _fake_device(x.device.type)
+    S = _kernel(key, dev).nstates
+    n = _save_size(key, dev, T, B, D, H) if training else 0
     last = x.new_empty((S, B, H) if states_out else (0,))
     return x.new_empty((B, T, H)), x.new_empty((n,)), last
 
