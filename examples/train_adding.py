@@ -21,7 +21,8 @@ own last step.
 
 The model: rnngen.torch.Recurrent over the MGU cell (the last real step's state, as masked
 steps keep the state), a linear readout, MSE, Adam with the gradient clipped to norm 1. A
-tqdm bar shows the loss and steps/s; at the end the script writes the loss curve (--png) and
+tqdm bar shows the loss and steps/s; at the end the script writes the loss curve (--png,
+default the temporary folder's rnngen-adding_loss.png) and
 times an epoch of the same model with the cell written as a PyTorch step loop (StepLoopMGU,
 the same equations and weights) and with torch.nn.GRU, a different cell with the same
 interface: over packed sequences (PackedGRU, the usual way) and over the padded batch read
@@ -30,6 +31,7 @@ at each sample's last real step (PaddedGRU, faster on the CPU).
 import argparse
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +46,9 @@ BASELINE = 1 / 6          # MSE of predicting 1.0: the variance of the sum of tw
 
 
 # -- data ---------------------------------------------------------------------------------
+# the loss curve's default place: the system's temporary folder, not wherever the script runs
+DEFAULT_PNG = Path(tempfile.gettempdir()) / "rnngen-adding_loss.png"
+
 def adding_problem(n: int, min_len: int, max_len: int, rng: np.random.Generator):
     """n samples of the adding problem, padded at the end to max_len.
     Returns x (n, max_len, 2) float32 [numbers, markers], mask (n, max_len) bool (True on
@@ -258,8 +263,9 @@ def parse_args(argv=None):
                    "(default 1; 0: no clipping)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and "
                    "the shuffling (default 0)")
-    p.add_argument("--png", type=Path, default=Path("adding_loss.png"),
-                   help="where the loss curve goes (default adding_loss.png)")
+    p.add_argument("--png", type=Path, default=DEFAULT_PNG,
+                   help=f"where the loss curve goes (default {DEFAULT_PNG}, outside the "
+                   "current folder)")
     p.add_argument("--time-steps", type=int, default=None, help="steps timed per model for "
                    "the epoch times at the end (default 20, --quick 3)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads of torch and of "
