@@ -471,27 +471,32 @@ static __global__ void rnngen_jzs1_bwd1_f32(const rnngen_jzs1_frame_f32 F, const
     }
 }
 
-int rnngen_jzs1_forward_f32(void *stream, int T, int B, int D, int H,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const float *state0,           /* [S,B,H] h before the first step; NULL: zeros */
-    const float *w_W_z,         /* [D,H] */
-    const float *w_b_z,         /* [H] */
-    const float *w_W_r,         /* [D,H] */
-    const float *w_U_r,         /* [H,H] */
-    const float *w_b_r,         /* [H] */
-    const float *w_U_h,         /* [H,H] */
-    const float *w_b_h,         /* [H] */
-    const float *w_Pmat,        /* [D,H] */
-    float *y,                      /* [B,T,H] output (the carried h) at every step */
-    float *state_last,             /* [S,B,H] every state's final value, or NULL */
-    float *save,                   /* [save_size] for backward, or NULL (inference) */
-    float *work)                   /* [work_size] scratch */
+static int forward_kernel_f32(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const float *state0,                /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const float *w_W_z,                 /* [D,H], weight W_z */
+    const float *w_b_z,                 /* [H], weight b_z */
+    const float *w_W_r,                 /* [D,H], weight W_r */
+    const float *w_U_r,                 /* [H,H], weight U_r */
+    const float *w_b_r,                 /* [H], weight b_r */
+    const float *w_U_h,                 /* [H,H], weight U_h */
+    const float *w_b_h,                 /* [H], weight b_h */
+    const float *w_Pmat,                /* [D,H], weight Pmat */
+    float *y,                           /* [B,T,H], the output (the carried h) at every step */
+    float *state_last,                  /* [S,B,H], every state's final value, or NULL */
+    float *save,                        /* [save_size], for backward, or NULL (inference) */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat) return RNNGEN_ENULL;
+    if (!x || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat || !y || !work) return RNNGEN_ENULL;
     if ((st = rnngen_jzs1_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -590,37 +595,58 @@ int rnngen_jzs1_forward_f32(void *stream, int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_jzs1_backward_f32(void *stream, int T, int B, int D, int H, int truncate,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const float *w_W_z,         /* [D,H] */
-    const float *w_b_z,         /* [H] */
-    const float *w_W_r,         /* [D,H] */
-    const float *w_U_r,         /* [H,H] */
-    const float *w_b_r,         /* [H] */
-    const float *w_U_h,         /* [H,H] */
-    const float *w_b_h,         /* [H] */
-    const float *w_Pmat,        /* [D,H] */
-    const float *save,             /* [save_size] from forward */
-    const float *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const float *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    float *dx,                     /* [B,T,D] */
-    float *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    float *dw_W_z,        /* [D,H] */
-    float *dw_b_z,        /* [H] */
-    float *dw_W_r,        /* [D,H] */
-    float *dw_U_r,        /* [H,H] */
-    float *dw_b_r,        /* [H] */
-    float *dw_U_h,        /* [H,H] */
-    float *dw_b_h,        /* [H] */
-    float *dw_Pmat,       /* [D,H] */
-    float *work)                   /* [work_size] */
+int rnngen_jzs1_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_jzs1_forward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return forward_kernel_f32(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_z, args->w_b_z, args->w_W_r, args->w_U_r, args->w_b_r,
+        args->w_U_h, args->w_b_h, args->w_Pmat, args->y, args->state_last, args->save,
+        args->work);
+}
+
+static int backward_kernel_f32(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const float *w_W_z,                 /* [D,H], weight W_z */
+    const float *w_b_z,                 /* [H], weight b_z */
+    const float *w_W_r,                 /* [D,H], weight W_r */
+    const float *w_U_r,                 /* [H,H], weight U_r */
+    const float *w_b_r,                 /* [H], weight b_r */
+    const float *w_U_h,                 /* [H,H], weight U_h */
+    const float *w_b_h,                 /* [H], weight b_h */
+    const float *w_Pmat,                /* [D,H], weight Pmat */
+    const float *save,                  /* [save_size], from forward */
+    const float *dy,                    /* [B,T,H], gradient of the loss w.r.t. y */
+    const float *dstate_last,           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    float *dx,                          /* [B,T,D] */
+    float *dstate0,                     /* [S,B,H], gradient w.r.t. state0, or NULL */
+    float *dw_W_z,                      /* [D,H], gradient of W_z */
+    float *dw_b_z,                      /* [H], gradient of b_z */
+    float *dw_W_r,                      /* [D,H], gradient of W_r */
+    float *dw_U_r,                      /* [H,H], gradient of U_r */
+    float *dw_b_r,                      /* [H], gradient of b_r */
+    float *dw_U_h,                      /* [H,H], gradient of U_h */
+    float *dw_b_h,                      /* [H], gradient of b_h */
+    float *dw_Pmat,                     /* [D,H], gradient of Pmat */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_b_z || !dw_b_z || !w_W_r || !dw_W_r || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h || !w_Pmat || !dw_Pmat) return RNNGEN_ENULL;
+    if (!x || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat || !save || !dy || !dx || !dw_W_z || !dw_b_z || !dw_W_r || !dw_U_r || !dw_b_r || !dw_U_h || !dw_b_h || !dw_Pmat || !work) return RNNGEN_ENULL;
     if ((st = rnngen_jzs1_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -736,6 +762,22 @@ int rnngen_jzs1_backward_f32(void *stream, int T, int B, int D, int H, int trunc
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)1 * BH, B, H, dw_b_r);
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_h);
     return RNNGEN_OK;
+}
+
+int rnngen_jzs1_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_jzs1_backward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return backward_kernel_f32(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W_z, args->w_b_z, args->w_W_r, args->w_U_r, args->w_b_r,
+        args->w_U_h, args->w_b_h, args->w_Pmat, args->save, args->dy, args->dstate_last,
+        args->dx, args->dstate0, args->dw_W_z, args->dw_b_z, args->dw_W_r, args->dw_U_r,
+        args->dw_b_r, args->dw_U_h, args->dw_b_h, args->dw_Pmat, args->work);
 }
 
 /* ======================== double ======================== */
@@ -1087,27 +1129,32 @@ static __global__ void rnngen_jzs1_bwd1_f64(const rnngen_jzs1_frame_f64 F, const
     }
 }
 
-int rnngen_jzs1_forward_f64(void *stream, int T, int B, int D, int H,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const double *state0,           /* [S,B,H] h before the first step; NULL: zeros */
-    const double *w_W_z,         /* [D,H] */
-    const double *w_b_z,         /* [H] */
-    const double *w_W_r,         /* [D,H] */
-    const double *w_U_r,         /* [H,H] */
-    const double *w_b_r,         /* [H] */
-    const double *w_U_h,         /* [H,H] */
-    const double *w_b_h,         /* [H] */
-    const double *w_Pmat,        /* [D,H] */
-    double *y,                      /* [B,T,H] output (the carried h) at every step */
-    double *state_last,             /* [S,B,H] every state's final value, or NULL */
-    double *save,                   /* [save_size] for backward, or NULL (inference) */
-    double *work)                   /* [work_size] scratch */
+static int forward_kernel_f64(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const double *state0,               /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const double *w_W_z,                /* [D,H], weight W_z */
+    const double *w_b_z,                /* [H], weight b_z */
+    const double *w_W_r,                /* [D,H], weight W_r */
+    const double *w_U_r,                /* [H,H], weight U_r */
+    const double *w_b_r,                /* [H], weight b_r */
+    const double *w_U_h,                /* [H,H], weight U_h */
+    const double *w_b_h,                /* [H], weight b_h */
+    const double *w_Pmat,               /* [D,H], weight Pmat */
+    double *y,                          /* [B,T,H], the output (the carried h) at every step */
+    double *state_last,                 /* [S,B,H], every state's final value, or NULL */
+    double *save,                       /* [save_size], for backward, or NULL (inference) */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat) return RNNGEN_ENULL;
+    if (!x || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat || !y || !work) return RNNGEN_ENULL;
     if ((st = rnngen_jzs1_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -1206,37 +1253,58 @@ int rnngen_jzs1_forward_f64(void *stream, int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_jzs1_backward_f64(void *stream, int T, int B, int D, int H, int truncate,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const double *w_W_z,         /* [D,H] */
-    const double *w_b_z,         /* [H] */
-    const double *w_W_r,         /* [D,H] */
-    const double *w_U_r,         /* [H,H] */
-    const double *w_b_r,         /* [H] */
-    const double *w_U_h,         /* [H,H] */
-    const double *w_b_h,         /* [H] */
-    const double *w_Pmat,        /* [D,H] */
-    const double *save,             /* [save_size] from forward */
-    const double *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const double *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    double *dx,                     /* [B,T,D] */
-    double *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    double *dw_W_z,        /* [D,H] */
-    double *dw_b_z,        /* [H] */
-    double *dw_W_r,        /* [D,H] */
-    double *dw_U_r,        /* [H,H] */
-    double *dw_b_r,        /* [H] */
-    double *dw_U_h,        /* [H,H] */
-    double *dw_b_h,        /* [H] */
-    double *dw_Pmat,       /* [D,H] */
-    double *work)                   /* [work_size] */
+int rnngen_jzs1_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_jzs1_forward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return forward_kernel_f64(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_z, args->w_b_z, args->w_W_r, args->w_U_r, args->w_b_r,
+        args->w_U_h, args->w_b_h, args->w_Pmat, args->y, args->state_last, args->save,
+        args->work);
+}
+
+static int backward_kernel_f64(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const double *w_W_z,                /* [D,H], weight W_z */
+    const double *w_b_z,                /* [H], weight b_z */
+    const double *w_W_r,                /* [D,H], weight W_r */
+    const double *w_U_r,                /* [H,H], weight U_r */
+    const double *w_b_r,                /* [H], weight b_r */
+    const double *w_U_h,                /* [H,H], weight U_h */
+    const double *w_b_h,                /* [H], weight b_h */
+    const double *w_Pmat,               /* [D,H], weight Pmat */
+    const double *save,                 /* [save_size], from forward */
+    const double *dy,                   /* [B,T,H], gradient of the loss w.r.t. y */
+    const double *dstate_last,          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    double *dx,                         /* [B,T,D] */
+    double *dstate0,                    /* [S,B,H], gradient w.r.t. state0, or NULL */
+    double *dw_W_z,                     /* [D,H], gradient of W_z */
+    double *dw_b_z,                     /* [H], gradient of b_z */
+    double *dw_W_r,                     /* [D,H], gradient of W_r */
+    double *dw_U_r,                     /* [H,H], gradient of U_r */
+    double *dw_b_r,                     /* [H], gradient of b_r */
+    double *dw_U_h,                     /* [H,H], gradient of U_h */
+    double *dw_b_h,                     /* [H], gradient of b_h */
+    double *dw_Pmat,                    /* [D,H], gradient of Pmat */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_b_z || !dw_b_z || !w_W_r || !dw_W_r || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h || !w_Pmat || !dw_Pmat) return RNNGEN_ENULL;
+    if (!x || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat || !save || !dy || !dx || !dw_W_z || !dw_b_z || !dw_W_r || !dw_U_r || !dw_b_r || !dw_U_h || !dw_b_h || !dw_Pmat || !work) return RNNGEN_ENULL;
     if ((st = rnngen_jzs1_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -1352,4 +1420,20 @@ int rnngen_jzs1_backward_f64(void *stream, int T, int B, int D, int H, int trunc
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)1 * BH, B, H, dw_b_r);
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_h);
     return RNNGEN_OK;
+}
+
+int rnngen_jzs1_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_jzs1_backward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return backward_kernel_f64(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W_z, args->w_b_z, args->w_W_r, args->w_U_r, args->w_b_r,
+        args->w_U_h, args->w_b_h, args->w_Pmat, args->save, args->dy, args->dstate_last,
+        args->dx, args->dstate0, args->dw_W_z, args->dw_b_z, args->dw_W_r, args->dw_U_r,
+        args->dw_b_r, args->dw_U_h, args->dw_b_h, args->dw_Pmat, args->work);
 }

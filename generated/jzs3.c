@@ -30,7 +30,8 @@
 /* bytes of packed weights every thread reads each step in the batch split */
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
 /* the threads a call asks for (see rnngen_team), for elements of `size` bytes */
-#define TEAM(T, B, D, H, size) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size))
+/* (threads: the context's request, 0 for set_threads' count or OpenMP's) */
+#define TEAM(T, B, D, H, size, threads) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size), threads)
 /* where in save forward notes the layout of XW (its number of slices); the next two
  * elements note whether it had a mask and whether it had initial states */
 #define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
@@ -69,7 +70,7 @@ int rnngen_jzs3_set_threads(int n)
 int rnngen_jzs3_team_size(int T, int B, int D, int H)
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
-    return st ? st : TEAM(T, B, D, H, sizeof(float));
+    return st ? st : TEAM(T, B, D, H, sizeof(float), 0);
 }
 
 const char *rnngen_jzs3_kernel(void)
@@ -79,28 +80,33 @@ const char *rnngen_jzs3_kernel(void)
 
 /* ======================== float ======================== */
 
-int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const float *state0,           /* [S,B,H] h before the first step; NULL: zeros */
-    const float *w_W_z,         /* [D,H] */
-    const float *w_U_z,         /* [H,H] */
-    const float *w_b_z,         /* [H] */
-    const float *w_W_r,         /* [D,H] */
-    const float *w_U_r,         /* [H,H] */
-    const float *w_b_r,         /* [H] */
-    const float *w_W_h,         /* [D,H] */
-    const float *w_U_h,         /* [H,H] */
-    const float *w_b_h,         /* [H] */
-    float *y,                      /* [B,T,H] output (the carried h) at every step */
-    float *state_last,             /* [S,B,H] every state's final value, or NULL */
-    float *save,                   /* [save_size] for backward, or NULL (inference) */
-    float *work)                   /* [work_size] scratch */
+static int forward_kernel_f32(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const float *state0,                /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const float *w_W_z,                 /* [D,H], weight W_z */
+    const float *w_U_z,                 /* [H,H], weight U_z */
+    const float *w_b_z,                 /* [H], weight b_z */
+    const float *w_W_r,                 /* [D,H], weight W_r */
+    const float *w_U_r,                 /* [H,H], weight U_r */
+    const float *w_b_r,                 /* [H], weight b_r */
+    const float *w_W_h,                 /* [D,H], weight W_h */
+    const float *w_U_h,                 /* [H,H], weight U_h */
+    const float *w_b_h,                 /* [H], weight b_h */
+    float *y,                           /* [B,T,H], the output (the carried h) at every step */
+    float *state_last,                  /* [S,B,H], every state's final value, or NULL */
+    float *save,                        /* [save_size], for backward, or NULL (inference) */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h) return RNNGEN_ENULL;
+    if (!x || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
@@ -163,7 +169,7 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = TEAM(T, B, D, H, sizeof(float));
+    const int nt_asked = TEAM(T, B, D, H, sizeof(float), threads);
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(float)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -409,39 +415,56 @@ int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const float *w_W_z,         /* [D,H] */
-    const float *w_U_z,         /* [H,H] */
-    const float *w_b_z,         /* [H] */
-    const float *w_W_r,         /* [D,H] */
-    const float *w_U_r,         /* [H,H] */
-    const float *w_b_r,         /* [H] */
-    const float *w_W_h,         /* [D,H] */
-    const float *w_U_h,         /* [H,H] */
-    const float *w_b_h,         /* [H] */
-    const float *save,             /* [save_size] from forward */
-    const float *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const float *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    float *dx,                     /* [B,T,D] */
-    float *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    float *dw_W_z,        /* [D,H] */
-    float *dw_U_z,        /* [H,H] */
-    float *dw_b_z,        /* [H] */
-    float *dw_W_r,        /* [D,H] */
-    float *dw_U_r,        /* [H,H] */
-    float *dw_b_r,        /* [H] */
-    float *dw_W_h,        /* [D,H] */
-    float *dw_U_h,        /* [H,H] */
-    float *dw_b_h,        /* [H] */
-    float *work)                   /* [work_size] */
+int rnngen_jzs3_forward_f32(const rnngen_ctx *ctx, const rnngen_jzs3_forward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return forward_kernel_f32(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_z, args->w_U_z, args->w_b_z, args->w_W_r, args->w_U_r,
+        args->w_b_r, args->w_W_h, args->w_U_h, args->w_b_h, args->y, args->state_last,
+        args->save, args->work);
+}
+
+static int backward_kernel_f32(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const float *w_W_z,                 /* [D,H], weight W_z */
+    const float *w_U_z,                 /* [H,H], weight U_z */
+    const float *w_b_z,                 /* [H], weight b_z */
+    const float *w_W_r,                 /* [D,H], weight W_r */
+    const float *w_U_r,                 /* [H,H], weight U_r */
+    const float *w_b_r,                 /* [H], weight b_r */
+    const float *w_W_h,                 /* [D,H], weight W_h */
+    const float *w_U_h,                 /* [H,H], weight U_h */
+    const float *w_b_h,                 /* [H], weight b_h */
+    const float *save,                  /* [save_size], from forward */
+    const float *dy,                    /* [B,T,H], gradient of the loss w.r.t. y */
+    const float *dstate_last,           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    float *dx,                          /* [B,T,D] */
+    float *dstate0,                     /* [S,B,H], gradient w.r.t. state0, or NULL */
+    float *dw_W_z,                      /* [D,H], gradient of W_z */
+    float *dw_U_z,                      /* [H,H], gradient of U_z */
+    float *dw_b_z,                      /* [H], gradient of b_z */
+    float *dw_W_r,                      /* [D,H], gradient of W_r */
+    float *dw_U_r,                      /* [H,H], gradient of U_r */
+    float *dw_b_r,                      /* [H], gradient of b_r */
+    float *dw_W_h,                      /* [D,H], gradient of W_h */
+    float *dw_U_h,                      /* [H,H], gradient of U_h */
+    float *dw_b_h,                      /* [H], gradient of b_h */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_U_z || !dw_U_z || !w_b_z || !dw_b_z || !w_W_r || !dw_W_r || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_W_h || !dw_W_h || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h) return RNNGEN_ENULL;
+    if (!x || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !save || !dy || !dx || !dw_W_z || !dw_U_z || !dw_b_z || !dw_W_r || !dw_U_r || !dw_b_r || !dw_W_h || !dw_U_h || !dw_b_h || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
@@ -509,7 +532,7 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(float)) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(float), threads) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -1041,30 +1064,48 @@ int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
     return team_ok ? RNNGEN_OK : RNNGEN_ETEAM;
 }
 
+int rnngen_jzs3_backward_f32(const rnngen_ctx *ctx, const rnngen_jzs3_backward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return backward_kernel_f32(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W_z, args->w_U_z, args->w_b_z, args->w_W_r, args->w_U_r,
+        args->w_b_r, args->w_W_h, args->w_U_h, args->w_b_h, args->save, args->dy,
+        args->dstate_last, args->dx, args->dstate0, args->dw_W_z, args->dw_U_z, args->dw_b_z,
+        args->dw_W_r, args->dw_U_r, args->dw_b_r, args->dw_W_h, args->dw_U_h, args->dw_b_h,
+        args->work);
+}
+
 /* ======================== double ======================== */
 
-int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const double *state0,           /* [S,B,H] h before the first step; NULL: zeros */
-    const double *w_W_z,         /* [D,H] */
-    const double *w_U_z,         /* [H,H] */
-    const double *w_b_z,         /* [H] */
-    const double *w_W_r,         /* [D,H] */
-    const double *w_U_r,         /* [H,H] */
-    const double *w_b_r,         /* [H] */
-    const double *w_W_h,         /* [D,H] */
-    const double *w_U_h,         /* [H,H] */
-    const double *w_b_h,         /* [H] */
-    double *y,                      /* [B,T,H] output (the carried h) at every step */
-    double *state_last,             /* [S,B,H] every state's final value, or NULL */
-    double *save,                   /* [save_size] for backward, or NULL (inference) */
-    double *work)                   /* [work_size] scratch */
+static int forward_kernel_f64(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const double *state0,               /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const double *w_W_z,                /* [D,H], weight W_z */
+    const double *w_U_z,                /* [H,H], weight U_z */
+    const double *w_b_z,                /* [H], weight b_z */
+    const double *w_W_r,                /* [D,H], weight W_r */
+    const double *w_U_r,                /* [H,H], weight U_r */
+    const double *w_b_r,                /* [H], weight b_r */
+    const double *w_W_h,                /* [D,H], weight W_h */
+    const double *w_U_h,                /* [H,H], weight U_h */
+    const double *w_b_h,                /* [H], weight b_h */
+    double *y,                          /* [B,T,H], the output (the carried h) at every step */
+    double *state_last,                 /* [S,B,H], every state's final value, or NULL */
+    double *save,                       /* [save_size], for backward, or NULL (inference) */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h) return RNNGEN_ENULL;
+    if (!x || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
@@ -1127,7 +1168,7 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = TEAM(T, B, D, H, sizeof(double));
+    const int nt_asked = TEAM(T, B, D, H, sizeof(double), threads);
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(double)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -1373,39 +1414,56 @@ int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const double *w_W_z,         /* [D,H] */
-    const double *w_U_z,         /* [H,H] */
-    const double *w_b_z,         /* [H] */
-    const double *w_W_r,         /* [D,H] */
-    const double *w_U_r,         /* [H,H] */
-    const double *w_b_r,         /* [H] */
-    const double *w_W_h,         /* [D,H] */
-    const double *w_U_h,         /* [H,H] */
-    const double *w_b_h,         /* [H] */
-    const double *save,             /* [save_size] from forward */
-    const double *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const double *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    double *dx,                     /* [B,T,D] */
-    double *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    double *dw_W_z,        /* [D,H] */
-    double *dw_U_z,        /* [H,H] */
-    double *dw_b_z,        /* [H] */
-    double *dw_W_r,        /* [D,H] */
-    double *dw_U_r,        /* [H,H] */
-    double *dw_b_r,        /* [H] */
-    double *dw_W_h,        /* [D,H] */
-    double *dw_U_h,        /* [H,H] */
-    double *dw_b_h,        /* [H] */
-    double *work)                   /* [work_size] */
+int rnngen_jzs3_forward_f64(const rnngen_ctx *ctx, const rnngen_jzs3_forward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return forward_kernel_f64(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_z, args->w_U_z, args->w_b_z, args->w_W_r, args->w_U_r,
+        args->w_b_r, args->w_W_h, args->w_U_h, args->w_b_h, args->y, args->state_last,
+        args->save, args->work);
+}
+
+static int backward_kernel_f64(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const double *w_W_z,                /* [D,H], weight W_z */
+    const double *w_U_z,                /* [H,H], weight U_z */
+    const double *w_b_z,                /* [H], weight b_z */
+    const double *w_W_r,                /* [D,H], weight W_r */
+    const double *w_U_r,                /* [H,H], weight U_r */
+    const double *w_b_r,                /* [H], weight b_r */
+    const double *w_W_h,                /* [D,H], weight W_h */
+    const double *w_U_h,                /* [H,H], weight U_h */
+    const double *w_b_h,                /* [H], weight b_h */
+    const double *save,                 /* [save_size], from forward */
+    const double *dy,                   /* [B,T,H], gradient of the loss w.r.t. y */
+    const double *dstate_last,          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    double *dx,                         /* [B,T,D] */
+    double *dstate0,                    /* [S,B,H], gradient w.r.t. state0, or NULL */
+    double *dw_W_z,                     /* [D,H], gradient of W_z */
+    double *dw_U_z,                     /* [H,H], gradient of U_z */
+    double *dw_b_z,                     /* [H], gradient of b_z */
+    double *dw_W_r,                     /* [D,H], gradient of W_r */
+    double *dw_U_r,                     /* [H,H], gradient of U_r */
+    double *dw_b_r,                     /* [H], gradient of b_r */
+    double *dw_W_h,                     /* [D,H], gradient of W_h */
+    double *dw_U_h,                     /* [H,H], gradient of U_h */
+    double *dw_b_h,                     /* [H], gradient of b_h */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W_z || !dw_W_z || !w_U_z || !dw_U_z || !w_b_z || !dw_b_z || !w_W_r || !dw_W_r || !w_U_r || !dw_U_r || !w_b_r || !dw_b_r || !w_W_h || !dw_W_h || !w_U_h || !dw_U_h || !w_b_h || !dw_b_h) return RNNGEN_ENULL;
+    if (!x || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !save || !dy || !dx || !dw_W_z || !dw_U_z || !dw_b_z || !dw_W_r || !dw_U_r || !dw_b_r || !dw_W_h || !dw_U_h || !dw_b_h || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
@@ -1473,7 +1531,7 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(double)) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(double), threads) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -2003,4 +2061,17 @@ int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
         }
     }
     return team_ok ? RNNGEN_OK : RNNGEN_ETEAM;
+}
+
+int rnngen_jzs3_backward_f64(const rnngen_ctx *ctx, const rnngen_jzs3_backward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return backward_kernel_f64(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W_z, args->w_U_z, args->w_b_z, args->w_W_r, args->w_U_r,
+        args->w_b_r, args->w_W_h, args->w_U_h, args->w_b_h, args->save, args->dy,
+        args->dstate_last, args->dx, args->dstate0, args->dw_W_z, args->dw_U_z, args->dw_b_z,
+        args->dw_W_r, args->dw_U_r, args->dw_b_r, args->dw_W_h, args->dw_U_h, args->dw_b_h,
+        args->work);
 }

@@ -24,94 +24,132 @@ int rnngen_jzs3_team_size(int T, int B, int D, int H);
  * build's instruction set): its name (avx512, avx2, sse2, neon, portable) and the
  * register blocks, e.g. "avx2 float 6x16 double 6x8". */
 const char *rnngen_jzs3_kernel(void);
+/* The entry points take a context (rnngen_ctx in rnngen_runtime.h: the call's threads;
+ * NULL for the defaults) and one struct of arguments: the sizes, then every buffer and
+ * weight by name ([shape] in T, B, D, H, S = the number of states; save_size and
+ * work_size from rnngen_jzs3_sizes).  Pointers marked NULL-able may be NULL. */
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
- * state0: [S,B,H] every state (h) before the first step, or NULL for
- * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
-int rnngen_jzs3_forward_f32(int T, int B, int D, int H,
-    const float *x, const unsigned char *mask, const float *state0,
-    const float *w_W_z,
-    const float *w_U_z,
-    const float *w_b_z,
-    const float *w_W_r,
-    const float *w_U_r,
-    const float *w_b_r,
-    const float *w_W_h,
-    const float *w_U_h,
-    const float *w_b_h,
-    float *y, float *state_last, float *save, float *work);
+/* Forward over all steps (save == NULL: inference, nothing kept for backward). */
+typedef struct rnngen_jzs3_forward_args_f32 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    const float *x;                     /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const float *state0;                /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const float *w_W_z;                 /* [D,H], weight W_z */
+    const float *w_U_z;                 /* [H,H], weight U_z */
+    const float *w_b_z;                 /* [H], weight b_z */
+    const float *w_W_r;                 /* [D,H], weight W_r */
+    const float *w_U_r;                 /* [H,H], weight U_r */
+    const float *w_b_r;                 /* [H], weight b_r */
+    const float *w_W_h;                 /* [D,H], weight W_h */
+    const float *w_U_h;                 /* [H,H], weight U_h */
+    const float *w_b_h;                 /* [H], weight b_h */
+    float *y;                           /* [B,T,H], the output (the carried h) at every step */
+    float *state_last;                  /* [S,B,H], every state's final value, or NULL */
+    float *save;                        /* [save_size], for backward, or NULL (inference) */
+    float *work;                        /* [work_size], scratch */
+} rnngen_jzs3_forward_args_f32;
+int rnngen_jzs3_forward_f32(const rnngen_ctx *ctx, const rnngen_jzs3_forward_args_f32 *args);
 
-/* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
- * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
- * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
- * full BPTT, k > 0 = the last k steps only. */
-int rnngen_jzs3_backward_f32(int T, int B, int D, int H, int truncate,
-    const float *x, const unsigned char *mask,
-    const float *w_W_z,
-    const float *w_U_z,
-    const float *w_b_z,
-    const float *w_W_r,
-    const float *w_U_r,
-    const float *w_b_r,
-    const float *w_W_h,
-    const float *w_U_h,
-    const float *w_b_h,
-    const float *save, const float *dy, const float *dstate_last,
-    float *dx, float *dstate0,
-    float *dw_W_z,
-    float *dw_U_z,
-    float *dw_b_z,
-    float *dw_W_r,
-    float *dw_U_r,
-    float *dw_b_r,
-    float *dw_W_h,
-    float *dw_U_h,
-    float *dw_b_h,
-    float *work);
+/* Backward for the last forward (the same x, mask, weights and save): writes dx, every
+ * weight gradient and, unless NULL, dstate0 (zero when truncation stops before step 0). */
+typedef struct rnngen_jzs3_backward_args_f32 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    int truncate;                       /* -1: full BPTT; k > 0: the last k steps only */
+    const float *x;                     /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], the forward's mask, or NULL */
+    const float *w_W_z;                 /* [D,H], weight W_z */
+    const float *w_U_z;                 /* [H,H], weight U_z */
+    const float *w_b_z;                 /* [H], weight b_z */
+    const float *w_W_r;                 /* [D,H], weight W_r */
+    const float *w_U_r;                 /* [H,H], weight U_r */
+    const float *w_b_r;                 /* [H], weight b_r */
+    const float *w_W_h;                 /* [D,H], weight W_h */
+    const float *w_U_h;                 /* [H,H], weight U_h */
+    const float *w_b_h;                 /* [H], weight b_h */
+    const float *save;                  /* [save_size], from forward */
+    const float *dy;                    /* [B,T,H], gradient of the loss w.r.t. y */
+    const float *dstate_last;           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    float *dx;                          /* [B,T,D] */
+    float *dstate0;                     /* [S,B,H], gradient w.r.t. state0, or NULL */
+    float *dw_W_z;                      /* [D,H], gradient of W_z */
+    float *dw_U_z;                      /* [H,H], gradient of U_z */
+    float *dw_b_z;                      /* [H], gradient of b_z */
+    float *dw_W_r;                      /* [D,H], gradient of W_r */
+    float *dw_U_r;                      /* [H,H], gradient of U_r */
+    float *dw_b_r;                      /* [H], gradient of b_r */
+    float *dw_W_h;                      /* [D,H], gradient of W_h */
+    float *dw_U_h;                      /* [H,H], gradient of U_h */
+    float *dw_b_h;                      /* [H], gradient of b_h */
+    float *work;                        /* [work_size], scratch */
+} rnngen_jzs3_backward_args_f32;
+int rnngen_jzs3_backward_f32(const rnngen_ctx *ctx, const rnngen_jzs3_backward_args_f32 *args);
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
- * state0: [S,B,H] every state (h) before the first step, or NULL for
- * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
-int rnngen_jzs3_forward_f64(int T, int B, int D, int H,
-    const double *x, const unsigned char *mask, const double *state0,
-    const double *w_W_z,
-    const double *w_U_z,
-    const double *w_b_z,
-    const double *w_W_r,
-    const double *w_U_r,
-    const double *w_b_r,
-    const double *w_W_h,
-    const double *w_U_h,
-    const double *w_b_h,
-    double *y, double *state_last, double *save, double *work);
+/* Forward over all steps (save == NULL: inference, nothing kept for backward). */
+typedef struct rnngen_jzs3_forward_args_f64 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    const double *x;                    /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const double *state0;               /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const double *w_W_z;                /* [D,H], weight W_z */
+    const double *w_U_z;                /* [H,H], weight U_z */
+    const double *w_b_z;                /* [H], weight b_z */
+    const double *w_W_r;                /* [D,H], weight W_r */
+    const double *w_U_r;                /* [H,H], weight U_r */
+    const double *w_b_r;                /* [H], weight b_r */
+    const double *w_W_h;                /* [D,H], weight W_h */
+    const double *w_U_h;                /* [H,H], weight U_h */
+    const double *w_b_h;                /* [H], weight b_h */
+    double *y;                          /* [B,T,H], the output (the carried h) at every step */
+    double *state_last;                 /* [S,B,H], every state's final value, or NULL */
+    double *save;                       /* [save_size], for backward, or NULL (inference) */
+    double *work;                       /* [work_size], scratch */
+} rnngen_jzs3_forward_args_f64;
+int rnngen_jzs3_forward_f64(const rnngen_ctx *ctx, const rnngen_jzs3_forward_args_f64 *args);
 
-/* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
- * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
- * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
- * full BPTT, k > 0 = the last k steps only. */
-int rnngen_jzs3_backward_f64(int T, int B, int D, int H, int truncate,
-    const double *x, const unsigned char *mask,
-    const double *w_W_z,
-    const double *w_U_z,
-    const double *w_b_z,
-    const double *w_W_r,
-    const double *w_U_r,
-    const double *w_b_r,
-    const double *w_W_h,
-    const double *w_U_h,
-    const double *w_b_h,
-    const double *save, const double *dy, const double *dstate_last,
-    double *dx, double *dstate0,
-    double *dw_W_z,
-    double *dw_U_z,
-    double *dw_b_z,
-    double *dw_W_r,
-    double *dw_U_r,
-    double *dw_b_r,
-    double *dw_W_h,
-    double *dw_U_h,
-    double *dw_b_h,
-    double *work);
+/* Backward for the last forward (the same x, mask, weights and save): writes dx, every
+ * weight gradient and, unless NULL, dstate0 (zero when truncation stops before step 0). */
+typedef struct rnngen_jzs3_backward_args_f64 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    int truncate;                       /* -1: full BPTT; k > 0: the last k steps only */
+    const double *x;                    /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], the forward's mask, or NULL */
+    const double *w_W_z;                /* [D,H], weight W_z */
+    const double *w_U_z;                /* [H,H], weight U_z */
+    const double *w_b_z;                /* [H], weight b_z */
+    const double *w_W_r;                /* [D,H], weight W_r */
+    const double *w_U_r;                /* [H,H], weight U_r */
+    const double *w_b_r;                /* [H], weight b_r */
+    const double *w_W_h;                /* [D,H], weight W_h */
+    const double *w_U_h;                /* [H,H], weight U_h */
+    const double *w_b_h;                /* [H], weight b_h */
+    const double *save;                 /* [save_size], from forward */
+    const double *dy;                   /* [B,T,H], gradient of the loss w.r.t. y */
+    const double *dstate_last;          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    double *dx;                         /* [B,T,D] */
+    double *dstate0;                    /* [S,B,H], gradient w.r.t. state0, or NULL */
+    double *dw_W_z;                     /* [D,H], gradient of W_z */
+    double *dw_U_z;                     /* [H,H], gradient of U_z */
+    double *dw_b_z;                     /* [H], gradient of b_z */
+    double *dw_W_r;                     /* [D,H], gradient of W_r */
+    double *dw_U_r;                     /* [H,H], gradient of U_r */
+    double *dw_b_r;                     /* [H], gradient of b_r */
+    double *dw_W_h;                     /* [D,H], gradient of W_h */
+    double *dw_U_h;                     /* [H,H], gradient of U_h */
+    double *dw_b_h;                     /* [H], gradient of b_h */
+    double *work;                       /* [work_size], scratch */
+} rnngen_jzs3_backward_args_f64;
+int rnngen_jzs3_backward_f64(const rnngen_ctx *ctx, const rnngen_jzs3_backward_args_f64 *args);
 #endif

@@ -28,7 +28,8 @@
 /* bytes of packed weights every thread reads each step in the batch split */
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
 /* the threads a call asks for (see rnngen_team), for elements of `size` bytes */
-#define TEAM(T, B, D, H, size) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size))
+/* (threads: the context's request, 0 for set_threads' count or OpenMP's) */
+#define TEAM(T, B, D, H, size, threads) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size), threads)
 /* where in save forward notes the layout of XW (its number of slices); the next two
  * elements note whether it had a mask and whether it had initial states */
 #define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
@@ -63,7 +64,7 @@ int rnngen_lstm_set_threads(int n)
 int rnngen_lstm_team_size(int T, int B, int D, int H)
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
-    return st ? st : TEAM(T, B, D, H, sizeof(float));
+    return st ? st : TEAM(T, B, D, H, sizeof(float), 0);
 }
 
 const char *rnngen_lstm_kernel(void)
@@ -73,31 +74,36 @@ const char *rnngen_lstm_kernel(void)
 
 /* ======================== float ======================== */
 
-int rnngen_lstm_forward_f32(int T, int B, int D, int H,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const float *state0,           /* [S,B,H] h, c before the first step; NULL: zeros */
-    const float *w_W_i,         /* [D,H] */
-    const float *w_U_i,         /* [H,H] */
-    const float *w_b_i,         /* [H] */
-    const float *w_W_c,         /* [D,H] */
-    const float *w_U_c,         /* [H,H] */
-    const float *w_b_c,         /* [H] */
-    const float *w_W_f,         /* [D,H] */
-    const float *w_U_f,         /* [H,H] */
-    const float *w_b_f,         /* [H] */
-    const float *w_W_o,         /* [D,H] */
-    const float *w_U_o,         /* [H,H] */
-    const float *w_b_o,         /* [H] */
-    float *y,                      /* [B,T,H] output (the carried h) at every step */
-    float *state_last,             /* [S,B,H] every state's final value, or NULL */
-    float *save,                   /* [save_size] for backward, or NULL (inference) */
-    float *work)                   /* [work_size] scratch */
+static int forward_kernel_f32(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const float *state0,                /* [S,B,H], every state (h, c) before the first step; NULL: zeros */
+    const float *w_W_i,                 /* [D,H], weight W_i */
+    const float *w_U_i,                 /* [H,H], weight U_i */
+    const float *w_b_i,                 /* [H], weight b_i */
+    const float *w_W_c,                 /* [D,H], weight W_c */
+    const float *w_U_c,                 /* [H,H], weight U_c */
+    const float *w_b_c,                 /* [H], weight b_c */
+    const float *w_W_f,                 /* [D,H], weight W_f */
+    const float *w_U_f,                 /* [H,H], weight U_f */
+    const float *w_b_f,                 /* [H], weight b_f */
+    const float *w_W_o,                 /* [D,H], weight W_o */
+    const float *w_U_o,                 /* [H,H], weight U_o */
+    const float *w_b_o,                 /* [H], weight b_o */
+    float *y,                           /* [B,T,H], the output (the carried h) at every step */
+    float *state_last,                  /* [S,B,H], every state's final value, or NULL */
+    float *save,                        /* [save_size], for backward, or NULL (inference) */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
+    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 4 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
@@ -147,7 +153,7 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = TEAM(T, B, D, H, sizeof(float));
+    const int nt_asked = TEAM(T, B, D, H, sizeof(float), threads);
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(float)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -364,45 +370,62 @@ int rnngen_lstm_forward_f32(int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const float *w_W_i,         /* [D,H] */
-    const float *w_U_i,         /* [H,H] */
-    const float *w_b_i,         /* [H] */
-    const float *w_W_c,         /* [D,H] */
-    const float *w_U_c,         /* [H,H] */
-    const float *w_b_c,         /* [H] */
-    const float *w_W_f,         /* [D,H] */
-    const float *w_U_f,         /* [H,H] */
-    const float *w_b_f,         /* [H] */
-    const float *w_W_o,         /* [D,H] */
-    const float *w_U_o,         /* [H,H] */
-    const float *w_b_o,         /* [H] */
-    const float *save,             /* [save_size] from forward */
-    const float *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const float *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    float *dx,                     /* [B,T,D] */
-    float *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    float *dw_W_i,        /* [D,H] */
-    float *dw_U_i,        /* [H,H] */
-    float *dw_b_i,        /* [H] */
-    float *dw_W_c,        /* [D,H] */
-    float *dw_U_c,        /* [H,H] */
-    float *dw_b_c,        /* [H] */
-    float *dw_W_f,        /* [D,H] */
-    float *dw_U_f,        /* [H,H] */
-    float *dw_b_f,        /* [H] */
-    float *dw_W_o,        /* [D,H] */
-    float *dw_U_o,        /* [H,H] */
-    float *dw_b_o,        /* [H] */
-    float *work)                   /* [work_size] */
+int rnngen_lstm_forward_f32(const rnngen_ctx *ctx, const rnngen_lstm_forward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return forward_kernel_f32(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
+        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
+        args->w_b_o, args->y, args->state_last, args->save, args->work);
+}
+
+static int backward_kernel_f32(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const float *w_W_i,                 /* [D,H], weight W_i */
+    const float *w_U_i,                 /* [H,H], weight U_i */
+    const float *w_b_i,                 /* [H], weight b_i */
+    const float *w_W_c,                 /* [D,H], weight W_c */
+    const float *w_U_c,                 /* [H,H], weight U_c */
+    const float *w_b_c,                 /* [H], weight b_c */
+    const float *w_W_f,                 /* [D,H], weight W_f */
+    const float *w_U_f,                 /* [H,H], weight U_f */
+    const float *w_b_f,                 /* [H], weight b_f */
+    const float *w_W_o,                 /* [D,H], weight W_o */
+    const float *w_U_o,                 /* [H,H], weight U_o */
+    const float *w_b_o,                 /* [H], weight b_o */
+    const float *save,                  /* [save_size], from forward */
+    const float *dy,                    /* [B,T,H], gradient of the loss w.r.t. y */
+    const float *dstate_last,           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    float *dx,                          /* [B,T,D] */
+    float *dstate0,                     /* [S,B,H], gradient w.r.t. state0, or NULL */
+    float *dw_W_i,                      /* [D,H], gradient of W_i */
+    float *dw_U_i,                      /* [H,H], gradient of U_i */
+    float *dw_b_i,                      /* [H], gradient of b_i */
+    float *dw_W_c,                      /* [D,H], gradient of W_c */
+    float *dw_U_c,                      /* [H,H], gradient of U_c */
+    float *dw_b_c,                      /* [H], gradient of b_c */
+    float *dw_W_f,                      /* [D,H], gradient of W_f */
+    float *dw_U_f,                      /* [H,H], gradient of U_f */
+    float *dw_b_f,                      /* [H], gradient of b_f */
+    float *dw_W_o,                      /* [D,H], gradient of W_o */
+    float *dw_U_o,                      /* [H,H], gradient of U_o */
+    float *dw_b_o,                      /* [H], gradient of b_o */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W_i || !dw_W_i || !w_U_i || !dw_U_i || !w_b_i || !dw_b_i || !w_W_c || !dw_W_c || !w_U_c || !dw_U_c || !w_b_c || !dw_b_c || !w_W_f || !dw_W_f || !w_U_f || !dw_U_f || !w_b_f || !dw_b_f || !w_W_o || !dw_W_o || !w_U_o || !dw_U_o || !w_b_o || !dw_b_o) return RNNGEN_ENULL;
+    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !save || !dy || !dx || !dw_W_i || !dw_U_i || !dw_b_i || !dw_W_c || !dw_U_c || !dw_b_c || !dw_W_f || !dw_U_f || !dw_b_f || !dw_W_o || !dw_U_o || !dw_b_o || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 4 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
@@ -458,7 +481,7 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(float)) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(float), threads) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -913,33 +936,52 @@ int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
     return team_ok ? RNNGEN_OK : RNNGEN_ETEAM;
 }
 
+int rnngen_lstm_backward_f32(const rnngen_ctx *ctx, const rnngen_lstm_backward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return backward_kernel_f32(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
+        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
+        args->w_b_o, args->save, args->dy, args->dstate_last, args->dx, args->dstate0,
+        args->dw_W_i, args->dw_U_i, args->dw_b_i, args->dw_W_c, args->dw_U_c, args->dw_b_c,
+        args->dw_W_f, args->dw_U_f, args->dw_b_f, args->dw_W_o, args->dw_U_o, args->dw_b_o,
+        args->work);
+}
+
 /* ======================== double ======================== */
 
-int rnngen_lstm_forward_f64(int T, int B, int D, int H,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const double *state0,           /* [S,B,H] h, c before the first step; NULL: zeros */
-    const double *w_W_i,         /* [D,H] */
-    const double *w_U_i,         /* [H,H] */
-    const double *w_b_i,         /* [H] */
-    const double *w_W_c,         /* [D,H] */
-    const double *w_U_c,         /* [H,H] */
-    const double *w_b_c,         /* [H] */
-    const double *w_W_f,         /* [D,H] */
-    const double *w_U_f,         /* [H,H] */
-    const double *w_b_f,         /* [H] */
-    const double *w_W_o,         /* [D,H] */
-    const double *w_U_o,         /* [H,H] */
-    const double *w_b_o,         /* [H] */
-    double *y,                      /* [B,T,H] output (the carried h) at every step */
-    double *state_last,             /* [S,B,H] every state's final value, or NULL */
-    double *save,                   /* [save_size] for backward, or NULL (inference) */
-    double *work)                   /* [work_size] scratch */
+static int forward_kernel_f64(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const double *state0,               /* [S,B,H], every state (h, c) before the first step; NULL: zeros */
+    const double *w_W_i,                /* [D,H], weight W_i */
+    const double *w_U_i,                /* [H,H], weight U_i */
+    const double *w_b_i,                /* [H], weight b_i */
+    const double *w_W_c,                /* [D,H], weight W_c */
+    const double *w_U_c,                /* [H,H], weight U_c */
+    const double *w_b_c,                /* [H], weight b_c */
+    const double *w_W_f,                /* [D,H], weight W_f */
+    const double *w_U_f,                /* [H,H], weight U_f */
+    const double *w_b_f,                /* [H], weight b_f */
+    const double *w_W_o,                /* [D,H], weight W_o */
+    const double *w_U_o,                /* [H,H], weight U_o */
+    const double *w_b_o,                /* [H], weight b_o */
+    double *y,                          /* [B,T,H], the output (the carried h) at every step */
+    double *state_last,                 /* [S,B,H], every state's final value, or NULL */
+    double *save,                       /* [save_size], for backward, or NULL (inference) */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
+    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 4 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
@@ -989,7 +1031,7 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = TEAM(T, B, D, H, sizeof(double));
+    const int nt_asked = TEAM(T, B, D, H, sizeof(double), threads);
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(double)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -1206,45 +1248,62 @@ int rnngen_lstm_forward_f64(int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const double *w_W_i,         /* [D,H] */
-    const double *w_U_i,         /* [H,H] */
-    const double *w_b_i,         /* [H] */
-    const double *w_W_c,         /* [D,H] */
-    const double *w_U_c,         /* [H,H] */
-    const double *w_b_c,         /* [H] */
-    const double *w_W_f,         /* [D,H] */
-    const double *w_U_f,         /* [H,H] */
-    const double *w_b_f,         /* [H] */
-    const double *w_W_o,         /* [D,H] */
-    const double *w_U_o,         /* [H,H] */
-    const double *w_b_o,         /* [H] */
-    const double *save,             /* [save_size] from forward */
-    const double *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const double *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    double *dx,                     /* [B,T,D] */
-    double *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    double *dw_W_i,        /* [D,H] */
-    double *dw_U_i,        /* [H,H] */
-    double *dw_b_i,        /* [H] */
-    double *dw_W_c,        /* [D,H] */
-    double *dw_U_c,        /* [H,H] */
-    double *dw_b_c,        /* [H] */
-    double *dw_W_f,        /* [D,H] */
-    double *dw_U_f,        /* [H,H] */
-    double *dw_b_f,        /* [H] */
-    double *dw_W_o,        /* [D,H] */
-    double *dw_U_o,        /* [H,H] */
-    double *dw_b_o,        /* [H] */
-    double *work)                   /* [work_size] */
+int rnngen_lstm_forward_f64(const rnngen_ctx *ctx, const rnngen_lstm_forward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return forward_kernel_f64(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
+        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
+        args->w_b_o, args->y, args->state_last, args->save, args->work);
+}
+
+static int backward_kernel_f64(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const double *w_W_i,                /* [D,H], weight W_i */
+    const double *w_U_i,                /* [H,H], weight U_i */
+    const double *w_b_i,                /* [H], weight b_i */
+    const double *w_W_c,                /* [D,H], weight W_c */
+    const double *w_U_c,                /* [H,H], weight U_c */
+    const double *w_b_c,                /* [H], weight b_c */
+    const double *w_W_f,                /* [D,H], weight W_f */
+    const double *w_U_f,                /* [H,H], weight U_f */
+    const double *w_b_f,                /* [H], weight b_f */
+    const double *w_W_o,                /* [D,H], weight W_o */
+    const double *w_U_o,                /* [H,H], weight U_o */
+    const double *w_b_o,                /* [H], weight b_o */
+    const double *save,                 /* [save_size], from forward */
+    const double *dy,                   /* [B,T,H], gradient of the loss w.r.t. y */
+    const double *dstate_last,          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    double *dx,                         /* [B,T,D] */
+    double *dstate0,                    /* [S,B,H], gradient w.r.t. state0, or NULL */
+    double *dw_W_i,                     /* [D,H], gradient of W_i */
+    double *dw_U_i,                     /* [H,H], gradient of U_i */
+    double *dw_b_i,                     /* [H], gradient of b_i */
+    double *dw_W_c,                     /* [D,H], gradient of W_c */
+    double *dw_U_c,                     /* [H,H], gradient of U_c */
+    double *dw_b_c,                     /* [H], gradient of b_c */
+    double *dw_W_f,                     /* [D,H], gradient of W_f */
+    double *dw_U_f,                     /* [H,H], gradient of U_f */
+    double *dw_b_f,                     /* [H], gradient of b_f */
+    double *dw_W_o,                     /* [D,H], gradient of W_o */
+    double *dw_U_o,                     /* [H,H], gradient of U_o */
+    double *dw_b_o,                     /* [H], gradient of b_o */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W_i || !dw_W_i || !w_U_i || !dw_U_i || !w_b_i || !dw_b_i || !w_W_c || !dw_W_c || !w_U_c || !dw_U_c || !w_b_c || !dw_b_c || !w_W_f || !dw_W_f || !w_U_f || !dw_U_f || !w_b_f || !dw_b_f || !w_W_o || !dw_W_o || !w_U_o || !dw_U_o || !w_b_o || !dw_b_o) return RNNGEN_ENULL;
+    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !save || !dy || !dx || !dw_W_i || !dw_U_i || !dw_b_i || !dw_W_c || !dw_U_c || !dw_b_c || !dw_W_f || !dw_U_f || !dw_b_f || !dw_W_o || !dw_U_o || !dw_b_o || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 4 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
@@ -1300,7 +1359,7 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(double)) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(double), threads) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -1753,4 +1812,18 @@ int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
         }
     }
     return team_ok ? RNNGEN_OK : RNNGEN_ETEAM;
+}
+
+int rnngen_lstm_backward_f64(const rnngen_ctx *ctx, const rnngen_lstm_backward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return backward_kernel_f64(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
+        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
+        args->w_b_o, args->save, args->dy, args->dstate_last, args->dx, args->dstate0,
+        args->dw_W_i, args->dw_U_i, args->dw_b_i, args->dw_W_c, args->dw_U_c, args->dw_b_c,
+        args->dw_W_f, args->dw_U_f, args->dw_b_f, args->dw_W_o, args->dw_U_o, args->dw_b_o,
+        args->work);
 }

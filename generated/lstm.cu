@@ -393,31 +393,36 @@ static __global__ void rnngen_lstm_bwd1_f32(const rnngen_lstm_frame_f32 F, const
     }
 }
 
-int rnngen_lstm_forward_f32(void *stream, int T, int B, int D, int H,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const float *state0,           /* [S,B,H] h, c before the first step; NULL: zeros */
-    const float *w_W_i,         /* [D,H] */
-    const float *w_U_i,         /* [H,H] */
-    const float *w_b_i,         /* [H] */
-    const float *w_W_c,         /* [D,H] */
-    const float *w_U_c,         /* [H,H] */
-    const float *w_b_c,         /* [H] */
-    const float *w_W_f,         /* [D,H] */
-    const float *w_U_f,         /* [H,H] */
-    const float *w_b_f,         /* [H] */
-    const float *w_W_o,         /* [D,H] */
-    const float *w_U_o,         /* [H,H] */
-    const float *w_b_o,         /* [H] */
-    float *y,                      /* [B,T,H] output (the carried h) at every step */
-    float *state_last,             /* [S,B,H] every state's final value, or NULL */
-    float *save,                   /* [save_size] for backward, or NULL (inference) */
-    float *work)                   /* [work_size] scratch */
+static int forward_kernel_f32(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const float *state0,                /* [S,B,H], every state (h, c) before the first step; NULL: zeros */
+    const float *w_W_i,                 /* [D,H], weight W_i */
+    const float *w_U_i,                 /* [H,H], weight U_i */
+    const float *w_b_i,                 /* [H], weight b_i */
+    const float *w_W_c,                 /* [D,H], weight W_c */
+    const float *w_U_c,                 /* [H,H], weight U_c */
+    const float *w_b_c,                 /* [H], weight b_c */
+    const float *w_W_f,                 /* [D,H], weight W_f */
+    const float *w_U_f,                 /* [H,H], weight U_f */
+    const float *w_b_f,                 /* [H], weight b_f */
+    const float *w_W_o,                 /* [D,H], weight W_o */
+    const float *w_U_o,                 /* [H,H], weight U_o */
+    const float *w_b_o,                 /* [H], weight b_o */
+    float *y,                           /* [B,T,H], the output (the carried h) at every step */
+    float *state_last,                  /* [S,B,H], every state's final value, or NULL */
+    float *save,                        /* [save_size], for backward, or NULL (inference) */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
+    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !y || !work) return RNNGEN_ENULL;
     if ((st = rnngen_lstm_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -522,45 +527,66 @@ int rnngen_lstm_forward_f32(void *stream, int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_lstm_backward_f32(void *stream, int T, int B, int D, int H, int truncate,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const float *w_W_i,         /* [D,H] */
-    const float *w_U_i,         /* [H,H] */
-    const float *w_b_i,         /* [H] */
-    const float *w_W_c,         /* [D,H] */
-    const float *w_U_c,         /* [H,H] */
-    const float *w_b_c,         /* [H] */
-    const float *w_W_f,         /* [D,H] */
-    const float *w_U_f,         /* [H,H] */
-    const float *w_b_f,         /* [H] */
-    const float *w_W_o,         /* [D,H] */
-    const float *w_U_o,         /* [H,H] */
-    const float *w_b_o,         /* [H] */
-    const float *save,             /* [save_size] from forward */
-    const float *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const float *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    float *dx,                     /* [B,T,D] */
-    float *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    float *dw_W_i,        /* [D,H] */
-    float *dw_U_i,        /* [H,H] */
-    float *dw_b_i,        /* [H] */
-    float *dw_W_c,        /* [D,H] */
-    float *dw_U_c,        /* [H,H] */
-    float *dw_b_c,        /* [H] */
-    float *dw_W_f,        /* [D,H] */
-    float *dw_U_f,        /* [H,H] */
-    float *dw_b_f,        /* [H] */
-    float *dw_W_o,        /* [D,H] */
-    float *dw_U_o,        /* [H,H] */
-    float *dw_b_o,        /* [H] */
-    float *work)                   /* [work_size] */
+int rnngen_lstm_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_lstm_forward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return forward_kernel_f32(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
+        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
+        args->w_b_o, args->y, args->state_last, args->save, args->work);
+}
+
+static int backward_kernel_f32(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const float *w_W_i,                 /* [D,H], weight W_i */
+    const float *w_U_i,                 /* [H,H], weight U_i */
+    const float *w_b_i,                 /* [H], weight b_i */
+    const float *w_W_c,                 /* [D,H], weight W_c */
+    const float *w_U_c,                 /* [H,H], weight U_c */
+    const float *w_b_c,                 /* [H], weight b_c */
+    const float *w_W_f,                 /* [D,H], weight W_f */
+    const float *w_U_f,                 /* [H,H], weight U_f */
+    const float *w_b_f,                 /* [H], weight b_f */
+    const float *w_W_o,                 /* [D,H], weight W_o */
+    const float *w_U_o,                 /* [H,H], weight U_o */
+    const float *w_b_o,                 /* [H], weight b_o */
+    const float *save,                  /* [save_size], from forward */
+    const float *dy,                    /* [B,T,H], gradient of the loss w.r.t. y */
+    const float *dstate_last,           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    float *dx,                          /* [B,T,D] */
+    float *dstate0,                     /* [S,B,H], gradient w.r.t. state0, or NULL */
+    float *dw_W_i,                      /* [D,H], gradient of W_i */
+    float *dw_U_i,                      /* [H,H], gradient of U_i */
+    float *dw_b_i,                      /* [H], gradient of b_i */
+    float *dw_W_c,                      /* [D,H], gradient of W_c */
+    float *dw_U_c,                      /* [H,H], gradient of U_c */
+    float *dw_b_c,                      /* [H], gradient of b_c */
+    float *dw_W_f,                      /* [D,H], gradient of W_f */
+    float *dw_U_f,                      /* [H,H], gradient of U_f */
+    float *dw_b_f,                      /* [H], gradient of b_f */
+    float *dw_W_o,                      /* [D,H], gradient of W_o */
+    float *dw_U_o,                      /* [H,H], gradient of U_o */
+    float *dw_b_o,                      /* [H], gradient of b_o */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W_i || !dw_W_i || !w_U_i || !dw_U_i || !w_b_i || !dw_b_i || !w_W_c || !dw_W_c || !w_U_c || !dw_U_c || !w_b_c || !dw_b_c || !w_W_f || !dw_W_f || !w_U_f || !dw_U_f || !w_b_f || !dw_b_f || !w_W_o || !dw_W_o || !w_U_o || !dw_U_o || !w_b_o || !dw_b_o) return RNNGEN_ENULL;
+    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !save || !dy || !dx || !dw_W_i || !dw_U_i || !dw_b_i || !dw_W_c || !dw_U_c || !dw_b_c || !dw_W_f || !dw_U_f || !dw_b_f || !dw_W_o || !dw_U_o || !dw_b_o || !work) return RNNGEN_ENULL;
     if ((st = rnngen_lstm_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -685,6 +711,24 @@ int rnngen_lstm_backward_f32(void *stream, int T, int B, int D, int H, int trunc
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_f);
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)3 * BH, B, H, dw_b_o);
     return RNNGEN_OK;
+}
+
+int rnngen_lstm_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_lstm_backward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return backward_kernel_f32(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
+        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
+        args->w_b_o, args->save, args->dy, args->dstate_last, args->dx, args->dstate0,
+        args->dw_W_i, args->dw_U_i, args->dw_b_i, args->dw_W_c, args->dw_U_c, args->dw_b_c,
+        args->dw_W_f, args->dw_U_f, args->dw_b_f, args->dw_W_o, args->dw_U_o, args->dw_b_o,
+        args->work);
 }
 
 /* ======================== double ======================== */
@@ -960,31 +1004,36 @@ static __global__ void rnngen_lstm_bwd1_f64(const rnngen_lstm_frame_f64 F, const
     }
 }
 
-int rnngen_lstm_forward_f64(void *stream, int T, int B, int D, int H,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const double *state0,           /* [S,B,H] h, c before the first step; NULL: zeros */
-    const double *w_W_i,         /* [D,H] */
-    const double *w_U_i,         /* [H,H] */
-    const double *w_b_i,         /* [H] */
-    const double *w_W_c,         /* [D,H] */
-    const double *w_U_c,         /* [H,H] */
-    const double *w_b_c,         /* [H] */
-    const double *w_W_f,         /* [D,H] */
-    const double *w_U_f,         /* [H,H] */
-    const double *w_b_f,         /* [H] */
-    const double *w_W_o,         /* [D,H] */
-    const double *w_U_o,         /* [H,H] */
-    const double *w_b_o,         /* [H] */
-    double *y,                      /* [B,T,H] output (the carried h) at every step */
-    double *state_last,             /* [S,B,H] every state's final value, or NULL */
-    double *save,                   /* [save_size] for backward, or NULL (inference) */
-    double *work)                   /* [work_size] scratch */
+static int forward_kernel_f64(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const double *state0,               /* [S,B,H], every state (h, c) before the first step; NULL: zeros */
+    const double *w_W_i,                /* [D,H], weight W_i */
+    const double *w_U_i,                /* [H,H], weight U_i */
+    const double *w_b_i,                /* [H], weight b_i */
+    const double *w_W_c,                /* [D,H], weight W_c */
+    const double *w_U_c,                /* [H,H], weight U_c */
+    const double *w_b_c,                /* [H], weight b_c */
+    const double *w_W_f,                /* [D,H], weight W_f */
+    const double *w_U_f,                /* [H,H], weight U_f */
+    const double *w_b_f,                /* [H], weight b_f */
+    const double *w_W_o,                /* [D,H], weight W_o */
+    const double *w_U_o,                /* [H,H], weight U_o */
+    const double *w_b_o,                /* [H], weight b_o */
+    double *y,                          /* [B,T,H], the output (the carried h) at every step */
+    double *state_last,                 /* [S,B,H], every state's final value, or NULL */
+    double *save,                       /* [save_size], for backward, or NULL (inference) */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o) return RNNGEN_ENULL;
+    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !y || !work) return RNNGEN_ENULL;
     if ((st = rnngen_lstm_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -1089,45 +1138,66 @@ int rnngen_lstm_forward_f64(void *stream, int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_lstm_backward_f64(void *stream, int T, int B, int D, int H, int truncate,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const double *w_W_i,         /* [D,H] */
-    const double *w_U_i,         /* [H,H] */
-    const double *w_b_i,         /* [H] */
-    const double *w_W_c,         /* [D,H] */
-    const double *w_U_c,         /* [H,H] */
-    const double *w_b_c,         /* [H] */
-    const double *w_W_f,         /* [D,H] */
-    const double *w_U_f,         /* [H,H] */
-    const double *w_b_f,         /* [H] */
-    const double *w_W_o,         /* [D,H] */
-    const double *w_U_o,         /* [H,H] */
-    const double *w_b_o,         /* [H] */
-    const double *save,             /* [save_size] from forward */
-    const double *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const double *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    double *dx,                     /* [B,T,D] */
-    double *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    double *dw_W_i,        /* [D,H] */
-    double *dw_U_i,        /* [H,H] */
-    double *dw_b_i,        /* [H] */
-    double *dw_W_c,        /* [D,H] */
-    double *dw_U_c,        /* [H,H] */
-    double *dw_b_c,        /* [H] */
-    double *dw_W_f,        /* [D,H] */
-    double *dw_U_f,        /* [H,H] */
-    double *dw_b_f,        /* [H] */
-    double *dw_W_o,        /* [D,H] */
-    double *dw_U_o,        /* [H,H] */
-    double *dw_b_o,        /* [H] */
-    double *work)                   /* [work_size] */
+int rnngen_lstm_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_lstm_forward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return forward_kernel_f64(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
+        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
+        args->w_b_o, args->y, args->state_last, args->save, args->work);
+}
+
+static int backward_kernel_f64(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const double *w_W_i,                /* [D,H], weight W_i */
+    const double *w_U_i,                /* [H,H], weight U_i */
+    const double *w_b_i,                /* [H], weight b_i */
+    const double *w_W_c,                /* [D,H], weight W_c */
+    const double *w_U_c,                /* [H,H], weight U_c */
+    const double *w_b_c,                /* [H], weight b_c */
+    const double *w_W_f,                /* [D,H], weight W_f */
+    const double *w_U_f,                /* [H,H], weight U_f */
+    const double *w_b_f,                /* [H], weight b_f */
+    const double *w_W_o,                /* [D,H], weight W_o */
+    const double *w_U_o,                /* [H,H], weight U_o */
+    const double *w_b_o,                /* [H], weight b_o */
+    const double *save,                 /* [save_size], from forward */
+    const double *dy,                   /* [B,T,H], gradient of the loss w.r.t. y */
+    const double *dstate_last,          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    double *dx,                         /* [B,T,D] */
+    double *dstate0,                    /* [S,B,H], gradient w.r.t. state0, or NULL */
+    double *dw_W_i,                     /* [D,H], gradient of W_i */
+    double *dw_U_i,                     /* [H,H], gradient of U_i */
+    double *dw_b_i,                     /* [H], gradient of b_i */
+    double *dw_W_c,                     /* [D,H], gradient of W_c */
+    double *dw_U_c,                     /* [H,H], gradient of U_c */
+    double *dw_b_c,                     /* [H], gradient of b_c */
+    double *dw_W_f,                     /* [D,H], gradient of W_f */
+    double *dw_U_f,                     /* [H,H], gradient of U_f */
+    double *dw_b_f,                     /* [H], gradient of b_f */
+    double *dw_W_o,                     /* [D,H], gradient of W_o */
+    double *dw_U_o,                     /* [H,H], gradient of U_o */
+    double *dw_b_o,                     /* [H], gradient of b_o */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W_i || !dw_W_i || !w_U_i || !dw_U_i || !w_b_i || !dw_b_i || !w_W_c || !dw_W_c || !w_U_c || !dw_U_c || !w_b_c || !dw_b_c || !w_W_f || !dw_W_f || !w_U_f || !dw_U_f || !w_b_f || !dw_b_f || !w_W_o || !dw_W_o || !w_U_o || !dw_U_o || !w_b_o || !dw_b_o) return RNNGEN_ENULL;
+    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !save || !dy || !dx || !dw_W_i || !dw_U_i || !dw_b_i || !dw_W_c || !dw_U_c || !dw_b_c || !dw_W_f || !dw_U_f || !dw_b_f || !dw_W_o || !dw_U_o || !dw_b_o || !work) return RNNGEN_ENULL;
     if ((st = rnngen_lstm_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -1252,4 +1322,22 @@ int rnngen_lstm_backward_f64(void *stream, int T, int B, int D, int H, int trunc
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_f);
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)3 * BH, B, H, dw_b_o);
     return RNNGEN_OK;
+}
+
+int rnngen_lstm_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_lstm_backward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return backward_kernel_f64(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
+        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
+        args->w_b_o, args->save, args->dy, args->dstate_last, args->dx, args->dstate0,
+        args->dw_W_i, args->dw_U_i, args->dw_b_i, args->dw_W_c, args->dw_U_c, args->dw_b_c,
+        args->dw_W_f, args->dw_U_f, args->dw_b_f, args->dw_W_o, args->dw_U_o, args->dw_b_o,
+        args->work);
 }

@@ -24,112 +24,150 @@ int rnngen_lstm_team_size(int T, int B, int D, int H);
  * build's instruction set): its name (avx512, avx2, sse2, neon, portable) and the
  * register blocks, e.g. "avx2 float 6x16 double 6x8". */
 const char *rnngen_lstm_kernel(void);
+/* The entry points take a context (rnngen_ctx in rnngen_runtime.h: the call's threads;
+ * NULL for the defaults) and one struct of arguments: the sizes, then every buffer and
+ * weight by name ([shape] in T, B, D, H, S = the number of states; save_size and
+ * work_size from rnngen_lstm_sizes).  Pointers marked NULL-able may be NULL. */
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
- * state0: [S,B,H] every state (h, c) before the first step, or NULL for
- * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
-int rnngen_lstm_forward_f32(int T, int B, int D, int H,
-    const float *x, const unsigned char *mask, const float *state0,
-    const float *w_W_i,
-    const float *w_U_i,
-    const float *w_b_i,
-    const float *w_W_c,
-    const float *w_U_c,
-    const float *w_b_c,
-    const float *w_W_f,
-    const float *w_U_f,
-    const float *w_b_f,
-    const float *w_W_o,
-    const float *w_U_o,
-    const float *w_b_o,
-    float *y, float *state_last, float *save, float *work);
+/* Forward over all steps (save == NULL: inference, nothing kept for backward). */
+typedef struct rnngen_lstm_forward_args_f32 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    const float *x;                     /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const float *state0;                /* [S,B,H], every state (h, c) before the first step; NULL: zeros */
+    const float *w_W_i;                 /* [D,H], weight W_i */
+    const float *w_U_i;                 /* [H,H], weight U_i */
+    const float *w_b_i;                 /* [H], weight b_i */
+    const float *w_W_c;                 /* [D,H], weight W_c */
+    const float *w_U_c;                 /* [H,H], weight U_c */
+    const float *w_b_c;                 /* [H], weight b_c */
+    const float *w_W_f;                 /* [D,H], weight W_f */
+    const float *w_U_f;                 /* [H,H], weight U_f */
+    const float *w_b_f;                 /* [H], weight b_f */
+    const float *w_W_o;                 /* [D,H], weight W_o */
+    const float *w_U_o;                 /* [H,H], weight U_o */
+    const float *w_b_o;                 /* [H], weight b_o */
+    float *y;                           /* [B,T,H], the output (the carried h) at every step */
+    float *state_last;                  /* [S,B,H], every state's final value, or NULL */
+    float *save;                        /* [save_size], for backward, or NULL (inference) */
+    float *work;                        /* [work_size], scratch */
+} rnngen_lstm_forward_args_f32;
+int rnngen_lstm_forward_f32(const rnngen_ctx *ctx, const rnngen_lstm_forward_args_f32 *args);
 
-/* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
- * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
- * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
- * full BPTT, k > 0 = the last k steps only. */
-int rnngen_lstm_backward_f32(int T, int B, int D, int H, int truncate,
-    const float *x, const unsigned char *mask,
-    const float *w_W_i,
-    const float *w_U_i,
-    const float *w_b_i,
-    const float *w_W_c,
-    const float *w_U_c,
-    const float *w_b_c,
-    const float *w_W_f,
-    const float *w_U_f,
-    const float *w_b_f,
-    const float *w_W_o,
-    const float *w_U_o,
-    const float *w_b_o,
-    const float *save, const float *dy, const float *dstate_last,
-    float *dx, float *dstate0,
-    float *dw_W_i,
-    float *dw_U_i,
-    float *dw_b_i,
-    float *dw_W_c,
-    float *dw_U_c,
-    float *dw_b_c,
-    float *dw_W_f,
-    float *dw_U_f,
-    float *dw_b_f,
-    float *dw_W_o,
-    float *dw_U_o,
-    float *dw_b_o,
-    float *work);
+/* Backward for the last forward (the same x, mask, weights and save): writes dx, every
+ * weight gradient and, unless NULL, dstate0 (zero when truncation stops before step 0). */
+typedef struct rnngen_lstm_backward_args_f32 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    int truncate;                       /* -1: full BPTT; k > 0: the last k steps only */
+    const float *x;                     /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], the forward's mask, or NULL */
+    const float *w_W_i;                 /* [D,H], weight W_i */
+    const float *w_U_i;                 /* [H,H], weight U_i */
+    const float *w_b_i;                 /* [H], weight b_i */
+    const float *w_W_c;                 /* [D,H], weight W_c */
+    const float *w_U_c;                 /* [H,H], weight U_c */
+    const float *w_b_c;                 /* [H], weight b_c */
+    const float *w_W_f;                 /* [D,H], weight W_f */
+    const float *w_U_f;                 /* [H,H], weight U_f */
+    const float *w_b_f;                 /* [H], weight b_f */
+    const float *w_W_o;                 /* [D,H], weight W_o */
+    const float *w_U_o;                 /* [H,H], weight U_o */
+    const float *w_b_o;                 /* [H], weight b_o */
+    const float *save;                  /* [save_size], from forward */
+    const float *dy;                    /* [B,T,H], gradient of the loss w.r.t. y */
+    const float *dstate_last;           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    float *dx;                          /* [B,T,D] */
+    float *dstate0;                     /* [S,B,H], gradient w.r.t. state0, or NULL */
+    float *dw_W_i;                      /* [D,H], gradient of W_i */
+    float *dw_U_i;                      /* [H,H], gradient of U_i */
+    float *dw_b_i;                      /* [H], gradient of b_i */
+    float *dw_W_c;                      /* [D,H], gradient of W_c */
+    float *dw_U_c;                      /* [H,H], gradient of U_c */
+    float *dw_b_c;                      /* [H], gradient of b_c */
+    float *dw_W_f;                      /* [D,H], gradient of W_f */
+    float *dw_U_f;                      /* [H,H], gradient of U_f */
+    float *dw_b_f;                      /* [H], gradient of b_f */
+    float *dw_W_o;                      /* [D,H], gradient of W_o */
+    float *dw_U_o;                      /* [H,H], gradient of U_o */
+    float *dw_b_o;                      /* [H], gradient of b_o */
+    float *work;                        /* [work_size], scratch */
+} rnngen_lstm_backward_args_f32;
+int rnngen_lstm_backward_f32(const rnngen_ctx *ctx, const rnngen_lstm_backward_args_f32 *args);
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
- * state0: [S,B,H] every state (h, c) before the first step, or NULL for
- * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
-int rnngen_lstm_forward_f64(int T, int B, int D, int H,
-    const double *x, const unsigned char *mask, const double *state0,
-    const double *w_W_i,
-    const double *w_U_i,
-    const double *w_b_i,
-    const double *w_W_c,
-    const double *w_U_c,
-    const double *w_b_c,
-    const double *w_W_f,
-    const double *w_U_f,
-    const double *w_b_f,
-    const double *w_W_o,
-    const double *w_U_o,
-    const double *w_b_o,
-    double *y, double *state_last, double *save, double *work);
+/* Forward over all steps (save == NULL: inference, nothing kept for backward). */
+typedef struct rnngen_lstm_forward_args_f64 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    const double *x;                    /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const double *state0;               /* [S,B,H], every state (h, c) before the first step; NULL: zeros */
+    const double *w_W_i;                /* [D,H], weight W_i */
+    const double *w_U_i;                /* [H,H], weight U_i */
+    const double *w_b_i;                /* [H], weight b_i */
+    const double *w_W_c;                /* [D,H], weight W_c */
+    const double *w_U_c;                /* [H,H], weight U_c */
+    const double *w_b_c;                /* [H], weight b_c */
+    const double *w_W_f;                /* [D,H], weight W_f */
+    const double *w_U_f;                /* [H,H], weight U_f */
+    const double *w_b_f;                /* [H], weight b_f */
+    const double *w_W_o;                /* [D,H], weight W_o */
+    const double *w_U_o;                /* [H,H], weight U_o */
+    const double *w_b_o;                /* [H], weight b_o */
+    double *y;                          /* [B,T,H], the output (the carried h) at every step */
+    double *state_last;                 /* [S,B,H], every state's final value, or NULL */
+    double *save;                       /* [save_size], for backward, or NULL (inference) */
+    double *work;                       /* [work_size], scratch */
+} rnngen_lstm_forward_args_f64;
+int rnngen_lstm_forward_f64(const rnngen_ctx *ctx, const rnngen_lstm_forward_args_f64 *args);
 
-/* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
- * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
- * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
- * full BPTT, k > 0 = the last k steps only. */
-int rnngen_lstm_backward_f64(int T, int B, int D, int H, int truncate,
-    const double *x, const unsigned char *mask,
-    const double *w_W_i,
-    const double *w_U_i,
-    const double *w_b_i,
-    const double *w_W_c,
-    const double *w_U_c,
-    const double *w_b_c,
-    const double *w_W_f,
-    const double *w_U_f,
-    const double *w_b_f,
-    const double *w_W_o,
-    const double *w_U_o,
-    const double *w_b_o,
-    const double *save, const double *dy, const double *dstate_last,
-    double *dx, double *dstate0,
-    double *dw_W_i,
-    double *dw_U_i,
-    double *dw_b_i,
-    double *dw_W_c,
-    double *dw_U_c,
-    double *dw_b_c,
-    double *dw_W_f,
-    double *dw_U_f,
-    double *dw_b_f,
-    double *dw_W_o,
-    double *dw_U_o,
-    double *dw_b_o,
-    double *work);
+/* Backward for the last forward (the same x, mask, weights and save): writes dx, every
+ * weight gradient and, unless NULL, dstate0 (zero when truncation stops before step 0). */
+typedef struct rnngen_lstm_backward_args_f64 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    int truncate;                       /* -1: full BPTT; k > 0: the last k steps only */
+    const double *x;                    /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], the forward's mask, or NULL */
+    const double *w_W_i;                /* [D,H], weight W_i */
+    const double *w_U_i;                /* [H,H], weight U_i */
+    const double *w_b_i;                /* [H], weight b_i */
+    const double *w_W_c;                /* [D,H], weight W_c */
+    const double *w_U_c;                /* [H,H], weight U_c */
+    const double *w_b_c;                /* [H], weight b_c */
+    const double *w_W_f;                /* [D,H], weight W_f */
+    const double *w_U_f;                /* [H,H], weight U_f */
+    const double *w_b_f;                /* [H], weight b_f */
+    const double *w_W_o;                /* [D,H], weight W_o */
+    const double *w_U_o;                /* [H,H], weight U_o */
+    const double *w_b_o;                /* [H], weight b_o */
+    const double *save;                 /* [save_size], from forward */
+    const double *dy;                   /* [B,T,H], gradient of the loss w.r.t. y */
+    const double *dstate_last;          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    double *dx;                         /* [B,T,D] */
+    double *dstate0;                    /* [S,B,H], gradient w.r.t. state0, or NULL */
+    double *dw_W_i;                     /* [D,H], gradient of W_i */
+    double *dw_U_i;                     /* [H,H], gradient of U_i */
+    double *dw_b_i;                     /* [H], gradient of b_i */
+    double *dw_W_c;                     /* [D,H], gradient of W_c */
+    double *dw_U_c;                     /* [H,H], gradient of U_c */
+    double *dw_b_c;                     /* [H], gradient of b_c */
+    double *dw_W_f;                     /* [D,H], gradient of W_f */
+    double *dw_U_f;                     /* [H,H], gradient of U_f */
+    double *dw_b_f;                     /* [H], gradient of b_f */
+    double *dw_W_o;                     /* [D,H], gradient of W_o */
+    double *dw_U_o;                     /* [H,H], gradient of U_o */
+    double *dw_b_o;                     /* [H], gradient of b_o */
+    double *work;                       /* [work_size], scratch */
+} rnngen_lstm_backward_args_f64;
+int rnngen_lstm_backward_f64(const rnngen_ctx *ctx, const rnngen_lstm_backward_args_f64 *args);
 #endif

@@ -28,7 +28,8 @@
 /* bytes of packed weights every thread reads each step in the batch split */
 #define PACKED_BYTES(D, H, size) ((size) * (size_t)(H) * ((size_t)(D) * NW + (size_t)(H) * NUCOLS))
 /* the threads a call asks for (see rnngen_team), for elements of `size` bytes */
-#define TEAM(T, B, D, H, size) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size))
+/* (threads: the context's request, 0 for set_threads' count or OpenMP's) */
+#define TEAM(T, B, D, H, size, threads) rnngen_team(T, B, D, H, NW, NUCOLS, PACKED_BYTES(D, H, size), threads)
 /* where in save forward notes the layout of XW (its number of slices); the next two
  * elements note whether it had a mask and whether it had initial states */
 #define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
@@ -67,7 +68,7 @@ int rnngen_simpledeeprnn_set_threads(int n)
 int rnngen_simpledeeprnn_team_size(int T, int B, int D, int H)
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
-    return st ? st : TEAM(T, B, D, H, sizeof(float));
+    return st ? st : TEAM(T, B, D, H, sizeof(float), 0);
 }
 
 const char *rnngen_simpledeeprnn_kernel(void)
@@ -77,24 +78,29 @@ const char *rnngen_simpledeeprnn_kernel(void)
 
 /* ======================== float ======================== */
 
-int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const float *state0,           /* [S,B,H] h before the first step; NULL: zeros */
-    const float *w_W,           /* [D,H] */
-    const float *w_U_1,         /* [H,H] */
-    const float *w_U_2,         /* [H,H] */
-    const float *w_U_3,         /* [H,H] */
-    const float *w_b,           /* [H] */
-    float *y,                      /* [B,T,H] output (the carried h) at every step */
-    float *state_last,             /* [S,B,H] every state's final value, or NULL */
-    float *save,                   /* [save_size] for backward, or NULL (inference) */
-    float *work)                   /* [work_size] scratch */
+static int forward_kernel_f32(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const float *state0,                /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const float *w_W,                   /* [D,H], weight W */
+    const float *w_U_1,                 /* [H,H], weight U_1 */
+    const float *w_U_2,                 /* [H,H], weight U_2 */
+    const float *w_U_3,                 /* [H,H], weight U_3 */
+    const float *w_b,                   /* [H], weight b */
+    float *y,                           /* [B,T,H], the output (the carried h) at every step */
+    float *state_last,                  /* [S,B,H], every state's final value, or NULL */
+    float *save,                        /* [save_size], for backward, or NULL (inference) */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b) return RNNGEN_ENULL;
+    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
@@ -162,7 +168,7 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = TEAM(T, B, D, H, sizeof(float));
+    const int nt_asked = TEAM(T, B, D, H, sizeof(float), threads);
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(float)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -382,31 +388,47 @@ int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const float *w_W,           /* [D,H] */
-    const float *w_U_1,         /* [H,H] */
-    const float *w_U_2,         /* [H,H] */
-    const float *w_U_3,         /* [H,H] */
-    const float *w_b,           /* [H] */
-    const float *save,             /* [save_size] from forward */
-    const float *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const float *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    float *dx,                     /* [B,T,D] */
-    float *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    float *dw_W,          /* [D,H] */
-    float *dw_U_1,        /* [H,H] */
-    float *dw_U_2,        /* [H,H] */
-    float *dw_U_3,        /* [H,H] */
-    float *dw_b,          /* [H] */
-    float *work)                   /* [work_size] */
+int rnngen_simpledeeprnn_forward_f32(const rnngen_ctx *ctx, const rnngen_simpledeeprnn_forward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return forward_kernel_f32(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
+        args->y, args->state_last, args->save, args->work);
+}
+
+static int backward_kernel_f32(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const float *w_W,                   /* [D,H], weight W */
+    const float *w_U_1,                 /* [H,H], weight U_1 */
+    const float *w_U_2,                 /* [H,H], weight U_2 */
+    const float *w_U_3,                 /* [H,H], weight U_3 */
+    const float *w_b,                   /* [H], weight b */
+    const float *save,                  /* [save_size], from forward */
+    const float *dy,                    /* [B,T,H], gradient of the loss w.r.t. y */
+    const float *dstate_last,           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    float *dx,                          /* [B,T,D] */
+    float *dstate0,                     /* [S,B,H], gradient w.r.t. state0, or NULL */
+    float *dw_W,                        /* [D,H], gradient of W */
+    float *dw_U_1,                      /* [H,H], gradient of U_1 */
+    float *dw_U_2,                      /* [H,H], gradient of U_2 */
+    float *dw_U_3,                      /* [H,H], gradient of U_3 */
+    float *dw_b,                        /* [H], gradient of b */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W || !dw_W || !w_U_1 || !dw_U_1 || !w_U_2 || !dw_U_2 || !w_U_3 || !dw_U_3 || !w_b || !dw_b) return RNNGEN_ENULL;
+    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !save || !dy || !dx || !dw_W || !dw_U_1 || !dw_U_2 || !dw_U_3 || !dw_b || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
@@ -478,7 +500,7 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(float)) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(float), threads) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -902,26 +924,42 @@ int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
     return team_ok ? RNNGEN_OK : RNNGEN_ETEAM;
 }
 
+int rnngen_simpledeeprnn_backward_f32(const rnngen_ctx *ctx, const rnngen_simpledeeprnn_backward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return backward_kernel_f32(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
+        args->save, args->dy, args->dstate_last, args->dx, args->dstate0, args->dw_W,
+        args->dw_U_1, args->dw_U_2, args->dw_U_3, args->dw_b, args->work);
+}
+
 /* ======================== double ======================== */
 
-int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const double *state0,           /* [S,B,H] h before the first step; NULL: zeros */
-    const double *w_W,           /* [D,H] */
-    const double *w_U_1,         /* [H,H] */
-    const double *w_U_2,         /* [H,H] */
-    const double *w_U_3,         /* [H,H] */
-    const double *w_b,           /* [H] */
-    double *y,                      /* [B,T,H] output (the carried h) at every step */
-    double *state_last,             /* [S,B,H] every state's final value, or NULL */
-    double *save,                   /* [save_size] for backward, or NULL (inference) */
-    double *work)                   /* [work_size] scratch */
+static int forward_kernel_f64(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const double *state0,               /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const double *w_W,                  /* [D,H], weight W */
+    const double *w_U_1,                /* [H,H], weight U_1 */
+    const double *w_U_2,                /* [H,H], weight U_2 */
+    const double *w_U_3,                /* [H,H], weight U_3 */
+    const double *w_b,                  /* [H], weight b */
+    double *y,                          /* [B,T,H], the output (the carried h) at every step */
+    double *state_last,                 /* [S,B,H], every state's final value, or NULL */
+    double *save,                       /* [save_size], for backward, or NULL (inference) */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b) return RNNGEN_ENULL;
+    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
@@ -989,7 +1027,7 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
-    const int nt_asked = TEAM(T, B, D, H, sizeof(double));
+    const int nt_asked = TEAM(T, B, D, H, sizeof(double), threads);
     const int split = rnngen_split_batch(B, nt_asked, PACKED_BYTES(D, H, sizeof(double)));
 
 #pragma omp parallel num_threads(nt_asked)
@@ -1209,31 +1247,47 @@ int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const double *w_W,           /* [D,H] */
-    const double *w_U_1,         /* [H,H] */
-    const double *w_U_2,         /* [H,H] */
-    const double *w_U_3,         /* [H,H] */
-    const double *w_b,           /* [H] */
-    const double *save,             /* [save_size] from forward */
-    const double *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const double *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    double *dx,                     /* [B,T,D] */
-    double *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    double *dw_W,          /* [D,H] */
-    double *dw_U_1,        /* [H,H] */
-    double *dw_U_2,        /* [H,H] */
-    double *dw_U_3,        /* [H,H] */
-    double *dw_b,          /* [H] */
-    double *work)                   /* [work_size] */
+int rnngen_simpledeeprnn_forward_f64(const rnngen_ctx *ctx, const rnngen_simpledeeprnn_forward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return forward_kernel_f64(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
+        args->y, args->state_last, args->save, args->work);
+}
+
+static int backward_kernel_f64(
+    int threads,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const double *w_W,                  /* [D,H], weight W */
+    const double *w_U_1,                /* [H,H], weight U_1 */
+    const double *w_U_2,                /* [H,H], weight U_2 */
+    const double *w_U_3,                /* [H,H], weight U_3 */
+    const double *w_b,                  /* [H], weight b */
+    const double *save,                 /* [save_size], from forward */
+    const double *dy,                   /* [B,T,H], gradient of the loss w.r.t. y */
+    const double *dstate_last,          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    double *dx,                         /* [B,T,D] */
+    double *dstate0,                    /* [S,B,H], gradient w.r.t. state0, or NULL */
+    double *dw_W,                       /* [D,H], gradient of W */
+    double *dw_U_1,                     /* [H,H], gradient of U_1 */
+    double *dw_U_2,                     /* [H,H], gradient of U_2 */
+    double *dw_U_3,                     /* [H,H], gradient of U_3 */
+    double *dw_b,                       /* [H], gradient of b */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W || !dw_W || !w_U_1 || !dw_U_1 || !w_U_2 || !dw_U_2 || !w_U_3 || !dw_U_3 || !w_b || !dw_b) return RNNGEN_ENULL;
+    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !save || !dy || !dx || !dw_W || !dw_U_1 || !dw_U_2 || !dw_U_3 || !dw_b || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
     const size_t LDS_g0 = 1 * (size_t)H;
     const size_t LDS_g1 = 1 * (size_t)H;
@@ -1305,7 +1359,7 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
 
-#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(double)) : (int)slices)
+#pragma omp parallel num_threads(split ? TEAM(T, B, D, H, sizeof(double), threads) : (int)slices)
     {
         /* Unit split (split == 0): this thread owns hidden units [j0, j1) of every sample:
          * their columns of every block side by side (the packed W and U panels, XW, S, dS,
@@ -1727,4 +1781,15 @@ int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
         }
     }
     return team_ok ? RNNGEN_OK : RNNGEN_ETEAM;
+}
+
+int rnngen_simpledeeprnn_backward_f64(const rnngen_ctx *ctx, const rnngen_simpledeeprnn_backward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;
+    return backward_kernel_f64(ctx ? ctx->threads : 0,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
+        args->save, args->dy, args->dstate_last, args->dx, args->dstate0, args->dw_W,
+        args->dw_U_1, args->dw_U_2, args->dw_U_3, args->dw_b, args->work);
 }

@@ -356,24 +356,29 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f32(const rnngen_simpledeeprnn_
     }
 }
 
-int rnngen_simpledeeprnn_forward_f32(void *stream, int T, int B, int D, int H,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const float *state0,           /* [S,B,H] h before the first step; NULL: zeros */
-    const float *w_W,           /* [D,H] */
-    const float *w_U_1,         /* [H,H] */
-    const float *w_U_2,         /* [H,H] */
-    const float *w_U_3,         /* [H,H] */
-    const float *w_b,           /* [H] */
-    float *y,                      /* [B,T,H] output (the carried h) at every step */
-    float *state_last,             /* [S,B,H] every state's final value, or NULL */
-    float *save,                   /* [save_size] for backward, or NULL (inference) */
-    float *work)                   /* [work_size] scratch */
+static int forward_kernel_f32(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const float *state0,                /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const float *w_W,                   /* [D,H], weight W */
+    const float *w_U_1,                 /* [H,H], weight U_1 */
+    const float *w_U_2,                 /* [H,H], weight U_2 */
+    const float *w_U_3,                 /* [H,H], weight U_3 */
+    const float *w_b,                   /* [H], weight b */
+    float *y,                           /* [B,T,H], the output (the carried h) at every step */
+    float *state_last,                  /* [S,B,H], every state's final value, or NULL */
+    float *save,                        /* [save_size], for backward, or NULL (inference) */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b) return RNNGEN_ENULL;
+    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !y || !work) return RNNGEN_ENULL;
     if ((st = rnngen_simpledeeprnn_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -485,31 +490,51 @@ int rnngen_simpledeeprnn_forward_f32(void *stream, int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_simpledeeprnn_backward_f32(void *stream, int T, int B, int D, int H, int truncate,
-    const float *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const float *w_W,           /* [D,H] */
-    const float *w_U_1,         /* [H,H] */
-    const float *w_U_2,         /* [H,H] */
-    const float *w_U_3,         /* [H,H] */
-    const float *w_b,           /* [H] */
-    const float *save,             /* [save_size] from forward */
-    const float *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const float *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    float *dx,                     /* [B,T,D] */
-    float *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    float *dw_W,          /* [D,H] */
-    float *dw_U_1,        /* [H,H] */
-    float *dw_U_2,        /* [H,H] */
-    float *dw_U_3,        /* [H,H] */
-    float *dw_b,          /* [H] */
-    float *work)                   /* [work_size] */
+int rnngen_simpledeeprnn_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_simpledeeprnn_forward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return forward_kernel_f32(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
+        args->y, args->state_last, args->save, args->work);
+}
+
+static int backward_kernel_f32(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const float *x,                     /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const float *w_W,                   /* [D,H], weight W */
+    const float *w_U_1,                 /* [H,H], weight U_1 */
+    const float *w_U_2,                 /* [H,H], weight U_2 */
+    const float *w_U_3,                 /* [H,H], weight U_3 */
+    const float *w_b,                   /* [H], weight b */
+    const float *save,                  /* [save_size], from forward */
+    const float *dy,                    /* [B,T,H], gradient of the loss w.r.t. y */
+    const float *dstate_last,           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    float *dx,                          /* [B,T,D] */
+    float *dstate0,                     /* [S,B,H], gradient w.r.t. state0, or NULL */
+    float *dw_W,                        /* [D,H], gradient of W */
+    float *dw_U_1,                      /* [H,H], gradient of U_1 */
+    float *dw_U_2,                      /* [H,H], gradient of U_2 */
+    float *dw_U_3,                      /* [H,H], gradient of U_3 */
+    float *dw_b,                        /* [H], gradient of b */
+    float *work)                        /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W || !dw_W || !w_U_1 || !dw_U_1 || !w_U_2 || !dw_U_2 || !w_U_3 || !dw_U_3 || !w_b || !dw_b) return RNNGEN_ENULL;
+    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !save || !dy || !dx || !dw_W || !dw_U_1 || !dw_U_2 || !dw_U_3 || !dw_b || !work) return RNNGEN_ENULL;
     if ((st = rnngen_simpledeeprnn_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -639,6 +664,21 @@ int rnngen_simpledeeprnn_backward_f32(void *stream, int T, int B, int D, int H, 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (float)1, dXW, LDXW, Wcat, LDXW, (float)0, dx, (size_t)D));
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b);
     return RNNGEN_OK;
+}
+
+int rnngen_simpledeeprnn_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_simpledeeprnn_backward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return backward_kernel_f32(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
+        args->save, args->dy, args->dstate_last, args->dx, args->dstate0, args->dw_W,
+        args->dw_U_1, args->dw_U_2, args->dw_U_3, args->dw_b, args->work);
 }
 
 /* ======================== double ======================== */
@@ -875,24 +915,29 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f64(const rnngen_simpledeeprnn_
     }
 }
 
-int rnngen_simpledeeprnn_forward_f64(void *stream, int T, int B, int D, int H,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] 1 = real step, 0 = padding; NULL: all real */
-    const double *state0,           /* [S,B,H] h before the first step; NULL: zeros */
-    const double *w_W,           /* [D,H] */
-    const double *w_U_1,         /* [H,H] */
-    const double *w_U_2,         /* [H,H] */
-    const double *w_U_3,         /* [H,H] */
-    const double *w_b,           /* [H] */
-    double *y,                      /* [B,T,H] output (the carried h) at every step */
-    double *state_last,             /* [S,B,H] every state's final value, or NULL */
-    double *save,                   /* [save_size] for backward, or NULL (inference) */
-    double *work)                   /* [work_size] scratch */
+static int forward_kernel_f64(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const double *state0,               /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const double *w_W,                  /* [D,H], weight W */
+    const double *w_U_1,                /* [H,H], weight U_1 */
+    const double *w_U_2,                /* [H,H], weight U_2 */
+    const double *w_U_3,                /* [H,H], weight U_3 */
+    const double *w_b,                  /* [H], weight b */
+    double *y,                          /* [B,T,H], the output (the carried h) at every step */
+    double *state_last,                 /* [S,B,H], every state's final value, or NULL */
+    double *save,                       /* [save_size], for backward, or NULL (inference) */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !y || !work || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b) return RNNGEN_ENULL;
+    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !y || !work) return RNNGEN_ENULL;
     if ((st = rnngen_simpledeeprnn_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -1004,31 +1049,51 @@ int rnngen_simpledeeprnn_forward_f64(void *stream, int T, int B, int D, int H,
     return RNNGEN_OK;
 }
 
-int rnngen_simpledeeprnn_backward_f64(void *stream, int T, int B, int D, int H, int truncate,
-    const double *x,                /* [B,T,D] */
-    const unsigned char *mask,        /* [B,T] or NULL */
-    const double *w_W,           /* [D,H] */
-    const double *w_U_1,         /* [H,H] */
-    const double *w_U_2,         /* [H,H] */
-    const double *w_U_3,         /* [H,H] */
-    const double *w_b,           /* [H] */
-    const double *save,             /* [save_size] from forward */
-    const double *dy,               /* [B,T,H] gradient of the loss w.r.t. y */
-    const double *dstate_last,      /* [S,B,H] gradient w.r.t. the final states, or NULL: zeros */
-    double *dx,                     /* [B,T,D] */
-    double *dstate0,                /* [S,B,H] gradient w.r.t. state0, or NULL */
-    double *dw_W,          /* [D,H] */
-    double *dw_U_1,        /* [H,H] */
-    double *dw_U_2,        /* [H,H] */
-    double *dw_U_3,        /* [H,H] */
-    double *dw_b,          /* [H] */
-    double *work)                   /* [work_size] */
+int rnngen_simpledeeprnn_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_simpledeeprnn_forward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return forward_kernel_f64(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
+        args->y, args->state_last, args->save, args->work);
+}
+
+static int backward_kernel_f64(
+    void *stream,
+    int T,                              /* steps */
+    int B,                              /* samples */
+    int D,                              /* input_dim */
+    int H,                              /* output_dim */
+    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
+    const double *x,                    /* [B,T,D] */
+    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
+    const double *w_W,                  /* [D,H], weight W */
+    const double *w_U_1,                /* [H,H], weight U_1 */
+    const double *w_U_2,                /* [H,H], weight U_2 */
+    const double *w_U_3,                /* [H,H], weight U_3 */
+    const double *w_b,                  /* [H], weight b */
+    const double *save,                 /* [save_size], from forward */
+    const double *dy,                   /* [B,T,H], gradient of the loss w.r.t. y */
+    const double *dstate_last,          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    double *dx,                         /* [B,T,D] */
+    double *dstate0,                    /* [S,B,H], gradient w.r.t. state0, or NULL */
+    double *dw_W,                       /* [D,H], gradient of W */
+    double *dw_U_1,                     /* [H,H], gradient of U_1 */
+    double *dw_U_2,                     /* [H,H], gradient of U_2 */
+    double *dw_U_3,                     /* [H,H], gradient of U_3 */
+    double *dw_b,                       /* [H], gradient of b */
+    double *work)                       /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !save || !dy || !dx || !work || !w_W || !dw_W || !w_U_1 || !dw_U_1 || !w_U_2 || !dw_U_2 || !w_U_3 || !dw_U_3 || !w_b || !dw_b) return RNNGEN_ENULL;
+    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !save || !dy || !dx || !dw_W || !dw_U_1 || !dw_U_2 || !dw_U_3 || !dw_b || !work) return RNNGEN_ENULL;
     if ((st = rnngen_simpledeeprnn_cuda_init())) return st;
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
@@ -1158,4 +1223,19 @@ int rnngen_simpledeeprnn_backward_f64(void *stream, int T, int B, int D, int H, 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (double)1, dXW, LDXW, Wcat, LDXW, (double)0, dx, (size_t)D));
     RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b);
     return RNNGEN_OK;
+}
+
+int rnngen_simpledeeprnn_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_simpledeeprnn_backward_args_f64 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return backward_kernel_f64(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->truncate, args->x,
+        args->mask, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
+        args->save, args->dy, args->dstate_last, args->dx, args->dstate0, args->dw_W,
+        args->dw_U_1, args->dw_U_2, args->dw_U_3, args->dw_b, args->work);
 }

@@ -24,70 +24,108 @@ int rnngen_simpledeeprnn_team_size(int T, int B, int D, int H);
  * build's instruction set): its name (avx512, avx2, sse2, neon, portable) and the
  * register blocks, e.g. "avx2 float 6x16 double 6x8". */
 const char *rnngen_simpledeeprnn_kernel(void);
+/* The entry points take a context (rnngen_ctx in rnngen_runtime.h: the call's threads;
+ * NULL for the defaults) and one struct of arguments: the sizes, then every buffer and
+ * weight by name ([shape] in T, B, D, H, S = the number of states; save_size and
+ * work_size from rnngen_simpledeeprnn_sizes).  Pointers marked NULL-able may be NULL. */
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
- * state0: [S,B,H] every state (h) before the first step, or NULL for
- * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
-int rnngen_simpledeeprnn_forward_f32(int T, int B, int D, int H,
-    const float *x, const unsigned char *mask, const float *state0,
-    const float *w_W,
-    const float *w_U_1,
-    const float *w_U_2,
-    const float *w_U_3,
-    const float *w_b,
-    float *y, float *state_last, float *save, float *work);
+/* Forward over all steps (save == NULL: inference, nothing kept for backward). */
+typedef struct rnngen_simpledeeprnn_forward_args_f32 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    const float *x;                     /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const float *state0;                /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const float *w_W;                   /* [D,H], weight W */
+    const float *w_U_1;                 /* [H,H], weight U_1 */
+    const float *w_U_2;                 /* [H,H], weight U_2 */
+    const float *w_U_3;                 /* [H,H], weight U_3 */
+    const float *w_b;                   /* [H], weight b */
+    float *y;                           /* [B,T,H], the output (the carried h) at every step */
+    float *state_last;                  /* [S,B,H], every state's final value, or NULL */
+    float *save;                        /* [save_size], for backward, or NULL (inference) */
+    float *work;                        /* [work_size], scratch */
+} rnngen_simpledeeprnn_forward_args_f32;
+int rnngen_simpledeeprnn_forward_f32(const rnngen_ctx *ctx, const rnngen_simpledeeprnn_forward_args_f32 *args);
 
-/* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
- * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
- * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
- * full BPTT, k > 0 = the last k steps only. */
-int rnngen_simpledeeprnn_backward_f32(int T, int B, int D, int H, int truncate,
-    const float *x, const unsigned char *mask,
-    const float *w_W,
-    const float *w_U_1,
-    const float *w_U_2,
-    const float *w_U_3,
-    const float *w_b,
-    const float *save, const float *dy, const float *dstate_last,
-    float *dx, float *dstate0,
-    float *dw_W,
-    float *dw_U_1,
-    float *dw_U_2,
-    float *dw_U_3,
-    float *dw_b,
-    float *work);
+/* Backward for the last forward (the same x, mask, weights and save): writes dx, every
+ * weight gradient and, unless NULL, dstate0 (zero when truncation stops before step 0). */
+typedef struct rnngen_simpledeeprnn_backward_args_f32 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    int truncate;                       /* -1: full BPTT; k > 0: the last k steps only */
+    const float *x;                     /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], the forward's mask, or NULL */
+    const float *w_W;                   /* [D,H], weight W */
+    const float *w_U_1;                 /* [H,H], weight U_1 */
+    const float *w_U_2;                 /* [H,H], weight U_2 */
+    const float *w_U_3;                 /* [H,H], weight U_3 */
+    const float *w_b;                   /* [H], weight b */
+    const float *save;                  /* [save_size], from forward */
+    const float *dy;                    /* [B,T,H], gradient of the loss w.r.t. y */
+    const float *dstate_last;           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    float *dx;                          /* [B,T,D] */
+    float *dstate0;                     /* [S,B,H], gradient w.r.t. state0, or NULL */
+    float *dw_W;                        /* [D,H], gradient of W */
+    float *dw_U_1;                      /* [H,H], gradient of U_1 */
+    float *dw_U_2;                      /* [H,H], gradient of U_2 */
+    float *dw_U_3;                      /* [H,H], gradient of U_3 */
+    float *dw_b;                        /* [H], gradient of b */
+    float *work;                        /* [work_size], scratch */
+} rnngen_simpledeeprnn_backward_args_f32;
+int rnngen_simpledeeprnn_backward_f32(const rnngen_ctx *ctx, const rnngen_simpledeeprnn_backward_args_f32 *args);
 
-/* Forward over all steps.  save == NULL: inference (nothing kept for backward).
- * state0: [S,B,H] every state (h) before the first step, or NULL for
- * zeros; state_last: NULL, or [S,B,H] to receive every state's final value. */
-int rnngen_simpledeeprnn_forward_f64(int T, int B, int D, int H,
-    const double *x, const unsigned char *mask, const double *state0,
-    const double *w_W,
-    const double *w_U_1,
-    const double *w_U_2,
-    const double *w_U_3,
-    const double *w_b,
-    double *y, double *state_last, double *save, double *work);
+/* Forward over all steps (save == NULL: inference, nothing kept for backward). */
+typedef struct rnngen_simpledeeprnn_forward_args_f64 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    const double *x;                    /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
+    const double *state0;               /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const double *w_W;                  /* [D,H], weight W */
+    const double *w_U_1;                /* [H,H], weight U_1 */
+    const double *w_U_2;                /* [H,H], weight U_2 */
+    const double *w_U_3;                /* [H,H], weight U_3 */
+    const double *w_b;                  /* [H], weight b */
+    double *y;                          /* [B,T,H], the output (the carried h) at every step */
+    double *state_last;                 /* [S,B,H], every state's final value, or NULL */
+    double *save;                       /* [save_size], for backward, or NULL (inference) */
+    double *work;                       /* [work_size], scratch */
+} rnngen_simpledeeprnn_forward_args_f64;
+int rnngen_simpledeeprnn_forward_f64(const rnngen_ctx *ctx, const rnngen_simpledeeprnn_forward_args_f64 *args);
 
-/* Backward for the last forward (same x, mask, weights, save): dy is [B,T,H];
- * dstate_last: [S,B,H] the gradient w.r.t. the final states, or NULL for zeros;
- * writes dx [B,T,D], every weight gradient and, unless NULL, dstate0 [S,B,H] (the
- * gradient w.r.t. state0; zero when truncation stops before step 0).  truncate: -1 =
- * full BPTT, k > 0 = the last k steps only. */
-int rnngen_simpledeeprnn_backward_f64(int T, int B, int D, int H, int truncate,
-    const double *x, const unsigned char *mask,
-    const double *w_W,
-    const double *w_U_1,
-    const double *w_U_2,
-    const double *w_U_3,
-    const double *w_b,
-    const double *save, const double *dy, const double *dstate_last,
-    double *dx, double *dstate0,
-    double *dw_W,
-    double *dw_U_1,
-    double *dw_U_2,
-    double *dw_U_3,
-    double *dw_b,
-    double *work);
+/* Backward for the last forward (the same x, mask, weights and save): writes dx, every
+ * weight gradient and, unless NULL, dstate0 (zero when truncation stops before step 0). */
+typedef struct rnngen_simpledeeprnn_backward_args_f64 {
+    int T;                              /* steps */
+    int B;                              /* samples */
+    int D;                              /* input_dim */
+    int H;                              /* output_dim */
+    int truncate;                       /* -1: full BPTT; k > 0: the last k steps only */
+    const double *x;                    /* [B,T,D] */
+    const unsigned char *mask;          /* [B,T], the forward's mask, or NULL */
+    const double *w_W;                  /* [D,H], weight W */
+    const double *w_U_1;                /* [H,H], weight U_1 */
+    const double *w_U_2;                /* [H,H], weight U_2 */
+    const double *w_U_3;                /* [H,H], weight U_3 */
+    const double *w_b;                  /* [H], weight b */
+    const double *save;                 /* [save_size], from forward */
+    const double *dy;                   /* [B,T,H], gradient of the loss w.r.t. y */
+    const double *dstate_last;          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    double *dx;                         /* [B,T,D] */
+    double *dstate0;                    /* [S,B,H], gradient w.r.t. state0, or NULL */
+    double *dw_W;                       /* [D,H], gradient of W */
+    double *dw_U_1;                     /* [H,H], gradient of U_1 */
+    double *dw_U_2;                     /* [H,H], gradient of U_2 */
+    double *dw_U_3;                     /* [H,H], gradient of U_3 */
+    double *dw_b;                       /* [H], gradient of b */
+    double *work;                       /* [work_size], scratch */
+} rnngen_simpledeeprnn_backward_args_f64;
+int rnngen_simpledeeprnn_backward_f64(const rnngen_ctx *ctx, const rnngen_simpledeeprnn_backward_args_f64 *args);
 #endif

@@ -18,6 +18,7 @@ from typing import Optional
 import cffi
 import numpy as np
 
+from . import abi
 from .errors import KernelError
 from .ir import CellIR
 
@@ -33,6 +34,8 @@ STATUS = {
         "backward the mask of its forward",
     -8: "a CUDA call failed",
     -9: "a cuBLAS call failed",
+    -10: "the context is wrong: a negative number of threads, or a device that is not the "
+         "current one",
 }
 ECUDA, ECUBLAS = -8, -9
 
@@ -211,6 +214,20 @@ class Kernel:
         """The library's entry point rnngen_<cell>_<name>."""
         return getattr(self.lib, f"{self.prefix}_{name}")
 
+    def _context(self, **fields):
+        """The call's context (rnngen_ctx: threads 0, the defaults)."""
+        return self.ffi.new("rnngen_ctx *", fields)
+
+    def _call(self, entry: str, sfx: str, ctx, values: dict) -> int:
+        """rnngen_<cell>_<entry><sfx>(ctx, &args), the struct filled by member name from
+        ``values`` as rnngen.abi lists the members (the header was printed from the same
+        list): a member missing from ``values`` is a KeyError here, never a shifted
+        argument.  ``values`` holds the buffers' cdata alive until the call returns."""
+        args = self.ffi.new(f"{abi.struct_name(self.prefix, entry, sfx)} *")
+        for f in abi.fields(self.ir, entry):
+            setattr(args, f.name, values[f.name])
+        return self._fn(f"{entry}{sfx}")(ctx, args)
+
     def _check_memory(self, T, B, D, H, n_save, n_work, training, itemsize):
         """MemoryError before anything is allocated if a call cannot fit this machine."""
         check_memory((n_save * training + n_work + 2 * B * T * (H + D)) * itemsize,
@@ -257,10 +274,10 @@ class Kernel:
         last = np.empty((self.nstates, B, H), x.dtype) if states_out else None
         work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731
-        st = self._fn(f"forward{sfx}")(
-            T, B, D, H, p(x), self._ptr("unsigned char", mask), p(state0),
-            *[p(w) for w in weights], p(y), p(last), p(save), p(work))
-        self._check(st, "forward")
+        values = dict(T=T, B=B, D=D, H=H, x=p(x), mask=self._ptr("unsigned char", mask),
+                      state0=p(state0), y=p(y), state_last=p(last), save=p(save), work=p(work))
+        values.update((f"w_{w.name}", p(a)) for w, a in zip(self.ir.weights, weights))
+        self._check(self._call("forward", sfx, self._context(threads=0), values), "forward")
         return y, save, last
 
     def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None,
@@ -289,11 +306,12 @@ class Kernel:
         d0 = np.empty((self.nstates, B, H), x.dtype) if state0_grad else None
         work = self._work(n_work, x.dtype)
         p = lambda a: self._ptr(ctype, a)  # noqa: E731
-        st = self._fn(f"backward{sfx}")(
-            T, B, D, H, int(truncate), p(x), self._ptr("unsigned char", mask),
-            *[p(w) for w in weights], p(save), p(dy), p(dstates), p(dx), p(d0),
-            *[p(g) for g in grads], p(work))
-        self._check(st, "backward")
+        values = dict(T=T, B=B, D=D, H=H, truncate=int(truncate), x=p(x),
+                      mask=self._ptr("unsigned char", mask), save=p(save), dy=p(dy),
+                      dstate_last=p(dstates), dx=p(dx), dstate0=p(d0), work=p(work))
+        for w, a, g in zip(self.ir.weights, weights, grads):
+            values[f"w_{w.name}"], values[f"dw_{w.name}"] = p(a), p(g)
+        self._check(self._call("backward", sfx, self._context(threads=0), values), "backward")
         return dx, grads, d0
 
 
@@ -524,6 +542,12 @@ class CudaKernel(Kernel):
     def _stream_ptr(self, stream: int):
         return self.ffi.cast("void *", stream) if stream else self.ffi.NULL
 
+    def _context(self, stream: int = 0, device: int = -1):
+        """The call's context (rnngen_cuda_ctx): its stream, and the device it is for
+        (-1: the current one)."""
+        return self.ffi.new("rnngen_cuda_ctx *", {"stream": self._stream_ptr(stream),
+                                                  "device": device})
+
     def set_threads(self, n: int) -> None:
         """The GPU's threads are not set by the user; the count is checked only."""
         if n < 0:
@@ -638,12 +662,13 @@ class CudaKernel(Kernel):
         S = self.nstates
         last, lastptr = self._result("last", dev, (S, B, H), dtype, stream) if states_out \
             else (None, self.ffi.NULL)
-        st = self._fn(f"forward{sfx}")(
-            self._stream_ptr(stream), T, B, D, H, self._in("x", x, (B, T, D), dtype),
-            self._in("mask", mask, (B, T), np.uint8), self._in("state0", state0, (S, B, H), dtype),
-            *ws, yptr, lastptr, save.ptr if save is not None else self.ffi.NULL,
-            self._device("work", n_work * dtype.itemsize).ptr)
-        self._check(st, "forward")
+        values = dict(T=T, B=B, D=D, H=H, x=self._in("x", x, (B, T, D), dtype),
+                      mask=self._in("mask", mask, (B, T), np.uint8),
+                      state0=self._in("state0", state0, (S, B, H), dtype), y=yptr,
+                      state_last=lastptr, save=save.ptr if save is not None else self.ffi.NULL,
+                      work=self._device("work", n_work * dtype.itemsize).ptr)
+        values.update((f"w_{w.name}", p) for w, p in zip(self.ir.weights, ws))
+        self._check(self._call("forward", sfx, self._context(stream), values), "forward")
         if not dev:
             self._download(y, yptr)
             if last is not None:
@@ -689,13 +714,15 @@ class CudaKernel(Kernel):
         S = self.nstates
         d0, d0ptr = self._result("dstate0", dev, (S, B, H), dtype, stream) if state0_grad \
             else (None, self.ffi.NULL)
-        st = self._fn(f"backward{sfx}")(
-            self._stream_ptr(stream), T, B, D, H, int(truncate),
-            self._in("x", x, (B, T, D), dtype), self._in("mask", mask, (B, T), np.uint8), *ws,
-            save.ptr, self._in("dy", dy, (B, T, H), dtype),
-            self._in("dstates", dstates, (S, B, H), dtype), dxptr, d0ptr,
-            *dgs, self._device("work", n_work * dtype.itemsize).ptr)
-        self._check(st, "backward")
+        values = dict(T=T, B=B, D=D, H=H, truncate=int(truncate),
+                      x=self._in("x", x, (B, T, D), dtype),
+                      mask=self._in("mask", mask, (B, T), np.uint8), save=save.ptr,
+                      dy=self._in("dy", dy, (B, T, H), dtype),
+                      dstate_last=self._in("dstates", dstates, (S, B, H), dtype), dx=dxptr,
+                      dstate0=d0ptr, work=self._device("work", n_work * dtype.itemsize).ptr)
+        for w, p, g in zip(self.ir.weights, ws, dgs):
+            values[f"w_{w.name}"], values[f"dw_{w.name}"] = p, g
+        self._check(self._call("backward", sfx, self._context(stream), values), "backward")
         if not on_device:
             self._check(self._fn("cuda_sync")(self._stream_ptr(stream)), "cuda_sync")
             for g, d in zip(grads, dgs):

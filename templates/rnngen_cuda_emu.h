@@ -91,6 +91,7 @@ static inline cudaError_t cudaGetLastError(void)
 }
 static inline cudaError_t cudaPeekAtLastError(void) { return rnngen_emu_last; }
 static inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
+static inline cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
 static inline cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 

@@ -14,8 +14,22 @@ enum rnngen_status {
     RNNGEN_ESAVE = -6,     /* the save buffer does not hold what forward writes */
     RNNGEN_EMASK = -7,     /* backward got a mask and its forward none, or the reverse */
     RNNGEN_ECUDA = -8,     /* a CUDA runtime call or kernel launch failed (<cell>_cuda_error says which) */
-    RNNGEN_ECUBLAS = -9    /* a cuBLAS call failed (<cell>_cuda_error says which) */
+    RNNGEN_ECUBLAS = -9,   /* a cuBLAS call failed (<cell>_cuda_error says which) */
+    RNNGEN_ECTX = -10      /* the context is wrong: threads < 0, or a device that is not the current one */
 };
+/* The context of a call on the C backend: threads > 0, this call's threads (at most one
+ * per 16 hidden units); 0, the count <cell>_set_threads set, else OpenMP's.  A NULL
+ * context is threads = 0. */
+typedef struct rnngen_ctx {
+    int threads;
+} rnngen_ctx;
+/* The context of a call on the CUDA backend: the stream every copy and kernel of the call
+ * runs on (a cudaStream_t; NULL: the default stream) and the device it is for (-1: the
+ * current one; else it must be the current one).  A NULL context is {NULL, -1}. */
+typedef struct rnngen_cuda_ctx {
+    void *stream;
+    int device;
+} rnngen_cuda_ctx;
 /* cdef-end */
 
 /* The target's micro-kernels: one table, read by the kernels below and by rnngen/targets.py
@@ -120,16 +134,17 @@ static inline void rnngen_blas_serial(void)
     }
 }
 
-/* Threads for a call: the count set by <cell>_set_threads, else OpenMP's
+/* Threads for a call: the context's request, else the count set by <cell>_set_threads, else OpenMP's
  * (OMP_NUM_THREADS or the cores); at most RNNGEN_MAX_THREADS and at most one
  * per 16 hidden units.  (Even at B = 1, H = 128, two threads measured 1.5x
  * faster than one on a 2-core machine, barriers included.) */
 #define RNNGEN_MAX_THREADS 64
 #define RNNGEN_UNIT_BLOCK 16
 static int rnngen_thread_count;   /* set by <cell>_set_threads; 0: OpenMP's */
-static inline int rnngen_threads(int H)
+static inline int rnngen_threads(int H, int requested)
 {
-    int nt = rnngen_thread_count > 0 ? rnngen_thread_count : omp_get_max_threads();
+    const int count = requested > 0 ? requested : rnngen_thread_count;
+    int nt = count > 0 ? count : omp_get_max_threads();
     int blocks = (H + RNNGEN_UNIT_BLOCK - 1) / RNNGEN_UNIT_BLOCK;
     if (nt > RNNGEN_MAX_THREADS) nt = RNNGEN_MAX_THREADS;
     if (nt > blocks) nt = blocks;
@@ -280,10 +295,11 @@ static inline int rnngen_split_batch(int B, int nt, size_t packed_bytes)
 #ifndef RNNGEN_TEAM_CALL_WORK
 #define RNNGEN_TEAM_CALL_WORK 1048576
 #endif
-static inline int rnngen_team(int T, int B, int D, int H, int nw, int nu, size_t packed_bytes)
+static inline int rnngen_team(int T, int B, int D, int H, int nw, int nu, size_t packed_bytes,
+                              int requested)
 {
-    const int most = rnngen_threads(H);
-    if (rnngen_thread_count > 0)
+    const int most = rnngen_threads(H, requested);
+    if (requested > 0 || rnngen_thread_count > 0)
         return most;
     const double w = ((double)B + 2) * H * ((double)D * nw + (double)H * nu);
     for (int nt = most; nt > 1; nt--)

@@ -1,0 +1,105 @@
+"""The call ABI (rnngen.abi): one schema gives the argument structs of both headers, the
+kernels' parameters and the Python call; every entry point takes a context."""
+import re
+
+import numpy as np
+import pytest
+
+import rnngen
+from rnngen import layers
+from rnngen import abi
+from rnngen.errors import KernelError
+from rnngen.pipeline import compile_cell
+from rnngen.render import render_c, render_cuda
+
+CELLS = ["LSTM", "GRU", "SimpleDeepRNN"]
+
+
+def members(header: str, struct: str) -> list:
+    body = re.search(r"typedef struct %s \{(.*?)\} %s;" % (struct, struct), header, re.S)
+    assert body, struct
+    return re.findall(r"\b(\w+);", re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S))
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_both_headers_print_the_schema(name):
+    from rnngen.ir import compute_ir
+    ir = compute_ir(layers.BUILTIN[name].spec)
+    prefix = f"rnngen_{ir.name}"
+    for render, ctx in ((render_c, "rnngen_ctx"), (render_cuda, "rnngen_cuda_ctx")):
+        header, source = render(ir, "x.yaml")
+        for entry in abi.ENTRIES:
+            want = [f.name for f in abi.fields(ir, entry)]
+            assert want[:4] == ["T", "B", "D", "H"]
+            assert [f"w_{w.name}" for w in ir.weights] == [n for n in want if n.startswith("w_")]
+            for sfx in ("_f32", "_f64"):
+                struct = abi.struct_name(prefix, entry, sfx)
+                assert members(header, struct) == want
+                assert f"int {prefix}_{entry}{sfx}(const {ctx} *ctx, const {struct} *args);" \
+                    in header
+                # the kernel behind it is called with every member, in order
+                call = re.search(rf"return {entry}_kernel{sfx}\((.*?)\);", source, re.S).group(1)
+                assert [a.strip() for a in call.split(",")][1:] == [f"args->{n}" for n in want]
+
+
+def lstm_kernel(backend="c"):
+    return compile_cell(layers.BUILTIN["LSTM"].spec, {}, backend)
+
+
+def problem(k, B=3, T=4, D=5, H=16):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(B, T, D))
+    ws = [rng.normal(size=w.dims(D, H)) * 0.3 for w in k.ir.weights]
+    return x, ws, H
+
+
+def test_the_call_fills_the_struct_by_name():
+    k = lstm_kernel()
+    x, ws, H = problem(k)
+    y, _, _ = k.forward(x, None, ws, H, False)
+    B, T, D = x.shape
+    n_save, n_work = k.sizes(T, B, D, H)
+    p = lambda a: k.ffi.from_buffer("double[]", a)  # noqa: E731
+    y2, work = np.empty_like(y), np.empty(n_work)
+    values = dict(T=T, B=B, D=D, H=H, x=p(x), mask=k.ffi.NULL, state0=k.ffi.NULL, y=p(y2),
+                  state_last=k.ffi.NULL, save=k.ffi.NULL, work=p(work))
+    values.update((f"w_{w.name}", p(a)) for w, a in zip(k.ir.weights, ws))
+    assert k._call("forward", "_f64", k.ffi.NULL, values) == 0      # NULL context: defaults
+    np.testing.assert_array_equal(y2, y)
+    del values["w_b_o"]
+    with pytest.raises(KeyError, match="w_b_o"):
+        k._call("forward", "_f64", k.ffi.NULL, values)
+
+
+def test_the_context_sets_the_calls_threads():
+    k = lstm_kernel()
+    x, ws, H = problem(k, B=16, H=64)
+    B, T, D = x.shape
+    n_save, n_work = k.sizes(T, B, D, H)
+    p = lambda a: k.ffi.from_buffer("double[]", a)  # noqa: E731
+    outs = {}
+    for threads in (1, 2, -1):
+        y, work = np.zeros((B, T, H)), np.empty(n_work)
+        values = dict(T=T, B=B, D=D, H=H, x=p(x), mask=k.ffi.NULL, state0=k.ffi.NULL,
+                      y=p(y), state_last=k.ffi.NULL, save=k.ffi.NULL, work=p(work))
+        values.update((f"w_{w.name}", p(a)) for w, a in zip(k.ir.weights, ws))
+        outs[threads] = (k._call("forward", "_f64", k._context(threads=threads), values), y)
+    assert outs[1][0] == 0 and outs[2][0] == 0
+    np.testing.assert_allclose(outs[2][1], outs[1][1], rtol=1e-12, atol=1e-12)
+    assert outs[-1][0] == -10                     # RNNGEN_ECTX
+    with pytest.raises(KernelError, match="context is wrong"):
+        k._check(outs[-1][0], "forward")
+
+
+def test_a_cuda_call_for_another_device_is_refused():
+    """The emulation has one device, 0: a context for device 1 gets RNNGEN_ECTX."""
+    k = lstm_kernel("cuda-emulated")
+    x, ws, H = problem(k)
+    y, _, _ = k.forward(x, None, ws, H, False)       # the context of the current device
+    real = k._context
+    k._context = lambda stream=0, device=-1: real(stream, 1)
+    with pytest.raises(KernelError, match="device that is not the current one"):
+        k.forward(x, None, ws, H, False)
+    k._context = lambda stream=0, device=-1: real(stream, 0)
+    y0, _, _ = k.forward(x, None, ws, H, False)
+    np.testing.assert_array_equal(y0, y)
