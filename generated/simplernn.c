@@ -42,14 +42,27 @@ int rnngen_simplernn_sizes(int T, int B, int D, int H, long long *save_size, lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
+    const size_t LDS_g0 = 1 * (size_t)H;
     *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 3);   /* the saved values, then forward's three notes */
-    size_t n = 3 * (size_t)D * LDXW + (size_t)D * RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS
-             + (size_t)B * T * LDXW + (size_t)B * LDXW + (size_t)(NSLOT * 2 + NR) * BH
-             + (size_t)RNNGEN_MAX_THREADS * B + (size_t)RNNGEN_MAX_THREADS * NVEC * H
-             + (size_t)X_ELEMENTWISE * B * T * H;
-    n += (3 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H
-         + 2 * (size_t)RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS * ((size_t)H + 1 * (size_t)H);   /* g0 */
-    n += (size_t)(2 + 1) * BH;
+    size_t n = 0;
+    n += (size_t)D * LDXW;   /* Wcat */
+    n += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pw */
+    n += (size_t)D * LDXW;   /* dWcat */
+    n += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g0 */
+    n += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g0 */
+    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
+    n += (size_t)B * LDS_g0;   /* S_g0 */
+    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
+    n += BH;   /* L_h_1 */
+    n += BH;   /* dL_h_1 */
+    n += BH;   /* d_h_new */
+    n += (size_t)RNNGEN_MAX_THREADS * B;   /* nreal_all */
+    n += (size_t)B * LDXW;   /* iXW */
+    n += (size_t)NSLOT * 2 * BH;   /* iSL */
+    n += (size_t)B * T * LDXW;   /* dXW */
+    n += (size_t)X_ELEMENTWISE * B * T * H;   /* dXE */
+    n += (size_t)NR * BH;   /* dXP */
+    n += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* dVec */
     *work_size = (long long)n;
     return RNNGEN_OK;
 }
@@ -104,31 +117,24 @@ static int forward_kernel_f32(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
-    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
-    float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
-    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
-    float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
-    float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
-    float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
-    float *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
-    float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
-    float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    float *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
-    float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
-    float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
-    (void)dXE;
-    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
-    float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
-    /* forward uses some of these, backward others */
-    (void)dVec;
-    (void)Wcat; (void)Pw; (void)dWcat;
-    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
-    (void)L_h_1; (void)dL_h_1;
-    (void)d_h_new;
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
+    RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
+    RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -339,31 +345,24 @@ static int backward_kernel_f32(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    float *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
-    float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
-    float *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
-    float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_F32 * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
-    float *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
-    float *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
-    float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
-    float *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
-    float *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
-    float *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    float *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
-    float *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
-    float *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
-    (void)dXE;
-    float *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
-    float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
-    /* forward uses some of these, backward others */
-    (void)dVec;
-    (void)Wcat; (void)Pw; (void)dWcat;
-    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
-    (void)L_h_1; (void)dL_h_1;
-    (void)d_h_new;
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
+    RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
+    RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
@@ -686,31 +685,24 @@ static int forward_kernel_f64(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
-    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
-    double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
-    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
-    double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
-    double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
-    double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
-    double *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
-    double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
-    double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    double *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
-    double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
-    double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
-    (void)dXE;
-    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
-    double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
-    /* forward uses some of these, backward others */
-    (void)dVec;
-    (void)Wcat; (void)Pw; (void)dWcat;
-    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
-    (void)L_h_1; (void)dL_h_1;
-    (void)d_h_new;
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
+    RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
+    RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -921,31 +913,24 @@ static int backward_kernel_f64(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    double *Wcat = p; p += (size_t)D * LDXW;            /* [D, NW*H] the W of x @ W side by side */
-    double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* Wcat packed, thread by thread */
-    double *dWcat = p; p += (size_t)D * LDXW;           /* [D, NW*H] */
-    double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* packed [U], thread by thread */
-    double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_F64 * RNNGEN_MAX_THREADS);  /* packed transpose, for backward */
-    double *dUcat_g0 = p; p += (size_t)H * LDS_g0;  /* [H, 1*H] */
-    double *S_g0 = p; p += (size_t)B * LDS_g0;  /* [B, 1*H] h_prev @ [U...], this step */
-    double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
-    double *L_h_1 = p; p += BH;   /* [B,H] h, 1 real step(s) back */
-    double *dL_h_1 = p; p += BH;  /* [B,H] its adjoint */
-    double *d_h_new = p; p += BH;  /* [B,H] adjoint of new h */
-    double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;  /* [threads][B] real steps seen so far */
-    double *iXW = p; p += (size_t)B * LDXW;      /* inference: one step of XW */
-    double *iSL = p; p += (size_t)NSLOT * 2 * BH;  /* two steps: double-buffered between threads */
-    double *dXW = p; p += (size_t)B * T * LDXW;  /* [B*T, NW*H] */
-    double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
-    (void)dXE;
-    double *dXP = p; p += (size_t)NR * BH;       /* [NR, B, H] adjoints of the roots, this step */
-    double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;   /* [threads][NVEC][H] bias gradients, batch split */
-    /* forward uses some of these, backward others */
-    (void)dVec;
-    (void)Wcat; (void)Pw; (void)dWcat;
-    (void)Pf_g0; (void)Pb_g0; (void)dUcat_g0; (void)S_g0; (void)dS_g0;
-    (void)L_h_1; (void)dL_h_1;
-    (void)d_h_new;
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
+    RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
+    RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */

@@ -111,11 +111,25 @@ int rnngen_simplernn_sizes(int T, int B, int D, int H, long long *save_size, lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
+    const size_t LDS_g0 = 1 * (size_t)H;
     *save_size = (long long)(SAVE_SIZE(T, B, H) + (size_t)T * B);   /* the saved values, then NREAL */
-    size_t n = 2 * (size_t)D * LDXW + (size_t)T * B + (size_t)(NSLOT * 2 + NR + NVEC) * BH
-             + 2 * (size_t)B * T * LDXW + (size_t)X_ELEMENTWISE * B * T * H;
-    n += (2 * (size_t)H + B + (size_t)T * B) * 1 * (size_t)H;   /* g0 */
-    n += (size_t)(2 + 1) * BH;
+    size_t n = 0;
+    n += (size_t)D * LDXW;   /* Wcat */
+    n += (size_t)D * LDXW;   /* dWcat */
+    n += (size_t)H * LDS_g0;   /* Ucat_g0 */
+    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
+    n += (size_t)B * LDS_g0;   /* S_g0 */
+    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
+    n += BH;   /* L_h_1 */
+    n += BH;   /* dL_h_1 */
+    n += BH;   /* d_h_new */
+    n += (size_t)T * B;   /* NREAL */
+    n += (size_t)NSLOT * 2 * BH;   /* iSL */
+    n += (size_t)B * T * LDXW;   /* XWw */
+    n += (size_t)B * T * LDXW;   /* dXW */
+    n += (size_t)NR * BH;   /* dXP */
+    n += (size_t)NVEC * BH;   /* dVec */
+    n += (size_t)X_ELEMENTWISE * B * T * H;   /* dXE */
     *work_size = (long long)n;
     return RNNGEN_OK;
 }
@@ -304,23 +318,23 @@ static int forward_kernel_f32(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    [[maybe_unused]] float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;     /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;    /* [H, 1*H] [U] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;   /* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;       /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *L_h_1 = p; p += BH;    /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] float *dL_h_1 = p; p += BH;   /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_h_new = p; p += BH;   /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
-    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
+    float *p = work;
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
+    [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
+    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
 
     float *XW = save && KEEP_XW ? save : XWw;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -423,23 +437,23 @@ static int backward_kernel_f32(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    [[maybe_unused]] float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;     /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;    /* [H, 1*H] [U] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;   /* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;       /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *L_h_1 = p; p += BH;    /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] float *dL_h_1 = p; p += BH;   /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_h_new = p; p += BH;   /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
-    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
+    float *p = work;
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
+    [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
+    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
@@ -704,23 +718,23 @@ static int forward_kernel_f64(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    [[maybe_unused]] double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;     /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;    /* [H, 1*H] [U] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;   /* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;       /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *L_h_1 = p; p += BH;    /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] double *dL_h_1 = p; p += BH;   /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_h_new = p; p += BH;   /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
-    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
+    double *p = work;
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
+    [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
+    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
 
     double *XW = save && KEEP_XW ? save : XWw;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -823,23 +837,23 @@ static int backward_kernel_f64(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    [[maybe_unused]] double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;     /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;    /* [H, 1*H] [U] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;   /* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;       /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;  /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *L_h_1 = p; p += BH;    /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] double *dL_h_1 = p; p += BH;   /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_h_new = p; p += BH;   /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B;       /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;   /* [B*T, NW*H] */
-    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH;        /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;     /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;  /* [B*T, H] gradient of x read elementwise */
+    double *p = work;
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
+    [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
+    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */

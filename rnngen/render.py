@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import abi
+from . import abi, frame
 from .functions import FUNCTIONS
 from . import program as P
 from .ir import GENERATOR_VERSION, CellIR
@@ -199,7 +199,7 @@ def template_files():
     return sorted(p for p in TEMPLATES.iterdir() if p.is_file())
 
 
-GENERATOR_MODULES = ("abi.py", "expr.py", "functions.py", "spec.py", "ir.py", "layout.py", "program.py",
+GENERATOR_MODULES = ("abi.py", "expr.py", "frame.py", "functions.py", "spec.py", "ir.py", "layout.py", "program.py",
                      "render.py")
 
 
@@ -216,7 +216,7 @@ def generator_digest() -> str:
 
 def _context(ir: CellIR, layout: Layout, source_name: str, dialects, header: str,
              schedule: Schedule) -> dict:
-    return dict(ir=ir, layout=layout, prog=lower_program(ir, layout), abi=abi, version=GENERATOR_VERSION,
+    return dict(ir=ir, layout=layout, prog=lower_program(ir, layout), abi=abi, workbuf=frame, version=GENERATOR_VERSION,
                 source=source_name, spec_digest=ir.spec.digest[:16], describe=describe,
                 dialects=[(d, Renderer(d)) for d in dialects], defines=schedule.defines(),
                 prefix=f"rnngen_{ir.name}", header=header,

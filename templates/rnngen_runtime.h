@@ -139,6 +139,8 @@ static inline void rnngen_blas_serial(void)
  * per 16 hidden units.  (Even at B = 1, H = 128, two threads measured 1.5x
  * faster than one on a 2-core machine, barriers included.) */
 #define RNNGEN_MAX_THREADS 64
+/* a local a kernel may not read (the frame carves every scratch array for both kernels) */
+#define RNNGEN_MAYBE_UNUSED __attribute__((unused))
 #define RNNGEN_UNIT_BLOCK 16
 static int rnngen_thread_count;   /* set by <cell>_set_threads; 0: OpenMP's */
 static inline int rnngen_threads(int H, int requested)

@@ -103,3 +103,27 @@ def test_a_cuda_call_for_another_device_is_refused():
     k._context = lambda stream=0, device=-1: real(stream, 0)
     y0, _, _ = k.forward(x, None, ws, H, False)
     np.testing.assert_array_equal(y0, y)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "layernorm_lstm", "SimpleDeepRNN"])
+def test_work_size_and_carving_come_from_one_table(name):
+    """<cell>_sizes adds up exactly the arrays each kernel carves out of work, in order
+    (rnngen.frame), on both backends (before, the two were written separately and the
+    size formula could fall short of the carving: a mean group at T = 1)."""
+    from rnngen import frame
+    from rnngen.ir import compute_ir
+    spec = layers.BUILTIN[name].spec if name in layers.BUILTIN else \
+        rnngen.load_example(name).spec
+    ir = compute_ir(spec)
+    for render, table in ((render_c, frame.c_work), (render_cuda, frame.cuda_work)):
+        _, source = render(ir, "x.yaml")
+        sizes = source[source.index("_sizes(int T"):]
+        sizes = sizes[:sizes.index("\n}\n")]
+        added = re.findall(r"n \+= (.*?);   /\* (\w+) \*/", sizes)
+        want = [(b.count, b.name) for b in table(ir)]
+        assert added == want
+        carved = re.findall(r"\*(\w+) = p; p \+= (.*?);", source)
+        per_kernel = len(want)
+        assert len(carved) == 4 * per_kernel          # forward and backward, two dtypes
+        for k in range(4):
+            assert carved[k * per_kernel:(k + 1) * per_kernel] == [(n, c) for c, n in want]
