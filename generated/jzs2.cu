@@ -250,6 +250,7 @@ static __global__ void rnngen_jzs2_fwd1_f32(const rnngen_jzs2_frame_f32 F, const
     const float v_b_r = w_b_r[j];
     const float v_t10 = v_x_pmat + v_b_r;
     const float v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+    /* r = inner_activation(x @ Pmat + b_r + h @ U_r) */
     const float v_r = 1.0f / (1.0f + expf(-(v_t11)));
     if (save) s_r[bs] = v_r;
     const float v_t15 = v_r * L_h_1[bj];
@@ -302,15 +303,18 @@ static __global__ void rnngen_jzs2_fwd2_f32(const rnngen_jzs2_frame_f32 F, const
     const float v_b_h = w_b_h[j];
     const float v_t17 = v_x_w_h + v_b_h;
     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+    /* z = inner_activation(x @ W_z + b_z + h @ U_z) */
     const float v_z = 1.0f / (1.0f + expf(-(v_t5)));
     if (save) s_z[bs] = v_z;
     const float v_t18 = v_t17 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+    /* hh = activation(x @ W_h + b_h + r * h @ U_h) */
     const float v_hh = tanhf(v_t18);
     if (save) s_hh[bs] = v_hh;
     const float v_t20 = v_hh * v_z;
     const float v_t22 = 1.0f - v_z;
     const float v_t23 = L_h_1[bj] * v_t22;
     const float v_t24 = v_t20 + v_t23;
+    /* h = hh * z + h * (1 - z) */
     const float v_h_new = v_t24;
     if (m) {
         L_h_1[bj] = v_h_new;
@@ -524,27 +528,27 @@ static int forward_kernel_f32(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 2*H] [U_z | U_r] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 2*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 2*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 2*H */
-    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] [U_h] */
-    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] t15 @ [U...], this step */
-    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] [U_z | U_r] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 2*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 2*H */
+    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t15 @ [U...], this step */
+    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *d_t15 = p; p += BH;             /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     float *XW = save && KEEP_XW ? save : XWw;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -676,27 +680,27 @@ static int backward_kernel_f32(
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 2*H] [U_z | U_r] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 2*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 2*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 2*H */
-    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] [U_h] */
-    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] t15 @ [U...], this step */
-    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] [U_z | U_r] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 2*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 2*H */
+    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t15 @ [U...], this step */
+    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *d_t15 = p; p += BH;             /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     NREAL = (float *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
@@ -912,6 +916,7 @@ static __global__ void rnngen_jzs2_fwd1_f64(const rnngen_jzs2_frame_f64 F, const
     const double v_b_r = w_b_r[j];
     const double v_t10 = v_x_pmat + v_b_r;
     const double v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+    /* r = inner_activation(x @ Pmat + b_r + h @ U_r) */
     const double v_r = 1.0 / (1.0 + exp(-(v_t11)));
     if (save) s_r[bs] = v_r;
     const double v_t15 = v_r * L_h_1[bj];
@@ -964,15 +969,18 @@ static __global__ void rnngen_jzs2_fwd2_f64(const rnngen_jzs2_frame_f64 F, const
     const double v_b_h = w_b_h[j];
     const double v_t17 = v_x_w_h + v_b_h;
     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+    /* z = inner_activation(x @ W_z + b_z + h @ U_z) */
     const double v_z = 1.0 / (1.0 + exp(-(v_t5)));
     if (save) s_z[bs] = v_z;
     const double v_t18 = v_t17 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+    /* hh = activation(x @ W_h + b_h + r * h @ U_h) */
     const double v_hh = tanh(v_t18);
     if (save) s_hh[bs] = v_hh;
     const double v_t20 = v_hh * v_z;
     const double v_t22 = 1.0 - v_z;
     const double v_t23 = L_h_1[bj] * v_t22;
     const double v_t24 = v_t20 + v_t23;
+    /* h = hh * z + h * (1 - z) */
     const double v_h_new = v_t24;
     if (m) {
         L_h_1[bj] = v_h_new;
@@ -1186,27 +1194,27 @@ static int forward_kernel_f64(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 2*H] [U_z | U_r] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 2*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 2*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 2*H */
-    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] [U_h] */
-    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] t15 @ [U...], this step */
-    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] [U_z | U_r] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 2*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 2*H */
+    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t15 @ [U...], this step */
+    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *d_t15 = p; p += BH;            /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     double *XW = save && KEEP_XW ? save : XWw;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -1338,27 +1346,27 @@ static int backward_kernel_f64(
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 2*H] [U_z | U_r] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 2*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 2*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 2*H */
-    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] [U_h] */
-    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] t15 @ [U...], this step */
-    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] [U_z | U_r] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 2*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 2*H */
+    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t15 @ [U...], this step */
+    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *d_t15 = p; p += BH;            /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     NREAL = (double *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */

@@ -141,36 +141,36 @@ static int forward_kernel_f32(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_z], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] t3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] t16 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] t3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] t16 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_t3 = p; p += BH;           /* [B,H] adjoint of tanh(h_prev) */
     RNNGEN_MAYBE_UNUSED float *d_t16 = p; p += BH;          /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -370,6 +370,7 @@ static int forward_kernel_f32(
                     const float v_b_r = w_b_r[j];
                     const float v_t11 = v_x_w_r + v_b_r;
                     const float v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    /* r = inner_activation(x @ W_r + b_r + h @ U_r) */
                     const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t12)));
                     if (save) s_r[bs] = v_r;
                     const float v_t16 = v_r * L_h_1[bj];
@@ -399,15 +400,18 @@ static int forward_kernel_f32(
                     const float v_b_h = w_b_h[j];
                     const float v_t18 = v_x_w_h + v_b_h;
                     const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    /* z = inner_activation(x @ W_z + b_z + tanh(h) @ U_z) */
                     const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t6)));
                     if (save) s_z[bs] = v_z;
                     const float v_t19 = v_t18 + S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j];
+                    /* hh = activation(x @ W_h + b_h + r * h @ U_h) */
                     const float v_hh = rnngen_tanhf(v_t19);
                     if (save) s_hh[bs] = v_hh;
                     const float v_t21 = v_hh * v_z;
                     const float v_t23 = 1.0f - v_z;
                     const float v_t24 = L_h_1[bj] * v_t23;
                     const float v_t25 = v_t21 + v_t24;
+                    /* h = hh * z + h * (1 - z) */
                     const float v_h_new = v_t25;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -486,36 +490,36 @@ static int backward_kernel_f32(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_z], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] t3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] t16 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] t3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] t16 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_t3 = p; p += BH;           /* [B,H] adjoint of tanh(h_prev) */
     RNNGEN_MAYBE_UNUSED float *d_t16 = p; p += BH;          /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
@@ -1118,36 +1122,36 @@ static int forward_kernel_f64(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_z], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] t3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] t16 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] t3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] t16 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_t3 = p; p += BH;          /* [B,H] adjoint of tanh(h_prev) */
     RNNGEN_MAYBE_UNUSED double *d_t16 = p; p += BH;         /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -1347,6 +1351,7 @@ static int forward_kernel_f64(
                     const double v_b_r = w_b_r[j];
                     const double v_t11 = v_x_w_r + v_b_r;
                     const double v_t12 = v_t11 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    /* r = inner_activation(x @ W_r + b_r + h @ U_r) */
                     const double v_r = 1.0 / (1.0 + exp(-(v_t12)));
                     if (save) s_r[bs] = v_r;
                     const double v_t16 = v_r * L_h_1[bj];
@@ -1376,15 +1381,18 @@ static int forward_kernel_f64(
                     const double v_b_h = w_b_h[j];
                     const double v_t18 = v_x_w_h + v_b_h;
                     const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    /* z = inner_activation(x @ W_z + b_z + tanh(h) @ U_z) */
                     const double v_z = 1.0 / (1.0 + exp(-(v_t6)));
                     if (save) s_z[bs] = v_z;
                     const double v_t19 = v_t18 + S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j];
+                    /* hh = activation(x @ W_h + b_h + r * h @ U_h) */
                     const double v_hh = tanh(v_t19);
                     if (save) s_hh[bs] = v_hh;
                     const double v_t21 = v_hh * v_z;
                     const double v_t23 = 1.0 - v_z;
                     const double v_t24 = L_h_1[bj] * v_t23;
                     const double v_t25 = v_t21 + v_t24;
+                    /* h = hh * z + h * (1 - z) */
                     const double v_h_new = v_t25;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -1463,36 +1471,36 @@ static int backward_kernel_f64(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_z], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] t3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] t16 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] t3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] t16 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_t3 = p; p += BH;          /* [B,H] adjoint of tanh(h_prev) */
     RNNGEN_MAYBE_UNUSED double *d_t16 = p; p += BH;         /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */

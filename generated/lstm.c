@@ -129,27 +129,27 @@ static int forward_kernel_f32(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_i | U_f | U_c | U_o], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 4*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 4*H */
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *L_c_1 = p; p += BH;          /* [B,H] c, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_c_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_c_new = p; p += BH;        /* [B,H] adjoint of new c */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -338,9 +338,11 @@ static int forward_kernel_f32(
                     const float v_b_o = w_b_o[j];
                     const float v_t27 = v_x_w_o + v_b_o;
                     const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
                     const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_t6) + 0.5f, 0.0f), 1.0f);
                     if (save) s_i[bs] = v_i;
                     const float v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
                     const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_t12) + 0.5f, 0.0f), 1.0f);
                     if (save) s_f[bs] = v_f;
                     const float v_t14 = v_f * L_c_1[bj];
@@ -349,13 +351,16 @@ static int forward_kernel_f32(
                     if (save) s_t20[bs] = v_t20;
                     const float v_t21 = v_i * v_t20;
                     const float v_t22 = v_t14 + v_t21;
+                    /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
                     const float v_c_new = v_t22;
                     const float v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+                    /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
                     const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_t28) + 0.5f, 0.0f), 1.0f);
                     if (save) s_o[bs] = v_o;
                     const float v_t30 = rnngen_tanhf(v_c_new);
                     if (save) s_t30[bs] = v_t30;
                     const float v_t31 = v_o * v_t30;
+                    /* h = o * activation(c) */
                     const float v_h_new = v_t31;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -440,27 +445,27 @@ static int backward_kernel_f32(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_i | U_f | U_c | U_o], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 4*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 4*H */
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *L_c_1 = p; p += BH;          /* [B,H] c, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_c_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_c_new = p; p += BH;        /* [B,H] adjoint of new c */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
@@ -989,27 +994,27 @@ static int forward_kernel_f64(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_i | U_f | U_c | U_o], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 4*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 4*H */
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *L_c_1 = p; p += BH;         /* [B,H] c, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_c_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_c_new = p; p += BH;       /* [B,H] adjoint of new c */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -1198,9 +1203,11 @@ static int forward_kernel_f64(
                     const double v_b_o = w_b_o[j];
                     const double v_t27 = v_x_w_o + v_b_o;
                     const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
                     const double v_i = rnngen_min(rnngen_max(0.2 * (v_t6) + 0.5, 0.0), 1.0);
                     if (save) s_i[bs] = v_i;
                     const double v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
                     const double v_f = rnngen_min(rnngen_max(0.2 * (v_t12) + 0.5, 0.0), 1.0);
                     if (save) s_f[bs] = v_f;
                     const double v_t14 = v_f * L_c_1[bj];
@@ -1209,13 +1216,16 @@ static int forward_kernel_f64(
                     if (save) s_t20[bs] = v_t20;
                     const double v_t21 = v_i * v_t20;
                     const double v_t22 = v_t14 + v_t21;
+                    /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
                     const double v_c_new = v_t22;
                     const double v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+                    /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
                     const double v_o = rnngen_min(rnngen_max(0.2 * (v_t28) + 0.5, 0.0), 1.0);
                     if (save) s_o[bs] = v_o;
                     const double v_t30 = tanh(v_c_new);
                     if (save) s_t30[bs] = v_t30;
                     const double v_t31 = v_o * v_t30;
+                    /* h = o * activation(c) */
                     const double v_h_new = v_t31;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -1300,27 +1310,27 @@ static int backward_kernel_f64(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_i | U_f | U_c | U_o], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 4*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 4*H */
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *L_c_1 = p; p += BH;         /* [B,H] c, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_c_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_c_new = p; p += BH;       /* [B,H] adjoint of new c */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */

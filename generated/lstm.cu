@@ -261,9 +261,11 @@ static __global__ void rnngen_lstm_fwd1_f32(const rnngen_lstm_frame_f32 F, const
     const float v_b_o = w_b_o[j];
     const float v_t27 = v_x_w_o + v_b_o;
     const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+    /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
     const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_t6) + 0.5f, 0.0f), 1.0f);
     if (save) s_i[bs] = v_i;
     const float v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+    /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
     const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_t12) + 0.5f, 0.0f), 1.0f);
     if (save) s_f[bs] = v_f;
     const float v_t14 = v_f * L_c_1[bj];
@@ -272,13 +274,16 @@ static __global__ void rnngen_lstm_fwd1_f32(const rnngen_lstm_frame_f32 F, const
     if (save) s_t20[bs] = v_t20;
     const float v_t21 = v_i * v_t20;
     const float v_t22 = v_t14 + v_t21;
+    /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
     const float v_c_new = v_t22;
     const float v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+    /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
     const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_t28) + 0.5f, 0.0f), 1.0f);
     if (save) s_o[bs] = v_o;
     const float v_t30 = tanhf(v_c_new);
     if (save) s_t30[bs] = v_t30;
     const float v_t31 = v_o * v_t30;
+    /* h = o * activation(c) */
     const float v_h_new = v_t31;
     if (m) {
         L_h_1[bj] = v_h_new;
@@ -451,12 +456,12 @@ static int forward_kernel_f32(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *L_c_1 = p; p += BH;             /* [B,H] c, 1 real step(s) back */
@@ -464,12 +469,12 @@ static int forward_kernel_f32(
     [[maybe_unused]] float *d_c_new = p; p += BH;           /* [B,H] adjoint of new c */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     float *XW = save && KEEP_XW ? save : XWw;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -613,12 +618,12 @@ static int backward_kernel_f32(
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *L_c_1 = p; p += BH;             /* [B,H] c, 1 real step(s) back */
@@ -626,12 +631,12 @@ static int backward_kernel_f32(
     [[maybe_unused]] float *d_c_new = p; p += BH;           /* [B,H] adjoint of new c */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
@@ -872,9 +877,11 @@ static __global__ void rnngen_lstm_fwd1_f64(const rnngen_lstm_frame_f64 F, const
     const double v_b_o = w_b_o[j];
     const double v_t27 = v_x_w_o + v_b_o;
     const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+    /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
     const double v_i = rnngen_min(rnngen_max(0.2 * (v_t6) + 0.5, 0.0), 1.0);
     if (save) s_i[bs] = v_i;
     const double v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+    /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
     const double v_f = rnngen_min(rnngen_max(0.2 * (v_t12) + 0.5, 0.0), 1.0);
     if (save) s_f[bs] = v_f;
     const double v_t14 = v_f * L_c_1[bj];
@@ -883,13 +890,16 @@ static __global__ void rnngen_lstm_fwd1_f64(const rnngen_lstm_frame_f64 F, const
     if (save) s_t20[bs] = v_t20;
     const double v_t21 = v_i * v_t20;
     const double v_t22 = v_t14 + v_t21;
+    /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
     const double v_c_new = v_t22;
     const double v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+    /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
     const double v_o = rnngen_min(rnngen_max(0.2 * (v_t28) + 0.5, 0.0), 1.0);
     if (save) s_o[bs] = v_o;
     const double v_t30 = tanh(v_c_new);
     if (save) s_t30[bs] = v_t30;
     const double v_t31 = v_o * v_t30;
+    /* h = o * activation(c) */
     const double v_h_new = v_t31;
     if (m) {
         L_h_1[bj] = v_h_new;
@@ -1062,12 +1072,12 @@ static int forward_kernel_f64(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *L_c_1 = p; p += BH;            /* [B,H] c, 1 real step(s) back */
@@ -1075,12 +1085,12 @@ static int forward_kernel_f64(
     [[maybe_unused]] double *d_c_new = p; p += BH;          /* [B,H] adjoint of new c */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     double *XW = save && KEEP_XW ? save : XWw;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -1224,12 +1234,12 @@ static int backward_kernel_f64(
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 4*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *L_c_1 = p; p += BH;            /* [B,H] c, 1 real step(s) back */
@@ -1237,12 +1247,12 @@ static int backward_kernel_f64(
     [[maybe_unused]] double *d_c_new = p; p += BH;          /* [B,H] adjoint of new c */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */

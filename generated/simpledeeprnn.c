@@ -140,24 +140,24 @@ static int forward_kernel_f32(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_1], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_2], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_lag2 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_3], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] h_lag3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *L_h_2 = p; p += BH;          /* [B,H] h, 2 real step(s) back */
@@ -165,13 +165,13 @@ static int forward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *L_h_3 = p; p += BH;          /* [B,H] h, 3 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_3 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -381,6 +381,7 @@ static int forward_kernel_f32(
                     const float v_t26 = v_t25 + v_t22;
                     const float v_t27 = 1.0f / (1.0f + rnngen_expf(-(v_t26)));
                     if (save && t == T - 1) s_t27[bs] = v_t27;
+                    /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
                     const float v_h_new = v_t27;
                     if (m) {
                         L_h_3[bj] = L_h_2[bj];
@@ -452,24 +453,24 @@ static int backward_kernel_f32(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_1], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_2], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_lag2 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_3], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] h_lag3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *L_h_2 = p; p += BH;          /* [B,H] h, 2 real step(s) back */
@@ -477,13 +478,13 @@ static int backward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *L_h_3 = p; p += BH;          /* [B,H] h, 3 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_3 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
@@ -977,24 +978,24 @@ static int forward_kernel_f64(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_1], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_2], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_lag2 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_3], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] h_lag3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *L_h_2 = p; p += BH;         /* [B,H] h, 2 real step(s) back */
@@ -1002,13 +1003,13 @@ static int forward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *L_h_3 = p; p += BH;         /* [B,H] h, 3 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_3 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -1218,6 +1219,7 @@ static int forward_kernel_f64(
                     const double v_t26 = v_t25 + v_t22;
                     const double v_t27 = 1.0 / (1.0 + exp(-(v_t26)));
                     if (save && t == T - 1) s_t27[bs] = v_t27;
+                    /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
                     const double v_h_new = v_t27;
                     if (m) {
                         L_h_3[bj] = L_h_2[bj];
@@ -1289,24 +1291,24 @@ static int backward_kernel_f64(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_1], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_2], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_lag2 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U_3], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] h_lag3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *L_h_2 = p; p += BH;         /* [B,H] h, 2 real step(s) back */
@@ -1314,13 +1316,13 @@ static int backward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *L_h_3 = p; p += BH;         /* [B,H] h, 3 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_3 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */

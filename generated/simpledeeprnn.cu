@@ -278,6 +278,7 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f32(const rnngen_simpledeeprnn_
     const float v_t26 = v_t25 + v_t22;
     const float v_t27 = 1.0f / (1.0f + expf(-(v_t26)));
     if (save && t == T - 1) s_t27[bs] = v_t27;
+    /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
     const float v_h_new = v_t27;
     if (m) {
         L_h_3[bj] = L_h_2[bj];
@@ -418,20 +419,20 @@ static int forward_kernel_f32(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U_1] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] [U_2] */
-    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] [U_3] */
-    [[maybe_unused]] float *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] float *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *L_h_2 = p; p += BH;             /* [B,H] h, 2 real step(s) back */
@@ -440,12 +441,12 @@ static int forward_kernel_f32(
     [[maybe_unused]] float *dL_h_3 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     float *XW = save && KEEP_XW ? save : XWw;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -572,20 +573,20 @@ static int backward_kernel_f32(
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U_1] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] [U_2] */
-    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] [U_3] */
-    [[maybe_unused]] float *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] float *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *L_h_2 = p; p += BH;             /* [B,H] h, 2 real step(s) back */
@@ -594,12 +595,12 @@ static int backward_kernel_f32(
     [[maybe_unused]] float *dL_h_3 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     NREAL = (float *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
@@ -837,6 +838,7 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f64(const rnngen_simpledeeprnn_
     const double v_t26 = v_t25 + v_t22;
     const double v_t27 = 1.0 / (1.0 + exp(-(v_t26)));
     if (save && t == T - 1) s_t27[bs] = v_t27;
+    /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
     const double v_h_new = v_t27;
     if (m) {
         L_h_3[bj] = L_h_2[bj];
@@ -977,20 +979,20 @@ static int forward_kernel_f64(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U_1] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] [U_2] */
-    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] [U_3] */
-    [[maybe_unused]] double *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] double *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *L_h_2 = p; p += BH;            /* [B,H] h, 2 real step(s) back */
@@ -999,12 +1001,12 @@ static int forward_kernel_f64(
     [[maybe_unused]] double *dL_h_3 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     double *XW = save && KEEP_XW ? save : XWw;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -1131,20 +1133,20 @@ static int backward_kernel_f64(
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U_1] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] [U_2] */
-    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1;/* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1;/* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] [U_3] */
-    [[maybe_unused]] double *dUcat_g2 = p; p += (size_t)H * LDS_g2;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g2 = p; p += (size_t)B * LDS_g2;/* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] double *dS_g2 = p; p += (size_t)T * B * LDS_g2;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *L_h_2 = p; p += BH;            /* [B,H] h, 2 real step(s) back */
@@ -1153,12 +1155,12 @@ static int backward_kernel_f64(
     [[maybe_unused]] double *dL_h_3 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     NREAL = (double *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */

@@ -117,24 +117,24 @@ static int forward_kernel_f32(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -282,6 +282,7 @@ static int forward_kernel_f32(
                     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const float v_t6 = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
                     if (save && t == T - 1) s_t6[bs] = v_t6;
+                    /* h = activation(x @ W + b + h @ U) */
                     const float v_h_new = v_t6;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -345,24 +346,24 @@ static int backward_kernel_f32(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
@@ -685,24 +686,24 @@ static int forward_kernel_f64(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     /* XW of every step (saved for backward, or, for a small batch, computed before the
      * steps in dXW's space), else one step's */
@@ -850,6 +851,7 @@ static int forward_kernel_f64(
                     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
                     const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
                     if (save && t == T - 1) s_t6[bs] = v_t6;
+                    /* h = activation(x @ W + b + h @ U) */
                     const double v_h_new = v_t6;
                     if (m) {
                         L_h_1[bj] = v_h_new;
@@ -913,24 +915,24 @@ static int backward_kernel_f64(
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* Wcat packed, thread by thread */
-    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed [U], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);/* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
+    RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
-    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B;/* [threads][B] real steps seen so far */
-    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW;/* inference: one step of XW */
-    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* two steps of slots: double-buffered between threads */
-    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
-    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH;/* [NR, B, H] adjoints of the roots, this step */
-    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H;/* [threads][NVEC][H] bias gradients, batch split */
+    RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
+    RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
+    RNNGEN_MAYBE_UNUSED double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* two steps of slots: double-buffered between threads */
+    RNNGEN_MAYBE_UNUSED double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    RNNGEN_MAYBE_UNUSED double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
+    RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */

@@ -225,6 +225,7 @@ static __global__ void rnngen_simplernn_fwd1_f32(const rnngen_simplernn_frame_f3
     const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const float v_t6 = 1.0f / (1.0f + expf(-(v_t5)));
     if (save && t == T - 1) s_t6[bs] = v_t6;
+    /* h = activation(x @ W + b + h @ U) */
     const float v_h_new = v_t6;
     if (m) {
         L_h_1[bj] = v_h_new;
@@ -319,22 +320,22 @@ static int forward_kernel_f32(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     float *XW = save && KEEP_XW ? save : XWw;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -438,22 +439,22 @@ static int backward_kernel_f32(
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     float *p = work;
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
+    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
@@ -625,6 +626,7 @@ static __global__ void rnngen_simplernn_fwd1_f64(const rnngen_simplernn_frame_f6
     const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
     const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
     if (save && t == T - 1) s_t6[bs] = v_t6;
+    /* h = activation(x @ W + b + h @ U) */
     const double v_h_new = v_t6;
     if (m) {
         L_h_1[bj] = v_h_new;
@@ -719,22 +721,22 @@ static int forward_kernel_f64(
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
     double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     double *XW = save && KEEP_XW ? save : XWw;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
@@ -838,22 +840,22 @@ static int backward_kernel_f64(
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     double *p = work;
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW;/* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW;/* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] [U] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0;/* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0;/* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0;/* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
+    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
+    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH;/* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW;/* [B*T, NW*H] */
+    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
     [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH;/* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H;/* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g0;   /* the same values (see XW_IS_DS) */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */

@@ -100,7 +100,7 @@ def c_struct(ir: CellIR, prefix: str, entry: str, ct: str, suffix: str) -> str:
     for f in fields(ir, entry):
         decl = f"    {f.ctype(ct)}{'' if f.ctype(ct).endswith('*') else ' '}{f.name};"
         note = ", ".join(x for x in (f"[{f.shape}]" if f.shape else "", f.doc) if x)
-        lines.append(f"{decl:<40}/* {note} */" if note else decl)
+        lines.append(f"{decl.ljust(39)} /* {note} */" if note else decl)
     lines.append(f"}} {struct_name(prefix, entry, suffix)};")
     return "\n".join(lines)
 
@@ -126,7 +126,7 @@ def c_params(ir: CellIR, entry: str, ct: str, lead: str) -> str:
         t = f.ctype(ct)
         decl = f"    {t}{'' if t.endswith('*') else ' '}{f.name}{',' if i < len(members) - 1 else ')'}"
         note = ", ".join(x for x in (f"[{f.shape}]" if f.shape else "", f.doc) if x)
-        out.append(f"{decl:<40}/* {note} */" if note else decl)
+        out.append(f"{decl.ljust(39)} /* {note} */" if note else decl)
     return "\n".join(out)
 
 

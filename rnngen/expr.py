@@ -327,3 +327,36 @@ def names_in(e: Expr):
         elif isinstance(e, Subscript):
             yield Name(e.name, e.line)
             stack.append(e.index)
+
+
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2, "**": 4}
+
+
+def unparse(e: Expr) -> str:
+    """An expression as the spec language writes it, with only the parentheses it needs
+    (names are identifiers and numbers floats, so the text is safe in a C comment)."""
+    def prec(x):
+        if isinstance(x, BinOp):
+            return _PREC[x.op]
+        return 3 if isinstance(x, Neg) else 5
+
+    def wrap(x, parens):
+        t = unparse(x)
+        return f"({t})" if parens else t
+    if isinstance(e, Num):
+        v = e.value
+        return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
+    if isinstance(e, Name):
+        return e.id
+    if isinstance(e, Neg):
+        return "-" + wrap(e.arg, prec(e.arg) < 3)
+    if isinstance(e, Call):
+        return f"{e.func}({', '.join(unparse(a) for a in e.args)})"
+    if isinstance(e, Subscript):
+        return f"{e.name}[{unparse(e.index)}]"
+    p = _PREC[e.op]
+    if e.op == "**":
+        left, right = wrap(e.left, prec(e.left) <= p), wrap(e.right, prec(e.right) < p)
+    else:
+        left, right = wrap(e.left, prec(e.left) < p), wrap(e.right, prec(e.right) <= p)
+    return f"{left} {e.op} {right}"

@@ -122,5 +122,5 @@ def carve(buffers, ct: str, unused: str) -> str:
     lines = [f"    {ct} *p = work;"]
     for b in buffers:
         decl = f"    {unused} {ct} *{b.name} = p; p += {b.count};"
-        lines.append(f"{decl:<60}/* {b.doc} */")
+        lines.append(f"{decl.ljust(59)} /* {b.doc} */")
     return "\n".join(lines)

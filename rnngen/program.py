@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Union
 
+from .expr import unparse
 from .functions import FUNCTIONS
 from .ir import CellIR, Group, Node, c_name
 from .layout import Layout
@@ -131,10 +132,12 @@ Target = Union[Local, Access]
 # -- statements -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Let:
-    """A new local: ``const`` unless it is an accumulator."""
+    """A new local: ``const`` unless it is an accumulator; ``note``: the equation it
+    computes, printed as a comment above it."""
     name: str
     value: Expr
     const: bool = True
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -712,9 +715,39 @@ def prune_locals(body: tuple) -> tuple:
     return tuple(keep(body))
 
 
+def _equation_notes(ir: CellIR) -> dict:
+    """{forward local: "target = expression"} for the value of each equation of the step
+    (a state's new value is v_<state>_new; the text is rebuilt from the parsed equation, so
+    nothing of the spec's file reaches the generated code but identifiers and numbers)."""
+    notes = {}
+    for eq in ir.spec.equations:
+        label = c_name(eq.target) + ("_new" if eq.target in ir.spec.states else "")
+        try:
+            text = unparse(eq.expr)
+        except RecursionError:             # thousands of terms: the fuzzer's worst cases
+            text = "..."
+        if len(text) > 160:
+            text = text[:150] + " ..."
+        notes[f"v_{label}"] = f"{eq.target} = {text}".replace("*/", "* /")
+    return notes
+
+
+def _annotate(body: tuple, notes: dict) -> tuple:
+    out = []
+    for s in body:
+        if isinstance(s, Let) and s.name in notes:
+            s = replace(s, note=notes[s.name])
+        elif isinstance(s, IfReal):
+            s = IfReal(_annotate(s.body, notes))
+        out.append(s)
+    return tuple(out)
+
+
 def lower_program(ir: CellIR, layout: Layout) -> StepProgram:
     low = _Lowering(ir, layout)
-    forward = tuple(replace(ph, body=prune_locals(ph.body)) for ph in low.forward())
+    notes = _equation_notes(ir)
+    forward = tuple(replace(ph, body=_annotate(prune_locals(ph.body), notes))
+                    for ph in low.forward())
     backward = tuple(replace(ph, real=prune_locals(ph.real), padded=prune_locals(ph.padded))
                      for ph in low.backward())
     return StepProgram(ir=ir, layout=layout, forward=forward, backward=backward,

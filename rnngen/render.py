@@ -168,7 +168,8 @@ class Renderer:
     def stmt(self, s) -> list:
         ct = self.d.ctype
         if isinstance(s, P.Let):
-            return [f"{'const ' if s.const else ''}{ct} {s.name} = {self.expr(s.value)};"]
+            note = [f"/* {s.note} */"] if s.note else []
+            return note + [f"{'const ' if s.const else ''}{ct} {s.name} = {self.expr(s.value)};"]
         if isinstance(s, P.Set):
             text = f"{self.target(s.target)} = {self.expr(s.value)};"
             if s.when:
