@@ -14,39 +14,19 @@ from typing import Optional, Union
 
 import numpy as np
 
+from . import validation as V
 from .backends import get_backend
 from .initializers import check_init, initialize
-from .ir import resolve_params
 from .pipeline import SPECS, builtin_specs, compile_cell
 from .runtime import DeviceView, check_memory, is_device_array
 from .errors import SpecError
 from .spec import CellSpec, load_spec
 
-_DTYPES = {"float32": np.float32, "float64": np.float64}
+_DTYPES = V.DTYPES
 CUDA_BACKENDS = ("cuda", "cuda-emulated")
-
-
-def _check_dtype(dtype) -> str:
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    if name not in _DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return name
-
-
-# Largest sizes a layer accepts (checked before anything is allocated or built).
-MAX_OUTPUT_DIM = 1 << 20
-MAX_INPUT_DIM = 1 << 24
-MAX_STEPS = (1 << 31) - 1      # truncate_gradient, input_length: a C int
-
-
-def _check_pos_int(v, what, allow_none=False, maximum=MAX_STEPS):
-    if v is None and allow_none:
-        return None
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{what} must be a positive integer, got {v!r}")
-    if v > maximum:
-        raise ValueError(f"{what} must be a positive integer at most {maximum}, got {v!r}")
-    return int(v)
+# the checks of every front end (rnngen/validation.py)
+_check_dtype, _check_pos_int = V.check_dtype, V.check_pos_int
+MAX_OUTPUT_DIM, MAX_INPUT_DIM, MAX_STEPS = V.MAX_OUTPUT_DIM, V.MAX_INPUT_DIM, V.MAX_STEPS
 
 
 def _as_float_array(a, what, dtype):
@@ -81,34 +61,23 @@ class Recurrent:
                             f"{', '.join(names)}") from None
         bound.apply_defaults()
         a = dict(bound.arguments)
-        self.output_dim = _check_pos_int(a.pop("output_dim"), "output_dim",
-                                         maximum=MAX_OUTPUT_DIM)
-        self.dtype = _check_dtype(a.pop("dtype"))
+        output_dim = a.pop("output_dim")
+        V.check_pos_int(output_dim, "output_dim", maximum=MAX_OUTPUT_DIM)
+        self.dtype = V.check_dtype(a.pop("dtype"))
         be = get_backend(a.pop("backend"))
         be.check()     # no GPU, driver or cuBLAS for backend="cuda": say so now
         self.backend = be.name
         seed = a.pop("seed")
         self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        tg = a.pop("truncate_gradient")
-        if isinstance(tg, bool) or not isinstance(tg, (int, np.integer)) or (tg < 1 and tg != -1) \
-                or tg > MAX_STEPS:
-            raise ValueError(f"truncate_gradient must be -1 (full BPTT) or a positive number "
-                             f"of steps (at most {MAX_STEPS}), got {tg!r}")
-        self.truncate_gradient = int(tg)
-        rs = a.pop("return_sequences")
-        if not isinstance(rs, (bool, np.bool_)):
-            raise TypeError(f"return_sequences must be True or False, got {rs!r}")
-        self.return_sequences = bool(rs)
-        for name in ("return_state", "go_backwards"):
-            v = a.pop(name)
-            if not isinstance(v, (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {v!r}")
-            setattr(self, name, bool(v))
-        self.input_dim = _check_pos_int(a.pop("input_dim"), "input_dim", allow_none=True,
-                                        maximum=MAX_INPUT_DIM)
-        self.input_length = _check_pos_int(a.pop("input_length"), "input_length", allow_none=True)
+        opts = V.layer_options(output_dim, a.pop("input_dim"), a.pop("return_sequences"),
+                               a.pop("truncate_gradient"), a.pop("return_state"),
+                               a.pop("go_backwards"))
+        for name, v in opts.items():
+            setattr(self, name, v)
+        self.input_length = V.check_pos_int(a.pop("input_length"), "input_length",
+                                            allow_none=True)
         weights = a.pop("weights")
-        self.params = resolve_params(self.spec, a)      # checks activations, inits, ints
+        self.params = V.cell_params(self.spec, a)      # checks activations, inits, ints
         self._kernel = None
         self._weights: Optional[list] = None
         # what a backward pairs with, per calling thread: each thread's backward reads its
@@ -164,7 +133,7 @@ class Recurrent:
     # -- construction --------------------------------------------------------
     @property
     def _code_params(self) -> dict:
-        return {p.name: self.params[p.name] for p in self.spec.params if p.kind != "init"}
+        return V.code_params(self.spec, self.params)
 
     def _ir(self):
         from .ir import compute_ir
@@ -193,22 +162,16 @@ class Recurrent:
         raise ValueError("cannot tell input_dim from weights; " + self._expected_text())
 
     def build(self, input_dim: int) -> None:
-        self.input_dim = _check_pos_int(input_dim, "input_dim", maximum=MAX_INPUT_DIM)
+        self.input_dim = V.check_pos_int(input_dim, "input_dim", maximum=MAX_INPUT_DIM)
         ir = self._ir()
-        if self.input_dim != self.output_dim and ir.x_elementwise:
-            raise ValueError(f"{type(self).__name__} uses x elementwise (not only as x @ W), so "
-                             f"input_dim must equal output_dim ({self.output_dim}), got "
-                             f"{self.input_dim}")
+        V.check_x_elementwise(ir, self.input_dim, self.output_dim, type(self).__name__)
         itemsize = np.dtype(_DTYPES[self.dtype]).itemsize
         shapes = [w.dims(self.input_dim, self.output_dim) for w in ir.weights]
         check_memory(sum(int(np.prod(s)) for s in shapes) * itemsize * 3,
                      f"{type(self).__name__}'s weights (with gradients and a copy)")
         self._kernel = compile_cell(self.spec, self._code_params, self.backend)
-        ws = []
-        for w in self._kernel.ir.weights:
-            init = self.params.get(w.init, w.init)
-            ws.append(initialize(check_init(init), w.dims(self.input_dim, self.output_dim),
-                                 self._rng))
+        ws = V.initial_weights(self._kernel.ir, self.params, self.input_dim, self.output_dim,
+                               self._rng)
         self._weights = [np.ascontiguousarray(w, dtype=_DTYPES[self.dtype]) for w in ws]
 
     @property

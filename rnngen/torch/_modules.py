@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import validation as V
 from ..layers import MERGE_MODES, check_pair
 from ._ops import _FLOATS, _kernel, register_cell
 
@@ -83,36 +84,29 @@ class Recurrent(nn.Module):
                  **cell_params):
         super().__init__()
         cls = _cell_class(cell)
-        known = {p.name for p in cls.spec.params}
-        unknown = sorted(set(cell_params) - known)
-        if unknown:
-            raise TypeError(f"{cls.__name__} has no parameter {', '.join(map(repr, unknown))}; "
-                            f"its parameters: {', '.join(sorted(known)) or 'none'}")
-        for name, v in (("return_state", return_state), ("go_backwards", go_backwards)):
-            if not isinstance(v, (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {v!r}")
+        # every argument checked as the numpy layer checks it (rnngen/validation.py)
+        opts = V.layer_options(output_dim, input_dim, return_sequences, truncate_gradient,
+                               return_state, go_backwards, input_dim_optional=False)
+        params = V.cell_params(cls.spec, cell_params)
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if dtype not in _FLOATS:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        # the numpy layer checks every argument and draws the initial weights
-        layer = cls(output_dim, input_dim=input_dim, return_sequences=return_sequences,
-                    truncate_gradient=truncate_gradient, dtype="float64", seed=seed,
-                    **cell_params)
         self.cell_class = cls
-        self.input_dim, self.output_dim = layer.input_dim, layer.output_dim
-        self.return_sequences = layer.return_sequences
-        self.truncate_gradient = layer.truncate_gradient
-        self.return_state, self.go_backwards = bool(return_state), bool(go_backwards)
+        for name, v in opts.items():
+            setattr(self, name, v)
         self.cell_params = dict(cell_params)
-        self.params = dict(layer.params)
-        code = {p.name: layer.params[p.name] for p in cls.spec.params if p.kind != "init"}
-        self._key = register_cell(cls.spec, code)
+        self.params = params
+        self._key = register_cell(cls.spec, V.code_params(cls.spec, params))
         ir = _kernel(self._key, "cpu").ir
+        V.check_x_elementwise(ir, self.input_dim, self.output_dim, cls.__name__)
         self.state_names = tuple(ir.states)
         self.weight_names = tuple(w.name for w in ir.weights)
-        for name, w in zip(self.weight_names, layer.get_weights()):
+        # the weights the numpy layer draws for the same seed
+        first = V.initial_weights(ir, params, self.input_dim, self.output_dim,
+                                  np.random.default_rng(seed))
+        for name, w in zip(self.weight_names, first):
             if hasattr(nn.Module, name) or name in self.__dict__:
                 raise ValueError(f"{cls.__name__}'s weight {name!r} clashes with an attribute "
                                  "of torch.nn.Module; rename it in the spec")
@@ -248,8 +242,7 @@ class Recurrent(nn.Module):
         cls = cell_from_ref(state.pop("_cell_ref"))
         super().__setstate__(state)
         self.cell_class = cls
-        code = {p.name: self.params[p.name] for p in cls.spec.params if p.kind != "init"}
-        register_cell(cls.spec, code)
+        register_cell(cls.spec, V.code_params(cls.spec, self.params))
 
     def extra_repr(self) -> str:
         s = (f"{self.cell_class.__name__}, input_dim={self.input_dim}, "

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import validation as V
 from ._modules import _cell_class, cell_from_ref, cell_ref
 from ._ops import _FLOATS, _kernel, register_cell
 
@@ -90,11 +91,6 @@ def _mode_cell(name):
         from .. import load_example
         return _EXAMPLE_CELLS.setdefault(name, load_example(name))
     return _cell_class(name)
-
-
-def _code_params(spec, given: dict) -> dict:
-    """The compiled-in parameters (activations, numbers) with the spec's defaults."""
-    return {p.name: given.get(p.name, p.default) for p in spec.params if p.kind != "init"}
 
 
 def _check_int(name, v, low):
@@ -195,7 +191,8 @@ class _RNNBase(nn.Module):
         if cell is None:
             cls_name, code, gates, self._blocks = _MODES[mode]
             self.cell_class = _mode_cell(cls_name)
-            self._code = _code_params(self.cell_class.spec, code)
+            spec = self.cell_class.spec
+            self._code = V.code_params(spec, V.cell_params(spec, code))
             self._init_torch_layout(gates, device, dtype)
         else:
             self.cell_class = _cell_class(cell)
@@ -225,18 +222,17 @@ class _RNNBase(nn.Module):
     def _init_cell(self, cell_params, seed, device, dtype):
         """The cell's weights per layer and direction, as its numpy layer draws them."""
         cls = self.cell_class
-        known = {p.name for p in cls.spec.params}
-        unknown = sorted(set(cell_params) - known)
-        if unknown:
-            raise TypeError(f"{cls.__name__} has no parameter {', '.join(map(repr, unknown))}; "
-                            f"its parameters: {', '.join(sorted(known)) or 'none'}")
+        params = V.cell_params(cls.spec, cell_params)       # as the numpy layer checks them
+        self._code = V.code_params(cls.spec, params)
+        key = register_cell(cls.spec, self._code)
+        ir = _kernel(key, "cpu").ir
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        names, layer = [], None
+        names = []
         for i, (sfx, D) in enumerate(zip(self._sfx, self._inputs)):
-            s = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
-            layer = cls(self.hidden_size, input_dim=D, dtype="float64", seed=s, **cell_params)
-            for w, a in zip(cls.spec.weights, layer.get_weights()):
+            V.check_x_elementwise(ir, D, self.hidden_size, cls.__name__)
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
+            for w, a in zip(ir.weights, V.initial_weights(ir, params, D, self.hidden_size, rng)):
                 n = f"{w.name}{sfx}"
                 if hasattr(nn.Module, n) or n in self.__dict__:
                     raise ValueError(f"{cls.__name__}'s weight {n!r} clashes with an "
@@ -246,8 +242,6 @@ class _RNNBase(nn.Module):
                 names.append(n)
         self._flat_weights_names = names
         self.cell_params = dict(cell_params)
-        self._code = {p.name: layer.params[p.name] for p in cls.spec.params
-                      if p.kind != "init"}
 
     def reset_parameters(self) -> None:
         """Every parameter uniform in +-1/sqrt(hidden_size), as torch.nn's RNNs (built-in
