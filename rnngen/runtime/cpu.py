@@ -25,6 +25,8 @@ class Kernel:
         self.lib = self.ffi.dlopen(str(lib_path))
         self.prefix = f"rnngen_{ir.name}"
         self._local = threading.local()   # scratch buffers, one set per calling thread
+        self._members: dict = {}          # entry -> its struct's member names (rnngen.abi)
+        self._default_ctx = self.ffi.new("rnngen_ctx *", {"threads": 0})
 
     def set_threads(self, n: int) -> None:
         """Threads the kernels use (0: OpenMP's count, OMP_NUM_THREADS or the cores)."""
@@ -76,18 +78,25 @@ class Kernel:
         """The library's entry point rnngen_<cell>_<name>."""
         return getattr(self.lib, f"{self.prefix}_{name}")
 
-    def _context(self, **fields):
-        """The call's context (rnngen_ctx: threads 0, the defaults)."""
-        return self.ffi.new("rnngen_ctx *", fields)
+    def _context(self, threads: int = 0):
+        """The call's context (rnngen_ctx; threads 0: the defaults)."""
+        if threads == 0:
+            return self._default_ctx
+        return self.ffi.new("rnngen_ctx *", {"threads": threads})
 
     def _call(self, entry: str, sfx: str, ctx, values: dict) -> int:
         """rnngen_<cell>_<entry><sfx>(ctx, &args), the struct filled by member name from
         ``values`` as rnngen.abi lists the members (the header was printed from the same
-        list): a member missing from ``values`` is a KeyError here, never a shifted
-        argument.  ``values`` holds the buffers' cdata alive until the call returns."""
-        args = self.ffi.new(f"{abi.struct_name(self.prefix, entry, sfx)} *")
-        for f in abi.fields(self.ir, entry):
-            setattr(args, f.name, values[f.name])
+        list): a member missing from ``values`` (or one the struct lacks) is a KeyError
+        here, never a shifted argument.  ``values`` holds the buffers' cdata alive until the call returns."""
+        names = self._members.get(entry)
+        if names is None:                       # the schema, once per kernel and entry
+            names = self._members[entry] = frozenset(f.name for f in abi.fields(self.ir, entry))
+        if values.keys() != names:
+            missing = sorted(names - values.keys())
+            raise KeyError(f"{entry}: no value for {', '.join(missing)}" if missing else
+                           f"{entry}: no member {', '.join(sorted(values.keys() - names))}")
+        args = self.ffi.new(f"{abi.struct_name(self.prefix, entry, sfx)} *", values)
         return self._fn(f"{entry}{sfx}")(ctx, args)
 
     def _check_memory(self, T, B, D, H, n_save, n_work, training, itemsize):
