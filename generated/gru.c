@@ -131,7 +131,7 @@ static int forward_kernel_f32(
      * s + b * LDSL + j, s = the slot's start + t * STEPSL */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    float *p = work;
+    RNNGEN_MAYBE_UNUSED float *p = work;   /* the next free element */
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
@@ -161,9 +161,8 @@ static int forward_kernel_f32(
      * steps in dXW's space), else one step's */
     const int xw_first = B < RNNGEN_XW_FIRST_B;
     const int xw_all = (save && KEEP_XW) || xw_first;
-    float *XW = save && KEEP_XW ? save : xw_first ? dXW : iXW;
+    RNNGEN_MAYBE_UNUSED float *XW = save && KEEP_XW ? save : xw_first ? dXW : iXW;
     float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
     const int nt_asked = TEAM(T, B, D, H, sizeof(float), threads);
@@ -181,28 +180,24 @@ static int forward_kernel_f32(
          * shared out after the loop. */
         const int tid = omp_get_thread_num();
         const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
-        const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
+        RNNGEN_MAYBE_UNUSED const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
         int j0, j1, b0 = 0, b1 = B, u0, u1;
         rnngen_share(H, RNNGEN_UNIT_BLOCK, lt, lnt, &j0, &j1);
         if (split)
             rnngen_share(B, 1, tid, nt, &b0, &b1);
         /* this thread's units of the weight gradients */
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
-        const size_t nU = (size_t)(j1 - j0);
-        (void)nU; (void)lnt;
+        RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-        const size_t OFF_g0 = (2 - 1) * (size_t)j0;
-        const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g0 = (2 - 1) * (size_t)j0;
+const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        (void)Pw_t;
-        float *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        (void)Pf_t_g0; (void)Pb_t_g0;
-        float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        (void)Pf_t_g1; (void)Pb_t_g1;
+        RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -294,24 +289,22 @@ static int forward_kernel_f32(
              * GEMM over all steps before the loop is done instead. */
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f32(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
-            float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            float *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t5) */
-            float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
-            float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-            float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
-    (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+            RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+            RNNGEN_MAYBE_UNUSED float *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t5) */
+            RNNGEN_MAYBE_UNUSED float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
+            RNNGEN_MAYBE_UNUSED float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+            RNNGEN_MAYBE_UNUSED float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
+
 
 
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = rnngen_real(mask, r);
-                (void)r; (void)rx; (void)m;
+                RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
+                RNNGEN_MAYBE_UNUSED const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                RNNGEN_MAYBE_UNUSED const int m = rnngen_real(mask, r);
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                    (void)bj; (void)bs;
+                    RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     s_h_prev[bs] = L_h_1[bj];
                 }
             }
@@ -323,14 +316,12 @@ static int forward_kernel_f32(
                 rnngen_pgemm_f32(b1 - b0, 2 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 2 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = rnngen_real(mask, r);
-                (void)r; (void)rx; (void)m;
+                RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
+                RNNGEN_MAYBE_UNUSED const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                RNNGEN_MAYBE_UNUSED const int m = rnngen_real(mask, r);
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                    (void)bj; (void)bs;
+                    RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const float v_b_r = w_b_r[j];
                     const float v_t10 = v_x_w_r + v_b_r;
@@ -350,14 +341,12 @@ static int forward_kernel_f32(
                 rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_t15 + (size_t)b0 * LDSL, LDSL, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
             /* phase 2 */
             for (int b = b0; b < b1; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = rnngen_real(mask, r);
-                (void)r; (void)rx; (void)m;
+                RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
+                RNNGEN_MAYBE_UNUSED const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                RNNGEN_MAYBE_UNUSED const int m = rnngen_real(mask, r);
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                    (void)bj; (void)bs;
+                    RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b_z = w_b_z[j];
                     const float v_t4 = v_x_w_z + v_b_z;
@@ -453,7 +442,7 @@ static int backward_kernel_f32(
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
-    float *p = work;
+    RNNGEN_MAYBE_UNUSED float *p = work;   /* the next free element */
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
@@ -479,9 +468,8 @@ static int backward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
     RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
-    const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
+    RNNGEN_MAYBE_UNUSED const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXW; (void)dXP;
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
     const float slices = save[SAVE_LAYOUT(T, B, H)];
     if (!(slices >= 1 && slices <= RNNGEN_MAX_THREADS && slices == (int)slices)) return RNNGEN_ESAVE;
@@ -507,38 +495,33 @@ static int backward_kernel_f32(
          * shared out after the loop. */
         const int tid = omp_get_thread_num();
         const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
-        const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
+        RNNGEN_MAYBE_UNUSED const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
         int j0, j1, b0 = 0, b1 = B, u0, u1;
         rnngen_share(H, RNNGEN_UNIT_BLOCK, lt, lnt, &j0, &j1);
         if (split)
             rnngen_share(B, 1, tid, nt, &b0, &b1);
         /* this thread's units of the weight gradients */
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
-        const size_t nU = (size_t)(j1 - j0);
-        (void)nU; (void)lnt;
+        RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-        const size_t OFF_g0 = (2 - 1) * (size_t)j0;
-        const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g0 = (2 - 1) * (size_t)j0;
+const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        (void)Pw_t;
-        float *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        (void)Pf_t_g0; (void)Pb_t_g0;
-        float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        (void)Pf_t_g1; (void)Pb_t_g1;
+        RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
                 team_ok = 0;
         } else {
             if (nU > 0) {   /* this thread's columns of the packed weights */
-                int i0 = 0, i1 = D;   /* the batch split copies the one slice together */
+                RNNGEN_MAYBE_UNUSED int i0 = 0, i1 = D;   /* the batch split copies the one slice together */
                 if (split)
                     rnngen_share(D, 1, tid, nt, &i0, &i1);
-                (void)i0; (void)i1;
                 for (int i = i0; i < i1; i++)   /* block 0: W_z */
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W_z + (size_t)i * H + j0, nU * sizeof(float));
                 for (int i = i0; i < i1; i++)   /* block 1: W_r */
@@ -630,20 +613,19 @@ static int backward_kernel_f32(
                 const size_t ts = (size_t)t;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
-                float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                float *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t5) */
-                float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
-                float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-                float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
-        (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+                RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+                RNNGEN_MAYBE_UNUSED float *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t5) */
+                RNNGEN_MAYBE_UNUSED float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
+                RNNGEN_MAYBE_UNUSED float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+                RNNGEN_MAYBE_UNUSED float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
+
 
 
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
-                    const size_t rx = r;
+                    RNNGEN_MAYBE_UNUSED const size_t rx = r;
                     const int m = rnngen_real(mask, r);
-                    (void)rx;
                     if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
                         enum { LINE = 64 / sizeof(float) };
                         for (int j = j0; j < j1; j += LINE)
@@ -654,8 +636,7 @@ static int backward_kernel_f32(
                     if (m) {
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            (void)bj; (void)bs;
+                            RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const float a_h = dL_h_1[bj] + dy[r * H + j];
                             float a0 = 0.0f;
                             float a1 = 0.0f;
@@ -694,8 +675,7 @@ static int backward_kernel_f32(
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            (void)bj; (void)bs;
+                            RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             dL_h_1[bj] += dy[r * H + j];
                             d_t15[bj] = 0.0f;
                         }
@@ -710,14 +690,12 @@ static int backward_kernel_f32(
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
-                    const size_t rx = r;
+                    RNNGEN_MAYBE_UNUSED const size_t rx = r;
                     const int m = rnngen_real(mask, r);
-                    (void)rx;
                     if (m) {
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            (void)bj; (void)bs;
+                            RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             float a0 = d_t15[bj];
                             float a1 = dL_h_1[bj];
                             float a2 = 0.0f;
@@ -1011,7 +989,7 @@ static int forward_kernel_f64(
      * s + b * LDSL + j, s = the slot's start + t * STEPSL */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    double *p = work;
+    RNNGEN_MAYBE_UNUSED double *p = work;   /* the next free element */
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
@@ -1041,9 +1019,8 @@ static int forward_kernel_f64(
      * steps in dXW's space), else one step's */
     const int xw_first = B < RNNGEN_XW_FIRST_B;
     const int xw_all = (save && KEEP_XW) || xw_first;
-    double *XW = save && KEEP_XW ? save : xw_first ? dXW : iXW;
+    RNNGEN_MAYBE_UNUSED double *XW = save && KEEP_XW ? save : xw_first ? dXW : iXW;
     double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    (void)p; (void)XW; (void)dXW; (void)dXP; (void)iSL;
     rnngen_blas_serial();
     rnngen_barrier bar = {0, 0, {0}};
     const int nt_asked = TEAM(T, B, D, H, sizeof(double), threads);
@@ -1061,28 +1038,24 @@ static int forward_kernel_f64(
          * shared out after the loop. */
         const int tid = omp_get_thread_num();
         const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
-        const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
+        RNNGEN_MAYBE_UNUSED const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
         int j0, j1, b0 = 0, b1 = B, u0, u1;
         rnngen_share(H, RNNGEN_UNIT_BLOCK, lt, lnt, &j0, &j1);
         if (split)
             rnngen_share(B, 1, tid, nt, &b0, &b1);
         /* this thread's units of the weight gradients */
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
-        const size_t nU = (size_t)(j1 - j0);
-        (void)nU; (void)lnt;
+        RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-        const size_t OFF_g0 = (2 - 1) * (size_t)j0;
-        const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g0 = (2 - 1) * (size_t)j0;
+const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        (void)Pw_t;
-        double *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        (void)Pf_t_g0; (void)Pb_t_g0;
-        double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        (void)Pf_t_g1; (void)Pb_t_g1;
+        RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -1174,24 +1147,22 @@ static int forward_kernel_f64(
              * GEMM over all steps before the loop is done instead. */
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f64(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
-            double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            double *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t5) */
-            double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
-            double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-            double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
-    (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+            RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+            RNNGEN_MAYBE_UNUSED double *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t5) */
+            RNNGEN_MAYBE_UNUSED double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
+            RNNGEN_MAYBE_UNUSED double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+            RNNGEN_MAYBE_UNUSED double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
+
 
 
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = rnngen_real(mask, r);
-                (void)r; (void)rx; (void)m;
+                RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
+                RNNGEN_MAYBE_UNUSED const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                RNNGEN_MAYBE_UNUSED const int m = rnngen_real(mask, r);
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                    (void)bj; (void)bs;
+                    RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     s_h_prev[bs] = L_h_1[bj];
                 }
             }
@@ -1203,14 +1174,12 @@ static int forward_kernel_f64(
                 rnngen_pgemm_f64(b1 - b0, 2 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 2 * (size_t)j0, LDS_g0, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = rnngen_real(mask, r);
-                (void)r; (void)rx; (void)m;
+                RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
+                RNNGEN_MAYBE_UNUSED const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                RNNGEN_MAYBE_UNUSED const int m = rnngen_real(mask, r);
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                    (void)bj; (void)bs;
+                    RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const double v_b_r = w_b_r[j];
                     const double v_t10 = v_x_w_r + v_b_r;
@@ -1230,14 +1199,12 @@ static int forward_kernel_f64(
                 rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_t15 + (size_t)b0 * LDSL, LDSL, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
             /* phase 2 */
             for (int b = b0; b < b1; b++) {
-                const size_t r = (size_t)b * T + t;   /* row of x and y */
-                const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
-                const int m = rnngen_real(mask, r);
-                (void)r; (void)rx; (void)m;
+                RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
+                RNNGEN_MAYBE_UNUSED const size_t rx = xw_all ? r : (size_t)b;   /* row of XW (all steps, or this step's) */
+                RNNGEN_MAYBE_UNUSED const int m = rnngen_real(mask, r);
     #pragma omp simd
                 for (int j = j0; j < j1; j++) {
-                    const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                    (void)bj; (void)bs;
+                    RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b_z = w_b_z[j];
                     const double v_t4 = v_x_w_z + v_b_z;
@@ -1333,7 +1300,7 @@ static int backward_kernel_f64(
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
     const size_t STEPSL = XW_IS_DS ? (size_t)H : BH;
-    double *p = work;
+    RNNGEN_MAYBE_UNUSED double *p = work;   /* the next free element */
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
@@ -1359,9 +1326,8 @@ static int backward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
     RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
-    const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
+    RNNGEN_MAYBE_UNUSED const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
-    (void)p; (void)iXW; (void)iSL; (void)XW; (void)dXW; (void)dXP;
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
     const double slices = save[SAVE_LAYOUT(T, B, H)];
     if (!(slices >= 1 && slices <= RNNGEN_MAX_THREADS && slices == (int)slices)) return RNNGEN_ESAVE;
@@ -1387,38 +1353,33 @@ static int backward_kernel_f64(
          * shared out after the loop. */
         const int tid = omp_get_thread_num();
         const int nt = omp_get_num_threads();   /* the team OpenMP gave, maybe fewer than asked */
-        const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
+        RNNGEN_MAYBE_UNUSED const int lt = split ? 0 : tid, lnt = split ? 1 : nt;   /* this thread's slice of the layout; slices */
         int j0, j1, b0 = 0, b1 = B, u0, u1;
         rnngen_share(H, RNNGEN_UNIT_BLOCK, lt, lnt, &j0, &j1);
         if (split)
             rnngen_share(B, 1, tid, nt, &b0, &b1);
         /* this thread's units of the weight gradients */
         rnngen_share(H, RNNGEN_UNIT_BLOCK, tid, nt, &u0, &u1);
-        const size_t nU = (size_t)(j1 - j0);
-        (void)nU; (void)lnt;
+        RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-        const size_t OFF_g0 = (2 - 1) * (size_t)j0;
-        const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g0 = (2 - 1) * (size_t)j0;
+const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
-        double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        (void)Pw_t;
-        double *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        (void)Pf_t_g0; (void)Pb_t_g0;
-        double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        (void)Pf_t_g1; (void)Pb_t_g1;
+        RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
                 team_ok = 0;
         } else {
             if (nU > 0) {   /* this thread's columns of the packed weights */
-                int i0 = 0, i1 = D;   /* the batch split copies the one slice together */
+                RNNGEN_MAYBE_UNUSED int i0 = 0, i1 = D;   /* the batch split copies the one slice together */
                 if (split)
                     rnngen_share(D, 1, tid, nt, &i0, &i1);
-                (void)i0; (void)i1;
                 for (int i = i0; i < i1; i++)   /* block 0: W_z */
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W_z + (size_t)i * H + j0, nU * sizeof(double));
                 for (int i = i0; i < i1; i++)   /* block 1: W_r */
@@ -1510,20 +1471,19 @@ static int backward_kernel_f64(
                 const size_t ts = (size_t)t;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
-                double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                double *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t5) */
-                double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
-                double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-                double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
-        (void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+                RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+                RNNGEN_MAYBE_UNUSED double *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t5) */
+                RNNGEN_MAYBE_UNUSED double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t11) */
+                RNNGEN_MAYBE_UNUSED double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+                RNNGEN_MAYBE_UNUSED double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t18) */
+
 
 
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
-                    const size_t rx = r;
+                    RNNGEN_MAYBE_UNUSED const size_t rx = r;
                     const int m = rnngen_real(mask, r);
-                    (void)rx;
                     if (t > t0) {   /* the next step's rows of dy and dXW: T rows apart, no prefetcher guesses them */
                         enum { LINE = 64 / sizeof(double) };
                         for (int j = j0; j < j1; j += LINE)
@@ -1534,8 +1494,7 @@ static int backward_kernel_f64(
                     if (m) {
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            (void)bj; (void)bs;
+                            RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const double a_h = dL_h_1[bj] + dy[r * H + j];
                             double a0 = 0.0;
                             double a1 = 0.0;
@@ -1574,8 +1533,7 @@ static int backward_kernel_f64(
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            (void)bj; (void)bs;
+                            RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             dL_h_1[bj] += dy[r * H + j];
                             d_t15[bj] = 0.0;
                         }
@@ -1590,14 +1548,12 @@ static int backward_kernel_f64(
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
-                    const size_t rx = r;
+                    RNNGEN_MAYBE_UNUSED const size_t rx = r;
                     const int m = rnngen_real(mask, r);
-                    (void)rx;
                     if (m) {
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
-                            const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            (void)bj; (void)bs;
+                            RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             double a0 = d_t15[bj];
                             double a1 = dL_h_1[bj];
                             double a2 = 0.0;

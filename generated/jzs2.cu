@@ -201,7 +201,7 @@ static __global__ void rnngen_jzs2_fwd0_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -243,7 +243,7 @@ static __global__ void rnngen_jzs2_fwd1_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     const float v_x_pmat = XW[rx * LDXW + OFFW + 1 * nU + j];
@@ -293,7 +293,7 @@ static __global__ void rnngen_jzs2_fwd2_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -361,7 +361,7 @@ static __global__ void rnngen_jzs2_bwd2_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     if (m) {
@@ -444,7 +444,7 @@ static __global__ void rnngen_jzs2_bwd1_f32(const rnngen_jzs2_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     if (m) {
@@ -527,7 +527,7 @@ static int forward_kernel_f32(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] [U_z | U_r] */
@@ -569,8 +569,7 @@ static int forward_kernel_f32(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_z, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_Pmat, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -601,7 +600,7 @@ static int forward_kernel_f32(
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs2_fwd0_f32, grid, block, cs, F, t);
@@ -679,7 +678,7 @@ static int backward_kernel_f32(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] [U_z | U_r] */
@@ -721,8 +720,7 @@ static int backward_kernel_f32(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_z, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_Pmat, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -751,7 +749,7 @@ static int backward_kernel_f32(
         [[maybe_unused]] float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs2_bwd2_f32, grid, block, cs, F, t);
@@ -867,7 +865,7 @@ static __global__ void rnngen_jzs2_fwd0_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -909,7 +907,7 @@ static __global__ void rnngen_jzs2_fwd1_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     const double v_x_pmat = XW[rx * LDXW + OFFW + 1 * nU + j];
@@ -959,7 +957,7 @@ static __global__ void rnngen_jzs2_fwd2_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -1027,7 +1025,7 @@ static __global__ void rnngen_jzs2_bwd2_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     if (m) {
@@ -1110,7 +1108,7 @@ static __global__ void rnngen_jzs2_bwd1_f64(const rnngen_jzs2_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
     if (m) {
@@ -1193,7 +1191,7 @@ static int forward_kernel_f64(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] [U_z | U_r] */
@@ -1235,8 +1233,7 @@ static int forward_kernel_f64(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_z, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_Pmat, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -1267,7 +1264,7 @@ static int forward_kernel_f64(
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs2_fwd0_f64, grid, block, cs, F, t);
@@ -1345,7 +1342,7 @@ static int backward_kernel_f64(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] [U_z | U_r] */
@@ -1387,8 +1384,7 @@ static int backward_kernel_f64(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_z, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_Pmat, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -1417,7 +1413,7 @@ static int backward_kernel_f64(
         [[maybe_unused]] double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
         [[maybe_unused]] double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
-(void)s_h_prev; (void)s_z; (void)s_r; (void)s_t15; (void)s_hh;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs2_bwd2_f64, grid, block, cs, F, t);

@@ -214,7 +214,7 @@ static __global__ void rnngen_jzs3_fwd0_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -262,7 +262,7 @@ static __global__ void rnngen_jzs3_fwd1_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
@@ -316,7 +316,7 @@ static __global__ void rnngen_jzs3_fwd2_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -388,7 +388,7 @@ static __global__ void rnngen_jzs3_bwd2_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     if (m) {
@@ -476,7 +476,7 @@ static __global__ void rnngen_jzs3_bwd1_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     if (m) {
@@ -542,7 +542,7 @@ static __global__ void rnngen_jzs3_bwd0_f32(const rnngen_jzs3_frame_f32 F, const
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     if (m) {
@@ -618,7 +618,7 @@ static int forward_kernel_f32(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_z] */
@@ -667,8 +667,7 @@ static int forward_kernel_f32(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_z, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -701,7 +700,7 @@ static int forward_kernel_f32(
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd0_f32, grid, block, cs, F, t);
@@ -781,7 +780,7 @@ static int backward_kernel_f32(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_z] */
@@ -830,8 +829,7 @@ static int backward_kernel_f32(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_z, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -863,7 +861,7 @@ static int backward_kernel_f32(
         [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] float *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd2_f32, grid, block, cs, F, t);
@@ -990,7 +988,7 @@ static __global__ void rnngen_jzs3_fwd0_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -1038,7 +1036,7 @@ static __global__ void rnngen_jzs3_fwd1_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
@@ -1092,7 +1090,7 @@ static __global__ void rnngen_jzs3_fwd2_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -1164,7 +1162,7 @@ static __global__ void rnngen_jzs3_bwd2_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     if (m) {
@@ -1252,7 +1250,7 @@ static __global__ void rnngen_jzs3_bwd1_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     if (m) {
@@ -1318,7 +1316,7 @@ static __global__ void rnngen_jzs3_bwd0_f64(const rnngen_jzs3_frame_f64 F, const
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
     if (m) {
@@ -1394,7 +1392,7 @@ static int forward_kernel_f64(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_z] */
@@ -1443,8 +1441,7 @@ static int forward_kernel_f64(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_z, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -1477,7 +1474,7 @@ static int forward_kernel_f64(
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd0_f64, grid, block, cs, F, t);
@@ -1557,7 +1554,7 @@ static int backward_kernel_f64(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_z] */
@@ -1606,8 +1603,7 @@ static int backward_kernel_f64(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_z, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -1639,7 +1635,7 @@ static int backward_kernel_f64(
         [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t12) */
         [[maybe_unused]] double *s_t16 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-(void)s_h_prev; (void)s_t3; (void)s_z; (void)s_r; (void)s_t16; (void)s_hh;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd2_f64, grid, block, cs, F, t);

@@ -200,7 +200,7 @@ static __global__ void rnngen_lstm_fwd0_f32(const rnngen_lstm_frame_f32 F, const
         [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -245,7 +245,7 @@ static __global__ void rnngen_lstm_fwd1_f32(const rnngen_lstm_frame_f32 F, const
         [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
     const float v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -334,7 +334,7 @@ static __global__ void rnngen_lstm_bwd1_f32(const rnngen_lstm_frame_f32 F, const
         [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
     if (m) {
@@ -455,7 +455,7 @@ static int forward_kernel_f32(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
@@ -496,8 +496,7 @@ static int forward_kernel_f32(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -535,7 +534,7 @@ static int forward_kernel_f32(
         [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_lstm_fwd0_f32, grid, block, cs, F, t);
@@ -617,7 +616,7 @@ static int backward_kernel_f32(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
@@ -659,8 +658,7 @@ static int backward_kernel_f32(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -694,7 +692,7 @@ static int backward_kernel_f32(
         [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_lstm_bwd1_f32, grid, block, cs, F, t);
@@ -816,7 +814,7 @@ static __global__ void rnngen_lstm_fwd0_f64(const rnngen_lstm_frame_f64 F, const
         [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -861,7 +859,7 @@ static __global__ void rnngen_lstm_fwd1_f64(const rnngen_lstm_frame_f64 F, const
         [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
     const double v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -950,7 +948,7 @@ static __global__ void rnngen_lstm_bwd1_f64(const rnngen_lstm_frame_f64 F, const
         [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
     if (m) {
@@ -1071,7 +1069,7 @@ static int forward_kernel_f64(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
@@ -1112,8 +1110,7 @@ static int forward_kernel_f64(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -1151,7 +1148,7 @@ static int forward_kernel_f64(
         [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_lstm_fwd0_f64, grid, block, cs, F, t);
@@ -1233,7 +1230,7 @@ static int backward_kernel_f64(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
@@ -1275,8 +1272,7 @@ static int backward_kernel_f64(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -1310,7 +1306,7 @@ static int backward_kernel_f64(
         [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
         [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
         [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-(void)s_h_prev; (void)s_c_prev; (void)s_i; (void)s_f; (void)s_t20; (void)s_o; (void)s_t30;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_lstm_bwd1_f64, grid, block, cs, F, t);

@@ -211,7 +211,7 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f32(const rnngen_simpledeeprnn_
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -258,7 +258,7 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f32(const rnngen_simpledeeprnn_
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -328,7 +328,7 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f32(const rnngen_simpledeeprnn_
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
     if (m) {
@@ -418,7 +418,7 @@ static int forward_kernel_f32(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
@@ -467,8 +467,7 @@ static int forward_kernel_f32(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
@@ -502,7 +501,7 @@ static int forward_kernel_f32(
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd0_f32, grid, block, cs, F, t);
@@ -572,7 +571,7 @@ static int backward_kernel_f32(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
@@ -621,8 +620,7 @@ static int backward_kernel_f32(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
@@ -655,7 +653,7 @@ static int backward_kernel_f32(
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] float *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_bwd1_f32, grid, block, cs, F, t);
@@ -771,7 +769,7 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f64(const rnngen_simpledeeprnn_
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -818,7 +816,7 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f64(const rnngen_simpledeeprnn_
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -888,7 +886,7 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f64(const rnngen_simpledeeprnn_
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
     if (m) {
@@ -978,7 +976,7 @@ static int forward_kernel_f64(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
@@ -1027,8 +1025,7 @@ static int forward_kernel_f64(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
@@ -1062,7 +1059,7 @@ static int forward_kernel_f64(
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd0_f64, grid, block, cs, F, t);
@@ -1132,7 +1129,7 @@ static int backward_kernel_f64(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
@@ -1181,8 +1178,7 @@ static int backward_kernel_f64(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
@@ -1215,7 +1211,7 @@ static int backward_kernel_f64(
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
         [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
         [[maybe_unused]] double *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
-(void)s_h_prev; (void)s_t7; (void)s_h_lag2; (void)s_t14; (void)s_h_lag3; (void)s_t21; (void)s_t27;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_bwd1_f64, grid, block, cs, F, t);

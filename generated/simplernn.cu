@@ -182,7 +182,7 @@ static __global__ void rnngen_simplernn_fwd0_f32(const rnngen_simplernn_frame_f3
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -216,7 +216,7 @@ static __global__ void rnngen_simplernn_fwd1_f32(const rnngen_simplernn_frame_f3
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
+
 
 
     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -262,7 +262,7 @@ static __global__ void rnngen_simplernn_bwd1_f32(const rnngen_simplernn_frame_f3
     [[maybe_unused]] float *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
-(void)s_h_prev; (void)s_t6;
+
 
 
     if (m) {
@@ -319,7 +319,7 @@ static int forward_kernel_f32(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
@@ -352,8 +352,7 @@ static int forward_kernel_f32(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
@@ -376,7 +375,7 @@ static int forward_kernel_f32(
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_simplernn_fwd0_f32, grid, block, cs, F, t);
@@ -438,7 +437,7 @@ static int backward_kernel_f32(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    float *p = work;
+    [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
@@ -472,8 +471,7 @@ static int backward_kernel_f32(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
@@ -492,7 +490,7 @@ static int backward_kernel_f32(
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
-(void)s_h_prev; (void)s_t6;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_simplernn_bwd1_f32, grid, block, cs, F, t);
@@ -583,7 +581,7 @@ static __global__ void rnngen_simplernn_fwd0_f64(const rnngen_simplernn_frame_f6
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
+
 
 
     s_h_prev[bs] = L_h_1[bj];
@@ -617,7 +615,7 @@ static __global__ void rnngen_simplernn_fwd1_f64(const rnngen_simplernn_frame_f6
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
+
 
 
     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
@@ -663,7 +661,7 @@ static __global__ void rnngen_simplernn_bwd1_f64(const rnngen_simplernn_frame_f6
     [[maybe_unused]] double *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
-(void)s_h_prev; (void)s_t6;
+
 
 
     if (m) {
@@ -720,7 +718,7 @@ static int forward_kernel_f64(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
@@ -753,8 +751,7 @@ static int forward_kernel_f64(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
@@ -777,7 +774,7 @@ static int forward_kernel_f64(
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-(void)s_h_prev; (void)s_t6;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_simplernn_fwd0_f64, grid, block, cs, F, t);
@@ -839,7 +836,7 @@ static int backward_kernel_f64(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    double *p = work;
+    [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
     [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
@@ -873,8 +870,7 @@ static int backward_kernel_f64(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-    (void)grid; (void)block;
+    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
@@ -893,7 +889,7 @@ static int backward_kernel_f64(
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
-(void)s_h_prev; (void)s_t6;
+
 
 
         RNNGEN_CU_LAUNCH(rnngen_simplernn_bwd1_f64, grid, block, cs, F, t);

@@ -119,7 +119,7 @@ def work_size(buffers) -> str:
 def carve(buffers, ct: str, unused: str) -> str:
     """One pointer per array, in the table's order, from ``work`` (``unused``: the
     dialect's mark of a local that a kernel may not read)."""
-    lines = [f"    {ct} *p = work;"]
+    lines = [f"    {unused} {ct} *p = work;   /* the next free element */"]
     for b in buffers:
         decl = f"    {unused} {ct} *{b.name} = p; p += {b.count};"
         lines.append(f"{decl.ljust(59)} /* {b.doc} */")
