@@ -95,11 +95,15 @@ static inline cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
 static inline cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 
+/* Fresh device memory is filled with NaN (all bits set: a NaN in float and double), so a
+ * kernel that reads what nobody wrote shows it in its results instead of reading zeros. */
 static inline cudaError_t cudaMalloc(void **p, size_t bytes)
 {
     if (!p) return cudaErrorInvalidValue;
     *p = std::malloc(bytes ? bytes : 1);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+    if (!*p) return cudaErrorMemoryAllocation;
+    std::memset(*p, 0xFF, bytes ? bytes : 1);
+    return cudaSuccess;
 }
 static inline cudaError_t cudaFree(void *p) { std::free(p); return cudaSuccess; }
 

@@ -417,3 +417,17 @@ def test_results_into_given_device_arrays():
     with pytest.raises(ValueError, match="grads_out"):
         k.backward(HostAsDevice(x), None, ws, DeviceBuffer.over(k, save), HostAsDevice(dy), -1,
                    grads_out=[HostAsDevice(np.zeros((1, 1)))] * len(ws))
+
+
+def test_the_emulation_fills_fresh_device_memory_with_nan():
+    """A kernel that reads device memory nobody wrote sees NaN in the emulation (as it
+    would see garbage on a GPU), not the zeros a fresh host page holds."""
+    from rnngen.layers import BUILTIN
+    from rnngen.pipeline import compile_cell
+    k = compile_cell(BUILTIN["GRU"].spec, {}, "cuda-emulated")
+    pp = k.ffi.new("void **")
+    assert k._fn("cuda_alloc")(64, pp) == 0
+    host = np.zeros(8, np.float64)
+    assert k._fn("cuda_copy")(k.ffi.from_buffer(host), pp[0], 64, 0) == 0
+    assert k._fn("cuda_free")(pp[0]) == 0
+    assert np.isnan(host).all()
