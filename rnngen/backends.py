@@ -117,8 +117,8 @@ CXX = os.environ.get("CXX", "c++")
 
 
 def _emu_flags() -> list[str]:
-    flags = ["-x", "c++", "-std=c++17", "-O2", "-fPIC", "-Wall", "-Wextra", "-Werror",
-             "-DRNNGEN_CUDA_EMULATION"]
+    flags = ["-x", "c++", "-std=c++17", "-O2", "-fPIC", "-pthread", "-Wall", "-Wextra",
+             "-Werror", "-DRNNGEN_CUDA_EMULATION"]
     if os.environ.get("RNNGEN_SANITIZE"):   # make asan, and the sanitizer test
         flags += build.SANITIZE
     return flags

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <cmath>
+#include <thread>
 
 #define __global__
 #define __device__
@@ -38,6 +39,10 @@ struct dim3 {
     dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 static thread_local dim3 blockIdx(0, 0, 0), threadIdx(0, 0, 0), blockDim, gridDim;
+/* OS threads a launch's blocks run on (at least 1) */
+#ifndef RNNGEN_EMU_WORKERS
+#define RNNGEN_EMU_WORKERS 3
+#endif
 
 /* -- runtime ------------------------------------------------------------------ */
 enum cudaError_t {
@@ -166,19 +171,34 @@ static inline void rnngen_emu_launch(dim3 grid, dim3 block, F body)
     const unsigned long long nb = (unsigned long long)grid.x * grid.y * grid.z;
     const unsigned long long bs = rnngen_emu_stride(nb, seed), bo = (seed * 40503ull) % nb;
     const unsigned long long ts = rnngen_emu_stride(threads, seed + 7), to = (seed * 97ull) % threads;
-    gridDim = grid;
-    blockDim = block;
-    for (unsigned long long i = 0; i < nb; i++) {
-        const unsigned long long q = (i * bs + bo) % nb;
-        blockIdx = dim3((unsigned)(q % grid.x), (unsigned)(q / grid.x % grid.y),
-                        (unsigned)(q / grid.x / grid.y));
-        for (unsigned long long k = 0; k < threads; k++) {
-            const unsigned long long u = (k * ts + to) % threads;
-            threadIdx = dim3((unsigned)(u % block.x), (unsigned)(u / block.x % block.y),
-                             (unsigned)(u / block.x / block.y));
-            body();
+    /* the blocks are shared out over RNNGEN_EMU_WORKERS OS threads (as a GPU runs them
+     * at once), so that two blocks writing one address race here too */
+    const unsigned long long workers = nb < RNNGEN_EMU_WORKERS ? nb : RNNGEN_EMU_WORKERS;
+    auto run = [&](unsigned long long w) {
+        gridDim = grid;                 /* (thread-local, as blockIdx and threadIdx) */
+        blockDim = block;
+        for (unsigned long long i = w; i < nb; i += workers) {
+            const unsigned long long q = (i * bs + bo) % nb;
+            blockIdx = dim3((unsigned)(q % grid.x), (unsigned)(q / grid.x % grid.y),
+                            (unsigned)(q / grid.x / grid.y));
+            for (unsigned long long k = 0; k < threads; k++) {
+                const unsigned long long u = (k * ts + to) % threads;
+                threadIdx = dim3((unsigned)(u % block.x), (unsigned)(u / block.x % block.y),
+                                 (unsigned)(u / block.x / block.y));
+                body();
+            }
         }
+    };
+    if (workers <= 1) {
+        run(0);
+        return;
     }
+    std::thread pool[RNNGEN_EMU_WORKERS];
+    for (unsigned long long w = 1; w < workers; w++)
+        pool[w] = std::thread(run, w);
+    run(0);
+    for (unsigned long long w = 1; w < workers; w++)
+        pool[w].join();
 }
 #define RNNGEN_LAUNCH(kernel, grid, block, stream, ...) \
     rnngen_emu_launch((grid), (block), [&]() { kernel(__VA_ARGS__); })
