@@ -358,6 +358,12 @@ def test_opcheck_both_operators():
     for dl, truncate, state0_grad in [(dlast, -1, True), (None, 2, False)]:
         torch.library.opcheck(torch.ops.rnngen.recurrent_backward.default,
                               (*args, save, dy, dl, truncate, state0_grad))
+    # weights that are transposed views (as the drop-in modules hand torch's gate blocks):
+    # the fake gives the gradients contiguous, as the kernels write them
+    wt = [w.detach().t().contiguous().t() if w.dim() == 2 else w.detach() for w in ws]
+    assert not wt[0].is_contiguous()
+    torch.library.opcheck(torch.ops.rnngen.recurrent_backward.default,
+                          (m._key, x.detach(), u8, s0.detach(), wt, save, dy, dlast, -1, True))
 
 
 class Readout(torch.nn.Module):
