@@ -511,12 +511,30 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_average_to_the_whole_batch(tmp_path, leaky_path):
+class DropinReadout(torch.nn.Module):
+    """rnngen.torch.LSTM (2 layers, bidirectional, batch_first) and a linear readout; the
+    mask is not used (DDP_SCRIPT passes one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = rt.LSTM(D, H, 2, batch_first=True, bidirectional=True)
+        self.out = torch.nn.Linear(2 * H, 1)
+
+    def forward(self, x, mask=None):
+        y, (h, c) = self.rnn(x)
+        return self.out(torch.tanh(y)).mean(dim=(1, 2)) + c.sum(dim=(0, 2))
+
+
+@pytest.mark.parametrize("kind", ["user cell", "drop-in LSTM"])
+def test_ddp_two_processes_average_to_the_whole_batch(tmp_path, leaky_path, kind):
     """Two processes, gloo on localhost, each half of the batch: DDP's averaged gradients
-    are the single process's on the whole batch.  The model (a user spec's cell) reaches
-    the processes pickled, so unpickling in a fresh process is tested too."""
+    are the single process's on the whole batch.  The model (a user spec's cell, or the
+    drop-in LSTM) reaches the processes pickled, so unpickling in a fresh process is
+    tested too."""
     torch.manual_seed(0)
-    model = Readout(str(leaky_path), leak=0.25).double()
+    model = (Readout(str(leaky_path), leak=0.25) if kind == "user cell"
+             else DropinReadout()).double()
+    nparams = 5 if kind == "user cell" else 18
     x, mask = problem(torch.float64, seed=3, b=8, t=6)
     target = torch.randn(8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     torch.save((model, x, mask, target), tmp_path / "job.pt")
@@ -546,7 +564,7 @@ def test_ddp_two_processes_average_to_the_whole_batch(tmp_path, leaky_path):
                for p, out in zip(procs, outs)), "\n".join(outs)
     ((model(x, mask) - target) ** 2).mean().backward()
     g0, g1 = (torch.load(tmp_path / f"g{r}.pt") for r in range(2))
-    assert len(g0) == len(list(model.parameters())) == 5
+    assert len(g0) == len(list(model.parameters())) == nparams
     for a, b, p in zip(g0, g1, model.parameters()):
         assert torch.equal(a, b)                 # every process holds the average
         torch.testing.assert_close(a, p.grad, rtol=1e-12, atol=1e-14)
