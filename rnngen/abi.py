@@ -11,7 +11,7 @@ Every forward and backward entry point takes a context and one argument struct:
 (CUDA: ``const rnngen_cuda_ctx *ctx``, the caller's stream and device.)  The struct has one
 member per :class:`Field` of :func:`fields`, in that order: the sizes, then a pointer per
 buffer and per weight (named after the spec's weights, in spec order).  A template prints
-the struct with :func:`c_struct` and the kernel's locals with :func:`c_unpack`;
+the struct with :func:`c_struct` and the kernel's parameters with :func:`c_params`;
 ``runtime.Kernel`` fills the struct by member name from the same list, so no entry point
 is described twice and no argument goes by position.
 """
@@ -94,40 +94,28 @@ def struct_name(prefix: str, entry: str, suffix: str) -> str:
     return f"{prefix}_{entry}_args{suffix}"
 
 
+def _member(f: Field, ct: str, end: str) -> str:
+    """One member's declaration (``end``: ";" in a struct, "," or ")" in a parameter list)
+    with its shape and meaning as a comment."""
+    t = f.ctype(ct)
+    decl = f"    {t}{'' if t.endswith('*') else ' '}{f.name}{end}"
+    note = ", ".join(x for x in (f"[{f.shape}]" if f.shape else "", f.doc) if x)
+    return f"{decl.ljust(39)} /* {note} */" if note else decl
+
+
 def c_struct(ir: CellIR, prefix: str, entry: str, ct: str, suffix: str) -> str:
     """The typedef of ``entry``'s argument struct for element type ``ct``."""
-    lines = [f"typedef struct {struct_name(prefix, entry, suffix)} {{"]
-    for f in fields(ir, entry):
-        decl = f"    {f.ctype(ct)}{'' if f.ctype(ct).endswith('*') else ' '}{f.name};"
-        note = ", ".join(x for x in (f"[{f.shape}]" if f.shape else "", f.doc) if x)
-        lines.append(f"{decl.ljust(39)} /* {note} */" if note else decl)
-    lines.append(f"}} {struct_name(prefix, entry, suffix)};")
-    return "\n".join(lines)
-
-
-def c_unpack(ir: CellIR, entry: str, ct: str) -> str:
-    """The kernel's locals, one per member, read from ``args`` (the names the body uses)."""
-    out = []
-    for f in fields(ir, entry):
-        t = f.ctype(ct)
-        if f.pointer:
-            out.append(f"    {t}{f.name} = args->{f.name};")
-        else:
-            out.append(f"    const {t} {f.name} = args->{f.name};")
-    return "\n".join(out)
+    name = struct_name(prefix, entry, suffix)
+    return "\n".join([f"typedef struct {name} {{",
+                      *(_member(f, ct, ";") for f in fields(ir, entry)), f"}} {name};"])
 
 
 def c_params(ir: CellIR, entry: str, ct: str, lead: str) -> str:
     """The parameter list of the kernel behind an entry point: ``lead`` (the context's
     part: the threads or the stream), then one parameter per member, in order."""
-    out = [f"    {lead},"]
     members = fields(ir, entry)
-    for i, f in enumerate(members):
-        t = f.ctype(ct)
-        decl = f"    {t}{'' if t.endswith('*') else ' '}{f.name}{',' if i < len(members) - 1 else ')'}"
-        note = ", ".join(x for x in (f"[{f.shape}]" if f.shape else "", f.doc) if x)
-        out.append(f"{decl.ljust(39)} /* {note} */" if note else decl)
-    return "\n".join(out)
+    return "\n".join([f"    {lead},"] + [_member(f, ct, "," if i < len(members) - 1 else ")")
+                                        for i, f in enumerate(members)])
 
 
 def c_required(ir: CellIR, entry: str) -> str:
