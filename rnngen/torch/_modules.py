@@ -52,6 +52,16 @@ def cell_from_ref(ref):
     return _cell_class(ref)
 
 
+def register_weight(module: nn.Module, cell: str, name: str, value, dtype, device) -> None:
+    """A parameter ``name`` of ``module`` holding ``value``; a name torch.nn.Module already
+    uses (``cell``'s weight names come from its spec) is a ValueError."""
+    if hasattr(nn.Module, name) or name in module.__dict__:
+        raise ValueError(f"{cell}'s weight {name!r} clashes with an attribute of "
+                         "torch.nn.Module; rename it in the spec")
+    module.register_parameter(name, nn.Parameter(torch.tensor(value, dtype=dtype,
+                                                              device=device)))
+
+
 def _check_float(t, what):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch tensor, got {type(t).__name__}")
@@ -107,11 +117,7 @@ class Recurrent(nn.Module):
         first = V.initial_weights(ir, params, self.input_dim, self.output_dim,
                                   np.random.default_rng(seed))
         for name, w in zip(self.weight_names, first):
-            if hasattr(nn.Module, name) or name in self.__dict__:
-                raise ValueError(f"{cls.__name__}'s weight {name!r} clashes with an attribute "
-                                 "of torch.nn.Module; rename it in the spec")
-            self.register_parameter(
-                name, nn.Parameter(torch.tensor(w, dtype=dtype, device=device)))
+            register_weight(self, cls.__name__, name, w, dtype, device)
 
     # -- weights ---------------------------------------------------------------------------
     def _weights(self) -> List[torch.Tensor]:

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import validation as V
-from ._modules import _cell_class, cell_from_ref, cell_ref
+from ._modules import _cell_class, cell_from_ref, cell_ref, register_weight
 from ._ops import _FLOATS, _kernel, register_cell
 
 __all__ = ["LSTM", "GRU", "RNN", "convert", "InputError"]
@@ -101,12 +101,6 @@ def _check_int(name, v, low):
     return int(v)
 
 
-def _check_bool(name, v):
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {v!r}")
-    return bool(v)
-
-
 # -- packed sequences -------------------------------------------------------------------------
 class _Packing:
     """Where the rows of a PackedSequence's data sit in a padded batch-major tensor in the
@@ -163,9 +157,9 @@ class _RNNBase(nn.Module):
         self.input_size = _check_int("input_size", input_size, 1)
         self.hidden_size = _check_int("hidden_size", hidden_size, 1)
         self.num_layers = _check_int("num_layers", num_layers, 1)
-        self.bias = _check_bool("bias", bias)
-        self.batch_first = _check_bool("batch_first", batch_first)
-        self.bidirectional = _check_bool("bidirectional", bidirectional)
+        self.bias = V.check_flag("bias", bias)
+        self.batch_first = V.check_flag("batch_first", batch_first)
+        self.bidirectional = V.check_flag("bidirectional", bidirectional)
         if (isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating))
                 or not 0 <= dropout <= 1):
             raise ValueError("dropout should be a number in range [0, 1] representing the "
@@ -189,19 +183,22 @@ class _RNNBase(nn.Module):
         self._inputs = [self.input_size if k == 0 else self.hidden_size * dirs
                         for k in range(self.num_layers) for _ in range(dirs)]
         if cell is None:
-            cls_name, code, gates, self._blocks = _MODES[mode]
+            cls_name, given, gates, self._blocks = _MODES[mode]
             self.cell_class = _mode_cell(cls_name)
-            spec = self.cell_class.spec
-            self._code = V.code_params(spec, V.cell_params(spec, code))
-            self._init_torch_layout(gates, device, dtype)
         else:
-            self.cell_class = _cell_class(cell)
-            self._blocks = None
-            self._init_cell(cell_params or {}, seed, device, dtype)
-        self._key = register_cell(self.cell_class.spec, self._code)
+            self.cell_class, given, self._blocks = _cell_class(cell), cell_params or {}, None
+        spec = self.cell_class.spec
+        params = V.cell_params(spec, given)              # as the numpy layer checks them
+        self._code = V.code_params(spec, params)
+        self._key = register_cell(spec, self._code)
         ir = _kernel(self._key, "cpu").ir
         self.state_names = tuple(ir.states)
         self.weight_names = tuple(w.name for w in ir.weights)
+        if cell is None:
+            self._init_torch_layout(gates, device, dtype)
+        else:
+            self._init_cell(ir, params, seed, device, dtype)
+            self.cell_params = dict(given)
 
     def _init_torch_layout(self, gates, device, dtype):
         """torch's parameters, registered in its order and drawn as its reset_parameters
@@ -219,29 +216,19 @@ class _RNNBase(nn.Module):
         self._flat_weights_names = names
         self.reset_parameters()
 
-    def _init_cell(self, cell_params, seed, device, dtype):
+    def _init_cell(self, ir, params, seed, device, dtype):
         """The cell's weights per layer and direction, as its numpy layer draws them."""
-        cls = self.cell_class
-        params = V.cell_params(cls.spec, cell_params)       # as the numpy layer checks them
-        self._code = V.code_params(cls.spec, params)
-        key = register_cell(cls.spec, self._code)
-        ir = _kernel(key, "cpu").ir
+        cell = self.cell_class.__name__
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         names = []
         for i, (sfx, D) in enumerate(zip(self._sfx, self._inputs)):
-            V.check_x_elementwise(ir, D, self.hidden_size, cls.__name__)
+            V.check_x_elementwise(ir, D, self.hidden_size, cell)
             rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
             for w, a in zip(ir.weights, V.initial_weights(ir, params, D, self.hidden_size, rng)):
-                n = f"{w.name}{sfx}"
-                if hasattr(nn.Module, n) or n in self.__dict__:
-                    raise ValueError(f"{cls.__name__}'s weight {n!r} clashes with an "
-                                     "attribute of torch.nn.Module; rename it in the spec")
-                self.register_parameter(n, nn.Parameter(torch.tensor(a, dtype=dtype,
-                                                                     device=device)))
-                names.append(n)
+                register_weight(self, cell, f"{w.name}{sfx}", a, dtype, device)
+                names.append(f"{w.name}{sfx}")
         self._flat_weights_names = names
-        self.cell_params = dict(cell_params)
 
     def reset_parameters(self) -> None:
         """Every parameter uniform in +-1/sqrt(hidden_size), as torch.nn's RNNs (built-in
