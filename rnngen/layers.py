@@ -767,6 +767,43 @@ JZS2 = BUILTIN["JZS2"]
 JZS3 = BUILTIN["JZS3"]
 
 
+# -- naming a cell: every front end (rnngen.torch, rnngen.jax, rnngen.keras) --------------
+def resolve_cell(cell):
+    """The numpy layer class for a built-in name, a spec path, or a class from load_cell."""
+    if isinstance(cell, type) and issubclass(cell, Recurrent) and cell.spec is not None:
+        return cell
+    if isinstance(cell, str) and cell in BUILTIN:
+        return BUILTIN[cell]
+    if isinstance(cell, (str, Path)):
+        p = Path(cell)
+        if p.suffix in (".yaml", ".yml") or p.exists():
+            return load_cell(p)
+        raise ValueError(f"cell {str(cell)!r} is neither a built-in cell ("
+                         + ", ".join(BUILTIN) + ") nor a spec file (.yaml)")
+    raise TypeError("cell must be a built-in name ('GRU'), a path to a YAML spec, or a class "
+                    f"from rnngen.load_cell, got {cell!r}")
+
+
+def cell_ref(cls):
+    """What pickles a cell class: a built-in by name; a user cell by its spec's text (and
+    path, for messages), so that unpickling makes the very cell that was pickled, wherever
+    and whenever, whatever became of the file."""
+    if BUILTIN.get(cls.__name__) is cls:
+        return cls.__name__
+    return ("spec", str(cls.spec.path), cls.spec.text)
+
+
+def cell_from_ref(ref):
+    """The cell class that :func:`cell_ref` describes."""
+    if isinstance(ref, tuple) and len(ref) == 3 and ref[0] == "spec":
+        from .ir import compute_ir
+        from .spec import parse_spec
+        spec = parse_spec(ref[2], ref[1])
+        compute_ir(spec)                     # its equations' checks, as load_cell's
+        return layer_class(spec)
+    return resolve_cell(ref)
+
+
 def from_config(config: dict):
     """Rebuild a layer (without its weights) from get_config()'s dictionary."""
     if not isinstance(config, dict) or "class_name" not in config:

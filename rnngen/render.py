@@ -210,7 +210,9 @@ def generator_digest() -> str:
     of the generating stages (so a library found by its inputs is what they render to)."""
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for p in [*template_files(), *(here / m for m in GENERATOR_MODULES)]:
+    # (the bridges' templates, jax_*, render no kernel: rnngen.jax keys its own builds)
+    kernels = [p for p in template_files() if not p.name.startswith("jax_")]
+    for p in [*kernels, *(here / m for m in GENERATOR_MODULES)]:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 

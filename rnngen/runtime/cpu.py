@@ -20,8 +20,10 @@ class Kernel:
 
     def __init__(self, ir: CellIR, lib_path, runtime_header: str, cell_header: str):
         self.ir = ir
+        self.lib_path = str(lib_path)     # what rnngen.jax's handlers link against
+        self.cdef = cdef_from_headers(runtime_header, cell_header)
         self.ffi = cffi.FFI()
-        self.ffi.cdef(cdef_from_headers(runtime_header, cell_header))
+        self.ffi.cdef(self.cdef)
         self.lib = self.ffi.dlopen(str(lib_path))
         self.prefix = f"rnngen_{ir.name}"
         self._local = threading.local()   # scratch buffers, one set per calling thread

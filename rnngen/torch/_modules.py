@@ -1,6 +1,5 @@
 """The Keras-style modules: :class:`Recurrent` (one layer of any cell) and
 :class:`Bidirectional`."""
-from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
@@ -8,50 +7,11 @@ import torch
 from torch import nn
 
 from .. import validation as V
-from ..layers import MERGE_MODES, check_pair
+from ..layers import MERGE_MODES, cell_from_ref, cell_ref, check_pair, resolve_cell
 from ._ops import _FLOATS, _kernel, register_cell
 
 
 # -- the modules --------------------------------------------------------------------------
-def _cell_class(cell):
-    """The numpy layer class for a built-in name, a spec path, or a class from load_cell."""
-    from ..layers import BUILTIN, Recurrent as NumpyRecurrent, load_cell
-    if isinstance(cell, type) and issubclass(cell, NumpyRecurrent) and cell.spec is not None:
-        return cell
-    if isinstance(cell, str) and cell in BUILTIN:
-        return BUILTIN[cell]
-    if isinstance(cell, (str, Path)):
-        p = Path(cell)
-        if p.suffix in (".yaml", ".yml") or p.exists():
-            return load_cell(p)
-        raise ValueError(f"cell {str(cell)!r} is neither a built-in cell ("
-                         + ", ".join(BUILTIN) + ") nor a spec file (.yaml)")
-    raise TypeError("cell must be a built-in name ('GRU'), a path to a YAML spec, or a class "
-                    f"from rnngen.load_cell, got {cell!r}")
-
-
-def cell_ref(cls):
-    """What pickles a cell class: a built-in by name; a user cell by its spec's text (and
-    path, for messages), so that unpickling makes the very cell that was pickled, wherever
-    and whenever, whatever became of the file."""
-    from ..layers import BUILTIN
-    if BUILTIN.get(cls.__name__) is cls:
-        return cls.__name__
-    return ("spec", str(cls.spec.path), cls.spec.text)
-
-
-def cell_from_ref(ref):
-    """The cell class that :func:`cell_ref` describes."""
-    if isinstance(ref, tuple) and len(ref) == 3 and ref[0] == "spec":
-        from ..layers import layer_class
-        from ..ir import compute_ir
-        from ..spec import parse_spec
-        spec = parse_spec(ref[2], ref[1])
-        compute_ir(spec)                     # its equations' checks, as load_cell's
-        return layer_class(spec)
-    return _cell_class(ref)
-
-
 def register_weight(module: nn.Module, cell: str, name: str, value, dtype, device) -> None:
     """A parameter ``name`` of ``module`` holding ``value``; a name torch.nn.Module already
     uses (``cell``'s weight names come from its spec) is a ValueError."""
@@ -93,7 +53,7 @@ class Recurrent(nn.Module):
                  go_backwards: bool = False, *, seed=None, dtype=None, device=None,
                  **cell_params):
         super().__init__()
-        cls = _cell_class(cell)
+        cls = resolve_cell(cell)
         # every argument checked as the numpy layer checks it (rnngen/validation.py)
         opts = V.layer_options(output_dim, input_dim, return_sequences, truncate_gradient,
                                return_state, go_backwards, input_dim_optional=False)

@@ -31,7 +31,8 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import validation as V
-from ._modules import _cell_class, cell_from_ref, cell_ref, register_weight
+from ..layers import cell_from_ref, cell_ref, resolve_cell
+from ._modules import register_weight
 from ._ops import _FLOATS, _kernel, register_cell
 
 __all__ = ["LSTM", "GRU", "RNN", "convert", "InputError"]
@@ -90,7 +91,7 @@ def _mode_cell(name):
     if name == "torch_gru":
         from .. import load_example
         return _EXAMPLE_CELLS.setdefault(name, load_example(name))
-    return _cell_class(name)
+    return resolve_cell(name)
 
 
 def _check_int(name, v, low):
@@ -186,7 +187,7 @@ class _RNNBase(nn.Module):
             cls_name, given, gates, self._blocks = _MODES[mode]
             self.cell_class = _mode_cell(cls_name)
         else:
-            self.cell_class, given, self._blocks = _cell_class(cell), cell_params or {}, None
+            self.cell_class, given, self._blocks = resolve_cell(cell), cell_params or {}, None
         spec = self.cell_class.spec
         params = V.cell_params(spec, given)              # as the numpy layer checks them
         self._code = V.code_params(spec, params)
