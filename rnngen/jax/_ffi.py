@@ -4,7 +4,7 @@ call ABI's member list (rnngen.abi), compiled with the C++ compiler against
 process.
 
 A handler's operands are the entry point's "in" and "mask" members and its results the
-"out" and "work" members, each in struct order, an optional member only when its
+"out" members, each in struct order, an optional member only when its
 ``has_<name>`` attribute is set; the sizes (T, B, D, H, truncate) are int64 attributes.
 :func:`operands` and :func:`results` give that order from the same list, by name.
 """
@@ -103,10 +103,11 @@ def operands(ir, entry: str, values: dict) -> list:
 
 
 def results(ir, entry: str, shapes: dict) -> list:
-    """The handler's results (member name -> ShapeDtypeStruct or None), in order, and
+    """The handler's results (member name -> ShapeDtypeStruct or None; the scratch is the
+    handler's own), in order, and
     their names."""
     names = [f.name for f in abi.fields(ir, entry)
-             if f.kind in ("out", "work") and shapes[f.name] is not None]
+             if f.kind == "out" and shapes[f.name] is not None]
     return [shapes[n] for n in names], names
 
 

@@ -5,7 +5,8 @@ truncate) -> (y [B,T,H], last [S,B,H])`` through the kernels' XLA FFI handlers, 
 What the CPU path copies: nothing of x, y, the weights or the gradients (XLA hands the
 handlers its own buffers, row-major, in place); the mask becomes uint8 (B*T bytes) and the
 initial states one stacked [S,B,H] array.  ``save`` (what forward keeps for backward) is a
-residual XLA allocates; the kernels' scratch is a result of each call that is dropped.
+residual XLA allocates; the kernels' scratch is a buffer each calling thread keeps in the
+handler library between calls (grown to the largest call it made, freed with the thread).
 """
 from __future__ import annotations
 
@@ -34,12 +35,12 @@ def _call(kernel, entry, dtype, values, shapes, ints):
 def _forward(kernel, H, x, mask, state0, weights, training):
     ir = kernel.ir
     B, T, D = x.shape
-    n_save, n_work = kernel.sizes(T, B, D, H)
+    n_save = kernel.sizes(T, B, D, H)[0]
     sds = lambda *shape: jax.ShapeDtypeStruct(shape, x.dtype)  # noqa: E731
     values = dict(x=x, mask=mask, state0=state0)
     values.update((f"w_{w.name}", a) for w, a in zip(ir.weights, weights))
     shapes = dict(y=sds(B, T, H), state_last=sds(len(ir.states), B, H),
-                  save=sds(max(n_save, 1)) if training else None, work=sds(max(n_work, 1)))
+                  save=sds(max(n_save, 1)) if training else None)
     out = _call(kernel, "forward", x.dtype, values, shapes, dict(T=T, B=B, D=D, H=H))
     return out["y"], out["state_last"], out.get("save")
 
@@ -47,13 +48,11 @@ def _forward(kernel, H, x, mask, state0, weights, training):
 def _backward(kernel, H, truncate, x, mask, state0_grad, weights, save, dy, dlast):
     ir = kernel.ir
     B, T, D = x.shape
-    n_save, n_work = kernel.sizes(T, B, D, H)
     sds = lambda *shape: jax.ShapeDtypeStruct(shape, x.dtype)  # noqa: E731
     values = dict(x=x, mask=mask, save=save, dy=dy, dstate_last=dlast)
     values.update((f"w_{w.name}", a) for w, a in zip(ir.weights, weights))
     S = len(ir.states)
-    shapes = dict(dx=sds(B, T, D), dstate0=sds(S, B, H) if state0_grad else None,
-                  work=sds(max(n_work, 1)))
+    shapes = dict(dx=sds(B, T, D), dstate0=sds(S, B, H) if state0_grad else None)
     shapes.update((f"dw_{w.name}", sds(*a.shape)) for w, a in zip(ir.weights, weights))
     out = _call(kernel, "backward", x.dtype, values, shapes,
                 dict(T=T, B=B, D=D, H=H, truncate=truncate))
