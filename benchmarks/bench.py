@@ -113,7 +113,36 @@ PEERS = [
     ("torch eager", "torch", peers.TorchEagerPeer),
     ("jax scan", "jax", peers.JaxPeer),
     ("numpy", "numpy", peers.NumpyPeer),
+    ("rnngen.jax", "jax", None),       # the same kernels through XLA's FFI: RnngenJaxPeer
 ]
+
+
+class RnngenJaxPeer:
+    """rnngen.jax.Recurrent with the layer's weights, forward and jax.grad under jax.jit: its
+    ratio to rnngen (the layer API) is what the bridge costs (issue 24: at most 10%)."""
+    name = "rnngen.jax"
+    trains = True
+
+    def __init__(self, source, params, weights: dict):
+        import jax
+        import jax.numpy as jnp
+        import rnngen.jax as rj
+        src = source if not source.endswith(".yaml") else str(HERE.parent / source)
+        D, H = weights[next(iter(weights))].shape
+        layer = rj.Recurrent(src, D, H, return_sequences=True, **params)
+        self.jax = jax
+        self.w = {k: jnp.asarray(v) for k, v in weights.items()}
+        self._fwd = jax.jit(layer.apply)
+        self._grad = jax.jit(jax.grad(lambda w, x, dy: jnp.sum(layer.apply(w, x) * dy),
+                                      argnums=(0, 1)))
+
+    def forward(self, x):
+        return np.asarray(self._fwd(self.w, x).block_until_ready())
+
+    def train(self, x, dy):
+        gw, gx = self._grad(self.w, x, dy)
+        self.jax.block_until_ready(gw)
+        return np.asarray(gx)
 
 
 # ------------------------------------------------------------------ machine
@@ -230,7 +259,7 @@ def run_case(label, cls, extra, cfg, rounds, per_round, peer_objs_factory, settl
     dx_ref = rn_train()
     fns = {"inference": [("rnngen", rn_fwd)], "training": [("rnngen", rn_train)]}
     notes = {}
-    for pname, obj in peer_objs_factory(cell, params, weights):
+    for pname, obj in peer_objs_factory(cell, params, weights, cls):
         if isinstance(obj, str):          # missing or not applicable
             notes[pname] = obj
             continue
@@ -286,7 +315,7 @@ def run_case(label, cls, extra, cfg, rounds, per_round, peer_objs_factory, settl
 def make_factory(wanted):
     mods = {m: peers.available(m) for m in ("torch", "jax", "numpy")}
 
-    def factory(cls, params, weights):
+    def factory(cls, params, weights, source=None):
         for pname, mod, pcls in PEERS:
             if pname not in wanted:
                 continue
@@ -294,6 +323,9 @@ def make_factory(wanted):
                 continue
             if mods[mod] is None:
                 yield pname, f"missing: {mod} is not installed (pip install -e '.[bench]')"
+                continue
+            if pcls is None:          # rnngen.jax: made from the cell's source
+                yield pname, RnngenJaxPeer(source, params, weights)
                 continue
             yield pname, pcls(cls, params, weights)
     return factory, mods
@@ -366,6 +398,10 @@ def targets(results, sgemm) -> list[tuple[str, bool, str]]:
         "training", "jax scan", lambda r: b32(r) and gallery(r)), 3)
     check("LayerNormLSTM, sLSTM training >= 5x torch eager at B=32", ratios(
         "training", "torch eager", lambda r: b32(r) and gallery(r)), 5)
+    # issue 24: rnngen.jax at >= 90% of the layer API's speed (the bridge costs <= 10%)
+    check("rnngen.jax training >= 90% of the layer API's speed at B=32", [
+        (None if v is None else 1 / v, k) for v, k in ratios(
+            "training", "rnngen.jax", lambda r: b32(r) and (seed(r) or gallery(r)))], 0.9)
     return out
 
 

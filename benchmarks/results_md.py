@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 HERE = Path(__file__).resolve().parent
-PEER_ORDER = ["nn.LSTM", "torch eager", "jax scan", "numpy"]   # bench.py's PEERS
+PEER_ORDER = ["nn.LSTM", "torch eager", "jax scan", "numpy", "rnngen.jax"]   # bench.py's PEERS
 
 
 def peer_names(results) -> list[str]:
