@@ -49,10 +49,12 @@ asan:
 # OPENBLAS_L2_SIZE are unset for this command alone: where the machine sets them (to
 # work around old OpenBLAS builds) they force a slower kernel on rnngen's and numpy's
 # BLAS alike; the benchmark prints which kernel its BLAS runs.  Then the drop-in modules
-# (rnngen.torch.LSTM, GRU, RNN(cell=...)) against torch.nn: benchmarks/bench_dropin.py.
+# (rnngen.torch.LSTM, GRU, RNN(cell=...)) against torch.nn: benchmarks/bench_dropin.py; and
+# rnngen.keras against keras.layers on Keras's torch and jax backends: benchmarks/bench_keras.py.
 bench: build
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench_dropin.py $(DROPIN_ARGS)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/bench_keras.py $(KERAS_ARGS)
 
 # Training on a busy machine: the small LSTM and the LSTM and GRU at bench's sizes, idle,
 # against one busy process and one per core, with the default threads and one thread;

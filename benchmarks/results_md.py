@@ -125,7 +125,27 @@ def section(doc: dict, source: str, chart: Optional[str], level: str = "##") -> 
         out += [f"{sub} Notes", ""] + [f"- {n}" for n in notes] + [""]
     if doc.get("dropin"):
         out += dropin_section(doc["dropin"], sub)
+    if doc.get("keras"):
+        out += keras_section(doc["keras"], sub)
     return out
+
+
+def keras_section(d: dict, sub: str) -> list[str]:
+    """benchmarks/bench_keras.py's rows (keras.json beside the run's results.json)."""
+    out = [f"{sub} Keras 3 layers (training, float32)", "",
+           f"From `benchmarks/bench_keras.py` ({d['date']}, keras {d['keras']}, rnngen for "
+           f"{d['target']}). One training call: `model.train_on_batch` of Input -> layer -> "
+           f"Dense(1), rnngen.keras against keras.layers with the same weights on the same "
+           f"backend; ratio = Keras time / rnngen time.", "",
+           "| backend | cell | T,B,D,H | rnngen.keras ms | keras.layers ms | ratio | target |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in d["rows"]:
+        tgt = d.get("targets", {}).get(r["backend"])
+        verdict = "-" if tgt is None else f">= {tgt}x {'ok' if r['ratio'] >= tgt else 'MISSED'}"
+        out.append(f"| {r['backend']} | {r['cell']} | {','.join(map(str, r['config']))} | "
+                   f"{r['ms']['rnngen']:.1f} | {r['ms']['keras']:.1f} | {r['ratio']:.2f}x | "
+                   f"{verdict} |")
+    return out + [""]
 
 
 def dropin_section(d: dict, sub: str) -> list[str]:
@@ -256,6 +276,8 @@ def write(json_paths, md_path: Path) -> Path:
         doc = json.loads(jp.read_text())
         if (jp.parent / "dropin.json").is_file() and "gpu" not in doc:
             doc["dropin"] = json.loads((jp.parent / "dropin.json").read_text())
+        if (jp.parent / "keras.json").is_file() and "gpu" not in doc:
+            doc["keras"] = json.loads((jp.parent / "keras.json").read_text())
         png = jp.with_suffix(".png") if "gpu" in doc else jp.parent / "ratios.png"
         runs.append((doc, rel(jp), rel(png) if png.is_file() else None))
     if len(runs) == 1 and "gpu" in runs[0][0]:
