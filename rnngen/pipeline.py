@@ -125,6 +125,7 @@ def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "
         if k is None:
             lib, header = _library(be, spec, ikey, ir, lay, name, schedule)
             k = _kernels[ikey] = be.kernel(ir, lib, runtime_header(), header)
+            k.backend = be.name
             k.set_threads(_threads)
     return k
 

@@ -194,3 +194,43 @@ def test_bad_input_says_what_is_expected():
         rj.Recurrent("LSTM", D, H, truncate_gradient=0)
     with pytest.raises(TypeError, match="no parameter"):
         rj.Recurrent("LSTM", D, H, nonsense=1)
+
+
+def test_the_cuda_kernels_through_their_emulation():
+    """backend="cuda-emulated": the CUDA kernels' handlers (the CUDA backend's struct, its
+    save layout) on XLA's CPU platform agree with the C backend's."""
+    emu = rj.Recurrent("LSTM", D, H, return_sequences=True, return_state=True,
+                       backend="cuda-emulated")
+    c = layer("LSTM")
+    params, x, rng = problem(c)
+    s0 = [jnp.asarray(rng.normal(size=(B, H))) for _ in range(2)]
+
+    def loss(lay):
+        return lambda p, x, s: sum(jnp.sum(o * (i + 1)) for i, o in
+                                   enumerate(lay.apply(p, x, MASK, s)))
+    for a, b in zip(jax.jit(emu.apply)(params, x, MASK, s0), c.apply(params, x, MASK, s0)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    g_emu = jax.jit(jax.grad(loss(emu), argnums=(0, 1, 2)))(params, x, s0)
+    g_c = jax.grad(loss(c), argnums=(0, 1, 2))(params, x, s0)
+    for a, b in zip(jax.tree_util.tree_leaves(g_emu), jax.tree_util.tree_leaves(g_c)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_the_gpu_handlers_compile():
+    """backend="cuda": the handlers that take XLA's stream and scratch build against the
+    nvcc-built kernels (nothing runs: no GPU is needed to build)."""
+    from rnngen.backends import DeviceError, cublas_dirs, nvcc_path
+    from rnngen.jax import _ffi
+    try:
+        cublas_dirs()
+        nvcc_path()
+    except DeviceError as e:
+        pytest.skip(str(e))
+    from rnngen.build import runtime_header
+    from rnngen.pipeline import build_cell, generate
+    from rnngen.runtime.ffi import cdef_from_headers
+    spec = rj.Recurrent("GRU", D, H).cell_class.spec
+    ir, header, _ = generate(spec, None, "cuda")
+    out = _ffi.build_handlers(ir, cdef_from_headers(runtime_header(), header),
+                              str(build_cell(spec, None, "cuda")), "cuda")
+    assert out.is_file() and "PlatformStream" in (out.parent / "gru_jax_cuda.cc").read_text()

@@ -49,13 +49,17 @@ class _Entry:
         self.optional = [f for f in self.fields if f.optional]
 
 
-def render_source(ir, header: str, symbol: str) -> str:
+PLATFORMS = {"c": "cpu", "cuda-emulated": "cpu", "cuda": "CUDA"}
+
+
+def render_source(ir, header: str, symbol: str, backend: str = "c") -> str:
     """The C++ source of ``ir``'s handlers (``header``: the file holding the C
-    declarations; ``symbol``: the handlers' name prefix)."""
+    declarations; ``symbol``: the handlers' name prefix) for the kernels of ``backend``
+    ("c", "cuda" on XLA's stream, or "cuda-emulated")."""
     entries = [_Entry(ir, e) for e in abi.ENTRIES]
     return _env().get_template("jax_ffi.cc.j2").render(
         cell=ir.spec.name, version=GENERATOR_VERSION, header=header, prefix=f"rnngen_{ir.name}",
-        symbol=symbol, entries=entries, dtypes=_DTYPES, nstates=len(ir.states),
+        symbol=symbol, entries=entries, dtypes=_DTYPES, nstates=len(ir.states), backend=backend,
         status=[(c, t.replace('"', "'")) for c, t in sorted(STATUS.items())])
 
 
@@ -67,31 +71,37 @@ def _command(kernel_lib: str):
     return command
 
 
-def targets(kernel) -> str:
-    """The prefix of the XLA FFI targets of ``kernel`` (a C-backend Kernel):
-    ``<prefix>_forward_f32`` and so on, built and registered on first use."""
+def build_handlers(ir, cdef: str, lib_path: str, backend: str = "c") -> Path:
+    """The handler library of a cell's kernels (``cdef``: their C declarations,
+    ``lib_path``: their library, built for ``backend``), built into the cache (or found
+    there); nothing is loaded or registered, so no device is needed."""
+    name = f"{ir.name}_jax" + ("" if backend == "c" else "_" + backend.replace("-", "_"))
+    source = render_source(ir, f"{name}.h", f"rnngen_jax_{ir.name}", backend)
+    return build.build_library(
+        name, cdef, source, suffix=".cc", command=_command(lib_path),
+        key_extra=(lib_path, jax.ffi.include_dir(), jax.__version__, _cxx_version()),
+        describe=f"{ir.spec.name}'s XLA FFI handlers" + ("" if backend == "c" else
+                                                          f" for {backend}"))
+
+
+def targets(kernel, backend: str = "c") -> str:
+    """The prefix of the XLA FFI targets of ``kernel`` (a Kernel of ``backend``):
+    ``<prefix>_forward_f32`` and so on, built and registered (for XLA's platform of that
+    backend) on first use."""
     with _lock:
         prefix = _TARGETS.get(kernel.lib_path)
         if prefix is not None:
             return prefix
         ir = kernel.ir
-        digest = hashlib.sha256(kernel.lib_path.encode()).hexdigest()[:16]
-        symbol = f"rnngen_jax_{ir.name}"
-        name = f"{ir.name}_jax"
-        source = render_source(ir, f"{name}.h", symbol)
-        lib = build.build_library(
-            name, kernel.cdef, source, suffix=".cc", command=_command(kernel.lib_path),
-            key_extra=(kernel.lib_path, jax.ffi.include_dir(), jax.__version__,
-                       _cxx_version()),
-            describe=f"{ir.spec.name}'s XLA FFI handlers")
-        handle = ctypes.CDLL(str(lib))
+        handle = ctypes.CDLL(str(build_handlers(ir, kernel.cdef, kernel.lib_path, backend)))
         _LIBS.append(handle)
+        digest = hashlib.sha256(kernel.lib_path.encode()).hexdigest()[:16]
         prefix = f"rnngen_{ir.name}_{digest}"
         for entry in abi.ENTRIES:
             for _, sfx, _ in _DTYPES:
-                fn = getattr(handle, f"{symbol}_{entry}{sfx}")
+                fn = getattr(handle, f"rnngen_jax_{ir.name}_{entry}{sfx}")
                 jax.ffi.register_ffi_target(f"{prefix}_{entry}{sfx}", jax.ffi.pycapsule(fn),
-                                            platform="cpu")
+                                            platform=PLATFORMS[backend])
         _TARGETS[kernel.lib_path] = prefix
         return prefix
 

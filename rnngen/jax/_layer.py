@@ -29,12 +29,24 @@ class Recurrent:
     (reversed) order, as Keras.  Works under ``jax.jit``, ``jax.grad`` (the generated
     backward, through ``jax.custom_vjp``) and ``jax.vmap`` (one kernel call per mapped
     element); float64 needs ``jax.config.update("jax_enable_x64", True)``.
+
+    ``backend``: which kernels the layer's calls run: "c" (XLA's CPU platform), "cuda"
+    (XLA's CUDA platform, on XLA's stream; arrays on the GPU), or "cuda-emulated" (the CUDA
+    kernels' host emulation on XLA's CPU platform, for testing); None: "cuda" where
+    ``jax.default_backend()`` is "gpu", else "c".
     """
 
     def __init__(self, cell, input_dim: int, output_dim: int, return_sequences: bool = False,
                  truncate_gradient: int = -1, return_state: bool = False,
-                 go_backwards: bool = False, **cell_params):
+                 go_backwards: bool = False, *, backend=None, **cell_params):
         cls = resolve_cell(cell)
+        if backend is None:
+            backend = "cuda" if jax.default_backend() == "gpu" else "c"
+        if backend not in ("c", "cuda", "cuda-emulated"):
+            raise ValueError(f"backend must be 'c', 'cuda' or 'cuda-emulated' (or None: "
+                             f"'cuda' where JAX's default backend is a GPU, else 'c'), got "
+                             f"{backend!r}")
+        self.backend = backend
         opts = V.layer_options(output_dim, input_dim, return_sequences, truncate_gradient,
                                return_state, go_backwards, input_dim_optional=False)
         self.cell_class = cls
@@ -42,7 +54,7 @@ class Recurrent:
             setattr(self, name, v)
         self.cell_params = dict(cell_params)
         self.params = V.cell_params(cls.spec, cell_params)
-        self.kernel = compile_cell(cls.spec, V.code_params(cls.spec, self.params), "c")
+        self.kernel = compile_cell(cls.spec, V.code_params(cls.spec, self.params), backend)
         ir = self.kernel.ir
         V.check_x_elementwise(ir, self.input_dim, self.output_dim, cls.__name__)
         self.state_names = tuple(ir.states)

@@ -24,7 +24,7 @@ def _call(kernel, entry, dtype, values, shapes, ints):
     """One handler call: the results by member name."""
     ir = kernel.ir
     res, names = _ffi.results(ir, entry, shapes)
-    target = f"{_ffi.targets(kernel)}_{entry}{_ffi.SUFFIX[np.dtype(dtype)]}"
+    target = f"{_ffi.targets(kernel, kernel.backend)}_{entry}{_ffi.SUFFIX[np.dtype(dtype)]}"
     attrs = {k: np.int64(v) for k, v in ints.items()}
     attrs.update(_ffi.flags(ir, entry, {**values, **shapes}))
     outs = jax.ffi.ffi_call(target, res, vmap_method="sequential")(

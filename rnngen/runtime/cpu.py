@@ -21,6 +21,7 @@ class Kernel:
     def __init__(self, ir: CellIR, lib_path, runtime_header: str, cell_header: str):
         self.ir = ir
         self.lib_path = str(lib_path)     # what rnngen.jax's handlers link against
+        self.backend = "c"                # the backend's name (compile_cell sets it)
         self.cdef = cdef_from_headers(runtime_header, cell_header)
         self.ffi = cffi.FFI()
         self.ffi.cdef(self.cdef)
