@@ -187,3 +187,23 @@ def test_unsupported_arguments_say_so():
         rk.GRU(4, activation="relu")
     with pytest.raises(ValueError, match="float32 or float64"):
         rk.LSTM(4, dtype="float16").build((2, 3, 4))
+
+
+def test_masking_layer_and_bidirectional():
+    """A keras.layers.Masking upstream, and keras.layers.Bidirectional around our layer,
+    against the same with keras.layers.GRU."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(B, T, D))
+    x[1, 4:] = 0.0                                  # padded at the end: Masking finds it
+    x[2, :2] = 0.0
+    k, ours = pair("GRU", {}, return_sequences=True)
+    masking = keras.layers.Masking(0.0)
+    np.testing.assert_allclose(np_(keras.Sequential([masking, ours])(x)),
+                               np_(keras.Sequential([masking, k])(x)), rtol=0, atol=1e-10)
+    bi_k = keras.layers.Bidirectional(k)
+    bi_o = keras.layers.Bidirectional(ours)
+    bi_k.build((B, T, D))
+    bi_o.build((B, T, D))
+    bi_o.set_weights(bi_k.get_weights())
+    m = masking.compute_mask(x)
+    np.testing.assert_allclose(np_(bi_o(x, mask=m)), np_(bi_k(x, mask=m)), rtol=0, atol=1e-10)

@@ -234,3 +234,24 @@ def test_the_gpu_handlers_compile():
     out = _ffi.build_handlers(ir, cdef_from_headers(runtime_header(), header),
                               str(build_cell(spec, None, "cuda")), "cuda")
     assert out.is_file() and "PlatformStream" in (out.parent / "gru_jax_cuda.cc").read_text()
+
+
+@pytest.mark.gpu
+def test_on_the_gpu():
+    """backend="cuda" on XLA's CUDA platform (a JAX with its CUDA plugin) against the C
+    backend: outputs and every gradient, float64."""
+    if jax.default_backend() != "gpu":
+        pytest.skip("JAX has no GPU here (it needs the jax[cuda13] plugin)")
+    gpu, c = layer("GRU", backend="cuda"), layer("GRU", backend="c")
+    params, x, _ = problem(c)
+    y_gpu = jax.jit(gpu.apply)(params, x, MASK)
+    g = jax.grad(lambda p: jnp.sum(gpu.apply(p, x, MASK)[0] ** 2))(params)
+    cpu = jax.devices("cpu")[0]
+    with jax.default_device(cpu):
+        p_cpu, x_cpu = jax.device_put(params, cpu), jax.device_put(x, cpu)
+        y_c = c.apply(p_cpu, x_cpu, MASK)
+        g_c = jax.grad(lambda p: jnp.sum(c.apply(p, x_cpu, MASK)[0] ** 2))(p_cpu)
+    for a, b in zip(y_gpu, y_c):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-12)
+    for k in g:
+        np.testing.assert_allclose(np.asarray(g[k]), np.asarray(g_c[k]), rtol=0, atol=1e-10)

@@ -98,8 +98,11 @@ class _Base(keras.layers.Layer):
         return out
 
     def _run_jax(self, k, x, mask, states, weights):
+        import jax
         import jax.numpy as jnp
         from ..jax._ops import recurrent
+        if jax.default_backend() == "gpu":     # rnngen.jax's choice: XLA's CUDA platform
+            k = compile_cell(self._cell.spec, self._code, "cuda")
         m = None if mask is None else (jnp.asarray(mask) != 0).astype(jnp.uint8)
         if self.go_backwards:
             x = jnp.flip(x, 1)
