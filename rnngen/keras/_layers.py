@@ -53,6 +53,10 @@ class _Base(keras.layers.Layer):
         self.go_backwards = opts["go_backwards"]
         self.truncate_gradient = opts["truncate_gradient"]
         self.supports_masking = True
+        self.stateful = False            # (keras.layers.Bidirectional asks)
+        # Keras's RNN attribute: outputs at padded steps are zero instead of repeating the
+        # last output (keras.layers.Bidirectional sets it on the layers it wraps)
+        self.zero_output_for_mask = False
         self._kernel_cache = None
 
     # -- the cell ------------------------------------------------------------------------
@@ -92,6 +96,10 @@ class _Base(keras.layers.Layer):
             y, last = self._run_jax(k, sequences, mask, states, weights)
         else:
             y, last = self._run_torch(k, sequences, mask, states, weights)
+        if self.zero_output_for_mask and mask is not None:
+            keep = keras.ops.cast(keras.ops.not_equal(mask, 0), y.dtype)
+            y = y * keras.ops.expand_dims(keras.ops.flip(keep, 1) if self.go_backwards
+                                          else keep, -1)
         out = y if self.return_sequences else y[:, -1]
         if self.return_state:
             return [out] + [last[i] for i in range(S)]
