@@ -8,8 +8,9 @@ all: build demo
 generate:
 	$(PYTHON) -m rnngen generate
 
+# (with jax installed, rnngen.jax's XLA FFI handlers of the built-ins too)
 build:
-	$(PYTHON) -m rnngen build
+	$(PYTHON) -m rnngen build $$($(PYTHON) -c 'import jax' 2>/dev/null && echo --jax)
 
 check:
 	$(PYTHON) -m rnngen check

@@ -118,11 +118,26 @@ def cmd_build(args) -> int:
             cmd_generate(args)
         paths = builtin_specs()
     params = parse_params(args.param)
+    if args.jax:
+        from .build import runtime_header
+        from .pipeline import generate
+        from .runtime.ffi import cdef_from_headers
+        try:
+            from .jax._ffi import build_handlers
+        except ImportError as e:
+            print(f"rnngen build --jax needs jax ({e}): pip install -e '.[jax]'",
+                  file=sys.stderr)
+            return 2
     for p in paths:
         spec = load_spec(p)
         t = time.perf_counter()
-        build_cell(spec, params, args.backend)   # no device needed: prebuilding
-        print(f"built {spec.name:14s} ({p}) for {args.backend} in "
+        lib = build_cell(spec, params, args.backend)   # no device needed: prebuilding
+        if args.jax:
+            ir, header, _ = generate(spec, params, args.backend)
+            build_handlers(ir, cdef_from_headers(runtime_header(), header), str(lib),
+                           args.backend)
+        print(f"built {spec.name:14s} ({p}) for {args.backend}"
+              f"{' with its XLA FFI handlers' if args.jax else ''} in "
               f"{time.perf_counter() - t:.2f} s")
     return 0
 
@@ -373,6 +388,9 @@ def parser() -> argparse.ArgumentParser:
             "generate` when run from a checkout.")
     p.add_argument("specs", nargs="*", metavar="SPEC")
     spec_options(p, ["c", "cuda", "cuda-emulated"])
+    p.add_argument("--jax", action="store_true",
+                   help="also build the cell's XLA FFI handlers for rnngen.jax (needs jax and "
+                        "a C++ compiler)")
     p.set_defaults(run=cmd_build)
 
     p = add("new", "write a commented skeleton spec that builds as is",

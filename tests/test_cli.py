@@ -154,6 +154,26 @@ def test_build_any_path_relative_to_the_current_directory(tmp_path):
     assert rc == 0 and err == "", err
 
 
+def test_build_jax_prebuilds_the_handlers(tmp_path):
+    """`rnngen build SPEC --jax`: the cell's XLA FFI handlers too, so that rnngen.jax's first
+    call compiles nothing."""
+    pytest.importorskip("jax")
+    name, p = unique_cell(tmp_path, "Jax")
+    rc, out, err = rnngen_cli("build", p.name, "--jax", cwd=tmp_path)
+    assert rc == 0, err
+    assert re.search(rf"built {name}\s+\({p.name}\) for c with its XLA FFI handlers", out)
+    assert f"compiling {name}'s XLA FFI handlers" in err
+    code = ("import jax, jax.numpy as jnp, rnngen.jax as rj\n"
+            f"l = rj.Recurrent({p.name!r}, 3, 4)\n"
+            "print(l.apply(l.init(jax.random.key(0)), jnp.ones((2, 5, 3))).shape)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300,
+                         env={**{k: v for k, v in os.environ.items() if k != "RNNGEN_QUIET"},
+                              "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and res.stdout.strip() == "(2, 4)", res.stderr
+    assert "compiling" not in res.stderr, res.stderr
+
+
 def test_the_first_use_of_a_layer_prints_one_line_unless_quiet(tmp_path, capfd, monkeypatch):
     name, p = unique_cell(tmp_path, "Loud")
     Cell = rnngen.load_cell(p)
