@@ -117,11 +117,11 @@ PEERS = [
 ]
 
 
-class RnngenJaxPeer:
-    """rnngen.jax.Recurrent with the layer's weights, forward and jax.grad under jax.jit: its
-    ratio to rnngen (the layer API) is what the bridge costs (issue 24: at most 10%)."""
+class RnngenJaxPeer(peers.JaxPeer):
+    """rnngen.jax.Recurrent with the layer's weights, forward and jax.grad under jax.jit (the
+    JAX peer's calls): its ratio to rnngen (the layer API) is what the bridge costs (issue
+    24: at most 10%)."""
     name = "rnngen.jax"
-    trains = True
 
     def __init__(self, source, params, weights: dict):
         import jax
@@ -135,14 +135,6 @@ class RnngenJaxPeer:
         self._fwd = jax.jit(layer.apply)
         self._grad = jax.jit(jax.grad(lambda w, x, dy: jnp.sum(layer.apply(w, x) * dy),
                                       argnums=(0, 1)))
-
-    def forward(self, x):
-        return np.asarray(self._fwd(self.w, x).block_until_ready())
-
-    def train(self, x, dy):
-        gw, gx = self._grad(self.w, x, dy)
-        self.jax.block_until_ready(gw)
-        return np.asarray(gx)
 
 
 # ------------------------------------------------------------------ machine

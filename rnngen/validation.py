@@ -79,6 +79,23 @@ def cell_params(spec, given: dict) -> dict:
     return resolve_params(spec, given)
 
 
+def check_x_shape(shape, input_dim: int, owner: str = "layer", hint: str = "") -> tuple:
+    """(B, T, D) of an input of ``shape``: 3 dimensions, the ``owner``'s input_dim, at
+    least one sample and one step; else a ValueError saying what is expected (``hint``
+    added to the first)."""
+    shape = tuple(shape)
+    if len(shape) != 3:
+        raise ValueError(f"x must have 3 dimensions (batch, timesteps, input_dim), got "
+                         f"shape {shape}{hint}")
+    B, T, D = shape
+    if D != input_dim:
+        raise ValueError(f"x has input_dim {D}, but the {owner} was made for input_dim "
+                         f"{input_dim}: expected shape (batch, timesteps, {input_dim})")
+    if B < 1 or T < 1:
+        raise ValueError(f"x must have at least one sample and one step, got shape {shape}")
+    return B, T, D
+
+
 def code_params(spec, params: dict) -> dict:
     """The parameters compiled into the kernels (all but the initializers)."""
     return {p.name: params[p.name] for p in spec.params if p.kind != "init"}

@@ -104,16 +104,8 @@ class Recurrent:
 
     def _x(self, x, dtype):
         x = jnp.asarray(x)
-        if x.ndim != 3:
-            raise ValueError(f"x must have 3 dimensions (batch, timesteps, input_dim), got "
-                             f"shape {x.shape} (jax.vmap maps over a leading axis of its own)")
-        B, T, D = x.shape
-        if D != self.input_dim:
-            raise ValueError(f"x has input_dim {D}, but the layer was made for input_dim "
-                             f"{self.input_dim}: expected shape (batch, timesteps, "
-                             f"{self.input_dim})")
-        if B < 1 or T < 1:
-            raise ValueError(f"x must have at least one sample and one step, got shape {x.shape}")
+        V.check_x_shape(x.shape, self.input_dim, "layer",
+                        " (jax.vmap maps over a leading axis of its own)")
         if x.dtype != dtype:
             raise TypeError(f"x is {x.dtype} but the weights are {dtype}: convert one of them")
         return x

@@ -237,8 +237,15 @@ class _KerasCell(_Base):
         self.seed = seed
         self.unroll, self.use_cudnn = unroll, use_cudnn      # accepted; nothing to choose
 
+    _order = ""     # Keras's gates in order, as the spec's weights name them (W_<g>, ...)
+
     def _bias_shape(self):
         return (self._gates * self.units,)
+
+    def _blocks(self, W, U, b, gate) -> dict:
+        """The spec's weights from Keras's: W_<g>, U_<g>, b_<g> of each gate g."""
+        return {f"{p}_{g}": gate(a, i) for i, g in enumerate(self._order)
+                for p, a in (("W", W), ("U", U), ("b", b))}
 
     def _bias_init(self):
         return self.bias_initializer
@@ -316,6 +323,7 @@ class GRU(_KerasCell):
     bias of shape (2, 3 * units): input side, recurrent side), with Keras's default
     activations only (tanh, sigmoid)."""
     _gates = 3
+    _order = "zrh"
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid",
                  reset_after=True, **kwargs):
@@ -340,8 +348,7 @@ class GRU(_KerasCell):
 
     def _blocks(self, W, U, b, gate):
         if not self.reset_after:
-            return {f"{p}_{g}": gate(a, i) for i, g in enumerate("zrh")
-                    for p, a in (("W", W), ("U", U), ("b", b))}
+            return super()._blocks(W, U, b, gate)
         out = {}
         for i, g in enumerate("zrn"):           # Keras's z, r, h blocks; torch's r, z, n names
             out[f"W_i{g}"], out[f"W_h{g}"] = gate(W, i), gate(U, i)
@@ -358,6 +365,7 @@ class LSTM(_KerasCell):
     the seed's LSTM (specs/lstm.yaml): c = f * c + i * activation(...),
     h = o * activation(c)."""
     _gates = 4
+    _order = "ifco"
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid",
                  unit_forget_bias=True, **kwargs):
@@ -379,10 +387,6 @@ class LSTM(_KerasCell):
             return ops.concatenate([init((H,), dtype=dtype), ops.ones((H,), dtype=dtype),
                                     init((2 * H,), dtype=dtype)])
         return bias
-
-    def _blocks(self, W, U, b, gate):
-        return {f"{p}_{g}": gate(a, i) for i, g in enumerate("ifco")
-                for p, a in (("W", W), ("U", U), ("b", b))}
 
     def get_config(self):
         return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}

@@ -118,17 +118,7 @@ class Recurrent(nn.Module):
 
     def _check_x(self, x, w0):
         _check_float(x, "x")
-        if x.dim() != 3:
-            raise ValueError(f"x must have 3 dimensions (batch, timesteps, input_dim), got "
-                             f"shape {tuple(x.shape)}")
-        B, T, D = x.shape
-        if D != self.input_dim:
-            raise ValueError(f"x has input_dim {D}, but the module was made for input_dim "
-                             f"{self.input_dim}: expected shape (batch, timesteps, "
-                             f"{self.input_dim})")
-        if B < 1 or T < 1:
-            raise ValueError(f"x must have at least one sample and one step, got shape "
-                             f"{tuple(x.shape)}")
+        V.check_x_shape(x.shape, self.input_dim, "module")
         if x.dtype != w0.dtype:
             raise TypeError(f"x is {x.dtype} but the module's parameters are {w0.dtype}: "
                             f"convert x, or the module with .float() / .double()")
