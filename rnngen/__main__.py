@@ -111,13 +111,16 @@ def cmd_check(args) -> int:
 def cmd_build(args) -> int:
     from .pipeline import build_cell
     from .spec import load_spec
+    params = parse_params(args.param)
     if args.specs:
-        paths = [find_spec(s) for s in args.specs]
+        jobs = [(find_spec(s), params) for s in args.specs]
     else:
         if in_checkout():
             cmd_generate(args)
-        paths = builtin_specs()
-    params = parse_params(args.param)
+        jobs = [(p, params) for p in builtin_specs()]
+        if not params:     # and what the framework layers run with their defaults
+            from .pipeline import framework_variants
+            jobs += framework_variants()
     if args.jax:
         from .build import runtime_header
         from .pipeline import generate
@@ -128,7 +131,7 @@ def cmd_build(args) -> int:
             print(f"rnngen build --jax needs jax ({e}): pip install -e '.[jax]'",
                   file=sys.stderr)
             return 2
-    for p in paths:
+    for p, params in jobs:
         spec = load_spec(p)
         t = time.perf_counter()
         lib = build_cell(spec, params, args.backend)   # no device needed: prebuilding
@@ -136,7 +139,8 @@ def cmd_build(args) -> int:
             ir, header, _ = generate(spec, params, args.backend)
             build_handlers(ir, cdef_from_headers(runtime_header(), header), str(lib),
                            args.backend)
-        print(f"built {spec.name:14s} ({p}) for {args.backend}"
+        given = ", ".join(f"{k}={v}" for k, v in params.items())
+        print(f"built {spec.name:14s} ({p}{'; ' + given if given else ''}) for {args.backend}"
               f"{' with its XLA FFI handlers' if args.jax else ''} in "
               f"{time.perf_counter() - t:.2f} s")
     return 0
@@ -384,8 +388,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = add("build", "compile specs into the library cache",
             "Compile each SPEC (any path, or a built-in's name) into the build cache, as its "
-            "layer would on first use. Without SPEC: every built-in spec, after `rnngen "
-            "generate` when run from a checkout.")
+            "layer would on first use. Without SPEC: every built-in spec, and (without --param) "
+            "the variants rnngen.torch's and rnngen.keras's layers run by default (sigmoid "
+            "gates, examples/torch_gru.yaml), after `rnngen generate` when run from a "
+            "checkout.")
     p.add_argument("specs", nargs="*", metavar="SPEC")
     spec_options(p, ["c", "cuda", "cuda-emulated"])
     p.add_argument("--jax", action="store_true",

@@ -184,6 +184,18 @@ def builtin_specs() -> list[Path]:
     return sorted(SPECS.glob("*.yaml"))
 
 
+def framework_variants() -> list[tuple[Path, dict]]:
+    """(spec, parameters) of the cells the framework layers run with their default
+    arguments, beside the built-ins' own defaults: rnngen.torch's LSTM / GRU / RNN and
+    rnngen.keras's LSTM / GRU / SimpleRNN (sigmoid gates, tanh; torch's and Keras's default
+    GRU is examples/torch_gru.yaml).  `rnngen build` prebuilds them."""
+    gates = {"activation": "tanh", "inner_activation": "sigmoid"}
+    return [(SPECS / "lstm.yaml", gates), (SPECS / "gru.yaml", gates),
+            (SPECS / "simple_rnn.yaml", {"activation": "tanh"}),
+            (SPECS / "simple_rnn.yaml", {"activation": "relu"}),
+            (EXAMPLES / "torch_gru.yaml", {})]
+
+
 def write_if_changed(path: Path, text: str) -> bool:
     if path.exists() and path.read_text() == text:
         return False
