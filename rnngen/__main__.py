@@ -109,7 +109,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .pipeline import build_cell
+    from .pipeline import built_library
     from .spec import load_spec
     params = parse_params(args.param)
     if args.specs:
@@ -123,7 +123,6 @@ def cmd_build(args) -> int:
             jobs += framework_variants()
     if args.jax:
         from .build import runtime_header
-        from .pipeline import generate
         from .runtime.ffi import cdef_from_headers
         try:
             from .jax._ffi import build_handlers
@@ -134,9 +133,8 @@ def cmd_build(args) -> int:
     for p, params in jobs:
         spec = load_spec(p)
         t = time.perf_counter()
-        lib = build_cell(spec, params, args.backend)   # no device needed: prebuilding
+        lib, ir, header = built_library(spec, params, args.backend)   # no device needed
         if args.jax:
-            ir, header, _ = generate(spec, params, args.backend)
             build_handlers(ir, cdef_from_headers(runtime_header(), header), str(lib),
                            args.backend)
         given = ", ".join(f"{k}={v}" for k, v in params.items())

@@ -98,14 +98,24 @@ def _library(be, spec: CellSpec, ikey, ir, lay, name, schedule) -> tuple[Path, s
     return lib, header
 
 
+def built_library(spec: CellSpec, params: Optional[dict] = None, backend: str = "c", *,
+                  layout: Optional[dict] = None,
+                  schedule: Schedule = Schedule()) -> tuple[Path, CellIR, str]:
+    """(library, ir, header text) of ``spec``'s library for ``backend``, built into the
+    cache (or found there) without loading it.  Needs the backend's compiler (for cuda:
+    nvcc and cuBLAS), not its device, so libraries can be prebuilt on a machine without a
+    GPU."""
+    be = get_backend(backend)
+    ikey, ir, lay, name = _identify(be, spec, params, layout, schedule)
+    lib, header = _library(be, spec, ikey, ir, lay, name, schedule)
+    return lib, ir, header
+
+
 def build_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "c", *,
                layout: Optional[dict] = None, schedule: Schedule = Schedule()) -> Path:
     """Build ``spec``'s library for ``backend`` into the cache without loading it: what
-    `rnngen build` does.  Needs the backend's compiler (for cuda: nvcc and cuBLAS), not its
-    device, so libraries can be prebuilt on a machine without a GPU."""
-    be = get_backend(backend)
-    ikey, ir, lay, name = _identify(be, spec, params, layout, schedule)
-    return _library(be, spec, ikey, ir, lay, name, schedule)[0]
+    `rnngen build` does (see :func:`built_library`)."""
+    return built_library(spec, params, backend, layout=layout, schedule=schedule)[0]
 
 
 def compile_cell(spec: CellSpec, params: Optional[dict] = None, backend: str = "c", *,

@@ -227,12 +227,11 @@ def test_the_gpu_handlers_compile():
     except DeviceError as e:
         pytest.skip(str(e))
     from rnngen.build import runtime_header
-    from rnngen.pipeline import build_cell, generate
+    from rnngen.pipeline import built_library
     from rnngen.runtime.ffi import cdef_from_headers
-    spec = rj.Recurrent("GRU", D, H).cell_class.spec
-    ir, header, _ = generate(spec, None, "cuda")
-    out = _ffi.build_handlers(ir, cdef_from_headers(runtime_header(), header),
-                              str(build_cell(spec, None, "cuda")), "cuda")
+    lib, ir, header = built_library(rj.Recurrent("GRU", D, H).cell_class.spec, None, "cuda")
+    out = _ffi.build_handlers(ir, cdef_from_headers(runtime_header(), header), str(lib),
+                              "cuda")
     assert out.is_file() and "PlatformStream" in (out.parent / "gru_jax_cuda.cc").read_text()
 
 

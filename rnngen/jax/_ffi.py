@@ -21,10 +21,11 @@ import numpy as np
 from .. import abi, build
 from ..backends import CXX, _cxx_version
 from ..render import GENERATOR_VERSION, _env
-from ..runtime.ffi import STATUS
+from ..runtime.ffi import DTYPES, STATUS
 
-_DTYPES = (("float", "_f32", "ffi::DataType::F32"), ("double", "_f64", "ffi::DataType::F64"))
-SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
+# (C type, entry-point suffix, XLA's dtype) of each element type the kernels take
+_DTYPES = tuple((ct, sfx, f"ffi::DataType::F{8 * np.dtype(dt).itemsize}")
+                for dt, (ct, sfx) in DTYPES.items())
 _COUNTS = {"save_size": "(save_size > 0 ? save_size : 1)",
            "work_size": "(work_size > 0 ? work_size : 1)"}
 
@@ -116,8 +117,7 @@ def operands(ir, entry: str, values: dict) -> list:
 
 def results(ir, entry: str, shapes: dict) -> list:
     """The handler's results (member name -> ShapeDtypeStruct or None; the scratch is the
-    handler's own), in order, and
-    their names."""
+    handler's own), in order, and their names."""
     names = [f.name for f in abi.fields(ir, entry)
              if f.kind == "out" and shapes[f.name] is not None]
     return [shapes[n] for n in names], names

@@ -9,7 +9,7 @@ import numpy as np
 from .. import validation as V
 from ..layers import resolve_cell
 from ..pipeline import compile_cell
-from ._ops import recurrent
+from ._ops import default_backend, run
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -41,7 +41,7 @@ class Recurrent:
                  go_backwards: bool = False, *, backend=None, **cell_params):
         cls = resolve_cell(cell)
         if backend is None:
-            backend = "cuda" if jax.default_backend() == "gpu" else "c"
+            backend = default_backend()
         if backend not in ("c", "cuda", "cuda-emulated"):
             raise ValueError(f"backend must be 'c', 'cuda' or 'cuda-emulated' (or None: "
                              f"'cuda' where JAX's default backend is a GPU, else 'c'), got "
@@ -148,11 +148,8 @@ class Recurrent:
         x = self._x(x, weights[0].dtype)
         mask = self._mask(mask, x)
         state0 = self._state(initial_state, x)
-        if self.go_backwards:
-            x = jnp.flip(x, 1)
-            mask = None if mask is None else jnp.flip(mask, 1)
-        y, last = recurrent(self.kernel, x, mask, state0, weights, self.output_dim,
-                            self.truncate_gradient)
+        y, last = run(self.kernel, x, mask, state0, weights, self.output_dim,
+                      self.truncate_gradient, self.go_backwards)
         out = y if self.return_sequences else y[:, -1]
         if self.return_state:
             return (out, *(last[i] for i in range(last.shape[0])))

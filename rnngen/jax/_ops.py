@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from ..runtime.ffi import DTYPES
 from . import _ffi
 
 
@@ -24,7 +25,7 @@ def _call(kernel, entry, dtype, values, shapes, ints):
     """One handler call: the results by member name."""
     ir = kernel.ir
     res, names = _ffi.results(ir, entry, shapes)
-    target = f"{_ffi.targets(kernel, kernel.backend)}_{entry}{_ffi.SUFFIX[np.dtype(dtype)]}"
+    target = f"{_ffi.targets(kernel, kernel.backend)}_{entry}{DTYPES[np.dtype(dtype)][1]}"
     attrs = {k: np.int64(v) for k, v in ints.items()}
     attrs.update(_ffi.flags(ir, entry, {**values, **shapes}))
     outs = jax.ffi.ffi_call(target, res, vmap_method="sequential")(
@@ -102,3 +103,17 @@ def recurrent(kernel, x, mask, state0, weights, H: int, truncate: int = -1):
     [S,B,H] or None (zeros), ``weights`` in spec order.  Differentiable (reverse mode) in
     x, state0 and the weights; ``truncate``: truncate_gradient."""
     return _op(kernel, int(H), int(truncate))(x, mask, state0, list(weights))
+
+
+def run(kernel, x, mask, state0, weights, H: int, truncate: int = -1, reverse: bool = False):
+    """:func:`recurrent` on x read from its end with ``reverse`` (mask too; y then in that
+    reading order)."""
+    if reverse:
+        x = jnp.flip(x, 1)
+        mask = None if mask is None else jnp.flip(mask, 1)
+    return recurrent(kernel, x, mask, state0, weights, H, truncate)
+
+
+def default_backend() -> str:
+    """The kernels for JAX's default device: "cuda" where it is a GPU, else "c"."""
+    return "cuda" if jax.default_backend() == "gpu" else "c"

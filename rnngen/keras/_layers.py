@@ -57,13 +57,14 @@ class _Base(keras.layers.Layer):
         # Keras's RNN attribute: outputs at padded steps are zero instead of repeating the
         # last output (keras.layers.Bidirectional sets it on the layers it wraps)
         self.zero_output_for_mask = False
-        self._kernel_cache = None
+        self._kernels = {}               # backend -> its kernel of the cell
 
     # -- the cell ------------------------------------------------------------------------
-    def _kernel(self):
-        if self._kernel_cache is None:
-            self._kernel_cache = compile_cell(self._cell.spec, self._code, "c")
-        return self._kernel_cache
+    def _kernel(self, backend: str = "c"):
+        k = self._kernels.get(backend)
+        if k is None:
+            k = self._kernels[backend] = compile_cell(self._cell.spec, self._code, backend)
+        return k
 
     @property
     def state_names(self) -> tuple:
@@ -93,9 +94,9 @@ class _Base(keras.layers.Layer):
                 raise ValueError(f"initial_state must list {S} arrays of shape (batch, "
                                  f"{H}), one per state ({', '.join(k.ir.states)})")
         if be == "jax":
-            y, last = self._run_jax(k, sequences, mask, states, weights)
+            y, last = self._run_jax(sequences, mask, states, weights)
         else:
-            y, last = self._run_torch(k, sequences, mask, states, weights)
+            y, last = self._run_torch(sequences, mask, states, weights)
         if self.zero_output_for_mask and mask is not None:
             keep = keras.ops.cast(keras.ops.not_equal(mask, 0), y.dtype)
             y = y * keras.ops.expand_dims(keras.ops.flip(keep, 1) if self.go_backwards
@@ -105,35 +106,22 @@ class _Base(keras.layers.Layer):
             return [out] + [last[i] for i in range(S)]
         return out
 
-    def _run_jax(self, k, x, mask, states, weights):
-        import jax
+    def _run_jax(self, x, mask, states, weights):
         import jax.numpy as jnp
-        from ..jax._ops import recurrent
-        if jax.default_backend() == "gpu":     # rnngen.jax's choice: XLA's CUDA platform
-            k = compile_cell(self._cell.spec, self._code, "cuda")
+        from ..jax._ops import default_backend, run
         m = None if mask is None else (jnp.asarray(mask) != 0).astype(jnp.uint8)
-        if self.go_backwards:
-            x = jnp.flip(x, 1)
-            m = None if m is None else jnp.flip(m, 1)
         s0 = None if states is None else jnp.stack([jnp.asarray(s, x.dtype) for s in states])
-        return recurrent(k, x, m, s0, weights, self.units, self.truncate_gradient)
+        return run(self._kernel(default_backend()), x, m, s0, weights, self.units,
+                   self.truncate_gradient, self.go_backwards)
 
-    def _run_torch(self, k, x, mask, states, weights):
+    def _run_torch(self, x, mask, states, weights):
         import torch
-        from ..torch._ops import register_cell
+        from ..torch._ops import register_cell, run
         key = register_cell(self._cell.spec, self._code)
-        m = None if mask is None else (mask != 0).to(torch.uint8)
-        if self.go_backwards:
-            x = torch.flip(x, (1,))
-            m = None if m is None else torch.flip(m, (1,))
+        m = None if mask is None else (mask != 0).to(torch.uint8).contiguous()
         s0 = None if states is None else torch.stack([s.to(x.dtype) for s in states])
-        grad = torch.is_grad_enabled() and (
-            x.requires_grad or any(w.requires_grad for w in weights)
-            or (s0 is not None and s0.requires_grad))
-        y, _, last = torch.ops.rnngen.recurrent(
-            key, x.contiguous(), None if m is None else m.contiguous(), s0,
-            [w.contiguous() for w in weights], self.units, self.truncate_gradient, grad, True)
-        return y, last
+        return run(key, x, m, s0, weights, self.units, self.truncate_gradient,
+                   self.go_backwards)
 
     def compute_mask(self, sequences, mask=None):
         out = mask if self.return_sequences else None

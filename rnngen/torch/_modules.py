@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import validation as V
 from ..layers import MERGE_MODES, cell_from_ref, cell_ref, check_pair, resolve_cell
-from ._ops import _FLOATS, _kernel, register_cell
+from ._ops import _FLOATS, _kernel, register_cell, run
 
 
 # -- the modules --------------------------------------------------------------------------
@@ -171,15 +171,8 @@ class Recurrent(nn.Module):
         x = self._check_x(x, weights[0])
         mask = self._check_mask(mask, x)
         state0 = self._check_state(initial_state, x)
-        if self.go_backwards:
-            x = torch.flip(x, (1,))
-            mask = None if mask is None else torch.flip(mask, (1,))
-        training = torch.is_grad_enabled() and (
-            x.requires_grad or any(w.requires_grad for w in weights)
-            or (state0 is not None and state0.requires_grad))
-        y, _, last = torch.ops.rnngen.recurrent(
-            self._key, x, mask, state0, weights, self.output_dim, self.truncate_gradient,
-            training, self.return_state)
+        y, last = run(self._key, x, mask, state0, weights, self.output_dim,
+                      self.truncate_gradient, self.go_backwards, self.return_state)
         out = y if self.return_sequences else y[:, -1]
         if self.return_state:
             return (out, *last.unbind(0))

@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import validation as V
 from ..layers import cell_from_ref, cell_ref, resolve_cell
 from ._modules import register_weight
-from ._ops import _FLOATS, _kernel, register_cell
+from ._ops import _FLOATS, _kernel, register_cell, run
 
 __all__ = ["LSTM", "GRU", "RNN", "convert", "InputError"]
 
@@ -390,15 +390,7 @@ class _RNNBase(nn.Module):
         return out, (h if S == 1 else tuple(h.clone() for _ in range(S)))
 
     def _run(self, x, mask, state0, weights, reverse):
-        if reverse:
-            x = torch.flip(x, (1,))
-            mask = None if mask is None else torch.flip(mask, (1,))
-        training = torch.is_grad_enabled() and (
-            x.requires_grad or any(w.requires_grad for w in weights)
-            or (state0 is not None and state0.requires_grad))
-        y, _, last = torch.ops.rnngen.recurrent(
-            self._key, x.contiguous(), mask, state0, weights, self.hidden_size, -1,
-            training, True)
+        y, last = run(self._key, x, mask, state0, weights, self.hidden_size, -1, reverse)
         return (torch.flip(y, (1,)) if reverse else y), last
 
     def _dropout(self, y, packing):

@@ -284,3 +284,18 @@ def _backward(ctx, dy, dsave, dlast):
 
 
 torch.library.register_autograd("rnngen::recurrent", _backward, setup_context=_setup_context)
+
+
+def run(key, x, mask, state0, weights, H, truncate=-1, reverse=False, states_out=True):
+    """(y [B,T,H], last [S,B,H], or [0] without ``states_out``) of the cell ``key`` on x
+    [B,T,D], read from its end with ``reverse`` (y then in that reading order): the
+    operator, asked to keep what backward needs only where autograd will want it."""
+    if reverse:
+        x = torch.flip(x, (1,))
+        mask = None if mask is None else torch.flip(mask, (1,))
+    training = torch.is_grad_enabled() and (
+        x.requires_grad or any(w.requires_grad for w in weights)
+        or (state0 is not None and state0.requires_grad))
+    y, _, last = torch.ops.rnngen.recurrent(key, x.contiguous(), mask, state0, weights, H,
+                                            truncate, training, states_out)
+    return y, last
