@@ -4,9 +4,9 @@
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 3*H] = x_t[B, D] @ [W_z | W_r | Pmat]
- * Input-only values (computed from XW inside the step loops): sigmoid(t3); x_w_r + b_r; t12 + b_h; 1.0 - z
- * Step phase 1: GEMM h_prev @ [U_r]; loop over t9, r, t14
- * Step phase 2: GEMM t14 @ [U_h]; loop over t17, hh, t19, t22, t23, h_new
+ * Input-only values (computed from XW inside the step loops): sigmoid(x_w_z_plus_b_z); x_w_r + b_r; tanh_x_pmat + b_h; 1.0 - z
+ * Step phase 1: GEMM h_prev @ [U_r]; loop over r_sum, r, r_times_h_prev
+ * Step phase 2: GEMM r_times_h_prev @ [U_h]; loop over hh_sum, hh, hh_times_z, h_prod, h_value, h_new
  */
 #include <string.h>
 #include <math.h>
@@ -43,26 +43,26 @@ int rnngen_jzs1_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 3);   /* the saved values, then forward's three notes */
     size_t n = 0;
     n += (size_t)D * LDXW;   /* Wcat */
     n += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pw */
     n += (size_t)D * LDXW;   /* dWcat */
-    n += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g0 */
-    n += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g0 */
-    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
-    n += (size_t)B * LDS_g0;   /* S_g0 */
-    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
-    n += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g1 */
-    n += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g1 */
-    n += (size_t)H * LDS_g1;   /* dUcat_g1 */
-    n += (size_t)B * LDS_g1;   /* S_g1 */
-    n += (size_t)T * B * LDS_g1;   /* dS_g1 */
+    n += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g_h_prev */
+    n += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g_h_prev */
+    n += (size_t)H * LDS_g_h_prev;   /* dUcat_g_h_prev */
+    n += (size_t)B * LDS_g_h_prev;   /* S_g_h_prev */
+    n += (size_t)T * B * LDS_g_h_prev;   /* dS_g_h_prev */
+    n += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g_r_times_h_prev */
+    n += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g_r_times_h_prev */
+    n += (size_t)H * LDS_g_r_times_h_prev;   /* dUcat_g_r_times_h_prev */
+    n += (size_t)B * LDS_g_r_times_h_prev;   /* S_g_r_times_h_prev */
+    n += (size_t)T * B * LDS_g_r_times_h_prev;   /* dS_g_r_times_h_prev */
     n += BH;   /* L_h_1 */
     n += BH;   /* dL_h_1 */
-    n += BH;   /* d_t14 */
+    n += BH;   /* d_r_times_h_prev */
     n += BH;   /* d_h_new */
     n += (size_t)RNNGEN_MAX_THREADS * B;   /* nreal_all */
     n += (size_t)B * LDXW;   /* iXW */
@@ -122,8 +122,8 @@ static int forward_kernel_f32(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -134,19 +134,19 @@ static int forward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t14 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_r_times_h_prev = p; p += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_r_times_h_prev = p; p += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
-    RNNGEN_MAYBE_UNUSED float *d_t14 = p; p += BH;          /* [B,H] adjoint of r * h_prev */
+    RNNGEN_MAYBE_UNUSED float *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
     RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
     RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
@@ -189,14 +189,14 @@ static int forward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
+const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_r_times_h_prev = Pf_g_r_times_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_r_times_h_prev = Pb_g_r_times_h_prev + LDS_g_r_times_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -230,7 +230,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -238,14 +238,14 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_r */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_r[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_r[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
-            {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+            {   /* Pf_t_g_r_times_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -253,10 +253,10 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_h */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g1[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_h[(size_t)k * H + j0 + u];
+                        Pf_t_g_r_times_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_h[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g1[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
+                        Pf_t_g_r_times_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
@@ -285,9 +285,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f32(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            RNNGEN_MAYBE_UNUSED float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-            RNNGEN_MAYBE_UNUSED float *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-            RNNGEN_MAYBE_UNUSED float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+            RNNGEN_MAYBE_UNUSED float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+            RNNGEN_MAYBE_UNUSED float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+            RNNGEN_MAYBE_UNUSED float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -307,7 +307,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 1 * (size_t)j0, LDS_g_h_prev, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -318,13 +318,13 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const float v_b_r = w_b_r[j];
-                    const float v_t8 = v_x_w_r + v_b_r;
-                    const float v_t9 = v_t8 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_x_w_r_plus_b_r = v_x_w_r + v_b_r;
+                    const float v_r_sum = v_x_w_r_plus_b_r + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
                     /* r = inner_activation(x @ W_r + b_r + h @ U_r) */
-                    const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t9)));
+                    const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_r_sum)));
                     if (save) s_r[bs] = v_r;
-                    const float v_t14 = v_r * L_h_1[bj];
-                    s_t14[bs] = v_t14;
+                    const float v_r_times_h_prev = v_r * L_h_1[bj];
+                    s_r_times_h_prev[bs] = v_r_times_h_prev;
                 }
             }
 
@@ -332,7 +332,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_t14 + (size_t)b0 * LDSL, LDSL, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_r_times_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_r_times_h_prev, S_g_r_times_h_prev + (size_t)b0 * LDS_g_r_times_h_prev + 1 * (size_t)j0, LDS_g_r_times_h_prev, 0);
             /* phase 2 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -343,23 +343,23 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b_z = w_b_z[j];
-                    const float v_t3 = v_x_w_z + v_b_z;
+                    const float v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
                     /* z = inner_activation(x @ W_z + b_z) */
-                    const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t3)));
+                    const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_x_w_z_plus_b_z)));
                     const float v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
-                    const float v_t12 = rnngen_tanhf(v_x_pmat);
+                    const float v_tanh_x_pmat = rnngen_tanhf(v_x_pmat);
                     const float v_b_h = w_b_h[j];
-                    const float v_t16 = v_t12 + v_b_h;
-                    const float v_t21 = 1.0f - v_z;
-                    const float v_t17 = v_t16 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const float v_tanh_x_pmat_plus_b_h = v_tanh_x_pmat + v_b_h;
+                    const float v_one_minus_z = 1.0f - v_z;
+                    const float v_hh_sum = v_tanh_x_pmat_plus_b_h + S_g_r_times_h_prev[(size_t)b * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j];
                     /* hh = activation(tanh(x @ Pmat) + b_h + r * h @ U_h) */
-                    const float v_hh = rnngen_tanhf(v_t17);
+                    const float v_hh = rnngen_tanhf(v_hh_sum);
                     if (save) s_hh[bs] = v_hh;
-                    const float v_t19 = v_hh * v_z;
-                    const float v_t22 = L_h_1[bj] * v_t21;
-                    const float v_t23 = v_t19 + v_t22;
+                    const float v_hh_times_z = v_hh * v_z;
+                    const float v_h_prod = L_h_1[bj] * v_one_minus_z;
+                    const float v_h_value = v_hh_times_z + v_h_prod;
                     /* h = hh * z + h * (1 - z) */
-                    const float v_h_new = v_t23;
+                    const float v_h_new = v_h_value;
                     if (m) {
                         L_h_1[bj] = v_h_new;
                     }
@@ -427,8 +427,8 @@ static int backward_kernel_f32(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat || !save || !dy || !dx || !dw_W_z || !dw_b_z || !dw_W_r || !dw_U_r || !dw_b_r || !dw_U_h || !dw_b_h || !dw_Pmat || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -437,19 +437,19 @@ static int backward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t14 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_r_times_h_prev = p; p += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_r_times_h_prev = p; p += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
-    RNNGEN_MAYBE_UNUSED float *d_t14 = p; p += BH;          /* [B,H] adjoint of r * h_prev */
+    RNNGEN_MAYBE_UNUSED float *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
     RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
     RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
@@ -496,14 +496,14 @@ static int backward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
+const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_r_times_h_prev = Pf_g_r_times_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_r_times_h_prev = Pb_g_r_times_h_prev + LDS_g_r_times_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -521,9 +521,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_Pmat + (size_t)i * H + j0, nU * sizeof(float));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                float *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -534,9 +534,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                                 P[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * K + k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
-            if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                float *P = Pb_t_g1;
-                const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
+            if (nU > 0) {   /* g_r_times_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g_r_times_h_prev;
+                const size_t K = LDS_g_r_times_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -578,11 +578,11 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g1 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+                        memset(dS_g_r_times_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -599,9 +599,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                RNNGEN_MAYBE_UNUSED float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-                RNNGEN_MAYBE_UNUSED float *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-                RNNGEN_MAYBE_UNUSED float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+                RNNGEN_MAYBE_UNUSED float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+                RNNGEN_MAYBE_UNUSED float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+                RNNGEN_MAYBE_UNUSED float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -623,32 +623,32 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                             const float v_b_z = w_b_z[j];
-                            const float v_t3 = v_x_w_z + v_b_z;
-                            const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t3)));
-                            const float v_t21 = 1.0f - v_z;
+                            const float v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
+                            const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_x_w_z_plus_b_z)));
+                            const float v_one_minus_z = 1.0f - v_z;
                             const float a_h = dL_h_1[bj] + dy[r * H + j];
                             float a0 = 0.0f;
                             float a1 = 0.0f;
                             float a2 = 0.0f;
                             float a3 = 0.0f;
-                            float g_t14_u_h = 0.0f;
-                            float g_t17 = 0.0f;
+                            float g_r_times_h_prev_u_h = 0.0f;
+                            float g_hh_sum = 0.0f;
                             float g_hh = 0.0f;
-                            float g_t19 = 0.0f;
-                            float g_t22 = 0.0f;
-                            float g_t23 = 0.0f;
+                            float g_hh_times_z = 0.0f;
+                            float g_h_prod = 0.0f;
+                            float g_h_value = 0.0f;
                             float g_h_new = a_h;
-                            g_t23 += g_h_new;
-                            g_t19 += g_t23;
-                            g_t22 += g_t23;
-                            a0 += g_t22 * (v_t21);
-                            a1 += g_t22 * (s_h_prev[bs]);
-                            g_hh += g_t19 * (v_z);
-                            a2 += g_t19 * (s_hh[bs]);
-                            g_t17 += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-                            a3 += g_t17;
-                            g_t14_u_h += g_t17;
-                            dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t14_u_h;
+                            g_h_value += g_h_new;
+                            g_hh_times_z += g_h_value;
+                            g_h_prod += g_h_value;
+                            a0 += g_h_prod * (v_one_minus_z);
+                            a1 += g_h_prod * (s_h_prev[bs]);
+                            g_hh += g_hh_times_z * (v_z);
+                            a2 += g_hh_times_z * (s_hh[bs]);
+                            g_hh_sum += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
+                            a3 += g_hh_sum;
+                            g_r_times_h_prev_u_h += g_hh_sum;
+                            dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
                             dL_h_1[bj] = a0;
                             dXP[(size_t)3 * BH + bj] = a1;
                             dXP[(size_t)0 * BH + bj] = a2;
@@ -659,7 +659,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             dL_h_1[bj] += dy[r * H + j];
-                            d_t14[bj] = 0.0f;
+                            d_r_times_h_prev[bj] = 0.0f;
                         }
                     }
                 }
@@ -668,7 +668,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t14 + (size_t)b0 * H + j0, H, 0);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g_r_times_h_prev, dS_g_r_times_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Pb_t_g_r_times_h_prev, d_r_times_h_prev + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -680,51 +680,51 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                             const float v_b_z = w_b_z[j];
-                            const float v_t3 = v_x_w_z + v_b_z;
-                            const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t3)));
+                            const float v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
+                            const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_x_w_z_plus_b_z)));
                             const float v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
-                            const float v_t12 = rnngen_tanhf(v_x_pmat);
-                            float a0 = d_t14[bj];
+                            const float v_tanh_x_pmat = rnngen_tanhf(v_x_pmat);
+                            float a0 = d_r_times_h_prev[bj];
                             float a1 = dL_h_1[bj];
                             float a2 = 0.0f;
                             float a3 = dXP[(size_t)0 * BH + bj];
                             float a4 = dXP[(size_t)2 * BH + bj];
                             float a5 = dXP[(size_t)3 * BH + bj];
                             float g_h_prev_u_r = 0.0f;
-                            float g_t9 = 0.0f;
+                            float g_r_sum = 0.0f;
                             float g_r = 0.0f;
-                            float g_t14 = a0;
-                            g_r += g_t14 * (s_h_prev[bs]);
-                            a1 += g_t14 * (s_r[bs]);
-                            g_t9 += g_r * (s_r[bs] * (1.0f - s_r[bs]));
-                            a2 += g_t9;
-                            g_h_prev_u_r += g_t9;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_r;
+                            float g_r_times_h_prev = a0;
+                            g_r += g_r_times_h_prev * (s_h_prev[bs]);
+                            a1 += g_r_times_h_prev * (s_r[bs]);
+                            g_r_sum += g_r * (s_r[bs] * (1.0f - s_r[bs]));
+                            a2 += g_r_sum;
+                            g_h_prev_u_r += g_r_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_r;
                             float g_x_w_z = 0.0f;
                             float g_b_z = 0.0f;
-                            float g_t3 = 0.0f;
+                            float g_x_w_z_plus_b_z = 0.0f;
                             float g_z = a3;
                             float g_x_w_r = 0.0f;
                             float g_b_r = 0.0f;
-                            float g_t8 = a2;
+                            float g_x_w_r_plus_b_r = a2;
                             float g_x_pmat = 0.0f;
-                            float g_t12 = 0.0f;
+                            float g_tanh_x_pmat = 0.0f;
                             float g_b_h = 0.0f;
-                            float g_t16 = a4;
-                            float g_t21 = a5;
-                            g_z += -g_t21;
-                            g_t12 += g_t16;
-                            g_b_h += g_t16;
+                            float g_tanh_x_pmat_plus_b_h = a4;
+                            float g_one_minus_z = a5;
+                            g_z += -g_one_minus_z;
+                            g_tanh_x_pmat += g_tanh_x_pmat_plus_b_h;
+                            g_b_h += g_tanh_x_pmat_plus_b_h;
                             db_b_h[j] += g_b_h;
-                            g_x_pmat += g_t12 * ((1.0f - v_t12 * v_t12));
+                            g_x_pmat += g_tanh_x_pmat * ((1.0f - v_tanh_x_pmat * v_tanh_x_pmat));
                             dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_pmat;
-                            g_x_w_r += g_t8;
-                            g_b_r += g_t8;
+                            g_x_w_r += g_x_w_r_plus_b_r;
+                            g_b_r += g_x_w_r_plus_b_r;
                             db_b_r[j] += g_b_r;
                             dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
-                            g_t3 += g_z * (v_z * (1.0f - v_z));
-                            g_x_w_z += g_t3;
-                            g_b_z += g_t3;
+                            g_x_w_z_plus_b_z += g_z * (v_z * (1.0f - v_z));
+                            g_x_w_z += g_x_w_z_plus_b_z;
+                            g_b_z += g_x_w_z_plus_b_z;
                             db_b_z[j] += g_b_z;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
                             dL_h_1[bj] = a1;
@@ -738,7 +738,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -764,50 +764,50 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                float *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                float *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g_h_prev + (size_t)t0 * B * LDS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(float));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(float));
             }
 
-            {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
+            {   /* dUcat_g_r_times_h_prev (or, for thread 1 of a row split, Pf_g_r_times_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                float *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                float *part = ksplit && tid == 1 ? Pf_g_r_times_h_prev : dUcat_g_r_times_h_prev;
                 const int each = 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_r_times_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_r_times_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (2 * (size_t)T + t0) * BH + k * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (2 * (size_t)T + t0) * BH + k * H, H, dS_g_r_times_h_prev + (size_t)t0 * B * LDS_g_r_times_h_prev + k * LDS_g_r_times_h_prev + c0, (int)(LDS_g_r_times_h_prev), done, part + c0, (int)(LDS_g_r_times_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(float));
+                    memset(part, 0, (size_t)(H) * LDS_g_r_times_h_prev * sizeof(float));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -850,27 +850,27 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_r[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_r[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_r[i * H + j] += dUcat_g0[at + j];
+                        dw_U_r[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
+                const size_t at = i * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_h[i * H + j] += dUcat_g1[at + j] + Pf_g1[at + j];
+                        dw_U_h[i * H + j] += dUcat_g_r_times_h_prev[at + j] + Pf_g_r_times_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_h[i * H + j] += dUcat_g1[at + j];
+                        dw_U_h[i * H + j] += dUcat_g_r_times_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {
@@ -962,8 +962,8 @@ static int forward_kernel_f64(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -974,19 +974,19 @@ static int forward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t14 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_r_times_h_prev = p; p += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_r_times_h_prev = p; p += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
-    RNNGEN_MAYBE_UNUSED double *d_t14 = p; p += BH;         /* [B,H] adjoint of r * h_prev */
+    RNNGEN_MAYBE_UNUSED double *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
     RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
     RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
@@ -1029,14 +1029,14 @@ static int forward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
+const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_r_times_h_prev = Pf_g_r_times_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_r_times_h_prev = Pb_g_r_times_h_prev + LDS_g_r_times_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -1070,7 +1070,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -1078,14 +1078,14 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_r */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_r[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_r[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
-            {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+            {   /* Pf_t_g_r_times_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -1093,10 +1093,10 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_h */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g1[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_h[(size_t)k * H + j0 + u];
+                        Pf_t_g_r_times_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_h[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g1[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
+                        Pf_t_g_r_times_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
@@ -1125,9 +1125,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f64(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            RNNGEN_MAYBE_UNUSED double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-            RNNGEN_MAYBE_UNUSED double *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-            RNNGEN_MAYBE_UNUSED double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+            RNNGEN_MAYBE_UNUSED double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+            RNNGEN_MAYBE_UNUSED double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+            RNNGEN_MAYBE_UNUSED double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -1147,7 +1147,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 1 * (size_t)j0, LDS_g_h_prev, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1158,13 +1158,13 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const double v_b_r = w_b_r[j];
-                    const double v_t8 = v_x_w_r + v_b_r;
-                    const double v_t9 = v_t8 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_x_w_r_plus_b_r = v_x_w_r + v_b_r;
+                    const double v_r_sum = v_x_w_r_plus_b_r + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
                     /* r = inner_activation(x @ W_r + b_r + h @ U_r) */
-                    const double v_r = 1.0 / (1.0 + exp(-(v_t9)));
+                    const double v_r = 1.0 / (1.0 + exp(-(v_r_sum)));
                     if (save) s_r[bs] = v_r;
-                    const double v_t14 = v_r * L_h_1[bj];
-                    s_t14[bs] = v_t14;
+                    const double v_r_times_h_prev = v_r * L_h_1[bj];
+                    s_r_times_h_prev[bs] = v_r_times_h_prev;
                 }
             }
 
@@ -1172,7 +1172,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_t14 + (size_t)b0 * LDSL, LDSL, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_r_times_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_r_times_h_prev, S_g_r_times_h_prev + (size_t)b0 * LDS_g_r_times_h_prev + 1 * (size_t)j0, LDS_g_r_times_h_prev, 0);
             /* phase 2 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1183,23 +1183,23 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b_z = w_b_z[j];
-                    const double v_t3 = v_x_w_z + v_b_z;
+                    const double v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
                     /* z = inner_activation(x @ W_z + b_z) */
-                    const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
+                    const double v_z = 1.0 / (1.0 + exp(-(v_x_w_z_plus_b_z)));
                     const double v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
-                    const double v_t12 = tanh(v_x_pmat);
+                    const double v_tanh_x_pmat = tanh(v_x_pmat);
                     const double v_b_h = w_b_h[j];
-                    const double v_t16 = v_t12 + v_b_h;
-                    const double v_t21 = 1.0 - v_z;
-                    const double v_t17 = v_t16 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const double v_tanh_x_pmat_plus_b_h = v_tanh_x_pmat + v_b_h;
+                    const double v_one_minus_z = 1.0 - v_z;
+                    const double v_hh_sum = v_tanh_x_pmat_plus_b_h + S_g_r_times_h_prev[(size_t)b * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j];
                     /* hh = activation(tanh(x @ Pmat) + b_h + r * h @ U_h) */
-                    const double v_hh = tanh(v_t17);
+                    const double v_hh = tanh(v_hh_sum);
                     if (save) s_hh[bs] = v_hh;
-                    const double v_t19 = v_hh * v_z;
-                    const double v_t22 = L_h_1[bj] * v_t21;
-                    const double v_t23 = v_t19 + v_t22;
+                    const double v_hh_times_z = v_hh * v_z;
+                    const double v_h_prod = L_h_1[bj] * v_one_minus_z;
+                    const double v_h_value = v_hh_times_z + v_h_prod;
                     /* h = hh * z + h * (1 - z) */
-                    const double v_h_new = v_t23;
+                    const double v_h_new = v_h_value;
                     if (m) {
                         L_h_1[bj] = v_h_new;
                     }
@@ -1267,8 +1267,8 @@ static int backward_kernel_f64(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_U_h || !w_b_h || !w_Pmat || !save || !dy || !dx || !dw_W_z || !dw_b_z || !dw_W_r || !dw_U_r || !dw_b_r || !dw_U_h || !dw_b_h || !dw_Pmat || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -1277,19 +1277,19 @@ static int backward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t14 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_r_times_h_prev = p; p += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_r_times_h_prev = p; p += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
-    RNNGEN_MAYBE_UNUSED double *d_t14 = p; p += BH;         /* [B,H] adjoint of r * h_prev */
+    RNNGEN_MAYBE_UNUSED double *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
     RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
     RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
@@ -1336,14 +1336,14 @@ static int backward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
+const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_r_times_h_prev = Pf_g_r_times_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_r_times_h_prev = Pb_g_r_times_h_prev + LDS_g_r_times_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -1361,9 +1361,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_Pmat + (size_t)i * H + j0, nU * sizeof(double));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                double *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -1374,9 +1374,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                                 P[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * K + k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
-            if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                double *P = Pb_t_g1;
-                const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
+            if (nU > 0) {   /* g_r_times_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g_r_times_h_prev;
+                const size_t K = LDS_g_r_times_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -1418,11 +1418,11 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g1 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+                        memset(dS_g_r_times_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -1439,9 +1439,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                RNNGEN_MAYBE_UNUSED double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-                RNNGEN_MAYBE_UNUSED double *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-                RNNGEN_MAYBE_UNUSED double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+                RNNGEN_MAYBE_UNUSED double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+                RNNGEN_MAYBE_UNUSED double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+                RNNGEN_MAYBE_UNUSED double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -1463,32 +1463,32 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                             const double v_b_z = w_b_z[j];
-                            const double v_t3 = v_x_w_z + v_b_z;
-                            const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
-                            const double v_t21 = 1.0 - v_z;
+                            const double v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
+                            const double v_z = 1.0 / (1.0 + exp(-(v_x_w_z_plus_b_z)));
+                            const double v_one_minus_z = 1.0 - v_z;
                             const double a_h = dL_h_1[bj] + dy[r * H + j];
                             double a0 = 0.0;
                             double a1 = 0.0;
                             double a2 = 0.0;
                             double a3 = 0.0;
-                            double g_t14_u_h = 0.0;
-                            double g_t17 = 0.0;
+                            double g_r_times_h_prev_u_h = 0.0;
+                            double g_hh_sum = 0.0;
                             double g_hh = 0.0;
-                            double g_t19 = 0.0;
-                            double g_t22 = 0.0;
-                            double g_t23 = 0.0;
+                            double g_hh_times_z = 0.0;
+                            double g_h_prod = 0.0;
+                            double g_h_value = 0.0;
                             double g_h_new = a_h;
-                            g_t23 += g_h_new;
-                            g_t19 += g_t23;
-                            g_t22 += g_t23;
-                            a0 += g_t22 * (v_t21);
-                            a1 += g_t22 * (s_h_prev[bs]);
-                            g_hh += g_t19 * (v_z);
-                            a2 += g_t19 * (s_hh[bs]);
-                            g_t17 += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-                            a3 += g_t17;
-                            g_t14_u_h += g_t17;
-                            dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t14_u_h;
+                            g_h_value += g_h_new;
+                            g_hh_times_z += g_h_value;
+                            g_h_prod += g_h_value;
+                            a0 += g_h_prod * (v_one_minus_z);
+                            a1 += g_h_prod * (s_h_prev[bs]);
+                            g_hh += g_hh_times_z * (v_z);
+                            a2 += g_hh_times_z * (s_hh[bs]);
+                            g_hh_sum += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
+                            a3 += g_hh_sum;
+                            g_r_times_h_prev_u_h += g_hh_sum;
+                            dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
                             dL_h_1[bj] = a0;
                             dXP[(size_t)3 * BH + bj] = a1;
                             dXP[(size_t)0 * BH + bj] = a2;
@@ -1499,7 +1499,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             dL_h_1[bj] += dy[r * H + j];
-                            d_t14[bj] = 0.0;
+                            d_r_times_h_prev[bj] = 0.0;
                         }
                     }
                 }
@@ -1508,7 +1508,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t14 + (size_t)b0 * H + j0, H, 0);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g_r_times_h_prev, dS_g_r_times_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Pb_t_g_r_times_h_prev, d_r_times_h_prev + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1520,51 +1520,51 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                             const double v_b_z = w_b_z[j];
-                            const double v_t3 = v_x_w_z + v_b_z;
-                            const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
+                            const double v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
+                            const double v_z = 1.0 / (1.0 + exp(-(v_x_w_z_plus_b_z)));
                             const double v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
-                            const double v_t12 = tanh(v_x_pmat);
-                            double a0 = d_t14[bj];
+                            const double v_tanh_x_pmat = tanh(v_x_pmat);
+                            double a0 = d_r_times_h_prev[bj];
                             double a1 = dL_h_1[bj];
                             double a2 = 0.0;
                             double a3 = dXP[(size_t)0 * BH + bj];
                             double a4 = dXP[(size_t)2 * BH + bj];
                             double a5 = dXP[(size_t)3 * BH + bj];
                             double g_h_prev_u_r = 0.0;
-                            double g_t9 = 0.0;
+                            double g_r_sum = 0.0;
                             double g_r = 0.0;
-                            double g_t14 = a0;
-                            g_r += g_t14 * (s_h_prev[bs]);
-                            a1 += g_t14 * (s_r[bs]);
-                            g_t9 += g_r * (s_r[bs] * (1.0 - s_r[bs]));
-                            a2 += g_t9;
-                            g_h_prev_u_r += g_t9;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_r;
+                            double g_r_times_h_prev = a0;
+                            g_r += g_r_times_h_prev * (s_h_prev[bs]);
+                            a1 += g_r_times_h_prev * (s_r[bs]);
+                            g_r_sum += g_r * (s_r[bs] * (1.0 - s_r[bs]));
+                            a2 += g_r_sum;
+                            g_h_prev_u_r += g_r_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_r;
                             double g_x_w_z = 0.0;
                             double g_b_z = 0.0;
-                            double g_t3 = 0.0;
+                            double g_x_w_z_plus_b_z = 0.0;
                             double g_z = a3;
                             double g_x_w_r = 0.0;
                             double g_b_r = 0.0;
-                            double g_t8 = a2;
+                            double g_x_w_r_plus_b_r = a2;
                             double g_x_pmat = 0.0;
-                            double g_t12 = 0.0;
+                            double g_tanh_x_pmat = 0.0;
                             double g_b_h = 0.0;
-                            double g_t16 = a4;
-                            double g_t21 = a5;
-                            g_z += -g_t21;
-                            g_t12 += g_t16;
-                            g_b_h += g_t16;
+                            double g_tanh_x_pmat_plus_b_h = a4;
+                            double g_one_minus_z = a5;
+                            g_z += -g_one_minus_z;
+                            g_tanh_x_pmat += g_tanh_x_pmat_plus_b_h;
+                            g_b_h += g_tanh_x_pmat_plus_b_h;
                             db_b_h[j] += g_b_h;
-                            g_x_pmat += g_t12 * ((1.0 - v_t12 * v_t12));
+                            g_x_pmat += g_tanh_x_pmat * ((1.0 - v_tanh_x_pmat * v_tanh_x_pmat));
                             dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_pmat;
-                            g_x_w_r += g_t8;
-                            g_b_r += g_t8;
+                            g_x_w_r += g_x_w_r_plus_b_r;
+                            g_b_r += g_x_w_r_plus_b_r;
                             db_b_r[j] += g_b_r;
                             dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
-                            g_t3 += g_z * (v_z * (1.0 - v_z));
-                            g_x_w_z += g_t3;
-                            g_b_z += g_t3;
+                            g_x_w_z_plus_b_z += g_z * (v_z * (1.0 - v_z));
+                            g_x_w_z += g_x_w_z_plus_b_z;
+                            g_b_z += g_x_w_z_plus_b_z;
                             db_b_z[j] += g_b_z;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
                             dL_h_1[bj] = a1;
@@ -1578,7 +1578,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -1604,50 +1604,50 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                double *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                double *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g_h_prev + (size_t)t0 * B * LDS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(double));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(double));
             }
 
-            {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
+            {   /* dUcat_g_r_times_h_prev (or, for thread 1 of a row split, Pf_g_r_times_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                double *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                double *part = ksplit && tid == 1 ? Pf_g_r_times_h_prev : dUcat_g_r_times_h_prev;
                 const int each = 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_r_times_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_r_times_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (2 * (size_t)T + t0) * BH + k * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (2 * (size_t)T + t0) * BH + k * H, H, dS_g_r_times_h_prev + (size_t)t0 * B * LDS_g_r_times_h_prev + k * LDS_g_r_times_h_prev + c0, (int)(LDS_g_r_times_h_prev), done, part + c0, (int)(LDS_g_r_times_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(double));
+                    memset(part, 0, (size_t)(H) * LDS_g_r_times_h_prev * sizeof(double));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -1690,27 +1690,27 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_r[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_r[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_r[i * H + j] += dUcat_g0[at + j];
+                        dw_U_r[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
+                const size_t at = i * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_h[i * H + j] += dUcat_g1[at + j] + Pf_g1[at + j];
+                        dw_U_h[i * H + j] += dUcat_g_r_times_h_prev[at + j] + Pf_g_r_times_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_h[i * H + j] += dUcat_g1[at + j];
+                        dw_U_h[i * H + j] += dUcat_g_r_times_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {

@@ -4,9 +4,9 @@
  *
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Before the steps, one GEMM for every step: XW[B*T, 3*H] = x[B*T, D] @ [W_z | W_r | Pmat]
- * Input-only values (computed from XW in the step kernels): sigmoid(t3); x_w_r + b_r; t12 + b_h; 1.0 - z
- * Step phase 1: cuBLAS GEMM h_prev @ [U_r]; one kernel over t9, r, t14
- * Step phase 2: cuBLAS GEMM t14 @ [U_h]; one kernel over t17, hh, t19, t22, t23, h_new
+ * Input-only values (computed from XW in the step kernels): sigmoid(x_w_z_plus_b_z); x_w_r + b_r; tanh_x_pmat + b_h; 1.0 - z
+ * Step phase 1: cuBLAS GEMM h_prev @ [U_r]; one kernel over r_sum, r, r_times_h_prev
+ * Step phase 2: cuBLAS GEMM r_times_h_prev @ [U_h]; one kernel over hh_sum, hh, hh_times_z, h_prod, h_value, h_new
  * Backward, per step in reverse: per phase one kernel, then dOperand += dS @ [U...]^T
  * (cuBLAS); after the steps the weight gradients and dx as one GEMM each, and the bias
  * gradients summed over samples in order (no atomics: two runs give the same bits).
@@ -112,23 +112,23 @@ int rnngen_jzs1_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     *save_size = (long long)(SAVE_SIZE(T, B, H) + (size_t)T * B);   /* the saved values, then NREAL */
     size_t n = 0;
     n += (size_t)D * LDXW;   /* Wcat */
     n += (size_t)D * LDXW;   /* dWcat */
-    n += (size_t)H * LDS_g0;   /* Ucat_g0 */
-    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
-    n += (size_t)B * LDS_g0;   /* S_g0 */
-    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
-    n += (size_t)H * LDS_g1;   /* Ucat_g1 */
-    n += (size_t)H * LDS_g1;   /* dUcat_g1 */
-    n += (size_t)B * LDS_g1;   /* S_g1 */
-    n += (size_t)T * B * LDS_g1;   /* dS_g1 */
+    n += (size_t)H * LDS_g_h_prev;   /* Ucat_g_h_prev */
+    n += (size_t)H * LDS_g_h_prev;   /* dUcat_g_h_prev */
+    n += (size_t)B * LDS_g_h_prev;   /* S_g_h_prev */
+    n += (size_t)T * B * LDS_g_h_prev;   /* dS_g_h_prev */
+    n += (size_t)H * LDS_g_r_times_h_prev;   /* Ucat_g_r_times_h_prev */
+    n += (size_t)H * LDS_g_r_times_h_prev;   /* dUcat_g_r_times_h_prev */
+    n += (size_t)B * LDS_g_r_times_h_prev;   /* S_g_r_times_h_prev */
+    n += (size_t)T * B * LDS_g_r_times_h_prev;   /* dS_g_r_times_h_prev */
     n += BH;   /* L_h_1 */
     n += BH;   /* dL_h_1 */
-    n += BH;   /* d_t14 */
+    n += BH;   /* d_r_times_h_prev */
     n += BH;   /* d_h_new */
     n += (size_t)T * B;   /* NREAL */
     n += (size_t)NSLOT * 2 * BH;   /* iSL */
@@ -158,10 +158,10 @@ typedef struct {
     const float *w_b_z;                     /* [H] */
     const float *w_b_r;                     /* [H] */
     const float *w_b_h;                     /* [H] */
-    [[maybe_unused]] float *S_g0, *dS_g0;
-    [[maybe_unused]] float *S_g1, *dS_g1;
+    [[maybe_unused]] float *S_g_h_prev, *dS_g_h_prev;
+    [[maybe_unused]] float *S_g_r_times_h_prev, *dS_g_r_times_h_prev;
     [[maybe_unused]] float *L_h_1, *dL_h_1;
-    [[maybe_unused]] float *d_t14;
+    [[maybe_unused]] float *d_r_times_h_prev;
     [[maybe_unused]] float *d_h_new;
 } rnngen_jzs1_frame_f32;
 
@@ -183,12 +183,12 @@ static __global__ void rnngen_jzs1_fwd0_f32(const rnngen_jzs1_frame_f32 F, const
     [[maybe_unused]] const float *w_b_z = F.w_b_z;
     [[maybe_unused]] const float *w_b_r = F.w_b_r;
     [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] float *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_t14 = F.d_t14;
+    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] float *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -197,9 +197,9 @@ static __global__ void rnngen_jzs1_fwd0_f32(const rnngen_jzs1_frame_f32 F, const
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] float *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -224,12 +224,12 @@ static __global__ void rnngen_jzs1_fwd1_f32(const rnngen_jzs1_frame_f32 F, const
     [[maybe_unused]] const float *w_b_z = F.w_b_z;
     [[maybe_unused]] const float *w_b_r = F.w_b_r;
     [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] float *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_t14 = F.d_t14;
+    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] float *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -238,21 +238,21 @@ static __global__ void rnngen_jzs1_fwd1_f32(const rnngen_jzs1_frame_f32 F, const
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] float *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
     const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
     const float v_b_r = w_b_r[j];
-    const float v_t8 = v_x_w_r + v_b_r;
-    const float v_t9 = v_t8 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+    const float v_x_w_r_plus_b_r = v_x_w_r + v_b_r;
+    const float v_r_sum = v_x_w_r_plus_b_r + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
     /* r = inner_activation(x @ W_r + b_r + h @ U_r) */
-    const float v_r = 1.0f / (1.0f + expf(-(v_t9)));
+    const float v_r = 1.0f / (1.0f + expf(-(v_r_sum)));
     if (save) s_r[bs] = v_r;
-    const float v_t14 = v_r * L_h_1[bj];
-    s_t14[bs] = v_t14;
+    const float v_r_times_h_prev = v_r * L_h_1[bj];
+    s_r_times_h_prev[bs] = v_r_times_h_prev;
 }
 
 /* forward, phase 2 of step t: one thread per (sample, unit) */
@@ -273,12 +273,12 @@ static __global__ void rnngen_jzs1_fwd2_f32(const rnngen_jzs1_frame_f32 F, const
     [[maybe_unused]] const float *w_b_z = F.w_b_z;
     [[maybe_unused]] const float *w_b_r = F.w_b_r;
     [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] float *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_t14 = F.d_t14;
+    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] float *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -287,31 +287,31 @@ static __global__ void rnngen_jzs1_fwd2_f32(const rnngen_jzs1_frame_f32 F, const
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] float *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
     const float v_b_z = w_b_z[j];
-    const float v_t3 = v_x_w_z + v_b_z;
+    const float v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
     /* z = inner_activation(x @ W_z + b_z) */
-    const float v_z = 1.0f / (1.0f + expf(-(v_t3)));
+    const float v_z = 1.0f / (1.0f + expf(-(v_x_w_z_plus_b_z)));
     const float v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const float v_t12 = tanhf(v_x_pmat);
+    const float v_tanh_x_pmat = tanhf(v_x_pmat);
     const float v_b_h = w_b_h[j];
-    const float v_t16 = v_t12 + v_b_h;
-    const float v_t21 = 1.0f - v_z;
-    const float v_t17 = v_t16 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+    const float v_tanh_x_pmat_plus_b_h = v_tanh_x_pmat + v_b_h;
+    const float v_one_minus_z = 1.0f - v_z;
+    const float v_hh_sum = v_tanh_x_pmat_plus_b_h + S_g_r_times_h_prev[(size_t)b * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j];
     /* hh = activation(tanh(x @ Pmat) + b_h + r * h @ U_h) */
-    const float v_hh = tanhf(v_t17);
+    const float v_hh = tanhf(v_hh_sum);
     if (save) s_hh[bs] = v_hh;
-    const float v_t19 = v_hh * v_z;
-    const float v_t22 = L_h_1[bj] * v_t21;
-    const float v_t23 = v_t19 + v_t22;
+    const float v_hh_times_z = v_hh * v_z;
+    const float v_h_prod = L_h_1[bj] * v_one_minus_z;
+    const float v_h_value = v_hh_times_z + v_h_prod;
     /* h = hh * z + h * (1 - z) */
-    const float v_h_new = v_t23;
+    const float v_h_new = v_h_value;
     if (m) {
         L_h_1[bj] = v_h_new;
     }
@@ -336,12 +336,12 @@ static __global__ void rnngen_jzs1_bwd2_f32(const rnngen_jzs1_frame_f32 F, const
     [[maybe_unused]] const float *w_b_z = F.w_b_z;
     [[maybe_unused]] const float *w_b_r = F.w_b_r;
     [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] float *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_t14 = F.d_t14;
+    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] float *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -353,48 +353,48 @@ static __global__ void rnngen_jzs1_bwd2_f32(const rnngen_jzs1_frame_f32 F, const
     [[maybe_unused]] float *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
     [[maybe_unused]] float *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] float *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
     if (m) {
         const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
         const float v_b_z = w_b_z[j];
-        const float v_t3 = v_x_w_z + v_b_z;
-        const float v_z = 1.0f / (1.0f + expf(-(v_t3)));
-        const float v_t21 = 1.0f - v_z;
+        const float v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
+        const float v_z = 1.0f / (1.0f + expf(-(v_x_w_z_plus_b_z)));
+        const float v_one_minus_z = 1.0f - v_z;
         const float a_h = dL_h_1[bj] + dy[r * H + j];
         float a0 = 0.0f;
         float a1 = 0.0f;
         float a2 = 0.0f;
         float a3 = 0.0f;
-        float g_t14_u_h = 0.0f;
-        float g_t17 = 0.0f;
+        float g_r_times_h_prev_u_h = 0.0f;
+        float g_hh_sum = 0.0f;
         float g_hh = 0.0f;
-        float g_t19 = 0.0f;
-        float g_t22 = 0.0f;
-        float g_t23 = 0.0f;
+        float g_hh_times_z = 0.0f;
+        float g_h_prod = 0.0f;
+        float g_h_value = 0.0f;
         float g_h_new = a_h;
-        g_t23 += g_h_new;
-        g_t19 += g_t23;
-        g_t22 += g_t23;
-        a0 += g_t22 * (v_t21);
-        a1 += g_t22 * (s_h_prev[bs]);
-        g_hh += g_t19 * (v_z);
-        a2 += g_t19 * (s_hh[bs]);
-        g_t17 += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-        a3 += g_t17;
-        g_t14_u_h += g_t17;
-        dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t14_u_h;
+        g_h_value += g_h_new;
+        g_hh_times_z += g_h_value;
+        g_h_prod += g_h_value;
+        a0 += g_h_prod * (v_one_minus_z);
+        a1 += g_h_prod * (s_h_prev[bs]);
+        g_hh += g_hh_times_z * (v_z);
+        a2 += g_hh_times_z * (s_hh[bs]);
+        g_hh_sum += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
+        a3 += g_hh_sum;
+        g_r_times_h_prev_u_h += g_hh_sum;
+        dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
         dL_h_1[bj] = a0;
         dXP[(size_t)3 * BH + bj] = a1;
         dXP[(size_t)0 * BH + bj] = a2;
         dXP[(size_t)2 * BH + bj] = a3;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
-        d_t14[bj] = 0.0f;
+        d_r_times_h_prev[bj] = 0.0f;
     }
 }
 
@@ -416,12 +416,12 @@ static __global__ void rnngen_jzs1_bwd1_f32(const rnngen_jzs1_frame_f32 F, const
     [[maybe_unused]] const float *w_b_z = F.w_b_z;
     [[maybe_unused]] const float *w_b_r = F.w_b_r;
     [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] float *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_t14 = F.d_t14;
+    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] float *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -433,60 +433,60 @@ static __global__ void rnngen_jzs1_bwd1_f32(const rnngen_jzs1_frame_f32 F, const
     [[maybe_unused]] float *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
     [[maybe_unused]] float *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] float *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
     if (m) {
         const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
         const float v_b_z = w_b_z[j];
-        const float v_t3 = v_x_w_z + v_b_z;
-        const float v_z = 1.0f / (1.0f + expf(-(v_t3)));
+        const float v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
+        const float v_z = 1.0f / (1.0f + expf(-(v_x_w_z_plus_b_z)));
         const float v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
-        const float v_t12 = tanhf(v_x_pmat);
-        float a0 = d_t14[bj];
+        const float v_tanh_x_pmat = tanhf(v_x_pmat);
+        float a0 = d_r_times_h_prev[bj];
         float a1 = dL_h_1[bj];
         float a2 = 0.0f;
         float a3 = dXP[(size_t)0 * BH + bj];
         float a4 = dXP[(size_t)2 * BH + bj];
         float a5 = dXP[(size_t)3 * BH + bj];
         float g_h_prev_u_r = 0.0f;
-        float g_t9 = 0.0f;
+        float g_r_sum = 0.0f;
         float g_r = 0.0f;
-        float g_t14 = a0;
-        g_r += g_t14 * (s_h_prev[bs]);
-        a1 += g_t14 * (s_r[bs]);
-        g_t9 += g_r * (s_r[bs] * (1.0f - s_r[bs]));
-        a2 += g_t9;
-        g_h_prev_u_r += g_t9;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_r;
+        float g_r_times_h_prev = a0;
+        g_r += g_r_times_h_prev * (s_h_prev[bs]);
+        a1 += g_r_times_h_prev * (s_r[bs]);
+        g_r_sum += g_r * (s_r[bs] * (1.0f - s_r[bs]));
+        a2 += g_r_sum;
+        g_h_prev_u_r += g_r_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_r;
         float g_x_w_z = 0.0f;
         float g_b_z = 0.0f;
-        float g_t3 = 0.0f;
+        float g_x_w_z_plus_b_z = 0.0f;
         float g_z = a3;
         float g_x_w_r = 0.0f;
         float g_b_r = 0.0f;
-        float g_t8 = a2;
+        float g_x_w_r_plus_b_r = a2;
         float g_x_pmat = 0.0f;
-        float g_t12 = 0.0f;
+        float g_tanh_x_pmat = 0.0f;
         float g_b_h = 0.0f;
-        float g_t16 = a4;
-        float g_t21 = a5;
-        g_z += -g_t21;
-        g_t12 += g_t16;
-        g_b_h += g_t16;
+        float g_tanh_x_pmat_plus_b_h = a4;
+        float g_one_minus_z = a5;
+        g_z += -g_one_minus_z;
+        g_tanh_x_pmat += g_tanh_x_pmat_plus_b_h;
+        g_b_h += g_tanh_x_pmat_plus_b_h;
         db_b_h[j] += g_b_h;
-        g_x_pmat += g_t12 * ((1.0f - v_t12 * v_t12));
+        g_x_pmat += g_tanh_x_pmat * ((1.0f - v_tanh_x_pmat * v_tanh_x_pmat));
         dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_pmat;
-        g_x_w_r += g_t8;
-        g_b_r += g_t8;
+        g_x_w_r += g_x_w_r_plus_b_r;
+        g_b_r += g_x_w_r_plus_b_r;
         db_b_r[j] += g_b_r;
         dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
-        g_t3 += g_z * (v_z * (1.0f - v_z));
-        g_x_w_z += g_t3;
-        g_b_z += g_t3;
+        g_x_w_z_plus_b_z += g_z * (v_z * (1.0f - v_z));
+        g_x_w_z += g_x_w_z_plus_b_z;
+        g_b_z += g_x_w_z_plus_b_z;
         db_b_z[j] += g_b_z;
         dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
         dL_h_1[bj] = a1;
@@ -524,8 +524,8 @@ static int forward_kernel_f32(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
@@ -534,17 +534,17 @@ static int forward_kernel_f32(
     [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_r] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_h] */
-    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t14 @ [U...], this step */
-    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
+    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] float *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_t14 = p; p += BH;             /* [B,H] adjoint of r * h_prev */
+    [[maybe_unused]] float *d_r_times_h_prev = p; p += BH;  /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
     [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
@@ -564,10 +564,10 @@ static int forward_kernel_f32(
     F.w_b_z = w_b_z;
     F.w_b_r = w_b_r;
     F.w_b_h = w_b_h;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
-    F.S_g1 = S_g1; F.dS_g1 = dS_g1;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
+    F.S_g_r_times_h_prev = S_g_r_times_h_prev; F.dS_g_r_times_h_prev = dS_g_r_times_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.d_t14 = d_t14;
+    F.d_r_times_h_prev = d_r_times_h_prev;
     F.d_h_new = d_h_new;
 
     F.save = save != NULL;
@@ -579,9 +579,9 @@ static int forward_kernel_f32(
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(float), w_Pmat, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), w_U_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(float), w_U_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(float), w_U_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
@@ -599,16 +599,16 @@ static int forward_kernel_f32(
     for (int t = 0; t < T; t++) {
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] float *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs1_fwd0_f32, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, (float)1, s_h_prev, LDSL, Ucat_g0, LDS_g0, (float)0, S_g0, LDS_g0));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (float)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (float)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_jzs1_fwd1_f32, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g1, H, (float)1, s_t14, LDSL, Ucat_g1, LDS_g1, (float)0, S_g1, LDS_g1));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_r_times_h_prev, H, (float)1, s_r_times_h_prev, LDSL, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (float)0, S_g_r_times_h_prev, LDS_g_r_times_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_jzs1_fwd2_f32, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -673,25 +673,25 @@ static int backward_kernel_f32(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_r] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_h] */
-    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t14 @ [U...], this step */
-    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
+    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] float *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_t14 = p; p += BH;             /* [B,H] adjoint of r * h_prev */
+    [[maybe_unused]] float *d_r_times_h_prev = p; p += BH;  /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
     [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
     [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
@@ -711,10 +711,10 @@ static int backward_kernel_f32(
     F.w_b_z = w_b_z;
     F.w_b_r = w_b_r;
     F.w_b_h = w_b_h;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
-    F.S_g1 = S_g1; F.dS_g1 = dS_g1;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
+    F.S_g_r_times_h_prev = S_g_r_times_h_prev; F.dS_g_r_times_h_prev = dS_g_r_times_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.d_t14 = d_t14;
+    F.d_r_times_h_prev = d_r_times_h_prev;
     F.d_h_new = d_h_new;
 
     F.save = 1;
@@ -726,9 +726,9 @@ static int backward_kernel_f32(
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(float), w_Pmat, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), w_U_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(float), w_U_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(float), w_U_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
@@ -736,26 +736,26 @@ static int backward_kernel_f32(
         RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
     else
         RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g1, 0, (size_t)T * B * LDS_g1 * sizeof(float), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(float), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_r_times_h_prev, 0, (size_t)T * B * LDS_g_r_times_h_prev * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(float), cs));
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] float *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] float *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs1_bwd2_f32, grid, block, cs, F, t);
-        /* dt14 = dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (float)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (float)0, d_t14, (size_t)H));
+        /* dr_times_h_prev = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_r_times_h_prev, (float)1, dS_g_r_times_h_prev + (size_t)t * DST * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (float)0, d_r_times_h_prev, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs1_bwd1_f32, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (float)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (float)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (float)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (float)1, dL_h_1, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
@@ -766,11 +766,11 @@ static int backward_kernel_f32(
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g0, LDS_g0, (float)0, dUcat_g0, LDS_g0));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_r, (size_t)H * sizeof(float), dUcat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (float)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_r, (size_t)H * sizeof(float), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g1, B * T, (float)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g1, LDS_g1, (float)0, dUcat_g1, LDS_g1));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_h, (size_t)H * sizeof(float), dUcat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_r_times_h_prev, B * T, (float)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g_r_times_h_prev, LDS_g_r_times_h_prev, (float)0, dUcat_g_r_times_h_prev, LDS_g_r_times_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_h, (size_t)H * sizeof(float), dUcat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (float)1, x, (size_t)D, dXW, LDXW, (float)0, dWcat, LDXW));
     RNNGEN_CU(cudaMemcpy2DAsync(dw_W_z, (size_t)H * sizeof(float), dWcat + 0 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -818,10 +818,10 @@ typedef struct {
     const double *w_b_z;                     /* [H] */
     const double *w_b_r;                     /* [H] */
     const double *w_b_h;                     /* [H] */
-    [[maybe_unused]] double *S_g0, *dS_g0;
-    [[maybe_unused]] double *S_g1, *dS_g1;
+    [[maybe_unused]] double *S_g_h_prev, *dS_g_h_prev;
+    [[maybe_unused]] double *S_g_r_times_h_prev, *dS_g_r_times_h_prev;
     [[maybe_unused]] double *L_h_1, *dL_h_1;
-    [[maybe_unused]] double *d_t14;
+    [[maybe_unused]] double *d_r_times_h_prev;
     [[maybe_unused]] double *d_h_new;
 } rnngen_jzs1_frame_f64;
 
@@ -843,12 +843,12 @@ static __global__ void rnngen_jzs1_fwd0_f64(const rnngen_jzs1_frame_f64 F, const
     [[maybe_unused]] const double *w_b_z = F.w_b_z;
     [[maybe_unused]] const double *w_b_r = F.w_b_r;
     [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] double *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_t14 = F.d_t14;
+    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] double *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -857,9 +857,9 @@ static __global__ void rnngen_jzs1_fwd0_f64(const rnngen_jzs1_frame_f64 F, const
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] double *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -884,12 +884,12 @@ static __global__ void rnngen_jzs1_fwd1_f64(const rnngen_jzs1_frame_f64 F, const
     [[maybe_unused]] const double *w_b_z = F.w_b_z;
     [[maybe_unused]] const double *w_b_r = F.w_b_r;
     [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] double *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_t14 = F.d_t14;
+    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] double *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -898,21 +898,21 @@ static __global__ void rnngen_jzs1_fwd1_f64(const rnngen_jzs1_frame_f64 F, const
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] double *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
     const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
     const double v_b_r = w_b_r[j];
-    const double v_t8 = v_x_w_r + v_b_r;
-    const double v_t9 = v_t8 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+    const double v_x_w_r_plus_b_r = v_x_w_r + v_b_r;
+    const double v_r_sum = v_x_w_r_plus_b_r + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
     /* r = inner_activation(x @ W_r + b_r + h @ U_r) */
-    const double v_r = 1.0 / (1.0 + exp(-(v_t9)));
+    const double v_r = 1.0 / (1.0 + exp(-(v_r_sum)));
     if (save) s_r[bs] = v_r;
-    const double v_t14 = v_r * L_h_1[bj];
-    s_t14[bs] = v_t14;
+    const double v_r_times_h_prev = v_r * L_h_1[bj];
+    s_r_times_h_prev[bs] = v_r_times_h_prev;
 }
 
 /* forward, phase 2 of step t: one thread per (sample, unit) */
@@ -933,12 +933,12 @@ static __global__ void rnngen_jzs1_fwd2_f64(const rnngen_jzs1_frame_f64 F, const
     [[maybe_unused]] const double *w_b_z = F.w_b_z;
     [[maybe_unused]] const double *w_b_r = F.w_b_r;
     [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] double *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_t14 = F.d_t14;
+    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] double *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -947,31 +947,31 @@ static __global__ void rnngen_jzs1_fwd2_f64(const rnngen_jzs1_frame_f64 F, const
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] double *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
     const double v_b_z = w_b_z[j];
-    const double v_t3 = v_x_w_z + v_b_z;
+    const double v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
     /* z = inner_activation(x @ W_z + b_z) */
-    const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
+    const double v_z = 1.0 / (1.0 + exp(-(v_x_w_z_plus_b_z)));
     const double v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const double v_t12 = tanh(v_x_pmat);
+    const double v_tanh_x_pmat = tanh(v_x_pmat);
     const double v_b_h = w_b_h[j];
-    const double v_t16 = v_t12 + v_b_h;
-    const double v_t21 = 1.0 - v_z;
-    const double v_t17 = v_t16 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+    const double v_tanh_x_pmat_plus_b_h = v_tanh_x_pmat + v_b_h;
+    const double v_one_minus_z = 1.0 - v_z;
+    const double v_hh_sum = v_tanh_x_pmat_plus_b_h + S_g_r_times_h_prev[(size_t)b * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j];
     /* hh = activation(tanh(x @ Pmat) + b_h + r * h @ U_h) */
-    const double v_hh = tanh(v_t17);
+    const double v_hh = tanh(v_hh_sum);
     if (save) s_hh[bs] = v_hh;
-    const double v_t19 = v_hh * v_z;
-    const double v_t22 = L_h_1[bj] * v_t21;
-    const double v_t23 = v_t19 + v_t22;
+    const double v_hh_times_z = v_hh * v_z;
+    const double v_h_prod = L_h_1[bj] * v_one_minus_z;
+    const double v_h_value = v_hh_times_z + v_h_prod;
     /* h = hh * z + h * (1 - z) */
-    const double v_h_new = v_t23;
+    const double v_h_new = v_h_value;
     if (m) {
         L_h_1[bj] = v_h_new;
     }
@@ -996,12 +996,12 @@ static __global__ void rnngen_jzs1_bwd2_f64(const rnngen_jzs1_frame_f64 F, const
     [[maybe_unused]] const double *w_b_z = F.w_b_z;
     [[maybe_unused]] const double *w_b_r = F.w_b_r;
     [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] double *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_t14 = F.d_t14;
+    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] double *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -1013,48 +1013,48 @@ static __global__ void rnngen_jzs1_bwd2_f64(const rnngen_jzs1_frame_f64 F, const
     [[maybe_unused]] double *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
     [[maybe_unused]] double *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] double *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
     if (m) {
         const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
         const double v_b_z = w_b_z[j];
-        const double v_t3 = v_x_w_z + v_b_z;
-        const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
-        const double v_t21 = 1.0 - v_z;
+        const double v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
+        const double v_z = 1.0 / (1.0 + exp(-(v_x_w_z_plus_b_z)));
+        const double v_one_minus_z = 1.0 - v_z;
         const double a_h = dL_h_1[bj] + dy[r * H + j];
         double a0 = 0.0;
         double a1 = 0.0;
         double a2 = 0.0;
         double a3 = 0.0;
-        double g_t14_u_h = 0.0;
-        double g_t17 = 0.0;
+        double g_r_times_h_prev_u_h = 0.0;
+        double g_hh_sum = 0.0;
         double g_hh = 0.0;
-        double g_t19 = 0.0;
-        double g_t22 = 0.0;
-        double g_t23 = 0.0;
+        double g_hh_times_z = 0.0;
+        double g_h_prod = 0.0;
+        double g_h_value = 0.0;
         double g_h_new = a_h;
-        g_t23 += g_h_new;
-        g_t19 += g_t23;
-        g_t22 += g_t23;
-        a0 += g_t22 * (v_t21);
-        a1 += g_t22 * (s_h_prev[bs]);
-        g_hh += g_t19 * (v_z);
-        a2 += g_t19 * (s_hh[bs]);
-        g_t17 += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-        a3 += g_t17;
-        g_t14_u_h += g_t17;
-        dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t14_u_h;
+        g_h_value += g_h_new;
+        g_hh_times_z += g_h_value;
+        g_h_prod += g_h_value;
+        a0 += g_h_prod * (v_one_minus_z);
+        a1 += g_h_prod * (s_h_prev[bs]);
+        g_hh += g_hh_times_z * (v_z);
+        a2 += g_hh_times_z * (s_hh[bs]);
+        g_hh_sum += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
+        a3 += g_hh_sum;
+        g_r_times_h_prev_u_h += g_hh_sum;
+        dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
         dL_h_1[bj] = a0;
         dXP[(size_t)3 * BH + bj] = a1;
         dXP[(size_t)0 * BH + bj] = a2;
         dXP[(size_t)2 * BH + bj] = a3;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
-        d_t14[bj] = 0.0;
+        d_r_times_h_prev[bj] = 0.0;
     }
 }
 
@@ -1076,12 +1076,12 @@ static __global__ void rnngen_jzs1_bwd1_f64(const rnngen_jzs1_frame_f64 F, const
     [[maybe_unused]] const double *w_b_z = F.w_b_z;
     [[maybe_unused]] const double *w_b_r = F.w_b_r;
     [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] double *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
+    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_t14 = F.d_t14;
+    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
     [[maybe_unused]] double *d_h_new = F.d_h_new;
 
     [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
@@ -1093,60 +1093,60 @@ static __global__ void rnngen_jzs1_bwd1_f64(const rnngen_jzs1_frame_f64 F, const
     [[maybe_unused]] double *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
     [[maybe_unused]] double *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] double *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
     if (m) {
         const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
         const double v_b_z = w_b_z[j];
-        const double v_t3 = v_x_w_z + v_b_z;
-        const double v_z = 1.0 / (1.0 + exp(-(v_t3)));
+        const double v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
+        const double v_z = 1.0 / (1.0 + exp(-(v_x_w_z_plus_b_z)));
         const double v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
-        const double v_t12 = tanh(v_x_pmat);
-        double a0 = d_t14[bj];
+        const double v_tanh_x_pmat = tanh(v_x_pmat);
+        double a0 = d_r_times_h_prev[bj];
         double a1 = dL_h_1[bj];
         double a2 = 0.0;
         double a3 = dXP[(size_t)0 * BH + bj];
         double a4 = dXP[(size_t)2 * BH + bj];
         double a5 = dXP[(size_t)3 * BH + bj];
         double g_h_prev_u_r = 0.0;
-        double g_t9 = 0.0;
+        double g_r_sum = 0.0;
         double g_r = 0.0;
-        double g_t14 = a0;
-        g_r += g_t14 * (s_h_prev[bs]);
-        a1 += g_t14 * (s_r[bs]);
-        g_t9 += g_r * (s_r[bs] * (1.0 - s_r[bs]));
-        a2 += g_t9;
-        g_h_prev_u_r += g_t9;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_r;
+        double g_r_times_h_prev = a0;
+        g_r += g_r_times_h_prev * (s_h_prev[bs]);
+        a1 += g_r_times_h_prev * (s_r[bs]);
+        g_r_sum += g_r * (s_r[bs] * (1.0 - s_r[bs]));
+        a2 += g_r_sum;
+        g_h_prev_u_r += g_r_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_r;
         double g_x_w_z = 0.0;
         double g_b_z = 0.0;
-        double g_t3 = 0.0;
+        double g_x_w_z_plus_b_z = 0.0;
         double g_z = a3;
         double g_x_w_r = 0.0;
         double g_b_r = 0.0;
-        double g_t8 = a2;
+        double g_x_w_r_plus_b_r = a2;
         double g_x_pmat = 0.0;
-        double g_t12 = 0.0;
+        double g_tanh_x_pmat = 0.0;
         double g_b_h = 0.0;
-        double g_t16 = a4;
-        double g_t21 = a5;
-        g_z += -g_t21;
-        g_t12 += g_t16;
-        g_b_h += g_t16;
+        double g_tanh_x_pmat_plus_b_h = a4;
+        double g_one_minus_z = a5;
+        g_z += -g_one_minus_z;
+        g_tanh_x_pmat += g_tanh_x_pmat_plus_b_h;
+        g_b_h += g_tanh_x_pmat_plus_b_h;
         db_b_h[j] += g_b_h;
-        g_x_pmat += g_t12 * ((1.0 - v_t12 * v_t12));
+        g_x_pmat += g_tanh_x_pmat * ((1.0 - v_tanh_x_pmat * v_tanh_x_pmat));
         dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_pmat;
-        g_x_w_r += g_t8;
-        g_b_r += g_t8;
+        g_x_w_r += g_x_w_r_plus_b_r;
+        g_b_r += g_x_w_r_plus_b_r;
         db_b_r[j] += g_b_r;
         dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
-        g_t3 += g_z * (v_z * (1.0 - v_z));
-        g_x_w_z += g_t3;
-        g_b_z += g_t3;
+        g_x_w_z_plus_b_z += g_z * (v_z * (1.0 - v_z));
+        g_x_w_z += g_x_w_z_plus_b_z;
+        g_b_z += g_x_w_z_plus_b_z;
         db_b_z[j] += g_b_z;
         dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
         dL_h_1[bj] = a1;
@@ -1184,8 +1184,8 @@ static int forward_kernel_f64(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
@@ -1194,17 +1194,17 @@ static int forward_kernel_f64(
     [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_r] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_h] */
-    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t14 @ [U...], this step */
-    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
+    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] double *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_t14 = p; p += BH;            /* [B,H] adjoint of r * h_prev */
+    [[maybe_unused]] double *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
     [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
@@ -1224,10 +1224,10 @@ static int forward_kernel_f64(
     F.w_b_z = w_b_z;
     F.w_b_r = w_b_r;
     F.w_b_h = w_b_h;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
-    F.S_g1 = S_g1; F.dS_g1 = dS_g1;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
+    F.S_g_r_times_h_prev = S_g_r_times_h_prev; F.dS_g_r_times_h_prev = dS_g_r_times_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.d_t14 = d_t14;
+    F.d_r_times_h_prev = d_r_times_h_prev;
     F.d_h_new = d_h_new;
 
     F.save = save != NULL;
@@ -1239,9 +1239,9 @@ static int forward_kernel_f64(
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(double), w_Pmat, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), w_U_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(double), w_U_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(double), w_U_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
@@ -1259,16 +1259,16 @@ static int forward_kernel_f64(
     for (int t = 0; t < T; t++) {
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] double *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs1_fwd0_f64, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, (double)1, s_h_prev, LDSL, Ucat_g0, LDS_g0, (double)0, S_g0, LDS_g0));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (double)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (double)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_jzs1_fwd1_f64, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g1, H, (double)1, s_t14, LDSL, Ucat_g1, LDS_g1, (double)0, S_g1, LDS_g1));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_r_times_h_prev, H, (double)1, s_r_times_h_prev, LDSL, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (double)0, S_g_r_times_h_prev, LDS_g_r_times_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_jzs1_fwd2_f64, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -1333,25 +1333,25 @@ static int backward_kernel_f64(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_r] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_h] */
-    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t14 @ [U...], this step */
-    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
+    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] double *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_t14 = p; p += BH;            /* [B,H] adjoint of r * h_prev */
+    [[maybe_unused]] double *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
     [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
     [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
@@ -1371,10 +1371,10 @@ static int backward_kernel_f64(
     F.w_b_z = w_b_z;
     F.w_b_r = w_b_r;
     F.w_b_h = w_b_h;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
-    F.S_g1 = S_g1; F.dS_g1 = dS_g1;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
+    F.S_g_r_times_h_prev = S_g_r_times_h_prev; F.dS_g_r_times_h_prev = dS_g_r_times_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.d_t14 = d_t14;
+    F.d_r_times_h_prev = d_r_times_h_prev;
     F.d_h_new = d_h_new;
 
     F.save = 1;
@@ -1386,9 +1386,9 @@ static int backward_kernel_f64(
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(double), w_Pmat, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), w_U_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(double), w_U_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(double), w_U_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
@@ -1396,26 +1396,26 @@ static int backward_kernel_f64(
         RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
     else
         RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g1, 0, (size_t)T * B * LDS_g1 * sizeof(double), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(double), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_r_times_h_prev, 0, (size_t)T * B * LDS_g_r_times_h_prev * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(double), cs));
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t9) */
-        [[maybe_unused]] double *s_t14 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t17) */
+        [[maybe_unused]] double *s_r = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+        [[maybe_unused]] double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        [[maybe_unused]] double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_jzs1_bwd2_f64, grid, block, cs, F, t);
-        /* dt14 = dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (double)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (double)0, d_t14, (size_t)H));
+        /* dr_times_h_prev = dS @ [U...]^T */
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_r_times_h_prev, (double)1, dS_g_r_times_h_prev + (size_t)t * DST * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (double)0, d_r_times_h_prev, (size_t)H));
         RNNGEN_CU_LAUNCH(rnngen_jzs1_bwd1_f64, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (double)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (double)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (double)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (double)1, dL_h_1, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
@@ -1426,11 +1426,11 @@ static int backward_kernel_f64(
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g0, LDS_g0, (double)0, dUcat_g0, LDS_g0));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_r, (size_t)H * sizeof(double), dUcat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (double)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_r, (size_t)H * sizeof(double), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g1, B * T, (double)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g1, LDS_g1, (double)0, dUcat_g1, LDS_g1));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_h, (size_t)H * sizeof(double), dUcat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_r_times_h_prev, B * T, (double)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g_r_times_h_prev, LDS_g_r_times_h_prev, (double)0, dUcat_g_r_times_h_prev, LDS_g_r_times_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_h, (size_t)H * sizeof(double), dUcat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (double)1, x, (size_t)D, dXW, LDXW, (double)0, dWcat, LDXW));
     RNNGEN_CU(cudaMemcpy2DAsync(dw_W_z, (size_t)H * sizeof(double), dWcat + 0 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));

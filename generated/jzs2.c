@@ -5,8 +5,8 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 3*H] = x_t[B, D] @ [W_z | Pmat | W_h]
  * Input-only values (computed from XW inside the step loops): x_w_z + b_z; x_pmat + b_r; x_w_h + b_h
- * Step phase 1: GEMM h_prev @ [U_z | U_r]; loop over t11, r, t15
- * Step phase 2: GEMM t15 @ [U_h]; loop over t5, z, t18, hh, t20, t22, t23, t24, h_new
+ * Step phase 1: GEMM h_prev @ [U_z | U_r]; loop over r_sum, r, r_times_h_prev
+ * Step phase 2: GEMM r_times_h_prev @ [U_h]; loop over z_sum, z, hh_sum, hh, hh_times_z, one_minus_z, h_prod, h_value, h_new
  */
 #include <string.h>
 #include <math.h>
@@ -43,26 +43,26 @@ int rnngen_jzs2_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 2 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 2 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 3);   /* the saved values, then forward's three notes */
     size_t n = 0;
     n += (size_t)D * LDXW;   /* Wcat */
     n += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pw */
     n += (size_t)D * LDXW;   /* dWcat */
-    n += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g0 */
-    n += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g0 */
-    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
-    n += (size_t)B * LDS_g0;   /* S_g0 */
-    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
-    n += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g1 */
-    n += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g1 */
-    n += (size_t)H * LDS_g1;   /* dUcat_g1 */
-    n += (size_t)B * LDS_g1;   /* S_g1 */
-    n += (size_t)T * B * LDS_g1;   /* dS_g1 */
+    n += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g_h_prev */
+    n += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g_h_prev */
+    n += (size_t)H * LDS_g_h_prev;   /* dUcat_g_h_prev */
+    n += (size_t)B * LDS_g_h_prev;   /* S_g_h_prev */
+    n += (size_t)T * B * LDS_g_h_prev;   /* dS_g_h_prev */
+    n += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g_r_times_h_prev */
+    n += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g_r_times_h_prev */
+    n += (size_t)H * LDS_g_r_times_h_prev;   /* dUcat_g_r_times_h_prev */
+    n += (size_t)B * LDS_g_r_times_h_prev;   /* S_g_r_times_h_prev */
+    n += (size_t)T * B * LDS_g_r_times_h_prev;   /* dS_g_r_times_h_prev */
     n += BH;   /* L_h_1 */
     n += BH;   /* dL_h_1 */
-    n += BH;   /* d_t15 */
+    n += BH;   /* d_r_times_h_prev */
     n += BH;   /* d_h_new */
     n += (size_t)RNNGEN_MAX_THREADS * B;   /* nreal_all */
     n += (size_t)B * LDXW;   /* iXW */
@@ -123,8 +123,8 @@ static int forward_kernel_f32(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W_z || !w_U_z || !w_b_z || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !w_Pmat || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 2 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 2 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -135,19 +135,19 @@ static int forward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z | U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 2*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 2*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t15 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z | U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 2*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 2*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 2*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_r_times_h_prev = p; p += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_r_times_h_prev = p; p += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
-    RNNGEN_MAYBE_UNUSED float *d_t15 = p; p += BH;          /* [B,H] adjoint of r * h_prev */
+    RNNGEN_MAYBE_UNUSED float *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
     RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
     RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
@@ -190,14 +190,14 @@ static int forward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (2 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (2 - 1) * (size_t)j0;
+const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_r_times_h_prev = Pf_g_r_times_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_r_times_h_prev = Pb_g_r_times_h_prev + LDS_g_r_times_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -231,7 +231,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
                 const size_t N = 2 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -239,18 +239,18 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_z */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_z[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_z[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 1: U_r */
                         const size_t n = 1 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_r[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_r[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
-            {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+            {   /* Pf_t_g_r_times_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -258,10 +258,10 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_h */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g1[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_h[(size_t)k * H + j0 + u];
+                        Pf_t_g_r_times_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_h[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g1[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
+                        Pf_t_g_r_times_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
@@ -290,10 +290,10 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f32(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            RNNGEN_MAYBE_UNUSED float *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-            RNNGEN_MAYBE_UNUSED float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
-            RNNGEN_MAYBE_UNUSED float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-            RNNGEN_MAYBE_UNUSED float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
+            RNNGEN_MAYBE_UNUSED float *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
+            RNNGEN_MAYBE_UNUSED float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+            RNNGEN_MAYBE_UNUSED float *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+            RNNGEN_MAYBE_UNUSED float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -313,7 +313,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 2 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 2 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f32(b1 - b0, 2 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 2 * (size_t)j0, LDS_g_h_prev, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -324,13 +324,13 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const float v_x_pmat = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const float v_b_r = w_b_r[j];
-                    const float v_t10 = v_x_pmat + v_b_r;
-                    const float v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const float v_x_pmat_plus_b_r = v_x_pmat + v_b_r;
+                    const float v_r_sum = v_x_pmat_plus_b_r + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j];
                     /* r = inner_activation(x @ Pmat + b_r + h @ U_r) */
-                    const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_t11)));
+                    const float v_r = 1.0f / (1.0f + rnngen_expf(-(v_r_sum)));
                     if (save) s_r[bs] = v_r;
-                    const float v_t15 = v_r * L_h_1[bj];
-                    s_t15[bs] = v_t15;
+                    const float v_r_times_h_prev = v_r * L_h_1[bj];
+                    s_r_times_h_prev[bs] = v_r_times_h_prev;
                 }
             }
 
@@ -338,7 +338,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_t15 + (size_t)b0 * LDSL, LDSL, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_r_times_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_r_times_h_prev, S_g_r_times_h_prev + (size_t)b0 * LDS_g_r_times_h_prev + 1 * (size_t)j0, LDS_g_r_times_h_prev, 0);
             /* phase 2 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -349,24 +349,24 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b_z = w_b_z[j];
-                    const float v_t4 = v_x_w_z + v_b_z;
+                    const float v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
                     const float v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const float v_b_h = w_b_h[j];
-                    const float v_t17 = v_x_w_h + v_b_h;
-                    const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_x_w_h_plus_b_h = v_x_w_h + v_b_h;
+                    const float v_z_sum = v_x_w_z_plus_b_z + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
                     /* z = inner_activation(x @ W_z + b_z + h @ U_z) */
-                    const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
+                    const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_z_sum)));
                     if (save) s_z[bs] = v_z;
-                    const float v_t18 = v_t17 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const float v_hh_sum = v_x_w_h_plus_b_h + S_g_r_times_h_prev[(size_t)b * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j];
                     /* hh = activation(x @ W_h + b_h + r * h @ U_h) */
-                    const float v_hh = rnngen_tanhf(v_t18);
+                    const float v_hh = rnngen_tanhf(v_hh_sum);
                     if (save) s_hh[bs] = v_hh;
-                    const float v_t20 = v_hh * v_z;
-                    const float v_t22 = 1.0f - v_z;
-                    const float v_t23 = L_h_1[bj] * v_t22;
-                    const float v_t24 = v_t20 + v_t23;
+                    const float v_hh_times_z = v_hh * v_z;
+                    const float v_one_minus_z = 1.0f - v_z;
+                    const float v_h_prod = L_h_1[bj] * v_one_minus_z;
+                    const float v_h_value = v_hh_times_z + v_h_prod;
                     /* h = hh * z + h * (1 - z) */
-                    const float v_h_new = v_t24;
+                    const float v_h_new = v_h_value;
                     if (m) {
                         L_h_1[bj] = v_h_new;
                     }
@@ -436,8 +436,8 @@ static int backward_kernel_f32(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W_z || !w_U_z || !w_b_z || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !w_Pmat || !save || !dy || !dx || !dw_W_z || !dw_U_z || !dw_b_z || !dw_U_r || !dw_b_r || !dw_W_h || !dw_U_h || !dw_b_h || !dw_Pmat || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 2 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 2 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -446,19 +446,19 @@ static int backward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z | U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 2*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 2*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t15 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z | U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 2*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 2*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 2*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_r_times_h_prev = p; p += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_r_times_h_prev = p; p += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
-    RNNGEN_MAYBE_UNUSED float *d_t15 = p; p += BH;          /* [B,H] adjoint of r * h_prev */
+    RNNGEN_MAYBE_UNUSED float *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
     RNNGEN_MAYBE_UNUSED float *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
     RNNGEN_MAYBE_UNUSED float *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
@@ -505,14 +505,14 @@ static int backward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (2 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (2 - 1) * (size_t)j0;
+const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_r_times_h_prev = Pf_g_r_times_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_r_times_h_prev = Pb_g_r_times_h_prev + LDS_g_r_times_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -530,9 +530,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_h + (size_t)i * H + j0, nU * sizeof(float));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                float *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -547,9 +547,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                                 P[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * K + k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
-            if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                float *P = Pb_t_g1;
-                const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
+            if (nU > 0) {   /* g_r_times_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g_r_times_h_prev;
+                const size_t K = LDS_g_r_times_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -593,11 +593,11 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 2 * (size_t)j0, 0, 2 * nU * sizeof(float));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 2 * (size_t)j0, 0, 2 * nU * sizeof(float));
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g1 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+                        memset(dS_g_r_times_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -614,10 +614,10 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                RNNGEN_MAYBE_UNUSED float *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-                RNNGEN_MAYBE_UNUSED float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
-                RNNGEN_MAYBE_UNUSED float *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-                RNNGEN_MAYBE_UNUSED float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
+                RNNGEN_MAYBE_UNUSED float *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
+                RNNGEN_MAYBE_UNUSED float *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+                RNNGEN_MAYBE_UNUSED float *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+                RNNGEN_MAYBE_UNUSED float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -642,32 +642,32 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                             float a1 = 0.0f;
                             float a2 = 0.0f;
                             float g_h_prev_u_z = 0.0f;
-                            float g_t5 = 0.0f;
+                            float g_z_sum = 0.0f;
                             float g_z = 0.0f;
-                            float g_t15_u_h = 0.0f;
-                            float g_t18 = 0.0f;
+                            float g_r_times_h_prev_u_h = 0.0f;
+                            float g_hh_sum = 0.0f;
                             float g_hh = 0.0f;
-                            float g_t20 = 0.0f;
-                            float g_t22 = 0.0f;
-                            float g_t23 = 0.0f;
-                            float g_t24 = 0.0f;
+                            float g_hh_times_z = 0.0f;
+                            float g_one_minus_z = 0.0f;
+                            float g_h_prod = 0.0f;
+                            float g_h_value = 0.0f;
                             float g_h_new = a_h;
-                            g_t24 += g_h_new;
-                            g_t20 += g_t24;
-                            g_t23 += g_t24;
-                            a0 += g_t23 * ((1.0f - s_z[bs]));
-                            g_t22 += g_t23 * (s_h_prev[bs]);
-                            g_z += -g_t22;
-                            g_hh += g_t20 * (s_z[bs]);
-                            g_z += g_t20 * (s_hh[bs]);
-                            g_t18 += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-                            a1 += g_t18;
-                            g_t15_u_h += g_t18;
-                            dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
-                            g_t5 += g_z * (s_z[bs] * (1.0f - s_z[bs]));
-                            a2 += g_t5;
-                            g_h_prev_u_z += g_t5;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
+                            g_h_value += g_h_new;
+                            g_hh_times_z += g_h_value;
+                            g_h_prod += g_h_value;
+                            a0 += g_h_prod * ((1.0f - s_z[bs]));
+                            g_one_minus_z += g_h_prod * (s_h_prev[bs]);
+                            g_z += -g_one_minus_z;
+                            g_hh += g_hh_times_z * (s_z[bs]);
+                            g_z += g_hh_times_z * (s_hh[bs]);
+                            g_hh_sum += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
+                            a1 += g_hh_sum;
+                            g_r_times_h_prev_u_h += g_hh_sum;
+                            dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
+                            g_z_sum += g_z * (s_z[bs] * (1.0f - s_z[bs]));
+                            a2 += g_z_sum;
+                            g_h_prev_u_z += g_z_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_z;
                             dL_h_1[bj] = a0;
                             dXP[(size_t)2 * BH + bj] = a1;
                             dXP[(size_t)0 * BH + bj] = a2;
@@ -677,7 +677,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             dL_h_1[bj] += dy[r * H + j];
-                            d_t15[bj] = 0.0f;
+                            d_r_times_h_prev[bj] = 0.0f;
                         }
                     }
                 }
@@ -686,7 +686,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t15 + (size_t)b0 * H + j0, H, 0);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g_r_times_h_prev, dS_g_r_times_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Pb_t_g_r_times_h_prev, d_r_times_h_prev + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -696,40 +696,40 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            float a0 = d_t15[bj];
+                            float a0 = d_r_times_h_prev[bj];
                             float a1 = dL_h_1[bj];
                             float a2 = 0.0f;
                             float a3 = dXP[(size_t)0 * BH + bj];
                             float a4 = dXP[(size_t)2 * BH + bj];
                             float g_h_prev_u_r = 0.0f;
-                            float g_t11 = 0.0f;
+                            float g_r_sum = 0.0f;
                             float g_r = 0.0f;
-                            float g_t15 = a0;
-                            g_r += g_t15 * (s_h_prev[bs]);
-                            a1 += g_t15 * (s_r[bs]);
-                            g_t11 += g_r * (s_r[bs] * (1.0f - s_r[bs]));
-                            a2 += g_t11;
-                            g_h_prev_u_r += g_t11;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_r;
+                            float g_r_times_h_prev = a0;
+                            g_r += g_r_times_h_prev * (s_h_prev[bs]);
+                            a1 += g_r_times_h_prev * (s_r[bs]);
+                            g_r_sum += g_r * (s_r[bs] * (1.0f - s_r[bs]));
+                            a2 += g_r_sum;
+                            g_h_prev_u_r += g_r_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_r;
                             float g_x_w_z = 0.0f;
                             float g_b_z = 0.0f;
-                            float g_t4 = a3;
+                            float g_x_w_z_plus_b_z = a3;
                             float g_x_pmat = 0.0f;
                             float g_b_r = 0.0f;
-                            float g_t10 = a2;
+                            float g_x_pmat_plus_b_r = a2;
                             float g_x_w_h = 0.0f;
                             float g_b_h = 0.0f;
-                            float g_t17 = a4;
-                            g_x_w_h += g_t17;
-                            g_b_h += g_t17;
+                            float g_x_w_h_plus_b_h = a4;
+                            g_x_w_h += g_x_w_h_plus_b_h;
+                            g_b_h += g_x_w_h_plus_b_h;
                             db_b_h[j] += g_b_h;
                             dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                            g_x_pmat += g_t10;
-                            g_b_r += g_t10;
+                            g_x_pmat += g_x_pmat_plus_b_r;
+                            g_b_r += g_x_pmat_plus_b_r;
                             db_b_r[j] += g_b_r;
                             dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
-                            g_x_w_z += g_t4;
-                            g_b_z += g_t4;
+                            g_x_w_z += g_x_w_z_plus_b_z;
+                            g_b_z += g_x_w_z_plus_b_z;
                             db_b_z[j] += g_b_z;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
                             dL_h_1[bj] = a1;
@@ -743,7 +743,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -769,50 +769,50 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                float *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                float *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = 0;
                 int c0 = 2 * j0, c1 = 2 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g_h_prev + (size_t)t0 * B * LDS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(float));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(float));
             }
 
-            {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
+            {   /* dUcat_g_r_times_h_prev (or, for thread 1 of a row split, Pf_g_r_times_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                float *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                float *part = ksplit && tid == 1 ? Pf_g_r_times_h_prev : dUcat_g_r_times_h_prev;
                 const int each = 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_r_times_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_r_times_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (3 * (size_t)T + t0) * BH + k * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (3 * (size_t)T + t0) * BH + k * H, H, dS_g_r_times_h_prev + (size_t)t0 * B * LDS_g_r_times_h_prev + k * LDS_g_r_times_h_prev + c0, (int)(LDS_g_r_times_h_prev), done, part + c0, (int)(LDS_g_r_times_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(float));
+                    memset(part, 0, (size_t)(H) * LDS_g_r_times_h_prev * sizeof(float));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -855,39 +855,39 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_z[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_z[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_z[i * H + j] += dUcat_g0[at + j];
+                        dw_U_z[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 1 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 1 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_r[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_r[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_r[i * H + j] += dUcat_g0[at + j];
+                        dw_U_r[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
+                const size_t at = i * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_h[i * H + j] += dUcat_g1[at + j] + Pf_g1[at + j];
+                        dw_U_h[i * H + j] += dUcat_g_r_times_h_prev[at + j] + Pf_g_r_times_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_h[i * H + j] += dUcat_g1[at + j];
+                        dw_U_h[i * H + j] += dUcat_g_r_times_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {
@@ -981,8 +981,8 @@ static int forward_kernel_f64(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W_z || !w_U_z || !w_b_z || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !w_Pmat || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 2 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 2 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -993,19 +993,19 @@ static int forward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z | U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 2*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 2*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t15 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z | U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 2*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 2*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 2*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_r_times_h_prev = p; p += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_r_times_h_prev = p; p += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
-    RNNGEN_MAYBE_UNUSED double *d_t15 = p; p += BH;         /* [B,H] adjoint of r * h_prev */
+    RNNGEN_MAYBE_UNUSED double *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
     RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
     RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
@@ -1048,14 +1048,14 @@ static int forward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (2 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (2 - 1) * (size_t)j0;
+const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_r_times_h_prev = Pf_g_r_times_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_r_times_h_prev = Pb_g_r_times_h_prev + LDS_g_r_times_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -1089,7 +1089,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
                 const size_t N = 2 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -1097,18 +1097,18 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_z */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_z[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_z[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 1: U_r */
                         const size_t n = 1 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_r[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_r[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
-            {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+            {   /* Pf_t_g_r_times_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -1116,10 +1116,10 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_h */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g1[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_h[(size_t)k * H + j0 + u];
+                        Pf_t_g_r_times_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_h[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g1[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
+                        Pf_t_g_r_times_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
@@ -1148,10 +1148,10 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f64(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            RNNGEN_MAYBE_UNUSED double *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-            RNNGEN_MAYBE_UNUSED double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
-            RNNGEN_MAYBE_UNUSED double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-            RNNGEN_MAYBE_UNUSED double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
+            RNNGEN_MAYBE_UNUSED double *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
+            RNNGEN_MAYBE_UNUSED double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+            RNNGEN_MAYBE_UNUSED double *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+            RNNGEN_MAYBE_UNUSED double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -1171,7 +1171,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 2 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 2 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f64(b1 - b0, 2 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 2 * (size_t)j0, LDS_g_h_prev, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1182,13 +1182,13 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const double v_x_pmat = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const double v_b_r = w_b_r[j];
-                    const double v_t10 = v_x_pmat + v_b_r;
-                    const double v_t11 = v_t10 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const double v_x_pmat_plus_b_r = v_x_pmat + v_b_r;
+                    const double v_r_sum = v_x_pmat_plus_b_r + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j];
                     /* r = inner_activation(x @ Pmat + b_r + h @ U_r) */
-                    const double v_r = 1.0 / (1.0 + exp(-(v_t11)));
+                    const double v_r = 1.0 / (1.0 + exp(-(v_r_sum)));
                     if (save) s_r[bs] = v_r;
-                    const double v_t15 = v_r * L_h_1[bj];
-                    s_t15[bs] = v_t15;
+                    const double v_r_times_h_prev = v_r * L_h_1[bj];
+                    s_r_times_h_prev[bs] = v_r_times_h_prev;
                 }
             }
 
@@ -1196,7 +1196,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_t15 + (size_t)b0 * LDSL, LDSL, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_r_times_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_r_times_h_prev, S_g_r_times_h_prev + (size_t)b0 * LDS_g_r_times_h_prev + 1 * (size_t)j0, LDS_g_r_times_h_prev, 0);
             /* phase 2 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1207,24 +1207,24 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b_z = w_b_z[j];
-                    const double v_t4 = v_x_w_z + v_b_z;
+                    const double v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
                     const double v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const double v_b_h = w_b_h[j];
-                    const double v_t17 = v_x_w_h + v_b_h;
-                    const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_x_w_h_plus_b_h = v_x_w_h + v_b_h;
+                    const double v_z_sum = v_x_w_z_plus_b_z + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
                     /* z = inner_activation(x @ W_z + b_z + h @ U_z) */
-                    const double v_z = 1.0 / (1.0 + exp(-(v_t5)));
+                    const double v_z = 1.0 / (1.0 + exp(-(v_z_sum)));
                     if (save) s_z[bs] = v_z;
-                    const double v_t18 = v_t17 + S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j];
+                    const double v_hh_sum = v_x_w_h_plus_b_h + S_g_r_times_h_prev[(size_t)b * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j];
                     /* hh = activation(x @ W_h + b_h + r * h @ U_h) */
-                    const double v_hh = tanh(v_t18);
+                    const double v_hh = tanh(v_hh_sum);
                     if (save) s_hh[bs] = v_hh;
-                    const double v_t20 = v_hh * v_z;
-                    const double v_t22 = 1.0 - v_z;
-                    const double v_t23 = L_h_1[bj] * v_t22;
-                    const double v_t24 = v_t20 + v_t23;
+                    const double v_hh_times_z = v_hh * v_z;
+                    const double v_one_minus_z = 1.0 - v_z;
+                    const double v_h_prod = L_h_1[bj] * v_one_minus_z;
+                    const double v_h_value = v_hh_times_z + v_h_prod;
                     /* h = hh * z + h * (1 - z) */
-                    const double v_h_new = v_t24;
+                    const double v_h_new = v_h_value;
                     if (m) {
                         L_h_1[bj] = v_h_new;
                     }
@@ -1294,8 +1294,8 @@ static int backward_kernel_f64(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W_z || !w_U_z || !w_b_z || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !w_Pmat || !save || !dy || !dx || !dw_W_z || !dw_U_z || !dw_b_z || !dw_U_r || !dw_b_r || !dw_W_h || !dw_U_h || !dw_b_h || !dw_Pmat || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 2 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 2 * (size_t)H;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -1304,19 +1304,19 @@ static int backward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z | U_r], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 2*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 2*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 2*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] t15 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_z | U_r], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 2*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 2*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 2*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_r_times_h_prev = p; p += (size_t)H * (LDS_g_r_times_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_h], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_r_times_h_prev = p; p += LDS_g_r_times_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
-    RNNGEN_MAYBE_UNUSED double *d_t15 = p; p += BH;         /* [B,H] adjoint of r * h_prev */
+    RNNGEN_MAYBE_UNUSED double *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
     RNNGEN_MAYBE_UNUSED double *nreal_all = p; p += (size_t)RNNGEN_MAX_THREADS * B; /* [threads][B] real steps seen so far */
     RNNGEN_MAYBE_UNUSED double *iXW = p; p += (size_t)B * LDXW; /* inference: one step of XW */
@@ -1363,14 +1363,14 @@ static int backward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (2 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (2 - 1) * (size_t)j0;
+const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (2 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_r_times_h_prev = Pf_g_r_times_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_r_times_h_prev = Pb_g_r_times_h_prev + LDS_g_r_times_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -1388,9 +1388,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 2 * nU, w_W_h + (size_t)i * H + j0, nU * sizeof(double));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                double *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -1405,9 +1405,9 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                                 P[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * K + k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = n < nU ? w_U_r[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
-            if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                double *P = Pb_t_g1;
-                const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
+            if (nU > 0) {   /* g_r_times_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g_r_times_h_prev;
+                const size_t K = LDS_g_r_times_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -1451,11 +1451,11 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 2 * (size_t)j0, 0, 2 * nU * sizeof(double));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 2 * (size_t)j0, 0, 2 * nU * sizeof(double));
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g1 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+                        memset(dS_g_r_times_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -1472,10 +1472,10 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                RNNGEN_MAYBE_UNUSED double *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
-                RNNGEN_MAYBE_UNUSED double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t11) */
-                RNNGEN_MAYBE_UNUSED double *s_t15 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-                RNNGEN_MAYBE_UNUSED double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t18) */
+                RNNGEN_MAYBE_UNUSED double *s_z = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
+                RNNGEN_MAYBE_UNUSED double *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+                RNNGEN_MAYBE_UNUSED double *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+                RNNGEN_MAYBE_UNUSED double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
 
 
@@ -1500,32 +1500,32 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                             double a1 = 0.0;
                             double a2 = 0.0;
                             double g_h_prev_u_z = 0.0;
-                            double g_t5 = 0.0;
+                            double g_z_sum = 0.0;
                             double g_z = 0.0;
-                            double g_t15_u_h = 0.0;
-                            double g_t18 = 0.0;
+                            double g_r_times_h_prev_u_h = 0.0;
+                            double g_hh_sum = 0.0;
                             double g_hh = 0.0;
-                            double g_t20 = 0.0;
-                            double g_t22 = 0.0;
-                            double g_t23 = 0.0;
-                            double g_t24 = 0.0;
+                            double g_hh_times_z = 0.0;
+                            double g_one_minus_z = 0.0;
+                            double g_h_prod = 0.0;
+                            double g_h_value = 0.0;
                             double g_h_new = a_h;
-                            g_t24 += g_h_new;
-                            g_t20 += g_t24;
-                            g_t23 += g_t24;
-                            a0 += g_t23 * ((1.0 - s_z[bs]));
-                            g_t22 += g_t23 * (s_h_prev[bs]);
-                            g_z += -g_t22;
-                            g_hh += g_t20 * (s_z[bs]);
-                            g_z += g_t20 * (s_hh[bs]);
-                            g_t18 += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-                            a1 += g_t18;
-                            g_t15_u_h += g_t18;
-                            dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_t15_u_h;
-                            g_t5 += g_z * (s_z[bs] * (1.0 - s_z[bs]));
-                            a2 += g_t5;
-                            g_h_prev_u_z += g_t5;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_z;
+                            g_h_value += g_h_new;
+                            g_hh_times_z += g_h_value;
+                            g_h_prod += g_h_value;
+                            a0 += g_h_prod * ((1.0 - s_z[bs]));
+                            g_one_minus_z += g_h_prod * (s_h_prev[bs]);
+                            g_z += -g_one_minus_z;
+                            g_hh += g_hh_times_z * (s_z[bs]);
+                            g_z += g_hh_times_z * (s_hh[bs]);
+                            g_hh_sum += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
+                            a1 += g_hh_sum;
+                            g_r_times_h_prev_u_h += g_hh_sum;
+                            dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
+                            g_z_sum += g_z * (s_z[bs] * (1.0 - s_z[bs]));
+                            a2 += g_z_sum;
+                            g_h_prev_u_z += g_z_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_z;
                             dL_h_1[bj] = a0;
                             dXP[(size_t)2 * BH + bj] = a1;
                             dXP[(size_t)0 * BH + bj] = a2;
@@ -1535,7 +1535,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             dL_h_1[bj] += dy[r * H + j];
-                            d_t15[bj] = 0.0;
+                            d_r_times_h_prev[bj] = 0.0;
                         }
                     }
                 }
@@ -1544,7 +1544,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, d_t15 + (size_t)b0 * H + j0, H, 0);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g_r_times_h_prev, dS_g_r_times_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Pb_t_g_r_times_h_prev, d_r_times_h_prev + (size_t)b0 * H + j0, H, 0);
                 /* phase 1, reversed, then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1554,40 +1554,40 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            double a0 = d_t15[bj];
+                            double a0 = d_r_times_h_prev[bj];
                             double a1 = dL_h_1[bj];
                             double a2 = 0.0;
                             double a3 = dXP[(size_t)0 * BH + bj];
                             double a4 = dXP[(size_t)2 * BH + bj];
                             double g_h_prev_u_r = 0.0;
-                            double g_t11 = 0.0;
+                            double g_r_sum = 0.0;
                             double g_r = 0.0;
-                            double g_t15 = a0;
-                            g_r += g_t15 * (s_h_prev[bs]);
-                            a1 += g_t15 * (s_r[bs]);
-                            g_t11 += g_r * (s_r[bs] * (1.0 - s_r[bs]));
-                            a2 += g_t11;
-                            g_h_prev_u_r += g_t11;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_r;
+                            double g_r_times_h_prev = a0;
+                            g_r += g_r_times_h_prev * (s_h_prev[bs]);
+                            a1 += g_r_times_h_prev * (s_r[bs]);
+                            g_r_sum += g_r * (s_r[bs] * (1.0 - s_r[bs]));
+                            a2 += g_r_sum;
+                            g_h_prev_u_r += g_r_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_r;
                             double g_x_w_z = 0.0;
                             double g_b_z = 0.0;
-                            double g_t4 = a3;
+                            double g_x_w_z_plus_b_z = a3;
                             double g_x_pmat = 0.0;
                             double g_b_r = 0.0;
-                            double g_t10 = a2;
+                            double g_x_pmat_plus_b_r = a2;
                             double g_x_w_h = 0.0;
                             double g_b_h = 0.0;
-                            double g_t17 = a4;
-                            g_x_w_h += g_t17;
-                            g_b_h += g_t17;
+                            double g_x_w_h_plus_b_h = a4;
+                            g_x_w_h += g_x_w_h_plus_b_h;
+                            g_b_h += g_x_w_h_plus_b_h;
                             db_b_h[j] += g_b_h;
                             dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-                            g_x_pmat += g_t10;
-                            g_b_r += g_t10;
+                            g_x_pmat += g_x_pmat_plus_b_r;
+                            g_b_r += g_x_pmat_plus_b_r;
                             db_b_r[j] += g_b_r;
                             dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_pmat;
-                            g_x_w_z += g_t4;
-                            g_b_z += g_t4;
+                            g_x_w_z += g_x_w_z_plus_b_z;
+                            g_b_z += g_x_w_z_plus_b_z;
                             db_b_z[j] += g_b_z;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
                             dL_h_1[bj] = a1;
@@ -1601,7 +1601,7 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -1627,50 +1627,50 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                double *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                double *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = 0;
                 int c0 = 2 * j0, c1 = 2 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g_h_prev + (size_t)t0 * B * LDS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(double));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(double));
             }
 
-            {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
+            {   /* dUcat_g_r_times_h_prev (or, for thread 1 of a row split, Pf_g_r_times_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                double *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                double *part = ksplit && tid == 1 ? Pf_g_r_times_h_prev : dUcat_g_r_times_h_prev;
                 const int each = 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_r_times_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_r_times_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (3 * (size_t)T + t0) * BH + k * H, H, dS_g1 + (size_t)t0 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (3 * (size_t)T + t0) * BH + k * H, H, dS_g_r_times_h_prev + (size_t)t0 * B * LDS_g_r_times_h_prev + k * LDS_g_r_times_h_prev + c0, (int)(LDS_g_r_times_h_prev), done, part + c0, (int)(LDS_g_r_times_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(double));
+                    memset(part, 0, (size_t)(H) * LDS_g_r_times_h_prev * sizeof(double));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -1713,39 +1713,39 @@ const size_t OFF_g1 = (1 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_z[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_z[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_z[i * H + j] += dUcat_g0[at + j];
+                        dw_U_z[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 1 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 1 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_r[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_r[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_r[i * H + j] += dUcat_g0[at + j];
+                        dw_U_r[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
+                const size_t at = i * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_h[i * H + j] += dUcat_g1[at + j] + Pf_g1[at + j];
+                        dw_U_h[i * H + j] += dUcat_g_r_times_h_prev[at + j] + Pf_g_r_times_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_h[i * H + j] += dUcat_g1[at + j];
+                        dw_U_h[i * H + j] += dUcat_g_r_times_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {

@@ -5,7 +5,7 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 4*H] = x_t[B, D] @ [W_i | W_f | W_c | W_o]
  * Input-only values (computed from XW inside the step loops): x_w_i + b_i; x_w_f + b_f; x_w_c + b_c; x_w_o + b_o
- * Step phase 1: GEMM h_prev @ [U_i | U_f | U_c | U_o]; loop over t6, i, t12, f, t14, t19, t20, t21, t22, c_new, t28, o, t30, t31, h_new
+ * Step phase 1: GEMM h_prev @ [U_i | U_f | U_c | U_o]; loop over i_sum, i, f_sum, f, f_times_c_prev, c_sum, tanh_c_sum, i_times_tanh_c_sum, c_value, c_new, o_sum, o, tanh_c_new, o_times_tanh_c_new, h_new
  */
 #include <string.h>
 #include <math.h>
@@ -42,17 +42,17 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 3);   /* the saved values, then forward's three notes */
     size_t n = 0;
     n += (size_t)D * LDXW;   /* Wcat */
     n += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pw */
     n += (size_t)D * LDXW;   /* dWcat */
-    n += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g0 */
-    n += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g0 */
-    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
-    n += (size_t)B * LDS_g0;   /* S_g0 */
-    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
+    n += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g_h_prev */
+    n += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g_h_prev */
+    n += (size_t)H * LDS_g_h_prev;   /* dUcat_g_h_prev */
+    n += (size_t)B * LDS_g_h_prev;   /* S_g_h_prev */
+    n += (size_t)T * B * LDS_g_h_prev;   /* dS_g_h_prev */
     n += BH;   /* L_h_1 */
     n += BH;   /* dL_h_1 */
     n += BH;   /* L_c_1 */
@@ -121,7 +121,7 @@ static int forward_kernel_f32(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -132,11 +132,11 @@ static int forward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *L_c_1 = p; p += BH;          /* [B,H] c, 1 real step(s) back */
@@ -184,11 +184,11 @@ static int forward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -226,7 +226,7 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
                 const size_t N = 4 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -234,22 +234,22 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_i */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_i[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_i[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 1: U_f */
                         const size_t n = 1 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_f[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_f[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 2: U_c */
                         const size_t n = 2 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_c[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_c[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 3: U_o */
                         const size_t n = 3 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_o[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_o[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
@@ -283,11 +283,11 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                 rnngen_pgemm_f32(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
             RNNGEN_MAYBE_UNUSED float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-            RNNGEN_MAYBE_UNUSED float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-            RNNGEN_MAYBE_UNUSED float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-            RNNGEN_MAYBE_UNUSED float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-            RNNGEN_MAYBE_UNUSED float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-            RNNGEN_MAYBE_UNUSED float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+            RNNGEN_MAYBE_UNUSED float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+            RNNGEN_MAYBE_UNUSED float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+            RNNGEN_MAYBE_UNUSED float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+            RNNGEN_MAYBE_UNUSED float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+            RNNGEN_MAYBE_UNUSED float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
@@ -308,7 +308,7 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 4 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 4 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f32(b1 - b0, 4 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 4 * (size_t)j0, LDS_g_h_prev, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -319,41 +319,41 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const float v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b_i = w_b_i[j];
-                    const float v_t5 = v_x_w_i + v_b_i;
+                    const float v_x_w_i_plus_b_i = v_x_w_i + v_b_i;
                     const float v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const float v_b_f = w_b_f[j];
-                    const float v_t11 = v_x_w_f + v_b_f;
+                    const float v_x_w_f_plus_b_f = v_x_w_f + v_b_f;
                     const float v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const float v_b_c = w_b_c[j];
-                    const float v_t18 = v_x_w_c + v_b_c;
+                    const float v_x_w_c_plus_b_c = v_x_w_c + v_b_c;
                     const float v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
                     const float v_b_o = w_b_o[j];
-                    const float v_t27 = v_x_w_o + v_b_o;
-                    const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const float v_x_w_o_plus_b_o = v_x_w_o + v_b_o;
+                    const float v_i_sum = v_x_w_i_plus_b_i + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
                     /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
-                    const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_t6) + 0.5f, 0.0f), 1.0f);
+                    const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_i_sum) + 0.5f, 0.0f), 1.0f);
                     if (save) s_i[bs] = v_i;
-                    const float v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const float v_f_sum = v_x_w_f_plus_b_f + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j];
                     /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
-                    const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_t12) + 0.5f, 0.0f), 1.0f);
+                    const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_f_sum) + 0.5f, 0.0f), 1.0f);
                     if (save) s_f[bs] = v_f;
-                    const float v_t14 = v_f * L_c_1[bj];
-                    const float v_t19 = v_t18 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
-                    const float v_t20 = rnngen_tanhf(v_t19);
-                    if (save) s_t20[bs] = v_t20;
-                    const float v_t21 = v_i * v_t20;
-                    const float v_t22 = v_t14 + v_t21;
+                    const float v_f_times_c_prev = v_f * L_c_1[bj];
+                    const float v_c_sum = v_x_w_c_plus_b_c + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j];
+                    const float v_tanh_c_sum = rnngen_tanhf(v_c_sum);
+                    if (save) s_tanh_c_sum[bs] = v_tanh_c_sum;
+                    const float v_i_times_tanh_c_sum = v_i * v_tanh_c_sum;
+                    const float v_c_value = v_f_times_c_prev + v_i_times_tanh_c_sum;
                     /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
-                    const float v_c_new = v_t22;
-                    const float v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+                    const float v_c_new = v_c_value;
+                    const float v_o_sum = v_x_w_o_plus_b_o + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j];
                     /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
-                    const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_t28) + 0.5f, 0.0f), 1.0f);
+                    const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_o_sum) + 0.5f, 0.0f), 1.0f);
                     if (save) s_o[bs] = v_o;
-                    const float v_t30 = rnngen_tanhf(v_c_new);
-                    if (save) s_t30[bs] = v_t30;
-                    const float v_t31 = v_o * v_t30;
+                    const float v_tanh_c_new = rnngen_tanhf(v_c_new);
+                    if (save) s_tanh_c_new[bs] = v_tanh_c_new;
+                    const float v_o_times_tanh_c_new = v_o * v_tanh_c_new;
                     /* h = o * activation(c) */
-                    const float v_h_new = v_t31;
+                    const float v_h_new = v_o_times_tanh_c_new;
                     if (m) {
                         L_h_1[bj] = v_h_new;
                         L_c_1[bj] = v_c_new;
@@ -431,7 +431,7 @@ static int backward_kernel_f32(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !save || !dy || !dx || !dw_W_i || !dw_U_i || !dw_b_i || !dw_W_c || !dw_U_c || !dw_b_c || !dw_W_f || !dw_U_f || !dw_b_f || !dw_W_o || !dw_U_o || !dw_b_o || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -440,11 +440,11 @@ static int backward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *L_c_1 = p; p += BH;          /* [B,H] c, 1 real step(s) back */
@@ -459,7 +459,7 @@ static int backward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
     RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
-    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
+    dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
     RNNGEN_MAYBE_UNUSED const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
@@ -497,11 +497,11 @@ static int backward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -521,9 +521,9 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(float));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                float *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -587,7 +587,7 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 4 * (size_t)j0, 0, 4 * nU * sizeof(float));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 4 * (size_t)j0, 0, 4 * nU * sizeof(float));
             float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -609,11 +609,11 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
                 RNNGEN_MAYBE_UNUSED float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-                RNNGEN_MAYBE_UNUSED float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-                RNNGEN_MAYBE_UNUSED float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-                RNNGEN_MAYBE_UNUSED float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-                RNNGEN_MAYBE_UNUSED float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-                RNNGEN_MAYBE_UNUSED float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+                RNNGEN_MAYBE_UNUSED float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+                RNNGEN_MAYBE_UNUSED float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+                RNNGEN_MAYBE_UNUSED float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+                RNNGEN_MAYBE_UNUSED float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+                RNNGEN_MAYBE_UNUSED float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
@@ -642,66 +642,66 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                             float a4 = 0.0f;
                             float a5 = 0.0f;
                             float g_h_prev_u_i = 0.0f;
-                            float g_t6 = 0.0f;
+                            float g_i_sum = 0.0f;
                             float g_i = 0.0f;
                             float g_h_prev_u_f = 0.0f;
-                            float g_t12 = 0.0f;
+                            float g_f_sum = 0.0f;
                             float g_f = 0.0f;
-                            float g_t14 = 0.0f;
+                            float g_f_times_c_prev = 0.0f;
                             float g_h_prev_u_c = 0.0f;
-                            float g_t19 = 0.0f;
-                            float g_t20 = 0.0f;
-                            float g_t21 = 0.0f;
-                            float g_t22 = 0.0f;
+                            float g_c_sum = 0.0f;
+                            float g_tanh_c_sum = 0.0f;
+                            float g_i_times_tanh_c_sum = 0.0f;
+                            float g_c_value = 0.0f;
                             float g_c_new = a_c;
                             float g_h_prev_u_o = 0.0f;
-                            float g_t28 = 0.0f;
+                            float g_o_sum = 0.0f;
                             float g_o = 0.0f;
-                            float g_t30 = 0.0f;
-                            float g_t31 = 0.0f;
+                            float g_tanh_c_new = 0.0f;
+                            float g_o_times_tanh_c_new = 0.0f;
                             float g_h_new = a_h;
-                            g_t31 += g_h_new;
-                            g_o += g_t31 * (s_t30[bs]);
-                            g_t30 += g_t31 * (s_o[bs]);
-                            g_c_new += g_t30 * ((1.0f - s_t30[bs] * s_t30[bs]));
-                            g_t28 += g_o * (((s_o[bs]) > 0.0f && (s_o[bs]) < 1.0f ? 0.2f : 0.0f));
-                            a2 += g_t28;
-                            g_h_prev_u_o += g_t28;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
-                            g_t22 += g_c_new;
-                            g_t14 += g_t22;
-                            g_t21 += g_t22;
-                            g_i += g_t21 * (s_t20[bs]);
-                            g_t20 += g_t21 * (s_i[bs]);
-                            g_t19 += g_t20 * ((1.0f - s_t20[bs] * s_t20[bs]));
-                            a3 += g_t19;
-                            g_h_prev_u_c += g_t19;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
-                            g_f += g_t14 * (s_c_prev[bs]);
-                            a1 += g_t14 * (s_f[bs]);
-                            g_t12 += g_f * (((s_f[bs]) > 0.0f && (s_f[bs]) < 1.0f ? 0.2f : 0.0f));
-                            a4 += g_t12;
-                            g_h_prev_u_f += g_t12;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
-                            g_t6 += g_i * (((s_i[bs]) > 0.0f && (s_i[bs]) < 1.0f ? 0.2f : 0.0f));
-                            a5 += g_t6;
-                            g_h_prev_u_i += g_t6;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+                            g_o_times_tanh_c_new += g_h_new;
+                            g_o += g_o_times_tanh_c_new * (s_tanh_c_new[bs]);
+                            g_tanh_c_new += g_o_times_tanh_c_new * (s_o[bs]);
+                            g_c_new += g_tanh_c_new * ((1.0f - s_tanh_c_new[bs] * s_tanh_c_new[bs]));
+                            g_o_sum += g_o * (((s_o[bs]) > 0.0f && (s_o[bs]) < 1.0f ? 0.2f : 0.0f));
+                            a2 += g_o_sum;
+                            g_h_prev_u_o += g_o_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j] = g_h_prev_u_o;
+                            g_c_value += g_c_new;
+                            g_f_times_c_prev += g_c_value;
+                            g_i_times_tanh_c_sum += g_c_value;
+                            g_i += g_i_times_tanh_c_sum * (s_tanh_c_sum[bs]);
+                            g_tanh_c_sum += g_i_times_tanh_c_sum * (s_i[bs]);
+                            g_c_sum += g_tanh_c_sum * ((1.0f - s_tanh_c_sum[bs] * s_tanh_c_sum[bs]));
+                            a3 += g_c_sum;
+                            g_h_prev_u_c += g_c_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j] = g_h_prev_u_c;
+                            g_f += g_f_times_c_prev * (s_c_prev[bs]);
+                            a1 += g_f_times_c_prev * (s_f[bs]);
+                            g_f_sum += g_f * (((s_f[bs]) > 0.0f && (s_f[bs]) < 1.0f ? 0.2f : 0.0f));
+                            a4 += g_f_sum;
+                            g_h_prev_u_f += g_f_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_f;
+                            g_i_sum += g_i * (((s_i[bs]) > 0.0f && (s_i[bs]) < 1.0f ? 0.2f : 0.0f));
+                            a5 += g_i_sum;
+                            g_h_prev_u_i += g_i_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_i;
                             float g_b_i = 0.0f;
-                            float g_t5 = a5;
+                            float g_x_w_i_plus_b_i = a5;
                             float g_b_f = 0.0f;
-                            float g_t11 = a4;
+                            float g_x_w_f_plus_b_f = a4;
                             float g_b_c = 0.0f;
-                            float g_t18 = a3;
+                            float g_x_w_c_plus_b_c = a3;
                             float g_b_o = 0.0f;
-                            float g_t27 = a2;
-                            g_b_o += g_t27;
+                            float g_x_w_o_plus_b_o = a2;
+                            g_b_o += g_x_w_o_plus_b_o;
                             db_b_o[j] += g_b_o;
-                            g_b_c += g_t18;
+                            g_b_c += g_x_w_c_plus_b_c;
                             db_b_c[j] += g_b_c;
-                            g_b_f += g_t11;
+                            g_b_f += g_x_w_f_plus_b_f;
                             db_b_f[j] += g_b_f;
-                            g_b_i += g_t5;
+                            g_b_i += g_x_w_i_plus_b_i;
                             db_b_i[j] += g_b_i;
                             dL_h_1[bj] = a0;
                             dL_c_1[bj] = a1;
@@ -719,7 +719,7 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -749,27 +749,27 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                float *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                float *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = t0 > 0;
                 int c0 = 4 * j0, c1 = 4 * j1, k0 = 0, k1 = each ? B : B * T;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(float));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(float));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -816,51 +816,51 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_i[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_i[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_i[i * H + j] += dUcat_g0[at + j];
+                        dw_U_i[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 1 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 1 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_f[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_f[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_f[i * H + j] += dUcat_g0[at + j];
+                        dw_U_f[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 2 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 2 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_c[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_c[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_c[i * H + j] += dUcat_g0[at + j];
+                        dw_U_c[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 3 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 3 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_o[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_o[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_o[i * H + j] += dUcat_g0[at + j];
+                        dw_U_o[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {
@@ -970,7 +970,7 @@ static int forward_kernel_f64(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -981,11 +981,11 @@ static int forward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *L_c_1 = p; p += BH;         /* [B,H] c, 1 real step(s) back */
@@ -1033,11 +1033,11 @@ static int forward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -1075,7 +1075,7 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
                 const size_t N = 4 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -1083,22 +1083,22 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_i */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_i[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_i[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 1: U_f */
                         const size_t n = 1 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_f[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_f[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 2: U_c */
                         const size_t n = 2 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_c[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_c[(size_t)k * H + j0 + u];
                     }
                     for (size_t u = 0; u < nU; u++) {   /* block 3: U_o */
                         const size_t n = 3 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_o[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_o[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
@@ -1132,11 +1132,11 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                 rnngen_pgemm_f64(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
             RNNGEN_MAYBE_UNUSED double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-            RNNGEN_MAYBE_UNUSED double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-            RNNGEN_MAYBE_UNUSED double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-            RNNGEN_MAYBE_UNUSED double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-            RNNGEN_MAYBE_UNUSED double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-            RNNGEN_MAYBE_UNUSED double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+            RNNGEN_MAYBE_UNUSED double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+            RNNGEN_MAYBE_UNUSED double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+            RNNGEN_MAYBE_UNUSED double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+            RNNGEN_MAYBE_UNUSED double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+            RNNGEN_MAYBE_UNUSED double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
@@ -1157,7 +1157,7 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 4 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 4 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f64(b1 - b0, 4 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 4 * (size_t)j0, LDS_g_h_prev, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1168,41 +1168,41 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const double v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b_i = w_b_i[j];
-                    const double v_t5 = v_x_w_i + v_b_i;
+                    const double v_x_w_i_plus_b_i = v_x_w_i + v_b_i;
                     const double v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
                     const double v_b_f = w_b_f[j];
-                    const double v_t11 = v_x_w_f + v_b_f;
+                    const double v_x_w_f_plus_b_f = v_x_w_f + v_b_f;
                     const double v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
                     const double v_b_c = w_b_c[j];
-                    const double v_t18 = v_x_w_c + v_b_c;
+                    const double v_x_w_c_plus_b_c = v_x_w_c + v_b_c;
                     const double v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
                     const double v_b_o = w_b_o[j];
-                    const double v_t27 = v_x_w_o + v_b_o;
-                    const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+                    const double v_x_w_o_plus_b_o = v_x_w_o + v_b_o;
+                    const double v_i_sum = v_x_w_i_plus_b_i + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
                     /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
-                    const double v_i = rnngen_min(rnngen_max(0.2 * (v_t6) + 0.5, 0.0), 1.0);
+                    const double v_i = rnngen_min(rnngen_max(0.2 * (v_i_sum) + 0.5, 0.0), 1.0);
                     if (save) s_i[bs] = v_i;
-                    const double v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+                    const double v_f_sum = v_x_w_f_plus_b_f + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j];
                     /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
-                    const double v_f = rnngen_min(rnngen_max(0.2 * (v_t12) + 0.5, 0.0), 1.0);
+                    const double v_f = rnngen_min(rnngen_max(0.2 * (v_f_sum) + 0.5, 0.0), 1.0);
                     if (save) s_f[bs] = v_f;
-                    const double v_t14 = v_f * L_c_1[bj];
-                    const double v_t19 = v_t18 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
-                    const double v_t20 = tanh(v_t19);
-                    if (save) s_t20[bs] = v_t20;
-                    const double v_t21 = v_i * v_t20;
-                    const double v_t22 = v_t14 + v_t21;
+                    const double v_f_times_c_prev = v_f * L_c_1[bj];
+                    const double v_c_sum = v_x_w_c_plus_b_c + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j];
+                    const double v_tanh_c_sum = tanh(v_c_sum);
+                    if (save) s_tanh_c_sum[bs] = v_tanh_c_sum;
+                    const double v_i_times_tanh_c_sum = v_i * v_tanh_c_sum;
+                    const double v_c_value = v_f_times_c_prev + v_i_times_tanh_c_sum;
                     /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
-                    const double v_c_new = v_t22;
-                    const double v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+                    const double v_c_new = v_c_value;
+                    const double v_o_sum = v_x_w_o_plus_b_o + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j];
                     /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
-                    const double v_o = rnngen_min(rnngen_max(0.2 * (v_t28) + 0.5, 0.0), 1.0);
+                    const double v_o = rnngen_min(rnngen_max(0.2 * (v_o_sum) + 0.5, 0.0), 1.0);
                     if (save) s_o[bs] = v_o;
-                    const double v_t30 = tanh(v_c_new);
-                    if (save) s_t30[bs] = v_t30;
-                    const double v_t31 = v_o * v_t30;
+                    const double v_tanh_c_new = tanh(v_c_new);
+                    if (save) s_tanh_c_new[bs] = v_tanh_c_new;
+                    const double v_o_times_tanh_c_new = v_o * v_tanh_c_new;
                     /* h = o * activation(c) */
-                    const double v_h_new = v_t31;
+                    const double v_h_new = v_o_times_tanh_c_new;
                     if (m) {
                         L_h_1[bj] = v_h_new;
                         L_c_1[bj] = v_c_new;
@@ -1280,7 +1280,7 @@ static int backward_kernel_f64(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !save || !dy || !dx || !dw_W_i || !dw_U_i || !dw_b_i || !dw_W_c || !dw_U_c || !dw_b_c || !dw_W_f || !dw_U_f || !dw_b_f || !dw_W_o || !dw_U_o || !dw_b_o || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -1289,11 +1289,11 @@ static int backward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_i | U_f | U_c | U_o], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *L_c_1 = p; p += BH;         /* [B,H] c, 1 real step(s) back */
@@ -1308,7 +1308,7 @@ static int backward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
     RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
-    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
+    dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
     RNNGEN_MAYBE_UNUSED const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
@@ -1346,11 +1346,11 @@ static int backward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (4 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (4 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -1370,9 +1370,9 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 3 * nU, w_W_o + (size_t)i * H + j0, nU * sizeof(double));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                double *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -1436,7 +1436,7 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 4 * (size_t)j0, 0, 4 * nU * sizeof(double));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 4 * (size_t)j0, 0, 4 * nU * sizeof(double));
             double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -1458,11 +1458,11 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
                 RNNGEN_MAYBE_UNUSED double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-                RNNGEN_MAYBE_UNUSED double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-                RNNGEN_MAYBE_UNUSED double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-                RNNGEN_MAYBE_UNUSED double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-                RNNGEN_MAYBE_UNUSED double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-                RNNGEN_MAYBE_UNUSED double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+                RNNGEN_MAYBE_UNUSED double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+                RNNGEN_MAYBE_UNUSED double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+                RNNGEN_MAYBE_UNUSED double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+                RNNGEN_MAYBE_UNUSED double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+                RNNGEN_MAYBE_UNUSED double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
@@ -1491,66 +1491,66 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                             double a4 = 0.0;
                             double a5 = 0.0;
                             double g_h_prev_u_i = 0.0;
-                            double g_t6 = 0.0;
+                            double g_i_sum = 0.0;
                             double g_i = 0.0;
                             double g_h_prev_u_f = 0.0;
-                            double g_t12 = 0.0;
+                            double g_f_sum = 0.0;
                             double g_f = 0.0;
-                            double g_t14 = 0.0;
+                            double g_f_times_c_prev = 0.0;
                             double g_h_prev_u_c = 0.0;
-                            double g_t19 = 0.0;
-                            double g_t20 = 0.0;
-                            double g_t21 = 0.0;
-                            double g_t22 = 0.0;
+                            double g_c_sum = 0.0;
+                            double g_tanh_c_sum = 0.0;
+                            double g_i_times_tanh_c_sum = 0.0;
+                            double g_c_value = 0.0;
                             double g_c_new = a_c;
                             double g_h_prev_u_o = 0.0;
-                            double g_t28 = 0.0;
+                            double g_o_sum = 0.0;
                             double g_o = 0.0;
-                            double g_t30 = 0.0;
-                            double g_t31 = 0.0;
+                            double g_tanh_c_new = 0.0;
+                            double g_o_times_tanh_c_new = 0.0;
                             double g_h_new = a_h;
-                            g_t31 += g_h_new;
-                            g_o += g_t31 * (s_t30[bs]);
-                            g_t30 += g_t31 * (s_o[bs]);
-                            g_c_new += g_t30 * ((1.0 - s_t30[bs] * s_t30[bs]));
-                            g_t28 += g_o * (((s_o[bs]) > 0.0 && (s_o[bs]) < 1.0 ? 0.2 : 0.0));
-                            a2 += g_t28;
-                            g_h_prev_u_o += g_t28;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
-                            g_t22 += g_c_new;
-                            g_t14 += g_t22;
-                            g_t21 += g_t22;
-                            g_i += g_t21 * (s_t20[bs]);
-                            g_t20 += g_t21 * (s_i[bs]);
-                            g_t19 += g_t20 * ((1.0 - s_t20[bs] * s_t20[bs]));
-                            a3 += g_t19;
-                            g_h_prev_u_c += g_t19;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
-                            g_f += g_t14 * (s_c_prev[bs]);
-                            a1 += g_t14 * (s_f[bs]);
-                            g_t12 += g_f * (((s_f[bs]) > 0.0 && (s_f[bs]) < 1.0 ? 0.2 : 0.0));
-                            a4 += g_t12;
-                            g_h_prev_u_f += g_t12;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
-                            g_t6 += g_i * (((s_i[bs]) > 0.0 && (s_i[bs]) < 1.0 ? 0.2 : 0.0));
-                            a5 += g_t6;
-                            g_h_prev_u_i += g_t6;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+                            g_o_times_tanh_c_new += g_h_new;
+                            g_o += g_o_times_tanh_c_new * (s_tanh_c_new[bs]);
+                            g_tanh_c_new += g_o_times_tanh_c_new * (s_o[bs]);
+                            g_c_new += g_tanh_c_new * ((1.0 - s_tanh_c_new[bs] * s_tanh_c_new[bs]));
+                            g_o_sum += g_o * (((s_o[bs]) > 0.0 && (s_o[bs]) < 1.0 ? 0.2 : 0.0));
+                            a2 += g_o_sum;
+                            g_h_prev_u_o += g_o_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j] = g_h_prev_u_o;
+                            g_c_value += g_c_new;
+                            g_f_times_c_prev += g_c_value;
+                            g_i_times_tanh_c_sum += g_c_value;
+                            g_i += g_i_times_tanh_c_sum * (s_tanh_c_sum[bs]);
+                            g_tanh_c_sum += g_i_times_tanh_c_sum * (s_i[bs]);
+                            g_c_sum += g_tanh_c_sum * ((1.0 - s_tanh_c_sum[bs] * s_tanh_c_sum[bs]));
+                            a3 += g_c_sum;
+                            g_h_prev_u_c += g_c_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j] = g_h_prev_u_c;
+                            g_f += g_f_times_c_prev * (s_c_prev[bs]);
+                            a1 += g_f_times_c_prev * (s_f[bs]);
+                            g_f_sum += g_f * (((s_f[bs]) > 0.0 && (s_f[bs]) < 1.0 ? 0.2 : 0.0));
+                            a4 += g_f_sum;
+                            g_h_prev_u_f += g_f_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_f;
+                            g_i_sum += g_i * (((s_i[bs]) > 0.0 && (s_i[bs]) < 1.0 ? 0.2 : 0.0));
+                            a5 += g_i_sum;
+                            g_h_prev_u_i += g_i_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_i;
                             double g_b_i = 0.0;
-                            double g_t5 = a5;
+                            double g_x_w_i_plus_b_i = a5;
                             double g_b_f = 0.0;
-                            double g_t11 = a4;
+                            double g_x_w_f_plus_b_f = a4;
                             double g_b_c = 0.0;
-                            double g_t18 = a3;
+                            double g_x_w_c_plus_b_c = a3;
                             double g_b_o = 0.0;
-                            double g_t27 = a2;
-                            g_b_o += g_t27;
+                            double g_x_w_o_plus_b_o = a2;
+                            g_b_o += g_x_w_o_plus_b_o;
                             db_b_o[j] += g_b_o;
-                            g_b_c += g_t18;
+                            g_b_c += g_x_w_c_plus_b_c;
                             db_b_c[j] += g_b_c;
-                            g_b_f += g_t11;
+                            g_b_f += g_x_w_f_plus_b_f;
                             db_b_f[j] += g_b_f;
-                            g_b_i += g_t5;
+                            g_b_i += g_x_w_i_plus_b_i;
                             db_b_i[j] += g_b_i;
                             dL_h_1[bj] = a0;
                             dL_c_1[bj] = a1;
@@ -1568,7 +1568,7 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -1598,27 +1598,27 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                double *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                double *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = t0 > 0;
                 int c0 = 4 * j0, c1 = 4 * j1, k0 = 0, k1 = each ? B : B * T;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(double));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(double));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -1665,51 +1665,51 @@ const size_t OFF_g0 = (4 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_i[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_i[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_i[i * H + j] += dUcat_g0[at + j];
+                        dw_U_i[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 1 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 1 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_f[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_f[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_f[i * H + j] += dUcat_g0[at + j];
+                        dw_U_f[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 2 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 2 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_c[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_c[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_c[i * H + j] += dUcat_g0[at + j];
+                        dw_U_c[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 3 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 3 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_o[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_o[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_o[i * H + j] += dUcat_g0[at + j];
+                        dw_U_o[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {

@@ -5,7 +5,7 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Before the steps, one GEMM for every step: XW[B*T, 4*H] = x[B*T, D] @ [W_i | W_f | W_c | W_o]
  * Input-only values (computed from XW in the step kernels): x_w_i + b_i; x_w_f + b_f; x_w_c + b_c; x_w_o + b_o
- * Step phase 1: cuBLAS GEMM h_prev @ [U_i | U_f | U_c | U_o]; one kernel over t6, i, t12, f, t14, t19, t20, t21, t22, c_new, t28, o, t30, t31, h_new
+ * Step phase 1: cuBLAS GEMM h_prev @ [U_i | U_f | U_c | U_o]; one kernel over i_sum, i, f_sum, f, f_times_c_prev, c_sum, tanh_c_sum, i_times_tanh_c_sum, c_value, c_new, o_sum, o, tanh_c_new, o_times_tanh_c_new, h_new
  * Backward, per step in reverse: per phase one kernel, then dOperand += dS @ [U...]^T
  * (cuBLAS); after the steps the weight gradients and dx as one GEMM each, and the bias
  * gradients summed over samples in order (no atomics: two runs give the same bits).
@@ -111,15 +111,15 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     *save_size = (long long)(SAVE_SIZE(T, B, H) + (size_t)T * B);   /* the saved values, then NREAL */
     size_t n = 0;
     n += (size_t)D * LDXW;   /* Wcat */
     n += (size_t)D * LDXW;   /* dWcat */
-    n += (size_t)H * LDS_g0;   /* Ucat_g0 */
-    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
-    n += (size_t)B * LDS_g0;   /* S_g0 */
-    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
+    n += (size_t)H * LDS_g_h_prev;   /* Ucat_g_h_prev */
+    n += (size_t)H * LDS_g_h_prev;   /* dUcat_g_h_prev */
+    n += (size_t)B * LDS_g_h_prev;   /* S_g_h_prev */
+    n += (size_t)T * B * LDS_g_h_prev;   /* dS_g_h_prev */
     n += BH;   /* L_h_1 */
     n += BH;   /* dL_h_1 */
     n += BH;   /* L_c_1 */
@@ -155,7 +155,7 @@ typedef struct {
     const float *w_b_c;                     /* [H] */
     const float *w_b_f;                     /* [H] */
     const float *w_b_o;                     /* [H] */
-    [[maybe_unused]] float *S_g0, *dS_g0;
+    [[maybe_unused]] float *S_g_h_prev, *dS_g_h_prev;
     [[maybe_unused]] float *L_h_1, *dL_h_1;
     [[maybe_unused]] float *L_c_1, *dL_c_1;
     [[maybe_unused]] float *d_c_new;
@@ -181,8 +181,8 @@ static __global__ void rnngen_lstm_fwd0_f32(const rnngen_lstm_frame_f32 F, const
     [[maybe_unused]] const float *w_b_c = F.w_b_c;
     [[maybe_unused]] const float *w_b_f = F.w_b_f;
     [[maybe_unused]] const float *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g0 = 4 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] float *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
     [[maybe_unused]] float *d_c_new = F.d_c_new;
@@ -195,11 +195,11 @@ static __global__ void rnngen_lstm_fwd0_f32(const rnngen_lstm_frame_f32 F, const
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
@@ -226,8 +226,8 @@ static __global__ void rnngen_lstm_fwd1_f32(const rnngen_lstm_frame_f32 F, const
     [[maybe_unused]] const float *w_b_c = F.w_b_c;
     [[maybe_unused]] const float *w_b_f = F.w_b_f;
     [[maybe_unused]] const float *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g0 = 4 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] float *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
     [[maybe_unused]] float *d_c_new = F.d_c_new;
@@ -240,51 +240,51 @@ static __global__ void rnngen_lstm_fwd1_f32(const rnngen_lstm_frame_f32 F, const
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
     const float v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
     const float v_b_i = w_b_i[j];
-    const float v_t5 = v_x_w_i + v_b_i;
+    const float v_x_w_i_plus_b_i = v_x_w_i + v_b_i;
     const float v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
     const float v_b_f = w_b_f[j];
-    const float v_t11 = v_x_w_f + v_b_f;
+    const float v_x_w_f_plus_b_f = v_x_w_f + v_b_f;
     const float v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
     const float v_b_c = w_b_c[j];
-    const float v_t18 = v_x_w_c + v_b_c;
+    const float v_x_w_c_plus_b_c = v_x_w_c + v_b_c;
     const float v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
     const float v_b_o = w_b_o[j];
-    const float v_t27 = v_x_w_o + v_b_o;
-    const float v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+    const float v_x_w_o_plus_b_o = v_x_w_o + v_b_o;
+    const float v_i_sum = v_x_w_i_plus_b_i + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
     /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
-    const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_t6) + 0.5f, 0.0f), 1.0f);
+    const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_i_sum) + 0.5f, 0.0f), 1.0f);
     if (save) s_i[bs] = v_i;
-    const float v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+    const float v_f_sum = v_x_w_f_plus_b_f + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j];
     /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
-    const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_t12) + 0.5f, 0.0f), 1.0f);
+    const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_f_sum) + 0.5f, 0.0f), 1.0f);
     if (save) s_f[bs] = v_f;
-    const float v_t14 = v_f * L_c_1[bj];
-    const float v_t19 = v_t18 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
-    const float v_t20 = tanhf(v_t19);
-    if (save) s_t20[bs] = v_t20;
-    const float v_t21 = v_i * v_t20;
-    const float v_t22 = v_t14 + v_t21;
+    const float v_f_times_c_prev = v_f * L_c_1[bj];
+    const float v_c_sum = v_x_w_c_plus_b_c + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j];
+    const float v_tanh_c_sum = tanhf(v_c_sum);
+    if (save) s_tanh_c_sum[bs] = v_tanh_c_sum;
+    const float v_i_times_tanh_c_sum = v_i * v_tanh_c_sum;
+    const float v_c_value = v_f_times_c_prev + v_i_times_tanh_c_sum;
     /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
-    const float v_c_new = v_t22;
-    const float v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+    const float v_c_new = v_c_value;
+    const float v_o_sum = v_x_w_o_plus_b_o + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j];
     /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
-    const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_t28) + 0.5f, 0.0f), 1.0f);
+    const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_o_sum) + 0.5f, 0.0f), 1.0f);
     if (save) s_o[bs] = v_o;
-    const float v_t30 = tanhf(v_c_new);
-    if (save) s_t30[bs] = v_t30;
-    const float v_t31 = v_o * v_t30;
+    const float v_tanh_c_new = tanhf(v_c_new);
+    if (save) s_tanh_c_new[bs] = v_tanh_c_new;
+    const float v_o_times_tanh_c_new = v_o * v_tanh_c_new;
     /* h = o * activation(c) */
-    const float v_h_new = v_t31;
+    const float v_h_new = v_o_times_tanh_c_new;
     if (m) {
         L_h_1[bj] = v_h_new;
         L_c_1[bj] = v_c_new;
@@ -311,8 +311,8 @@ static __global__ void rnngen_lstm_bwd1_f32(const rnngen_lstm_frame_f32 F, const
     [[maybe_unused]] const float *w_b_c = F.w_b_c;
     [[maybe_unused]] const float *w_b_f = F.w_b_f;
     [[maybe_unused]] const float *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g0 = 4 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] float *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
     [[maybe_unused]] float *d_c_new = F.d_c_new;
@@ -329,11 +329,11 @@ static __global__ void rnngen_lstm_bwd1_f32(const rnngen_lstm_frame_f32 F, const
     [[maybe_unused]] float *db_b_o = F.dVec + ((size_t)3 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
@@ -347,66 +347,66 @@ static __global__ void rnngen_lstm_bwd1_f32(const rnngen_lstm_frame_f32 F, const
         float a4 = 0.0f;
         float a5 = 0.0f;
         float g_h_prev_u_i = 0.0f;
-        float g_t6 = 0.0f;
+        float g_i_sum = 0.0f;
         float g_i = 0.0f;
         float g_h_prev_u_f = 0.0f;
-        float g_t12 = 0.0f;
+        float g_f_sum = 0.0f;
         float g_f = 0.0f;
-        float g_t14 = 0.0f;
+        float g_f_times_c_prev = 0.0f;
         float g_h_prev_u_c = 0.0f;
-        float g_t19 = 0.0f;
-        float g_t20 = 0.0f;
-        float g_t21 = 0.0f;
-        float g_t22 = 0.0f;
+        float g_c_sum = 0.0f;
+        float g_tanh_c_sum = 0.0f;
+        float g_i_times_tanh_c_sum = 0.0f;
+        float g_c_value = 0.0f;
         float g_c_new = a_c;
         float g_h_prev_u_o = 0.0f;
-        float g_t28 = 0.0f;
+        float g_o_sum = 0.0f;
         float g_o = 0.0f;
-        float g_t30 = 0.0f;
-        float g_t31 = 0.0f;
+        float g_tanh_c_new = 0.0f;
+        float g_o_times_tanh_c_new = 0.0f;
         float g_h_new = a_h;
-        g_t31 += g_h_new;
-        g_o += g_t31 * (s_t30[bs]);
-        g_t30 += g_t31 * (s_o[bs]);
-        g_c_new += g_t30 * ((1.0f - s_t30[bs] * s_t30[bs]));
-        g_t28 += g_o * (((s_o[bs]) > 0.0f && (s_o[bs]) < 1.0f ? 0.2f : 0.0f));
-        a2 += g_t28;
-        g_h_prev_u_o += g_t28;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
-        g_t22 += g_c_new;
-        g_t14 += g_t22;
-        g_t21 += g_t22;
-        g_i += g_t21 * (s_t20[bs]);
-        g_t20 += g_t21 * (s_i[bs]);
-        g_t19 += g_t20 * ((1.0f - s_t20[bs] * s_t20[bs]));
-        a3 += g_t19;
-        g_h_prev_u_c += g_t19;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
-        g_f += g_t14 * (s_c_prev[bs]);
-        a1 += g_t14 * (s_f[bs]);
-        g_t12 += g_f * (((s_f[bs]) > 0.0f && (s_f[bs]) < 1.0f ? 0.2f : 0.0f));
-        a4 += g_t12;
-        g_h_prev_u_f += g_t12;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
-        g_t6 += g_i * (((s_i[bs]) > 0.0f && (s_i[bs]) < 1.0f ? 0.2f : 0.0f));
-        a5 += g_t6;
-        g_h_prev_u_i += g_t6;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+        g_o_times_tanh_c_new += g_h_new;
+        g_o += g_o_times_tanh_c_new * (s_tanh_c_new[bs]);
+        g_tanh_c_new += g_o_times_tanh_c_new * (s_o[bs]);
+        g_c_new += g_tanh_c_new * ((1.0f - s_tanh_c_new[bs] * s_tanh_c_new[bs]));
+        g_o_sum += g_o * (((s_o[bs]) > 0.0f && (s_o[bs]) < 1.0f ? 0.2f : 0.0f));
+        a2 += g_o_sum;
+        g_h_prev_u_o += g_o_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j] = g_h_prev_u_o;
+        g_c_value += g_c_new;
+        g_f_times_c_prev += g_c_value;
+        g_i_times_tanh_c_sum += g_c_value;
+        g_i += g_i_times_tanh_c_sum * (s_tanh_c_sum[bs]);
+        g_tanh_c_sum += g_i_times_tanh_c_sum * (s_i[bs]);
+        g_c_sum += g_tanh_c_sum * ((1.0f - s_tanh_c_sum[bs] * s_tanh_c_sum[bs]));
+        a3 += g_c_sum;
+        g_h_prev_u_c += g_c_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j] = g_h_prev_u_c;
+        g_f += g_f_times_c_prev * (s_c_prev[bs]);
+        a1 += g_f_times_c_prev * (s_f[bs]);
+        g_f_sum += g_f * (((s_f[bs]) > 0.0f && (s_f[bs]) < 1.0f ? 0.2f : 0.0f));
+        a4 += g_f_sum;
+        g_h_prev_u_f += g_f_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_f;
+        g_i_sum += g_i * (((s_i[bs]) > 0.0f && (s_i[bs]) < 1.0f ? 0.2f : 0.0f));
+        a5 += g_i_sum;
+        g_h_prev_u_i += g_i_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_i;
         float g_b_i = 0.0f;
-        float g_t5 = a5;
+        float g_x_w_i_plus_b_i = a5;
         float g_b_f = 0.0f;
-        float g_t11 = a4;
+        float g_x_w_f_plus_b_f = a4;
         float g_b_c = 0.0f;
-        float g_t18 = a3;
+        float g_x_w_c_plus_b_c = a3;
         float g_b_o = 0.0f;
-        float g_t27 = a2;
-        g_b_o += g_t27;
+        float g_x_w_o_plus_b_o = a2;
+        g_b_o += g_x_w_o_plus_b_o;
         db_b_o[j] += g_b_o;
-        g_b_c += g_t18;
+        g_b_c += g_x_w_c_plus_b_c;
         db_b_c[j] += g_b_c;
-        g_b_f += g_t11;
+        g_b_f += g_x_w_f_plus_b_f;
         db_b_f[j] += g_b_f;
-        g_b_i += g_t5;
+        g_b_i += g_x_w_i_plus_b_i;
         db_b_i[j] += g_b_i;
         dL_h_1[bj] = a0;
         dL_c_1[bj] = a1;
@@ -449,7 +449,7 @@ static int forward_kernel_f32(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
@@ -458,10 +458,10 @@ static int forward_kernel_f32(
     [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *L_c_1 = p; p += BH;             /* [B,H] c, 1 real step(s) back */
@@ -487,7 +487,7 @@ static int forward_kernel_f32(
     F.w_b_c = w_b_c;
     F.w_b_f = w_b_f;
     F.w_b_o = w_b_o;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.L_c_1 = L_c_1; F.dL_c_1 = dL_c_1;
     F.d_c_new = d_c_new;
@@ -503,10 +503,10 @@ static int forward_kernel_f32(
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(float), w_W_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(float), w_W_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), w_U_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 1 * (size_t)H, LDS_g0 * sizeof(float), w_U_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 2 * (size_t)H, LDS_g0 * sizeof(float), w_U_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 3 * (size_t)H, LDS_g0 * sizeof(float), w_U_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
@@ -529,16 +529,16 @@ static int forward_kernel_f32(
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_lstm_fwd0_f32, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, (float)1, s_h_prev, LDSL, Ucat_g0, LDS_g0, (float)0, S_g0, LDS_g0));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (float)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (float)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_lstm_fwd1_f32, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -612,17 +612,17 @@ static int backward_kernel_f32(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *L_c_1 = p; p += BH;             /* [B,H] c, 1 real step(s) back */
@@ -637,7 +637,7 @@ static int backward_kernel_f32(
     [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
     [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
-    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
+    dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     NREAL = (float *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
     rnngen_lstm_frame_f32 F;
@@ -649,7 +649,7 @@ static int backward_kernel_f32(
     F.w_b_c = w_b_c;
     F.w_b_f = w_b_f;
     F.w_b_o = w_b_o;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.L_c_1 = L_c_1; F.dL_c_1 = dL_c_1;
     F.d_c_new = d_c_new;
@@ -665,10 +665,10 @@ static int backward_kernel_f32(
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(float), w_W_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(float), w_W_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), w_U_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 1 * (size_t)H, LDS_g0 * sizeof(float), w_U_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 2 * (size_t)H, LDS_g0 * sizeof(float), w_U_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 3 * (size_t)H, LDS_g0 * sizeof(float), w_U_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
@@ -680,24 +680,24 @@ static int backward_kernel_f32(
         RNNGEN_CU(cudaMemcpyAsync(dL_c_1, dstate_last + 1 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
     else
         RNNGEN_CU(cudaMemsetAsync(dL_c_1, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(float), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(float), cs));
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] float *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] float *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_lstm_bwd1_f32, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (float)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (float)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (float)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (float)1, dL_h_1, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
@@ -712,11 +712,11 @@ static int backward_kernel_f32(
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g0, LDS_g0, (float)0, dUcat_g0, LDS_g0));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_i, (size_t)H * sizeof(float), dUcat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_f, (size_t)H * sizeof(float), dUcat_g0 + 1 * (size_t)H, LDS_g0 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_c, (size_t)H * sizeof(float), dUcat_g0 + 2 * (size_t)H, LDS_g0 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_o, (size_t)H * sizeof(float), dUcat_g0 + 3 * (size_t)H, LDS_g0 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (float)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_i, (size_t)H * sizeof(float), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_f, (size_t)H * sizeof(float), dUcat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_c, (size_t)H * sizeof(float), dUcat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_o, (size_t)H * sizeof(float), dUcat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (float)1, x, (size_t)D, dXW, LDXW, (float)0, dWcat, LDXW));
     RNNGEN_CU(cudaMemcpy2DAsync(dw_W_i, (size_t)H * sizeof(float), dWcat + 0 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -769,7 +769,7 @@ typedef struct {
     const double *w_b_c;                     /* [H] */
     const double *w_b_f;                     /* [H] */
     const double *w_b_o;                     /* [H] */
-    [[maybe_unused]] double *S_g0, *dS_g0;
+    [[maybe_unused]] double *S_g_h_prev, *dS_g_h_prev;
     [[maybe_unused]] double *L_h_1, *dL_h_1;
     [[maybe_unused]] double *L_c_1, *dL_c_1;
     [[maybe_unused]] double *d_c_new;
@@ -795,8 +795,8 @@ static __global__ void rnngen_lstm_fwd0_f64(const rnngen_lstm_frame_f64 F, const
     [[maybe_unused]] const double *w_b_c = F.w_b_c;
     [[maybe_unused]] const double *w_b_f = F.w_b_f;
     [[maybe_unused]] const double *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g0 = 4 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] double *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
     [[maybe_unused]] double *d_c_new = F.d_c_new;
@@ -809,11 +809,11 @@ static __global__ void rnngen_lstm_fwd0_f64(const rnngen_lstm_frame_f64 F, const
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
@@ -840,8 +840,8 @@ static __global__ void rnngen_lstm_fwd1_f64(const rnngen_lstm_frame_f64 F, const
     [[maybe_unused]] const double *w_b_c = F.w_b_c;
     [[maybe_unused]] const double *w_b_f = F.w_b_f;
     [[maybe_unused]] const double *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g0 = 4 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] double *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
     [[maybe_unused]] double *d_c_new = F.d_c_new;
@@ -854,51 +854,51 @@ static __global__ void rnngen_lstm_fwd1_f64(const rnngen_lstm_frame_f64 F, const
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
     const double v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
     const double v_b_i = w_b_i[j];
-    const double v_t5 = v_x_w_i + v_b_i;
+    const double v_x_w_i_plus_b_i = v_x_w_i + v_b_i;
     const double v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
     const double v_b_f = w_b_f[j];
-    const double v_t11 = v_x_w_f + v_b_f;
+    const double v_x_w_f_plus_b_f = v_x_w_f + v_b_f;
     const double v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
     const double v_b_c = w_b_c[j];
-    const double v_t18 = v_x_w_c + v_b_c;
+    const double v_x_w_c_plus_b_c = v_x_w_c + v_b_c;
     const double v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
     const double v_b_o = w_b_o[j];
-    const double v_t27 = v_x_w_o + v_b_o;
-    const double v_t6 = v_t5 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
+    const double v_x_w_o_plus_b_o = v_x_w_o + v_b_o;
+    const double v_i_sum = v_x_w_i_plus_b_i + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
     /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
-    const double v_i = rnngen_min(rnngen_max(0.2 * (v_t6) + 0.5, 0.0), 1.0);
+    const double v_i = rnngen_min(rnngen_max(0.2 * (v_i_sum) + 0.5, 0.0), 1.0);
     if (save) s_i[bs] = v_i;
-    const double v_t12 = v_t11 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 1 * nU + j];
+    const double v_f_sum = v_x_w_f_plus_b_f + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j];
     /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
-    const double v_f = rnngen_min(rnngen_max(0.2 * (v_t12) + 0.5, 0.0), 1.0);
+    const double v_f = rnngen_min(rnngen_max(0.2 * (v_f_sum) + 0.5, 0.0), 1.0);
     if (save) s_f[bs] = v_f;
-    const double v_t14 = v_f * L_c_1[bj];
-    const double v_t19 = v_t18 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 2 * nU + j];
-    const double v_t20 = tanh(v_t19);
-    if (save) s_t20[bs] = v_t20;
-    const double v_t21 = v_i * v_t20;
-    const double v_t22 = v_t14 + v_t21;
+    const double v_f_times_c_prev = v_f * L_c_1[bj];
+    const double v_c_sum = v_x_w_c_plus_b_c + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j];
+    const double v_tanh_c_sum = tanh(v_c_sum);
+    if (save) s_tanh_c_sum[bs] = v_tanh_c_sum;
+    const double v_i_times_tanh_c_sum = v_i * v_tanh_c_sum;
+    const double v_c_value = v_f_times_c_prev + v_i_times_tanh_c_sum;
     /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
-    const double v_c_new = v_t22;
-    const double v_t28 = v_t27 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 3 * nU + j];
+    const double v_c_new = v_c_value;
+    const double v_o_sum = v_x_w_o_plus_b_o + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j];
     /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
-    const double v_o = rnngen_min(rnngen_max(0.2 * (v_t28) + 0.5, 0.0), 1.0);
+    const double v_o = rnngen_min(rnngen_max(0.2 * (v_o_sum) + 0.5, 0.0), 1.0);
     if (save) s_o[bs] = v_o;
-    const double v_t30 = tanh(v_c_new);
-    if (save) s_t30[bs] = v_t30;
-    const double v_t31 = v_o * v_t30;
+    const double v_tanh_c_new = tanh(v_c_new);
+    if (save) s_tanh_c_new[bs] = v_tanh_c_new;
+    const double v_o_times_tanh_c_new = v_o * v_tanh_c_new;
     /* h = o * activation(c) */
-    const double v_h_new = v_t31;
+    const double v_h_new = v_o_times_tanh_c_new;
     if (m) {
         L_h_1[bj] = v_h_new;
         L_c_1[bj] = v_c_new;
@@ -925,8 +925,8 @@ static __global__ void rnngen_lstm_bwd1_f64(const rnngen_lstm_frame_f64 F, const
     [[maybe_unused]] const double *w_b_c = F.w_b_c;
     [[maybe_unused]] const double *w_b_f = F.w_b_f;
     [[maybe_unused]] const double *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g0 = 4 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] double *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
     [[maybe_unused]] double *d_c_new = F.d_c_new;
@@ -943,11 +943,11 @@ static __global__ void rnngen_lstm_bwd1_f64(const rnngen_lstm_frame_f64 F, const
     [[maybe_unused]] double *db_b_o = F.dVec + ((size_t)3 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
@@ -961,66 +961,66 @@ static __global__ void rnngen_lstm_bwd1_f64(const rnngen_lstm_frame_f64 F, const
         double a4 = 0.0;
         double a5 = 0.0;
         double g_h_prev_u_i = 0.0;
-        double g_t6 = 0.0;
+        double g_i_sum = 0.0;
         double g_i = 0.0;
         double g_h_prev_u_f = 0.0;
-        double g_t12 = 0.0;
+        double g_f_sum = 0.0;
         double g_f = 0.0;
-        double g_t14 = 0.0;
+        double g_f_times_c_prev = 0.0;
         double g_h_prev_u_c = 0.0;
-        double g_t19 = 0.0;
-        double g_t20 = 0.0;
-        double g_t21 = 0.0;
-        double g_t22 = 0.0;
+        double g_c_sum = 0.0;
+        double g_tanh_c_sum = 0.0;
+        double g_i_times_tanh_c_sum = 0.0;
+        double g_c_value = 0.0;
         double g_c_new = a_c;
         double g_h_prev_u_o = 0.0;
-        double g_t28 = 0.0;
+        double g_o_sum = 0.0;
         double g_o = 0.0;
-        double g_t30 = 0.0;
-        double g_t31 = 0.0;
+        double g_tanh_c_new = 0.0;
+        double g_o_times_tanh_c_new = 0.0;
         double g_h_new = a_h;
-        g_t31 += g_h_new;
-        g_o += g_t31 * (s_t30[bs]);
-        g_t30 += g_t31 * (s_o[bs]);
-        g_c_new += g_t30 * ((1.0 - s_t30[bs] * s_t30[bs]));
-        g_t28 += g_o * (((s_o[bs]) > 0.0 && (s_o[bs]) < 1.0 ? 0.2 : 0.0));
-        a2 += g_t28;
-        g_h_prev_u_o += g_t28;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 3 * nU + j] = g_h_prev_u_o;
-        g_t22 += g_c_new;
-        g_t14 += g_t22;
-        g_t21 += g_t22;
-        g_i += g_t21 * (s_t20[bs]);
-        g_t20 += g_t21 * (s_i[bs]);
-        g_t19 += g_t20 * ((1.0 - s_t20[bs] * s_t20[bs]));
-        a3 += g_t19;
-        g_h_prev_u_c += g_t19;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 2 * nU + j] = g_h_prev_u_c;
-        g_f += g_t14 * (s_c_prev[bs]);
-        a1 += g_t14 * (s_f[bs]);
-        g_t12 += g_f * (((s_f[bs]) > 0.0 && (s_f[bs]) < 1.0 ? 0.2 : 0.0));
-        a4 += g_t12;
-        g_h_prev_u_f += g_t12;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 1 * nU + j] = g_h_prev_u_f;
-        g_t6 += g_i * (((s_i[bs]) > 0.0 && (s_i[bs]) < 1.0 ? 0.2 : 0.0));
-        a5 += g_t6;
-        g_h_prev_u_i += g_t6;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_i;
+        g_o_times_tanh_c_new += g_h_new;
+        g_o += g_o_times_tanh_c_new * (s_tanh_c_new[bs]);
+        g_tanh_c_new += g_o_times_tanh_c_new * (s_o[bs]);
+        g_c_new += g_tanh_c_new * ((1.0 - s_tanh_c_new[bs] * s_tanh_c_new[bs]));
+        g_o_sum += g_o * (((s_o[bs]) > 0.0 && (s_o[bs]) < 1.0 ? 0.2 : 0.0));
+        a2 += g_o_sum;
+        g_h_prev_u_o += g_o_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j] = g_h_prev_u_o;
+        g_c_value += g_c_new;
+        g_f_times_c_prev += g_c_value;
+        g_i_times_tanh_c_sum += g_c_value;
+        g_i += g_i_times_tanh_c_sum * (s_tanh_c_sum[bs]);
+        g_tanh_c_sum += g_i_times_tanh_c_sum * (s_i[bs]);
+        g_c_sum += g_tanh_c_sum * ((1.0 - s_tanh_c_sum[bs] * s_tanh_c_sum[bs]));
+        a3 += g_c_sum;
+        g_h_prev_u_c += g_c_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j] = g_h_prev_u_c;
+        g_f += g_f_times_c_prev * (s_c_prev[bs]);
+        a1 += g_f_times_c_prev * (s_f[bs]);
+        g_f_sum += g_f * (((s_f[bs]) > 0.0 && (s_f[bs]) < 1.0 ? 0.2 : 0.0));
+        a4 += g_f_sum;
+        g_h_prev_u_f += g_f_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_f;
+        g_i_sum += g_i * (((s_i[bs]) > 0.0 && (s_i[bs]) < 1.0 ? 0.2 : 0.0));
+        a5 += g_i_sum;
+        g_h_prev_u_i += g_i_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_i;
         double g_b_i = 0.0;
-        double g_t5 = a5;
+        double g_x_w_i_plus_b_i = a5;
         double g_b_f = 0.0;
-        double g_t11 = a4;
+        double g_x_w_f_plus_b_f = a4;
         double g_b_c = 0.0;
-        double g_t18 = a3;
+        double g_x_w_c_plus_b_c = a3;
         double g_b_o = 0.0;
-        double g_t27 = a2;
-        g_b_o += g_t27;
+        double g_x_w_o_plus_b_o = a2;
+        g_b_o += g_x_w_o_plus_b_o;
         db_b_o[j] += g_b_o;
-        g_b_c += g_t18;
+        g_b_c += g_x_w_c_plus_b_c;
         db_b_c[j] += g_b_c;
-        g_b_f += g_t11;
+        g_b_f += g_x_w_f_plus_b_f;
         db_b_f[j] += g_b_f;
-        g_b_i += g_t5;
+        g_b_i += g_x_w_i_plus_b_i;
         db_b_i[j] += g_b_i;
         dL_h_1[bj] = a0;
         dL_c_1[bj] = a1;
@@ -1063,7 +1063,7 @@ static int forward_kernel_f64(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
@@ -1072,10 +1072,10 @@ static int forward_kernel_f64(
     [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *L_c_1 = p; p += BH;            /* [B,H] c, 1 real step(s) back */
@@ -1101,7 +1101,7 @@ static int forward_kernel_f64(
     F.w_b_c = w_b_c;
     F.w_b_f = w_b_f;
     F.w_b_o = w_b_o;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.L_c_1 = L_c_1; F.dL_c_1 = dL_c_1;
     F.d_c_new = d_c_new;
@@ -1117,10 +1117,10 @@ static int forward_kernel_f64(
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(double), w_W_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(double), w_W_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), w_U_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 1 * (size_t)H, LDS_g0 * sizeof(double), w_U_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 2 * (size_t)H, LDS_g0 * sizeof(double), w_U_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 3 * (size_t)H, LDS_g0 * sizeof(double), w_U_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
@@ -1143,16 +1143,16 @@ static int forward_kernel_f64(
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_lstm_fwd0_f64, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, (double)1, s_h_prev, LDSL, Ucat_g0, LDS_g0, (double)0, S_g0, LDS_g0));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (double)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (double)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_lstm_fwd1_f64, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -1226,17 +1226,17 @@ static int backward_kernel_f64(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 4 * (size_t)H;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 4*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *L_c_1 = p; p += BH;            /* [B,H] c, 1 real step(s) back */
@@ -1251,7 +1251,7 @@ static int backward_kernel_f64(
     [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
     [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
-    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
+    dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     NREAL = (double *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
     rnngen_lstm_frame_f64 F;
@@ -1263,7 +1263,7 @@ static int backward_kernel_f64(
     F.w_b_c = w_b_c;
     F.w_b_f = w_b_f;
     F.w_b_o = w_b_o;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.L_c_1 = L_c_1; F.dL_c_1 = dL_c_1;
     F.d_c_new = d_c_new;
@@ -1279,10 +1279,10 @@ static int backward_kernel_f64(
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(double), w_W_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(double), w_W_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), w_U_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 1 * (size_t)H, LDS_g0 * sizeof(double), w_U_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 2 * (size_t)H, LDS_g0 * sizeof(double), w_U_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 3 * (size_t)H, LDS_g0 * sizeof(double), w_U_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
@@ -1294,24 +1294,24 @@ static int backward_kernel_f64(
         RNNGEN_CU(cudaMemcpyAsync(dL_c_1, dstate_last + 1 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
     else
         RNNGEN_CU(cudaMemsetAsync(dL_c_1, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(double), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(double), cs));
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t6) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t12) */
-        [[maybe_unused]] double *s_t20 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(t19) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(t28) */
-        [[maybe_unused]] double *s_t30 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_lstm_bwd1_f64, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (double)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (double)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (double)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (double)1, dL_h_1, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
@@ -1326,11 +1326,11 @@ static int backward_kernel_f64(
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g0, LDS_g0, (double)0, dUcat_g0, LDS_g0));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_i, (size_t)H * sizeof(double), dUcat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_f, (size_t)H * sizeof(double), dUcat_g0 + 1 * (size_t)H, LDS_g0 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_c, (size_t)H * sizeof(double), dUcat_g0 + 2 * (size_t)H, LDS_g0 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_o, (size_t)H * sizeof(double), dUcat_g0 + 3 * (size_t)H, LDS_g0 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (double)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_i, (size_t)H * sizeof(double), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_f, (size_t)H * sizeof(double), dUcat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_c, (size_t)H * sizeof(double), dUcat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_o, (size_t)H * sizeof(double), dUcat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (double)1, x, (size_t)D, dXW, LDXW, (double)0, dWcat, LDXW));
     RNNGEN_CU(cudaMemcpy2DAsync(dw_W_i, (size_t)H * sizeof(double), dWcat + 0 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));

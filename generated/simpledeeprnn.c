@@ -5,7 +5,7 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 1*H] = x_t[B, D] @ [W]
  * Input-only values (computed from XW inside the step loops): x_w + b
- * Step phase 1: GEMM h_prev @ [U_1]; GEMM h_lag2 @ [U_2]; GEMM h_lag3 @ [U_3]; loop over t7, t8, t14, t15, t21, t22, t24, t25, t26, t27, h_new
+ * Step phase 1: GEMM h_prev @ [U_1]; GEMM h_lag2 @ [U_2]; GEMM h_lag3 @ [U_3]; loop over h_hard_sigmoid, h_prod, h_hard_sigmoid_2, h_prod_2, h_hard_sigmoid_3, h_prod_3, h_sum, h_sum_plus_h_prod_2, h_sum_2, sigmoid_h_sum_2, h_new
  */
 #include <string.h>
 #include <math.h>
@@ -42,29 +42,29 @@ int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size,
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 3);   /* the saved values, then forward's three notes */
     size_t n = 0;
     n += (size_t)D * LDXW;   /* Wcat */
     n += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pw */
     n += (size_t)D * LDXW;   /* dWcat */
-    n += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g0 */
-    n += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g0 */
-    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
-    n += (size_t)B * LDS_g0;   /* S_g0 */
-    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
-    n += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g1 */
-    n += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g1 */
-    n += (size_t)H * LDS_g1;   /* dUcat_g1 */
-    n += (size_t)B * LDS_g1;   /* S_g1 */
-    n += (size_t)T * B * LDS_g1;   /* dS_g1 */
-    n += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g2 */
-    n += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g2 */
-    n += (size_t)H * LDS_g2;   /* dUcat_g2 */
-    n += (size_t)B * LDS_g2;   /* S_g2 */
-    n += (size_t)T * B * LDS_g2;   /* dS_g2 */
+    n += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g_h_prev */
+    n += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g_h_prev */
+    n += (size_t)H * LDS_g_h_prev;   /* dUcat_g_h_prev */
+    n += (size_t)B * LDS_g_h_prev;   /* S_g_h_prev */
+    n += (size_t)T * B * LDS_g_h_prev;   /* dS_g_h_prev */
+    n += (size_t)H * (LDS_g_h_lag2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g_h_lag2 */
+    n += LDS_g_h_lag2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g_h_lag2 */
+    n += (size_t)H * LDS_g_h_lag2;   /* dUcat_g_h_lag2 */
+    n += (size_t)B * LDS_g_h_lag2;   /* S_g_h_lag2 */
+    n += (size_t)T * B * LDS_g_h_lag2;   /* dS_g_h_lag2 */
+    n += (size_t)H * (LDS_g_h_lag3 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g_h_lag3 */
+    n += LDS_g_h_lag3 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g_h_lag3 */
+    n += (size_t)H * LDS_g_h_lag3;   /* dUcat_g_h_lag3 */
+    n += (size_t)B * LDS_g_h_lag3;   /* S_g_h_lag3 */
+    n += (size_t)T * B * LDS_g_h_lag3;   /* dS_g_h_lag3 */
     n += BH;   /* L_h_1 */
     n += BH;   /* dL_h_1 */
     n += BH;   /* L_h_2 */
@@ -127,9 +127,9 @@ static int forward_kernel_f32(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -143,21 +143,21 @@ static int forward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_lag2 = p; p += (size_t)H * (LDS_g_h_lag2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_lag2 = p; p += LDS_g_h_lag2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_lag3 = p; p += (size_t)H * (LDS_g_h_lag3 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_lag3 = p; p += LDS_g_h_lag3 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *L_h_2 = p; p += BH;          /* [B,H] h, 2 real step(s) back */
@@ -206,17 +206,17 @@ static int forward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
-const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_lag2 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_lag2 = Pf_g_h_lag2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_lag2 = Pb_g_h_lag2 + LDS_g_h_lag2 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_lag3 = Pf_g_h_lag3 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_lag3 = Pb_g_h_lag3 + LDS_g_h_lag3 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -242,7 +242,7 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -250,14 +250,14 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_1 */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_1[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_1[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
-            {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+            {   /* Pf_t_g_h_lag2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -265,14 +265,14 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_2 */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g1[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_2[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_lag2[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_2[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g1[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
+                        Pf_t_g_h_lag2[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
-            {   /* Pf_t_g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+            {   /* Pf_t_g_h_lag3: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -280,10 +280,10 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_3 */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g2[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_3[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_lag3[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U_3[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g2[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
+                        Pf_t_g_h_lag3[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
@@ -314,12 +314,12 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f32(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            RNNGEN_MAYBE_UNUSED float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+            RNNGEN_MAYBE_UNUSED float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
             RNNGEN_MAYBE_UNUSED float *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
-            RNNGEN_MAYBE_UNUSED float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+            RNNGEN_MAYBE_UNUSED float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
             RNNGEN_MAYBE_UNUSED float *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
-            RNNGEN_MAYBE_UNUSED float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-            RNNGEN_MAYBE_UNUSED float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
+            RNNGEN_MAYBE_UNUSED float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+            RNNGEN_MAYBE_UNUSED float *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
 
 
@@ -341,11 +341,11 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 1 * (size_t)j0, LDS_g_h_prev, 0);
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_lag2 + (size_t)b0 * LDSL, LDSL, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_lag2 + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_lag2, S_g_h_lag2 + (size_t)b0 * LDS_g_h_lag2 + 1 * (size_t)j0, LDS_g_h_lag2, 0);
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_lag3 + (size_t)b0 * LDSL, LDSL, Pf_t_g2, S_g2 + (size_t)b0 * LDS_g2 + 1 * (size_t)j0, LDS_g2, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_lag3 + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_lag3, S_g_h_lag3 + (size_t)b0 * LDS_g_h_lag3 + 1 * (size_t)j0, LDS_g_h_lag3, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -356,23 +356,23 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b = w_b[j];
-                    const float v_t23 = v_x_w + v_b;
-                    const float v_t7 = rnngen_minf(rnngen_maxf(0.2f * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
-                    if (save) s_t7[bs] = v_t7;
-                    const float v_t8 = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_t7;
-                    const float v_t14 = rnngen_minf(rnngen_maxf(0.2f * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
-                    if (save) s_t14[bs] = v_t14;
-                    const float v_t15 = (nreal[b] >= 2 ? 1.0f : 0.0f) * v_t14;
-                    const float v_t21 = rnngen_minf(rnngen_maxf(0.2f * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
-                    if (save) s_t21[bs] = v_t21;
-                    const float v_t22 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_t21;
-                    const float v_t24 = v_t23 + v_t8;
-                    const float v_t25 = v_t24 + v_t15;
-                    const float v_t26 = v_t25 + v_t22;
-                    const float v_t27 = 1.0f / (1.0f + rnngen_expf(-(v_t26)));
-                    if (save && t == T - 1) s_t27[bs] = v_t27;
+                    const float v_x_w_plus_b = v_x_w + v_b;
+                    const float v_h_hard_sigmoid = rnngen_minf(rnngen_maxf(0.2f * (S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
+                    if (save) s_h_hard_sigmoid[bs] = v_h_hard_sigmoid;
+                    const float v_h_prod = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_h_hard_sigmoid;
+                    const float v_h_hard_sigmoid_2 = rnngen_minf(rnngen_maxf(0.2f * (S_g_h_lag2[(size_t)b * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
+                    if (save) s_h_hard_sigmoid_2[bs] = v_h_hard_sigmoid_2;
+                    const float v_h_prod_2 = (nreal[b] >= 2 ? 1.0f : 0.0f) * v_h_hard_sigmoid_2;
+                    const float v_h_hard_sigmoid_3 = rnngen_minf(rnngen_maxf(0.2f * (S_g_h_lag3[(size_t)b * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
+                    if (save) s_h_hard_sigmoid_3[bs] = v_h_hard_sigmoid_3;
+                    const float v_h_prod_3 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_h_hard_sigmoid_3;
+                    const float v_h_sum = v_x_w_plus_b + v_h_prod;
+                    const float v_h_sum_plus_h_prod_2 = v_h_sum + v_h_prod_2;
+                    const float v_h_sum_2 = v_h_sum_plus_h_prod_2 + v_h_prod_3;
+                    const float v_sigmoid_h_sum_2 = 1.0f / (1.0f + rnngen_expf(-(v_h_sum_2)));
+                    if (save && t == T - 1) s_sigmoid_h_sum_2[bs] = v_sigmoid_h_sum_2;
                     /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
-                    const float v_h_new = v_t27;
+                    const float v_h_new = v_sigmoid_h_sum_2;
                     if (m) {
                         L_h_3[bj] = L_h_2[bj];
                         L_h_2[bj] = L_h_1[bj];
@@ -435,9 +435,9 @@ static int backward_kernel_f32(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !save || !dy || !dx || !dw_W || !dw_U_1 || !dw_U_2 || !dw_U_3 || !dw_b || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -446,21 +446,21 @@ static int backward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED float *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_lag2 = p; p += (size_t)H * (LDS_g_h_lag2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_lag2 = p; p += LDS_g_h_lag2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_lag3 = p; p += (size_t)H * (LDS_g_h_lag3 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_lag3 = p; p += LDS_g_h_lag3 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *L_h_2 = p; p += BH;          /* [B,H] h, 2 real step(s) back */
@@ -515,17 +515,17 @@ static int backward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
-const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_lag2 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_lag2 = Pf_g_h_lag2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_lag2 = Pb_g_h_lag2 + LDS_g_h_lag2 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_lag3 = Pf_g_h_lag3 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_lag3 = Pb_g_h_lag3 + LDS_g_h_lag3 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -539,9 +539,9 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(float));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                float *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -552,9 +552,9 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                                 P[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * K + k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
-            if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                float *P = Pb_t_g1;
-                const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
+            if (nU > 0) {   /* g_h_lag2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g_h_lag2;
+                const size_t K = LDS_g_h_lag2, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -565,9 +565,9 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                                 P[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * K + k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
-            if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                float *P = Pb_t_g2;
-                const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
+            if (nU > 0) {   /* g_h_lag3: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g_h_lag3;
+                const size_t K = LDS_g_h_lag3, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -599,15 +599,15 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g1 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+                        memset(dS_g_h_lag2 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g2 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+                        memset(dS_g_h_lag3 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag3 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -626,12 +626,12 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                RNNGEN_MAYBE_UNUSED float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+                RNNGEN_MAYBE_UNUSED float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
                 RNNGEN_MAYBE_UNUSED float *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
-                RNNGEN_MAYBE_UNUSED float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+                RNNGEN_MAYBE_UNUSED float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
                 RNNGEN_MAYBE_UNUSED float *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
-                RNNGEN_MAYBE_UNUSED float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-                RNNGEN_MAYBE_UNUSED float *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
+                RNNGEN_MAYBE_UNUSED float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+                RNNGEN_MAYBE_UNUSED float *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
 
 
 
@@ -657,41 +657,41 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                             float a2 = 0.0f;
                             float a3 = 0.0f;
                             float g_h_prev_u_1 = 0.0f;
-                            float g_t7 = 0.0f;
-                            float g_t8 = 0.0f;
+                            float g_h_hard_sigmoid = 0.0f;
+                            float g_h_prod = 0.0f;
                             float g_h_lag2_u_2 = 0.0f;
-                            float g_t14 = 0.0f;
-                            float g_t15 = 0.0f;
+                            float g_h_hard_sigmoid_2 = 0.0f;
+                            float g_h_prod_2 = 0.0f;
                             float g_h_lag3_u_3 = 0.0f;
-                            float g_t21 = 0.0f;
-                            float g_t22 = 0.0f;
-                            float g_t24 = 0.0f;
-                            float g_t25 = 0.0f;
-                            float g_t26 = 0.0f;
-                            float g_t27 = 0.0f;
+                            float g_h_hard_sigmoid_3 = 0.0f;
+                            float g_h_prod_3 = 0.0f;
+                            float g_h_sum = 0.0f;
+                            float g_h_sum_plus_h_prod_2 = 0.0f;
+                            float g_h_sum_2 = 0.0f;
+                            float g_sigmoid_h_sum_2 = 0.0f;
                             float g_h_new = a_h;
-                            g_t27 += g_h_new;
-                            g_t26 += g_t27 * (s_t27[bs] * (1.0f - s_t27[bs]));
-                            g_t25 += g_t26;
-                            g_t22 += g_t26;
-                            g_t24 += g_t25;
-                            g_t15 += g_t25;
-                            a3 += g_t24;
-                            g_t8 += g_t24;
-                            g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
-                            g_h_lag3_u_3 += g_t21 * (((s_t21[bs]) > 0.0f && (s_t21[bs]) < 1.0f ? 0.2f : 0.0f));
-                            dS_g2[((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-                            g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
-                            g_h_lag2_u_2 += g_t14 * (((s_t14[bs]) > 0.0f && (s_t14[bs]) < 1.0f ? 0.2f : 0.0f));
-                            dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-                            g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0f : 0.0f));
-                            g_h_prev_u_1 += g_t7 * (((s_t7[bs]) > 0.0f && (s_t7[bs]) < 1.0f ? 0.2f : 0.0f));
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                            g_sigmoid_h_sum_2 += g_h_new;
+                            g_h_sum_2 += g_sigmoid_h_sum_2 * (s_sigmoid_h_sum_2[bs] * (1.0f - s_sigmoid_h_sum_2[bs]));
+                            g_h_sum_plus_h_prod_2 += g_h_sum_2;
+                            g_h_prod_3 += g_h_sum_2;
+                            g_h_sum += g_h_sum_plus_h_prod_2;
+                            g_h_prod_2 += g_h_sum_plus_h_prod_2;
+                            a3 += g_h_sum;
+                            g_h_prod += g_h_sum;
+                            g_h_hard_sigmoid_3 += g_h_prod_3 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
+                            g_h_lag3_u_3 += g_h_hard_sigmoid_3 * (((s_h_hard_sigmoid_3[bs]) > 0.0f && (s_h_hard_sigmoid_3[bs]) < 1.0f ? 0.2f : 0.0f));
+                            dS_g_h_lag3[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j] = g_h_lag3_u_3;
+                            g_h_hard_sigmoid_2 += g_h_prod_2 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
+                            g_h_lag2_u_2 += g_h_hard_sigmoid_2 * (((s_h_hard_sigmoid_2[bs]) > 0.0f && (s_h_hard_sigmoid_2[bs]) < 1.0f ? 0.2f : 0.0f));
+                            dS_g_h_lag2[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j] = g_h_lag2_u_2;
+                            g_h_hard_sigmoid += g_h_prod * ((nreal[b] >= 1 ? 1.0f : 0.0f));
+                            g_h_prev_u_1 += g_h_hard_sigmoid * (((s_h_hard_sigmoid[bs]) > 0.0f && (s_h_hard_sigmoid[bs]) < 1.0f ? 0.2f : 0.0f));
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_1;
                             float g_x_w = 0.0f;
                             float g_b = 0.0f;
-                            float g_t23 = a3;
-                            g_x_w += g_t23;
-                            g_b += g_t23;
+                            float g_x_w_plus_b = a3;
+                            g_x_w += g_x_w_plus_b;
+                            g_b += g_x_w_plus_b;
                             db_b[j] += g_b;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
                             dL_h_1[bj] = a0;
@@ -712,11 +712,11 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, dL_h_2 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g_h_lag2, dS_g_h_lag2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_lag2, DSB * LDS_g_h_lag2, Pb_t_g_h_lag2, dL_h_2 + (size_t)b0 * H + j0, H, 1);
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g2, DSB * LDS_g2, Pb_t_g2, dL_h_3 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g_h_lag3, dS_g_h_lag3 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_lag3, DSB * LDS_g_h_lag3, Pb_t_g_h_lag3, dL_h_3 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -742,79 +742,79 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                float *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                float *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g_h_prev + (size_t)t0 * B * LDS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(float));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(float));
             }
 
             /* h_lag2: without a mask, the saved h_prev 1 step(s) earlier, zero in the first 1 (left out) */
-            const int tf_g1 = lags_shared && t0 < 1 ? 1 : t0;
-            const float *A_g1 = SL + (lags_shared ? 0 * (size_t)T + tf_g1 - 1 : 2 * (size_t)T + tf_g1) * BH;
-            {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
+            const int tf_g_h_lag2 = lags_shared && t0 < 1 ? 1 : t0;
+            const float *A_g_h_lag2 = SL + (lags_shared ? 0 * (size_t)T + tf_g_h_lag2 - 1 : 2 * (size_t)T + tf_g_h_lag2) * BH;
+            {   /* dUcat_g_h_lag2 (or, for thread 1 of a row split, Pf_g_h_lag2) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                float *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                float *part = ksplit && tid == 1 ? Pf_g_h_lag2 : dUcat_g_h_lag2;
                 const int each = 0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g1) * B;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g_h_lag2) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_lag2), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_lag2), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g1 + k * H, H, dS_g1 + (size_t)tf_g1 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g_h_lag2 + k * H, H, dS_g_h_lag2 + (size_t)tf_g_h_lag2 * B * LDS_g_h_lag2 + k * LDS_g_h_lag2 + c0, (int)(LDS_g_h_lag2), done, part + c0, (int)(LDS_g_h_lag2));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(float));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_lag2 * sizeof(float));
             }
 
             /* h_lag3: without a mask, the saved h_prev 2 step(s) earlier, zero in the first 2 (left out) */
-            const int tf_g2 = lags_shared && t0 < 2 ? 2 : t0;
-            const float *A_g2 = SL + (lags_shared ? 0 * (size_t)T + tf_g2 - 2 : 4 * (size_t)T + tf_g2) * BH;
-            {   /* dUcat_g2 (or, for thread 1 of a row split, Pf_g2) = A^T @ B over the rows this
+            const int tf_g_h_lag3 = lags_shared && t0 < 2 ? 2 : t0;
+            const float *A_g_h_lag3 = SL + (lags_shared ? 0 * (size_t)T + tf_g_h_lag3 - 2 : 4 * (size_t)T + tf_g_h_lag3) * BH;
+            {   /* dUcat_g_h_lag3 (or, for thread 1 of a row split, Pf_g_h_lag3) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                float *part = ksplit && tid == 1 ? Pf_g2 : dUcat_g2;
+                float *part = ksplit && tid == 1 ? Pf_g_h_lag3 : dUcat_g_h_lag3;
                 const int each = 0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g2) * B;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g_h_lag3) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g2), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_lag3), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g2), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_lag3), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g2 + k * H, H, dS_g2 + (size_t)tf_g2 * B * LDS_g2 + k * LDS_g2 + c0, (int)(LDS_g2), done, part + c0, (int)(LDS_g2));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g_h_lag3 + k * H, H, dS_g_h_lag3 + (size_t)tf_g_h_lag3 * B * LDS_g_h_lag3 + k * LDS_g_h_lag3 + c0, (int)(LDS_g_h_lag3), done, part + c0, (int)(LDS_g_h_lag3));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g2 * sizeof(float));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_lag3 * sizeof(float));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -849,39 +849,39 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_1[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_1[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_1[i * H + j] += dUcat_g0[at + j];
+                        dw_U_1[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
+                const size_t at = i * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_2[i * H + j] += dUcat_g1[at + j] + Pf_g1[at + j];
+                        dw_U_2[i * H + j] += dUcat_g_h_lag2[at + j] + Pf_g_h_lag2[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_2[i * H + j] += dUcat_g1[at + j];
+                        dw_U_2[i * H + j] += dUcat_g_h_lag2[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g2 + OFF_g2 + 0 * nU;
+                const size_t at = i * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_3[i * H + j] += dUcat_g2[at + j] + Pf_g2[at + j];
+                        dw_U_3[i * H + j] += dUcat_g_h_lag3[at + j] + Pf_g_h_lag3[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_3[i * H + j] += dUcat_g2[at + j];
+                        dw_U_3[i * H + j] += dUcat_g_h_lag3[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {
@@ -945,9 +945,9 @@ static int forward_kernel_f64(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -961,21 +961,21 @@ static int forward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_lag2 = p; p += (size_t)H * (LDS_g_h_lag2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_lag2 = p; p += LDS_g_h_lag2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_lag3 = p; p += (size_t)H * (LDS_g_h_lag3 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_lag3 = p; p += LDS_g_h_lag3 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *L_h_2 = p; p += BH;         /* [B,H] h, 2 real step(s) back */
@@ -1024,17 +1024,17 @@ static int forward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
-const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_lag2 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_lag2 = Pf_g_h_lag2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_lag2 = Pb_g_h_lag2 + LDS_g_h_lag2 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_lag3 = Pf_g_h_lag3 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_lag3 = Pb_g_h_lag3 + LDS_g_h_lag3 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -1060,7 +1060,7 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -1068,14 +1068,14 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_1 */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_1[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_1[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
-            {   /* Pf_t_g1: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+            {   /* Pf_t_g_h_lag2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -1083,14 +1083,14 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_2 */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g1[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_2[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_lag2[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_2[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g1[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
+                        Pf_t_g_h_lag2[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
-            {   /* Pf_t_g2: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+            {   /* Pf_t_g_h_lag3: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -1098,10 +1098,10 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U_3 */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g2[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_3[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_lag3[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U_3[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g2[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
+                        Pf_t_g_h_lag3[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
@@ -1132,12 +1132,12 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f64(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            RNNGEN_MAYBE_UNUSED double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+            RNNGEN_MAYBE_UNUSED double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
             RNNGEN_MAYBE_UNUSED double *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
-            RNNGEN_MAYBE_UNUSED double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+            RNNGEN_MAYBE_UNUSED double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
             RNNGEN_MAYBE_UNUSED double *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
-            RNNGEN_MAYBE_UNUSED double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-            RNNGEN_MAYBE_UNUSED double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
+            RNNGEN_MAYBE_UNUSED double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+            RNNGEN_MAYBE_UNUSED double *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
 
 
@@ -1159,11 +1159,11 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 1 * (size_t)j0, LDS_g_h_prev, 0);
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_lag2 + (size_t)b0 * LDSL, LDSL, Pf_t_g1, S_g1 + (size_t)b0 * LDS_g1 + 1 * (size_t)j0, LDS_g1, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_lag2 + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_lag2, S_g_h_lag2 + (size_t)b0 * LDS_g_h_lag2 + 1 * (size_t)j0, LDS_g_h_lag2, 0);
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_lag3 + (size_t)b0 * LDSL, LDSL, Pf_t_g2, S_g2 + (size_t)b0 * LDS_g2 + 1 * (size_t)j0, LDS_g2, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_lag3 + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_lag3, S_g_h_lag3 + (size_t)b0 * LDS_g_h_lag3 + 1 * (size_t)j0, LDS_g_h_lag3, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1174,23 +1174,23 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b = w_b[j];
-                    const double v_t23 = v_x_w + v_b;
-                    const double v_t7 = rnngen_min(rnngen_max(0.2 * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-                    if (save) s_t7[bs] = v_t7;
-                    const double v_t8 = (nreal[b] >= 1 ? 1.0 : 0.0) * v_t7;
-                    const double v_t14 = rnngen_min(rnngen_max(0.2 * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-                    if (save) s_t14[bs] = v_t14;
-                    const double v_t15 = (nreal[b] >= 2 ? 1.0 : 0.0) * v_t14;
-                    const double v_t21 = rnngen_min(rnngen_max(0.2 * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-                    if (save) s_t21[bs] = v_t21;
-                    const double v_t22 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_t21;
-                    const double v_t24 = v_t23 + v_t8;
-                    const double v_t25 = v_t24 + v_t15;
-                    const double v_t26 = v_t25 + v_t22;
-                    const double v_t27 = 1.0 / (1.0 + exp(-(v_t26)));
-                    if (save && t == T - 1) s_t27[bs] = v_t27;
+                    const double v_x_w_plus_b = v_x_w + v_b;
+                    const double v_h_hard_sigmoid = rnngen_min(rnngen_max(0.2 * (S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j]) + 0.5, 0.0), 1.0);
+                    if (save) s_h_hard_sigmoid[bs] = v_h_hard_sigmoid;
+                    const double v_h_prod = (nreal[b] >= 1 ? 1.0 : 0.0) * v_h_hard_sigmoid;
+                    const double v_h_hard_sigmoid_2 = rnngen_min(rnngen_max(0.2 * (S_g_h_lag2[(size_t)b * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j]) + 0.5, 0.0), 1.0);
+                    if (save) s_h_hard_sigmoid_2[bs] = v_h_hard_sigmoid_2;
+                    const double v_h_prod_2 = (nreal[b] >= 2 ? 1.0 : 0.0) * v_h_hard_sigmoid_2;
+                    const double v_h_hard_sigmoid_3 = rnngen_min(rnngen_max(0.2 * (S_g_h_lag3[(size_t)b * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j]) + 0.5, 0.0), 1.0);
+                    if (save) s_h_hard_sigmoid_3[bs] = v_h_hard_sigmoid_3;
+                    const double v_h_prod_3 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_h_hard_sigmoid_3;
+                    const double v_h_sum = v_x_w_plus_b + v_h_prod;
+                    const double v_h_sum_plus_h_prod_2 = v_h_sum + v_h_prod_2;
+                    const double v_h_sum_2 = v_h_sum_plus_h_prod_2 + v_h_prod_3;
+                    const double v_sigmoid_h_sum_2 = 1.0 / (1.0 + exp(-(v_h_sum_2)));
+                    if (save && t == T - 1) s_sigmoid_h_sum_2[bs] = v_sigmoid_h_sum_2;
                     /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
-                    const double v_h_new = v_t27;
+                    const double v_h_new = v_sigmoid_h_sum_2;
                     if (m) {
                         L_h_3[bj] = L_h_2[bj];
                         L_h_2[bj] = L_h_1[bj];
@@ -1253,9 +1253,9 @@ static int backward_kernel_f64(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !save || !dy || !dx || !dw_W || !dw_U_1 || !dw_U_2 || !dw_U_3 || !dw_b || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -1264,21 +1264,21 @@ static int backward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g1 = p; p += (size_t)H * (LDS_g1 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g1 = p; p += LDS_g1 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
-    RNNGEN_MAYBE_UNUSED double *Pf_g2 = p; p += (size_t)H * (LDS_g2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g2 = p; p += LDS_g2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_1], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_lag2 = p; p += (size_t)H * (LDS_g_h_lag2 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_2], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_lag2 = p; p += LDS_g_h_lag2 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_lag3 = p; p += (size_t)H * (LDS_g_h_lag3 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U_3], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_lag3 = p; p += LDS_g_h_lag3 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *L_h_2 = p; p += BH;         /* [B,H] h, 2 real step(s) back */
@@ -1333,17 +1333,17 @@ static int backward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
-const size_t OFF_g1 = (1 - 1) * (size_t)j0;
-const size_t OFF_g2 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_lag2 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g1 = Pf_g1 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g1 = Pb_g1 + LDS_g1 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g2 = Pf_g2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g2 = Pb_g2 + LDS_g2 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_lag2 = Pf_g_h_lag2 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_lag2 = Pb_g_h_lag2 + LDS_g_h_lag2 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_lag3 = Pf_g_h_lag3 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_lag3 = Pb_g_h_lag3 + LDS_g_h_lag3 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -1357,9 +1357,9 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(double));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                double *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -1370,9 +1370,9 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                                 P[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * K + k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = n < nU ? w_U_1[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
-            if (nU > 0) {   /* g1: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                double *P = Pb_t_g1;
-                const size_t K = LDS_g1, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
+            if (nU > 0) {   /* g_h_lag2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g_h_lag2;
+                const size_t K = LDS_g_h_lag2, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -1383,9 +1383,9 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                                 P[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * K + k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = n < nU ? w_U_2[(j0 + n) * (size_t)H + u] : 0;
                 }
             }
-            if (nU > 0) {   /* g2: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                double *P = Pb_t_g2;
-                const size_t K = LDS_g2, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
+            if (nU > 0) {   /* g_h_lag3: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g_h_lag3;
+                const size_t K = LDS_g_h_lag3, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -1417,15 +1417,15 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g1 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+                        memset(dS_g_h_lag2 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g2 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+                        memset(dS_g_h_lag3 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag3 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -1444,12 +1444,12 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                RNNGEN_MAYBE_UNUSED double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+                RNNGEN_MAYBE_UNUSED double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
                 RNNGEN_MAYBE_UNUSED double *s_h_lag2 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 1 ? ts - 1 : 0) * STEPSL : SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2]: without a mask, the saved h_prev of step t - 1 */
-                RNNGEN_MAYBE_UNUSED double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+                RNNGEN_MAYBE_UNUSED double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
                 RNNGEN_MAYBE_UNUSED double *s_h_lag3 = lags_shared ? SL + 0 * (size_t)Teff * BH + (t >= 2 ? ts - 2 : 0) * STEPSL : SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3]: without a mask, the saved h_prev of step t - 2 */
-                RNNGEN_MAYBE_UNUSED double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-                RNNGEN_MAYBE_UNUSED double *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
+                RNNGEN_MAYBE_UNUSED double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+                RNNGEN_MAYBE_UNUSED double *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
 
 
 
@@ -1475,41 +1475,41 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                             double a2 = 0.0;
                             double a3 = 0.0;
                             double g_h_prev_u_1 = 0.0;
-                            double g_t7 = 0.0;
-                            double g_t8 = 0.0;
+                            double g_h_hard_sigmoid = 0.0;
+                            double g_h_prod = 0.0;
                             double g_h_lag2_u_2 = 0.0;
-                            double g_t14 = 0.0;
-                            double g_t15 = 0.0;
+                            double g_h_hard_sigmoid_2 = 0.0;
+                            double g_h_prod_2 = 0.0;
                             double g_h_lag3_u_3 = 0.0;
-                            double g_t21 = 0.0;
-                            double g_t22 = 0.0;
-                            double g_t24 = 0.0;
-                            double g_t25 = 0.0;
-                            double g_t26 = 0.0;
-                            double g_t27 = 0.0;
+                            double g_h_hard_sigmoid_3 = 0.0;
+                            double g_h_prod_3 = 0.0;
+                            double g_h_sum = 0.0;
+                            double g_h_sum_plus_h_prod_2 = 0.0;
+                            double g_h_sum_2 = 0.0;
+                            double g_sigmoid_h_sum_2 = 0.0;
                             double g_h_new = a_h;
-                            g_t27 += g_h_new;
-                            g_t26 += g_t27 * (s_t27[bs] * (1.0 - s_t27[bs]));
-                            g_t25 += g_t26;
-                            g_t22 += g_t26;
-                            g_t24 += g_t25;
-                            g_t15 += g_t25;
-                            a3 += g_t24;
-                            g_t8 += g_t24;
-                            g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0 : 0.0));
-                            g_h_lag3_u_3 += g_t21 * (((s_t21[bs]) > 0.0 && (s_t21[bs]) < 1.0 ? 0.2 : 0.0));
-                            dS_g2[((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-                            g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0 : 0.0));
-                            g_h_lag2_u_2 += g_t14 * (((s_t14[bs]) > 0.0 && (s_t14[bs]) < 1.0 ? 0.2 : 0.0));
-                            dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-                            g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0 : 0.0));
-                            g_h_prev_u_1 += g_t7 * (((s_t7[bs]) > 0.0 && (s_t7[bs]) < 1.0 ? 0.2 : 0.0));
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+                            g_sigmoid_h_sum_2 += g_h_new;
+                            g_h_sum_2 += g_sigmoid_h_sum_2 * (s_sigmoid_h_sum_2[bs] * (1.0 - s_sigmoid_h_sum_2[bs]));
+                            g_h_sum_plus_h_prod_2 += g_h_sum_2;
+                            g_h_prod_3 += g_h_sum_2;
+                            g_h_sum += g_h_sum_plus_h_prod_2;
+                            g_h_prod_2 += g_h_sum_plus_h_prod_2;
+                            a3 += g_h_sum;
+                            g_h_prod += g_h_sum;
+                            g_h_hard_sigmoid_3 += g_h_prod_3 * ((nreal[b] >= 3 ? 1.0 : 0.0));
+                            g_h_lag3_u_3 += g_h_hard_sigmoid_3 * (((s_h_hard_sigmoid_3[bs]) > 0.0 && (s_h_hard_sigmoid_3[bs]) < 1.0 ? 0.2 : 0.0));
+                            dS_g_h_lag3[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j] = g_h_lag3_u_3;
+                            g_h_hard_sigmoid_2 += g_h_prod_2 * ((nreal[b] >= 2 ? 1.0 : 0.0));
+                            g_h_lag2_u_2 += g_h_hard_sigmoid_2 * (((s_h_hard_sigmoid_2[bs]) > 0.0 && (s_h_hard_sigmoid_2[bs]) < 1.0 ? 0.2 : 0.0));
+                            dS_g_h_lag2[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j] = g_h_lag2_u_2;
+                            g_h_hard_sigmoid += g_h_prod * ((nreal[b] >= 1 ? 1.0 : 0.0));
+                            g_h_prev_u_1 += g_h_hard_sigmoid * (((s_h_hard_sigmoid[bs]) > 0.0 && (s_h_hard_sigmoid[bs]) < 1.0 ? 0.2 : 0.0));
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_1;
                             double g_x_w = 0.0;
                             double g_b = 0.0;
-                            double g_t23 = a3;
-                            g_x_w += g_t23;
-                            g_b += g_t23;
+                            double g_x_w_plus_b = a3;
+                            g_x_w += g_x_w_plus_b;
+                            g_b += g_x_w_plus_b;
                             db_b[j] += g_b;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
                             dL_h_1[bj] = a0;
@@ -1530,11 +1530,11 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g1, dS_g1 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g1, DSB * LDS_g1, Pb_t_g1, dL_h_2 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g_h_lag2, dS_g_h_lag2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_lag2, DSB * LDS_g_h_lag2, Pb_t_g_h_lag2, dL_h_2 + (size_t)b0 * H + j0, H, 1);
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g2, dS_g2 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g2, DSB * LDS_g2, Pb_t_g2, dL_h_3 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g_h_lag3, dS_g_h_lag3 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_lag3, DSB * LDS_g_h_lag3, Pb_t_g_h_lag3, dL_h_3 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -1560,79 +1560,79 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                double *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                double *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - t0) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g0 + (size_t)t0 * B * LDS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + (0 * (size_t)T + t0) * BH + k * H, H, dS_g_h_prev + (size_t)t0 * B * LDS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(double));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(double));
             }
 
             /* h_lag2: without a mask, the saved h_prev 1 step(s) earlier, zero in the first 1 (left out) */
-            const int tf_g1 = lags_shared && t0 < 1 ? 1 : t0;
-            const double *A_g1 = SL + (lags_shared ? 0 * (size_t)T + tf_g1 - 1 : 2 * (size_t)T + tf_g1) * BH;
-            {   /* dUcat_g1 (or, for thread 1 of a row split, Pf_g1) = A^T @ B over the rows this
+            const int tf_g_h_lag2 = lags_shared && t0 < 1 ? 1 : t0;
+            const double *A_g_h_lag2 = SL + (lags_shared ? 0 * (size_t)T + tf_g_h_lag2 - 1 : 2 * (size_t)T + tf_g_h_lag2) * BH;
+            {   /* dUcat_g_h_lag2 (or, for thread 1 of a row split, Pf_g_h_lag2) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                double *part = ksplit && tid == 1 ? Pf_g1 : dUcat_g1;
+                double *part = ksplit && tid == 1 ? Pf_g_h_lag2 : dUcat_g_h_lag2;
                 const int each = 0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g1) * B;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g_h_lag2) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g1), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_lag2), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g1), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_lag2), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g1 + k * H, H, dS_g1 + (size_t)tf_g1 * B * LDS_g1 + k * LDS_g1 + c0, (int)(LDS_g1), done, part + c0, (int)(LDS_g1));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g_h_lag2 + k * H, H, dS_g_h_lag2 + (size_t)tf_g_h_lag2 * B * LDS_g_h_lag2 + k * LDS_g_h_lag2 + c0, (int)(LDS_g_h_lag2), done, part + c0, (int)(LDS_g_h_lag2));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g1 * sizeof(double));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_lag2 * sizeof(double));
             }
 
             /* h_lag3: without a mask, the saved h_prev 2 step(s) earlier, zero in the first 2 (left out) */
-            const int tf_g2 = lags_shared && t0 < 2 ? 2 : t0;
-            const double *A_g2 = SL + (lags_shared ? 0 * (size_t)T + tf_g2 - 2 : 4 * (size_t)T + tf_g2) * BH;
-            {   /* dUcat_g2 (or, for thread 1 of a row split, Pf_g2) = A^T @ B over the rows this
+            const int tf_g_h_lag3 = lags_shared && t0 < 2 ? 2 : t0;
+            const double *A_g_h_lag3 = SL + (lags_shared ? 0 * (size_t)T + tf_g_h_lag3 - 2 : 4 * (size_t)T + tf_g_h_lag3) * BH;
+            {   /* dUcat_g_h_lag3 (or, for thread 1 of a row split, Pf_g_h_lag3) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                double *part = ksplit && tid == 1 ? Pf_g2 : dUcat_g2;
+                double *part = ksplit && tid == 1 ? Pf_g_h_lag3 : dUcat_g_h_lag3;
                 const int each = 0;
-                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g2) * B;
+                int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : (T - tf_g_h_lag3) * B;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g2), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_lag3), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g2), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_lag3), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g2 + k * H, H, dS_g2 + (size_t)tf_g2 * B * LDS_g2 + k * LDS_g2 + c0, (int)(LDS_g2), done, part + c0, (int)(LDS_g2));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, A_g_h_lag3 + k * H, H, dS_g_h_lag3 + (size_t)tf_g_h_lag3 * B * LDS_g_h_lag3 + k * LDS_g_h_lag3 + c0, (int)(LDS_g_h_lag3), done, part + c0, (int)(LDS_g_h_lag3));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g2 * sizeof(double));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_lag3 * sizeof(double));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -1667,39 +1667,39 @@ const size_t OFF_g2 = (1 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_1[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U_1[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_1[i * H + j] += dUcat_g0[at + j];
+                        dw_U_1[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g1 + OFF_g1 + 0 * nU;
+                const size_t at = i * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_2[i * H + j] += dUcat_g1[at + j] + Pf_g1[at + j];
+                        dw_U_2[i * H + j] += dUcat_g_h_lag2[at + j] + Pf_g_h_lag2[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_2[i * H + j] += dUcat_g1[at + j];
+                        dw_U_2[i * H + j] += dUcat_g_h_lag2[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g2 + OFF_g2 + 0 * nU;
+                const size_t at = i * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_3[i * H + j] += dUcat_g2[at + j] + Pf_g2[at + j];
+                        dw_U_3[i * H + j] += dUcat_g_h_lag3[at + j] + Pf_g_h_lag3[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U_3[i * H + j] += dUcat_g2[at + j];
+                        dw_U_3[i * H + j] += dUcat_g_h_lag3[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {

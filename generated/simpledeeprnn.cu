@@ -5,7 +5,7 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Before the steps, one GEMM for every step: XW[B*T, 1*H] = x[B*T, D] @ [W]
  * Input-only values (computed from XW in the step kernels): x_w + b
- * Step phase 1: cuBLAS GEMM h_prev @ [U_1]; cuBLAS GEMM h_lag2 @ [U_2]; cuBLAS GEMM h_lag3 @ [U_3]; one kernel over t7, t8, t14, t15, t21, t22, t24, t25, t26, t27, h_new
+ * Step phase 1: cuBLAS GEMM h_prev @ [U_1]; cuBLAS GEMM h_lag2 @ [U_2]; cuBLAS GEMM h_lag3 @ [U_3]; one kernel over h_hard_sigmoid, h_prod, h_hard_sigmoid_2, h_prod_2, h_hard_sigmoid_3, h_prod_3, h_sum, h_sum_plus_h_prod_2, h_sum_2, sigmoid_h_sum_2, h_new
  * Backward, per step in reverse: per phase one kernel, then dOperand += dS @ [U...]^T
  * (cuBLAS); after the steps the weight gradients and dx as one GEMM each, and the bias
  * gradients summed over samples in order (no atomics: two runs give the same bits).
@@ -111,25 +111,25 @@ int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size,
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     *save_size = (long long)(SAVE_SIZE(T, B, H) + (size_t)T * B);   /* the saved values, then NREAL */
     size_t n = 0;
     n += (size_t)D * LDXW;   /* Wcat */
     n += (size_t)D * LDXW;   /* dWcat */
-    n += (size_t)H * LDS_g0;   /* Ucat_g0 */
-    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
-    n += (size_t)B * LDS_g0;   /* S_g0 */
-    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
-    n += (size_t)H * LDS_g1;   /* Ucat_g1 */
-    n += (size_t)H * LDS_g1;   /* dUcat_g1 */
-    n += (size_t)B * LDS_g1;   /* S_g1 */
-    n += (size_t)T * B * LDS_g1;   /* dS_g1 */
-    n += (size_t)H * LDS_g2;   /* Ucat_g2 */
-    n += (size_t)H * LDS_g2;   /* dUcat_g2 */
-    n += (size_t)B * LDS_g2;   /* S_g2 */
-    n += (size_t)T * B * LDS_g2;   /* dS_g2 */
+    n += (size_t)H * LDS_g_h_prev;   /* Ucat_g_h_prev */
+    n += (size_t)H * LDS_g_h_prev;   /* dUcat_g_h_prev */
+    n += (size_t)B * LDS_g_h_prev;   /* S_g_h_prev */
+    n += (size_t)T * B * LDS_g_h_prev;   /* dS_g_h_prev */
+    n += (size_t)H * LDS_g_h_lag2;   /* Ucat_g_h_lag2 */
+    n += (size_t)H * LDS_g_h_lag2;   /* dUcat_g_h_lag2 */
+    n += (size_t)B * LDS_g_h_lag2;   /* S_g_h_lag2 */
+    n += (size_t)T * B * LDS_g_h_lag2;   /* dS_g_h_lag2 */
+    n += (size_t)H * LDS_g_h_lag3;   /* Ucat_g_h_lag3 */
+    n += (size_t)H * LDS_g_h_lag3;   /* dUcat_g_h_lag3 */
+    n += (size_t)B * LDS_g_h_lag3;   /* S_g_h_lag3 */
+    n += (size_t)T * B * LDS_g_h_lag3;   /* dS_g_h_lag3 */
     n += BH;   /* L_h_1 */
     n += BH;   /* dL_h_1 */
     n += BH;   /* L_h_2 */
@@ -163,9 +163,9 @@ typedef struct {
     const float *dy;                  /* [B,T,H] */
     float *dXW, *dXP, *dVec, *dXE;
     const float *w_b;                       /* [H] */
-    [[maybe_unused]] float *S_g0, *dS_g0;
-    [[maybe_unused]] float *S_g1, *dS_g1;
-    [[maybe_unused]] float *S_g2, *dS_g2;
+    [[maybe_unused]] float *S_g_h_prev, *dS_g_h_prev;
+    [[maybe_unused]] float *S_g_h_lag2, *dS_g_h_lag2;
+    [[maybe_unused]] float *S_g_h_lag3, *dS_g_h_lag3;
     [[maybe_unused]] float *L_h_1, *dL_h_1;
     [[maybe_unused]] float *L_h_2, *dL_h_2;
     [[maybe_unused]] float *L_h_3, *dL_h_3;
@@ -188,12 +188,12 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] float *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
-    [[maybe_unused]] const size_t LDS_g2 = 1 * (size_t)H, OFF_g2 = 0;
-    [[maybe_unused]] float *S_g2 = F.S_g2, *dS_g2 = F.dS_g2;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
+    [[maybe_unused]] float *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
+    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
+    [[maybe_unused]] float *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] float *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
     [[maybe_unused]] float *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
@@ -205,12 +205,12 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f32(const rnngen_simpledeeprnn_
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
+        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] float *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
 
 
@@ -235,12 +235,12 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] float *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
-    [[maybe_unused]] const size_t LDS_g2 = 1 * (size_t)H, OFF_g2 = 0;
-    [[maybe_unused]] float *S_g2 = F.S_g2, *dS_g2 = F.dS_g2;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
+    [[maybe_unused]] float *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
+    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
+    [[maybe_unused]] float *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] float *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
     [[maybe_unused]] float *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
@@ -252,34 +252,34 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f32(const rnngen_simpledeeprnn_
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
+        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] float *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
 
 
     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const float v_b = w_b[j];
-    const float v_t23 = v_x_w + v_b;
-    const float v_t7 = rnngen_minf(rnngen_maxf(0.2f * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
-    if (save) s_t7[bs] = v_t7;
-    const float v_t8 = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_t7;
-    const float v_t14 = rnngen_minf(rnngen_maxf(0.2f * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
-    if (save) s_t14[bs] = v_t14;
-    const float v_t15 = (nreal[b] >= 2 ? 1.0f : 0.0f) * v_t14;
-    const float v_t21 = rnngen_minf(rnngen_maxf(0.2f * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
-    if (save) s_t21[bs] = v_t21;
-    const float v_t22 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_t21;
-    const float v_t24 = v_t23 + v_t8;
-    const float v_t25 = v_t24 + v_t15;
-    const float v_t26 = v_t25 + v_t22;
-    const float v_t27 = 1.0f / (1.0f + expf(-(v_t26)));
-    if (save && t == T - 1) s_t27[bs] = v_t27;
+    const float v_x_w_plus_b = v_x_w + v_b;
+    const float v_h_hard_sigmoid = rnngen_minf(rnngen_maxf(0.2f * (S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
+    if (save) s_h_hard_sigmoid[bs] = v_h_hard_sigmoid;
+    const float v_h_prod = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_h_hard_sigmoid;
+    const float v_h_hard_sigmoid_2 = rnngen_minf(rnngen_maxf(0.2f * (S_g_h_lag2[(size_t)b * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
+    if (save) s_h_hard_sigmoid_2[bs] = v_h_hard_sigmoid_2;
+    const float v_h_prod_2 = (nreal[b] >= 2 ? 1.0f : 0.0f) * v_h_hard_sigmoid_2;
+    const float v_h_hard_sigmoid_3 = rnngen_minf(rnngen_maxf(0.2f * (S_g_h_lag3[(size_t)b * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
+    if (save) s_h_hard_sigmoid_3[bs] = v_h_hard_sigmoid_3;
+    const float v_h_prod_3 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_h_hard_sigmoid_3;
+    const float v_h_sum = v_x_w_plus_b + v_h_prod;
+    const float v_h_sum_plus_h_prod_2 = v_h_sum + v_h_prod_2;
+    const float v_h_sum_2 = v_h_sum_plus_h_prod_2 + v_h_prod_3;
+    const float v_sigmoid_h_sum_2 = 1.0f / (1.0f + expf(-(v_h_sum_2)));
+    if (save && t == T - 1) s_sigmoid_h_sum_2[bs] = v_sigmoid_h_sum_2;
     /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
-    const float v_h_new = v_t27;
+    const float v_h_new = v_sigmoid_h_sum_2;
     if (m) {
         L_h_3[bj] = L_h_2[bj];
         L_h_2[bj] = L_h_1[bj];
@@ -304,12 +304,12 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] float *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
-    [[maybe_unused]] const size_t LDS_g2 = 1 * (size_t)H, OFF_g2 = 0;
-    [[maybe_unused]] float *S_g2 = F.S_g2, *dS_g2 = F.dS_g2;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
+    [[maybe_unused]] float *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
+    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
+    [[maybe_unused]] float *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] float *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
     [[maybe_unused]] float *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
@@ -322,12 +322,12 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f32(const rnngen_simpledeeprnn_
     [[maybe_unused]] const size_t ts = (size_t)t;
     [[maybe_unused]] float *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
+        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] float *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
 
 
 
@@ -338,41 +338,41 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f32(const rnngen_simpledeeprnn_
         float a2 = 0.0f;
         float a3 = 0.0f;
         float g_h_prev_u_1 = 0.0f;
-        float g_t7 = 0.0f;
-        float g_t8 = 0.0f;
+        float g_h_hard_sigmoid = 0.0f;
+        float g_h_prod = 0.0f;
         float g_h_lag2_u_2 = 0.0f;
-        float g_t14 = 0.0f;
-        float g_t15 = 0.0f;
+        float g_h_hard_sigmoid_2 = 0.0f;
+        float g_h_prod_2 = 0.0f;
         float g_h_lag3_u_3 = 0.0f;
-        float g_t21 = 0.0f;
-        float g_t22 = 0.0f;
-        float g_t24 = 0.0f;
-        float g_t25 = 0.0f;
-        float g_t26 = 0.0f;
-        float g_t27 = 0.0f;
+        float g_h_hard_sigmoid_3 = 0.0f;
+        float g_h_prod_3 = 0.0f;
+        float g_h_sum = 0.0f;
+        float g_h_sum_plus_h_prod_2 = 0.0f;
+        float g_h_sum_2 = 0.0f;
+        float g_sigmoid_h_sum_2 = 0.0f;
         float g_h_new = a_h;
-        g_t27 += g_h_new;
-        g_t26 += g_t27 * (s_t27[bs] * (1.0f - s_t27[bs]));
-        g_t25 += g_t26;
-        g_t22 += g_t26;
-        g_t24 += g_t25;
-        g_t15 += g_t25;
-        a3 += g_t24;
-        g_t8 += g_t24;
-        g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
-        g_h_lag3_u_3 += g_t21 * (((s_t21[bs]) > 0.0f && (s_t21[bs]) < 1.0f ? 0.2f : 0.0f));
-        dS_g2[((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-        g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
-        g_h_lag2_u_2 += g_t14 * (((s_t14[bs]) > 0.0f && (s_t14[bs]) < 1.0f ? 0.2f : 0.0f));
-        dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-        g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0f : 0.0f));
-        g_h_prev_u_1 += g_t7 * (((s_t7[bs]) > 0.0f && (s_t7[bs]) < 1.0f ? 0.2f : 0.0f));
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+        g_sigmoid_h_sum_2 += g_h_new;
+        g_h_sum_2 += g_sigmoid_h_sum_2 * (s_sigmoid_h_sum_2[bs] * (1.0f - s_sigmoid_h_sum_2[bs]));
+        g_h_sum_plus_h_prod_2 += g_h_sum_2;
+        g_h_prod_3 += g_h_sum_2;
+        g_h_sum += g_h_sum_plus_h_prod_2;
+        g_h_prod_2 += g_h_sum_plus_h_prod_2;
+        a3 += g_h_sum;
+        g_h_prod += g_h_sum;
+        g_h_hard_sigmoid_3 += g_h_prod_3 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
+        g_h_lag3_u_3 += g_h_hard_sigmoid_3 * (((s_h_hard_sigmoid_3[bs]) > 0.0f && (s_h_hard_sigmoid_3[bs]) < 1.0f ? 0.2f : 0.0f));
+        dS_g_h_lag3[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j] = g_h_lag3_u_3;
+        g_h_hard_sigmoid_2 += g_h_prod_2 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
+        g_h_lag2_u_2 += g_h_hard_sigmoid_2 * (((s_h_hard_sigmoid_2[bs]) > 0.0f && (s_h_hard_sigmoid_2[bs]) < 1.0f ? 0.2f : 0.0f));
+        dS_g_h_lag2[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j] = g_h_lag2_u_2;
+        g_h_hard_sigmoid += g_h_prod * ((nreal[b] >= 1 ? 1.0f : 0.0f));
+        g_h_prev_u_1 += g_h_hard_sigmoid * (((s_h_hard_sigmoid[bs]) > 0.0f && (s_h_hard_sigmoid[bs]) < 1.0f ? 0.2f : 0.0f));
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_1;
         float g_x_w = 0.0f;
         float g_b = 0.0f;
-        float g_t23 = a3;
-        g_x_w += g_t23;
-        g_b += g_t23;
+        float g_x_w_plus_b = a3;
+        g_x_w += g_x_w_plus_b;
+        g_b += g_x_w_plus_b;
         db_b[j] += g_b;
         dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
         dL_h_1[bj] = a0;
@@ -410,9 +410,9 @@ static int forward_kernel_f32(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
@@ -421,18 +421,18 @@ static int forward_kernel_f32(
     [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_2] */
-    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] [U_3] */
-    [[maybe_unused]] float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] float *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] float *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *L_h_2 = p; p += BH;             /* [B,H] h, 2 real step(s) back */
@@ -456,9 +456,9 @@ static int forward_kernel_f32(
     F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
-    F.S_g1 = S_g1; F.dS_g1 = dS_g1;
-    F.S_g2 = S_g2; F.dS_g2 = dS_g2;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
+    F.S_g_h_lag2 = S_g_h_lag2; F.dS_g_h_lag2 = dS_g_h_lag2;
+    F.S_g_h_lag3 = S_g_h_lag3; F.dS_g_h_lag3 = dS_g_h_lag3;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.L_h_2 = L_h_2; F.dL_h_2 = dL_h_2;
     F.L_h_3 = L_h_3; F.dL_h_3 = dL_h_3;
@@ -471,11 +471,11 @@ static int forward_kernel_f32(
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), w_U_1, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_1, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(float), w_U_2, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(float), w_U_2, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g2 + 0 * (size_t)H, LDS_g2 * sizeof(float), w_U_3, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(float), w_U_3, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
@@ -495,19 +495,19 @@ static int forward_kernel_f32(
     for (int t = 0; t < T; t++) {
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
+        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] float *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd0_f32, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, (float)1, s_h_prev, LDSL, Ucat_g0, LDS_g0, (float)0, S_g0, LDS_g0));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g1, H, (float)1, s_h_lag2, LDSL, Ucat_g1, LDS_g1, (float)0, S_g1, LDS_g1));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g2, H, (float)1, s_h_lag3, LDSL, Ucat_g2, LDS_g2, (float)0, S_g2, LDS_g2));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (float)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (float)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag2, H, (float)1, s_h_lag2, LDSL, Ucat_g_h_lag2, LDS_g_h_lag2, (float)0, S_g_h_lag2, LDS_g_h_lag2));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag3, H, (float)1, s_h_lag3, LDSL, Ucat_g_h_lag3, LDS_g_h_lag3, (float)0, S_g_h_lag3, LDS_g_h_lag3));
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd1_f32, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -565,27 +565,27 @@ static int backward_kernel_f32(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_2] */
-    [[maybe_unused]] float *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] float *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] [U_3] */
-    [[maybe_unused]] float *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] float *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] float *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] float *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *L_h_2 = p; p += BH;             /* [B,H] h, 2 real step(s) back */
@@ -609,9 +609,9 @@ static int backward_kernel_f32(
     F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
-    F.S_g1 = S_g1; F.dS_g1 = dS_g1;
-    F.S_g2 = S_g2; F.dS_g2 = dS_g2;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
+    F.S_g_h_lag2 = S_g_h_lag2; F.dS_g_h_lag2 = dS_g_h_lag2;
+    F.S_g_h_lag3 = S_g_h_lag3; F.dS_g_h_lag3 = dS_g_h_lag3;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.L_h_2 = L_h_2; F.dL_h_2 = dL_h_2;
     F.L_h_3 = L_h_3; F.dL_h_3 = dL_h_3;
@@ -624,11 +624,11 @@ static int backward_kernel_f32(
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), w_U_1, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_1, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(float), w_U_2, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(float), w_U_2, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g2 + 0 * (size_t)H, LDS_g2 * sizeof(float), w_U_3, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(float), w_U_3, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
@@ -638,31 +638,31 @@ static int backward_kernel_f32(
         RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dL_h_2, 0, BH * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dL_h_3, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g1, 0, (size_t)T * B * LDS_g1 * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g2, 0, (size_t)T * B * LDS_g2 * sizeof(float), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(float), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag2, 0, (size_t)T * B * LDS_g_h_lag2 * sizeof(float), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag3, 0, (size_t)T * B * LDS_g_h_lag3 * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(float), cs));
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
+        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] float *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_bwd1_f32, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (float)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (float)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (float)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (float)1, dL_h_1, (size_t)H));
         /* dh_lag2 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (float)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (float)1, dL_h_2, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag2, (float)1, dS_g_h_lag2 + (size_t)t * DST * LDS_g_h_lag2, DSB * LDS_g_h_lag2, Ucat_g_h_lag2, LDS_g_h_lag2, (float)1, dL_h_2, (size_t)H));
         /* dh_lag3 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g2, (float)1, dS_g2 + (size_t)t * DST * LDS_g2, DSB * LDS_g2, Ucat_g2, LDS_g2, (float)1, dL_h_3, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag3, (float)1, dS_g_h_lag3 + (size_t)t * DST * LDS_g_h_lag3, DSB * LDS_g_h_lag3, Ucat_g_h_lag3, LDS_g_h_lag3, (float)1, dL_h_3, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
@@ -673,14 +673,14 @@ static int backward_kernel_f32(
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g0, LDS_g0, (float)0, dUcat_g0, LDS_g0));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_1, (size_t)H * sizeof(float), dUcat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (float)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_1, (size_t)H * sizeof(float), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g1, B * T, (float)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g1, LDS_g1, (float)0, dUcat_g1, LDS_g1));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_2, (size_t)H * sizeof(float), dUcat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag2, B * T, (float)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g_h_lag2, LDS_g_h_lag2, (float)0, dUcat_g_h_lag2, LDS_g_h_lag2));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_2, (size_t)H * sizeof(float), dUcat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g2, B * T, (float)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g2, LDS_g2, (float)0, dUcat_g2, LDS_g2));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_3, (size_t)H * sizeof(float), dUcat_g2 + 0 * (size_t)H, LDS_g2 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag3, B * T, (float)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g_h_lag3, LDS_g_h_lag3, (float)0, dUcat_g_h_lag3, LDS_g_h_lag3));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_3, (size_t)H * sizeof(float), dUcat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (float)1, x, (size_t)D, dXW, LDXW, (float)0, dWcat, LDXW));
     RNNGEN_CU(cudaMemcpy2DAsync(dw_W, (size_t)H * sizeof(float), dWcat + 0 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -721,9 +721,9 @@ typedef struct {
     const double *dy;                  /* [B,T,H] */
     double *dXW, *dXP, *dVec, *dXE;
     const double *w_b;                       /* [H] */
-    [[maybe_unused]] double *S_g0, *dS_g0;
-    [[maybe_unused]] double *S_g1, *dS_g1;
-    [[maybe_unused]] double *S_g2, *dS_g2;
+    [[maybe_unused]] double *S_g_h_prev, *dS_g_h_prev;
+    [[maybe_unused]] double *S_g_h_lag2, *dS_g_h_lag2;
+    [[maybe_unused]] double *S_g_h_lag3, *dS_g_h_lag3;
     [[maybe_unused]] double *L_h_1, *dL_h_1;
     [[maybe_unused]] double *L_h_2, *dL_h_2;
     [[maybe_unused]] double *L_h_3, *dL_h_3;
@@ -746,12 +746,12 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] double *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
-    [[maybe_unused]] const size_t LDS_g2 = 1 * (size_t)H, OFF_g2 = 0;
-    [[maybe_unused]] double *S_g2 = F.S_g2, *dS_g2 = F.dS_g2;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
+    [[maybe_unused]] double *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
+    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
+    [[maybe_unused]] double *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] double *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
     [[maybe_unused]] double *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
@@ -763,12 +763,12 @@ static __global__ void rnngen_simpledeeprnn_fwd0_f64(const rnngen_simpledeeprnn_
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
+        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] double *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
 
 
@@ -793,12 +793,12 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] double *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
-    [[maybe_unused]] const size_t LDS_g2 = 1 * (size_t)H, OFF_g2 = 0;
-    [[maybe_unused]] double *S_g2 = F.S_g2, *dS_g2 = F.dS_g2;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
+    [[maybe_unused]] double *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
+    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
+    [[maybe_unused]] double *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] double *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
     [[maybe_unused]] double *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
@@ -810,34 +810,34 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f64(const rnngen_simpledeeprnn_
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
+        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] double *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
 
 
     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const double v_b = w_b[j];
-    const double v_t23 = v_x_w + v_b;
-    const double v_t7 = rnngen_min(rnngen_max(0.2 * (S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-    if (save) s_t7[bs] = v_t7;
-    const double v_t8 = (nreal[b] >= 1 ? 1.0 : 0.0) * v_t7;
-    const double v_t14 = rnngen_min(rnngen_max(0.2 * (S_g1[(size_t)b * LDS_g1 + OFF_g1 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-    if (save) s_t14[bs] = v_t14;
-    const double v_t15 = (nreal[b] >= 2 ? 1.0 : 0.0) * v_t14;
-    const double v_t21 = rnngen_min(rnngen_max(0.2 * (S_g2[(size_t)b * LDS_g2 + OFF_g2 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-    if (save) s_t21[bs] = v_t21;
-    const double v_t22 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_t21;
-    const double v_t24 = v_t23 + v_t8;
-    const double v_t25 = v_t24 + v_t15;
-    const double v_t26 = v_t25 + v_t22;
-    const double v_t27 = 1.0 / (1.0 + exp(-(v_t26)));
-    if (save && t == T - 1) s_t27[bs] = v_t27;
+    const double v_x_w_plus_b = v_x_w + v_b;
+    const double v_h_hard_sigmoid = rnngen_min(rnngen_max(0.2 * (S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j]) + 0.5, 0.0), 1.0);
+    if (save) s_h_hard_sigmoid[bs] = v_h_hard_sigmoid;
+    const double v_h_prod = (nreal[b] >= 1 ? 1.0 : 0.0) * v_h_hard_sigmoid;
+    const double v_h_hard_sigmoid_2 = rnngen_min(rnngen_max(0.2 * (S_g_h_lag2[(size_t)b * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j]) + 0.5, 0.0), 1.0);
+    if (save) s_h_hard_sigmoid_2[bs] = v_h_hard_sigmoid_2;
+    const double v_h_prod_2 = (nreal[b] >= 2 ? 1.0 : 0.0) * v_h_hard_sigmoid_2;
+    const double v_h_hard_sigmoid_3 = rnngen_min(rnngen_max(0.2 * (S_g_h_lag3[(size_t)b * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j]) + 0.5, 0.0), 1.0);
+    if (save) s_h_hard_sigmoid_3[bs] = v_h_hard_sigmoid_3;
+    const double v_h_prod_3 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_h_hard_sigmoid_3;
+    const double v_h_sum = v_x_w_plus_b + v_h_prod;
+    const double v_h_sum_plus_h_prod_2 = v_h_sum + v_h_prod_2;
+    const double v_h_sum_2 = v_h_sum_plus_h_prod_2 + v_h_prod_3;
+    const double v_sigmoid_h_sum_2 = 1.0 / (1.0 + exp(-(v_h_sum_2)));
+    if (save && t == T - 1) s_sigmoid_h_sum_2[bs] = v_sigmoid_h_sum_2;
     /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
-    const double v_h_new = v_t27;
+    const double v_h_new = v_sigmoid_h_sum_2;
     if (m) {
         L_h_3[bj] = L_h_2[bj];
         L_h_2[bj] = L_h_1[bj];
@@ -862,12 +862,12 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
-    [[maybe_unused]] const size_t LDS_g1 = 1 * (size_t)H, OFF_g1 = 0;
-    [[maybe_unused]] double *S_g1 = F.S_g1, *dS_g1 = F.dS_g1;
-    [[maybe_unused]] const size_t LDS_g2 = 1 * (size_t)H, OFF_g2 = 0;
-    [[maybe_unused]] double *S_g2 = F.S_g2, *dS_g2 = F.dS_g2;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
+    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
+    [[maybe_unused]] double *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
+    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
+    [[maybe_unused]] double *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] double *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
     [[maybe_unused]] double *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
@@ -880,12 +880,12 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f64(const rnngen_simpledeeprnn_
     [[maybe_unused]] const size_t ts = (size_t)t;
     [[maybe_unused]] double *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
+        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] double *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
 
 
 
@@ -896,41 +896,41 @@ static __global__ void rnngen_simpledeeprnn_bwd1_f64(const rnngen_simpledeeprnn_
         double a2 = 0.0;
         double a3 = 0.0;
         double g_h_prev_u_1 = 0.0;
-        double g_t7 = 0.0;
-        double g_t8 = 0.0;
+        double g_h_hard_sigmoid = 0.0;
+        double g_h_prod = 0.0;
         double g_h_lag2_u_2 = 0.0;
-        double g_t14 = 0.0;
-        double g_t15 = 0.0;
+        double g_h_hard_sigmoid_2 = 0.0;
+        double g_h_prod_2 = 0.0;
         double g_h_lag3_u_3 = 0.0;
-        double g_t21 = 0.0;
-        double g_t22 = 0.0;
-        double g_t24 = 0.0;
-        double g_t25 = 0.0;
-        double g_t26 = 0.0;
-        double g_t27 = 0.0;
+        double g_h_hard_sigmoid_3 = 0.0;
+        double g_h_prod_3 = 0.0;
+        double g_h_sum = 0.0;
+        double g_h_sum_plus_h_prod_2 = 0.0;
+        double g_h_sum_2 = 0.0;
+        double g_sigmoid_h_sum_2 = 0.0;
         double g_h_new = a_h;
-        g_t27 += g_h_new;
-        g_t26 += g_t27 * (s_t27[bs] * (1.0 - s_t27[bs]));
-        g_t25 += g_t26;
-        g_t22 += g_t26;
-        g_t24 += g_t25;
-        g_t15 += g_t25;
-        a3 += g_t24;
-        g_t8 += g_t24;
-        g_t21 += g_t22 * ((nreal[b] >= 3 ? 1.0 : 0.0));
-        g_h_lag3_u_3 += g_t21 * (((s_t21[bs]) > 0.0 && (s_t21[bs]) < 1.0 ? 0.2 : 0.0));
-        dS_g2[((size_t)b * DSB + (size_t)t * DST) * LDS_g2 + OFF_g2 + 0 * nU + j] = g_h_lag3_u_3;
-        g_t14 += g_t15 * ((nreal[b] >= 2 ? 1.0 : 0.0));
-        g_h_lag2_u_2 += g_t14 * (((s_t14[bs]) > 0.0 && (s_t14[bs]) < 1.0 ? 0.2 : 0.0));
-        dS_g1[((size_t)b * DSB + (size_t)t * DST) * LDS_g1 + OFF_g1 + 0 * nU + j] = g_h_lag2_u_2;
-        g_t7 += g_t8 * ((nreal[b] >= 1 ? 1.0 : 0.0));
-        g_h_prev_u_1 += g_t7 * (((s_t7[bs]) > 0.0 && (s_t7[bs]) < 1.0 ? 0.2 : 0.0));
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u_1;
+        g_sigmoid_h_sum_2 += g_h_new;
+        g_h_sum_2 += g_sigmoid_h_sum_2 * (s_sigmoid_h_sum_2[bs] * (1.0 - s_sigmoid_h_sum_2[bs]));
+        g_h_sum_plus_h_prod_2 += g_h_sum_2;
+        g_h_prod_3 += g_h_sum_2;
+        g_h_sum += g_h_sum_plus_h_prod_2;
+        g_h_prod_2 += g_h_sum_plus_h_prod_2;
+        a3 += g_h_sum;
+        g_h_prod += g_h_sum;
+        g_h_hard_sigmoid_3 += g_h_prod_3 * ((nreal[b] >= 3 ? 1.0 : 0.0));
+        g_h_lag3_u_3 += g_h_hard_sigmoid_3 * (((s_h_hard_sigmoid_3[bs]) > 0.0 && (s_h_hard_sigmoid_3[bs]) < 1.0 ? 0.2 : 0.0));
+        dS_g_h_lag3[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j] = g_h_lag3_u_3;
+        g_h_hard_sigmoid_2 += g_h_prod_2 * ((nreal[b] >= 2 ? 1.0 : 0.0));
+        g_h_lag2_u_2 += g_h_hard_sigmoid_2 * (((s_h_hard_sigmoid_2[bs]) > 0.0 && (s_h_hard_sigmoid_2[bs]) < 1.0 ? 0.2 : 0.0));
+        dS_g_h_lag2[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j] = g_h_lag2_u_2;
+        g_h_hard_sigmoid += g_h_prod * ((nreal[b] >= 1 ? 1.0 : 0.0));
+        g_h_prev_u_1 += g_h_hard_sigmoid * (((s_h_hard_sigmoid[bs]) > 0.0 && (s_h_hard_sigmoid[bs]) < 1.0 ? 0.2 : 0.0));
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_1;
         double g_x_w = 0.0;
         double g_b = 0.0;
-        double g_t23 = a3;
-        g_x_w += g_t23;
-        g_b += g_t23;
+        double g_x_w_plus_b = a3;
+        g_x_w += g_x_w_plus_b;
+        g_b += g_x_w_plus_b;
         db_b[j] += g_b;
         dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
         dL_h_1[bj] = a0;
@@ -968,9 +968,9 @@ static int forward_kernel_f64(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
@@ -979,18 +979,18 @@ static int forward_kernel_f64(
     [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_2] */
-    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] [U_3] */
-    [[maybe_unused]] double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] double *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] double *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *L_h_2 = p; p += BH;            /* [B,H] h, 2 real step(s) back */
@@ -1014,9 +1014,9 @@ static int forward_kernel_f64(
     F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
-    F.S_g1 = S_g1; F.dS_g1 = dS_g1;
-    F.S_g2 = S_g2; F.dS_g2 = dS_g2;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
+    F.S_g_h_lag2 = S_g_h_lag2; F.dS_g_h_lag2 = dS_g_h_lag2;
+    F.S_g_h_lag3 = S_g_h_lag3; F.dS_g_h_lag3 = dS_g_h_lag3;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.L_h_2 = L_h_2; F.dL_h_2 = dL_h_2;
     F.L_h_3 = L_h_3; F.dL_h_3 = dL_h_3;
@@ -1029,11 +1029,11 @@ static int forward_kernel_f64(
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), w_U_1, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_1, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(double), w_U_2, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(double), w_U_2, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g2 + 0 * (size_t)H, LDS_g2 * sizeof(double), w_U_3, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(double), w_U_3, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
@@ -1053,19 +1053,19 @@ static int forward_kernel_f64(
     for (int t = 0; t < T; t++) {
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_t27 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26) */
+        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] double *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd0_f64, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, (double)1, s_h_prev, LDSL, Ucat_g0, LDS_g0, (double)0, S_g0, LDS_g0));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g1, H, (double)1, s_h_lag2, LDSL, Ucat_g1, LDS_g1, (double)0, S_g1, LDS_g1));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g2, H, (double)1, s_h_lag3, LDSL, Ucat_g2, LDS_g2, (double)0, S_g2, LDS_g2));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (double)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (double)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag2, H, (double)1, s_h_lag2, LDSL, Ucat_g_h_lag2, LDS_g_h_lag2, (double)0, S_g_h_lag2, LDS_g_h_lag2));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag3, H, (double)1, s_h_lag3, LDSL, Ucat_g_h_lag3, LDS_g_h_lag3, (double)0, S_g_h_lag3, LDS_g_h_lag3));
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd1_f64, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -1123,27 +1123,27 @@ static int backward_kernel_f64(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
-    const size_t LDS_g1 = 1 * (size_t)H;
-    const size_t LDS_g2 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U_1] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] [U_2] */
-    [[maybe_unused]] double *dUcat_g1 = p; p += (size_t)H * LDS_g1; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g1 = p; p += (size_t)B * LDS_g1; /* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] double *dS_g1 = p; p += (size_t)T * B * LDS_g1; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] [U_3] */
-    [[maybe_unused]] double *dUcat_g2 = p; p += (size_t)H * LDS_g2; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g2 = p; p += (size_t)B * LDS_g2; /* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] double *dS_g2 = p; p += (size_t)T * B * LDS_g2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] double *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] double *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *L_h_2 = p; p += BH;            /* [B,H] h, 2 real step(s) back */
@@ -1167,9 +1167,9 @@ static int backward_kernel_f64(
     F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
-    F.S_g1 = S_g1; F.dS_g1 = dS_g1;
-    F.S_g2 = S_g2; F.dS_g2 = dS_g2;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
+    F.S_g_h_lag2 = S_g_h_lag2; F.dS_g_h_lag2 = dS_g_h_lag2;
+    F.S_g_h_lag3 = S_g_h_lag3; F.dS_g_h_lag3 = dS_g_h_lag3;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.L_h_2 = L_h_2; F.dL_h_2 = dL_h_2;
     F.L_h_3 = L_h_3; F.dL_h_3 = dL_h_3;
@@ -1182,11 +1182,11 @@ static int backward_kernel_f64(
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), w_U_1, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_1, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(double), w_U_2, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(double), w_U_2, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g2 + 0 * (size_t)H, LDS_g2 * sizeof(double), w_U_3, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(double), w_U_3, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
@@ -1196,31 +1196,31 @@ static int backward_kernel_f64(
         RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dL_h_2, 0, BH * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dL_h_3, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g1, 0, (size_t)T * B * LDS_g1 * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g2, 0, (size_t)T * B * LDS_g2 * sizeof(double), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(double), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag2, 0, (size_t)T * B * LDS_g_h_lag2 * sizeof(double), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag3, 0, (size_t)T * B * LDS_g_h_lag3 * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(double), cs));
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t7 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
         [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_t14 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
         [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_t21 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_t27 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t26): the saved h_prev of the next step */
+        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+        [[maybe_unused]] double *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_bwd1_f64, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (double)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (double)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (double)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (double)1, dL_h_1, (size_t)H));
         /* dh_lag2 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g1, (double)1, dS_g1 + (size_t)t * DST * LDS_g1, DSB * LDS_g1, Ucat_g1, LDS_g1, (double)1, dL_h_2, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag2, (double)1, dS_g_h_lag2 + (size_t)t * DST * LDS_g_h_lag2, DSB * LDS_g_h_lag2, Ucat_g_h_lag2, LDS_g_h_lag2, (double)1, dL_h_2, (size_t)H));
         /* dh_lag3 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g2, (double)1, dS_g2 + (size_t)t * DST * LDS_g2, DSB * LDS_g2, Ucat_g2, LDS_g2, (double)1, dL_h_3, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag3, (double)1, dS_g_h_lag3 + (size_t)t * DST * LDS_g_h_lag3, DSB * LDS_g_h_lag3, Ucat_g_h_lag3, LDS_g_h_lag3, (double)1, dL_h_3, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
@@ -1231,14 +1231,14 @@ static int backward_kernel_f64(
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g0, LDS_g0, (double)0, dUcat_g0, LDS_g0));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_1, (size_t)H * sizeof(double), dUcat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (double)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_1, (size_t)H * sizeof(double), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g1, B * T, (double)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g1, LDS_g1, (double)0, dUcat_g1, LDS_g1));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_2, (size_t)H * sizeof(double), dUcat_g1 + 0 * (size_t)H, LDS_g1 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag2, B * T, (double)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g_h_lag2, LDS_g_h_lag2, (double)0, dUcat_g_h_lag2, LDS_g_h_lag2));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_2, (size_t)H * sizeof(double), dUcat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g2, B * T, (double)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g2, LDS_g2, (double)0, dUcat_g2, LDS_g2));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_3, (size_t)H * sizeof(double), dUcat_g2 + 0 * (size_t)H, LDS_g2 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag3, B * T, (double)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g_h_lag3, LDS_g_h_lag3, (double)0, dUcat_g_h_lag3, LDS_g_h_lag3));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_3, (size_t)H * sizeof(double), dUcat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (double)1, x, (size_t)D, dXW, LDXW, (double)0, dWcat, LDXW));
     RNNGEN_CU(cudaMemcpy2DAsync(dw_W, (size_t)H * sizeof(double), dWcat + 0 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));

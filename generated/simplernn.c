@@ -5,7 +5,7 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Input product, per step: XW[B, 1*H] = x_t[B, D] @ [W]
  * Input-only values (computed from XW inside the step loops): x_w + b
- * Step phase 1: GEMM h_prev @ [U]; loop over t5, t6, h_new
+ * Step phase 1: GEMM h_prev @ [U]; loop over h_sum, sigmoid_h_sum, h_new
  */
 #include <string.h>
 #include <math.h>
@@ -42,17 +42,17 @@ int rnngen_simplernn_sizes(int T, int B, int D, int H, long long *save_size, lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     *save_size = (long long)(SAVE_LAYOUT(T, B, H) + 3);   /* the saved values, then forward's three notes */
     size_t n = 0;
     n += (size_t)D * LDXW;   /* Wcat */
     n += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pw */
     n += (size_t)D * LDXW;   /* dWcat */
-    n += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g0 */
-    n += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g0 */
-    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
-    n += (size_t)B * LDS_g0;   /* S_g0 */
-    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
+    n += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pf_g_h_prev */
+    n += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS);   /* Pb_g_h_prev */
+    n += (size_t)H * LDS_g_h_prev;   /* dUcat_g_h_prev */
+    n += (size_t)B * LDS_g_h_prev;   /* S_g_h_prev */
+    n += (size_t)T * B * LDS_g_h_prev;   /* dS_g_h_prev */
     n += BH;   /* L_h_1 */
     n += BH;   /* dL_h_1 */
     n += BH;   /* d_h_new */
@@ -109,7 +109,7 @@ static int forward_kernel_f32(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W || !w_U || !w_b || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -120,11 +120,11 @@ static int forward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
@@ -169,11 +169,11 @@ static int forward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -199,7 +199,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F32 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F32);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -207,10 +207,10 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = w_U[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F32) * RNNGEN_PANEL_F32 * H + (size_t)k * RNNGEN_PANEL_F32 + n % RNNGEN_PANEL_F32] = 0;
                 }
             }
 
@@ -239,7 +239,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f32(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            RNNGEN_MAYBE_UNUSED float *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
+            RNNGEN_MAYBE_UNUSED float *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
 
 
@@ -259,7 +259,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f32(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 1 * (size_t)j0, LDS_g_h_prev, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -270,12 +270,12 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const float v_b = w_b[j];
-                    const float v_t4 = v_x_w + v_b;
-                    const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
-                    const float v_t6 = 1.0f / (1.0f + rnngen_expf(-(v_t5)));
-                    if (save && t == T - 1) s_t6[bs] = v_t6;
+                    const float v_x_w_plus_b = v_x_w + v_b;
+                    const float v_h_sum = v_x_w_plus_b + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
+                    const float v_sigmoid_h_sum = 1.0f / (1.0f + rnngen_expf(-(v_h_sum)));
+                    if (save && t == T - 1) s_sigmoid_h_sum[bs] = v_sigmoid_h_sum;
                     /* h = activation(x @ W + b + h @ U) */
-                    const float v_h_new = v_t6;
+                    const float v_h_new = v_sigmoid_h_sum;
                     if (m) {
                         L_h_1[bj] = v_h_new;
                     }
@@ -332,7 +332,7 @@ static int backward_kernel_f32(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W || !w_U || !w_b || !save || !dy || !dx || !dw_W || !dw_U || !dw_b || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -341,11 +341,11 @@ static int backward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED float *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED float *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
-    RNNGEN_MAYBE_UNUSED float *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED float *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED float *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED float *L_h_1 = p; p += BH;          /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED float *dL_h_1 = p; p += BH;         /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED float *d_h_new = p; p += BH;        /* [B,H] adjoint of new h */
@@ -357,7 +357,7 @@ static int backward_kernel_f32(
     RNNGEN_MAYBE_UNUSED float *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
     RNNGEN_MAYBE_UNUSED float *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
-    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
+    dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
     RNNGEN_MAYBE_UNUSED const float *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
@@ -395,11 +395,11 @@ static int backward_kernel_f32(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED float *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED float *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED float *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F32 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -413,9 +413,9 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(float));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                float *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                float *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F32);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -443,7 +443,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(float));
             float *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -460,7 +460,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                RNNGEN_MAYBE_UNUSED float *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
+                RNNGEN_MAYBE_UNUSED float *s_sigmoid_h_sum = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum): the saved h_prev of the next step */
 
 
 
@@ -484,17 +484,17 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                             float a0 = 0.0f;
                             float a1 = 0.0f;
                             float g_h_prev_u = 0.0f;
-                            float g_t5 = 0.0f;
-                            float g_t6 = 0.0f;
+                            float g_h_sum = 0.0f;
+                            float g_sigmoid_h_sum = 0.0f;
                             float g_h_new = a_h;
-                            g_t6 += g_h_new;
-                            g_t5 += g_t6 * (s_t6[bs] * (1.0f - s_t6[bs]));
-                            a1 += g_t5;
-                            g_h_prev_u += g_t5;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                            g_sigmoid_h_sum += g_h_new;
+                            g_h_sum += g_sigmoid_h_sum * (s_sigmoid_h_sum[bs] * (1.0f - s_sigmoid_h_sum[bs]));
+                            a1 += g_h_sum;
+                            g_h_prev_u += g_h_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u;
                             float g_b = 0.0f;
-                            float g_t4 = a1;
-                            g_b += g_t4;
+                            float g_x_w_plus_b = a1;
+                            g_b += g_x_w_plus_b;
                             db_b[j] += g_b;
                             dL_h_1[bj] = a0;
                         }
@@ -511,7 +511,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f32(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -537,27 +537,27 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                float *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                float *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = t0 > 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : B * T;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F32(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(float));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(float));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -592,15 +592,15 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U[i * H + j] += dUcat_g0[at + j];
+                        dw_U[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {
@@ -662,7 +662,7 @@ static int forward_kernel_f64(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W || !w_U || !w_b || !y || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot (a value kept per step) holds [T,B,H] when training ([B,T,H], rows b*T + t,
      * where XW_IS_DS) and two steps of [B,H] in inference: element (b, j) of step t's at
@@ -673,11 +673,11 @@ static int forward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
@@ -722,11 +722,11 @@ static int forward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (save && tid == 0) {   /* for backward: the layout of XW (its number of slices), and
                                    * whether there was a mask (without one the saved values
@@ -752,7 +752,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                 }
             }
 
-            {   /* Pf_t_g0: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
+            {   /* Pf_t_g_h_prev: column n = block * nU + (unit - j0) of panel n / RNNGEN_PANEL_F64 */
                 const size_t N = 1 * nU, Np = RNNGEN_PACKED_COLS(N, RNNGEN_PANEL_F64);
                 int k0 = 0, k1 = H;   /* the batch split packs the one slice together */
                 if (split)
@@ -760,10 +760,10 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                 for (int k = k0; k < k1; k++) {
                     for (size_t u = 0; u < nU; u++) {   /* block 0: U */
                         const size_t n = 0 * nU + u;
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U[(size_t)k * H + j0 + u];
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = w_U[(size_t)k * H + j0 + u];
                     }
                     for (size_t n = N; n < Np; n++)
-                        Pf_t_g0[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
+                        Pf_t_g_h_prev[(n / RNNGEN_PANEL_F64) * RNNGEN_PANEL_F64 * H + (size_t)k * RNNGEN_PANEL_F64 + n % RNNGEN_PANEL_F64] = 0;
                 }
             }
 
@@ -792,7 +792,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
             if (!xw_first && nU > 0)
                 rnngen_pgemm_f64(b1 - b0, NW * (int)nU, D, x + ((size_t)b0 * T + t) * D, (size_t)T * D, Pw_t, (xw_all ? XW + ((size_t)b0 * T + t) * LDXW : XW + (size_t)b0 * LDXW) + NW * (size_t)j0, xw_all ? (size_t)T * LDXW : LDXW, 0);
             RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-            RNNGEN_MAYBE_UNUSED double *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
+            RNNGEN_MAYBE_UNUSED double *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
 
 
@@ -812,7 +812,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                 rnngen_barrier_wait(&bar, nt, &sense);
             /* GEMM this thread's rows and columns */
             if (nU > 0)
-                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g0, S_g0 + (size_t)b0 * LDS_g0 + 1 * (size_t)j0, LDS_g0, 0);
+                rnngen_pgemm_f64(b1 - b0, 1 * (int)nU, H, s_h_prev + (size_t)b0 * LDSL, LDSL, Pf_t_g_h_prev, S_g_h_prev + (size_t)b0 * LDS_g_h_prev + 1 * (size_t)j0, LDS_g_h_prev, 0);
             /* phase 1 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -823,12 +823,12 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                     RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
                     const double v_b = w_b[j];
-                    const double v_t4 = v_x_w + v_b;
-                    const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
-                    const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
-                    if (save && t == T - 1) s_t6[bs] = v_t6;
+                    const double v_x_w_plus_b = v_x_w + v_b;
+                    const double v_h_sum = v_x_w_plus_b + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
+                    const double v_sigmoid_h_sum = 1.0 / (1.0 + exp(-(v_h_sum)));
+                    if (save && t == T - 1) s_sigmoid_h_sum[bs] = v_sigmoid_h_sum;
                     /* h = activation(x @ W + b + h @ U) */
-                    const double v_h_new = v_t6;
+                    const double v_h_new = v_sigmoid_h_sum;
                     if (m) {
                         L_h_1[bj] = v_h_new;
                     }
@@ -885,7 +885,7 @@ static int backward_kernel_f64(
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W || !w_U || !w_b || !save || !dy || !dx || !dw_W || !dw_U || !dw_b || !work) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H;   /* see forward */
     const int Teff = T;
@@ -894,11 +894,11 @@ static int backward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     RNNGEN_MAYBE_UNUSED double *Pw = p; p += (size_t)D * (LDXW + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* Wcat packed, thread by thread */
     RNNGEN_MAYBE_UNUSED double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    RNNGEN_MAYBE_UNUSED double *Pf_g0 = p; p += (size_t)H * (LDS_g0 + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
-    RNNGEN_MAYBE_UNUSED double *Pb_g0 = p; p += LDS_g0 * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
-    RNNGEN_MAYBE_UNUSED double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    RNNGEN_MAYBE_UNUSED double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    RNNGEN_MAYBE_UNUSED double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    RNNGEN_MAYBE_UNUSED double *Pf_g_h_prev = p; p += (size_t)H * (LDS_g_h_prev + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed [U], thread by thread */
+    RNNGEN_MAYBE_UNUSED double *Pb_g_h_prev = p; p += LDS_g_h_prev * ((size_t)H + RNNGEN_PANEL_MAX * RNNGEN_MAX_THREADS); /* packed transpose, for backward */
+    RNNGEN_MAYBE_UNUSED double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    RNNGEN_MAYBE_UNUSED double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    RNNGEN_MAYBE_UNUSED double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
     RNNGEN_MAYBE_UNUSED double *L_h_1 = p; p += BH;         /* [B,H] h, 1 real step(s) back */
     RNNGEN_MAYBE_UNUSED double *dL_h_1 = p; p += BH;        /* [B,H] its adjoint */
     RNNGEN_MAYBE_UNUSED double *d_h_new = p; p += BH;       /* [B,H] adjoint of new h */
@@ -910,7 +910,7 @@ static int backward_kernel_f64(
     RNNGEN_MAYBE_UNUSED double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
     RNNGEN_MAYBE_UNUSED double *dVec = p; p += (size_t)RNNGEN_MAX_THREADS * NVEC * H; /* [threads][NVEC][H] bias gradients, batch split */
 
-    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
+    dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
     RNNGEN_MAYBE_UNUSED const double *XW = KEEP_XW ? save : NULL;         /* [B*T, NW*H] x @ Wcat, if saved */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW; /* NSLOT per-step values (see forward) */
     /* forward's layout: one slice (batch split, or one thread), or one per thread of its team */
@@ -948,11 +948,11 @@ static int backward_kernel_f64(
         RNNGEN_MAYBE_UNUSED const size_t nU = (size_t)(j1 - j0);
         int sense = 0;   /* this thread's side of the barrier (its sense and spin budget) */
         const size_t OFFW = (NW - 1) * (size_t)j0;
-const size_t OFF_g0 = (1 - 1) * (size_t)j0;
+const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
         /* this thread's packed panels (each thread's may end in a padded panel) */
         RNNGEN_MAYBE_UNUSED double *Pw_t = Pw + (size_t)D * (NW * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pf_t_g0 = Pf_g0 + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
-        RNNGEN_MAYBE_UNUSED double *Pb_t_g0 = Pb_g0 + LDS_g0 * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pf_t_g_h_prev = Pf_g_h_prev + (size_t)H * (1 * (size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
+        RNNGEN_MAYBE_UNUSED double *Pb_t_g_h_prev = Pb_g_h_prev + LDS_g_h_prev * ((size_t)j0 + RNNGEN_PANEL_F64 * (size_t)lt);
 
         if (lnt != (int)slices) {   /* OpenMP gave fewer threads than forward had */
             if (tid == 0)
@@ -966,9 +966,9 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                     memcpy(Wcat + (size_t)i * LDXW + NW * (size_t)j0 + 0 * nU, w_W + (size_t)i * H + j0, nU * sizeof(double));
             }
 
-            if (nU > 0) {   /* g0: rows k = every thread's columns of dS, in their order; columns = this thread's units */
-                double *P = Pb_t_g0;
-                const size_t K = LDS_g0, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
+            if (nU > 0) {   /* g_h_prev: rows k = every thread's columns of dS, in their order; columns = this thread's units */
+                double *P = Pb_t_g_h_prev;
+                const size_t K = LDS_g_h_prev, Np = RNNGEN_PACKED_COLS(nU, RNNGEN_PANEL_F64);
                 size_t k = 0;
                 for (int q = 0; q < lnt; q++) {
                     int q0, q1;
@@ -996,7 +996,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
             if (mask)   /* padded rows of dS are never written: zero this thread's part of them all */
                 for (int t = 0; t < T; t++)
                     for (int b = b0; b < b1; b++)
-                        memset(dS_g0 + ((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
+                        memset(dS_g_h_prev + ((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + 1 * (size_t)j0, 0, 1 * nU * sizeof(double));
             double *nreal = nreal_all + (size_t)tid * B;   /* real steps before step t, as forward counted */
             for (int b = b0; b < b1; b++) {   /* adjoints: of the final states (or zeros) one step back */
                 if (dstate_last)
@@ -1013,7 +1013,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                 for (int b = b0; b < b1; b++)
                     nreal[b] -= rnngen_real(mask, (size_t)b * T + t);
                 RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-                RNNGEN_MAYBE_UNUSED double *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
+                RNNGEN_MAYBE_UNUSED double *s_sigmoid_h_sum = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum): the saved h_prev of the next step */
 
 
 
@@ -1037,17 +1037,17 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                             double a0 = 0.0;
                             double a1 = 0.0;
                             double g_h_prev_u = 0.0;
-                            double g_t5 = 0.0;
-                            double g_t6 = 0.0;
+                            double g_h_sum = 0.0;
+                            double g_sigmoid_h_sum = 0.0;
                             double g_h_new = a_h;
-                            g_t6 += g_h_new;
-                            g_t5 += g_t6 * (s_t6[bs] * (1.0 - s_t6[bs]));
-                            a1 += g_t5;
-                            g_h_prev_u += g_t5;
-                            dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+                            g_sigmoid_h_sum += g_h_new;
+                            g_h_sum += g_sigmoid_h_sum * (s_sigmoid_h_sum[bs] * (1.0 - s_sigmoid_h_sum[bs]));
+                            a1 += g_h_sum;
+                            g_h_prev_u += g_h_sum;
+                            dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u;
                             double g_b = 0.0;
-                            double g_t4 = a1;
-                            g_b += g_t4;
+                            double g_x_w_plus_b = a1;
+                            g_b += g_x_w_plus_b;
                             db_b[j] += g_b;
                             dL_h_1[bj] = a0;
                         }
@@ -1064,7 +1064,7 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
                     rnngen_barrier_wait(&bar, nt, &sense);
                 /* this thread's rows and units of dOperand += dS @ [U...]^T */
                 if (nU > 0)
-                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g0, dS_g0 + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g0, DSB * LDS_g0, Pb_t_g0, dL_h_1 + (size_t)b0 * H + j0, H, 1);
+                    rnngen_pgemm_f64(b1 - b0, (int)nU, (int)LDS_g_h_prev, dS_g_h_prev + ((size_t)b0 * DSB + (size_t)t * DST) * LDS_g_h_prev, DSB * LDS_g_h_prev, Pb_t_g_h_prev, dL_h_1 + (size_t)b0 * H + j0, H, 1);
             }
 
             if (dstate0)   /* the adjoint of the states before step 0, if backward reached it */
@@ -1090,27 +1090,27 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
             const int ksplit = split && nt == 2;
             if (split)   /* every thread wrote its rows of dS and dXW */
                 rnngen_barrier_wait(&bar, nt, &sense);
-            {   /* dUcat_g0 (or, for thread 1 of a row split, Pf_g0) = A^T @ B over the rows this
+            {   /* dUcat_g_h_prev (or, for thread 1 of a row split, Pf_g_h_prev) = A^T @ B over the rows this
                  * thread takes; where rows are b*T + t and the first t0 steps are left out, one
                  * GEMM per sample */
-                double *part = ksplit && tid == 1 ? Pf_g0 : dUcat_g0;
+                double *part = ksplit && tid == 1 ? Pf_g_h_prev : dUcat_g_h_prev;
                 const int each = t0 > 0;
                 int c0 = 1 * j0, c1 = 1 * j1, k0 = 0, k1 = each ? B : B * T;
                 if (ksplit)
-                    c0 = 0, c1 = (int)(LDS_g0), rnngen_share(k1, 1, tid, nt, &k0, &k1);
+                    c0 = 0, c1 = (int)(LDS_g_h_prev), rnngen_share(k1, 1, tid, nt, &k0, &k1);
                 else if (split)
-                    rnngen_share((int)(LDS_g0), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
+                    rnngen_share((int)(LDS_g_h_prev), RNNGEN_UNIT_BLOCK, tid, nt, &c0, &c1);
                 int done = 0;
                 for (int q = k0; c1 > c0 && q < (each ? k1 : k0 + 1); q++) {
                     const size_t k = each ? (size_t)q * T + t0 : (size_t)k0;
                     const int K = each ? T - t0 : k1 - k0;
                     if (K > 0) {
-                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g0 + k * LDS_g0 + c0, (int)(LDS_g0), done, part + c0, (int)(LDS_g0));
+                        RNNGEN_GEMM_F64(RNNGEN_T, RNNGEN_N, H, c1 - c0, K, 1, SL + 0 * (size_t)T * BH + k * H, H, dS_g_h_prev + k * LDS_g_h_prev + c0, (int)(LDS_g_h_prev), done, part + c0, (int)(LDS_g_h_prev));
                         done = 1;
                     }
                 }
                 if (!done && ksplit)   /* no rows for this thread: its half is zero */
-                    memset(part, 0, (size_t)(H) * LDS_g0 * sizeof(double));
+                    memset(part, 0, (size_t)(H) * LDS_g_h_prev * sizeof(double));
             }
 
             {   /* dWcat (or, for thread 1 of a row split, Pw) = A^T @ B over the rows this
@@ -1145,15 +1145,15 @@ const size_t OFF_g0 = (1 - 1) * (size_t)j0;
             }
             /* ... and added to this thread's units of the weight gradients */
             for (size_t i = 0; i < (size_t)(H); i++) {
-                const size_t at = i * LDS_g0 + OFF_g0 + 0 * nU;
+                const size_t at = i * LDS_g_h_prev + OFF_g_h_prev + 0 * nU;
                 if (ksplit)
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U[i * H + j] += dUcat_g0[at + j] + Pf_g0[at + j];
+                        dw_U[i * H + j] += dUcat_g_h_prev[at + j] + Pf_g_h_prev[at + j];
                 else
     #pragma omp simd
                     for (int j = u0; j < u1; j++)
-                        dw_U[i * H + j] += dUcat_g0[at + j];
+                        dw_U[i * H + j] += dUcat_g_h_prev[at + j];
             }
 
             for (size_t i = 0; i < (size_t)(D); i++) {

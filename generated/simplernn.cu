@@ -5,7 +5,7 @@
  * Shapes: T steps, B samples, D = input_dim, H = output_dim.
  * Before the steps, one GEMM for every step: XW[B*T, 1*H] = x[B*T, D] @ [W]
  * Input-only values (computed from XW in the step kernels): x_w + b
- * Step phase 1: cuBLAS GEMM h_prev @ [U]; one kernel over t5, t6, h_new
+ * Step phase 1: cuBLAS GEMM h_prev @ [U]; one kernel over h_sum, sigmoid_h_sum, h_new
  * Backward, per step in reverse: per phase one kernel, then dOperand += dS @ [U...]^T
  * (cuBLAS); after the steps the weight gradients and dx as one GEMM each, and the bias
  * gradients summed over samples in order (no atomics: two runs give the same bits).
@@ -111,15 +111,15 @@ int rnngen_simplernn_sizes(int T, int B, int D, int H, long long *save_size, lon
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!save_size || !work_size) return RNNGEN_ENULL;
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     *save_size = (long long)(SAVE_SIZE(T, B, H) + (size_t)T * B);   /* the saved values, then NREAL */
     size_t n = 0;
     n += (size_t)D * LDXW;   /* Wcat */
     n += (size_t)D * LDXW;   /* dWcat */
-    n += (size_t)H * LDS_g0;   /* Ucat_g0 */
-    n += (size_t)H * LDS_g0;   /* dUcat_g0 */
-    n += (size_t)B * LDS_g0;   /* S_g0 */
-    n += (size_t)T * B * LDS_g0;   /* dS_g0 */
+    n += (size_t)H * LDS_g_h_prev;   /* Ucat_g_h_prev */
+    n += (size_t)H * LDS_g_h_prev;   /* dUcat_g_h_prev */
+    n += (size_t)B * LDS_g_h_prev;   /* S_g_h_prev */
+    n += (size_t)T * B * LDS_g_h_prev;   /* dS_g_h_prev */
     n += BH;   /* L_h_1 */
     n += BH;   /* dL_h_1 */
     n += BH;   /* d_h_new */
@@ -149,7 +149,7 @@ typedef struct {
     const float *dy;                  /* [B,T,H] */
     float *dXW, *dXP, *dVec, *dXE;
     const float *w_b;                       /* [H] */
-    [[maybe_unused]] float *S_g0, *dS_g0;
+    [[maybe_unused]] float *S_g_h_prev, *dS_g_h_prev;
     [[maybe_unused]] float *L_h_1, *dL_h_1;
     [[maybe_unused]] float *d_h_new;
 } rnngen_simplernn_frame_f32;
@@ -170,8 +170,8 @@ static __global__ void rnngen_simplernn_fwd0_f32(const rnngen_simplernn_frame_f3
     [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] float *d_h_new = F.d_h_new;
 
@@ -181,7 +181,7 @@ static __global__ void rnngen_simplernn_fwd0_f32(const rnngen_simplernn_frame_f3
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
+        [[maybe_unused]] float *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
 
 
@@ -204,8 +204,8 @@ static __global__ void rnngen_simplernn_fwd1_f32(const rnngen_simplernn_frame_f3
     [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] float *d_h_new = F.d_h_new;
 
@@ -215,18 +215,18 @@ static __global__ void rnngen_simplernn_fwd1_f32(const rnngen_simplernn_frame_f3
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
+        [[maybe_unused]] float *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
 
 
     const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const float v_b = w_b[j];
-    const float v_t4 = v_x_w + v_b;
-    const float v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
-    const float v_t6 = 1.0f / (1.0f + expf(-(v_t5)));
-    if (save && t == T - 1) s_t6[bs] = v_t6;
+    const float v_x_w_plus_b = v_x_w + v_b;
+    const float v_h_sum = v_x_w_plus_b + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
+    const float v_sigmoid_h_sum = 1.0f / (1.0f + expf(-(v_h_sum)));
+    if (save && t == T - 1) s_sigmoid_h_sum[bs] = v_sigmoid_h_sum;
     /* h = activation(x @ W + b + h @ U) */
-    const float v_h_new = v_t6;
+    const float v_h_new = v_sigmoid_h_sum;
     if (m) {
         L_h_1[bj] = v_h_new;
     }
@@ -249,8 +249,8 @@ static __global__ void rnngen_simplernn_bwd1_f32(const rnngen_simplernn_frame_f3
     [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const float *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] float *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] float *d_h_new = F.d_h_new;
 
@@ -261,7 +261,7 @@ static __global__ void rnngen_simplernn_bwd1_f32(const rnngen_simplernn_frame_f3
     [[maybe_unused]] const size_t ts = (size_t)t;
     [[maybe_unused]] float *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
+        [[maybe_unused]] float *s_sigmoid_h_sum = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum): the saved h_prev of the next step */
 
 
 
@@ -270,17 +270,17 @@ static __global__ void rnngen_simplernn_bwd1_f32(const rnngen_simplernn_frame_f3
         float a0 = 0.0f;
         float a1 = 0.0f;
         float g_h_prev_u = 0.0f;
-        float g_t5 = 0.0f;
-        float g_t6 = 0.0f;
+        float g_h_sum = 0.0f;
+        float g_sigmoid_h_sum = 0.0f;
         float g_h_new = a_h;
-        g_t6 += g_h_new;
-        g_t5 += g_t6 * (s_t6[bs] * (1.0f - s_t6[bs]));
-        a1 += g_t5;
-        g_h_prev_u += g_t5;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+        g_sigmoid_h_sum += g_h_new;
+        g_h_sum += g_sigmoid_h_sum * (s_sigmoid_h_sum[bs] * (1.0f - s_sigmoid_h_sum[bs]));
+        a1 += g_h_sum;
+        g_h_prev_u += g_h_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u;
         float g_b = 0.0f;
-        float g_t4 = a1;
-        g_b += g_t4;
+        float g_x_w_plus_b = a1;
+        g_b += g_x_w_plus_b;
         db_b[j] += g_b;
         dL_h_1[bj] = a0;
     } else {   /* a padded step: its cell contributes nothing */
@@ -313,7 +313,7 @@ static int forward_kernel_f32(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
@@ -322,10 +322,10 @@ static int forward_kernel_f32(
     [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U] */
+    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
@@ -345,7 +345,7 @@ static int forward_kernel_f32(
     F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.d_h_new = d_h_new;
 
@@ -356,7 +356,7 @@ static int forward_kernel_f32(
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), w_U, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
@@ -374,12 +374,12 @@ static int forward_kernel_f32(
     for (int t = 0; t < T; t++) {
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
+        [[maybe_unused]] float *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_simplernn_fwd0_f32, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, (float)1, s_h_prev, LDSL, Ucat_g0, LDS_g0, (float)0, S_g0, LDS_g0));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (float)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (float)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_simplernn_fwd1_f32, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -433,17 +433,17 @@ static int backward_kernel_f32(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     [[maybe_unused]] float *p = work;   /* the next free element */
     [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
-    [[maybe_unused]] float *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U] */
+    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
     [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
@@ -455,7 +455,7 @@ static int backward_kernel_f32(
     [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
     [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
-    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
+    dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
     float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     NREAL = (float *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
     rnngen_simplernn_frame_f32 F;
@@ -464,7 +464,7 @@ static int backward_kernel_f32(
     F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.d_h_new = d_h_new;
 
@@ -475,7 +475,7 @@ static int backward_kernel_f32(
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), w_U, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
@@ -483,19 +483,19 @@ static int backward_kernel_f32(
         RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
     else
         RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(float), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(float), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(float), cs));
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
+        [[maybe_unused]] float *s_sigmoid_h_sum = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum): the saved h_prev of the next step */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_simplernn_bwd1_f32, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (float)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (float)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (float)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (float)1, dL_h_1, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
@@ -506,8 +506,8 @@ static int backward_kernel_f32(
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g0, LDS_g0, (float)0, dUcat_g0, LDS_g0));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U, (size_t)H * sizeof(float), dUcat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (float)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U, (size_t)H * sizeof(float), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (float)1, x, (size_t)D, dXW, LDXW, (float)0, dWcat, LDXW));
     RNNGEN_CU(cudaMemcpy2DAsync(dw_W, (size_t)H * sizeof(float), dWcat + 0 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
@@ -548,7 +548,7 @@ typedef struct {
     const double *dy;                  /* [B,T,H] */
     double *dXW, *dXP, *dVec, *dXE;
     const double *w_b;                       /* [H] */
-    [[maybe_unused]] double *S_g0, *dS_g0;
+    [[maybe_unused]] double *S_g_h_prev, *dS_g_h_prev;
     [[maybe_unused]] double *L_h_1, *dL_h_1;
     [[maybe_unused]] double *d_h_new;
 } rnngen_simplernn_frame_f64;
@@ -569,8 +569,8 @@ static __global__ void rnngen_simplernn_fwd0_f64(const rnngen_simplernn_frame_f6
     [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] double *d_h_new = F.d_h_new;
 
@@ -580,7 +580,7 @@ static __global__ void rnngen_simplernn_fwd0_f64(const rnngen_simplernn_frame_f6
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
+        [[maybe_unused]] double *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
 
 
@@ -603,8 +603,8 @@ static __global__ void rnngen_simplernn_fwd1_f64(const rnngen_simplernn_frame_f6
     [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] double *d_h_new = F.d_h_new;
 
@@ -614,18 +614,18 @@ static __global__ void rnngen_simplernn_fwd1_f64(const rnngen_simplernn_frame_f6
 
     [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
+        [[maybe_unused]] double *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
 
 
     const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const double v_b = w_b[j];
-    const double v_t4 = v_x_w + v_b;
-    const double v_t5 = v_t4 + S_g0[(size_t)b * LDS_g0 + OFF_g0 + 0 * nU + j];
-    const double v_t6 = 1.0 / (1.0 + exp(-(v_t5)));
-    if (save && t == T - 1) s_t6[bs] = v_t6;
+    const double v_x_w_plus_b = v_x_w + v_b;
+    const double v_h_sum = v_x_w_plus_b + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
+    const double v_sigmoid_h_sum = 1.0 / (1.0 + exp(-(v_h_sum)));
+    if (save && t == T - 1) s_sigmoid_h_sum[bs] = v_sigmoid_h_sum;
     /* h = activation(x @ W + b + h @ U) */
-    const double v_h_new = v_t6;
+    const double v_h_new = v_sigmoid_h_sum;
     if (m) {
         L_h_1[bj] = v_h_new;
     }
@@ -648,8 +648,8 @@ static __global__ void rnngen_simplernn_bwd1_f64(const rnngen_simplernn_frame_f6
     [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
     [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
     [[maybe_unused]] const double *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g0 = 1 * (size_t)H, OFF_g0 = 0;
-    [[maybe_unused]] double *S_g0 = F.S_g0, *dS_g0 = F.dS_g0;
+    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
+    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
     [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
     [[maybe_unused]] double *d_h_new = F.d_h_new;
 
@@ -660,7 +660,7 @@ static __global__ void rnngen_simplernn_bwd1_f64(const rnngen_simplernn_frame_f6
     [[maybe_unused]] const size_t ts = (size_t)t;
     [[maybe_unused]] double *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
+        [[maybe_unused]] double *s_sigmoid_h_sum = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum): the saved h_prev of the next step */
 
 
 
@@ -669,17 +669,17 @@ static __global__ void rnngen_simplernn_bwd1_f64(const rnngen_simplernn_frame_f6
         double a0 = 0.0;
         double a1 = 0.0;
         double g_h_prev_u = 0.0;
-        double g_t5 = 0.0;
-        double g_t6 = 0.0;
+        double g_h_sum = 0.0;
+        double g_sigmoid_h_sum = 0.0;
         double g_h_new = a_h;
-        g_t6 += g_h_new;
-        g_t5 += g_t6 * (s_t6[bs] * (1.0 - s_t6[bs]));
-        a1 += g_t5;
-        g_h_prev_u += g_t5;
-        dS_g0[((size_t)b * DSB + (size_t)t * DST) * LDS_g0 + OFF_g0 + 0 * nU + j] = g_h_prev_u;
+        g_sigmoid_h_sum += g_h_new;
+        g_h_sum += g_sigmoid_h_sum * (s_sigmoid_h_sum[bs] * (1.0 - s_sigmoid_h_sum[bs]));
+        a1 += g_h_sum;
+        g_h_prev_u += g_h_sum;
+        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u;
         double g_b = 0.0;
-        double g_t4 = a1;
-        g_b += g_t4;
+        double g_x_w_plus_b = a1;
+        g_b += g_x_w_plus_b;
         db_b[j] += g_b;
         dL_h_1[bj] = a0;
     } else {   /* a padded step: its cell contributes nothing */
@@ -712,7 +712,7 @@ static int forward_kernel_f64(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
     /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
@@ -721,10 +721,10 @@ static int forward_kernel_f64(
     [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U] */
+    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
@@ -744,7 +744,7 @@ static int forward_kernel_f64(
     F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.d_h_new = d_h_new;
 
@@ -755,7 +755,7 @@ static int forward_kernel_f64(
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), w_U, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
@@ -773,12 +773,12 @@ static int forward_kernel_f64(
     for (int t = 0; t < T; t++) {
         [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t6 = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5) */
+        [[maybe_unused]] double *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_simplernn_fwd0_f64, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g0, H, (double)1, s_h_prev, LDSL, Ucat_g0, LDS_g0, (double)0, S_g0, LDS_g0));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (double)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (double)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_simplernn_fwd1_f64, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -832,17 +832,17 @@ static int backward_kernel_f64(
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g0 = 1 * (size_t)H;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
     [[maybe_unused]] double *p = work;   /* the next free element */
     [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
     [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] [U] */
-    [[maybe_unused]] double *dUcat_g0 = p; p += (size_t)H * LDS_g0; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g0 = p; p += (size_t)B * LDS_g0; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g0 = p; p += (size_t)T * B * LDS_g0; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U] */
+    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
     [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
     [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
     [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
@@ -854,7 +854,7 @@ static int backward_kernel_f64(
     [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
     [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
-    dXW = dS_g0;   /* the same values (see XW_IS_DS) */
+    dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
     double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
     NREAL = (double *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
     rnngen_simplernn_frame_f64 F;
@@ -863,7 +863,7 @@ static int backward_kernel_f64(
     F.D = D; F.x = x; F.dXE = dXE;
     F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
     F.w_b = w_b;
-    F.S_g0 = S_g0; F.dS_g0 = dS_g0;
+    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
     F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
     F.d_h_new = d_h_new;
 
@@ -874,7 +874,7 @@ static int backward_kernel_f64(
 
     RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), w_U, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
@@ -882,19 +882,19 @@ static int backward_kernel_f64(
         RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
     else
         RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g0, 0, (size_t)T * B * LDS_g0 * sizeof(double), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(double), cs));
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(double), cs));
 
     for (int t = T - 1; t >= t0; t--) {
         [[maybe_unused]] const size_t ts = (size_t)t;
         [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_t6 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(t5): the saved h_prev of the next step */
+        [[maybe_unused]] double *s_sigmoid_h_sum = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum): the saved h_prev of the next step */
 
 
 
         RNNGEN_CU_LAUNCH(rnngen_simplernn_bwd1_f64, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g0, (double)1, dS_g0 + (size_t)t * DST * LDS_g0, DSB * LDS_g0, Ucat_g0, LDS_g0, (double)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (double)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (double)1, dL_h_1, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
@@ -905,8 +905,8 @@ static int backward_kernel_f64(
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g0, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g0, LDS_g0, (double)0, dUcat_g0, LDS_g0));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U, (size_t)H * sizeof(double), dUcat_g0 + 0 * (size_t)H, LDS_g0 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (double)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U, (size_t)H * sizeof(double), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (double)1, x, (size_t)D, dXW, LDXW, (double)0, dWcat, LDXW));
     RNNGEN_CU(cudaMemcpy2DAsync(dw_W, (size_t)H * sizeof(double), dWcat + 0 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));

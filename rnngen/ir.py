@@ -51,6 +51,7 @@ class Node:
                      # started: lag; call: function name; assign: state name
     varying: bool    # depends on the state (computed inside the time loop)
     label: str = ""  # a readable C-safe name
+    origin: str = "" # the left-hand side of the equation that first made it
 
     @property
     def is_const(self):
@@ -141,6 +142,83 @@ def c_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", s).lower()
 
 
+# Names of the values no equation names: the expression they compute where that is
+# short (x_w_i_plus_b_i, tanh_c_new, one_minus_z), else the left-hand side of their
+# equation and what they are (i_sum, c_prod; c_value for an equation's whole value).
+_WORDS = {"add": "plus", "sub": "minus", "mul": "times", "div": "over"}
+_KINDS = {"add": "sum", "sub": "sum", "mul": "prod", "div": "quot", "neg": "neg",
+          "pow": "pow", "max": "max", "min": "min"}
+_CONST_WORDS = {0.0: "zero", 1.0: "one", 2.0: "two", 3.0: "three", 0.5: "half"}
+MAX_NAME = 20
+
+
+def _operand_word(n: Node) -> str:
+    if n.is_const:
+        return _CONST_WORDS.get(n.attr, "")
+    return n.label
+
+
+def _expression_name(n: Node) -> str:
+    """A name spelling out what n computes from its operands' names ("" if none fits)."""
+    words = [_operand_word(a) for a in n.args]
+    if not all(words):
+        return ""
+    if n.op in _WORDS:
+        return f"{words[0]}_{_WORDS[n.op]}_{words[1]}"
+    if n.op in ("max", "min"):
+        return f"{n.op}_{words[0]}_{words[1]}"
+    if n.op == "neg":
+        return f"neg_{words[0]}"
+    if n.op == "call":
+        return f"{n.attr}_{words[0]}"
+    if n.op == "pow" and float(n.attr).is_integer():
+        return f"{words[0]}_pow{int(n.attr)}"
+    return ""
+
+
+def _name_values(nodes, assigns) -> None:
+    """Give every node a unique C-safe label; the labels equations gave are kept."""
+    taken: set = set()
+
+    def unique(base):
+        lab, k = base, 2
+        while lab in taken:
+            lab, k = f"{base}_{k}", k + 1
+        taken.add(lab)
+        return lab
+
+    named = {n for n in nodes if n.label}
+    for n in named:
+        n.label = unique(c_name(n.label))
+    whole = {a.args[0] for a in assigns.values()}   # the value of a state's equation
+    for n in nodes:
+        if n in named:
+            continue
+        if n.op == "state":
+            base = f"{n.attr[0]}_lag{n.attr[1]}" if n.attr[1] > 1 else n.attr[0] + "_prev"
+        elif n.op == "started":
+            base = f"started{n.attr}"
+        elif n.op == "xprod":
+            base = f"x_{n.attr}"
+        elif n.op == "bias":
+            base = n.attr
+        elif n.op == "matmul":
+            base = f"{n.args[0].label}_{n.attr}"
+        elif n.op == "mean":
+            base = f"mean_{n.args[0].label}"
+        elif n.op == "xval":
+            base = "x_t"
+        elif n.is_const:
+            base = f"const{n.id}"
+        else:
+            base = c_name(_expression_name(n))
+            if not base or len(base) > MAX_NAME:
+                what = "value" if n in whole else _KINDS.get(n.op, n.attr if n.op == "call"
+                                                              else n.op)
+                base = f"{n.origin}_{what}" if n.origin else f"{what}{n.id}"
+        n.label = unique(c_name(base))
+
+
 class _Lowering:
     def __init__(self, spec: CellSpec, params: dict):
         self.spec = spec
@@ -163,7 +241,8 @@ class _Lowering:
         if key in self.cache:
             return self.cache[key]
         varying = op in ("state", "started", "assign") + PRODUCTS or any(a.varying for a in args)
-        n = Node(len(self.nodes), op, tuple(args), attr, varying)
+        n = Node(len(self.nodes), op, tuple(args), attr, varying,
+                 origin=getattr(self, "current_target", ""))
         self.nodes.append(n)
         self.cache[key] = n
         self.products[n.id] = max((self.products[a.id] for a in args), default=0) \
@@ -699,21 +778,7 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
 
     for s, n in assigns.items():
         n.label = c_name(s) + "_new"
-    taken = set()
-    for n in nodes:
-        base = n.label or {"state": lambda: f"{n.attr[0]}_lag{n.attr[1]}" if n.attr[1] > 1
-                           else n.attr[0] + "_prev",
-                           "started": lambda: f"started{n.attr}",
-                           "xprod": lambda: f"x_{n.attr}",
-                           "bias": lambda: n.attr,
-                           "matmul": lambda: f"{n.args[0].label or 't' + str(n.args[0].id)}_{n.attr}",
-                           "mean": lambda: f"mean_{n.args[0].label or 't' + str(n.args[0].id)}",
-                           "xval": lambda: "x_t",
-                           }.get(n.op, lambda: f"t{n.id}")()
-        base = c_name(base)
-        lab = base if base not in taken else f"{base}_{n.id}"
-        taken.add(lab)
-        n.label = lab
+    _name_values(nodes, assigns)
 
     hoisted = [n for n in nodes if n.hoisted]
     xprods = [n for n in nodes if n.op == "xprod"]
@@ -749,10 +814,10 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
             if n.op == "matmul" and phase[n] == p:
                 by_operand.setdefault(n.args[0], []).append(n)
         for operand, mms in by_operand.items():
-            groups.append(Group(f"g{len(groups)}", p, operand, tuple(mms)))
+            groups.append(Group(f"g_{operand.label}", p, operand, tuple(mms)))
         for n in nodes:
             if n.op == "mean" and phase[n] == p:
-                groups.append(Group(f"g{len(groups)}", p, n.args[0], (n,), mean=True))
+                groups.append(Group(f"gmean_{n.args[0].label}", p, n.args[0], (n,), mean=True))
     operands = {g.operand for g in groups}
 
     def loop_of(n):
