@@ -289,8 +289,6 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
             RNNGEN_MAYBE_UNUSED float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -603,8 +601,6 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED float *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
                 RNNGEN_MAYBE_UNUSED float *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
-
-
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -627,10 +623,10 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_x_w_z_plus_b_z)));
                             const float v_one_minus_z = 1.0f - v_z;
                             const float a_h = dL_h_1[bj] + dy[r * H + j];
-                            float a0 = 0.0f;
-                            float a1 = 0.0f;
-                            float a2 = 0.0f;
-                            float a3 = 0.0f;
+                            float acc_dL_h_1 = 0.0f;
+                            float acc_dXP_one_minus_z = 0.0f;
+                            float acc_dXP_z = 0.0f;
+                            float acc_dXP_tanh_x_pmat_plus_b_h = 0.0f;
                             float g_r_times_h_prev_u_h = 0.0f;
                             float g_hh_sum = 0.0f;
                             float g_hh = 0.0f;
@@ -641,18 +637,18 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             g_h_value += g_h_new;
                             g_hh_times_z += g_h_value;
                             g_h_prod += g_h_value;
-                            a0 += g_h_prod * (v_one_minus_z);
-                            a1 += g_h_prod * (s_h_prev[bs]);
+                            acc_dL_h_1 += g_h_prod * (v_one_minus_z);
+                            acc_dXP_one_minus_z += g_h_prod * (s_h_prev[bs]);
                             g_hh += g_hh_times_z * (v_z);
-                            a2 += g_hh_times_z * (s_hh[bs]);
+                            acc_dXP_z += g_hh_times_z * (s_hh[bs]);
                             g_hh_sum += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-                            a3 += g_hh_sum;
+                            acc_dXP_tanh_x_pmat_plus_b_h += g_hh_sum;
                             g_r_times_h_prev_u_h += g_hh_sum;
                             dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
-                            dL_h_1[bj] = a0;
-                            dXP[(size_t)3 * BH + bj] = a1;
-                            dXP[(size_t)0 * BH + bj] = a2;
-                            dXP[(size_t)2 * BH + bj] = a3;
+                            dL_h_1[bj] = acc_dL_h_1;
+                            dXP[(size_t)3 * BH + bj] = acc_dXP_one_minus_z;
+                            dXP[(size_t)0 * BH + bj] = acc_dXP_z;
+                            dXP[(size_t)2 * BH + bj] = acc_dXP_tanh_x_pmat_plus_b_h;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -684,34 +680,34 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             const float v_z = 1.0f / (1.0f + rnngen_expf(-(v_x_w_z_plus_b_z)));
                             const float v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
                             const float v_tanh_x_pmat = rnngen_tanhf(v_x_pmat);
-                            float a0 = d_r_times_h_prev[bj];
-                            float a1 = dL_h_1[bj];
-                            float a2 = 0.0f;
-                            float a3 = dXP[(size_t)0 * BH + bj];
-                            float a4 = dXP[(size_t)2 * BH + bj];
-                            float a5 = dXP[(size_t)3 * BH + bj];
+                            float acc_d_r_times_h_prev = d_r_times_h_prev[bj];
+                            float acc_dL_h_1 = dL_h_1[bj];
+                            float acc_dXP_x_w_r_plus_b_r = 0.0f;
+                            float acc_dXP_z = dXP[(size_t)0 * BH + bj];
+                            float acc_dXP_tanh_x_pmat_plus_b_h = dXP[(size_t)2 * BH + bj];
+                            float acc_dXP_one_minus_z = dXP[(size_t)3 * BH + bj];
                             float g_h_prev_u_r = 0.0f;
                             float g_r_sum = 0.0f;
                             float g_r = 0.0f;
-                            float g_r_times_h_prev = a0;
+                            float g_r_times_h_prev = acc_d_r_times_h_prev;
                             g_r += g_r_times_h_prev * (s_h_prev[bs]);
-                            a1 += g_r_times_h_prev * (s_r[bs]);
+                            acc_dL_h_1 += g_r_times_h_prev * (s_r[bs]);
                             g_r_sum += g_r * (s_r[bs] * (1.0f - s_r[bs]));
-                            a2 += g_r_sum;
+                            acc_dXP_x_w_r_plus_b_r += g_r_sum;
                             g_h_prev_u_r += g_r_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_r;
                             float g_x_w_z = 0.0f;
                             float g_b_z = 0.0f;
                             float g_x_w_z_plus_b_z = 0.0f;
-                            float g_z = a3;
+                            float g_z = acc_dXP_z;
                             float g_x_w_r = 0.0f;
                             float g_b_r = 0.0f;
-                            float g_x_w_r_plus_b_r = a2;
+                            float g_x_w_r_plus_b_r = acc_dXP_x_w_r_plus_b_r;
                             float g_x_pmat = 0.0f;
                             float g_tanh_x_pmat = 0.0f;
                             float g_b_h = 0.0f;
-                            float g_tanh_x_pmat_plus_b_h = a4;
-                            float g_one_minus_z = a5;
+                            float g_tanh_x_pmat_plus_b_h = acc_dXP_tanh_x_pmat_plus_b_h;
+                            float g_one_minus_z = acc_dXP_one_minus_z;
                             g_z += -g_one_minus_z;
                             g_tanh_x_pmat += g_tanh_x_pmat_plus_b_h;
                             g_b_h += g_tanh_x_pmat_plus_b_h;
@@ -727,7 +723,7 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             g_b_z += g_x_w_z_plus_b_z;
                             db_b_z[j] += g_b_z;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-                            dL_h_1[bj] = a1;
+                            dL_h_1[bj] = acc_dL_h_1;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
                         memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
@@ -1129,8 +1125,6 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
             RNNGEN_MAYBE_UNUSED double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1443,8 +1437,6 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED double *s_r_times_h_prev = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
                 RNNGEN_MAYBE_UNUSED double *s_hh = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
-
-
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1467,10 +1459,10 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             const double v_z = 1.0 / (1.0 + exp(-(v_x_w_z_plus_b_z)));
                             const double v_one_minus_z = 1.0 - v_z;
                             const double a_h = dL_h_1[bj] + dy[r * H + j];
-                            double a0 = 0.0;
-                            double a1 = 0.0;
-                            double a2 = 0.0;
-                            double a3 = 0.0;
+                            double acc_dL_h_1 = 0.0;
+                            double acc_dXP_one_minus_z = 0.0;
+                            double acc_dXP_z = 0.0;
+                            double acc_dXP_tanh_x_pmat_plus_b_h = 0.0;
                             double g_r_times_h_prev_u_h = 0.0;
                             double g_hh_sum = 0.0;
                             double g_hh = 0.0;
@@ -1481,18 +1473,18 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             g_h_value += g_h_new;
                             g_hh_times_z += g_h_value;
                             g_h_prod += g_h_value;
-                            a0 += g_h_prod * (v_one_minus_z);
-                            a1 += g_h_prod * (s_h_prev[bs]);
+                            acc_dL_h_1 += g_h_prod * (v_one_minus_z);
+                            acc_dXP_one_minus_z += g_h_prod * (s_h_prev[bs]);
                             g_hh += g_hh_times_z * (v_z);
-                            a2 += g_hh_times_z * (s_hh[bs]);
+                            acc_dXP_z += g_hh_times_z * (s_hh[bs]);
                             g_hh_sum += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-                            a3 += g_hh_sum;
+                            acc_dXP_tanh_x_pmat_plus_b_h += g_hh_sum;
                             g_r_times_h_prev_u_h += g_hh_sum;
                             dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
-                            dL_h_1[bj] = a0;
-                            dXP[(size_t)3 * BH + bj] = a1;
-                            dXP[(size_t)0 * BH + bj] = a2;
-                            dXP[(size_t)2 * BH + bj] = a3;
+                            dL_h_1[bj] = acc_dL_h_1;
+                            dXP[(size_t)3 * BH + bj] = acc_dXP_one_minus_z;
+                            dXP[(size_t)0 * BH + bj] = acc_dXP_z;
+                            dXP[(size_t)2 * BH + bj] = acc_dXP_tanh_x_pmat_plus_b_h;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -1524,34 +1516,34 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             const double v_z = 1.0 / (1.0 + exp(-(v_x_w_z_plus_b_z)));
                             const double v_x_pmat = XW[rx * LDXW + OFFW + 2 * nU + j];
                             const double v_tanh_x_pmat = tanh(v_x_pmat);
-                            double a0 = d_r_times_h_prev[bj];
-                            double a1 = dL_h_1[bj];
-                            double a2 = 0.0;
-                            double a3 = dXP[(size_t)0 * BH + bj];
-                            double a4 = dXP[(size_t)2 * BH + bj];
-                            double a5 = dXP[(size_t)3 * BH + bj];
+                            double acc_d_r_times_h_prev = d_r_times_h_prev[bj];
+                            double acc_dL_h_1 = dL_h_1[bj];
+                            double acc_dXP_x_w_r_plus_b_r = 0.0;
+                            double acc_dXP_z = dXP[(size_t)0 * BH + bj];
+                            double acc_dXP_tanh_x_pmat_plus_b_h = dXP[(size_t)2 * BH + bj];
+                            double acc_dXP_one_minus_z = dXP[(size_t)3 * BH + bj];
                             double g_h_prev_u_r = 0.0;
                             double g_r_sum = 0.0;
                             double g_r = 0.0;
-                            double g_r_times_h_prev = a0;
+                            double g_r_times_h_prev = acc_d_r_times_h_prev;
                             g_r += g_r_times_h_prev * (s_h_prev[bs]);
-                            a1 += g_r_times_h_prev * (s_r[bs]);
+                            acc_dL_h_1 += g_r_times_h_prev * (s_r[bs]);
                             g_r_sum += g_r * (s_r[bs] * (1.0 - s_r[bs]));
-                            a2 += g_r_sum;
+                            acc_dXP_x_w_r_plus_b_r += g_r_sum;
                             g_h_prev_u_r += g_r_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_r;
                             double g_x_w_z = 0.0;
                             double g_b_z = 0.0;
                             double g_x_w_z_plus_b_z = 0.0;
-                            double g_z = a3;
+                            double g_z = acc_dXP_z;
                             double g_x_w_r = 0.0;
                             double g_b_r = 0.0;
-                            double g_x_w_r_plus_b_r = a2;
+                            double g_x_w_r_plus_b_r = acc_dXP_x_w_r_plus_b_r;
                             double g_x_pmat = 0.0;
                             double g_tanh_x_pmat = 0.0;
                             double g_b_h = 0.0;
-                            double g_tanh_x_pmat_plus_b_h = a4;
-                            double g_one_minus_z = a5;
+                            double g_tanh_x_pmat_plus_b_h = acc_dXP_tanh_x_pmat_plus_b_h;
+                            double g_one_minus_z = acc_dXP_one_minus_z;
                             g_z += -g_one_minus_z;
                             g_tanh_x_pmat += g_tanh_x_pmat_plus_b_h;
                             g_b_h += g_tanh_x_pmat_plus_b_h;
@@ -1567,7 +1559,7 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             g_b_z += g_x_w_z_plus_b_z;
                             db_b_z[j] += g_b_z;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-                            dL_h_1[bj] = a1;
+                            dL_h_1[bj] = acc_dL_h_1;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
                         memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));

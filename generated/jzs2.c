@@ -295,8 +295,6 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED float *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
             RNNGEN_MAYBE_UNUSED float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -619,8 +617,6 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED float *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
                 RNNGEN_MAYBE_UNUSED float *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
-
-
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -638,9 +634,9 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const float a_h = dL_h_1[bj] + dy[r * H + j];
-                            float a0 = 0.0f;
-                            float a1 = 0.0f;
-                            float a2 = 0.0f;
+                            float acc_dL_h_1 = 0.0f;
+                            float acc_dXP_x_w_h_plus_b_h = 0.0f;
+                            float acc_dXP_x_w_z_plus_b_z = 0.0f;
                             float g_h_prev_u_z = 0.0f;
                             float g_z_sum = 0.0f;
                             float g_z = 0.0f;
@@ -655,22 +651,22 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             g_h_value += g_h_new;
                             g_hh_times_z += g_h_value;
                             g_h_prod += g_h_value;
-                            a0 += g_h_prod * ((1.0f - s_z[bs]));
+                            acc_dL_h_1 += g_h_prod * ((1.0f - s_z[bs]));
                             g_one_minus_z += g_h_prod * (s_h_prev[bs]);
                             g_z += -g_one_minus_z;
                             g_hh += g_hh_times_z * (s_z[bs]);
                             g_z += g_hh_times_z * (s_hh[bs]);
                             g_hh_sum += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-                            a1 += g_hh_sum;
+                            acc_dXP_x_w_h_plus_b_h += g_hh_sum;
                             g_r_times_h_prev_u_h += g_hh_sum;
                             dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
                             g_z_sum += g_z * (s_z[bs] * (1.0f - s_z[bs]));
-                            a2 += g_z_sum;
+                            acc_dXP_x_w_z_plus_b_z += g_z_sum;
                             g_h_prev_u_z += g_z_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_z;
-                            dL_h_1[bj] = a0;
-                            dXP[(size_t)2 * BH + bj] = a1;
-                            dXP[(size_t)0 * BH + bj] = a2;
+                            dL_h_1[bj] = acc_dL_h_1;
+                            dXP[(size_t)2 * BH + bj] = acc_dXP_x_w_h_plus_b_h;
+                            dXP[(size_t)0 * BH + bj] = acc_dXP_x_w_z_plus_b_z;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -696,30 +692,30 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            float a0 = d_r_times_h_prev[bj];
-                            float a1 = dL_h_1[bj];
-                            float a2 = 0.0f;
-                            float a3 = dXP[(size_t)0 * BH + bj];
-                            float a4 = dXP[(size_t)2 * BH + bj];
+                            float acc_d_r_times_h_prev = d_r_times_h_prev[bj];
+                            float acc_dL_h_1 = dL_h_1[bj];
+                            float acc_dXP_x_pmat_plus_b_r = 0.0f;
+                            float acc_dXP_x_w_z_plus_b_z = dXP[(size_t)0 * BH + bj];
+                            float acc_dXP_x_w_h_plus_b_h = dXP[(size_t)2 * BH + bj];
                             float g_h_prev_u_r = 0.0f;
                             float g_r_sum = 0.0f;
                             float g_r = 0.0f;
-                            float g_r_times_h_prev = a0;
+                            float g_r_times_h_prev = acc_d_r_times_h_prev;
                             g_r += g_r_times_h_prev * (s_h_prev[bs]);
-                            a1 += g_r_times_h_prev * (s_r[bs]);
+                            acc_dL_h_1 += g_r_times_h_prev * (s_r[bs]);
                             g_r_sum += g_r * (s_r[bs] * (1.0f - s_r[bs]));
-                            a2 += g_r_sum;
+                            acc_dXP_x_pmat_plus_b_r += g_r_sum;
                             g_h_prev_u_r += g_r_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_r;
                             float g_x_w_z = 0.0f;
                             float g_b_z = 0.0f;
-                            float g_x_w_z_plus_b_z = a3;
+                            float g_x_w_z_plus_b_z = acc_dXP_x_w_z_plus_b_z;
                             float g_x_pmat = 0.0f;
                             float g_b_r = 0.0f;
-                            float g_x_pmat_plus_b_r = a2;
+                            float g_x_pmat_plus_b_r = acc_dXP_x_pmat_plus_b_r;
                             float g_x_w_h = 0.0f;
                             float g_b_h = 0.0f;
-                            float g_x_w_h_plus_b_h = a4;
+                            float g_x_w_h_plus_b_h = acc_dXP_x_w_h_plus_b_h;
                             g_x_w_h += g_x_w_h_plus_b_h;
                             g_b_h += g_x_w_h_plus_b_h;
                             db_b_h[j] += g_b_h;
@@ -732,7 +728,7 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             g_b_z += g_x_w_z_plus_b_z;
                             db_b_z[j] += g_b_z;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-                            dL_h_1[bj] = a1;
+                            dL_h_1[bj] = acc_dL_h_1;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
                         memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(float));
@@ -1153,8 +1149,6 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED double *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
             RNNGEN_MAYBE_UNUSED double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1477,8 +1471,6 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED double *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
                 RNNGEN_MAYBE_UNUSED double *s_hh = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
-
-
                 /* phase 2, reversed, after the step's entry (dy, register shift; padded rows take dy only) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1496,9 +1488,9 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const double a_h = dL_h_1[bj] + dy[r * H + j];
-                            double a0 = 0.0;
-                            double a1 = 0.0;
-                            double a2 = 0.0;
+                            double acc_dL_h_1 = 0.0;
+                            double acc_dXP_x_w_h_plus_b_h = 0.0;
+                            double acc_dXP_x_w_z_plus_b_z = 0.0;
                             double g_h_prev_u_z = 0.0;
                             double g_z_sum = 0.0;
                             double g_z = 0.0;
@@ -1513,22 +1505,22 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             g_h_value += g_h_new;
                             g_hh_times_z += g_h_value;
                             g_h_prod += g_h_value;
-                            a0 += g_h_prod * ((1.0 - s_z[bs]));
+                            acc_dL_h_1 += g_h_prod * ((1.0 - s_z[bs]));
                             g_one_minus_z += g_h_prod * (s_h_prev[bs]);
                             g_z += -g_one_minus_z;
                             g_hh += g_hh_times_z * (s_z[bs]);
                             g_z += g_hh_times_z * (s_hh[bs]);
                             g_hh_sum += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-                            a1 += g_hh_sum;
+                            acc_dXP_x_w_h_plus_b_h += g_hh_sum;
                             g_r_times_h_prev_u_h += g_hh_sum;
                             dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
                             g_z_sum += g_z * (s_z[bs] * (1.0 - s_z[bs]));
-                            a2 += g_z_sum;
+                            acc_dXP_x_w_z_plus_b_z += g_z_sum;
                             g_h_prev_u_z += g_z_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_z;
-                            dL_h_1[bj] = a0;
-                            dXP[(size_t)2 * BH + bj] = a1;
-                            dXP[(size_t)0 * BH + bj] = a2;
+                            dL_h_1[bj] = acc_dL_h_1;
+                            dXP[(size_t)2 * BH + bj] = acc_dXP_x_w_h_plus_b_h;
+                            dXP[(size_t)0 * BH + bj] = acc_dXP_x_w_z_plus_b_z;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -1554,30 +1546,30 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
         #pragma omp simd
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-                            double a0 = d_r_times_h_prev[bj];
-                            double a1 = dL_h_1[bj];
-                            double a2 = 0.0;
-                            double a3 = dXP[(size_t)0 * BH + bj];
-                            double a4 = dXP[(size_t)2 * BH + bj];
+                            double acc_d_r_times_h_prev = d_r_times_h_prev[bj];
+                            double acc_dL_h_1 = dL_h_1[bj];
+                            double acc_dXP_x_pmat_plus_b_r = 0.0;
+                            double acc_dXP_x_w_z_plus_b_z = dXP[(size_t)0 * BH + bj];
+                            double acc_dXP_x_w_h_plus_b_h = dXP[(size_t)2 * BH + bj];
                             double g_h_prev_u_r = 0.0;
                             double g_r_sum = 0.0;
                             double g_r = 0.0;
-                            double g_r_times_h_prev = a0;
+                            double g_r_times_h_prev = acc_d_r_times_h_prev;
                             g_r += g_r_times_h_prev * (s_h_prev[bs]);
-                            a1 += g_r_times_h_prev * (s_r[bs]);
+                            acc_dL_h_1 += g_r_times_h_prev * (s_r[bs]);
                             g_r_sum += g_r * (s_r[bs] * (1.0 - s_r[bs]));
-                            a2 += g_r_sum;
+                            acc_dXP_x_pmat_plus_b_r += g_r_sum;
                             g_h_prev_u_r += g_r_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_r;
                             double g_x_w_z = 0.0;
                             double g_b_z = 0.0;
-                            double g_x_w_z_plus_b_z = a3;
+                            double g_x_w_z_plus_b_z = acc_dXP_x_w_z_plus_b_z;
                             double g_x_pmat = 0.0;
                             double g_b_r = 0.0;
-                            double g_x_pmat_plus_b_r = a2;
+                            double g_x_pmat_plus_b_r = acc_dXP_x_pmat_plus_b_r;
                             double g_x_w_h = 0.0;
                             double g_b_h = 0.0;
-                            double g_x_w_h_plus_b_h = a4;
+                            double g_x_w_h_plus_b_h = acc_dXP_x_w_h_plus_b_h;
                             g_x_w_h += g_x_w_h_plus_b_h;
                             g_b_h += g_x_w_h_plus_b_h;
                             db_b_h[j] += g_b_h;
@@ -1590,7 +1582,7 @@ const size_t OFF_g_r_times_h_prev = (1 - 1) * (size_t)j0;
                             g_b_z += g_x_w_z_plus_b_z;
                             db_b_z[j] += g_b_z;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-                            dL_h_1[bj] = a1;
+                            dL_h_1[bj] = acc_dL_h_1;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
                         memset(dXW + r * LDXW + NW * (size_t)j0, 0, NW * nU * sizeof(double));

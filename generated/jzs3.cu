@@ -148,197 +148,165 @@ int rnngen_jzs3_sizes(int T, int B, int D, int H, long long *save_size, long lon
     return RNNGEN_OK;
 }
 
-/* ======================== float ======================== */
+/* Everything below is written once for the element type R and instantiated for float
+ * (the _f32 entry points) and double (_f64) at the end. */
 
 /* What the step kernels read: sizes and device pointers (see work_layout). */
-typedef struct {
+template <typename R>
+struct rnngen_jzs3_frame {
     int T, B, D, H, save, Teff;
     size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
     const unsigned char *mask;        /* [B,T] or NULL */
-    const float *NREAL;               /* [T,B] */
-    const float *XW;                  /* [B*T, NW*H] */
-    const float *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
-    float *SL;                        /* NSLOT saved values */
-    float *y;                         /* [B,T,H] */
-    const float *dy;                  /* [B,T,H] */
-    float *dXW, *dXP, *dVec, *dXE;
-    const float *w_b_z;                     /* [H] */
-    const float *w_b_r;                     /* [H] */
-    const float *w_b_h;                     /* [H] */
-    [[maybe_unused]] float *S_g_tanh_h_prev, *dS_g_tanh_h_prev;
-    [[maybe_unused]] float *S_g_h_prev, *dS_g_h_prev;
-    [[maybe_unused]] float *S_g_r_times_h_prev, *dS_g_r_times_h_prev;
-    [[maybe_unused]] float *L_h_1, *dL_h_1;
-    [[maybe_unused]] float *d_tanh_h_prev;
-    [[maybe_unused]] float *d_r_times_h_prev;
-    [[maybe_unused]] float *d_h_new;
-} rnngen_jzs3_frame_f32;
+    const R *NREAL;               /* [T,B] */
+    const R *XW;                  /* [B*T, NW*H] */
+    const R *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
+    R *SL;                        /* NSLOT saved values */
+    R *y;                         /* [B,T,H] */
+    const R *dy;                  /* [B,T,H] */
+    R *dXW, *dXP, *dVec, *dXE;
+    const R *w_b_z;                     /* [H] */
+    const R *w_b_r;                     /* [H] */
+    const R *w_b_h;                     /* [H] */
+    R *S_g_tanh_h_prev, *dS_g_tanh_h_prev;
+    R *S_g_h_prev, *dS_g_h_prev;
+    R *S_g_r_times_h_prev, *dS_g_r_times_h_prev;
+    R *L_h_1, *dL_h_1;
+    R *d_tanh_h_prev;
+    R *d_r_times_h_prev;
+    R *d_h_new;
+};
 
 /* forward, phase 0 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_jzs3_fwd0_f32(const rnngen_jzs3_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_jzs3_fwd0(const rnngen_jzs3_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b_z = F.w_b_z;
-    [[maybe_unused]] const float *w_b_r = F.w_b_r;
-    [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] float *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] float *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] float *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int B = F.B;
+    const int H = F.H;
+    const int save = F.save;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    R *SL = F.SL;
+    R *L_h_1 = F.L_h_1;
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+    R *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
     s_h_prev[bs] = L_h_1[bj];
-    const float v_tanh_h_prev = tanhf(L_h_1[bj]);
+    const R v_tanh_h_prev = rnngen_tanh(L_h_1[bj]);
     s_tanh_h_prev[bs] = v_tanh_h_prev;
 }
 
 /* forward, phase 1 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_jzs3_fwd1_f32(const rnngen_jzs3_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_jzs3_fwd1(const rnngen_jzs3_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b_z = F.w_b_z;
-    [[maybe_unused]] const float *w_b_r = F.w_b_r;
-    [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] float *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] float *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] float *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-    const float v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
-    const float v_b_r = w_b_r[j];
-    const float v_x_w_r_plus_b_r = v_x_w_r + v_b_r;
-    const float v_r_sum = v_x_w_r_plus_b_r + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int T = F.T;
+    const int B = F.B;
+    const int H = F.H;
+    const int save = F.save;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDXW = (size_t)NW * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    const size_t nU = (size_t)H;
+    const size_t OFFW = 0;
+    const R *XW = F.XW;
+    R *SL = F.SL;
+    const R *w_b_r = F.w_b_r;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t OFF_g_h_prev = 0;
+    R *S_g_h_prev = F.S_g_h_prev;
+    R *L_h_1 = F.L_h_1;
+    const size_t r = (size_t)b * T + t;   /* row of x, y and dy */
+    const size_t rx = r;   /* row of XW */
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
+    R *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+    const R v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
+    const R v_b_r = w_b_r[j];
+    const R v_x_w_r_plus_b_r = v_x_w_r + v_b_r;
+    const R v_r_sum = v_x_w_r_plus_b_r + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
     /* r = inner_activation(x @ W_r + b_r + h @ U_r) */
-    const float v_r = 1.0f / (1.0f + expf(-(v_r_sum)));
+    const R v_r = R(1.0) / (R(1.0) + rnngen_exp(-(v_r_sum)));
     if (save) s_r[bs] = v_r;
-    const float v_r_times_h_prev = v_r * L_h_1[bj];
+    const R v_r_times_h_prev = v_r * L_h_1[bj];
     s_r_times_h_prev[bs] = v_r_times_h_prev;
 }
 
 /* forward, phase 2 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_jzs3_fwd2_f32(const rnngen_jzs3_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_jzs3_fwd2(const rnngen_jzs3_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b_z = F.w_b_z;
-    [[maybe_unused]] const float *w_b_r = F.w_b_r;
-    [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] float *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] float *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] float *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-    const float v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const float v_b_z = w_b_z[j];
-    const float v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
-    const float v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const float v_b_h = w_b_h[j];
-    const float v_x_w_h_plus_b_h = v_x_w_h + v_b_h;
-    const float v_z_sum = v_x_w_z_plus_b_z + S_g_tanh_h_prev[(size_t)b * LDS_g_tanh_h_prev + OFF_g_tanh_h_prev + 0 * nU + j];
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int T = F.T;
+    const int B = F.B;
+    const int H = F.H;
+    const int save = F.save;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDXW = (size_t)NW * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    const size_t nU = (size_t)H;
+    const size_t OFFW = 0;
+    const unsigned char *mask = F.mask;
+    const R *XW = F.XW;
+    R *SL = F.SL;
+    R *y = F.y;
+    const R *w_b_z = F.w_b_z;
+    const R *w_b_h = F.w_b_h;
+    const size_t LDS_g_tanh_h_prev = 1 * (size_t)H;
+    const size_t OFF_g_tanh_h_prev = 0;
+    R *S_g_tanh_h_prev = F.S_g_tanh_h_prev;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
+    const size_t OFF_g_r_times_h_prev = 0;
+    R *S_g_r_times_h_prev = F.S_g_r_times_h_prev;
+    R *L_h_1 = F.L_h_1;
+    const size_t r = (size_t)b * T + t;   /* row of x, y and dy */
+    const size_t rx = r;   /* row of XW */
+    const int m = rnngen_real(mask, r);
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
+    R *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
+    const R v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
+    const R v_b_z = w_b_z[j];
+    const R v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
+    const R v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
+    const R v_b_h = w_b_h[j];
+    const R v_x_w_h_plus_b_h = v_x_w_h + v_b_h;
+    const R v_z_sum = v_x_w_z_plus_b_z + S_g_tanh_h_prev[(size_t)b * LDS_g_tanh_h_prev + OFF_g_tanh_h_prev + 0 * nU + j];
     /* z = inner_activation(x @ W_z + b_z + tanh(h) @ U_z) */
-    const float v_z = 1.0f / (1.0f + expf(-(v_z_sum)));
+    const R v_z = R(1.0) / (R(1.0) + rnngen_exp(-(v_z_sum)));
     if (save) s_z[bs] = v_z;
-    const float v_hh_sum = v_x_w_h_plus_b_h + S_g_r_times_h_prev[(size_t)b * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j];
+    const R v_hh_sum = v_x_w_h_plus_b_h + S_g_r_times_h_prev[(size_t)b * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j];
     /* hh = activation(x @ W_h + b_h + r * h @ U_h) */
-    const float v_hh = tanhf(v_hh_sum);
+    const R v_hh = rnngen_tanh(v_hh_sum);
     if (save) s_hh[bs] = v_hh;
-    const float v_hh_times_z = v_hh * v_z;
-    const float v_one_minus_z = 1.0f - v_z;
-    const float v_h_prod = L_h_1[bj] * v_one_minus_z;
-    const float v_h_value = v_hh_times_z + v_h_prod;
+    const R v_hh_times_z = v_hh * v_z;
+    const R v_one_minus_z = R(1.0) - v_z;
+    const R v_h_prod = L_h_1[bj] * v_one_minus_z;
+    const R v_h_value = v_hh_times_z + v_h_prod;
     /* h = hh * z + h * (1 - z) */
-    const float v_h_new = v_h_value;
+    const R v_h_new = v_h_value;
     if (m) {
         L_h_1[bj] = v_h_new;
     }
@@ -346,222 +314,185 @@ static __global__ void rnngen_jzs3_fwd2_f32(const rnngen_jzs3_frame_f32 F, const
 }
 
 /* backward, phase 2 of step t, reversed (after the step's entry) */
-static __global__ void rnngen_jzs3_bwd2_f32(const rnngen_jzs3_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_jzs3_bwd2(const rnngen_jzs3_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b_z = F.w_b_z;
-    [[maybe_unused]] const float *w_b_r = F.w_b_r;
-    [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] float *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] float *db_b_z = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] float *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] float *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] float *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] float *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int T = F.T;
+    const int B = F.B;
+    const int H = F.H;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    const size_t nU = (size_t)H;
+    const unsigned char *mask = F.mask;
+    const R *dy = F.dy;
+    R *SL = F.SL;
+    R *dXP = F.dXP;
+    const size_t LDS_g_tanh_h_prev = 1 * (size_t)H;
+    const size_t OFF_g_tanh_h_prev = 0;
+    R *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
+    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
+    const size_t OFF_g_r_times_h_prev = 0;
+    R *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
+    R *dL_h_1 = F.dL_h_1;
+    R *d_tanh_h_prev = F.d_tanh_h_prev;
+    R *d_r_times_h_prev = F.d_r_times_h_prev;
+    const size_t r = (size_t)b * T + t;   /* row of x, y and dy */
+    const int m = rnngen_real(mask, r);
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = (size_t)t;
+    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+    R *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
+    R *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
     if (m) {
-        const float a_h = dL_h_1[bj] + dy[r * H + j];
-        float a0 = 0.0f;
-        float a1 = 0.0f;
-        float a2 = 0.0f;
-        float g_tanh_h_prev_u_z = 0.0f;
-        float g_z_sum = 0.0f;
-        float g_z = 0.0f;
-        float g_r_times_h_prev_u_h = 0.0f;
-        float g_hh_sum = 0.0f;
-        float g_hh = 0.0f;
-        float g_hh_times_z = 0.0f;
-        float g_one_minus_z = 0.0f;
-        float g_h_prod = 0.0f;
-        float g_h_value = 0.0f;
-        float g_h_new = a_h;
+        const R a_h = dL_h_1[bj] + dy[r * H + j];
+        R acc_dL_h_1 = R(0.0);
+        R acc_dXP_x_w_h_plus_b_h = R(0.0);
+        R acc_dXP_x_w_z_plus_b_z = R(0.0);
+        R g_tanh_h_prev_u_z = R(0.0);
+        R g_z_sum = R(0.0);
+        R g_z = R(0.0);
+        R g_r_times_h_prev_u_h = R(0.0);
+        R g_hh_sum = R(0.0);
+        R g_hh = R(0.0);
+        R g_hh_times_z = R(0.0);
+        R g_one_minus_z = R(0.0);
+        R g_h_prod = R(0.0);
+        R g_h_value = R(0.0);
+        R g_h_new = a_h;
         g_h_value += g_h_new;
         g_hh_times_z += g_h_value;
         g_h_prod += g_h_value;
-        a0 += g_h_prod * ((1.0f - s_z[bs]));
+        acc_dL_h_1 += g_h_prod * ((R(1.0) - s_z[bs]));
         g_one_minus_z += g_h_prod * (s_h_prev[bs]);
         g_z += -g_one_minus_z;
         g_hh += g_hh_times_z * (s_z[bs]);
         g_z += g_hh_times_z * (s_hh[bs]);
-        g_hh_sum += g_hh * ((1.0f - s_hh[bs] * s_hh[bs]));
-        a1 += g_hh_sum;
+        g_hh_sum += g_hh * ((R(1.0) - s_hh[bs] * s_hh[bs]));
+        acc_dXP_x_w_h_plus_b_h += g_hh_sum;
         g_r_times_h_prev_u_h += g_hh_sum;
         dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
-        g_z_sum += g_z * (s_z[bs] * (1.0f - s_z[bs]));
-        a2 += g_z_sum;
+        g_z_sum += g_z * (s_z[bs] * (R(1.0) - s_z[bs]));
+        acc_dXP_x_w_z_plus_b_z += g_z_sum;
         g_tanh_h_prev_u_z += g_z_sum;
         dS_g_tanh_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_tanh_h_prev + OFF_g_tanh_h_prev + 0 * nU + j] = g_tanh_h_prev_u_z;
-        dL_h_1[bj] = a0;
-        dXP[(size_t)2 * BH + bj] = a1;
-        dXP[(size_t)0 * BH + bj] = a2;
+        dL_h_1[bj] = acc_dL_h_1;
+        dXP[(size_t)2 * BH + bj] = acc_dXP_x_w_h_plus_b_h;
+        dXP[(size_t)0 * BH + bj] = acc_dXP_x_w_z_plus_b_z;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
-        d_tanh_h_prev[bj] = 0.0f;
-        d_r_times_h_prev[bj] = 0.0f;
+        d_tanh_h_prev[bj] = R(0.0);
+        d_r_times_h_prev[bj] = R(0.0);
     }
 }
 
 /* backward, phase 1 of step t, reversed */
-static __global__ void rnngen_jzs3_bwd1_f32(const rnngen_jzs3_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_jzs3_bwd1(const rnngen_jzs3_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b_z = F.w_b_z;
-    [[maybe_unused]] const float *w_b_r = F.w_b_r;
-    [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] float *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] float *db_b_z = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] float *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] float *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] float *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] float *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int T = F.T;
+    const int B = F.B;
+    const int H = F.H;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    const size_t nU = (size_t)H;
+    const unsigned char *mask = F.mask;
+    R *SL = F.SL;
+    R *dXP = F.dXP;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t OFF_g_h_prev = 0;
+    R *dS_g_h_prev = F.dS_g_h_prev;
+    R *dL_h_1 = F.dL_h_1;
+    R *d_r_times_h_prev = F.d_r_times_h_prev;
+    const size_t r = (size_t)b * T + t;   /* row of x, y and dy */
+    const int m = rnngen_real(mask, r);
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = (size_t)t;
+    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+    R *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
     if (m) {
-        float a0 = d_r_times_h_prev[bj];
-        float a1 = dL_h_1[bj];
-        float a2 = 0.0f;
-        float g_h_prev_u_r = 0.0f;
-        float g_r_sum = 0.0f;
-        float g_r = 0.0f;
-        float g_r_times_h_prev = a0;
+        R acc_d_r_times_h_prev = d_r_times_h_prev[bj];
+        R acc_dL_h_1 = dL_h_1[bj];
+        R acc_dXP_x_w_r_plus_b_r = R(0.0);
+        R g_h_prev_u_r = R(0.0);
+        R g_r_sum = R(0.0);
+        R g_r = R(0.0);
+        R g_r_times_h_prev = acc_d_r_times_h_prev;
         g_r += g_r_times_h_prev * (s_h_prev[bs]);
-        a1 += g_r_times_h_prev * (s_r[bs]);
-        g_r_sum += g_r * (s_r[bs] * (1.0f - s_r[bs]));
-        a2 += g_r_sum;
+        acc_dL_h_1 += g_r_times_h_prev * (s_r[bs]);
+        g_r_sum += g_r * (s_r[bs] * (R(1.0) - s_r[bs]));
+        acc_dXP_x_w_r_plus_b_r += g_r_sum;
         g_h_prev_u_r += g_r_sum;
         dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_r;
-        dL_h_1[bj] = a1;
-        dXP[(size_t)1 * BH + bj] = a2;
+        dL_h_1[bj] = acc_dL_h_1;
+        dXP[(size_t)1 * BH + bj] = acc_dXP_x_w_r_plus_b_r;
     } else {   /* a padded step: its cell contributes nothing */
     }
 }
 
 /* backward, phase 0 of step t, reversed, then the input-only part */
-static __global__ void rnngen_jzs3_bwd0_f32(const rnngen_jzs3_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_jzs3_bwd0(const rnngen_jzs3_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b_z = F.w_b_z;
-    [[maybe_unused]] const float *w_b_r = F.w_b_r;
-    [[maybe_unused]] const float *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] float *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] float *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] float *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] float *db_b_z = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] float *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] float *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] float *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] float *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int T = F.T;
+    const int B = F.B;
+    const int H = F.H;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDXW = (size_t)NW * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    const size_t nU = (size_t)H;
+    const size_t OFFW = 0;
+    const unsigned char *mask = F.mask;
+    R *SL = F.SL;
+    R *dXW = F.dXW;
+    R *dXP = F.dXP;
+    R *dL_h_1 = F.dL_h_1;
+    R *d_tanh_h_prev = F.d_tanh_h_prev;
+    const size_t r = (size_t)b * T + t;   /* row of x, y and dy */
+    const int m = rnngen_real(mask, r);
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = (size_t)t;
+    R *db_b_z = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
+    R *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
+    R *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
+    R *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
     if (m) {
-        float a0 = d_tanh_h_prev[bj];
-        float a1 = dL_h_1[bj];
-        float a2 = dXP[(size_t)0 * BH + bj];
-        float a3 = dXP[(size_t)1 * BH + bj];
-        float a4 = dXP[(size_t)2 * BH + bj];
-        float g_tanh_h_prev = a0;
-        a1 += g_tanh_h_prev * ((1.0f - s_tanh_h_prev[bs] * s_tanh_h_prev[bs]));
-        float g_x_w_z = 0.0f;
-        float g_b_z = 0.0f;
-        float g_x_w_z_plus_b_z = a2;
-        float g_x_w_r = 0.0f;
-        float g_b_r = 0.0f;
-        float g_x_w_r_plus_b_r = a3;
-        float g_x_w_h = 0.0f;
-        float g_b_h = 0.0f;
-        float g_x_w_h_plus_b_h = a4;
+        R acc_d_tanh_h_prev = d_tanh_h_prev[bj];
+        R acc_dL_h_1 = dL_h_1[bj];
+        R acc_dXP_x_w_z_plus_b_z = dXP[(size_t)0 * BH + bj];
+        R acc_dXP_x_w_r_plus_b_r = dXP[(size_t)1 * BH + bj];
+        R acc_dXP_x_w_h_plus_b_h = dXP[(size_t)2 * BH + bj];
+        R g_tanh_h_prev = acc_d_tanh_h_prev;
+        acc_dL_h_1 += g_tanh_h_prev * ((R(1.0) - s_tanh_h_prev[bs] * s_tanh_h_prev[bs]));
+        R g_x_w_z = R(0.0);
+        R g_b_z = R(0.0);
+        R g_x_w_z_plus_b_z = acc_dXP_x_w_z_plus_b_z;
+        R g_x_w_r = R(0.0);
+        R g_b_r = R(0.0);
+        R g_x_w_r_plus_b_r = acc_dXP_x_w_r_plus_b_r;
+        R g_x_w_h = R(0.0);
+        R g_b_h = R(0.0);
+        R g_x_w_h_plus_b_h = acc_dXP_x_w_h_plus_b_h;
         g_x_w_h += g_x_w_h_plus_b_h;
         g_b_h += g_x_w_h_plus_b_h;
         db_b_h[j] += g_b_h;
@@ -574,33 +505,34 @@ static __global__ void rnngen_jzs3_bwd0_f32(const rnngen_jzs3_frame_f32 F, const
         g_b_z += g_x_w_z_plus_b_z;
         db_b_z[j] += g_b_z;
         dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-        dL_h_1[bj] = a1;
+        dL_h_1[bj] = acc_dL_h_1;
     } else {   /* a padded step: its cell contributes nothing */
     }
 }
 
-static int forward_kernel_f32(
+template <typename R>
+static int forward_kernel(
     void *stream,
     int T,                              /* steps */
     int B,                              /* samples */
     int D,                              /* input_dim */
     int H,                              /* output_dim */
-    const float *x,                     /* [B,T,D] */
+    const R *x,                         /* [B,T,D] */
     const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
-    const float *state0,                /* [S,B,H], every state (h) before the first step; NULL: zeros */
-    const float *w_W_z,                 /* [D,H], weight W_z */
-    const float *w_U_z,                 /* [H,H], weight U_z */
-    const float *w_b_z,                 /* [H], weight b_z */
-    const float *w_W_r,                 /* [D,H], weight W_r */
-    const float *w_U_r,                 /* [H,H], weight U_r */
-    const float *w_b_r,                 /* [H], weight b_r */
-    const float *w_W_h,                 /* [D,H], weight W_h */
-    const float *w_U_h,                 /* [H,H], weight U_h */
-    const float *w_b_h,                 /* [H], weight b_h */
-    float *y,                           /* [B,T,H], the output (the carried h) at every step */
-    float *state_last,                  /* [S,B,H], every state's final value, or NULL */
-    float *save,                        /* [save_size], for backward, or NULL (inference) */
-    float *work)                        /* [work_size], scratch */
+    const R *state0,                    /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const R *w_W_z,                     /* [D,H], weight W_z */
+    const R *w_U_z,                     /* [H,H], weight U_z */
+    const R *w_b_z,                     /* [H], weight b_z */
+    const R *w_W_r,                     /* [D,H], weight W_r */
+    const R *w_U_r,                     /* [H,H], weight U_r */
+    const R *w_b_r,                     /* [H], weight b_r */
+    const R *w_W_h,                     /* [D,H], weight W_h */
+    const R *w_U_h,                     /* [H,H], weight U_h */
+    const R *w_b_h,                     /* [H], weight b_h */
+    R *y,                               /* [B,T,H], the output (the carried h) at every step */
+    R *state_last,                      /* [S,B,H], every state's final value, or NULL */
+    R *save,                            /* [save_size], for backward, or NULL (inference) */
+    R *work)                            /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
@@ -618,37 +550,37 @@ static int forward_kernel_f32(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    [[maybe_unused]] float *p = work;   /* the next free element */
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] [U_z] */
-    [[maybe_unused]] float *dUcat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_tanh_h_prev = p; p += (size_t)B * LDS_g_tanh_h_prev; /* [B, 1*H] tanh_h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_tanh_h_prev = p; p += (size_t)T * B * LDS_g_tanh_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
-    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
-    [[maybe_unused]] float *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_tanh_h_prev = p; p += BH;     /* [B,H] adjoint of tanh(h_prev) */
-    [[maybe_unused]] float *d_r_times_h_prev = p; p += BH;  /* [B,H] adjoint of r * h_prev */
-    [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] R *p = work;   /* the next free element */
+    [[maybe_unused]] R *Wcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] R *dWcat = p; p += (size_t)D * LDXW;   /* [D, NW*H] */
+    [[maybe_unused]] R *Ucat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] [U_z] */
+    [[maybe_unused]] R *dUcat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_tanh_h_prev = p; p += (size_t)B * LDS_g_tanh_h_prev; /* [B, 1*H] tanh_h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_tanh_h_prev = p; p += (size_t)T * B * LDS_g_tanh_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
+    [[maybe_unused]] R *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] R *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *L_h_1 = p; p += BH;                 /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] R *dL_h_1 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *d_tanh_h_prev = p; p += BH;         /* [B,H] adjoint of tanh(h_prev) */
+    [[maybe_unused]] R *d_r_times_h_prev = p; p += BH;      /* [B,H] adjoint of r * h_prev */
+    [[maybe_unused]] R *d_h_new = p; p += BH;               /* [B,H] adjoint of new h */
+    [[maybe_unused]] R *NREAL = p; p += (size_t)T * B;      /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] R *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] R *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] R *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    [[maybe_unused]] R *dXP = p; p += (size_t)NR * BH;      /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] R *dVec = p; p += (size_t)NVEC * BH;   /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] R *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
-    float *XW = save && KEEP_XW ? save : XWw;
-    float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    rnngen_jzs3_frame_f32 F;
+    R *XW = save && KEEP_XW ? save : XWw;
+    R *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
+    rnngen_jzs3_frame<R> F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
     F.D = D; F.x = x; F.dXE = dXE;
@@ -667,103 +599,83 @@ static int forward_kernel_f32(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
+    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_z, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(float), w_W_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(R), w_W_z, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(R), w_W_r, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(R), w_W_h, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_tanh_h_prev + 0 * (size_t)H, LDS_g_tanh_h_prev * sizeof(float), w_U_z, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_tanh_h_prev + 0 * (size_t)H, LDS_g_tanh_h_prev * sizeof(R), w_U_z, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_r, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(float), w_U_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(R), w_U_h, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
-        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     else
-        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(float), cs));
+        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(R), cs));
     if (save)   /* backward reads forward's count */
         NREAL = save + SAVE_SIZE(T, B, H);
     F.NREAL = NREAL;
     /* started(h[-1]) holds at step 0 given an initial state */
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<float>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
+    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<R>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
     /* x @ W for every step at once */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (float)1, x, (size_t)D, Wcat, LDXW, (float)0, XW, LDXW));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (R)1, x, (size_t)D, Wcat, LDXW, (R)0, XW, LDXW));
 
     for (int t = 0; t < T; t++) {
-        [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] float *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] float *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd0_f32, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_tanh_h_prev, H, (float)1, s_tanh_h_prev, LDSL, Ucat_g_tanh_h_prev, LDS_g_tanh_h_prev, (float)0, S_g_tanh_h_prev, LDS_g_tanh_h_prev));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (float)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (float)0, S_g_h_prev, LDS_g_h_prev));
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd1_f32, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_r_times_h_prev, H, (float)1, s_r_times_h_prev, LDSL, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (float)0, S_g_r_times_h_prev, LDS_g_r_times_h_prev));
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd2_f32, grid, block, cs, F, t);
+        const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+        R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+        R *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
+        R *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+        RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd0<R>, grid, block, cs, F, t);
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_tanh_h_prev, H, (R)1, s_tanh_h_prev, LDSL, Ucat_g_tanh_h_prev, LDS_g_tanh_h_prev, (R)0, S_g_tanh_h_prev, LDS_g_tanh_h_prev));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd1<R>, grid, block, cs, F, t);
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_r_times_h_prev, H, (R)1, s_r_times_h_prev, LDSL, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (R)0, S_g_r_times_h_prev, LDS_g_r_times_h_prev));
+        RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd2<R>, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
-        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     }
     return RNNGEN_OK;
 }
 
-int rnngen_jzs3_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_jzs3_forward_args_f32 *args)
-{
-    if (!args) return RNNGEN_ENULL;
-    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
-        int current = -1;
-        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
-            return RNNGEN_ECTX;
-    }
-    return forward_kernel_f32(ctx ? ctx->stream : NULL,
-        args->T, args->B, args->D, args->H, args->x, args->mask,
-        args->state0, args->w_W_z, args->w_U_z, args->w_b_z, args->w_W_r, args->w_U_r,
-        args->w_b_r, args->w_W_h, args->w_U_h, args->w_b_h, args->y, args->state_last,
-        args->save, args->work);
-}
-
-static int backward_kernel_f32(
+template <typename R>
+static int backward_kernel(
     void *stream,
     int T,                              /* steps */
     int B,                              /* samples */
     int D,                              /* input_dim */
     int H,                              /* output_dim */
     int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
-    const float *x,                     /* [B,T,D] */
+    const R *x,                         /* [B,T,D] */
     const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
-    const float *w_W_z,                 /* [D,H], weight W_z */
-    const float *w_U_z,                 /* [H,H], weight U_z */
-    const float *w_b_z,                 /* [H], weight b_z */
-    const float *w_W_r,                 /* [D,H], weight W_r */
-    const float *w_U_r,                 /* [H,H], weight U_r */
-    const float *w_b_r,                 /* [H], weight b_r */
-    const float *w_W_h,                 /* [D,H], weight W_h */
-    const float *w_U_h,                 /* [H,H], weight U_h */
-    const float *w_b_h,                 /* [H], weight b_h */
-    const float *save,                  /* [save_size], from forward */
-    const float *dy,                    /* [B,T,H], gradient of the loss w.r.t. y */
-    const float *dstate_last,           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
-    float *dx,                          /* [B,T,D] */
-    float *dstate0,                     /* [S,B,H], gradient w.r.t. state0, or NULL */
-    float *dw_W_z,                      /* [D,H], gradient of W_z */
-    float *dw_U_z,                      /* [H,H], gradient of U_z */
-    float *dw_b_z,                      /* [H], gradient of b_z */
-    float *dw_W_r,                      /* [D,H], gradient of W_r */
-    float *dw_U_r,                      /* [H,H], gradient of U_r */
-    float *dw_b_r,                      /* [H], gradient of b_r */
-    float *dw_W_h,                      /* [D,H], gradient of W_h */
-    float *dw_U_h,                      /* [H,H], gradient of U_h */
-    float *dw_b_h,                      /* [H], gradient of b_h */
-    float *work)                        /* [work_size], scratch */
+    const R *w_W_z,                     /* [D,H], weight W_z */
+    const R *w_U_z,                     /* [H,H], weight U_z */
+    const R *w_b_z,                     /* [H], weight b_z */
+    const R *w_W_r,                     /* [D,H], weight W_r */
+    const R *w_U_r,                     /* [H,H], weight U_r */
+    const R *w_b_r,                     /* [H], weight b_r */
+    const R *w_W_h,                     /* [D,H], weight W_h */
+    const R *w_U_h,                     /* [H,H], weight U_h */
+    const R *w_b_h,                     /* [H], weight b_h */
+    const R *save,                      /* [save_size], from forward */
+    const R *dy,                        /* [B,T,H], gradient of the loss w.r.t. y */
+    const R *dstate_last,               /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    R *dx,                              /* [B,T,D] */
+    R *dstate0,                         /* [S,B,H], gradient w.r.t. state0, or NULL */
+    R *dw_W_z,                          /* [D,H], gradient of W_z */
+    R *dw_U_z,                          /* [H,H], gradient of U_z */
+    R *dw_b_z,                          /* [H], gradient of b_z */
+    R *dw_W_r,                          /* [D,H], gradient of W_r */
+    R *dw_U_r,                          /* [H,H], gradient of U_r */
+    R *dw_b_r,                          /* [H], gradient of b_r */
+    R *dw_W_h,                          /* [D,H], gradient of W_h */
+    R *dw_U_h,                          /* [H,H], gradient of U_h */
+    R *dw_b_h,                          /* [H], gradient of b_h */
+    R *work)                            /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
@@ -780,37 +692,37 @@ static int backward_kernel_f32(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    [[maybe_unused]] float *p = work;   /* the next free element */
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] [U_z] */
-    [[maybe_unused]] float *dUcat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_tanh_h_prev = p; p += (size_t)B * LDS_g_tanh_h_prev; /* [B, 1*H] tanh_h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_tanh_h_prev = p; p += (size_t)T * B * LDS_g_tanh_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
-    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
-    [[maybe_unused]] float *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_tanh_h_prev = p; p += BH;     /* [B,H] adjoint of tanh(h_prev) */
-    [[maybe_unused]] float *d_r_times_h_prev = p; p += BH;  /* [B,H] adjoint of r * h_prev */
-    [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] R *p = work;   /* the next free element */
+    [[maybe_unused]] R *Wcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] R *dWcat = p; p += (size_t)D * LDXW;   /* [D, NW*H] */
+    [[maybe_unused]] R *Ucat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] [U_z] */
+    [[maybe_unused]] R *dUcat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_tanh_h_prev = p; p += (size_t)B * LDS_g_tanh_h_prev; /* [B, 1*H] tanh_h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_tanh_h_prev = p; p += (size_t)T * B * LDS_g_tanh_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
+    [[maybe_unused]] R *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
+    [[maybe_unused]] R *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *L_h_1 = p; p += BH;                 /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] R *dL_h_1 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *d_tanh_h_prev = p; p += BH;         /* [B,H] adjoint of tanh(h_prev) */
+    [[maybe_unused]] R *d_r_times_h_prev = p; p += BH;      /* [B,H] adjoint of r * h_prev */
+    [[maybe_unused]] R *d_h_new = p; p += BH;               /* [B,H] adjoint of new h */
+    [[maybe_unused]] R *NREAL = p; p += (size_t)T * B;      /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] R *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] R *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] R *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    [[maybe_unused]] R *dXP = p; p += (size_t)NR * BH;      /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] R *dVec = p; p += (size_t)NVEC * BH;   /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] R *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
-    float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
-    NREAL = (float *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
-    rnngen_jzs3_frame_f32 F;
+    R *SL = (R *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
+    NREAL = (R *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
+    rnngen_jzs3_frame<R> F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
     F.D = D; F.x = x; F.dXE = dXE;
@@ -829,80 +741,88 @@ static int backward_kernel_f32(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
+    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_z, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(float), w_W_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(R), w_W_z, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(R), w_W_r, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(R), w_W_h, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_tanh_h_prev + 0 * (size_t)H, LDS_g_tanh_h_prev * sizeof(float), w_U_z, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_tanh_h_prev + 0 * (size_t)H, LDS_g_tanh_h_prev * sizeof(R), w_U_z, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_r, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_r, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(float), w_U_h, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(R), w_U_h, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
     if (dstate_last)
-        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     else
-        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_tanh_h_prev, 0, (size_t)T * B * LDS_g_tanh_h_prev * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_r_times_h_prev, 0, (size_t)T * B * LDS_g_r_times_h_prev * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(float), cs));
+        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_tanh_h_prev, 0, (size_t)T * B * LDS_g_tanh_h_prev * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_r_times_h_prev, 0, (size_t)T * B * LDS_g_r_times_h_prev * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(R), cs));
 
     for (int t = T - 1; t >= t0; t--) {
-        [[maybe_unused]] const size_t ts = (size_t)t;
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] float *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] float *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] float *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] float *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
 
-
-
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd2_f32, grid, block, cs, F, t);
+        RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd2<R>, grid, block, cs, F, t);
         /* dr_times_h_prev = dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_r_times_h_prev, (float)1, dS_g_r_times_h_prev + (size_t)t * DST * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (float)0, d_r_times_h_prev, (size_t)H));
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd1_f32, grid, block, cs, F, t);
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_r_times_h_prev, (R)1, dS_g_r_times_h_prev + (size_t)t * DST * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (R)0, d_r_times_h_prev, (size_t)H));
+        RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd1<R>, grid, block, cs, F, t);
         /* dtanh_h_prev = dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_tanh_h_prev, (float)1, dS_g_tanh_h_prev + (size_t)t * DST * LDS_g_tanh_h_prev, DSB * LDS_g_tanh_h_prev, Ucat_g_tanh_h_prev, LDS_g_tanh_h_prev, (float)0, d_tanh_h_prev, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_tanh_h_prev, (R)1, dS_g_tanh_h_prev + (size_t)t * DST * LDS_g_tanh_h_prev, DSB * LDS_g_tanh_h_prev, Ucat_g_tanh_h_prev, LDS_g_tanh_h_prev, (R)0, d_tanh_h_prev, (size_t)H));
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (float)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (float)1, dL_h_1, (size_t)H));
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd0_f32, grid, block, cs, F, t);
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (R)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (R)1, dL_h_1, (size_t)H));
+        RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd0<R>, grid, block, cs, F, t);
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
-            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
         else
-            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(float), cs));
+            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(R), cs));
     }
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_tanh_h_prev, B * T, (float)1, SL + 1 * (size_t)T * BH, (size_t)H, dS_g_tanh_h_prev, LDS_g_tanh_h_prev, (float)0, dUcat_g_tanh_h_prev, LDS_g_tanh_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_z, (size_t)H * sizeof(float), dUcat_g_tanh_h_prev + 0 * (size_t)H, LDS_g_tanh_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_tanh_h_prev, B * T, (R)1, SL + 1 * (size_t)T * BH, (size_t)H, dS_g_tanh_h_prev, LDS_g_tanh_h_prev, (R)0, dUcat_g_tanh_h_prev, LDS_g_tanh_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_z, (size_t)H * sizeof(R), dUcat_g_tanh_h_prev + 0 * (size_t)H, LDS_g_tanh_h_prev * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (float)0, dUcat_g_h_prev, LDS_g_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_r, (size_t)H * sizeof(float), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (R)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (R)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_r, (size_t)H * sizeof(R), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_r_times_h_prev, B * T, (float)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g_r_times_h_prev, LDS_g_r_times_h_prev, (float)0, dUcat_g_r_times_h_prev, LDS_g_r_times_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_h, (size_t)H * sizeof(float), dUcat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_r_times_h_prev, B * T, (R)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g_r_times_h_prev, LDS_g_r_times_h_prev, (R)0, dUcat_g_r_times_h_prev, LDS_g_r_times_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_h, (size_t)H * sizeof(R), dUcat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (float)1, x, (size_t)D, dXW, LDXW, (float)0, dWcat, LDXW));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_z, (size_t)H * sizeof(float), dWcat + 0 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_r, (size_t)H * sizeof(float), dWcat + 1 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_h, (size_t)H * sizeof(float), dWcat + 2 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (R)1, x, (size_t)D, dXW, LDXW, (R)0, dWcat, LDXW));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_z, (size_t)H * sizeof(R), dWcat + 0 * (size_t)H, LDXW * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_r, (size_t)H * sizeof(R), dWcat + 1 * (size_t)H, LDXW * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_h, (size_t)H * sizeof(R), dWcat + 2 * (size_t)H, LDXW * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
     /* dx = dXW @ Wcat^T */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (float)1, dXW, LDXW, Wcat, LDXW, (float)0, dx, (size_t)D));
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b_z);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)1 * BH, B, H, dw_b_r);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_h);
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (R)1, dXW, LDXW, Wcat, LDXW, (R)0, dx, (size_t)D));
+    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<R>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b_z);
+    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<R>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)1 * BH, B, H, dw_b_r);
+    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<R>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_h);
     return RNNGEN_OK;
+}
+
+/* ======================== float ======================== */
+
+int rnngen_jzs3_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_jzs3_forward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return forward_kernel<float>(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_z, args->w_U_z, args->w_b_z, args->w_W_r, args->w_U_r,
+        args->w_b_r, args->w_W_h, args->w_U_h, args->w_b_h, args->y, args->state_last,
+        args->save, args->work);
 }
 
 int rnngen_jzs3_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_jzs3_backward_args_f32 *args)
@@ -913,7 +833,7 @@ int rnngen_jzs3_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_jzs3_backw
         if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
             return RNNGEN_ECTX;
     }
-    return backward_kernel_f32(ctx ? ctx->stream : NULL,
+    return backward_kernel<float>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,
         args->mask, args->w_W_z, args->w_U_z, args->w_b_z, args->w_W_r, args->w_U_r,
         args->w_b_r, args->w_W_h, args->w_U_h, args->w_b_h, args->save, args->dy,
@@ -924,572 +844,6 @@ int rnngen_jzs3_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_jzs3_backw
 
 /* ======================== double ======================== */
 
-/* What the step kernels read: sizes and device pointers (see work_layout). */
-typedef struct {
-    int T, B, D, H, save, Teff;
-    size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
-    const unsigned char *mask;        /* [B,T] or NULL */
-    const double *NREAL;               /* [T,B] */
-    const double *XW;                  /* [B*T, NW*H] */
-    const double *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
-    double *SL;                        /* NSLOT saved values */
-    double *y;                         /* [B,T,H] */
-    const double *dy;                  /* [B,T,H] */
-    double *dXW, *dXP, *dVec, *dXE;
-    const double *w_b_z;                     /* [H] */
-    const double *w_b_r;                     /* [H] */
-    const double *w_b_h;                     /* [H] */
-    [[maybe_unused]] double *S_g_tanh_h_prev, *dS_g_tanh_h_prev;
-    [[maybe_unused]] double *S_g_h_prev, *dS_g_h_prev;
-    [[maybe_unused]] double *S_g_r_times_h_prev, *dS_g_r_times_h_prev;
-    [[maybe_unused]] double *L_h_1, *dL_h_1;
-    [[maybe_unused]] double *d_tanh_h_prev;
-    [[maybe_unused]] double *d_r_times_h_prev;
-    [[maybe_unused]] double *d_h_new;
-} rnngen_jzs3_frame_f64;
-
-/* forward, phase 0 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_jzs3_fwd0_f64(const rnngen_jzs3_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b_z = F.w_b_z;
-    [[maybe_unused]] const double *w_b_r = F.w_b_r;
-    [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] double *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] double *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] double *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-    s_h_prev[bs] = L_h_1[bj];
-    const double v_tanh_h_prev = tanh(L_h_1[bj]);
-    s_tanh_h_prev[bs] = v_tanh_h_prev;
-}
-
-/* forward, phase 1 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_jzs3_fwd1_f64(const rnngen_jzs3_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b_z = F.w_b_z;
-    [[maybe_unused]] const double *w_b_r = F.w_b_r;
-    [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] double *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] double *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] double *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-    const double v_x_w_r = XW[rx * LDXW + OFFW + 1 * nU + j];
-    const double v_b_r = w_b_r[j];
-    const double v_x_w_r_plus_b_r = v_x_w_r + v_b_r;
-    const double v_r_sum = v_x_w_r_plus_b_r + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
-    /* r = inner_activation(x @ W_r + b_r + h @ U_r) */
-    const double v_r = 1.0 / (1.0 + exp(-(v_r_sum)));
-    if (save) s_r[bs] = v_r;
-    const double v_r_times_h_prev = v_r * L_h_1[bj];
-    s_r_times_h_prev[bs] = v_r_times_h_prev;
-}
-
-/* forward, phase 2 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_jzs3_fwd2_f64(const rnngen_jzs3_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b_z = F.w_b_z;
-    [[maybe_unused]] const double *w_b_r = F.w_b_r;
-    [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] double *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] double *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] double *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-    const double v_x_w_z = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const double v_b_z = w_b_z[j];
-    const double v_x_w_z_plus_b_z = v_x_w_z + v_b_z;
-    const double v_x_w_h = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const double v_b_h = w_b_h[j];
-    const double v_x_w_h_plus_b_h = v_x_w_h + v_b_h;
-    const double v_z_sum = v_x_w_z_plus_b_z + S_g_tanh_h_prev[(size_t)b * LDS_g_tanh_h_prev + OFF_g_tanh_h_prev + 0 * nU + j];
-    /* z = inner_activation(x @ W_z + b_z + tanh(h) @ U_z) */
-    const double v_z = 1.0 / (1.0 + exp(-(v_z_sum)));
-    if (save) s_z[bs] = v_z;
-    const double v_hh_sum = v_x_w_h_plus_b_h + S_g_r_times_h_prev[(size_t)b * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j];
-    /* hh = activation(x @ W_h + b_h + r * h @ U_h) */
-    const double v_hh = tanh(v_hh_sum);
-    if (save) s_hh[bs] = v_hh;
-    const double v_hh_times_z = v_hh * v_z;
-    const double v_one_minus_z = 1.0 - v_z;
-    const double v_h_prod = L_h_1[bj] * v_one_minus_z;
-    const double v_h_value = v_hh_times_z + v_h_prod;
-    /* h = hh * z + h * (1 - z) */
-    const double v_h_new = v_h_value;
-    if (m) {
-        L_h_1[bj] = v_h_new;
-    }
-    y[(size_t)r * H + j] = L_h_1[bj];
-}
-
-/* backward, phase 2 of step t, reversed (after the step's entry) */
-static __global__ void rnngen_jzs3_bwd2_f64(const rnngen_jzs3_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b_z = F.w_b_z;
-    [[maybe_unused]] const double *w_b_r = F.w_b_r;
-    [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] double *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] double *db_b_z = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] double *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] double *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] double *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] double *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-    if (m) {
-        const double a_h = dL_h_1[bj] + dy[r * H + j];
-        double a0 = 0.0;
-        double a1 = 0.0;
-        double a2 = 0.0;
-        double g_tanh_h_prev_u_z = 0.0;
-        double g_z_sum = 0.0;
-        double g_z = 0.0;
-        double g_r_times_h_prev_u_h = 0.0;
-        double g_hh_sum = 0.0;
-        double g_hh = 0.0;
-        double g_hh_times_z = 0.0;
-        double g_one_minus_z = 0.0;
-        double g_h_prod = 0.0;
-        double g_h_value = 0.0;
-        double g_h_new = a_h;
-        g_h_value += g_h_new;
-        g_hh_times_z += g_h_value;
-        g_h_prod += g_h_value;
-        a0 += g_h_prod * ((1.0 - s_z[bs]));
-        g_one_minus_z += g_h_prod * (s_h_prev[bs]);
-        g_z += -g_one_minus_z;
-        g_hh += g_hh_times_z * (s_z[bs]);
-        g_z += g_hh_times_z * (s_hh[bs]);
-        g_hh_sum += g_hh * ((1.0 - s_hh[bs] * s_hh[bs]));
-        a1 += g_hh_sum;
-        g_r_times_h_prev_u_h += g_hh_sum;
-        dS_g_r_times_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_r_times_h_prev + OFF_g_r_times_h_prev + 0 * nU + j] = g_r_times_h_prev_u_h;
-        g_z_sum += g_z * (s_z[bs] * (1.0 - s_z[bs]));
-        a2 += g_z_sum;
-        g_tanh_h_prev_u_z += g_z_sum;
-        dS_g_tanh_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_tanh_h_prev + OFF_g_tanh_h_prev + 0 * nU + j] = g_tanh_h_prev_u_z;
-        dL_h_1[bj] = a0;
-        dXP[(size_t)2 * BH + bj] = a1;
-        dXP[(size_t)0 * BH + bj] = a2;
-    } else {   /* a padded step: its cell contributes nothing */
-        dL_h_1[bj] += dy[r * H + j];
-        d_tanh_h_prev[bj] = 0.0;
-        d_r_times_h_prev[bj] = 0.0;
-    }
-}
-
-/* backward, phase 1 of step t, reversed */
-static __global__ void rnngen_jzs3_bwd1_f64(const rnngen_jzs3_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b_z = F.w_b_z;
-    [[maybe_unused]] const double *w_b_r = F.w_b_r;
-    [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] double *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] double *db_b_z = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] double *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] double *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] double *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] double *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-    if (m) {
-        double a0 = d_r_times_h_prev[bj];
-        double a1 = dL_h_1[bj];
-        double a2 = 0.0;
-        double g_h_prev_u_r = 0.0;
-        double g_r_sum = 0.0;
-        double g_r = 0.0;
-        double g_r_times_h_prev = a0;
-        g_r += g_r_times_h_prev * (s_h_prev[bs]);
-        a1 += g_r_times_h_prev * (s_r[bs]);
-        g_r_sum += g_r * (s_r[bs] * (1.0 - s_r[bs]));
-        a2 += g_r_sum;
-        g_h_prev_u_r += g_r_sum;
-        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_r;
-        dL_h_1[bj] = a1;
-        dXP[(size_t)1 * BH + bj] = a2;
-    } else {   /* a padded step: its cell contributes nothing */
-    }
-}
-
-/* backward, phase 0 of step t, reversed, then the input-only part */
-static __global__ void rnngen_jzs3_bwd0_f64(const rnngen_jzs3_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b_z = F.w_b_z;
-    [[maybe_unused]] const double *w_b_r = F.w_b_r;
-    [[maybe_unused]] const double *w_b_h = F.w_b_h;
-    [[maybe_unused]] const size_t LDS_g_tanh_h_prev = 1 * (size_t)H, OFF_g_tanh_h_prev = 0;
-    [[maybe_unused]] double *S_g_tanh_h_prev = F.S_g_tanh_h_prev, *dS_g_tanh_h_prev = F.dS_g_tanh_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_r_times_h_prev = 1 * (size_t)H, OFF_g_r_times_h_prev = 0;
-    [[maybe_unused]] double *S_g_r_times_h_prev = F.S_g_r_times_h_prev, *dS_g_r_times_h_prev = F.dS_g_r_times_h_prev;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *d_tanh_h_prev = F.d_tanh_h_prev;
-    [[maybe_unused]] double *d_r_times_h_prev = F.d_r_times_h_prev;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] double *db_b_z = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] double *db_b_r = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] double *db_b_h = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] double *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] double *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-    if (m) {
-        double a0 = d_tanh_h_prev[bj];
-        double a1 = dL_h_1[bj];
-        double a2 = dXP[(size_t)0 * BH + bj];
-        double a3 = dXP[(size_t)1 * BH + bj];
-        double a4 = dXP[(size_t)2 * BH + bj];
-        double g_tanh_h_prev = a0;
-        a1 += g_tanh_h_prev * ((1.0 - s_tanh_h_prev[bs] * s_tanh_h_prev[bs]));
-        double g_x_w_z = 0.0;
-        double g_b_z = 0.0;
-        double g_x_w_z_plus_b_z = a2;
-        double g_x_w_r = 0.0;
-        double g_b_r = 0.0;
-        double g_x_w_r_plus_b_r = a3;
-        double g_x_w_h = 0.0;
-        double g_b_h = 0.0;
-        double g_x_w_h_plus_b_h = a4;
-        g_x_w_h += g_x_w_h_plus_b_h;
-        g_b_h += g_x_w_h_plus_b_h;
-        db_b_h[j] += g_b_h;
-        dXW[(size_t)r * LDXW + OFFW + 2 * nU + j] = g_x_w_h;
-        g_x_w_r += g_x_w_r_plus_b_r;
-        g_b_r += g_x_w_r_plus_b_r;
-        db_b_r[j] += g_b_r;
-        dXW[(size_t)r * LDXW + OFFW + 1 * nU + j] = g_x_w_r;
-        g_x_w_z += g_x_w_z_plus_b_z;
-        g_b_z += g_x_w_z_plus_b_z;
-        db_b_z[j] += g_b_z;
-        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w_z;
-        dL_h_1[bj] = a1;
-    } else {   /* a padded step: its cell contributes nothing */
-    }
-}
-
-static int forward_kernel_f64(
-    void *stream,
-    int T,                              /* steps */
-    int B,                              /* samples */
-    int D,                              /* input_dim */
-    int H,                              /* output_dim */
-    const double *x,                    /* [B,T,D] */
-    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
-    const double *state0,               /* [S,B,H], every state (h) before the first step; NULL: zeros */
-    const double *w_W_z,                /* [D,H], weight W_z */
-    const double *w_U_z,                /* [H,H], weight U_z */
-    const double *w_b_z,                /* [H], weight b_z */
-    const double *w_W_r,                /* [D,H], weight W_r */
-    const double *w_U_r,                /* [H,H], weight U_r */
-    const double *w_b_r,                /* [H], weight b_r */
-    const double *w_W_h,                /* [D,H], weight W_h */
-    const double *w_U_h,                /* [H,H], weight U_h */
-    const double *w_b_h,                /* [H], weight b_h */
-    double *y,                          /* [B,T,H], the output (the carried h) at every step */
-    double *state_last,                 /* [S,B,H], every state's final value, or NULL */
-    double *save,                       /* [save_size], for backward, or NULL (inference) */
-    double *work)                       /* [work_size], scratch */
-{
-    int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
-    if (st) return st;
-    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !y || !work) return RNNGEN_ENULL;
-    if ((st = rnngen_jzs3_cuda_init())) return st;
-    cudaStream_t cs = (cudaStream_t)stream;
-    RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g_tanh_h_prev = 1 * (size_t)H;
-    const size_t LDS_g_h_prev = 1 * (size_t)H;
-    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
-    const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
-    /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
-     * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
-    const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
-    const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    [[maybe_unused]] double *p = work;   /* the next free element */
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] [U_z] */
-    [[maybe_unused]] double *dUcat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_tanh_h_prev = p; p += (size_t)B * LDS_g_tanh_h_prev; /* [B, 1*H] tanh_h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_tanh_h_prev = p; p += (size_t)T * B * LDS_g_tanh_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
-    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
-    [[maybe_unused]] double *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_tanh_h_prev = p; p += BH;    /* [B,H] adjoint of tanh(h_prev) */
-    [[maybe_unused]] double *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
-    [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
-
-    double *XW = save && KEEP_XW ? save : XWw;
-    double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    rnngen_jzs3_frame_f64 F;
-    std::memset(&F, 0, sizeof F);
-    F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
-    F.D = D; F.x = x; F.dXE = dXE;
-    F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
-    F.w_b_z = w_b_z;
-    F.w_b_r = w_b_r;
-    F.w_b_h = w_b_h;
-    F.S_g_tanh_h_prev = S_g_tanh_h_prev; F.dS_g_tanh_h_prev = dS_g_tanh_h_prev;
-    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
-    F.S_g_r_times_h_prev = S_g_r_times_h_prev; F.dS_g_r_times_h_prev = dS_g_r_times_h_prev;
-    F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.d_tanh_h_prev = d_tanh_h_prev;
-    F.d_r_times_h_prev = d_r_times_h_prev;
-    F.d_h_new = d_h_new;
-
-    F.save = save != NULL;
-    F.XW = XW;
-    F.y = y;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_z, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(double), w_W_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_tanh_h_prev + 0 * (size_t)H, LDS_g_tanh_h_prev * sizeof(double), w_U_z, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(double), w_U_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    /* the registers: state0 (or zeros) one step back, zeros further */
-    if (state0)
-        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    else
-        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(double), cs));
-    if (save)   /* backward reads forward's count */
-        NREAL = save + SAVE_SIZE(T, B, H);
-    F.NREAL = NREAL;
-    /* started(h[-1]) holds at step 0 given an initial state */
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<double>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
-    /* x @ W for every step at once */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (double)1, x, (size_t)D, Wcat, LDXW, (double)0, XW, LDXW));
-
-    for (int t = 0; t < T; t++) {
-        [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] double *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] double *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd0_f64, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_tanh_h_prev, H, (double)1, s_tanh_h_prev, LDSL, Ucat_g_tanh_h_prev, LDS_g_tanh_h_prev, (double)0, S_g_tanh_h_prev, LDS_g_tanh_h_prev));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (double)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (double)0, S_g_h_prev, LDS_g_h_prev));
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd1_f64, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_r_times_h_prev, H, (double)1, s_r_times_h_prev, LDSL, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (double)0, S_g_r_times_h_prev, LDS_g_r_times_h_prev));
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd2_f64, grid, block, cs, F, t);
-    }
-    if (state_last) {   /* every state after the last real step */
-        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    }
-    return RNNGEN_OK;
-}
-
 int rnngen_jzs3_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_jzs3_forward_args_f64 *args)
 {
     if (!args) return RNNGEN_ENULL;
@@ -1498,185 +852,11 @@ int rnngen_jzs3_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_jzs3_forwar
         if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
             return RNNGEN_ECTX;
     }
-    return forward_kernel_f64(ctx ? ctx->stream : NULL,
+    return forward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->x, args->mask,
         args->state0, args->w_W_z, args->w_U_z, args->w_b_z, args->w_W_r, args->w_U_r,
         args->w_b_r, args->w_W_h, args->w_U_h, args->w_b_h, args->y, args->state_last,
         args->save, args->work);
-}
-
-static int backward_kernel_f64(
-    void *stream,
-    int T,                              /* steps */
-    int B,                              /* samples */
-    int D,                              /* input_dim */
-    int H,                              /* output_dim */
-    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
-    const double *x,                    /* [B,T,D] */
-    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
-    const double *w_W_z,                /* [D,H], weight W_z */
-    const double *w_U_z,                /* [H,H], weight U_z */
-    const double *w_b_z,                /* [H], weight b_z */
-    const double *w_W_r,                /* [D,H], weight W_r */
-    const double *w_U_r,                /* [H,H], weight U_r */
-    const double *w_b_r,                /* [H], weight b_r */
-    const double *w_W_h,                /* [D,H], weight W_h */
-    const double *w_U_h,                /* [H,H], weight U_h */
-    const double *w_b_h,                /* [H], weight b_h */
-    const double *save,                 /* [save_size], from forward */
-    const double *dy,                   /* [B,T,H], gradient of the loss w.r.t. y */
-    const double *dstate_last,          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
-    double *dx,                         /* [B,T,D] */
-    double *dstate0,                    /* [S,B,H], gradient w.r.t. state0, or NULL */
-    double *dw_W_z,                     /* [D,H], gradient of W_z */
-    double *dw_U_z,                     /* [H,H], gradient of U_z */
-    double *dw_b_z,                     /* [H], gradient of b_z */
-    double *dw_W_r,                     /* [D,H], gradient of W_r */
-    double *dw_U_r,                     /* [H,H], gradient of U_r */
-    double *dw_b_r,                     /* [H], gradient of b_r */
-    double *dw_W_h,                     /* [D,H], gradient of W_h */
-    double *dw_U_h,                     /* [H,H], gradient of U_h */
-    double *dw_b_h,                     /* [H], gradient of b_h */
-    double *work)                       /* [work_size], scratch */
-{
-    int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
-    if (st) return st;
-    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !w_W_z || !w_U_z || !w_b_z || !w_W_r || !w_U_r || !w_b_r || !w_W_h || !w_U_h || !w_b_h || !save || !dy || !dx || !dw_W_z || !dw_U_z || !dw_b_z || !dw_W_r || !dw_U_r || !dw_b_r || !dw_W_h || !dw_U_h || !dw_b_h || !work) return RNNGEN_ENULL;
-    if ((st = rnngen_jzs3_cuda_init())) return st;
-    cudaStream_t cs = (cudaStream_t)stream;
-    RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g_tanh_h_prev = 1 * (size_t)H;
-    const size_t LDS_g_h_prev = 1 * (size_t)H;
-    const size_t LDS_g_r_times_h_prev = 1 * (size_t)H;
-    const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
-    const int Teff = T;
-    const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    [[maybe_unused]] double *p = work;   /* the next free element */
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] [U_z] */
-    [[maybe_unused]] double *dUcat_g_tanh_h_prev = p; p += (size_t)H * LDS_g_tanh_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_tanh_h_prev = p; p += (size_t)B * LDS_g_tanh_h_prev; /* [B, 1*H] tanh_h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_tanh_h_prev = p; p += (size_t)T * B * LDS_g_tanh_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_r] */
-    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] [U_h] */
-    [[maybe_unused]] double *dUcat_g_r_times_h_prev = p; p += (size_t)H * LDS_g_r_times_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_r_times_h_prev = p; p += (size_t)B * LDS_g_r_times_h_prev; /* [B, 1*H] r_times_h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_r_times_h_prev = p; p += (size_t)T * B * LDS_g_r_times_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_tanh_h_prev = p; p += BH;    /* [B,H] adjoint of tanh(h_prev) */
-    [[maybe_unused]] double *d_r_times_h_prev = p; p += BH; /* [B,H] adjoint of r * h_prev */
-    [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
-
-    double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
-    NREAL = (double *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
-    rnngen_jzs3_frame_f64 F;
-    std::memset(&F, 0, sizeof F);
-    F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
-    F.D = D; F.x = x; F.dXE = dXE;
-    F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
-    F.w_b_z = w_b_z;
-    F.w_b_r = w_b_r;
-    F.w_b_h = w_b_h;
-    F.S_g_tanh_h_prev = S_g_tanh_h_prev; F.dS_g_tanh_h_prev = dS_g_tanh_h_prev;
-    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
-    F.S_g_r_times_h_prev = S_g_r_times_h_prev; F.dS_g_r_times_h_prev = dS_g_r_times_h_prev;
-    F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.d_tanh_h_prev = d_tanh_h_prev;
-    F.d_r_times_h_prev = d_r_times_h_prev;
-    F.d_h_new = d_h_new;
-
-    F.save = 1;
-    F.XW = KEEP_XW ? save : NULL;
-    F.dy = dy;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_z, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(double), w_W_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_tanh_h_prev + 0 * (size_t)H, LDS_g_tanh_h_prev * sizeof(double), w_U_z, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_r, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(double), w_U_h, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
-    /* adjoints: of the final states (or zeros) one step back */
-    if (dstate_last)
-        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    else
-        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_tanh_h_prev, 0, (size_t)T * B * LDS_g_tanh_h_prev * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_r_times_h_prev, 0, (size_t)T * B * LDS_g_r_times_h_prev * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(double), cs));
-
-    for (int t = T - 1; t >= t0; t--) {
-        [[maybe_unused]] const size_t ts = (size_t)t;
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
-        [[maybe_unused]] double *s_z = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(z_sum) */
-        [[maybe_unused]] double *s_r = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
-        [[maybe_unused]] double *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        [[maybe_unused]] double *s_hh = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(hh_sum) */
-
-
-
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd2_f64, grid, block, cs, F, t);
-        /* dr_times_h_prev = dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_r_times_h_prev, (double)1, dS_g_r_times_h_prev + (size_t)t * DST * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (double)0, d_r_times_h_prev, (size_t)H));
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd1_f64, grid, block, cs, F, t);
-        /* dtanh_h_prev = dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_tanh_h_prev, (double)1, dS_g_tanh_h_prev + (size_t)t * DST * LDS_g_tanh_h_prev, DSB * LDS_g_tanh_h_prev, Ucat_g_tanh_h_prev, LDS_g_tanh_h_prev, (double)0, d_tanh_h_prev, (size_t)H));
-        /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (double)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (double)1, dL_h_1, (size_t)H));
-        RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd0_f64, grid, block, cs, F, t);
-    }
-    if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
-        if (t0 == 0)
-            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-        else
-            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(double), cs));
-    }
-
-    /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
-     * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_tanh_h_prev, B * T, (double)1, SL + 1 * (size_t)T * BH, (size_t)H, dS_g_tanh_h_prev, LDS_g_tanh_h_prev, (double)0, dUcat_g_tanh_h_prev, LDS_g_tanh_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_z, (size_t)H * sizeof(double), dUcat_g_tanh_h_prev + 0 * (size_t)H, LDS_g_tanh_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (double)0, dUcat_g_h_prev, LDS_g_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_r, (size_t)H * sizeof(double), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_r_times_h_prev, B * T, (double)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g_r_times_h_prev, LDS_g_r_times_h_prev, (double)0, dUcat_g_r_times_h_prev, LDS_g_r_times_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_h, (size_t)H * sizeof(double), dUcat_g_r_times_h_prev + 0 * (size_t)H, LDS_g_r_times_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (double)1, x, (size_t)D, dXW, LDXW, (double)0, dWcat, LDXW));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_z, (size_t)H * sizeof(double), dWcat + 0 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_r, (size_t)H * sizeof(double), dWcat + 1 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_h, (size_t)H * sizeof(double), dWcat + 2 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-
-    /* dx = dXW @ Wcat^T */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (double)1, dXW, LDXW, Wcat, LDXW, (double)0, dx, (size_t)D));
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b_z);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)1 * BH, B, H, dw_b_r);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_h);
-    return RNNGEN_OK;
 }
 
 int rnngen_jzs3_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_jzs3_backward_args_f64 *args)
@@ -1687,7 +867,7 @@ int rnngen_jzs3_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_jzs3_backw
         if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
             return RNNGEN_ECTX;
     }
-    return backward_kernel_f64(ctx ? ctx->stream : NULL,
+    return backward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,
         args->mask, args->w_W_z, args->w_U_z, args->w_b_z, args->w_W_r, args->w_U_r,
         args->w_b_r, args->w_W_h, args->w_U_h, args->w_b_h, args->save, args->dy,

@@ -289,8 +289,6 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
             RNNGEN_MAYBE_UNUSED float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -615,8 +613,6 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
                 RNNGEN_MAYBE_UNUSED float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
-
-
                 /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -635,12 +631,12 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const float a_h = dL_h_1[bj] + dy[r * H + j];
                             const float a_c = dL_c_1[bj];
-                            float a0 = 0.0f;
-                            float a1 = 0.0f;
-                            float a2 = 0.0f;
-                            float a3 = 0.0f;
-                            float a4 = 0.0f;
-                            float a5 = 0.0f;
+                            float acc_dL_h_1 = 0.0f;
+                            float acc_dL_c_1 = 0.0f;
+                            float acc_dXP_x_w_o_plus_b_o = 0.0f;
+                            float acc_dXP_x_w_c_plus_b_c = 0.0f;
+                            float acc_dXP_x_w_f_plus_b_f = 0.0f;
+                            float acc_dXP_x_w_i_plus_b_i = 0.0f;
                             float g_h_prev_u_i = 0.0f;
                             float g_i_sum = 0.0f;
                             float g_i = 0.0f;
@@ -665,7 +661,7 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                             g_tanh_c_new += g_o_times_tanh_c_new * (s_o[bs]);
                             g_c_new += g_tanh_c_new * ((1.0f - s_tanh_c_new[bs] * s_tanh_c_new[bs]));
                             g_o_sum += g_o * (((s_o[bs]) > 0.0f && (s_o[bs]) < 1.0f ? 0.2f : 0.0f));
-                            a2 += g_o_sum;
+                            acc_dXP_x_w_o_plus_b_o += g_o_sum;
                             g_h_prev_u_o += g_o_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j] = g_h_prev_u_o;
                             g_c_value += g_c_new;
@@ -674,27 +670,27 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                             g_i += g_i_times_tanh_c_sum * (s_tanh_c_sum[bs]);
                             g_tanh_c_sum += g_i_times_tanh_c_sum * (s_i[bs]);
                             g_c_sum += g_tanh_c_sum * ((1.0f - s_tanh_c_sum[bs] * s_tanh_c_sum[bs]));
-                            a3 += g_c_sum;
+                            acc_dXP_x_w_c_plus_b_c += g_c_sum;
                             g_h_prev_u_c += g_c_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j] = g_h_prev_u_c;
                             g_f += g_f_times_c_prev * (s_c_prev[bs]);
-                            a1 += g_f_times_c_prev * (s_f[bs]);
+                            acc_dL_c_1 += g_f_times_c_prev * (s_f[bs]);
                             g_f_sum += g_f * (((s_f[bs]) > 0.0f && (s_f[bs]) < 1.0f ? 0.2f : 0.0f));
-                            a4 += g_f_sum;
+                            acc_dXP_x_w_f_plus_b_f += g_f_sum;
                             g_h_prev_u_f += g_f_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_f;
                             g_i_sum += g_i * (((s_i[bs]) > 0.0f && (s_i[bs]) < 1.0f ? 0.2f : 0.0f));
-                            a5 += g_i_sum;
+                            acc_dXP_x_w_i_plus_b_i += g_i_sum;
                             g_h_prev_u_i += g_i_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_i;
                             float g_b_i = 0.0f;
-                            float g_x_w_i_plus_b_i = a5;
+                            float g_x_w_i_plus_b_i = acc_dXP_x_w_i_plus_b_i;
                             float g_b_f = 0.0f;
-                            float g_x_w_f_plus_b_f = a4;
+                            float g_x_w_f_plus_b_f = acc_dXP_x_w_f_plus_b_f;
                             float g_b_c = 0.0f;
-                            float g_x_w_c_plus_b_c = a3;
+                            float g_x_w_c_plus_b_c = acc_dXP_x_w_c_plus_b_c;
                             float g_b_o = 0.0f;
-                            float g_x_w_o_plus_b_o = a2;
+                            float g_x_w_o_plus_b_o = acc_dXP_x_w_o_plus_b_o;
                             g_b_o += g_x_w_o_plus_b_o;
                             db_b_o[j] += g_b_o;
                             g_b_c += g_x_w_c_plus_b_c;
@@ -703,8 +699,8 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                             db_b_f[j] += g_b_f;
                             g_b_i += g_x_w_i_plus_b_i;
                             db_b_i[j] += g_b_i;
-                            dL_h_1[bj] = a0;
-                            dL_c_1[bj] = a1;
+                            dL_h_1[bj] = acc_dL_h_1;
+                            dL_c_1[bj] = acc_dL_c_1;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -1138,8 +1134,6 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
             RNNGEN_MAYBE_UNUSED double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1464,8 +1458,6 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
                 RNNGEN_MAYBE_UNUSED double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
-
-
                 /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1484,12 +1476,12 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const double a_h = dL_h_1[bj] + dy[r * H + j];
                             const double a_c = dL_c_1[bj];
-                            double a0 = 0.0;
-                            double a1 = 0.0;
-                            double a2 = 0.0;
-                            double a3 = 0.0;
-                            double a4 = 0.0;
-                            double a5 = 0.0;
+                            double acc_dL_h_1 = 0.0;
+                            double acc_dL_c_1 = 0.0;
+                            double acc_dXP_x_w_o_plus_b_o = 0.0;
+                            double acc_dXP_x_w_c_plus_b_c = 0.0;
+                            double acc_dXP_x_w_f_plus_b_f = 0.0;
+                            double acc_dXP_x_w_i_plus_b_i = 0.0;
                             double g_h_prev_u_i = 0.0;
                             double g_i_sum = 0.0;
                             double g_i = 0.0;
@@ -1514,7 +1506,7 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                             g_tanh_c_new += g_o_times_tanh_c_new * (s_o[bs]);
                             g_c_new += g_tanh_c_new * ((1.0 - s_tanh_c_new[bs] * s_tanh_c_new[bs]));
                             g_o_sum += g_o * (((s_o[bs]) > 0.0 && (s_o[bs]) < 1.0 ? 0.2 : 0.0));
-                            a2 += g_o_sum;
+                            acc_dXP_x_w_o_plus_b_o += g_o_sum;
                             g_h_prev_u_o += g_o_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j] = g_h_prev_u_o;
                             g_c_value += g_c_new;
@@ -1523,27 +1515,27 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                             g_i += g_i_times_tanh_c_sum * (s_tanh_c_sum[bs]);
                             g_tanh_c_sum += g_i_times_tanh_c_sum * (s_i[bs]);
                             g_c_sum += g_tanh_c_sum * ((1.0 - s_tanh_c_sum[bs] * s_tanh_c_sum[bs]));
-                            a3 += g_c_sum;
+                            acc_dXP_x_w_c_plus_b_c += g_c_sum;
                             g_h_prev_u_c += g_c_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j] = g_h_prev_u_c;
                             g_f += g_f_times_c_prev * (s_c_prev[bs]);
-                            a1 += g_f_times_c_prev * (s_f[bs]);
+                            acc_dL_c_1 += g_f_times_c_prev * (s_f[bs]);
                             g_f_sum += g_f * (((s_f[bs]) > 0.0 && (s_f[bs]) < 1.0 ? 0.2 : 0.0));
-                            a4 += g_f_sum;
+                            acc_dXP_x_w_f_plus_b_f += g_f_sum;
                             g_h_prev_u_f += g_f_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_f;
                             g_i_sum += g_i * (((s_i[bs]) > 0.0 && (s_i[bs]) < 1.0 ? 0.2 : 0.0));
-                            a5 += g_i_sum;
+                            acc_dXP_x_w_i_plus_b_i += g_i_sum;
                             g_h_prev_u_i += g_i_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_i;
                             double g_b_i = 0.0;
-                            double g_x_w_i_plus_b_i = a5;
+                            double g_x_w_i_plus_b_i = acc_dXP_x_w_i_plus_b_i;
                             double g_b_f = 0.0;
-                            double g_x_w_f_plus_b_f = a4;
+                            double g_x_w_f_plus_b_f = acc_dXP_x_w_f_plus_b_f;
                             double g_b_c = 0.0;
-                            double g_x_w_c_plus_b_c = a3;
+                            double g_x_w_c_plus_b_c = acc_dXP_x_w_c_plus_b_c;
                             double g_b_o = 0.0;
-                            double g_x_w_o_plus_b_o = a2;
+                            double g_x_w_o_plus_b_o = acc_dXP_x_w_o_plus_b_o;
                             g_b_o += g_x_w_o_plus_b_o;
                             db_b_o[j] += g_b_o;
                             g_b_c += g_x_w_c_plus_b_c;
@@ -1552,8 +1544,8 @@ const size_t OFF_g_h_prev = (4 - 1) * (size_t)j0;
                             db_b_f[j] += g_b_f;
                             g_b_i += g_x_w_i_plus_b_i;
                             db_b_i[j] += g_b_i;
-                            dL_h_1[bj] = a0;
-                            dL_c_1[bj] = a1;
+                            dL_h_1[bj] = acc_dL_h_1;
+                            dL_c_1[bj] = acc_dL_c_1;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd

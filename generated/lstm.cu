@@ -137,154 +137,140 @@ int rnngen_lstm_sizes(int T, int B, int D, int H, long long *save_size, long lon
     return RNNGEN_OK;
 }
 
-/* ======================== float ======================== */
+/* Everything below is written once for the element type R and instantiated for float
+ * (the _f32 entry points) and double (_f64) at the end. */
 
 /* What the step kernels read: sizes and device pointers (see work_layout). */
-typedef struct {
+template <typename R>
+struct rnngen_lstm_frame {
     int T, B, D, H, save, Teff;
     size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
     const unsigned char *mask;        /* [B,T] or NULL */
-    const float *NREAL;               /* [T,B] */
-    const float *XW;                  /* [B*T, NW*H] */
-    const float *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
-    float *SL;                        /* NSLOT saved values */
-    float *y;                         /* [B,T,H] */
-    const float *dy;                  /* [B,T,H] */
-    float *dXW, *dXP, *dVec, *dXE;
-    const float *w_b_i;                     /* [H] */
-    const float *w_b_c;                     /* [H] */
-    const float *w_b_f;                     /* [H] */
-    const float *w_b_o;                     /* [H] */
-    [[maybe_unused]] float *S_g_h_prev, *dS_g_h_prev;
-    [[maybe_unused]] float *L_h_1, *dL_h_1;
-    [[maybe_unused]] float *L_c_1, *dL_c_1;
-    [[maybe_unused]] float *d_c_new;
-    [[maybe_unused]] float *d_h_new;
-} rnngen_lstm_frame_f32;
+    const R *NREAL;               /* [T,B] */
+    const R *XW;                  /* [B*T, NW*H] */
+    const R *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
+    R *SL;                        /* NSLOT saved values */
+    R *y;                         /* [B,T,H] */
+    const R *dy;                  /* [B,T,H] */
+    R *dXW, *dXP, *dVec, *dXE;
+    const R *w_b_i;                     /* [H] */
+    const R *w_b_c;                     /* [H] */
+    const R *w_b_f;                     /* [H] */
+    const R *w_b_o;                     /* [H] */
+    R *S_g_h_prev, *dS_g_h_prev;
+    R *L_h_1, *dL_h_1;
+    R *L_c_1, *dL_c_1;
+    R *d_c_new;
+    R *d_h_new;
+};
 
 /* forward, phase 0 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_lstm_fwd0_f32(const rnngen_lstm_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_lstm_fwd0(const rnngen_lstm_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b_i = F.w_b_i;
-    [[maybe_unused]] const float *w_b_c = F.w_b_c;
-    [[maybe_unused]] const float *w_b_f = F.w_b_f;
-    [[maybe_unused]] const float *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
-    [[maybe_unused]] float *d_c_new = F.d_c_new;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-
-
-
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int B = F.B;
+    const int H = F.H;
+    const int save = F.save;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    R *SL = F.SL;
+    R *L_h_1 = F.L_h_1;
+    R *L_c_1 = F.L_c_1;
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+    R *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
     s_h_prev[bs] = L_h_1[bj];
     if (save) s_c_prev[bs] = L_c_1[bj];
 }
 
 /* forward, phase 1 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_lstm_fwd1_f32(const rnngen_lstm_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_lstm_fwd1(const rnngen_lstm_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b_i = F.w_b_i;
-    [[maybe_unused]] const float *w_b_c = F.w_b_c;
-    [[maybe_unused]] const float *w_b_f = F.w_b_f;
-    [[maybe_unused]] const float *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
-    [[maybe_unused]] float *d_c_new = F.d_c_new;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-
-
-
-    const float v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const float v_b_i = w_b_i[j];
-    const float v_x_w_i_plus_b_i = v_x_w_i + v_b_i;
-    const float v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
-    const float v_b_f = w_b_f[j];
-    const float v_x_w_f_plus_b_f = v_x_w_f + v_b_f;
-    const float v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const float v_b_c = w_b_c[j];
-    const float v_x_w_c_plus_b_c = v_x_w_c + v_b_c;
-    const float v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
-    const float v_b_o = w_b_o[j];
-    const float v_x_w_o_plus_b_o = v_x_w_o + v_b_o;
-    const float v_i_sum = v_x_w_i_plus_b_i + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int T = F.T;
+    const int B = F.B;
+    const int H = F.H;
+    const int save = F.save;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDXW = (size_t)NW * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    const size_t nU = (size_t)H;
+    const size_t OFFW = 0;
+    const unsigned char *mask = F.mask;
+    const R *XW = F.XW;
+    R *SL = F.SL;
+    R *y = F.y;
+    const R *w_b_i = F.w_b_i;
+    const R *w_b_c = F.w_b_c;
+    const R *w_b_f = F.w_b_f;
+    const R *w_b_o = F.w_b_o;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
+    const size_t OFF_g_h_prev = 0;
+    R *S_g_h_prev = F.S_g_h_prev;
+    R *L_h_1 = F.L_h_1;
+    R *L_c_1 = F.L_c_1;
+    const size_t r = (size_t)b * T + t;   /* row of x, y and dy */
+    const size_t rx = r;   /* row of XW */
+    const int m = rnngen_real(mask, r);
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+    R *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+    R *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+    R *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+    R *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+    const R v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
+    const R v_b_i = w_b_i[j];
+    const R v_x_w_i_plus_b_i = v_x_w_i + v_b_i;
+    const R v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
+    const R v_b_f = w_b_f[j];
+    const R v_x_w_f_plus_b_f = v_x_w_f + v_b_f;
+    const R v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
+    const R v_b_c = w_b_c[j];
+    const R v_x_w_c_plus_b_c = v_x_w_c + v_b_c;
+    const R v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
+    const R v_b_o = w_b_o[j];
+    const R v_x_w_o_plus_b_o = v_x_w_o + v_b_o;
+    const R v_i_sum = v_x_w_i_plus_b_i + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
     /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
-    const float v_i = rnngen_minf(rnngen_maxf(0.2f * (v_i_sum) + 0.5f, 0.0f), 1.0f);
+    const R v_i = rnngen_min(rnngen_max(R(0.2) * (v_i_sum) + R(0.5), R(0.0)), R(1.0));
     if (save) s_i[bs] = v_i;
-    const float v_f_sum = v_x_w_f_plus_b_f + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j];
+    const R v_f_sum = v_x_w_f_plus_b_f + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j];
     /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
-    const float v_f = rnngen_minf(rnngen_maxf(0.2f * (v_f_sum) + 0.5f, 0.0f), 1.0f);
+    const R v_f = rnngen_min(rnngen_max(R(0.2) * (v_f_sum) + R(0.5), R(0.0)), R(1.0));
     if (save) s_f[bs] = v_f;
-    const float v_f_times_c_prev = v_f * L_c_1[bj];
-    const float v_c_sum = v_x_w_c_plus_b_c + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j];
-    const float v_tanh_c_sum = tanhf(v_c_sum);
+    const R v_f_times_c_prev = v_f * L_c_1[bj];
+    const R v_c_sum = v_x_w_c_plus_b_c + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j];
+    const R v_tanh_c_sum = rnngen_tanh(v_c_sum);
     if (save) s_tanh_c_sum[bs] = v_tanh_c_sum;
-    const float v_i_times_tanh_c_sum = v_i * v_tanh_c_sum;
-    const float v_c_value = v_f_times_c_prev + v_i_times_tanh_c_sum;
+    const R v_i_times_tanh_c_sum = v_i * v_tanh_c_sum;
+    const R v_c_value = v_f_times_c_prev + v_i_times_tanh_c_sum;
     /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
-    const float v_c_new = v_c_value;
-    const float v_o_sum = v_x_w_o_plus_b_o + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j];
+    const R v_c_new = v_c_value;
+    const R v_o_sum = v_x_w_o_plus_b_o + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j];
     /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
-    const float v_o = rnngen_minf(rnngen_maxf(0.2f * (v_o_sum) + 0.5f, 0.0f), 1.0f);
+    const R v_o = rnngen_min(rnngen_max(R(0.2) * (v_o_sum) + R(0.5), R(0.0)), R(1.0));
     if (save) s_o[bs] = v_o;
-    const float v_tanh_c_new = tanhf(v_c_new);
+    const R v_tanh_c_new = rnngen_tanh(v_c_new);
     if (save) s_tanh_c_new[bs] = v_tanh_c_new;
-    const float v_o_times_tanh_c_new = v_o * v_tanh_c_new;
+    const R v_o_times_tanh_c_new = v_o * v_tanh_c_new;
     /* h = o * activation(c) */
-    const float v_h_new = v_o_times_tanh_c_new;
+    const R v_h_new = v_o_times_tanh_c_new;
     if (m) {
         L_h_1[bj] = v_h_new;
         L_c_1[bj] = v_c_new;
@@ -293,84 +279,78 @@ static __global__ void rnngen_lstm_fwd1_f32(const rnngen_lstm_frame_f32 F, const
 }
 
 /* backward, phase 1 of step t, reversed (after the step's entry), then the input-only part */
-static __global__ void rnngen_lstm_bwd1_f32(const rnngen_lstm_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_lstm_bwd1(const rnngen_lstm_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b_i = F.w_b_i;
-    [[maybe_unused]] const float *w_b_c = F.w_b_c;
-    [[maybe_unused]] const float *w_b_f = F.w_b_f;
-    [[maybe_unused]] const float *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
-    [[maybe_unused]] float *d_c_new = F.d_c_new;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] float *db_b_i = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] float *db_b_c = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] float *db_b_f = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] float *db_b_o = F.dVec + ((size_t)3 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-
-
-
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int T = F.T;
+    const int B = F.B;
+    const int H = F.H;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    const size_t nU = (size_t)H;
+    const unsigned char *mask = F.mask;
+    const R *dy = F.dy;
+    R *SL = F.SL;
+    const size_t LDS_g_h_prev = 4 * (size_t)H;
+    const size_t OFF_g_h_prev = 0;
+    R *dS_g_h_prev = F.dS_g_h_prev;
+    R *dL_h_1 = F.dL_h_1;
+    R *dL_c_1 = F.dL_c_1;
+    const size_t r = (size_t)b * T + t;   /* row of x, y and dy */
+    const int m = rnngen_real(mask, r);
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = (size_t)t;
+    R *db_b_i = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
+    R *db_b_c = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
+    R *db_b_f = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
+    R *db_b_o = F.dVec + ((size_t)3 * B + b) * H;   /* this sample's sum */
+    R *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
+    R *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
+    R *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
+    R *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
+    R *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
+    R *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
     if (m) {
-        const float a_h = dL_h_1[bj] + dy[r * H + j];
-        const float a_c = dL_c_1[bj];
-        float a0 = 0.0f;
-        float a1 = 0.0f;
-        float a2 = 0.0f;
-        float a3 = 0.0f;
-        float a4 = 0.0f;
-        float a5 = 0.0f;
-        float g_h_prev_u_i = 0.0f;
-        float g_i_sum = 0.0f;
-        float g_i = 0.0f;
-        float g_h_prev_u_f = 0.0f;
-        float g_f_sum = 0.0f;
-        float g_f = 0.0f;
-        float g_f_times_c_prev = 0.0f;
-        float g_h_prev_u_c = 0.0f;
-        float g_c_sum = 0.0f;
-        float g_tanh_c_sum = 0.0f;
-        float g_i_times_tanh_c_sum = 0.0f;
-        float g_c_value = 0.0f;
-        float g_c_new = a_c;
-        float g_h_prev_u_o = 0.0f;
-        float g_o_sum = 0.0f;
-        float g_o = 0.0f;
-        float g_tanh_c_new = 0.0f;
-        float g_o_times_tanh_c_new = 0.0f;
-        float g_h_new = a_h;
+        const R a_h = dL_h_1[bj] + dy[r * H + j];
+        const R a_c = dL_c_1[bj];
+        R acc_dL_h_1 = R(0.0);
+        R acc_dL_c_1 = R(0.0);
+        R acc_dXP_x_w_o_plus_b_o = R(0.0);
+        R acc_dXP_x_w_c_plus_b_c = R(0.0);
+        R acc_dXP_x_w_f_plus_b_f = R(0.0);
+        R acc_dXP_x_w_i_plus_b_i = R(0.0);
+        R g_h_prev_u_i = R(0.0);
+        R g_i_sum = R(0.0);
+        R g_i = R(0.0);
+        R g_h_prev_u_f = R(0.0);
+        R g_f_sum = R(0.0);
+        R g_f = R(0.0);
+        R g_f_times_c_prev = R(0.0);
+        R g_h_prev_u_c = R(0.0);
+        R g_c_sum = R(0.0);
+        R g_tanh_c_sum = R(0.0);
+        R g_i_times_tanh_c_sum = R(0.0);
+        R g_c_value = R(0.0);
+        R g_c_new = a_c;
+        R g_h_prev_u_o = R(0.0);
+        R g_o_sum = R(0.0);
+        R g_o = R(0.0);
+        R g_tanh_c_new = R(0.0);
+        R g_o_times_tanh_c_new = R(0.0);
+        R g_h_new = a_h;
         g_o_times_tanh_c_new += g_h_new;
         g_o += g_o_times_tanh_c_new * (s_tanh_c_new[bs]);
         g_tanh_c_new += g_o_times_tanh_c_new * (s_o[bs]);
-        g_c_new += g_tanh_c_new * ((1.0f - s_tanh_c_new[bs] * s_tanh_c_new[bs]));
-        g_o_sum += g_o * (((s_o[bs]) > 0.0f && (s_o[bs]) < 1.0f ? 0.2f : 0.0f));
-        a2 += g_o_sum;
+        g_c_new += g_tanh_c_new * ((R(1.0) - s_tanh_c_new[bs] * s_tanh_c_new[bs]));
+        g_o_sum += g_o * (((s_o[bs]) > R(0.0) && (s_o[bs]) < R(1.0) ? R(0.2) : R(0.0)));
+        acc_dXP_x_w_o_plus_b_o += g_o_sum;
         g_h_prev_u_o += g_o_sum;
         dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j] = g_h_prev_u_o;
         g_c_value += g_c_new;
@@ -378,28 +358,28 @@ static __global__ void rnngen_lstm_bwd1_f32(const rnngen_lstm_frame_f32 F, const
         g_i_times_tanh_c_sum += g_c_value;
         g_i += g_i_times_tanh_c_sum * (s_tanh_c_sum[bs]);
         g_tanh_c_sum += g_i_times_tanh_c_sum * (s_i[bs]);
-        g_c_sum += g_tanh_c_sum * ((1.0f - s_tanh_c_sum[bs] * s_tanh_c_sum[bs]));
-        a3 += g_c_sum;
+        g_c_sum += g_tanh_c_sum * ((R(1.0) - s_tanh_c_sum[bs] * s_tanh_c_sum[bs]));
+        acc_dXP_x_w_c_plus_b_c += g_c_sum;
         g_h_prev_u_c += g_c_sum;
         dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j] = g_h_prev_u_c;
         g_f += g_f_times_c_prev * (s_c_prev[bs]);
-        a1 += g_f_times_c_prev * (s_f[bs]);
-        g_f_sum += g_f * (((s_f[bs]) > 0.0f && (s_f[bs]) < 1.0f ? 0.2f : 0.0f));
-        a4 += g_f_sum;
+        acc_dL_c_1 += g_f_times_c_prev * (s_f[bs]);
+        g_f_sum += g_f * (((s_f[bs]) > R(0.0) && (s_f[bs]) < R(1.0) ? R(0.2) : R(0.0)));
+        acc_dXP_x_w_f_plus_b_f += g_f_sum;
         g_h_prev_u_f += g_f_sum;
         dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_f;
-        g_i_sum += g_i * (((s_i[bs]) > 0.0f && (s_i[bs]) < 1.0f ? 0.2f : 0.0f));
-        a5 += g_i_sum;
+        g_i_sum += g_i * (((s_i[bs]) > R(0.0) && (s_i[bs]) < R(1.0) ? R(0.2) : R(0.0)));
+        acc_dXP_x_w_i_plus_b_i += g_i_sum;
         g_h_prev_u_i += g_i_sum;
         dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_i;
-        float g_b_i = 0.0f;
-        float g_x_w_i_plus_b_i = a5;
-        float g_b_f = 0.0f;
-        float g_x_w_f_plus_b_f = a4;
-        float g_b_c = 0.0f;
-        float g_x_w_c_plus_b_c = a3;
-        float g_b_o = 0.0f;
-        float g_x_w_o_plus_b_o = a2;
+        R g_b_i = R(0.0);
+        R g_x_w_i_plus_b_i = acc_dXP_x_w_i_plus_b_i;
+        R g_b_f = R(0.0);
+        R g_x_w_f_plus_b_f = acc_dXP_x_w_f_plus_b_f;
+        R g_b_c = R(0.0);
+        R g_x_w_c_plus_b_c = acc_dXP_x_w_c_plus_b_c;
+        R g_b_o = R(0.0);
+        R g_x_w_o_plus_b_o = acc_dXP_x_w_o_plus_b_o;
         g_b_o += g_x_w_o_plus_b_o;
         db_b_o[j] += g_b_o;
         g_b_c += g_x_w_c_plus_b_c;
@@ -408,38 +388,39 @@ static __global__ void rnngen_lstm_bwd1_f32(const rnngen_lstm_frame_f32 F, const
         db_b_f[j] += g_b_f;
         g_b_i += g_x_w_i_plus_b_i;
         db_b_i[j] += g_b_i;
-        dL_h_1[bj] = a0;
-        dL_c_1[bj] = a1;
+        dL_h_1[bj] = acc_dL_h_1;
+        dL_c_1[bj] = acc_dL_c_1;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
     }
 }
 
-static int forward_kernel_f32(
+template <typename R>
+static int forward_kernel(
     void *stream,
     int T,                              /* steps */
     int B,                              /* samples */
     int D,                              /* input_dim */
     int H,                              /* output_dim */
-    const float *x,                     /* [B,T,D] */
+    const R *x,                         /* [B,T,D] */
     const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
-    const float *state0,                /* [S,B,H], every state (h, c) before the first step; NULL: zeros */
-    const float *w_W_i,                 /* [D,H], weight W_i */
-    const float *w_U_i,                 /* [H,H], weight U_i */
-    const float *w_b_i,                 /* [H], weight b_i */
-    const float *w_W_c,                 /* [D,H], weight W_c */
-    const float *w_U_c,                 /* [H,H], weight U_c */
-    const float *w_b_c,                 /* [H], weight b_c */
-    const float *w_W_f,                 /* [D,H], weight W_f */
-    const float *w_U_f,                 /* [H,H], weight U_f */
-    const float *w_b_f,                 /* [H], weight b_f */
-    const float *w_W_o,                 /* [D,H], weight W_o */
-    const float *w_U_o,                 /* [H,H], weight U_o */
-    const float *w_b_o,                 /* [H], weight b_o */
-    float *y,                           /* [B,T,H], the output (the carried h) at every step */
-    float *state_last,                  /* [S,B,H], every state's final value, or NULL */
-    float *save,                        /* [save_size], for backward, or NULL (inference) */
-    float *work)                        /* [work_size], scratch */
+    const R *state0,                    /* [S,B,H], every state (h, c) before the first step; NULL: zeros */
+    const R *w_W_i,                     /* [D,H], weight W_i */
+    const R *w_U_i,                     /* [H,H], weight U_i */
+    const R *w_b_i,                     /* [H], weight b_i */
+    const R *w_W_c,                     /* [D,H], weight W_c */
+    const R *w_U_c,                     /* [H,H], weight U_c */
+    const R *w_b_c,                     /* [H], weight b_c */
+    const R *w_W_f,                     /* [D,H], weight W_f */
+    const R *w_U_f,                     /* [H,H], weight U_f */
+    const R *w_b_f,                     /* [H], weight b_f */
+    const R *w_W_o,                     /* [D,H], weight W_o */
+    const R *w_U_o,                     /* [H,H], weight U_o */
+    const R *w_b_o,                     /* [H], weight b_o */
+    R *y,                               /* [B,T,H], the output (the carried h) at every step */
+    R *state_last,                      /* [S,B,H], every state's final value, or NULL */
+    R *save,                            /* [save_size], for backward, or NULL (inference) */
+    R *work)                            /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
@@ -455,30 +436,30 @@ static int forward_kernel_f32(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    [[maybe_unused]] float *p = work;   /* the next free element */
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
-    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
-    [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *L_c_1 = p; p += BH;             /* [B,H] c, 1 real step(s) back */
-    [[maybe_unused]] float *dL_c_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_c_new = p; p += BH;           /* [B,H] adjoint of new c */
-    [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] R *p = work;   /* the next free element */
+    [[maybe_unused]] R *Wcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] R *dWcat = p; p += (size_t)D * LDXW;   /* [D, NW*H] */
+    [[maybe_unused]] R *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] R *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    [[maybe_unused]] R *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] R *L_h_1 = p; p += BH;                 /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] R *dL_h_1 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *L_c_1 = p; p += BH;                 /* [B,H] c, 1 real step(s) back */
+    [[maybe_unused]] R *dL_c_1 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *d_c_new = p; p += BH;               /* [B,H] adjoint of new c */
+    [[maybe_unused]] R *d_h_new = p; p += BH;               /* [B,H] adjoint of new h */
+    [[maybe_unused]] R *NREAL = p; p += (size_t)T * B;      /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] R *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] R *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] R *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    [[maybe_unused]] R *dXP = p; p += (size_t)NR * BH;      /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] R *dVec = p; p += (size_t)NVEC * BH;   /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] R *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
-    float *XW = save && KEEP_XW ? save : XWw;
-    float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    rnngen_lstm_frame_f32 F;
+    R *XW = save && KEEP_XW ? save : XWw;
+    R *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
+    rnngen_lstm_frame<R> F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
     F.D = D; F.x = x; F.dXE = dXE;
@@ -496,112 +477,89 @@ static int forward_kernel_f32(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
+    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(float), w_W_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(float), w_W_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(R), w_W_i, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(R), w_W_f, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(R), w_W_c, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(R), w_W_o, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_i, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_f, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_c, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_o, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
-        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     else
-        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(float), cs));
+        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(R), cs));
     if (state0)
-        RNNGEN_CU(cudaMemcpyAsync(L_c_1, state0 + 1 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(L_c_1, state0 + 1 * BH, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     else
-        RNNGEN_CU(cudaMemsetAsync(L_c_1, 0, BH * sizeof(float), cs));
+        RNNGEN_CU(cudaMemsetAsync(L_c_1, 0, BH * sizeof(R), cs));
     if (save)   /* backward reads forward's count */
         NREAL = save + SAVE_SIZE(T, B, H);
     F.NREAL = NREAL;
     /* started(h[-1]) holds at step 0 given an initial state */
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<float>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
+    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<R>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
     /* x @ W for every step at once */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (float)1, x, (size_t)D, Wcat, LDXW, (float)0, XW, LDXW));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (R)1, x, (size_t)D, Wcat, LDXW, (R)0, XW, LDXW));
 
     for (int t = 0; t < T; t++) {
-        [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-
-
-
-        RNNGEN_CU_LAUNCH(rnngen_lstm_fwd0_f32, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (float)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (float)0, S_g_h_prev, LDS_g_h_prev));
-        RNNGEN_CU_LAUNCH(rnngen_lstm_fwd1_f32, grid, block, cs, F, t);
+        const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+        R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+        RNNGEN_CU_LAUNCH(rnngen_lstm_fwd0<R>, grid, block, cs, F, t);
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CU_LAUNCH(rnngen_lstm_fwd1<R>, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
-        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
-        RNNGEN_CU(cudaMemcpyAsync(state_last + 1 * BH, L_c_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(state_last + 1 * BH, L_c_1, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     }
     return RNNGEN_OK;
 }
 
-int rnngen_lstm_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_lstm_forward_args_f32 *args)
-{
-    if (!args) return RNNGEN_ENULL;
-    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
-        int current = -1;
-        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
-            return RNNGEN_ECTX;
-    }
-    return forward_kernel_f32(ctx ? ctx->stream : NULL,
-        args->T, args->B, args->D, args->H, args->x, args->mask,
-        args->state0, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
-        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
-        args->w_b_o, args->y, args->state_last, args->save, args->work);
-}
-
-static int backward_kernel_f32(
+template <typename R>
+static int backward_kernel(
     void *stream,
     int T,                              /* steps */
     int B,                              /* samples */
     int D,                              /* input_dim */
     int H,                              /* output_dim */
     int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
-    const float *x,                     /* [B,T,D] */
+    const R *x,                         /* [B,T,D] */
     const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
-    const float *w_W_i,                 /* [D,H], weight W_i */
-    const float *w_U_i,                 /* [H,H], weight U_i */
-    const float *w_b_i,                 /* [H], weight b_i */
-    const float *w_W_c,                 /* [D,H], weight W_c */
-    const float *w_U_c,                 /* [H,H], weight U_c */
-    const float *w_b_c,                 /* [H], weight b_c */
-    const float *w_W_f,                 /* [D,H], weight W_f */
-    const float *w_U_f,                 /* [H,H], weight U_f */
-    const float *w_b_f,                 /* [H], weight b_f */
-    const float *w_W_o,                 /* [D,H], weight W_o */
-    const float *w_U_o,                 /* [H,H], weight U_o */
-    const float *w_b_o,                 /* [H], weight b_o */
-    const float *save,                  /* [save_size], from forward */
-    const float *dy,                    /* [B,T,H], gradient of the loss w.r.t. y */
-    const float *dstate_last,           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
-    float *dx,                          /* [B,T,D] */
-    float *dstate0,                     /* [S,B,H], gradient w.r.t. state0, or NULL */
-    float *dw_W_i,                      /* [D,H], gradient of W_i */
-    float *dw_U_i,                      /* [H,H], gradient of U_i */
-    float *dw_b_i,                      /* [H], gradient of b_i */
-    float *dw_W_c,                      /* [D,H], gradient of W_c */
-    float *dw_U_c,                      /* [H,H], gradient of U_c */
-    float *dw_b_c,                      /* [H], gradient of b_c */
-    float *dw_W_f,                      /* [D,H], gradient of W_f */
-    float *dw_U_f,                      /* [H,H], gradient of U_f */
-    float *dw_b_f,                      /* [H], gradient of b_f */
-    float *dw_W_o,                      /* [D,H], gradient of W_o */
-    float *dw_U_o,                      /* [H,H], gradient of U_o */
-    float *dw_b_o,                      /* [H], gradient of b_o */
-    float *work)                        /* [work_size], scratch */
+    const R *w_W_i,                     /* [D,H], weight W_i */
+    const R *w_U_i,                     /* [H,H], weight U_i */
+    const R *w_b_i,                     /* [H], weight b_i */
+    const R *w_W_c,                     /* [D,H], weight W_c */
+    const R *w_U_c,                     /* [H,H], weight U_c */
+    const R *w_b_c,                     /* [H], weight b_c */
+    const R *w_W_f,                     /* [D,H], weight W_f */
+    const R *w_U_f,                     /* [H,H], weight U_f */
+    const R *w_b_f,                     /* [H], weight b_f */
+    const R *w_W_o,                     /* [D,H], weight W_o */
+    const R *w_U_o,                     /* [H,H], weight U_o */
+    const R *w_b_o,                     /* [H], weight b_o */
+    const R *save,                      /* [save_size], from forward */
+    const R *dy,                        /* [B,T,H], gradient of the loss w.r.t. y */
+    const R *dstate_last,               /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    R *dx,                              /* [B,T,D] */
+    R *dstate0,                         /* [S,B,H], gradient w.r.t. state0, or NULL */
+    R *dw_W_i,                          /* [D,H], gradient of W_i */
+    R *dw_U_i,                          /* [H,H], gradient of U_i */
+    R *dw_b_i,                          /* [H], gradient of b_i */
+    R *dw_W_c,                          /* [D,H], gradient of W_c */
+    R *dw_U_c,                          /* [H,H], gradient of U_c */
+    R *dw_b_c,                          /* [H], gradient of b_c */
+    R *dw_W_f,                          /* [D,H], gradient of W_f */
+    R *dw_U_f,                          /* [H,H], gradient of U_f */
+    R *dw_b_f,                          /* [H], gradient of b_f */
+    R *dw_W_o,                          /* [D,H], gradient of W_o */
+    R *dw_U_o,                          /* [H,H], gradient of U_o */
+    R *dw_b_o,                          /* [H], gradient of b_o */
+    R *work)                            /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
@@ -616,31 +574,31 @@ static int backward_kernel_f32(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    [[maybe_unused]] float *p = work;   /* the next free element */
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
-    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
-    [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *L_c_1 = p; p += BH;             /* [B,H] c, 1 real step(s) back */
-    [[maybe_unused]] float *dL_c_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_c_new = p; p += BH;           /* [B,H] adjoint of new c */
-    [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] R *p = work;   /* the next free element */
+    [[maybe_unused]] R *Wcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] R *dWcat = p; p += (size_t)D * LDXW;   /* [D, NW*H] */
+    [[maybe_unused]] R *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
+    [[maybe_unused]] R *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
+    [[maybe_unused]] R *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
+    [[maybe_unused]] R *L_h_1 = p; p += BH;                 /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] R *dL_h_1 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *L_c_1 = p; p += BH;                 /* [B,H] c, 1 real step(s) back */
+    [[maybe_unused]] R *dL_c_1 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *d_c_new = p; p += BH;               /* [B,H] adjoint of new c */
+    [[maybe_unused]] R *d_h_new = p; p += BH;               /* [B,H] adjoint of new h */
+    [[maybe_unused]] R *NREAL = p; p += (size_t)T * B;      /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] R *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] R *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] R *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    [[maybe_unused]] R *dXP = p; p += (size_t)NR * BH;      /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] R *dVec = p; p += (size_t)NVEC * BH;   /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] R *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
     dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
-    float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
-    NREAL = (float *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
-    rnngen_lstm_frame_f32 F;
+    R *SL = (R *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
+    NREAL = (R *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
+    rnngen_lstm_frame<R> F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
     F.D = D; F.x = x; F.dXE = dXE;
@@ -658,79 +616,86 @@ static int backward_kernel_f32(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
+    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(float), w_W_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(float), w_W_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(float), w_W_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(R), w_W_i, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(R), w_W_f, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(R), w_W_c, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(R), w_W_o, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_i, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_f, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_c, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_o, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_i, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_f, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_c, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_o, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
     if (dstate_last)
-        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     else
-        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(float), cs));
+        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(R), cs));
     if (dstate_last)
-        RNNGEN_CU(cudaMemcpyAsync(dL_c_1, dstate_last + 1 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(dL_c_1, dstate_last + 1 * BH, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     else
-        RNNGEN_CU(cudaMemsetAsync(dL_c_1, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(float), cs));
+        RNNGEN_CU(cudaMemsetAsync(dL_c_1, 0, BH * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(R), cs));
 
     for (int t = T - 1; t >= t0; t--) {
-        [[maybe_unused]] const size_t ts = (size_t)t;
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] float *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] float *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] float *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] float *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] float *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
 
-
-
-        RNNGEN_CU_LAUNCH(rnngen_lstm_bwd1_f32, grid, block, cs, F, t);
+        RNNGEN_CU_LAUNCH(rnngen_lstm_bwd1<R>, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (float)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (float)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (R)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (R)1, dL_h_1, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
-            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
         else
-            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(float), cs));
+            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(R), cs));
         if (t0 == 0)
-            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 1 * BH, dL_c_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 1 * BH, dL_c_1, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
         else
-            RNNGEN_CU(cudaMemsetAsync(dstate0 + 1 * BH, 0, BH * sizeof(float), cs));
+            RNNGEN_CU(cudaMemsetAsync(dstate0 + 1 * BH, 0, BH * sizeof(R), cs));
     }
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (float)0, dUcat_g_h_prev, LDS_g_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_i, (size_t)H * sizeof(float), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_f, (size_t)H * sizeof(float), dUcat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_c, (size_t)H * sizeof(float), dUcat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_o, (size_t)H * sizeof(float), dUcat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (R)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (R)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_i, (size_t)H * sizeof(R), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_f, (size_t)H * sizeof(R), dUcat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_c, (size_t)H * sizeof(R), dUcat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_o, (size_t)H * sizeof(R), dUcat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (float)1, x, (size_t)D, dXW, LDXW, (float)0, dWcat, LDXW));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_i, (size_t)H * sizeof(float), dWcat + 0 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_f, (size_t)H * sizeof(float), dWcat + 1 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_c, (size_t)H * sizeof(float), dWcat + 2 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_o, (size_t)H * sizeof(float), dWcat + 3 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (R)1, x, (size_t)D, dXW, LDXW, (R)0, dWcat, LDXW));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_i, (size_t)H * sizeof(R), dWcat + 0 * (size_t)H, LDXW * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_f, (size_t)H * sizeof(R), dWcat + 1 * (size_t)H, LDXW * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_c, (size_t)H * sizeof(R), dWcat + 2 * (size_t)H, LDXW * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_o, (size_t)H * sizeof(R), dWcat + 3 * (size_t)H, LDXW * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
     /* dx = dXW @ Wcat^T */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (float)1, dXW, LDXW, Wcat, LDXW, (float)0, dx, (size_t)D));
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b_i);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)1 * BH, B, H, dw_b_c);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_f);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)3 * BH, B, H, dw_b_o);
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (R)1, dXW, LDXW, Wcat, LDXW, (R)0, dx, (size_t)D));
+    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<R>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b_i);
+    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<R>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)1 * BH, B, H, dw_b_c);
+    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<R>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_f);
+    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<R>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)3 * BH, B, H, dw_b_o);
     return RNNGEN_OK;
+}
+
+/* ======================== float ======================== */
+
+int rnngen_lstm_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_lstm_forward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return forward_kernel<float>(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
+        args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
+        args->w_b_o, args->y, args->state_last, args->save, args->work);
 }
 
 int rnngen_lstm_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_lstm_backward_args_f32 *args)
@@ -741,7 +706,7 @@ int rnngen_lstm_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_lstm_backw
         if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
             return RNNGEN_ECTX;
     }
-    return backward_kernel_f32(ctx ? ctx->stream : NULL,
+    return backward_kernel<float>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,
         args->mask, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
         args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
@@ -753,415 +718,6 @@ int rnngen_lstm_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_lstm_backw
 
 /* ======================== double ======================== */
 
-/* What the step kernels read: sizes and device pointers (see work_layout). */
-typedef struct {
-    int T, B, D, H, save, Teff;
-    size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
-    const unsigned char *mask;        /* [B,T] or NULL */
-    const double *NREAL;               /* [T,B] */
-    const double *XW;                  /* [B*T, NW*H] */
-    const double *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
-    double *SL;                        /* NSLOT saved values */
-    double *y;                         /* [B,T,H] */
-    const double *dy;                  /* [B,T,H] */
-    double *dXW, *dXP, *dVec, *dXE;
-    const double *w_b_i;                     /* [H] */
-    const double *w_b_c;                     /* [H] */
-    const double *w_b_f;                     /* [H] */
-    const double *w_b_o;                     /* [H] */
-    [[maybe_unused]] double *S_g_h_prev, *dS_g_h_prev;
-    [[maybe_unused]] double *L_h_1, *dL_h_1;
-    [[maybe_unused]] double *L_c_1, *dL_c_1;
-    [[maybe_unused]] double *d_c_new;
-    [[maybe_unused]] double *d_h_new;
-} rnngen_lstm_frame_f64;
-
-/* forward, phase 0 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_lstm_fwd0_f64(const rnngen_lstm_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b_i = F.w_b_i;
-    [[maybe_unused]] const double *w_b_c = F.w_b_c;
-    [[maybe_unused]] const double *w_b_f = F.w_b_f;
-    [[maybe_unused]] const double *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
-    [[maybe_unused]] double *d_c_new = F.d_c_new;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-
-
-
-    s_h_prev[bs] = L_h_1[bj];
-    if (save) s_c_prev[bs] = L_c_1[bj];
-}
-
-/* forward, phase 1 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_lstm_fwd1_f64(const rnngen_lstm_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b_i = F.w_b_i;
-    [[maybe_unused]] const double *w_b_c = F.w_b_c;
-    [[maybe_unused]] const double *w_b_f = F.w_b_f;
-    [[maybe_unused]] const double *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
-    [[maybe_unused]] double *d_c_new = F.d_c_new;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-
-
-
-    const double v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const double v_b_i = w_b_i[j];
-    const double v_x_w_i_plus_b_i = v_x_w_i + v_b_i;
-    const double v_x_w_f = XW[rx * LDXW + OFFW + 1 * nU + j];
-    const double v_b_f = w_b_f[j];
-    const double v_x_w_f_plus_b_f = v_x_w_f + v_b_f;
-    const double v_x_w_c = XW[rx * LDXW + OFFW + 2 * nU + j];
-    const double v_b_c = w_b_c[j];
-    const double v_x_w_c_plus_b_c = v_x_w_c + v_b_c;
-    const double v_x_w_o = XW[rx * LDXW + OFFW + 3 * nU + j];
-    const double v_b_o = w_b_o[j];
-    const double v_x_w_o_plus_b_o = v_x_w_o + v_b_o;
-    const double v_i_sum = v_x_w_i_plus_b_i + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j];
-    /* i = inner_activation(x @ W_i + b_i + h @ U_i) */
-    const double v_i = rnngen_min(rnngen_max(0.2 * (v_i_sum) + 0.5, 0.0), 1.0);
-    if (save) s_i[bs] = v_i;
-    const double v_f_sum = v_x_w_f_plus_b_f + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j];
-    /* f = inner_activation(x @ W_f + b_f + h @ U_f) */
-    const double v_f = rnngen_min(rnngen_max(0.2 * (v_f_sum) + 0.5, 0.0), 1.0);
-    if (save) s_f[bs] = v_f;
-    const double v_f_times_c_prev = v_f * L_c_1[bj];
-    const double v_c_sum = v_x_w_c_plus_b_c + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j];
-    const double v_tanh_c_sum = tanh(v_c_sum);
-    if (save) s_tanh_c_sum[bs] = v_tanh_c_sum;
-    const double v_i_times_tanh_c_sum = v_i * v_tanh_c_sum;
-    const double v_c_value = v_f_times_c_prev + v_i_times_tanh_c_sum;
-    /* c = f * c + i * activation(x @ W_c + b_c + h @ U_c) */
-    const double v_c_new = v_c_value;
-    const double v_o_sum = v_x_w_o_plus_b_o + S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j];
-    /* o = inner_activation(x @ W_o + b_o + h @ U_o) */
-    const double v_o = rnngen_min(rnngen_max(0.2 * (v_o_sum) + 0.5, 0.0), 1.0);
-    if (save) s_o[bs] = v_o;
-    const double v_tanh_c_new = tanh(v_c_new);
-    if (save) s_tanh_c_new[bs] = v_tanh_c_new;
-    const double v_o_times_tanh_c_new = v_o * v_tanh_c_new;
-    /* h = o * activation(c) */
-    const double v_h_new = v_o_times_tanh_c_new;
-    if (m) {
-        L_h_1[bj] = v_h_new;
-        L_c_1[bj] = v_c_new;
-    }
-    y[(size_t)r * H + j] = L_h_1[bj];
-}
-
-/* backward, phase 1 of step t, reversed (after the step's entry), then the input-only part */
-static __global__ void rnngen_lstm_bwd1_f64(const rnngen_lstm_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b_i = F.w_b_i;
-    [[maybe_unused]] const double *w_b_c = F.w_b_c;
-    [[maybe_unused]] const double *w_b_f = F.w_b_f;
-    [[maybe_unused]] const double *w_b_o = F.w_b_o;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 4 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *L_c_1 = F.L_c_1, *dL_c_1 = F.dL_c_1;
-    [[maybe_unused]] double *d_c_new = F.d_c_new;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] double *db_b_i = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] double *db_b_c = F.dVec + ((size_t)1 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] double *db_b_f = F.dVec + ((size_t)2 * B + b) * H;   /* this sample's sum */
-    [[maybe_unused]] double *db_b_o = F.dVec + ((size_t)3 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-
-
-
-    if (m) {
-        const double a_h = dL_h_1[bj] + dy[r * H + j];
-        const double a_c = dL_c_1[bj];
-        double a0 = 0.0;
-        double a1 = 0.0;
-        double a2 = 0.0;
-        double a3 = 0.0;
-        double a4 = 0.0;
-        double a5 = 0.0;
-        double g_h_prev_u_i = 0.0;
-        double g_i_sum = 0.0;
-        double g_i = 0.0;
-        double g_h_prev_u_f = 0.0;
-        double g_f_sum = 0.0;
-        double g_f = 0.0;
-        double g_f_times_c_prev = 0.0;
-        double g_h_prev_u_c = 0.0;
-        double g_c_sum = 0.0;
-        double g_tanh_c_sum = 0.0;
-        double g_i_times_tanh_c_sum = 0.0;
-        double g_c_value = 0.0;
-        double g_c_new = a_c;
-        double g_h_prev_u_o = 0.0;
-        double g_o_sum = 0.0;
-        double g_o = 0.0;
-        double g_tanh_c_new = 0.0;
-        double g_o_times_tanh_c_new = 0.0;
-        double g_h_new = a_h;
-        g_o_times_tanh_c_new += g_h_new;
-        g_o += g_o_times_tanh_c_new * (s_tanh_c_new[bs]);
-        g_tanh_c_new += g_o_times_tanh_c_new * (s_o[bs]);
-        g_c_new += g_tanh_c_new * ((1.0 - s_tanh_c_new[bs] * s_tanh_c_new[bs]));
-        g_o_sum += g_o * (((s_o[bs]) > 0.0 && (s_o[bs]) < 1.0 ? 0.2 : 0.0));
-        a2 += g_o_sum;
-        g_h_prev_u_o += g_o_sum;
-        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 3 * nU + j] = g_h_prev_u_o;
-        g_c_value += g_c_new;
-        g_f_times_c_prev += g_c_value;
-        g_i_times_tanh_c_sum += g_c_value;
-        g_i += g_i_times_tanh_c_sum * (s_tanh_c_sum[bs]);
-        g_tanh_c_sum += g_i_times_tanh_c_sum * (s_i[bs]);
-        g_c_sum += g_tanh_c_sum * ((1.0 - s_tanh_c_sum[bs] * s_tanh_c_sum[bs]));
-        a3 += g_c_sum;
-        g_h_prev_u_c += g_c_sum;
-        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 2 * nU + j] = g_h_prev_u_c;
-        g_f += g_f_times_c_prev * (s_c_prev[bs]);
-        a1 += g_f_times_c_prev * (s_f[bs]);
-        g_f_sum += g_f * (((s_f[bs]) > 0.0 && (s_f[bs]) < 1.0 ? 0.2 : 0.0));
-        a4 += g_f_sum;
-        g_h_prev_u_f += g_f_sum;
-        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 1 * nU + j] = g_h_prev_u_f;
-        g_i_sum += g_i * (((s_i[bs]) > 0.0 && (s_i[bs]) < 1.0 ? 0.2 : 0.0));
-        a5 += g_i_sum;
-        g_h_prev_u_i += g_i_sum;
-        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_i;
-        double g_b_i = 0.0;
-        double g_x_w_i_plus_b_i = a5;
-        double g_b_f = 0.0;
-        double g_x_w_f_plus_b_f = a4;
-        double g_b_c = 0.0;
-        double g_x_w_c_plus_b_c = a3;
-        double g_b_o = 0.0;
-        double g_x_w_o_plus_b_o = a2;
-        g_b_o += g_x_w_o_plus_b_o;
-        db_b_o[j] += g_b_o;
-        g_b_c += g_x_w_c_plus_b_c;
-        db_b_c[j] += g_b_c;
-        g_b_f += g_x_w_f_plus_b_f;
-        db_b_f[j] += g_b_f;
-        g_b_i += g_x_w_i_plus_b_i;
-        db_b_i[j] += g_b_i;
-        dL_h_1[bj] = a0;
-        dL_c_1[bj] = a1;
-    } else {   /* a padded step: its cell contributes nothing */
-        dL_h_1[bj] += dy[r * H + j];
-    }
-}
-
-static int forward_kernel_f64(
-    void *stream,
-    int T,                              /* steps */
-    int B,                              /* samples */
-    int D,                              /* input_dim */
-    int H,                              /* output_dim */
-    const double *x,                    /* [B,T,D] */
-    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
-    const double *state0,               /* [S,B,H], every state (h, c) before the first step; NULL: zeros */
-    const double *w_W_i,                /* [D,H], weight W_i */
-    const double *w_U_i,                /* [H,H], weight U_i */
-    const double *w_b_i,                /* [H], weight b_i */
-    const double *w_W_c,                /* [D,H], weight W_c */
-    const double *w_U_c,                /* [H,H], weight U_c */
-    const double *w_b_c,                /* [H], weight b_c */
-    const double *w_W_f,                /* [D,H], weight W_f */
-    const double *w_U_f,                /* [H,H], weight U_f */
-    const double *w_b_f,                /* [H], weight b_f */
-    const double *w_W_o,                /* [D,H], weight W_o */
-    const double *w_U_o,                /* [H,H], weight U_o */
-    const double *w_b_o,                /* [H], weight b_o */
-    double *y,                          /* [B,T,H], the output (the carried h) at every step */
-    double *state_last,                 /* [S,B,H], every state's final value, or NULL */
-    double *save,                       /* [save_size], for backward, or NULL (inference) */
-    double *work)                       /* [work_size], scratch */
-{
-    int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
-    if (st) return st;
-    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !y || !work) return RNNGEN_ENULL;
-    if ((st = rnngen_lstm_cuda_init())) return st;
-    cudaStream_t cs = (cudaStream_t)stream;
-    RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g_h_prev = 4 * (size_t)H;
-    const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
-    /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
-     * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
-    const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
-    const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    [[maybe_unused]] double *p = work;   /* the next free element */
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
-    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
-    [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *L_c_1 = p; p += BH;            /* [B,H] c, 1 real step(s) back */
-    [[maybe_unused]] double *dL_c_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_c_new = p; p += BH;          /* [B,H] adjoint of new c */
-    [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
-
-    double *XW = save && KEEP_XW ? save : XWw;
-    double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    rnngen_lstm_frame_f64 F;
-    std::memset(&F, 0, sizeof F);
-    F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
-    F.D = D; F.x = x; F.dXE = dXE;
-    F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
-    F.w_b_i = w_b_i;
-    F.w_b_c = w_b_c;
-    F.w_b_f = w_b_f;
-    F.w_b_o = w_b_o;
-    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
-    F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.L_c_1 = L_c_1; F.dL_c_1 = dL_c_1;
-    F.d_c_new = d_c_new;
-    F.d_h_new = d_h_new;
-
-    F.save = save != NULL;
-    F.XW = XW;
-    F.y = y;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(double), w_W_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(double), w_W_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    /* the registers: state0 (or zeros) one step back, zeros further */
-    if (state0)
-        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    else
-        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(double), cs));
-    if (state0)
-        RNNGEN_CU(cudaMemcpyAsync(L_c_1, state0 + 1 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    else
-        RNNGEN_CU(cudaMemsetAsync(L_c_1, 0, BH * sizeof(double), cs));
-    if (save)   /* backward reads forward's count */
-        NREAL = save + SAVE_SIZE(T, B, H);
-    F.NREAL = NREAL;
-    /* started(h[-1]) holds at step 0 given an initial state */
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<double>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
-    /* x @ W for every step at once */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (double)1, x, (size_t)D, Wcat, LDXW, (double)0, XW, LDXW));
-
-    for (int t = 0; t < T; t++) {
-        [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-
-
-
-        RNNGEN_CU_LAUNCH(rnngen_lstm_fwd0_f64, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (double)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (double)0, S_g_h_prev, LDS_g_h_prev));
-        RNNGEN_CU_LAUNCH(rnngen_lstm_fwd1_f64, grid, block, cs, F, t);
-    }
-    if (state_last) {   /* every state after the last real step */
-        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-        RNNGEN_CU(cudaMemcpyAsync(state_last + 1 * BH, L_c_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    }
-    return RNNGEN_OK;
-}
-
 int rnngen_lstm_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_lstm_forward_args_f64 *args)
 {
     if (!args) return RNNGEN_ENULL;
@@ -1170,181 +726,11 @@ int rnngen_lstm_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_lstm_forwar
         if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
             return RNNGEN_ECTX;
     }
-    return forward_kernel_f64(ctx ? ctx->stream : NULL,
+    return forward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->x, args->mask,
         args->state0, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
         args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,
         args->w_b_o, args->y, args->state_last, args->save, args->work);
-}
-
-static int backward_kernel_f64(
-    void *stream,
-    int T,                              /* steps */
-    int B,                              /* samples */
-    int D,                              /* input_dim */
-    int H,                              /* output_dim */
-    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
-    const double *x,                    /* [B,T,D] */
-    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
-    const double *w_W_i,                /* [D,H], weight W_i */
-    const double *w_U_i,                /* [H,H], weight U_i */
-    const double *w_b_i,                /* [H], weight b_i */
-    const double *w_W_c,                /* [D,H], weight W_c */
-    const double *w_U_c,                /* [H,H], weight U_c */
-    const double *w_b_c,                /* [H], weight b_c */
-    const double *w_W_f,                /* [D,H], weight W_f */
-    const double *w_U_f,                /* [H,H], weight U_f */
-    const double *w_b_f,                /* [H], weight b_f */
-    const double *w_W_o,                /* [D,H], weight W_o */
-    const double *w_U_o,                /* [H,H], weight U_o */
-    const double *w_b_o,                /* [H], weight b_o */
-    const double *save,                 /* [save_size], from forward */
-    const double *dy,                   /* [B,T,H], gradient of the loss w.r.t. y */
-    const double *dstate_last,          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
-    double *dx,                         /* [B,T,D] */
-    double *dstate0,                    /* [S,B,H], gradient w.r.t. state0, or NULL */
-    double *dw_W_i,                     /* [D,H], gradient of W_i */
-    double *dw_U_i,                     /* [H,H], gradient of U_i */
-    double *dw_b_i,                     /* [H], gradient of b_i */
-    double *dw_W_c,                     /* [D,H], gradient of W_c */
-    double *dw_U_c,                     /* [H,H], gradient of U_c */
-    double *dw_b_c,                     /* [H], gradient of b_c */
-    double *dw_W_f,                     /* [D,H], gradient of W_f */
-    double *dw_U_f,                     /* [H,H], gradient of U_f */
-    double *dw_b_f,                     /* [H], gradient of b_f */
-    double *dw_W_o,                     /* [D,H], gradient of W_o */
-    double *dw_U_o,                     /* [H,H], gradient of U_o */
-    double *dw_b_o,                     /* [H], gradient of b_o */
-    double *work)                       /* [work_size], scratch */
-{
-    int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
-    if (st) return st;
-    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !w_W_i || !w_U_i || !w_b_i || !w_W_c || !w_U_c || !w_b_c || !w_W_f || !w_U_f || !w_b_f || !w_W_o || !w_U_o || !w_b_o || !save || !dy || !dx || !dw_W_i || !dw_U_i || !dw_b_i || !dw_W_c || !dw_U_c || !dw_b_c || !dw_W_f || !dw_U_f || !dw_b_f || !dw_W_o || !dw_U_o || !dw_b_o || !work) return RNNGEN_ENULL;
-    if ((st = rnngen_lstm_cuda_init())) return st;
-    cudaStream_t cs = (cudaStream_t)stream;
-    RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g_h_prev = 4 * (size_t)H;
-    const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
-    const int Teff = T;
-    const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    [[maybe_unused]] double *p = work;   /* the next free element */
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] [U_i | U_f | U_c | U_o] */
-    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 4*H] */
-    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 4*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 4*H */
-    [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *L_c_1 = p; p += BH;            /* [B,H] c, 1 real step(s) back */
-    [[maybe_unused]] double *dL_c_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_c_new = p; p += BH;          /* [B,H] adjoint of new c */
-    [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
-
-    dXW = dS_g_h_prev;   /* the same values (see XW_IS_DS) */
-    double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
-    NREAL = (double *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
-    rnngen_lstm_frame_f64 F;
-    std::memset(&F, 0, sizeof F);
-    F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
-    F.D = D; F.x = x; F.dXE = dXE;
-    F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
-    F.w_b_i = w_b_i;
-    F.w_b_c = w_b_c;
-    F.w_b_f = w_b_f;
-    F.w_b_o = w_b_o;
-    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
-    F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.L_c_1 = L_c_1; F.dL_c_1 = dL_c_1;
-    F.d_c_new = d_c_new;
-    F.d_h_new = d_h_new;
-
-    F.save = 1;
-    F.XW = KEEP_XW ? save : NULL;
-    F.dy = dy;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 1 * (size_t)H, LDXW * sizeof(double), w_W_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 2 * (size_t)H, LDXW * sizeof(double), w_W_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 3 * (size_t)H, LDXW * sizeof(double), w_W_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_i, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_f, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_c, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_o, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
-    /* adjoints: of the final states (or zeros) one step back */
-    if (dstate_last)
-        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    else
-        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(double), cs));
-    if (dstate_last)
-        RNNGEN_CU(cudaMemcpyAsync(dL_c_1, dstate_last + 1 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    else
-        RNNGEN_CU(cudaMemsetAsync(dL_c_1, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(double), cs));
-
-    for (int t = T - 1; t >= t0; t--) {
-        [[maybe_unused]] const size_t ts = (size_t)t;
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-        [[maybe_unused]] double *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
-        [[maybe_unused]] double *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
-        [[maybe_unused]] double *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
-        [[maybe_unused]] double *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
-        [[maybe_unused]] double *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-
-
-
-        RNNGEN_CU_LAUNCH(rnngen_lstm_bwd1_f64, grid, block, cs, F, t);
-        /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (double)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (double)1, dL_h_1, (size_t)H));
-    }
-    if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
-        if (t0 == 0)
-            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-        else
-            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(double), cs));
-        if (t0 == 0)
-            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 1 * BH, dL_c_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-        else
-            RNNGEN_CU(cudaMemsetAsync(dstate0 + 1 * BH, 0, BH * sizeof(double), cs));
-    }
-
-    /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
-     * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (double)0, dUcat_g_h_prev, LDS_g_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_i, (size_t)H * sizeof(double), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_f, (size_t)H * sizeof(double), dUcat_g_h_prev + 1 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_c, (size_t)H * sizeof(double), dUcat_g_h_prev + 2 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_o, (size_t)H * sizeof(double), dUcat_g_h_prev + 3 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (double)1, x, (size_t)D, dXW, LDXW, (double)0, dWcat, LDXW));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_i, (size_t)H * sizeof(double), dWcat + 0 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_f, (size_t)H * sizeof(double), dWcat + 1 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_c, (size_t)H * sizeof(double), dWcat + 2 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W_o, (size_t)H * sizeof(double), dWcat + 3 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-
-    /* dx = dXW @ Wcat^T */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (double)1, dXW, LDXW, Wcat, LDXW, (double)0, dx, (size_t)D));
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b_i);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)1 * BH, B, H, dw_b_c);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)2 * BH, B, H, dw_b_f);
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)3 * BH, B, H, dw_b_o);
-    return RNNGEN_OK;
 }
 
 int rnngen_lstm_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_lstm_backward_args_f64 *args)
@@ -1355,7 +741,7 @@ int rnngen_lstm_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_lstm_backw
         if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
             return RNNGEN_ECTX;
     }
-    return backward_kernel_f64(ctx ? ctx->stream : NULL,
+    return backward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,
         args->mask, args->w_W_i, args->w_U_i, args->w_b_i, args->w_W_c, args->w_U_c,
         args->w_b_c, args->w_W_f, args->w_U_f, args->w_b_f, args->w_W_o, args->w_U_o,

@@ -321,8 +321,6 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
             RNNGEN_MAYBE_UNUSED float *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -633,8 +631,6 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
                 RNNGEN_MAYBE_UNUSED float *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
 
-
-
                 /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -652,10 +648,10 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const float a_h = dL_h_1[bj] + dy[r * H + j];
-                            float a0 = dL_h_2[bj];
-                            float a1 = dL_h_3[bj];
-                            float a2 = 0.0f;
-                            float a3 = 0.0f;
+                            float acc_dL_h_1 = dL_h_2[bj];
+                            float acc_dL_h_2 = dL_h_3[bj];
+                            float acc_dL_h_3 = 0.0f;
+                            float acc_dXP_x_w_plus_b = 0.0f;
                             float g_h_prev_u_1 = 0.0f;
                             float g_h_hard_sigmoid = 0.0f;
                             float g_h_prod = 0.0f;
@@ -676,7 +672,7 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
                             g_h_prod_3 += g_h_sum_2;
                             g_h_sum += g_h_sum_plus_h_prod_2;
                             g_h_prod_2 += g_h_sum_plus_h_prod_2;
-                            a3 += g_h_sum;
+                            acc_dXP_x_w_plus_b += g_h_sum;
                             g_h_prod += g_h_sum;
                             g_h_hard_sigmoid_3 += g_h_prod_3 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
                             g_h_lag3_u_3 += g_h_hard_sigmoid_3 * (((s_h_hard_sigmoid_3[bs]) > 0.0f && (s_h_hard_sigmoid_3[bs]) < 1.0f ? 0.2f : 0.0f));
@@ -689,14 +685,14 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_1;
                             float g_x_w = 0.0f;
                             float g_b = 0.0f;
-                            float g_x_w_plus_b = a3;
+                            float g_x_w_plus_b = acc_dXP_x_w_plus_b;
                             g_x_w += g_x_w_plus_b;
                             g_b += g_x_w_plus_b;
                             db_b[j] += g_b;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-                            dL_h_1[bj] = a0;
-                            dL_h_2[bj] = a1;
-                            dL_h_3[bj] = a2;
+                            dL_h_1[bj] = acc_dL_h_1;
+                            dL_h_2[bj] = acc_dL_h_2;
+                            dL_h_3[bj] = acc_dL_h_3;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -1139,8 +1135,6 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
             RNNGEN_MAYBE_UNUSED double *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1451,8 +1445,6 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
                 RNNGEN_MAYBE_UNUSED double *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
 
-
-
                 /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1470,10 +1462,10 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const double a_h = dL_h_1[bj] + dy[r * H + j];
-                            double a0 = dL_h_2[bj];
-                            double a1 = dL_h_3[bj];
-                            double a2 = 0.0;
-                            double a3 = 0.0;
+                            double acc_dL_h_1 = dL_h_2[bj];
+                            double acc_dL_h_2 = dL_h_3[bj];
+                            double acc_dL_h_3 = 0.0;
+                            double acc_dXP_x_w_plus_b = 0.0;
                             double g_h_prev_u_1 = 0.0;
                             double g_h_hard_sigmoid = 0.0;
                             double g_h_prod = 0.0;
@@ -1494,7 +1486,7 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
                             g_h_prod_3 += g_h_sum_2;
                             g_h_sum += g_h_sum_plus_h_prod_2;
                             g_h_prod_2 += g_h_sum_plus_h_prod_2;
-                            a3 += g_h_sum;
+                            acc_dXP_x_w_plus_b += g_h_sum;
                             g_h_prod += g_h_sum;
                             g_h_hard_sigmoid_3 += g_h_prod_3 * ((nreal[b] >= 3 ? 1.0 : 0.0));
                             g_h_lag3_u_3 += g_h_hard_sigmoid_3 * (((s_h_hard_sigmoid_3[bs]) > 0.0 && (s_h_hard_sigmoid_3[bs]) < 1.0 ? 0.2 : 0.0));
@@ -1507,14 +1499,14 @@ const size_t OFF_g_h_lag3 = (1 - 1) * (size_t)j0;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_1;
                             double g_x_w = 0.0;
                             double g_b = 0.0;
-                            double g_x_w_plus_b = a3;
+                            double g_x_w_plus_b = acc_dXP_x_w_plus_b;
                             g_x_w += g_x_w_plus_b;
                             g_b += g_x_w_plus_b;
                             db_b[j] += g_b;
                             dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-                            dL_h_1[bj] = a0;
-                            dL_h_2[bj] = a1;
-                            dL_h_3[bj] = a2;
+                            dL_h_1[bj] = acc_dL_h_1;
+                            dL_h_2[bj] = acc_dL_h_2;
+                            dL_h_3[bj] = acc_dL_h_3;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd

@@ -148,138 +148,128 @@ int rnngen_simpledeeprnn_sizes(int T, int B, int D, int H, long long *save_size,
     return RNNGEN_OK;
 }
 
-/* ======================== float ======================== */
+/* Everything below is written once for the element type R and instantiated for float
+ * (the _f32 entry points) and double (_f64) at the end. */
 
 /* What the step kernels read: sizes and device pointers (see work_layout). */
-typedef struct {
+template <typename R>
+struct rnngen_simpledeeprnn_frame {
     int T, B, D, H, save, Teff;
     size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
     const unsigned char *mask;        /* [B,T] or NULL */
-    const float *NREAL;               /* [T,B] */
-    const float *XW;                  /* [B*T, NW*H] */
-    const float *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
-    float *SL;                        /* NSLOT saved values */
-    float *y;                         /* [B,T,H] */
-    const float *dy;                  /* [B,T,H] */
-    float *dXW, *dXP, *dVec, *dXE;
-    const float *w_b;                       /* [H] */
-    [[maybe_unused]] float *S_g_h_prev, *dS_g_h_prev;
-    [[maybe_unused]] float *S_g_h_lag2, *dS_g_h_lag2;
-    [[maybe_unused]] float *S_g_h_lag3, *dS_g_h_lag3;
-    [[maybe_unused]] float *L_h_1, *dL_h_1;
-    [[maybe_unused]] float *L_h_2, *dL_h_2;
-    [[maybe_unused]] float *L_h_3, *dL_h_3;
-    [[maybe_unused]] float *d_h_new;
-} rnngen_simpledeeprnn_frame_f32;
+    const R *NREAL;               /* [T,B] */
+    const R *XW;                  /* [B*T, NW*H] */
+    const R *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
+    R *SL;                        /* NSLOT saved values */
+    R *y;                         /* [B,T,H] */
+    const R *dy;                  /* [B,T,H] */
+    R *dXW, *dXP, *dVec, *dXE;
+    const R *w_b;                       /* [H] */
+    R *S_g_h_prev, *dS_g_h_prev;
+    R *S_g_h_lag2, *dS_g_h_lag2;
+    R *S_g_h_lag3, *dS_g_h_lag3;
+    R *L_h_1, *dL_h_1;
+    R *L_h_2, *dL_h_2;
+    R *L_h_3, *dL_h_3;
+    R *d_h_new;
+};
 
 /* forward, phase 0 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_simpledeeprnn_fwd0_f32(const rnngen_simpledeeprnn_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_simpledeeprnn_fwd0(const rnngen_simpledeeprnn_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
-    [[maybe_unused]] float *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
-    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
-    [[maybe_unused]] float *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
-    [[maybe_unused]] float *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
-
-
-
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int B = F.B;
+    const int H = F.H;
+    const int save = F.save;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    R *SL = F.SL;
+    R *L_h_1 = F.L_h_1;
+    R *L_h_2 = F.L_h_2;
+    R *L_h_3 = F.L_h_3;
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+    R *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
+    R *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
     s_h_prev[bs] = L_h_1[bj];
     s_h_lag2[bs] = L_h_2[bj];
     s_h_lag3[bs] = L_h_3[bj];
 }
 
 /* forward, phase 1 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_simpledeeprnn_fwd1_f32(const rnngen_simpledeeprnn_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_simpledeeprnn_fwd1(const rnngen_simpledeeprnn_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
-    [[maybe_unused]] float *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
-    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
-    [[maybe_unused]] float *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
-    [[maybe_unused]] float *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
-
-
-
-    const float v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const float v_b = w_b[j];
-    const float v_x_w_plus_b = v_x_w + v_b;
-    const float v_h_hard_sigmoid = rnngen_minf(rnngen_maxf(0.2f * (S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int T = F.T;
+    const int B = F.B;
+    const int H = F.H;
+    const int save = F.save;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDXW = (size_t)NW * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    const size_t nU = (size_t)H;
+    const size_t OFFW = 0;
+    const unsigned char *mask = F.mask;
+    const R *XW = F.XW;
+    R *SL = F.SL;
+    R *y = F.y;
+    const R *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
+    const R *w_b = F.w_b;
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t OFF_g_h_prev = 0;
+    R *S_g_h_prev = F.S_g_h_prev;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t OFF_g_h_lag2 = 0;
+    R *S_g_h_lag2 = F.S_g_h_lag2;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
+    const size_t OFF_g_h_lag3 = 0;
+    R *S_g_h_lag3 = F.S_g_h_lag3;
+    R *L_h_1 = F.L_h_1;
+    R *L_h_2 = F.L_h_2;
+    R *L_h_3 = F.L_h_3;
+    const size_t r = (size_t)b * T + t;   /* row of x, y and dy */
+    const size_t rx = r;   /* row of XW */
+    const int m = rnngen_real(mask, r);
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+    R *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+    R *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+    R *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
+    const R v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
+    const R v_b = w_b[j];
+    const R v_x_w_plus_b = v_x_w + v_b;
+    const R v_h_hard_sigmoid = rnngen_min(rnngen_max(R(0.2) * (S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j]) + R(0.5), R(0.0)), R(1.0));
     if (save) s_h_hard_sigmoid[bs] = v_h_hard_sigmoid;
-    const float v_h_prod = (nreal[b] >= 1 ? 1.0f : 0.0f) * v_h_hard_sigmoid;
-    const float v_h_hard_sigmoid_2 = rnngen_minf(rnngen_maxf(0.2f * (S_g_h_lag2[(size_t)b * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
+    const R v_h_prod = (nreal[b] >= 1 ? R(1.0) : R(0.0)) * v_h_hard_sigmoid;
+    const R v_h_hard_sigmoid_2 = rnngen_min(rnngen_max(R(0.2) * (S_g_h_lag2[(size_t)b * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j]) + R(0.5), R(0.0)), R(1.0));
     if (save) s_h_hard_sigmoid_2[bs] = v_h_hard_sigmoid_2;
-    const float v_h_prod_2 = (nreal[b] >= 2 ? 1.0f : 0.0f) * v_h_hard_sigmoid_2;
-    const float v_h_hard_sigmoid_3 = rnngen_minf(rnngen_maxf(0.2f * (S_g_h_lag3[(size_t)b * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j]) + 0.5f, 0.0f), 1.0f);
+    const R v_h_prod_2 = (nreal[b] >= 2 ? R(1.0) : R(0.0)) * v_h_hard_sigmoid_2;
+    const R v_h_hard_sigmoid_3 = rnngen_min(rnngen_max(R(0.2) * (S_g_h_lag3[(size_t)b * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j]) + R(0.5), R(0.0)), R(1.0));
     if (save) s_h_hard_sigmoid_3[bs] = v_h_hard_sigmoid_3;
-    const float v_h_prod_3 = (nreal[b] >= 3 ? 1.0f : 0.0f) * v_h_hard_sigmoid_3;
-    const float v_h_sum = v_x_w_plus_b + v_h_prod;
-    const float v_h_sum_plus_h_prod_2 = v_h_sum + v_h_prod_2;
-    const float v_h_sum_2 = v_h_sum_plus_h_prod_2 + v_h_prod_3;
-    const float v_sigmoid_h_sum_2 = 1.0f / (1.0f + expf(-(v_h_sum_2)));
+    const R v_h_prod_3 = (nreal[b] >= 3 ? R(1.0) : R(0.0)) * v_h_hard_sigmoid_3;
+    const R v_h_sum = v_x_w_plus_b + v_h_prod;
+    const R v_h_sum_plus_h_prod_2 = v_h_sum + v_h_prod_2;
+    const R v_h_sum_2 = v_h_sum_plus_h_prod_2 + v_h_prod_3;
+    const R v_sigmoid_h_sum_2 = R(1.0) / (R(1.0) + rnngen_exp(-(v_h_sum_2)));
     if (save && t == T - 1) s_sigmoid_h_sum_2[bs] = v_sigmoid_h_sum_2;
     /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
-    const float v_h_new = v_sigmoid_h_sum_2;
+    const R v_h_new = v_sigmoid_h_sum_2;
     if (m) {
         L_h_3[bj] = L_h_2[bj];
         L_h_2[bj] = L_h_1[bj];
@@ -289,118 +279,121 @@ static __global__ void rnngen_simpledeeprnn_fwd1_f32(const rnngen_simpledeeprnn_
 }
 
 /* backward, phase 1 of step t, reversed (after the step's entry), then the input-only part */
-static __global__ void rnngen_simpledeeprnn_bwd1_f32(const rnngen_simpledeeprnn_frame_f32 F, const int t)
+template <typename R>
+static __global__ void rnngen_simpledeeprnn_bwd1(const rnngen_simpledeeprnn_frame<R> F, const int t)
 {
     const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
     const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
     if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const float *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] float *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const float *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const float *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] float *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
-    [[maybe_unused]] float *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
-    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
-    [[maybe_unused]] float *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
-    [[maybe_unused]] float *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] float *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
-    [[maybe_unused]] float *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
-    [[maybe_unused]] float *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] float *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
-
-
-
+    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
+    const int T = F.T;
+    const int B = F.B;
+    const int H = F.H;
+    const int Teff = F.Teff;
+    const size_t BH = (size_t)B * H;
+    const size_t LDXW = (size_t)NW * H;
+    const size_t LDSL = F.LDSL;
+    const size_t STEPSL = F.STEPSL;
+    const size_t nU = (size_t)H;
+    const size_t OFFW = 0;
+    const unsigned char *mask = F.mask;
+    const R *dy = F.dy;
+    R *SL = F.SL;
+    R *dXW = F.dXW;
+    const R *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
+    const size_t LDS_g_h_prev = 1 * (size_t)H;
+    const size_t OFF_g_h_prev = 0;
+    R *dS_g_h_prev = F.dS_g_h_prev;
+    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
+    const size_t OFF_g_h_lag2 = 0;
+    R *dS_g_h_lag2 = F.dS_g_h_lag2;
+    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
+    const size_t OFF_g_h_lag3 = 0;
+    R *dS_g_h_lag3 = F.dS_g_h_lag3;
+    R *dL_h_1 = F.dL_h_1;
+    R *dL_h_2 = F.dL_h_2;
+    R *dL_h_3 = F.dL_h_3;
+    const size_t r = (size_t)b * T + t;   /* row of x, y and dy */
+    const int m = rnngen_real(mask, r);
+    const size_t bj = (size_t)b * H + j;
+    const size_t bs = (size_t)b * LDSL + j;
+    const size_t ts = (size_t)t;
+    R *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
+    R *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+    R *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+    R *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
+    R *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
     if (m) {
-        const float a_h = dL_h_1[bj] + dy[r * H + j];
-        float a0 = dL_h_2[bj];
-        float a1 = dL_h_3[bj];
-        float a2 = 0.0f;
-        float a3 = 0.0f;
-        float g_h_prev_u_1 = 0.0f;
-        float g_h_hard_sigmoid = 0.0f;
-        float g_h_prod = 0.0f;
-        float g_h_lag2_u_2 = 0.0f;
-        float g_h_hard_sigmoid_2 = 0.0f;
-        float g_h_prod_2 = 0.0f;
-        float g_h_lag3_u_3 = 0.0f;
-        float g_h_hard_sigmoid_3 = 0.0f;
-        float g_h_prod_3 = 0.0f;
-        float g_h_sum = 0.0f;
-        float g_h_sum_plus_h_prod_2 = 0.0f;
-        float g_h_sum_2 = 0.0f;
-        float g_sigmoid_h_sum_2 = 0.0f;
-        float g_h_new = a_h;
+        const R a_h = dL_h_1[bj] + dy[r * H + j];
+        R acc_dL_h_1 = dL_h_2[bj];
+        R acc_dL_h_2 = dL_h_3[bj];
+        R acc_dL_h_3 = R(0.0);
+        R acc_dXP_x_w_plus_b = R(0.0);
+        R g_h_prev_u_1 = R(0.0);
+        R g_h_hard_sigmoid = R(0.0);
+        R g_h_prod = R(0.0);
+        R g_h_lag2_u_2 = R(0.0);
+        R g_h_hard_sigmoid_2 = R(0.0);
+        R g_h_prod_2 = R(0.0);
+        R g_h_lag3_u_3 = R(0.0);
+        R g_h_hard_sigmoid_3 = R(0.0);
+        R g_h_prod_3 = R(0.0);
+        R g_h_sum = R(0.0);
+        R g_h_sum_plus_h_prod_2 = R(0.0);
+        R g_h_sum_2 = R(0.0);
+        R g_sigmoid_h_sum_2 = R(0.0);
+        R g_h_new = a_h;
         g_sigmoid_h_sum_2 += g_h_new;
-        g_h_sum_2 += g_sigmoid_h_sum_2 * (s_sigmoid_h_sum_2[bs] * (1.0f - s_sigmoid_h_sum_2[bs]));
+        g_h_sum_2 += g_sigmoid_h_sum_2 * (s_sigmoid_h_sum_2[bs] * (R(1.0) - s_sigmoid_h_sum_2[bs]));
         g_h_sum_plus_h_prod_2 += g_h_sum_2;
         g_h_prod_3 += g_h_sum_2;
         g_h_sum += g_h_sum_plus_h_prod_2;
         g_h_prod_2 += g_h_sum_plus_h_prod_2;
-        a3 += g_h_sum;
+        acc_dXP_x_w_plus_b += g_h_sum;
         g_h_prod += g_h_sum;
-        g_h_hard_sigmoid_3 += g_h_prod_3 * ((nreal[b] >= 3 ? 1.0f : 0.0f));
-        g_h_lag3_u_3 += g_h_hard_sigmoid_3 * (((s_h_hard_sigmoid_3[bs]) > 0.0f && (s_h_hard_sigmoid_3[bs]) < 1.0f ? 0.2f : 0.0f));
+        g_h_hard_sigmoid_3 += g_h_prod_3 * ((nreal[b] >= 3 ? R(1.0) : R(0.0)));
+        g_h_lag3_u_3 += g_h_hard_sigmoid_3 * (((s_h_hard_sigmoid_3[bs]) > R(0.0) && (s_h_hard_sigmoid_3[bs]) < R(1.0) ? R(0.2) : R(0.0)));
         dS_g_h_lag3[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j] = g_h_lag3_u_3;
-        g_h_hard_sigmoid_2 += g_h_prod_2 * ((nreal[b] >= 2 ? 1.0f : 0.0f));
-        g_h_lag2_u_2 += g_h_hard_sigmoid_2 * (((s_h_hard_sigmoid_2[bs]) > 0.0f && (s_h_hard_sigmoid_2[bs]) < 1.0f ? 0.2f : 0.0f));
+        g_h_hard_sigmoid_2 += g_h_prod_2 * ((nreal[b] >= 2 ? R(1.0) : R(0.0)));
+        g_h_lag2_u_2 += g_h_hard_sigmoid_2 * (((s_h_hard_sigmoid_2[bs]) > R(0.0) && (s_h_hard_sigmoid_2[bs]) < R(1.0) ? R(0.2) : R(0.0)));
         dS_g_h_lag2[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j] = g_h_lag2_u_2;
-        g_h_hard_sigmoid += g_h_prod * ((nreal[b] >= 1 ? 1.0f : 0.0f));
-        g_h_prev_u_1 += g_h_hard_sigmoid * (((s_h_hard_sigmoid[bs]) > 0.0f && (s_h_hard_sigmoid[bs]) < 1.0f ? 0.2f : 0.0f));
+        g_h_hard_sigmoid += g_h_prod * ((nreal[b] >= 1 ? R(1.0) : R(0.0)));
+        g_h_prev_u_1 += g_h_hard_sigmoid * (((s_h_hard_sigmoid[bs]) > R(0.0) && (s_h_hard_sigmoid[bs]) < R(1.0) ? R(0.2) : R(0.0)));
         dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_1;
-        float g_x_w = 0.0f;
-        float g_b = 0.0f;
-        float g_x_w_plus_b = a3;
+        R g_x_w = R(0.0);
+        R g_b = R(0.0);
+        R g_x_w_plus_b = acc_dXP_x_w_plus_b;
         g_x_w += g_x_w_plus_b;
         g_b += g_x_w_plus_b;
         db_b[j] += g_b;
         dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-        dL_h_1[bj] = a0;
-        dL_h_2[bj] = a1;
-        dL_h_3[bj] = a2;
+        dL_h_1[bj] = acc_dL_h_1;
+        dL_h_2[bj] = acc_dL_h_2;
+        dL_h_3[bj] = acc_dL_h_3;
     } else {   /* a padded step: its cell contributes nothing */
         dL_h_1[bj] += dy[r * H + j];
     }
 }
 
-static int forward_kernel_f32(
+template <typename R>
+static int forward_kernel(
     void *stream,
     int T,                              /* steps */
     int B,                              /* samples */
     int D,                              /* input_dim */
     int H,                              /* output_dim */
-    const float *x,                     /* [B,T,D] */
+    const R *x,                         /* [B,T,D] */
     const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
-    const float *state0,                /* [S,B,H], every state (h) before the first step; NULL: zeros */
-    const float *w_W,                   /* [D,H], weight W */
-    const float *w_U_1,                 /* [H,H], weight U_1 */
-    const float *w_U_2,                 /* [H,H], weight U_2 */
-    const float *w_U_3,                 /* [H,H], weight U_3 */
-    const float *w_b,                   /* [H], weight b */
-    float *y,                           /* [B,T,H], the output (the carried h) at every step */
-    float *state_last,                  /* [S,B,H], every state's final value, or NULL */
-    float *save,                        /* [save_size], for backward, or NULL (inference) */
-    float *work)                        /* [work_size], scratch */
+    const R *state0,                    /* [S,B,H], every state (h) before the first step; NULL: zeros */
+    const R *w_W,                       /* [D,H], weight W */
+    const R *w_U_1,                     /* [H,H], weight U_1 */
+    const R *w_U_2,                     /* [H,H], weight U_2 */
+    const R *w_U_3,                     /* [H,H], weight U_3 */
+    const R *w_b,                       /* [H], weight b */
+    R *y,                               /* [B,T,H], the output (the carried h) at every step */
+    R *state_last,                      /* [S,B,H], every state's final value, or NULL */
+    R *save,                            /* [save_size], for backward, or NULL (inference) */
+    R *work)                            /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
@@ -418,39 +411,39 @@ static int forward_kernel_f32(
      * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
     const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
     const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    [[maybe_unused]] float *p = work;   /* the next free element */
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
-    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
-    [[maybe_unused]] float *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
-    [[maybe_unused]] float *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *L_h_2 = p; p += BH;             /* [B,H] h, 2 real step(s) back */
-    [[maybe_unused]] float *dL_h_2 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *L_h_3 = p; p += BH;             /* [B,H] h, 3 real step(s) back */
-    [[maybe_unused]] float *dL_h_3 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] R *p = work;   /* the next free element */
+    [[maybe_unused]] R *Wcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] R *dWcat = p; p += (size_t)D * LDXW;   /* [D, NW*H] */
+    [[maybe_unused]] R *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] R *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] R *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] R *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *L_h_1 = p; p += BH;                 /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] R *dL_h_1 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *L_h_2 = p; p += BH;                 /* [B,H] h, 2 real step(s) back */
+    [[maybe_unused]] R *dL_h_2 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *L_h_3 = p; p += BH;                 /* [B,H] h, 3 real step(s) back */
+    [[maybe_unused]] R *dL_h_3 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *d_h_new = p; p += BH;               /* [B,H] adjoint of new h */
+    [[maybe_unused]] R *NREAL = p; p += (size_t)T * B;      /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] R *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] R *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] R *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    [[maybe_unused]] R *dXP = p; p += (size_t)NR * BH;      /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] R *dVec = p; p += (size_t)NVEC * BH;   /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] R *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
-    float *XW = save && KEEP_XW ? save : XWw;
-    float *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    rnngen_simpledeeprnn_frame_f32 F;
+    R *XW = save && KEEP_XW ? save : XWw;
+    R *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
+    rnngen_simpledeeprnn_frame<R> F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
     F.D = D; F.x = x; F.dXE = dXE;
@@ -467,94 +460,74 @@ static int forward_kernel_f32(
     F.save = save != NULL;
     F.XW = XW;
     F.y = y;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
+    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(R), w_W, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_1, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_1, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(float), w_U_2, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(R), w_U_2, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(float), w_U_3, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(R), w_U_3, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* the registers: state0 (or zeros) one step back, zeros further */
     if (state0)
-        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     else
-        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(L_h_2, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(L_h_3, 0, BH * sizeof(float), cs));
+        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(L_h_2, 0, BH * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(L_h_3, 0, BH * sizeof(R), cs));
     if (save)   /* backward reads forward's count */
         NREAL = save + SAVE_SIZE(T, B, H);
     F.NREAL = NREAL;
     /* started(h[-1]) holds at step 0 given an initial state */
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<float>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
+    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<R>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
     /* x @ W for every step at once */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (float)1, x, (size_t)D, Wcat, LDXW, (float)0, XW, LDXW));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (R)1, x, (size_t)D, Wcat, LDXW, (R)0, XW, LDXW));
 
     for (int t = 0; t < T; t++) {
-        [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
-
-
-
-        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd0_f32, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (float)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (float)0, S_g_h_prev, LDS_g_h_prev));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag2, H, (float)1, s_h_lag2, LDSL, Ucat_g_h_lag2, LDS_g_h_lag2, (float)0, S_g_h_lag2, LDS_g_h_lag2));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag3, H, (float)1, s_h_lag3, LDSL, Ucat_g_h_lag3, LDS_g_h_lag3, (float)0, S_g_h_lag3, LDS_g_h_lag3));
-        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd1_f32, grid, block, cs, F, t);
+        const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+        R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+        R *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
+        R *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
+        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd0<R>, grid, block, cs, F, t);
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag2, H, (R)1, s_h_lag2, LDSL, Ucat_g_h_lag2, LDS_g_h_lag2, (R)0, S_g_h_lag2, LDS_g_h_lag2));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag3, H, (R)1, s_h_lag3, LDSL, Ucat_g_h_lag3, LDS_g_h_lag3, (R)0, S_g_h_lag3, LDS_g_h_lag3));
+        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd1<R>, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
-        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     }
     return RNNGEN_OK;
 }
 
-int rnngen_simpledeeprnn_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_simpledeeprnn_forward_args_f32 *args)
-{
-    if (!args) return RNNGEN_ENULL;
-    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
-        int current = -1;
-        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
-            return RNNGEN_ECTX;
-    }
-    return forward_kernel_f32(ctx ? ctx->stream : NULL,
-        args->T, args->B, args->D, args->H, args->x, args->mask,
-        args->state0, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
-        args->y, args->state_last, args->save, args->work);
-}
-
-static int backward_kernel_f32(
+template <typename R>
+static int backward_kernel(
     void *stream,
     int T,                              /* steps */
     int B,                              /* samples */
     int D,                              /* input_dim */
     int H,                              /* output_dim */
     int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
-    const float *x,                     /* [B,T,D] */
+    const R *x,                         /* [B,T,D] */
     const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
-    const float *w_W,                   /* [D,H], weight W */
-    const float *w_U_1,                 /* [H,H], weight U_1 */
-    const float *w_U_2,                 /* [H,H], weight U_2 */
-    const float *w_U_3,                 /* [H,H], weight U_3 */
-    const float *w_b,                   /* [H], weight b */
-    const float *save,                  /* [save_size], from forward */
-    const float *dy,                    /* [B,T,H], gradient of the loss w.r.t. y */
-    const float *dstate_last,           /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
-    float *dx,                          /* [B,T,D] */
-    float *dstate0,                     /* [S,B,H], gradient w.r.t. state0, or NULL */
-    float *dw_W,                        /* [D,H], gradient of W */
-    float *dw_U_1,                      /* [H,H], gradient of U_1 */
-    float *dw_U_2,                      /* [H,H], gradient of U_2 */
-    float *dw_U_3,                      /* [H,H], gradient of U_3 */
-    float *dw_b,                        /* [H], gradient of b */
-    float *work)                        /* [work_size], scratch */
+    const R *w_W,                       /* [D,H], weight W */
+    const R *w_U_1,                     /* [H,H], weight U_1 */
+    const R *w_U_2,                     /* [H,H], weight U_2 */
+    const R *w_U_3,                     /* [H,H], weight U_3 */
+    const R *w_b,                       /* [H], weight b */
+    const R *save,                      /* [save_size], from forward */
+    const R *dy,                        /* [B,T,H], gradient of the loss w.r.t. y */
+    const R *dstate_last,               /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
+    R *dx,                              /* [B,T,D] */
+    R *dstate0,                         /* [S,B,H], gradient w.r.t. state0, or NULL */
+    R *dw_W,                            /* [D,H], gradient of W */
+    R *dw_U_1,                          /* [H,H], gradient of U_1 */
+    R *dw_U_2,                          /* [H,H], gradient of U_2 */
+    R *dw_U_3,                          /* [H,H], gradient of U_3 */
+    R *dw_b,                            /* [H], gradient of b */
+    R *work)                            /* [work_size], scratch */
 {
     int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
     if (st) return st;
@@ -571,39 +544,39 @@ static int backward_kernel_f32(
     const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
     const int Teff = T;
     const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    [[maybe_unused]] float *p = work;   /* the next free element */
-    [[maybe_unused]] float *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] float *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] float *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
-    [[maybe_unused]] float *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
-    [[maybe_unused]] float *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
-    [[maybe_unused]] float *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
-    [[maybe_unused]] float *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] float *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] float *L_h_1 = p; p += BH;             /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] float *dL_h_1 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *L_h_2 = p; p += BH;             /* [B,H] h, 2 real step(s) back */
-    [[maybe_unused]] float *dL_h_2 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *L_h_3 = p; p += BH;             /* [B,H] h, 3 real step(s) back */
-    [[maybe_unused]] float *dL_h_3 = p; p += BH;            /* [B,H] its adjoint */
-    [[maybe_unused]] float *d_h_new = p; p += BH;           /* [B,H] adjoint of new h */
-    [[maybe_unused]] float *NREAL = p; p += (size_t)T * B;  /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] float *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] float *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] float *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] float *dXP = p; p += (size_t)NR * BH;  /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] float *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] float *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
+    [[maybe_unused]] R *p = work;   /* the next free element */
+    [[maybe_unused]] R *Wcat = p; p += (size_t)D * LDXW;    /* [D, NW*H] the W of x @ W side by side */
+    [[maybe_unused]] R *dWcat = p; p += (size_t)D * LDXW;   /* [D, NW*H] */
+    [[maybe_unused]] R *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
+    [[maybe_unused]] R *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
+    [[maybe_unused]] R *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
+    [[maybe_unused]] R *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
+    [[maybe_unused]] R *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
+    [[maybe_unused]] R *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
+    [[maybe_unused]] R *L_h_1 = p; p += BH;                 /* [B,H] h, 1 real step(s) back */
+    [[maybe_unused]] R *dL_h_1 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *L_h_2 = p; p += BH;                 /* [B,H] h, 2 real step(s) back */
+    [[maybe_unused]] R *dL_h_2 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *L_h_3 = p; p += BH;                 /* [B,H] h, 3 real step(s) back */
+    [[maybe_unused]] R *dL_h_3 = p; p += BH;                /* [B,H] its adjoint */
+    [[maybe_unused]] R *d_h_new = p; p += BH;               /* [B,H] adjoint of new h */
+    [[maybe_unused]] R *NREAL = p; p += (size_t)T * B;      /* [T,B] real steps before each step (inference; training keeps it in save) */
+    [[maybe_unused]] R *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
+    [[maybe_unused]] R *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
+    [[maybe_unused]] R *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
+    [[maybe_unused]] R *dXP = p; p += (size_t)NR * BH;      /* [NR, B, H] adjoints of the roots, this step */
+    [[maybe_unused]] R *dVec = p; p += (size_t)NVEC * BH;   /* [NVEC, B, H] bias gradients per sample */
+    [[maybe_unused]] R *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
 
-    float *SL = (float *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
-    NREAL = (float *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
-    rnngen_simpledeeprnn_frame_f32 F;
+    R *SL = (R *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
+    NREAL = (R *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
+    rnngen_simpledeeprnn_frame<R> F;
     std::memset(&F, 0, sizeof F);
     F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
     F.D = D; F.x = x; F.dXE = dXE;
@@ -620,75 +593,81 @@ static int backward_kernel_f32(
     F.save = 1;
     F.XW = KEEP_XW ? save : NULL;
     F.dy = dy;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
+    const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(float), w_W, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(R), w_W, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), w_U_1, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(R), w_U_1, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(float), w_U_2, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(R), w_U_2, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(float), w_U_3, (size_t)H * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(R), w_U_3, (size_t)H * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
     /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
     /* adjoints: of the final states (or zeros) one step back */
     if (dstate_last)
-        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
     else
-        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dL_h_2, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dL_h_3, 0, BH * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag2, 0, (size_t)T * B * LDS_g_h_lag2 * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag3, 0, (size_t)T * B * LDS_g_h_lag3 * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(float), cs));
-    RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(float), cs));
+        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dL_h_2, 0, BH * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dL_h_3, 0, BH * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag2, 0, (size_t)T * B * LDS_g_h_lag2 * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag3, 0, (size_t)T * B * LDS_g_h_lag3 * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(R), cs));
+    RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(R), cs));
 
     for (int t = T - 1; t >= t0; t--) {
-        [[maybe_unused]] const size_t ts = (size_t)t;
-        [[maybe_unused]] float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] float *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] float *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] float *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] float *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] float *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
 
-
-
-        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_bwd1_f32, grid, block, cs, F, t);
+        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_bwd1<R>, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (float)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (float)1, dL_h_1, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (R)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (R)1, dL_h_1, (size_t)H));
         /* dh_lag2 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag2, (float)1, dS_g_h_lag2 + (size_t)t * DST * LDS_g_h_lag2, DSB * LDS_g_h_lag2, Ucat_g_h_lag2, LDS_g_h_lag2, (float)1, dL_h_2, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag2, (R)1, dS_g_h_lag2 + (size_t)t * DST * LDS_g_h_lag2, DSB * LDS_g_h_lag2, Ucat_g_h_lag2, LDS_g_h_lag2, (R)1, dL_h_2, (size_t)H));
         /* dh_lag3 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag3, (float)1, dS_g_h_lag3 + (size_t)t * DST * LDS_g_h_lag3, DSB * LDS_g_h_lag3, Ucat_g_h_lag3, LDS_g_h_lag3, (float)1, dL_h_3, (size_t)H));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag3, (R)1, dS_g_h_lag3 + (size_t)t * DST * LDS_g_h_lag3, DSB * LDS_g_h_lag3, Ucat_g_h_lag3, LDS_g_h_lag3, (R)1, dL_h_3, (size_t)H));
     }
     if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
         if (t0 == 0)
-            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(R), cudaMemcpyDeviceToDevice, cs));
         else
-            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(float), cs));
+            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(R), cs));
     }
 
     /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
      * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (float)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (float)0, dUcat_g_h_prev, LDS_g_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_1, (size_t)H * sizeof(float), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (R)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (R)0, dUcat_g_h_prev, LDS_g_h_prev));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_1, (size_t)H * sizeof(R), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag2, B * T, (float)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g_h_lag2, LDS_g_h_lag2, (float)0, dUcat_g_h_lag2, LDS_g_h_lag2));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_2, (size_t)H * sizeof(float), dUcat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag2, B * T, (R)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g_h_lag2, LDS_g_h_lag2, (R)0, dUcat_g_h_lag2, LDS_g_h_lag2));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_2, (size_t)H * sizeof(R), dUcat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag3, B * T, (float)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g_h_lag3, LDS_g_h_lag3, (float)0, dUcat_g_h_lag3, LDS_g_h_lag3));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_3, (size_t)H * sizeof(float), dUcat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(float), (size_t)H * sizeof(float), (size_t)H, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag3, B * T, (R)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g_h_lag3, LDS_g_h_lag3, (R)0, dUcat_g_h_lag3, LDS_g_h_lag3));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_3, (size_t)H * sizeof(R), dUcat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(R), (size_t)H * sizeof(R), (size_t)H, cudaMemcpyDeviceToDevice, cs));
 
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (float)1, x, (size_t)D, dXW, LDXW, (float)0, dWcat, LDXW));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W, (size_t)H * sizeof(float), dWcat + 0 * (size_t)H, LDXW * sizeof(float), (size_t)H * sizeof(float), (size_t)D, cudaMemcpyDeviceToDevice, cs));
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (R)1, x, (size_t)D, dXW, LDXW, (R)0, dWcat, LDXW));
+    RNNGEN_CU(cudaMemcpy2DAsync(dw_W, (size_t)H * sizeof(R), dWcat + 0 * (size_t)H, LDXW * sizeof(R), (size_t)H * sizeof(R), (size_t)D, cudaMemcpyDeviceToDevice, cs));
 
     /* dx = dXW @ Wcat^T */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (float)1, dXW, LDXW, Wcat, LDXW, (float)0, dx, (size_t)D));
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<float>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b);
+    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (R)1, dXW, LDXW, Wcat, LDXW, (R)0, dx, (size_t)D));
+    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<R>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b);
     return RNNGEN_OK;
+}
+
+/* ======================== float ======================== */
+
+int rnngen_simpledeeprnn_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_simpledeeprnn_forward_args_f32 *args)
+{
+    if (!args) return RNNGEN_ENULL;
+    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
+        int current = -1;
+        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+            return RNNGEN_ECTX;
+    }
+    return forward_kernel<float>(ctx ? ctx->stream : NULL,
+        args->T, args->B, args->D, args->H, args->x, args->mask,
+        args->state0, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
+        args->y, args->state_last, args->save, args->work);
 }
 
 int rnngen_simpledeeprnn_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_simpledeeprnn_backward_args_f32 *args)
@@ -699,7 +678,7 @@ int rnngen_simpledeeprnn_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_s
         if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
             return RNNGEN_ECTX;
     }
-    return backward_kernel_f32(ctx ? ctx->stream : NULL,
+    return backward_kernel<float>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,
         args->mask, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
         args->save, args->dy, args->dstate_last, args->dx, args->dstate0, args->dw_W,
@@ -707,372 +686,6 @@ int rnngen_simpledeeprnn_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_s
 }
 
 /* ======================== double ======================== */
-
-/* What the step kernels read: sizes and device pointers (see work_layout). */
-typedef struct {
-    int T, B, D, H, save, Teff;
-    size_t LDSL, STEPSL;              /* a slot's row stride and step stride */
-    const unsigned char *mask;        /* [B,T] or NULL */
-    const double *NREAL;               /* [T,B] */
-    const double *XW;                  /* [B*T, NW*H] */
-    const double *x;                   /* [B,T,D] (read where the cell uses x elementwise) */
-    double *SL;                        /* NSLOT saved values */
-    double *y;                         /* [B,T,H] */
-    const double *dy;                  /* [B,T,H] */
-    double *dXW, *dXP, *dVec, *dXE;
-    const double *w_b;                       /* [H] */
-    [[maybe_unused]] double *S_g_h_prev, *dS_g_h_prev;
-    [[maybe_unused]] double *S_g_h_lag2, *dS_g_h_lag2;
-    [[maybe_unused]] double *S_g_h_lag3, *dS_g_h_lag3;
-    [[maybe_unused]] double *L_h_1, *dL_h_1;
-    [[maybe_unused]] double *L_h_2, *dL_h_2;
-    [[maybe_unused]] double *L_h_3, *dL_h_3;
-    [[maybe_unused]] double *d_h_new;
-} rnngen_simpledeeprnn_frame_f64;
-
-/* forward, phase 0 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_simpledeeprnn_fwd0_f64(const rnngen_simpledeeprnn_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
-    [[maybe_unused]] double *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
-    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
-    [[maybe_unused]] double *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
-    [[maybe_unused]] double *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
-
-
-
-    s_h_prev[bs] = L_h_1[bj];
-    s_h_lag2[bs] = L_h_2[bj];
-    s_h_lag3[bs] = L_h_3[bj];
-}
-
-/* forward, phase 1 of step t: one thread per (sample, unit) */
-static __global__ void rnngen_simpledeeprnn_fwd1_f64(const rnngen_simpledeeprnn_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
-    [[maybe_unused]] double *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
-    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
-    [[maybe_unused]] double *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
-    [[maybe_unused]] double *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
-
-
-
-    const double v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
-    const double v_b = w_b[j];
-    const double v_x_w_plus_b = v_x_w + v_b;
-    const double v_h_hard_sigmoid = rnngen_min(rnngen_max(0.2 * (S_g_h_prev[(size_t)b * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j]) + 0.5, 0.0), 1.0);
-    if (save) s_h_hard_sigmoid[bs] = v_h_hard_sigmoid;
-    const double v_h_prod = (nreal[b] >= 1 ? 1.0 : 0.0) * v_h_hard_sigmoid;
-    const double v_h_hard_sigmoid_2 = rnngen_min(rnngen_max(0.2 * (S_g_h_lag2[(size_t)b * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-    if (save) s_h_hard_sigmoid_2[bs] = v_h_hard_sigmoid_2;
-    const double v_h_prod_2 = (nreal[b] >= 2 ? 1.0 : 0.0) * v_h_hard_sigmoid_2;
-    const double v_h_hard_sigmoid_3 = rnngen_min(rnngen_max(0.2 * (S_g_h_lag3[(size_t)b * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j]) + 0.5, 0.0), 1.0);
-    if (save) s_h_hard_sigmoid_3[bs] = v_h_hard_sigmoid_3;
-    const double v_h_prod_3 = (nreal[b] >= 3 ? 1.0 : 0.0) * v_h_hard_sigmoid_3;
-    const double v_h_sum = v_x_w_plus_b + v_h_prod;
-    const double v_h_sum_plus_h_prod_2 = v_h_sum + v_h_prod_2;
-    const double v_h_sum_2 = v_h_sum_plus_h_prod_2 + v_h_prod_3;
-    const double v_sigmoid_h_sum_2 = 1.0 / (1.0 + exp(-(v_h_sum_2)));
-    if (save && t == T - 1) s_sigmoid_h_sum_2[bs] = v_sigmoid_h_sum_2;
-    /* h = activation(x @ W + b + sum(k, 1, depth, started(h[-k]) * inner_activation(h[-k] @ U[k]))) */
-    const double v_h_new = v_sigmoid_h_sum_2;
-    if (m) {
-        L_h_3[bj] = L_h_2[bj];
-        L_h_2[bj] = L_h_1[bj];
-        L_h_1[bj] = v_h_new;
-    }
-    y[(size_t)r * H + j] = L_h_1[bj];
-}
-
-/* backward, phase 1 of step t, reversed (after the step's entry), then the input-only part */
-static __global__ void rnngen_simpledeeprnn_bwd1_f64(const rnngen_simpledeeprnn_frame_f64 F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (one slice: unit j of block k of a
-     * product is column k*H + j) */
-    [[maybe_unused]] const int T = F.T, B = F.B, D = F.D, H = F.H, save = F.save, Teff = F.Teff;
-    [[maybe_unused]] const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H, LDSL = F.LDSL, STEPSL = F.STEPSL;
-    [[maybe_unused]] const size_t nU = (size_t)H, OFFW = 0;
-    [[maybe_unused]] const unsigned char *mask = F.mask;
-    [[maybe_unused]] const double *XW = F.XW, *dy = F.dy, *x = F.x;
-    [[maybe_unused]] double *SL = F.SL, *y = F.y, *dXW = F.dXW, *dXP = F.dXP, *dXE = F.dXE;
-    [[maybe_unused]] const double *nreal = F.NREAL + (size_t)t * B;   /* real steps before step t */
-    [[maybe_unused]] const double *w_b = F.w_b;
-    [[maybe_unused]] const size_t LDS_g_h_prev = 1 * (size_t)H, OFF_g_h_prev = 0;
-    [[maybe_unused]] double *S_g_h_prev = F.S_g_h_prev, *dS_g_h_prev = F.dS_g_h_prev;
-    [[maybe_unused]] const size_t LDS_g_h_lag2 = 1 * (size_t)H, OFF_g_h_lag2 = 0;
-    [[maybe_unused]] double *S_g_h_lag2 = F.S_g_h_lag2, *dS_g_h_lag2 = F.dS_g_h_lag2;
-    [[maybe_unused]] const size_t LDS_g_h_lag3 = 1 * (size_t)H, OFF_g_h_lag3 = 0;
-    [[maybe_unused]] double *S_g_h_lag3 = F.S_g_h_lag3, *dS_g_h_lag3 = F.dS_g_h_lag3;
-    [[maybe_unused]] double *L_h_1 = F.L_h_1, *dL_h_1 = F.dL_h_1;
-    [[maybe_unused]] double *L_h_2 = F.L_h_2, *dL_h_2 = F.dL_h_2;
-    [[maybe_unused]] double *L_h_3 = F.L_h_3, *dL_h_3 = F.dL_h_3;
-    [[maybe_unused]] double *d_h_new = F.d_h_new;
-
-    [[maybe_unused]] const size_t r = (size_t)b * T + t, rx = r;   /* row of x, y, dy and XW */
-    [[maybe_unused]] const int m = rnngen_real(mask, r);
-    [[maybe_unused]] const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
-
-    [[maybe_unused]] const size_t ts = (size_t)t;
-    [[maybe_unused]] double *db_b = F.dVec + ((size_t)0 * B + b) * H;   /* this sample's sum */
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
-
-
-
-    if (m) {
-        const double a_h = dL_h_1[bj] + dy[r * H + j];
-        double a0 = dL_h_2[bj];
-        double a1 = dL_h_3[bj];
-        double a2 = 0.0;
-        double a3 = 0.0;
-        double g_h_prev_u_1 = 0.0;
-        double g_h_hard_sigmoid = 0.0;
-        double g_h_prod = 0.0;
-        double g_h_lag2_u_2 = 0.0;
-        double g_h_hard_sigmoid_2 = 0.0;
-        double g_h_prod_2 = 0.0;
-        double g_h_lag3_u_3 = 0.0;
-        double g_h_hard_sigmoid_3 = 0.0;
-        double g_h_prod_3 = 0.0;
-        double g_h_sum = 0.0;
-        double g_h_sum_plus_h_prod_2 = 0.0;
-        double g_h_sum_2 = 0.0;
-        double g_sigmoid_h_sum_2 = 0.0;
-        double g_h_new = a_h;
-        g_sigmoid_h_sum_2 += g_h_new;
-        g_h_sum_2 += g_sigmoid_h_sum_2 * (s_sigmoid_h_sum_2[bs] * (1.0 - s_sigmoid_h_sum_2[bs]));
-        g_h_sum_plus_h_prod_2 += g_h_sum_2;
-        g_h_prod_3 += g_h_sum_2;
-        g_h_sum += g_h_sum_plus_h_prod_2;
-        g_h_prod_2 += g_h_sum_plus_h_prod_2;
-        a3 += g_h_sum;
-        g_h_prod += g_h_sum;
-        g_h_hard_sigmoid_3 += g_h_prod_3 * ((nreal[b] >= 3 ? 1.0 : 0.0));
-        g_h_lag3_u_3 += g_h_hard_sigmoid_3 * (((s_h_hard_sigmoid_3[bs]) > 0.0 && (s_h_hard_sigmoid_3[bs]) < 1.0 ? 0.2 : 0.0));
-        dS_g_h_lag3[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag3 + OFF_g_h_lag3 + 0 * nU + j] = g_h_lag3_u_3;
-        g_h_hard_sigmoid_2 += g_h_prod_2 * ((nreal[b] >= 2 ? 1.0 : 0.0));
-        g_h_lag2_u_2 += g_h_hard_sigmoid_2 * (((s_h_hard_sigmoid_2[bs]) > 0.0 && (s_h_hard_sigmoid_2[bs]) < 1.0 ? 0.2 : 0.0));
-        dS_g_h_lag2[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_lag2 + OFF_g_h_lag2 + 0 * nU + j] = g_h_lag2_u_2;
-        g_h_hard_sigmoid += g_h_prod * ((nreal[b] >= 1 ? 1.0 : 0.0));
-        g_h_prev_u_1 += g_h_hard_sigmoid * (((s_h_hard_sigmoid[bs]) > 0.0 && (s_h_hard_sigmoid[bs]) < 1.0 ? 0.2 : 0.0));
-        dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u_1;
-        double g_x_w = 0.0;
-        double g_b = 0.0;
-        double g_x_w_plus_b = a3;
-        g_x_w += g_x_w_plus_b;
-        g_b += g_x_w_plus_b;
-        db_b[j] += g_b;
-        dXW[(size_t)r * LDXW + OFFW + 0 * nU + j] = g_x_w;
-        dL_h_1[bj] = a0;
-        dL_h_2[bj] = a1;
-        dL_h_3[bj] = a2;
-    } else {   /* a padded step: its cell contributes nothing */
-        dL_h_1[bj] += dy[r * H + j];
-    }
-}
-
-static int forward_kernel_f64(
-    void *stream,
-    int T,                              /* steps */
-    int B,                              /* samples */
-    int D,                              /* input_dim */
-    int H,                              /* output_dim */
-    const double *x,                    /* [B,T,D] */
-    const unsigned char *mask,          /* [B,T], 1 = real step, 0 = padding; NULL: all real */
-    const double *state0,               /* [S,B,H], every state (h) before the first step; NULL: zeros */
-    const double *w_W,                  /* [D,H], weight W */
-    const double *w_U_1,                /* [H,H], weight U_1 */
-    const double *w_U_2,                /* [H,H], weight U_2 */
-    const double *w_U_3,                /* [H,H], weight U_3 */
-    const double *w_b,                  /* [H], weight b */
-    double *y,                          /* [B,T,H], the output (the carried h) at every step */
-    double *state_last,                 /* [S,B,H], every state's final value, or NULL */
-    double *save,                       /* [save_size], for backward, or NULL (inference) */
-    double *work)                       /* [work_size], scratch */
-{
-    int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
-    if (st) return st;
-    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !y || !work) return RNNGEN_ENULL;
-    if ((st = rnngen_simpledeeprnn_cuda_init())) return st;
-    cudaStream_t cs = (cudaStream_t)stream;
-    RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g_h_prev = 1 * (size_t)H;
-    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
-    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
-    const int Teff = save ? T : 2;   /* inference keeps two steps of slots */
-    /* a slot holds [T,B,H] when training ([B,T,H], rows b*T + t, where XW_IS_DS) and two
-     * steps of [B,H] in inference: element (b, j) of step t's at s + b * LDSL + j */
-    const size_t LDSL = save && XW_IS_DS ? (size_t)T * H : (size_t)H;
-    const size_t STEPSL = save && XW_IS_DS ? (size_t)H : BH;
-    [[maybe_unused]] double *p = work;   /* the next free element */
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
-    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
-    [[maybe_unused]] double *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
-    [[maybe_unused]] double *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *L_h_2 = p; p += BH;            /* [B,H] h, 2 real step(s) back */
-    [[maybe_unused]] double *dL_h_2 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *L_h_3 = p; p += BH;            /* [B,H] h, 3 real step(s) back */
-    [[maybe_unused]] double *dL_h_3 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
-
-    double *XW = save && KEEP_XW ? save : XWw;
-    double *SL = save ? save + KEEP_XW * (size_t)B * T * LDXW : iSL;
-    rnngen_simpledeeprnn_frame_f64 F;
-    std::memset(&F, 0, sizeof F);
-    F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
-    F.D = D; F.x = x; F.dXE = dXE;
-    F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
-    F.w_b = w_b;
-    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
-    F.S_g_h_lag2 = S_g_h_lag2; F.dS_g_h_lag2 = dS_g_h_lag2;
-    F.S_g_h_lag3 = S_g_h_lag3; F.dS_g_h_lag3 = dS_g_h_lag3;
-    F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.L_h_2 = L_h_2; F.dL_h_2 = dL_h_2;
-    F.L_h_3 = L_h_3; F.dL_h_3 = dL_h_3;
-    F.d_h_new = d_h_new;
-
-    F.save = save != NULL;
-    F.XW = XW;
-    F.y = y;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_1, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(double), w_U_2, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(double), w_U_3, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    /* the registers: state0 (or zeros) one step back, zeros further */
-    if (state0)
-        RNNGEN_CU(cudaMemcpyAsync(L_h_1, state0 + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    else
-        RNNGEN_CU(cudaMemsetAsync(L_h_1, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(L_h_2, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(L_h_3, 0, BH * sizeof(double), cs));
-    if (save)   /* backward reads forward's count */
-        NREAL = save + SAVE_SIZE(T, B, H);
-    F.NREAL = NREAL;
-    /* started(h[-1]) holds at step 0 given an initial state */
-    RNNGEN_CU_LAUNCH(rnngen_cu_count_real<double>, dim3((unsigned)((B + 127) / 128)), dim3(128), cs, mask, T, B, state0 ? 1 : 0, NREAL);
-    /* x @ W for every step at once */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (double)1, x, (size_t)D, Wcat, LDXW, (double)0, XW, LDXW));
-
-    for (int t = 0; t < T; t++) {
-        [[maybe_unused]] const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
-
-
-
-        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd0_f64, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (double)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (double)0, S_g_h_prev, LDS_g_h_prev));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag2, H, (double)1, s_h_lag2, LDSL, Ucat_g_h_lag2, LDS_g_h_lag2, (double)0, S_g_h_lag2, LDS_g_h_lag2));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag3, H, (double)1, s_h_lag3, LDSL, Ucat_g_h_lag3, LDS_g_h_lag3, (double)0, S_g_h_lag3, LDS_g_h_lag3));
-        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd1_f64, grid, block, cs, F, t);
-    }
-    if (state_last) {   /* every state after the last real step */
-        RNNGEN_CU(cudaMemcpyAsync(state_last + 0 * BH, L_h_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    }
-    return RNNGEN_OK;
-}
 
 int rnngen_simpledeeprnn_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_simpledeeprnn_forward_args_f64 *args)
 {
@@ -1082,171 +695,10 @@ int rnngen_simpledeeprnn_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_si
         if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
             return RNNGEN_ECTX;
     }
-    return forward_kernel_f64(ctx ? ctx->stream : NULL,
+    return forward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->x, args->mask,
         args->state0, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
         args->y, args->state_last, args->save, args->work);
-}
-
-static int backward_kernel_f64(
-    void *stream,
-    int T,                              /* steps */
-    int B,                              /* samples */
-    int D,                              /* input_dim */
-    int H,                              /* output_dim */
-    int truncate,                       /* -1: full BPTT; k > 0: the last k steps only */
-    const double *x,                    /* [B,T,D] */
-    const unsigned char *mask,          /* [B,T], the forward's mask, or NULL */
-    const double *w_W,                  /* [D,H], weight W */
-    const double *w_U_1,                /* [H,H], weight U_1 */
-    const double *w_U_2,                /* [H,H], weight U_2 */
-    const double *w_U_3,                /* [H,H], weight U_3 */
-    const double *w_b,                  /* [H], weight b */
-    const double *save,                 /* [save_size], from forward */
-    const double *dy,                   /* [B,T,H], gradient of the loss w.r.t. y */
-    const double *dstate_last,          /* [S,B,H], gradient w.r.t. the final states, or NULL: zeros */
-    double *dx,                         /* [B,T,D] */
-    double *dstate0,                    /* [S,B,H], gradient w.r.t. state0, or NULL */
-    double *dw_W,                       /* [D,H], gradient of W */
-    double *dw_U_1,                     /* [H,H], gradient of U_1 */
-    double *dw_U_2,                     /* [H,H], gradient of U_2 */
-    double *dw_U_3,                     /* [H,H], gradient of U_3 */
-    double *dw_b,                       /* [H], gradient of b */
-    double *work)                       /* [work_size], scratch */
-{
-    int st = rnngen_cu_check_dims(T, B, D, H, WIDEST);
-    if (st) return st;
-    if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
-    if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
-    if (!x || !w_W || !w_U_1 || !w_U_2 || !w_U_3 || !w_b || !save || !dy || !dx || !dw_W || !dw_U_1 || !dw_U_2 || !dw_U_3 || !dw_b || !work) return RNNGEN_ENULL;
-    if ((st = rnngen_simpledeeprnn_cuda_init())) return st;
-    cudaStream_t cs = (cudaStream_t)stream;
-    RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
-    const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
-    const size_t LDS_g_h_prev = 1 * (size_t)H;
-    const size_t LDS_g_h_lag2 = 1 * (size_t)H;
-    const size_t LDS_g_h_lag3 = 1 * (size_t)H;
-    const int t0 = (truncate > 0 && truncate < T) ? T - truncate : 0;  /* first step reached */
-    const int Teff = T;
-    const size_t LDSL = XW_IS_DS ? (size_t)T * H : (size_t)H, STEPSL = XW_IS_DS ? (size_t)H : BH;   /* see forward */
-    [[maybe_unused]] double *p = work;   /* the next free element */
-    [[maybe_unused]] double *Wcat = p; p += (size_t)D * LDXW; /* [D, NW*H] the W of x @ W side by side */
-    [[maybe_unused]] double *dWcat = p; p += (size_t)D * LDXW; /* [D, NW*H] */
-    [[maybe_unused]] double *Ucat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] [U_1] */
-    [[maybe_unused]] double *dUcat_g_h_prev = p; p += (size_t)H * LDS_g_h_prev; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_h_prev = p; p += (size_t)B * LDS_g_h_prev; /* [B, 1*H] h_prev @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_prev = p; p += (size_t)T * B * LDS_g_h_prev; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] [U_2] */
-    [[maybe_unused]] double *dUcat_g_h_lag2 = p; p += (size_t)H * LDS_g_h_lag2; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_h_lag2 = p; p += (size_t)B * LDS_g_h_lag2; /* [B, 1*H] h_lag2 @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_lag2 = p; p += (size_t)T * B * LDS_g_h_lag2; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *Ucat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] [U_3] */
-    [[maybe_unused]] double *dUcat_g_h_lag3 = p; p += (size_t)H * LDS_g_h_lag3; /* [H, 1*H] */
-    [[maybe_unused]] double *S_g_h_lag3 = p; p += (size_t)B * LDS_g_h_lag3; /* [B, 1*H] h_lag3 @ [U...], this step */
-    [[maybe_unused]] double *dS_g_h_lag3 = p; p += (size_t)T * B * LDS_g_h_lag3; /* rows b * DSB + t * DST of 1*H */
-    [[maybe_unused]] double *L_h_1 = p; p += BH;            /* [B,H] h, 1 real step(s) back */
-    [[maybe_unused]] double *dL_h_1 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *L_h_2 = p; p += BH;            /* [B,H] h, 2 real step(s) back */
-    [[maybe_unused]] double *dL_h_2 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *L_h_3 = p; p += BH;            /* [B,H] h, 3 real step(s) back */
-    [[maybe_unused]] double *dL_h_3 = p; p += BH;           /* [B,H] its adjoint */
-    [[maybe_unused]] double *d_h_new = p; p += BH;          /* [B,H] adjoint of new h */
-    [[maybe_unused]] double *NREAL = p; p += (size_t)T * B; /* [T,B] real steps before each step (inference; training keeps it in save) */
-    [[maybe_unused]] double *iSL = p; p += (size_t)NSLOT * 2 * BH; /* inference: two steps of slots */
-    [[maybe_unused]] double *XWw = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] x @ Wcat when save does not keep it */
-    [[maybe_unused]] double *dXW = p; p += (size_t)B * T * LDXW; /* [B*T, NW*H] */
-    [[maybe_unused]] double *dXP = p; p += (size_t)NR * BH; /* [NR, B, H] adjoints of the roots, this step */
-    [[maybe_unused]] double *dVec = p; p += (size_t)NVEC * BH; /* [NVEC, B, H] bias gradients per sample */
-    [[maybe_unused]] double *dXE = p; p += (size_t)X_ELEMENTWISE * B * T * H; /* [B*T, H] gradient of x read elementwise */
-
-    double *SL = (double *)save + KEEP_XW * (size_t)B * T * LDXW;   /* NSLOT per-step values (see forward) */
-    NREAL = (double *)save + SAVE_SIZE(T, B, H);   /* forward's count of real steps */
-    rnngen_simpledeeprnn_frame_f64 F;
-    std::memset(&F, 0, sizeof F);
-    F.T = T; F.B = B; F.H = H; F.Teff = Teff; F.LDSL = LDSL; F.STEPSL = STEPSL;
-    F.D = D; F.x = x; F.dXE = dXE;
-    F.mask = mask; F.NREAL = NREAL; F.SL = SL; F.dXW = dXW; F.dXP = dXP; F.dVec = dVec;
-    F.w_b = w_b;
-    F.S_g_h_prev = S_g_h_prev; F.dS_g_h_prev = dS_g_h_prev;
-    F.S_g_h_lag2 = S_g_h_lag2; F.dS_g_h_lag2 = dS_g_h_lag2;
-    F.S_g_h_lag3 = S_g_h_lag3; F.dS_g_h_lag3 = dS_g_h_lag3;
-    F.L_h_1 = L_h_1; F.dL_h_1 = dL_h_1;
-    F.L_h_2 = L_h_2; F.dL_h_2 = dL_h_2;
-    F.L_h_3 = L_h_3; F.dL_h_3 = dL_h_3;
-    F.d_h_new = d_h_new;
-
-    F.save = 1;
-    F.XW = KEEP_XW ? save : NULL;
-    F.dy = dy;
-    [[maybe_unused]] const dim3 grid = rnngen_cu_grid(B, H), block = rnngen_cu_block(B);
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Wcat + 0 * (size_t)H, LDXW * sizeof(double), w_W, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), w_U_1, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(double), w_U_2, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CU(cudaMemcpy2DAsync(Ucat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(double), w_U_3, (size_t)H * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    /* rows of dS and dXW that no step writes (padded, or before t0) stay zero */
-    /* adjoints: of the final states (or zeros) one step back */
-    if (dstate_last)
-        RNNGEN_CU(cudaMemcpyAsync(dL_h_1, dstate_last + 0 * BH, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-    else
-        RNNGEN_CU(cudaMemsetAsync(dL_h_1, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dL_h_2, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dL_h_3, 0, BH * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_prev, 0, (size_t)T * B * LDS_g_h_prev * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag2, 0, (size_t)T * B * LDS_g_h_lag2 * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dS_g_h_lag3, 0, (size_t)T * B * LDS_g_h_lag3 * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dXW, 0, (size_t)B * T * LDXW * sizeof(double), cs));
-    RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(double), cs));
-
-    for (int t = T - 1; t >= t0; t--) {
-        [[maybe_unused]] const size_t ts = (size_t)t;
-        [[maybe_unused]] double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        [[maybe_unused]] double *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
-        [[maybe_unused]] double *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
-        [[maybe_unused]] double *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        [[maybe_unused]] double *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
-        [[maybe_unused]] double *s_sigmoid_h_sum_2 = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2): the saved h_prev of the next step */
-
-
-
-        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_bwd1_f64, grid, block, cs, F, t);
-        /* dh_prev += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (double)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (double)1, dL_h_1, (size_t)H));
-        /* dh_lag2 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag2, (double)1, dS_g_h_lag2 + (size_t)t * DST * LDS_g_h_lag2, DSB * LDS_g_h_lag2, Ucat_g_h_lag2, LDS_g_h_lag2, (double)1, dL_h_2, (size_t)H));
-        /* dh_lag3 += dS @ [U...]^T */
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_lag3, (double)1, dS_g_h_lag3 + (size_t)t * DST * LDS_g_h_lag3, DSB * LDS_g_h_lag3, Ucat_g_h_lag3, LDS_g_h_lag3, (double)1, dL_h_3, (size_t)H));
-    }
-    if (dstate0) {   /* the adjoint of the states before step 0, if backward reached it */
-        if (t0 == 0)
-            RNNGEN_CU(cudaMemcpyAsync(dstate0 + 0 * BH, dL_h_1, BH * sizeof(double), cudaMemcpyDeviceToDevice, cs));
-        else
-            RNNGEN_CU(cudaMemsetAsync(dstate0 + 0 * BH, 0, BH * sizeof(double), cs));
-    }
-
-    /* weight gradients: one GEMM over every row of saved values and dS (the rows no step
-     * reached are zero) */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_prev, B * T, (double)1, SL + 0 * (size_t)T * BH, (size_t)H, dS_g_h_prev, LDS_g_h_prev, (double)0, dUcat_g_h_prev, LDS_g_h_prev));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_1, (size_t)H * sizeof(double), dUcat_g_h_prev + 0 * (size_t)H, LDS_g_h_prev * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag2, B * T, (double)1, SL + 2 * (size_t)T * BH, (size_t)H, dS_g_h_lag2, LDS_g_h_lag2, (double)0, dUcat_g_h_lag2, LDS_g_h_lag2));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_2, (size_t)H * sizeof(double), dUcat_g_h_lag2 + 0 * (size_t)H, LDS_g_h_lag2 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, H, (int)LDS_g_h_lag3, B * T, (double)1, SL + 4 * (size_t)T * BH, (size_t)H, dS_g_h_lag3, LDS_g_h_lag3, (double)0, dUcat_g_h_lag3, LDS_g_h_lag3));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_U_3, (size_t)H * sizeof(double), dUcat_g_h_lag3 + 0 * (size_t)H, LDS_g_h_lag3 * sizeof(double), (size_t)H * sizeof(double), (size_t)H, cudaMemcpyDeviceToDevice, cs));
-
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_T, RNNGEN_N, D, (int)LDXW, B * T, (double)1, x, (size_t)D, dXW, LDXW, (double)0, dWcat, LDXW));
-    RNNGEN_CU(cudaMemcpy2DAsync(dw_W, (size_t)H * sizeof(double), dWcat + 0 * (size_t)H, LDXW * sizeof(double), (size_t)H * sizeof(double), (size_t)D, cudaMemcpyDeviceToDevice, cs));
-
-    /* dx = dXW @ Wcat^T */
-    RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B * T, D, (int)LDXW, (double)1, dXW, LDXW, Wcat, LDXW, (double)0, dx, (size_t)D));
-    RNNGEN_CU_LAUNCH(rnngen_cu_sum_rows<double>, dim3((unsigned)((H + 127) / 128)), dim3(128), cs, dVec + (size_t)0 * BH, B, H, dw_b);
-    return RNNGEN_OK;
 }
 
 int rnngen_simpledeeprnn_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_simpledeeprnn_backward_args_f64 *args)
@@ -1257,7 +709,7 @@ int rnngen_simpledeeprnn_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_s
         if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
             return RNNGEN_ECTX;
     }
-    return backward_kernel_f64(ctx ? ctx->stream : NULL,
+    return backward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,
         args->mask, args->w_W, args->w_U_1, args->w_U_2, args->w_U_3, args->w_b,
         args->save, args->dy, args->dstate_last, args->dx, args->dstate0, args->dw_W,

@@ -241,8 +241,6 @@ const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
             RNNGEN_MAYBE_UNUSED float *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -462,8 +460,6 @@ const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED float *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
                 RNNGEN_MAYBE_UNUSED float *s_sigmoid_h_sum = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum): the saved h_prev of the next step */
 
-
-
                 /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -481,22 +477,22 @@ const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const float a_h = dL_h_1[bj] + dy[r * H + j];
-                            float a0 = 0.0f;
-                            float a1 = 0.0f;
+                            float acc_dL_h_1 = 0.0f;
+                            float acc_dXP_x_w_plus_b = 0.0f;
                             float g_h_prev_u = 0.0f;
                             float g_h_sum = 0.0f;
                             float g_sigmoid_h_sum = 0.0f;
                             float g_h_new = a_h;
                             g_sigmoid_h_sum += g_h_new;
                             g_h_sum += g_sigmoid_h_sum * (s_sigmoid_h_sum[bs] * (1.0f - s_sigmoid_h_sum[bs]));
-                            a1 += g_h_sum;
+                            acc_dXP_x_w_plus_b += g_h_sum;
                             g_h_prev_u += g_h_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u;
                             float g_b = 0.0f;
-                            float g_x_w_plus_b = a1;
+                            float g_x_w_plus_b = acc_dXP_x_w_plus_b;
                             g_b += g_x_w_plus_b;
                             db_b[j] += g_b;
-                            dL_h_1[bj] = a0;
+                            dL_h_1[bj] = acc_dL_h_1;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd
@@ -794,8 +790,6 @@ const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
             RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
             RNNGEN_MAYBE_UNUSED double *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
 
-
-
             /* phase 0 */
             for (int b = b0; b < b1; b++) {
                 RNNGEN_MAYBE_UNUSED const size_t r = (size_t)b * T + t;   /* row of x and y */
@@ -1015,8 +1009,6 @@ const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
                 RNNGEN_MAYBE_UNUSED double *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
                 RNNGEN_MAYBE_UNUSED double *s_sigmoid_h_sum = t < T - 1 ? SL + 0 * (size_t)Teff * BH + (ts + 1) * STEPSL : SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum): the saved h_prev of the next step */
 
-
-
                 /* phase 1, reversed, after the step's entry (dy, register shift; padded rows take dy only), then the input-only part (dXW rows, bias gradients) */
                 for (int b = b0; b < b1; b++) {
                     const size_t r = (size_t)b * T + t;   /* row of x, y, dy and dXW */
@@ -1034,22 +1026,22 @@ const size_t OFF_g_h_prev = (1 - 1) * (size_t)j0;
                         for (int j = j0; j < j1; j++) {
                             RNNGEN_MAYBE_UNUSED const size_t bj = (size_t)b * H + j, bs = (size_t)b * LDSL + j;
                             const double a_h = dL_h_1[bj] + dy[r * H + j];
-                            double a0 = 0.0;
-                            double a1 = 0.0;
+                            double acc_dL_h_1 = 0.0;
+                            double acc_dXP_x_w_plus_b = 0.0;
                             double g_h_prev_u = 0.0;
                             double g_h_sum = 0.0;
                             double g_sigmoid_h_sum = 0.0;
                             double g_h_new = a_h;
                             g_sigmoid_h_sum += g_h_new;
                             g_h_sum += g_sigmoid_h_sum * (s_sigmoid_h_sum[bs] * (1.0 - s_sigmoid_h_sum[bs]));
-                            a1 += g_h_sum;
+                            acc_dXP_x_w_plus_b += g_h_sum;
                             g_h_prev_u += g_h_sum;
                             dS_g_h_prev[((size_t)b * DSB + (size_t)t * DST) * LDS_g_h_prev + OFF_g_h_prev + 0 * nU + j] = g_h_prev_u;
                             double g_b = 0.0;
-                            double g_x_w_plus_b = a1;
+                            double g_x_w_plus_b = acc_dXP_x_w_plus_b;
                             g_b += g_x_w_plus_b;
                             db_b[j] += g_b;
-                            dL_h_1[bj] = a0;
+                            dL_h_1[bj] = acc_dL_h_1;
                         }
                     } else {   /* a padded step: its cell contributes nothing */
         #pragma omp simd

@@ -124,9 +124,11 @@ def c_required(ir: CellIR, entry: str) -> str:
                        if f.pointer and not f.optional)
 
 
-def c_entry(ir: CellIR, prefix: str, entry: str, suffix: str, backend: str) -> str:
+def c_entry(ir: CellIR, prefix: str, entry: str, suffix: str, backend: str,
+            kernel: str = "") -> str:
     """The public entry point: checks the context and the struct, then calls the kernel
-    (``<entry>_kernel<suffix>``) with the context's part and every member, in order."""
+    (``kernel``, default ``<entry>_kernel<suffix>``) with the context's part and every
+    member, in order."""
     struct = struct_name(prefix, entry, suffix)
     names = [f"args->{f.name}" for f in fields(ir, entry)]
     call = ",\n        ".join(", ".join(names[i:i + 6]) for i in range(0, len(names), 6))
@@ -142,4 +144,5 @@ def c_entry(ir: CellIR, prefix: str, entry: str, suffix: str, backend: str) -> s
                  "    }"]
     return "\n".join([f"int {prefix}_{entry}{suffix}(const {ctx} *ctx, const {struct} *args)",
                       "{", "    if (!args) return RNNGEN_ENULL;", *check,
-                      f"    return {entry}_kernel{suffix}({lead},", f"        {call});", "}"])
+                      f"    return {kernel or entry + '_kernel' + suffix}({lead},",
+                      f"        {call});", "}"])

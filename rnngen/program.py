@@ -488,8 +488,12 @@ class _Lowering:
         wrong gradient with GCC 12 at -O2, right at -O1; the cause was not pinned down,
         and this form has no such sequence.)"""
         name = self._locals.get(access)
-        if name is None:
-            name = self._locals[access] = f"a{len(self._locals)}"
+        if name is None:   # acc_ and the memory's name: acc_dL_h_1, acc_d_c_new, acc_dXP_t
+            what = {"dstate": lambda: f"dL_{access.name}_{access.index}",
+                    "adj": lambda: f"d_{access.name}",
+                    "droot": lambda: f"dXP_{self.ir.roots[access.index].label}",
+                    }.get(access.kind, lambda: f"{access.kind}_{access.name}_{access.index}")()
+            name = self._locals[access] = f"acc_{what}"
         return Local(name)
 
     def root_adjoint(self, n):

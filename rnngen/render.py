@@ -10,6 +10,7 @@ frames: signatures, buffer layout, threads or kernels, and GEMM calls.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,12 +41,13 @@ class Dialect:
     math_suffix: str       # "f" for expf, tanhf, ...
     gemm: str              # GEMM macro name in the runtime header
     fast_math: tuple = ()  # (name, replacement) pairs, e.g. vectorisable exp for float
+    lit_cast: str = ""     # a type-generic dialect: literals as R(0.5)
 
     def lit(self, v: float) -> str:
         s = repr(float(v))
         if "inf" in s or "nan" in s:
             raise ValueError(f"constant {v} is not finite")
-        return s + self.lit_suffix
+        return f"{self.lit_cast}({s})" if self.lit_cast else s + self.lit_suffix
 
     def math(self, fname: str) -> str:
         return dict(self.fast_math).get(fname, fname + self.math_suffix)
@@ -63,11 +65,15 @@ C_F32 = Dialect("c", "float", "_f32", "f", "f", "RNNGEN_GEMM_F32",
                 (("exp", "rnngen_expf"), ("tanh", "rnngen_tanhf"), ("log", "rnngen_logf")))
 C_F64 = Dialect("c", "double", "_f64", "", "", "RNNGEN_GEMM_F64")
 C_DIALECTS = (C_F32, C_F64)
-# CUDA's device math library has expf, tanhf, log1pf, ... and the runtime header the
-# NaN-propagating rnngen_max/rnngen_min: the statements are the C backend's
+# The CUDA source is C++: its kernels are written once, for `template <typename R>`, and
+# instantiated for float and double.  The runtime header overloads rnngen_exp, rnngen_tanh,
+# ... and the NaN-propagating rnngen_max/rnngen_min for both; literals are R(0.5).
 CUDA_F32 = Dialect("cuda", "float", "_f32", "f", "f", "")
 CUDA_F64 = Dialect("cuda", "double", "_f64", "", "", "")
 CUDA_DIALECTS = (CUDA_F32, CUDA_F64)
+CUDA_R = Dialect("cuda", "R", "", "", "", "", tuple(
+    (f, "rnngen_" + f) for f in ("exp", "tanh", "log1p", "expm1", "fabs", "sqrt", "log", "pow")),
+    lit_cast="R")
 
 
 class Renderer:
@@ -187,13 +193,62 @@ class Renderer:
         return [line for s in body for line in self.stmt(s)]
 
 
+_DECLARATION = re.compile(r"\s*(?:\[\[maybe_unused\]\]\s+)?(?:const\s+)?[A-Za-z_][\w ]*?"
+                          r"[\s*]([A-Za-z_]\w*)\s*=(.*)$")
+_WORD = re.compile(r"[A-Za-z_]\w*")
+
+
+def _code_words(text: str) -> set:
+    """The identifiers a piece of C reads, comments and member names apart."""
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    return set(_WORD.findall(re.sub(r"(\.|->)\s*[A-Za-z_]\w*", " ", text)))   # not F.B
+
+
+def used_only(decls: str, body: str, defines: str = "") -> str:
+    """The lines of ``decls`` that ``body`` needs: a declaration of one name (``const R *x =
+    F.x;``) is kept where the body, or a line kept after it, reads the name (through the
+    ``#define`` lines of ``defines`` too), without [[maybe_unused]]; any other non-blank
+    line is kept as it is.  So a kernel's prologue declares only what its statements use,
+    and nothing needs marking as possibly unused."""
+    macros = {}
+    for line in defines.split("\n"):
+        m = re.match(r"\s*#define\s+([A-Za-z_]\w*)(.*)$", line)
+        if m:
+            macros[m.group(1)] = _code_words(m.group(2))
+    words: set = set()
+
+    def read(text):
+        todo = list(_code_words(text))
+        while todo:
+            w = todo.pop()
+            if w not in words:
+                words.add(w)
+                todo.extend(macros.get(w, ()))
+
+    lines = [line for line in decls.split("\n") if line.strip()]
+    found = [_DECLARATION.match(line) for line in lines]
+    read(body)
+    for line, m in zip(lines, found):
+        if not m:
+            read(line)
+    keep = [m is None for m in found]
+    for i in reversed(range(len(lines))):   # a declaration reads only the lines above it
+        m = found[i]
+        if m and m.group(1) in words:
+            keep[i] = True
+            read(m.group(2))
+    return "\n".join(line.replace("[[maybe_unused]] ", "") for line, k in zip(lines, keep) if k)
+
+
 @lru_cache(maxsize=None)
 def _env():
     """One environment per process: it keeps the compiled templates (compiling them took
     0.1 s of every render; a template changed on disk is compiled again, auto_reload)."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["used_only"] = used_only
+    return env
 
 
 def template_files():
@@ -259,5 +314,6 @@ def render_cuda(ir: CellIR, source_name: str, layout: Layout = None,
     env = _env()
     ctx = _context(ir, layout, source_name, CUDA_DIALECTS,
                    f"{ir.name}_cuda.h", Schedule())
+    ctx["generic"] = Renderer(CUDA_R)
     return (env.get_template("cell.cuh.j2").render(**ctx),
             env.get_template("cell.cu.j2").render(**ctx))

@@ -83,11 +83,26 @@ __device__ __forceinline__ int rnngen_real(const unsigned char *mask, size_t r)
     return mask ? mask[r] != 0 : 1;
 }
 
-/* max and min that return their first argument when it is NaN, as on the CPU. */
-__device__ __forceinline__ float rnngen_maxf(float a, float b) { return a < b ? b : a; }
-__device__ __forceinline__ float rnngen_minf(float a, float b) { return a > b ? b : a; }
+/* The kernels are templates over the element type R (float or double): max and min that
+ * return their first argument when it is NaN, as on the CPU, and the math functions, each
+ * overloaded for both (expf for float, exp for double, ...). */
+__device__ __forceinline__ float rnngen_max(float a, float b) { return a < b ? b : a; }
+__device__ __forceinline__ float rnngen_min(float a, float b) { return a > b ? b : a; }
 __device__ __forceinline__ double rnngen_max(double a, double b) { return a < b ? b : a; }
 __device__ __forceinline__ double rnngen_min(double a, double b) { return a > b ? b : a; }
+#define RNNGEN_CU_MATH(name)                                                              \
+    __device__ __forceinline__ float rnngen_##name(float x) { return name##f(x); }        \
+    __device__ __forceinline__ double rnngen_##name(double x) { return name(x); }
+RNNGEN_CU_MATH(exp)
+RNNGEN_CU_MATH(tanh)
+RNNGEN_CU_MATH(log1p)
+RNNGEN_CU_MATH(expm1)
+RNNGEN_CU_MATH(fabs)
+RNNGEN_CU_MATH(sqrt)
+RNNGEN_CU_MATH(log)
+#undef RNNGEN_CU_MATH
+__device__ __forceinline__ float rnngen_pow(float x, float y) { return powf(x, y); }
+__device__ __forceinline__ double rnngen_pow(double x, double y) { return pow(x, y); }
 
 /* Threads of an elementwise kernel: x over hidden units, y over samples. */
 #define RNNGEN_CU_BLOCK_X 32
