@@ -1,6 +1,6 @@
 """The whole chain, stage by stage: spec -> IR -> sources -> library -> kernel.
 
-    load_spec (spec.py) -> compute_ir (ir.py) -> render_c / render_cuda (render.py)
+    load_spec (spec.py) -> compute_ir (ir/) -> render_c / render_cuda (render.py)
         -> build_library (build.py) -> Kernel / CudaKernel (runtime/cpu.py, runtime/cuda.py)
 
 The backend (backends.py: c, cuda, cuda-emulated) picks the render function,

@@ -255,7 +255,7 @@ def template_files():
     return sorted(p for p in TEMPLATES.iterdir() if p.is_file())
 
 
-GENERATOR_MODULES = ("abi.py", "expr.py", "frame.py", "functions.py", "spec.py", "ir.py", "layout.py", "program.py",
+GENERATOR_MODULES = ("abi.py", "expr.py", "frame.py", "functions.py", "spec.py", "ir/__init__.py", "ir/nodes.py", "ir/lowering.py", "ir/analysis.py", "layout.py", "program.py",
                      "render.py")
 
 

@@ -1,223 +1,16 @@
-"""Stage 2: lower a checked spec plus concrete parameter values to a typed IR.
-
-The IR is a DAG of per-element nodes (one value per sample and hidden unit),
-hash-consed so that a sub-expression written twice is computed once.  From it
-this module derives the structure fast RNN kernels use:
-
-* *hoisted* nodes depend on the input and the weights only (``x @ W``, biases,
-  elementwise functions of them).  All ``x @ W`` products of a step are one
-  product with the W matrices side by side, which depends on no state (so it
-  can run anywhere in the step); the hoisted nodes that step nodes read (the
-  *roots*) are computed from it inside the step loops.
-* *step* nodes depend on the state.  A product ``e @ U`` of a step value needs
-  ``e`` first, so each node gets a *phase*: phase(e @ U) = phase(e) + 1.  Per
-  step, phase p runs the GEMMs of phase p (products that share an operand are
-  one GEMM, the U matrices side by side) and then one fused elementwise loop.
-* the backward pass is derived from the same nodes by reverse-mode
-  differentiation; the forward pass saves (in *slots*, one [B, H] block per
-  step) every value the backward partials read and every GEMM operand.
-
-Everything here is plain data; :mod:`rnngen.render` turns it into C.
-"""
+"""Equations to nodes: each equation of the step lowered to a hash-consed DAG of
+per-element nodes, every problem collected with its line (a SpecError lists them all)."""
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Mapping, Optional
+from typing import Optional
 
-from . import expr as E
-from .errors import SpecError
-from .functions import ACTIVATIONS, BINARY, FUNCTIONS, check_activation
-from .spec import (MAX_INT_PARAM, MAX_LAG, MAX_OPERATIONS, MAX_PHASES, MAX_SUM_TERMS,
-                   CellSpec)
-
-GENERATOR_VERSION = "0.1.0"
-
-LEAF_OPS = ("const", "bias", "xprod", "xval", "state", "started")
-# computed by a backend's frame between the elementwise loops of a step: products
-# (a GEMM per group) and means over the units of a sample (a reduction per group)
-PRODUCTS = ("matmul", "mean")
-STEP_LEAVES = ("state", "started") + PRODUCTS
-
-
-@dataclass(eq=False)
-class Node:
-    id: int
-    op: str          # const bias xprod state started matmul neg add sub mul div call assign
-    args: tuple
-    attr: object     # const: float; bias/xprod/matmul: weight name; state: (state, lag);
-                     # started: lag; call: function name; assign: state name
-    varying: bool    # depends on the state (computed inside the time loop)
-    label: str = ""  # a readable C-safe name
-    origin: str = "" # the left-hand side of the equation that first made it
-
-    @property
-    def is_const(self):
-        return self.op == "const"
-
-    @property
-    def hoisted(self):
-        return not self.varying and self.op != "const"
-
-    def __repr__(self):
-        return f"Node({self.id}:{self.op}:{self.label})"
-
-
-@dataclass(frozen=True)
-class Weight:
-    name: str          # concrete name (family members are NAME_k)
-    role: str          # "input matrix" | "recurrent matrix" | "vector"
-    shape: tuple       # of "input_dim"/"output_dim"
-    init: str          # concrete init name
-    line: int
-
-    def dims(self, input_dim: int, output_dim: int) -> tuple:
-        m = {"input_dim": input_dim, "output_dim": output_dim}
-        return tuple(m[d] for d in self.shape)
-
-
-@dataclass(frozen=True, eq=False)
-class Group:
-    """One GEMM of a step: operand @ [U_1 | U_2 | ...]; or (mean=True) the mean of the
-    operand over the units of each sample, broadcast to every unit (matmuls = the one
-    mean node)."""
-    name: str
-    phase: int
-    operand: Node
-    matmuls: tuple     # Node(op=matmul), column block k is matmuls[k]
-    mean: bool = False
-
-    @property
-    def width(self):
-        return len(self.matmuls)
-
-
-@dataclass(frozen=True)
-class CellIR:
-    """The lowered cell: frozen, with tuples and read-only mappings.  Nodes are
-    identified by object (their labels are fixed before the IR is made)."""
-    spec: CellSpec
-    name: str                  # C-safe lower-case cell name
-    params: Mapping            # concrete parameter values
-    weights: tuple             # of Weight, in weights= order
-    states: tuple              # of str
-    output: str
-    lags: Mapping              # state -> number of registers kept (max lag, >= 1)
-    nodes: tuple               # reachable nodes in topological order
-    assigns: Mapping           # state -> assign node
-    xprods: tuple              # xprod nodes, column blocks of the input product x @ [W...]
-    roots: tuple               # hoisted nodes read by step nodes, column blocks of XP
-    hoisted: tuple             # every hoisted node in topological order
-    phases: Mapping            # node -> phase (step nodes)
-    nphases: int               # loops 0..nphases-1
-    loops: tuple               # loop p -> tuple of step nodes computed in it (topological)
-    groups: tuple              # of Group, ordered by phase
-    slots: tuple               # nodes whose per-step value is stored
-    needed: frozenset          # step nodes whose value a backward partial reads
-    owner: Mapping             # node -> loop index that owns its adjoint
-    buffered: tuple            # nodes whose adjoint lives in a [B, H] buffer
-    users: Mapping             # node -> tuple of the nodes that read it
-
-    def weight(self, name):
-        return next(w for w in self.weights if w.name == name)
-
-    @property
-    def x_elementwise(self) -> bool:
-        """x is read elementwise (not only as x @ W): input_dim must equal output_dim."""
-        return any(n.op == "xval" for n in self.nodes)
-
-    def groups_of_phase(self, p):
-        return [g for g in self.groups if g.phase == p]
-
-    def group_of(self, matmul: Node):
-        for g in self.groups:
-            if matmul in g.matmuls:
-                return g, g.matmuls.index(matmul)
-        raise KeyError(matmul)
-
-
-def c_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", s).lower()
-
-
-# Names of the values no equation names: the expression they compute where that is
-# short (x_w_i_plus_b_i, tanh_c_new, one_minus_z), else the left-hand side of their
-# equation and what they are (i_sum, c_prod; c_value for an equation's whole value).
-_WORDS = {"add": "plus", "sub": "minus", "mul": "times", "div": "over"}
-_KINDS = {"add": "sum", "sub": "sum", "mul": "prod", "div": "quot", "neg": "neg",
-          "pow": "pow", "max": "max", "min": "min"}
-_CONST_WORDS = {0.0: "zero", 1.0: "one", 2.0: "two", 3.0: "three", 0.5: "half"}
-MAX_NAME = 20
-
-
-def _operand_word(n: Node) -> str:
-    if n.is_const:
-        return _CONST_WORDS.get(n.attr, "")
-    return n.label
-
-
-def _expression_name(n: Node) -> str:
-    """A name spelling out what n computes from its operands' names ("" if none fits)."""
-    words = [_operand_word(a) for a in n.args]
-    if not all(words):
-        return ""
-    if n.op in _WORDS:
-        return f"{words[0]}_{_WORDS[n.op]}_{words[1]}"
-    if n.op in ("max", "min"):
-        return f"{n.op}_{words[0]}_{words[1]}"
-    if n.op == "neg":
-        return f"neg_{words[0]}"
-    if n.op == "call":
-        return f"{n.attr}_{words[0]}"
-    if n.op == "pow" and float(n.attr).is_integer():
-        return f"{words[0]}_pow{int(n.attr)}"
-    return ""
-
-
-def _name_values(nodes, assigns) -> None:
-    """Give every node a unique C-safe label; the labels equations gave are kept."""
-    taken: set = set()
-
-    def unique(base):
-        lab, k = base, 2
-        while lab in taken:
-            lab, k = f"{base}_{k}", k + 1
-        taken.add(lab)
-        return lab
-
-    named = {n for n in nodes if n.label}
-    for n in named:
-        n.label = unique(c_name(n.label))
-    whole = {a.args[0] for a in assigns.values()}   # the value of a state's equation
-    for n in nodes:
-        if n in named:
-            continue
-        if n.op == "state":
-            base = f"{n.attr[0]}_lag{n.attr[1]}" if n.attr[1] > 1 else n.attr[0] + "_prev"
-        elif n.op == "started":
-            base = f"started{n.attr}"
-        elif n.op == "xprod":
-            base = f"x_{n.attr}"
-        elif n.op == "bias":
-            base = n.attr
-        elif n.op == "matmul":
-            base = f"{n.args[0].label}_{n.attr}"
-        elif n.op == "mean":
-            base = f"mean_{n.args[0].label}"
-        elif n.op == "xval":
-            base = "x_t"
-        elif n.is_const:
-            base = f"const{n.id}"
-        else:
-            base = c_name(_expression_name(n))
-            if not base or len(base) > MAX_NAME:
-                what = "value" if n in whole else _KINDS.get(n.op, n.attr if n.op == "call"
-                                                              else n.op)
-                base = f"{n.origin}_{what}" if n.origin else f"{what}{n.id}"
-        n.label = unique(c_name(base))
-
+from .. import expr as E
+from ..errors import SpecError
+from ..functions import BINARY, FUNCTIONS, check_activation
+from ..spec import (MAX_INT_PARAM, MAX_LAG, MAX_OPERATIONS, MAX_PHASES, MAX_SUM_TERMS,
+                    CellSpec)
+from .nodes import PRODUCTS, Node, Weight, c_name
 
 class _Lowering:
     def __init__(self, spec: CellSpec, params: dict):
@@ -438,7 +231,7 @@ class _Lowering:
             self.err(line, self.forward_ref_message(name, line))
         known = sorted(set(env) | set(self.weights) | set(self.spec.states) | {"x"}
                        | {p.name for p in self.spec.params})
-        from .spec import _suggest
+        from ..spec import _suggest
         self.err(line, f"unknown name {name!r}{_suggest(name, known)}; known here: "
                        f"{', '.join(known)}")
 
@@ -525,7 +318,7 @@ class _Lowering:
                 self.err(e.line, f"parameter {fname!r} is not an activation and cannot be called")
             fname = self.params[fname]
         elif fname not in FUNCTIONS and fname not in BINARY:
-            from .spec import _suggest
+            from ..spec import _suggest
             acts = [p.name for p in self.spec.params if p.kind == "activation"]
             known = list(FUNCTIONS) + list(BINARY) + acts + ["mean", "sum", "started"]
             self.lower_args(e, env, loopvars)      # their problems too
@@ -734,7 +527,7 @@ def resolve_params(spec: CellSpec, values: Optional[dict] = None) -> dict:
         if p.kind == "activation":
             v = check_activation(v, p.name)
         elif p.kind == "init":
-            from .initializers import check_init
+            from ..initializers import check_init
             v = check_init(v, p.name)
         elif p.kind == "float":
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -754,137 +547,3 @@ def resolve_params(spec: CellSpec, values: Optional[dict] = None) -> dict:
         raise TypeError(f"{spec.name} has no parameter(s) {', '.join(map(repr, values))}; "
                         f"its parameters are {', '.join(p.name for p in spec.params)}")
     return out
-
-
-def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
-    params = resolve_params(spec, params)
-    low = _Lowering(spec, params)
-    assigns = low.run()
-
-    # reachable nodes, topological (creation) order
-    reach = set()
-    stack = list(assigns.values())
-    while stack:
-        n = stack.pop()
-        if n.id in reach:
-            continue
-        reach.add(n.id)
-        stack.extend(n.args)
-    nodes = [n for n in low.nodes if n.id in reach]
-    users: dict = {n: [] for n in nodes}
-    for n in nodes:
-        for a in n.args:
-            users[a].append(n)
-
-    for s, n in assigns.items():
-        n.label = c_name(s) + "_new"
-    _name_values(nodes, assigns)
-
-    hoisted = [n for n in nodes if n.hoisted]
-    xprods = [n for n in nodes if n.op == "xprod"]
-    roots = [n for n in hoisted if any(u.varying for u in users[n])]
-
-    # phases
-    phase: dict = {}
-    for n in nodes:
-        if not n.varying:
-            continue
-        if n.op in ("state", "started"):
-            phase[n] = 0
-        elif n.op in PRODUCTS:
-            phase[n] = phase.get(n.args[0], 0) + 1
-        else:
-            phase[n] = max([phase[a] for a in n.args if a.varying] + [0])
-    nphases = max(phase.values()) + 1
-    # As late as possible: an elementwise node moves to the loop of its first
-    # user, so it stays in a register instead of crossing loops.  GEMM operands
-    # stay where they are (their product's phase was derived from them).
-    for n in reversed(nodes):
-        if not n.varying or n.op in STEP_LEAVES:
-            continue
-        late = [phase[u] - 1 if u.op in PRODUCTS else phase[u] for u in users[n]]
-        phase[n] = min(late) if late else nphases - 1
-    loops = [[n for n in nodes if n.varying and n.op not in STEP_LEAVES and phase[n] == p]
-             for p in range(nphases)]
-
-    groups = []
-    for p in range(1, nphases):
-        by_operand: dict = {}
-        for n in nodes:
-            if n.op == "matmul" and phase[n] == p:
-                by_operand.setdefault(n.args[0], []).append(n)
-        for operand, mms in by_operand.items():
-            groups.append(Group(f"g_{operand.label}", p, operand, tuple(mms)))
-        for n in nodes:
-            if n.op == "mean" and phase[n] == p:
-                groups.append(Group(f"gmean_{n.args[0].label}", p, n.args[0], (n,), mean=True))
-    operands = {g.operand for g in groups}
-
-    def loop_of(n):
-        """The loop that computes n's value (or, for leaves, first has it)."""
-        return phase[n] if n.varying else 0
-
-    # values the backward partials read
-    needed = set()
-    for n in nodes:
-        if not n.varying or n.op in STEP_LEAVES:
-            continue
-        # (a partial with respect to a constant is never formed: see program's partials)
-        if n.op == "mul":
-            a, b = n.args
-            needed.update(x for x, other in ((a, b), (b, a)) if not other.is_const)
-        elif n.op in ("max", "min"):
-            needed.update(n.args)
-        elif n.op == "pow":
-            needed.add(n.args[0])
-        elif n.op == "div":
-            needed.add(n.args[1])
-            if not n.args[1].is_const:   # d(a/b)/db = -(a/b)/b
-                needed.add(n)
-        elif n.op == "call":
-            f = FUNCTIONS[n.attr]
-            if f.uses_x:
-                needed.add(n.args[0])
-            if f.uses_y:
-                needed.add(n)
-    slots = []
-    for n in nodes:
-        if not n.varying:
-            continue
-        # read by another loop; a state's new value computed before the last loop is read
-        # by the update at the end of the last one
-        cross = n.op not in STEP_LEAVES and (
-            any(loop_of(u) != phase[n] for u in users[n])
-            or (n.op == "assign" and phase[n] != nphases - 1))
-        if n.op == "started" and n not in operands:
-            continue   # backward recounts the real steps: started() is not saved
-        if n in operands or n in needed or cross:
-            slots.append(n)
-    # a hoisted GEMM operand is copied into a slot too (so dU is one GEMM over slots)
-    for g in groups:
-        if not g.operand.varying and g.operand not in slots and not g.operand.is_const:
-            slots.append(g.operand)
-
-    owner = {n: phase[n] for n in nodes if n.varying and n.op not in ("state", "started")}
-    for n in nodes:
-        if n.op in PRODUCTS:
-            # own the adjoint where the users are; a product's contribution arrives after
-            # its own loop (from dOperand += ...), so by the loop before it
-            owner[n] = min(phase[u] - 1 if u.op in PRODUCTS else phase[u] for u in users[n])
-    buffered = []
-    for n in nodes:
-        if n in owner:
-            if n.op == "assign" or n in operands or any(phase[u] != owner[n] for u in users[n]):
-                buffered.append(n)
-        elif n.hoisted and n in operands:
-            buffered.append(n)
-
-    ro = MappingProxyType
-    return CellIR(spec=spec, name=c_name(spec.name), params=ro(dict(params)),
-                  weights=tuple(low.weights[w] for w in low.weight_order),
-                  states=tuple(assigns), output=low.output_state, lags=ro(dict(low.lags)),
-                  nodes=tuple(nodes), assigns=ro(dict(assigns)), xprods=tuple(xprods),
-                  roots=tuple(roots), hoisted=tuple(hoisted), phases=ro(phase), nphases=nphases,
-                  loops=tuple(tuple(lp) for lp in loops), groups=tuple(groups),
-                  slots=tuple(slots), needed=frozenset(needed), owner=ro(owner), buffered=tuple(buffered),
-                  users=ro({n: tuple(us) for n, us in users.items()}))
