@@ -13,6 +13,7 @@
  */
 #include <cstring>
 #include <cmath>
+#include <mutex>
 #include "rnngen_cuda.h"
 extern "C" {
 #include "simplernn_cuda.h"
@@ -32,23 +33,44 @@ extern "C" {
 #define X_ELEMENTWISE 0   /* x read elementwise: D must equal H */
 #define SAVE_SIZE(T, B, H) (KEEP_XW * (size_t)(B) * (size_t)(T) * NW * (size_t)(H) + (size_t)NSLOT * (size_t)(T) * (size_t)(B) * (size_t)(H))
 
-static cublasHandle_t rnngen_handle;
-static int rnngen_init_status = 1;   /* 1: not tried yet */
+/* One cuBLAS handle per device (a handle belongs to the device current when it was made),
+ * made at the first call on that device; a call holds its device's lock while it sets the
+ * handle's stream and queues its work, so calls from several host threads on one device
+ * cannot queue GEMMs on each other's streams. */
+#define RNNGEN_CU_MAX_DEVICES 64
+static cublasHandle_t rnngen_handles[RNNGEN_CU_MAX_DEVICES];
+static int rnngen_init_status[RNNGEN_CU_MAX_DEVICES];
+static bool rnngen_init_tried[RNNGEN_CU_MAX_DEVICES];
+static std::mutex rnngen_init_lock, rnngen_device_lock[RNNGEN_CU_MAX_DEVICES];
+
+/* The current device, with its handle made (once; a failure is returned again later). */
+static int rnngen_cu_current(int *device)
+{
+    int n = 0, d = -1;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess)
+        return rnngen_cu_fail_cuda(e, "cudaGetDeviceCount", __LINE__);
+    if (n < 1)
+        return rnngen_cu_fail_cuda(cudaErrorNoDevice, "cudaGetDeviceCount", __LINE__);
+    RNNGEN_CU(cudaGetDevice(&d));
+    if (d < 0 || d >= RNNGEN_CU_MAX_DEVICES)
+        return RNNGEN_ECTX;
+    std::lock_guard<std::mutex> hold(rnngen_init_lock);
+    if (!rnngen_init_tried[d]) {
+        rnngen_init_tried[d] = true;
+        cublasStatus_t s = cublasCreate(&rnngen_handles[d]);
+        /* a GEMM on a failed handle crashes: never use it */
+        rnngen_init_status[d] = s == CUBLAS_STATUS_SUCCESS ? RNNGEN_OK
+                                : rnngen_cu_fail_cublas(s, "cublasCreate", __LINE__);
+    }
+    *device = d;
+    return rnngen_init_status[d];
+}
 
 int rnngen_simplernn_cuda_init(void)
 {
-    if (rnngen_init_status != 1)
-        return rnngen_init_status;
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess)
-        return rnngen_init_status = rnngen_cu_fail_cuda(e, "cudaGetDeviceCount", __LINE__);
-    if (n < 1)
-        return rnngen_init_status = rnngen_cu_fail_cuda(cudaErrorNoDevice, "cudaGetDeviceCount", __LINE__);
-    cublasStatus_t s = cublasCreate(&rnngen_handle);
-    if (s != CUBLAS_STATUS_SUCCESS)   /* a GEMM on a failed handle crashes: never use it */
-        return rnngen_init_status = rnngen_cu_fail_cublas(s, "cublasCreate", __LINE__);
-    return rnngen_init_status = RNNGEN_OK;
+    int d;
+    return rnngen_cu_current(&d);
 }
 
 const char *rnngen_simplernn_cuda_error(void)
@@ -304,7 +326,10 @@ static int forward_kernel(
     if (st) return st;
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (!x || !w_W || !w_U || !w_b || !y || !work) return RNNGEN_ENULL;
-    if ((st = rnngen_simplernn_cuda_init())) return st;
+    int device;
+    if ((st = rnngen_cu_current(&device))) return st;
+    std::lock_guard<std::mutex> hold(rnngen_device_lock[device]);
+    cublasHandle_t rnngen_handle = rnngen_handles[device];
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
@@ -407,7 +432,10 @@ static int backward_kernel(
     if (X_ELEMENTWISE && D != H) return RNNGEN_EDIM;   /* x elementwise needs D == H */
     if (truncate == 0 || truncate < -1) return RNNGEN_ETRUNC;
     if (!x || !w_W || !w_U || !w_b || !save || !dy || !dx || !dw_W || !dw_U || !dw_b || !work) return RNNGEN_ENULL;
-    if ((st = rnngen_simplernn_cuda_init())) return st;
+    int device;
+    if ((st = rnngen_cu_current(&device))) return st;
+    std::lock_guard<std::mutex> hold(rnngen_device_lock[device]);
+    cublasHandle_t rnngen_handle = rnngen_handles[device];
     cudaStream_t cs = (cudaStream_t)stream;
     RNNGEN_CUBLAS(cublasSetStream(rnngen_handle, cs));
     const size_t BH = (size_t)B * H, LDXW = (size_t)NW * H;
@@ -496,30 +524,48 @@ static int backward_kernel(
 int rnngen_simplernn_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_simplernn_forward_args_f32 *args)
 {
     if (!args) return RNNGEN_ENULL;
-    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
-        int current = -1;
-        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+    int previous = -1;
+    if (ctx && ctx->device >= 0) {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n
+            || cudaGetDevice(&previous) != cudaSuccess)
+            return RNNGEN_ECTX;
+        if (previous == ctx->device)
+            previous = -1;
+        else if (cudaSetDevice(ctx->device) != cudaSuccess)
             return RNNGEN_ECTX;
     }
-    return forward_kernel<float>(ctx ? ctx->stream : NULL,
+    int st = forward_kernel<float>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->x, args->mask,
         args->state0, args->w_W, args->w_U, args->w_b, args->y, args->state_last,
         args->save, args->work);
+    if (previous >= 0)
+        cudaSetDevice(previous);
+    return st;
 }
 
 int rnngen_simplernn_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_simplernn_backward_args_f32 *args)
 {
     if (!args) return RNNGEN_ENULL;
-    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
-        int current = -1;
-        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+    int previous = -1;
+    if (ctx && ctx->device >= 0) {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n
+            || cudaGetDevice(&previous) != cudaSuccess)
+            return RNNGEN_ECTX;
+        if (previous == ctx->device)
+            previous = -1;
+        else if (cudaSetDevice(ctx->device) != cudaSuccess)
             return RNNGEN_ECTX;
     }
-    return backward_kernel<float>(ctx ? ctx->stream : NULL,
+    int st = backward_kernel<float>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,
         args->mask, args->w_W, args->w_U, args->w_b, args->save, args->dy,
         args->dstate_last, args->dx, args->dstate0, args->dw_W, args->dw_U, args->dw_b,
         args->work);
+    if (previous >= 0)
+        cudaSetDevice(previous);
+    return st;
 }
 
 /* ======================== double ======================== */
@@ -527,28 +573,46 @@ int rnngen_simplernn_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_simpl
 int rnngen_simplernn_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_simplernn_forward_args_f64 *args)
 {
     if (!args) return RNNGEN_ENULL;
-    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
-        int current = -1;
-        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+    int previous = -1;
+    if (ctx && ctx->device >= 0) {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n
+            || cudaGetDevice(&previous) != cudaSuccess)
+            return RNNGEN_ECTX;
+        if (previous == ctx->device)
+            previous = -1;
+        else if (cudaSetDevice(ctx->device) != cudaSuccess)
             return RNNGEN_ECTX;
     }
-    return forward_kernel<double>(ctx ? ctx->stream : NULL,
+    int st = forward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->x, args->mask,
         args->state0, args->w_W, args->w_U, args->w_b, args->y, args->state_last,
         args->save, args->work);
+    if (previous >= 0)
+        cudaSetDevice(previous);
+    return st;
 }
 
 int rnngen_simplernn_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_simplernn_backward_args_f64 *args)
 {
     if (!args) return RNNGEN_ENULL;
-    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */
-        int current = -1;
-        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)
+    int previous = -1;
+    if (ctx && ctx->device >= 0) {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n
+            || cudaGetDevice(&previous) != cudaSuccess)
+            return RNNGEN_ECTX;
+        if (previous == ctx->device)
+            previous = -1;
+        else if (cudaSetDevice(ctx->device) != cudaSuccess)
             return RNNGEN_ECTX;
     }
-    return backward_kernel<double>(ctx ? ctx->stream : NULL,
+    int st = backward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,
         args->mask, args->w_W, args->w_U, args->w_b, args->save, args->dy,
         args->dstate_last, args->dx, args->dstate0, args->dw_W, args->dw_U, args->dw_b,
         args->work);
+    if (previous >= 0)
+        cudaSetDevice(previous);
+    return st;
 }

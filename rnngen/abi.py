@@ -135,14 +135,26 @@ def c_entry(ir: CellIR, prefix: str, entry: str, suffix: str, backend: str,
     if backend == "c":
         ctx, lead = "rnngen_ctx", "ctx ? ctx->threads : 0"
         check = ["    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;"]
-    else:
+    else:   # the call runs on the context's device, then the caller's is current again
         ctx, lead = "rnngen_cuda_ctx", "ctx ? ctx->stream : NULL"
-        check = ["    if (ctx && ctx->device >= 0) {   /* the call's device must be the current one */",
-                 "        int current = -1;",
-                 "        if (cudaGetDevice(&current) != cudaSuccess || current != ctx->device)",
+        check = ["    int previous = -1;",
+                 "    if (ctx && ctx->device >= 0) {",
+                 "        int n = 0;",
+                 "        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n",
+                 "            || cudaGetDevice(&previous) != cudaSuccess)",
+                 "            return RNNGEN_ECTX;",
+                 "        if (previous == ctx->device)",
+                 "            previous = -1;",
+                 "        else if (cudaSetDevice(ctx->device) != cudaSuccess)",
                  "            return RNNGEN_ECTX;",
                  "    }"]
+    kernel = kernel or f"{entry}_kernel{suffix}"
+    if backend == "c":
+        run = [f"    return {kernel}({lead},", f"        {call});"]
+    else:
+        run = [f"    int st = {kernel}({lead},", f"        {call});",
+               "    if (previous >= 0)",
+               "        cudaSetDevice(previous);",
+               "    return st;"]
     return "\n".join([f"int {prefix}_{entry}{suffix}(const {ctx} *ctx, const {struct} *args)",
-                      "{", "    if (!args) return RNNGEN_ENULL;", *check,
-                      f"    return {kernel or entry + '_kernel' + suffix}({lead},",
-                      f"        {call});", "}"])
+                      "{", "    if (!args) return RNNGEN_ENULL;", *check, *run, "}"])

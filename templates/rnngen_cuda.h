@@ -22,7 +22,7 @@
 
 /* The last failure of this library, for <cell>_cuda_error(): what failed, where, and the
  * CUDA or cuBLAS error's name and meaning. */
-static char rnngen_cu_message[512];
+static thread_local char rnngen_cu_message[512];   /* per host thread, as the status */
 
 static inline int rnngen_cu_fail_cuda(cudaError_t e, const char *what, int line)
 {

@@ -10,7 +10,9 @@
  *   GPU rejects (0 or more than 1024 threads per block, a block or grid dimension out of
  *   range) with cudaErrorInvalidConfiguration, as a GPU does.  Kernels that need
  *   __syncthreads are not supported (rnngen's kernels have none).
- * - "Device" memory is host memory from malloc; copies are memcpy.  Streams are ignored
+ * - RNNGEN_EMU_DEVICES devices (2), a current one per host thread; a cuBLAS handle used
+ *   while another device is current fails.  "Device" memory is host memory from malloc;
+ *   copies are memcpy.  Streams are ignored
  *   (everything runs in order).
  * - cublasSgemm/cublasDgemm are mapped onto the CPU BLAS with cuBLAS's column-major
  *   semantics and cuBLAS's argument checks (CUBLAS_STATUS_INVALID_VALUE for a negative
@@ -52,6 +54,7 @@ enum cudaError_t {
     cudaErrorInvalidConfiguration = 9,
     cudaErrorInsufficientDriver = 35,
     cudaErrorNoDevice = 100,
+    cudaErrorInvalidDevice = 101,
 };
 typedef struct rnngen_emu_stream *cudaStream_t;
 enum cudaMemcpyKind {
@@ -59,7 +62,7 @@ enum cudaMemcpyKind {
     cudaMemcpyDeviceToDevice = 3, cudaMemcpyDefault = 4
 };
 
-static cudaError_t rnngen_emu_last = cudaSuccess;   /* sticky until cudaGetLastError */
+static thread_local cudaError_t rnngen_emu_last = cudaSuccess;   /* per host thread, until cudaGetLastError */
 static unsigned long long rnngen_emu_launches = 0;
 
 static inline const char *cudaGetErrorName(cudaError_t e)
@@ -71,6 +74,7 @@ static inline const char *cudaGetErrorName(cudaError_t e)
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     }
     return "cudaErrorUnknown";
 }
@@ -84,6 +88,7 @@ static inline const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
     }
     return "unknown error";
 }
@@ -95,8 +100,30 @@ static inline cudaError_t cudaGetLastError(void)
     return e;
 }
 static inline cudaError_t cudaPeekAtLastError(void) { return rnngen_emu_last; }
-static inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
-static inline cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
+/* RNNGEN_EMU_DEVICES devices (default 2, so that code for several GPUs runs here): each
+ * host thread has a current device, 0 at first, as in the runtime. */
+#ifndef RNNGEN_EMU_DEVICES
+#define RNNGEN_EMU_DEVICES 2
+#endif
+static thread_local int rnngen_emu_device = 0;
+static inline cudaError_t cudaGetDeviceCount(int *n)
+{
+    if (!n) return cudaErrorInvalidValue;
+    *n = RNNGEN_EMU_DEVICES;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaGetDevice(int *d)
+{
+    if (!d) return cudaErrorInvalidValue;
+    *d = rnngen_emu_device;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaSetDevice(int d)
+{
+    if (d < 0 || d >= RNNGEN_EMU_DEVICES) return cudaErrorInvalidDevice;
+    rnngen_emu_device = d;
+    return cudaSuccess;
+}
 static inline cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 
@@ -209,9 +236,10 @@ enum cublasStatus_t {
     CUBLAS_STATUS_NOT_INITIALIZED = 1,
     CUBLAS_STATUS_ALLOC_FAILED = 3,
     CUBLAS_STATUS_INVALID_VALUE = 7,
+    CUBLAS_STATUS_EXECUTION_FAILED = 13,
 };
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
-struct rnngen_emu_cublas { cudaStream_t stream; };
+struct rnngen_emu_cublas { cudaStream_t stream; int device; };   /* the device current at creation */
 typedef struct rnngen_emu_cublas *cublasHandle_t;
 
 static inline const char *cublasGetStatusName(cublasStatus_t s)
@@ -221,6 +249,7 @@ static inline const char *cublasGetStatusName(cublasStatus_t s)
     case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
     case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
     case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
     }
     return "CUBLAS_STATUS_UNKNOWN";
 }
@@ -231,13 +260,16 @@ static inline const char *cublasGetStatusString(cublasStatus_t s)
     case CUBLAS_STATUS_NOT_INITIALIZED: return "the library was not initialized";
     case CUBLAS_STATUS_ALLOC_FAILED: return "the resource allocation failed";
     case CUBLAS_STATUS_INVALID_VALUE: return "an invalid numeric value was used as an argument";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "the GPU program failed to execute";
     }
     return "unknown";
 }
 static inline cublasStatus_t cublasCreate(cublasHandle_t *h)
 {
     *h = (cublasHandle_t)std::calloc(1, sizeof(struct rnngen_emu_cublas));
-    return *h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
+    if (!*h) return CUBLAS_STATUS_ALLOC_FAILED;
+    (*h)->device = rnngen_emu_device;
+    return CUBLAS_STATUS_SUCCESS;
 }
 static inline cublasStatus_t cublasDestroy(cublasHandle_t h)
 {
@@ -258,6 +290,9 @@ static inline cublasStatus_t rnngen_emu_gemm_check(cublasHandle_t h, cublasOpera
                                                    int lda, int ldb, int ldc)
 {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    /* a handle belongs to the device that was current when it was made; a GPU would run
+     * the GEMM on that device's memory, or fail: here, always fail */
+    if (h->device != rnngen_emu_device) return CUBLAS_STATUS_EXECUTION_FAILED;
     const int arows = ta == CUBLAS_OP_N ? m : k, brows = tb == CUBLAS_OP_N ? k : n;
     if ((ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) || (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T)
         || m < 0 || n < 0 || k < 0 || lda < (arows > 1 ? arows : 1)

@@ -15,7 +15,7 @@ enum rnngen_status {
     RNNGEN_EMASK = -7,     /* backward got a mask and its forward none, or the reverse */
     RNNGEN_ECUDA = -8,     /* a CUDA runtime call or kernel launch failed (<cell>_cuda_error says which) */
     RNNGEN_ECUBLAS = -9,   /* a cuBLAS call failed (<cell>_cuda_error says which) */
-    RNNGEN_ECTX = -10      /* the context is wrong: threads < 0, or a device that is not the current one */
+    RNNGEN_ECTX = -10      /* the context is wrong: threads < 0, or a device that does not exist */
 };
 /* The context of a call on the C backend: threads > 0, this call's threads (at most one
  * per 16 hidden units); 0, the count <cell>_set_threads set, else OpenMP's.  A NULL
@@ -24,8 +24,9 @@ typedef struct rnngen_ctx {
     int threads;
 } rnngen_ctx;
 /* The context of a call on the CUDA backend: the stream every copy and kernel of the call
- * runs on (a cudaStream_t; NULL: the default stream) and the device it is for (-1: the
- * current one; else it must be the current one).  A NULL context is {NULL, -1}. */
+ * runs on (a cudaStream_t of that device; NULL: the default stream) and the device it runs
+ * on (-1: the current one; else that device is made current for the call and the caller's
+ * is current again after it).  A NULL context is {NULL, -1}. */
 typedef struct rnngen_cuda_ctx {
     void *stream;
     int device;

@@ -40,8 +40,8 @@ def test_both_headers_print_the_schema(name):
                 # the kernel behind it is called with every member, in order
                 kernel = {"c": f"{entry}_kernel{sfx}",
                           "rnngen_cuda_ctx": rf"{entry}_kernel<{'float' if sfx == '_f32' else 'double'}>"}
-                call = re.search(rf"return {kernel.get(ctx, kernel['c'])}\((.*?)\);", source,
-                                 re.S).group(1)
+                call = re.search(rf"(?:return|int st =) {kernel.get(ctx, kernel['c'])}\((.*?)\);",
+                                 source, re.S).group(1)
                 assert [a.strip() for a in call.split(",")][1:] == [f"args->{n}" for n in want]
 
 
@@ -94,18 +94,61 @@ def test_the_context_sets_the_calls_threads():
         k._check(outs[-1][0], "forward")
 
 
-def test_a_cuda_call_for_another_device_is_refused():
-    """The emulation has one device, 0: a context for device 1 gets RNNGEN_ECTX."""
+def test_a_cuda_call_runs_on_the_device_of_its_context(monkeypatch):
+    """The emulation has two devices.  A context for device 1 runs the call there (with
+    device 1's own cuBLAS handle: the emulated cuBLAS fails a GEMM on another device's
+    handle, so a handle shared by both devices would fail here) and leaves the caller's
+    device current; a device that does not exist gets RNNGEN_ECTX before any work."""
     k = lstm_kernel("cuda-emulated")
     x, ws, H = problem(k)
-    y, _, _ = k.forward(x, None, ws, H, False)       # the context of the current device
+    y, save, _ = k.forward(x, None, ws, H, True)     # the context of the current device
+    dy = np.random.default_rng(1).normal(size=y.shape)
+    dx, grads = k.backward(x, None, ws, save, dy, -1)[:2]
     real = k._context
-    k._context = lambda stream=0, device=-1: real(stream, 1)
-    with pytest.raises(KernelError, match="device that is not the current one"):
+    for device in (1, 0, 1):
+        monkeypatch.setattr(k, "_context", lambda stream=0, device=device: real(stream, device))
+        y1, save1, _ = k.forward(x, None, ws, H, True)
+        np.testing.assert_array_equal(y1, y)
+        dx1, grads1 = k.backward(x, None, ws, save1, dy, -1)[:2]
+        np.testing.assert_array_equal(dx1, dx)
+        for g1, g in zip(grads1, grads):
+            np.testing.assert_array_equal(g1, g)
+    monkeypatch.setattr(k, "_context", lambda stream=0, device=-1: real(stream, 2))
+    with pytest.raises(KernelError, match="device that does not exist"):
         k.forward(x, None, ws, H, False)
-    k._context = lambda stream=0, device=-1: real(stream, 0)
-    y0, _, _ = k.forward(x, None, ws, H, False)
-    np.testing.assert_array_equal(y0, y)
+
+
+def test_cuda_calls_from_several_threads_on_two_devices_agree(monkeypatch):
+    """Four host threads, two per emulated device, each calling forward and backward in a
+    loop (no Python lock: the library holds a lock per device while a call queues its
+    work, and each device has its own handle): every result equals the serial one."""
+    import threading
+    k = lstm_kernel("cuda-emulated")
+    x, ws, H = problem(k, B=5, T=6)
+    y, save, _ = k.forward(x, None, ws, H, True)
+    dy = np.random.default_rng(1).normal(size=y.shape)
+    dx = k.backward(x, None, ws, save, dy, -1)[0]
+    real, local = k._context, threading.local()
+    monkeypatch.setattr(k, "_context", lambda stream=0, device=-1: real(stream, local.device))
+    failures = []
+
+    def work(device):
+        local.device = device
+        try:
+            for _ in range(5):
+                y1, save1, _ = k.forward(x, None, ws, H, True)
+                dx1 = k.backward(x, None, ws, save1, dy, -1)[0]
+                np.testing.assert_array_equal(y1, y)
+                np.testing.assert_array_equal(dx1, dx)
+        except Exception as e:   # noqa: BLE001 (reported below)
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in (0, 1, 0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[0]
 
 
 @pytest.mark.parametrize("name", ["LSTM", "layernorm_lstm", "SimpleDeepRNN"])

@@ -2,7 +2,6 @@
 on numpy arrays (copied to the device and back) or on device arrays in place."""
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 
@@ -24,9 +23,6 @@ class CudaKernel(Kernel):
     def __init__(self, ir: CellIR, lib_path, runtime_header: str, cell_header: str):
         super().__init__(ir, lib_path, runtime_header, cell_header)
         self._check(self._fn("cuda_init")(), "cuda_init")
-        # one cuBLAS handle per library, whose stream each call sets: calls from several
-        # Python threads take turns
-        self._calls = threading.Lock()
 
     def _stream_ptr(self, stream: int):
         return self.ffi.cast("void *", stream) if stream else self.ffi.NULL
@@ -84,8 +80,7 @@ class CudaKernel(Kernel):
                 states_out: bool = False):
         """As Kernel.forward; x (and mask, weights, state0) may be device arrays: then y
         (and the final states) are DeviceArrays computed on x's stream."""
-        with self._calls:
-            return self._forward(x, mask, weights, H, training, save, out, state0, states_out)
+        return self._forward(x, mask, weights, H, training, save, out, state0, states_out)
 
     def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None,
                  dstates=None, state0_grad: bool = False):
@@ -93,9 +88,8 @@ class CudaKernel(Kernel):
         (the weight gradients are numpy arrays, like the weights).  Device arrays given as
         ``out`` (dx) and ``grads_out`` (every weight gradient) are written in place, on the
         stream, with no copy to the host and no wait; they are returned."""
-        with self._calls:
-            return self._backward(x, mask, weights, save, dy, truncate, out, grads_out,
-                                  dstates, state0_grad)
+        return self._backward(x, mask, weights, save, dy, truncate, out, grads_out,
+                              dstates, state0_grad)
 
     def _weights_in(self, weights, dtype):
         """The weights' device pointers (numpy weights copied up) and their shapes."""

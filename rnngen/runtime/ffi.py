@@ -22,8 +22,8 @@ STATUS = {
         "backward the mask of its forward",
     -8: "a CUDA call failed",
     -9: "a cuBLAS call failed",
-    -10: "the context is wrong: a negative number of threads, or a device that is not the "
-         "current one",
+    -10: "the context is wrong: a negative number of threads, or a device that does not "
+         "exist",
 }
 ECUDA, ECUBLAS = -8, -9
 
