@@ -1,7 +1,7 @@
 # rnngen: generate every spec in specs/, build the libraries, run the demo.
 PYTHON ?= python3
 
-.PHONY: all generate build check demo test fuzz asan bench bench-busy bench-gpu microbench clean wheel
+.PHONY: all generate build check demo test fuzz asan bench bench-busy bench-gpu gpu-check microbench clean wheel
 
 all: build demo
 
@@ -69,6 +69,13 @@ bench-busy: build
 # short session), --smoke (the whole code path on the CPU at tiny sizes: a test).
 bench-gpu:
 	$(PYTHON) benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
+
+# The one command for a session lent a GPU (docs/gpu-check.md): the gpu tests, a small
+# forward/backward under compute-sanitizer memcheck, racecheck and synccheck, and
+# bench-gpu --quick, each with a time limit (about 8 minutes on one H100), then one
+# summary; exits 2 without a GPU.  GPU_CHECK_ARGS: e.g. --out DIR (every step's log).
+gpu-check:
+	$(PYTHON) tests/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The micro-kernels against the BLAS at every x86 level the CPU runs (the BLAS held to the
 # same level), the single-row product's rate, the barrier's cost.

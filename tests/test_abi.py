@@ -94,18 +94,29 @@ def test_the_context_sets_the_calls_threads():
         k._check(outs[-1][0], "forward")
 
 
-def test_a_cuda_call_runs_on_the_device_of_its_context(monkeypatch):
+CUDA_BACKENDS = ["cuda-emulated", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def device_count(backend) -> int:
+    """The emulation's two devices (its "device" memory is host memory, reachable from
+    both); on a GPU one, the current device, where the Python runtime keeps its buffers."""
+    return 2 if backend == "cuda-emulated" else 1
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_a_cuda_call_runs_on_the_device_of_its_context(monkeypatch, backend):
     """The emulation has two devices.  A context for device 1 runs the call there (with
     device 1's own cuBLAS handle: the emulated cuBLAS fails a GEMM on another device's
     handle, so a handle shared by both devices would fail here) and leaves the caller's
     device current; a device that does not exist gets RNNGEN_ECTX before any work."""
-    k = lstm_kernel("cuda-emulated")
+    k = lstm_kernel(backend)
+    n = device_count(backend)
     x, ws, H = problem(k)
     y, save, _ = k.forward(x, None, ws, H, True)     # the context of the current device
     dy = np.random.default_rng(1).normal(size=y.shape)
     dx, grads = k.backward(x, None, ws, save, dy, -1)[:2]
     real = k._context
-    for device in (1, 0, 1):
+    for device in (1, 0, 1) if n > 1 else (0,):
         monkeypatch.setattr(k, "_context", lambda stream=0, device=device: real(stream, device))
         y1, save1, _ = k.forward(x, None, ws, H, True)
         np.testing.assert_array_equal(y1, y)
@@ -113,17 +124,19 @@ def test_a_cuda_call_runs_on_the_device_of_its_context(monkeypatch):
         np.testing.assert_array_equal(dx1, dx)
         for g1, g in zip(grads1, grads):
             np.testing.assert_array_equal(g1, g)
-    monkeypatch.setattr(k, "_context", lambda stream=0, device=-1: real(stream, 2))
+    monkeypatch.setattr(k, "_context", lambda stream=0, device=-1: real(stream, n))
     with pytest.raises(KernelError, match="device that does not exist"):
         k.forward(x, None, ws, H, False)
 
 
-def test_cuda_calls_from_several_threads_on_two_devices_agree(monkeypatch):
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_cuda_calls_from_several_threads_on_two_devices_agree(monkeypatch, backend):
     """Four host threads, two per emulated device, each calling forward and backward in a
     loop (no Python lock: the library holds a lock per device while a call queues its
     work, and each device has its own handle): every result equals the serial one."""
     import threading
-    k = lstm_kernel("cuda-emulated")
+    k = lstm_kernel(backend)
+    devices = (0, 1, 0, 1) if device_count(backend) > 1 else (0, 0, 0, 0)
     x, ws, H = problem(k, B=5, T=6)
     y, save, _ = k.forward(x, None, ws, H, True)
     dy = np.random.default_rng(1).normal(size=y.shape)
@@ -143,7 +156,7 @@ def test_cuda_calls_from_several_threads_on_two_devices_agree(monkeypatch):
         except Exception as e:   # noqa: BLE001 (reported below)
             failures.append(e)
 
-    threads = [threading.Thread(target=work, args=(d,)) for d in (0, 1, 0, 1)]
+    threads = [threading.Thread(target=work, args=(d,)) for d in devices]
     for t in threads:
         t.start()
     for t in threads:

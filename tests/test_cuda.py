@@ -22,6 +22,15 @@ CELLS = ["SimpleRNN", "SimpleDeepRNN", "GRU", "LSTM", "JZS1", "JZS2", "JZS3"]
 B, T, D, H = 3, 7, 4, 5
 
 
+def _has_gpu() -> bool:
+    try:
+        from rnngen.backends import check_cuda
+        check_cuda()
+        return True
+    except Exception:   # noqa: BLE001 - any reason the GPU backend cannot run
+        return False
+
+
 def _user_cells(tmp):
     p = Path(tmp) / "odd.yaml"
     p.write_text(ODD)
@@ -454,3 +463,22 @@ def test_launches_over_several_os_threads_at_ragged_sizes_agree_with_c(name, B, 
         out.append([y, layer.backward(dy)] + [g.copy() for g in layer.grads])
     for a, b in zip(*out):
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+
+
+# -- the GPU command (make gpu-check) -----------------------------------------------------
+def test_the_sanitizers_program_agrees_with_c_in_the_emulation():
+    """tests/gpu_small.py, which `make gpu-check` runs under compute-sanitizer, run here on
+    the emulation: every cell and dtype agrees with C and it exits 0."""
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "gpu_small.py"), "--backend",
+                        "cuda-emulated"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("(ok)") == 6 and "MISMATCH" not in r.stdout
+
+
+@pytest.mark.skipif(_has_gpu(), reason="a GPU is here: make gpu-check would run it all")
+def test_gpu_check_without_a_gpu_says_so_and_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "gpu_check.py"), "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no usable GPU here" in r.stderr and "backend='cuda'" in r.stdout
+    assert (tmp_path / "environment.log").is_file()
