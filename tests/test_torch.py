@@ -594,6 +594,29 @@ def test_the_cuda_path_on_the_cuda_emulation(monkeypatch):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
+def test_a_cuda_training_loop_allocates_nothing_outside_torch(monkeypatch):
+    """Issue 21: through rnngen.torch the CUDA kernels' outputs, final states, dstate0,
+    save buffer and scratch are all torch tensors (its caching allocator, on x's stream):
+    in a training loop with initial and final states, no call allocates device memory of
+    its own (counted on the emulation: every cuda_alloc goes through DeviceBuffer)."""
+    from rnngen.runtime import arrays
+    monkeypatch.setitem(rt._BACKENDS, "cpu", "cuda-emulated")
+    m = rt.Recurrent("LSTM", D, H, return_sequences=True, return_state=True, seed=1,
+                     dtype=torch.float64)
+    x, mask = problem()
+    allocs = []
+    real = arrays.DeviceBuffer.__init__
+    monkeypatch.setattr(arrays.DeviceBuffer, "__init__",
+                        lambda self, k, n: (allocs.append(n), real(self, k, n))[1])
+    s0 = [s.detach().clone().requires_grad_(True) for s in states(m)]
+    for _ in range(3):
+        y, h, c = m(x.clone().requires_grad_(True), mask, s0)
+        (y.sum() + (h * h).sum() + c.sum()).backward()
+    assert type(rt._kernel(m._key, "cpu")).__name__ == "CudaKernel"
+    assert allocs == []
+    assert s0[0].grad is not None and s0[1].grad is not None
+
+
 # -- CUDA (a GPU only) -------------------------------------------------------------------------
 @pytest.mark.gpu
 def test_cuda_tensors_agree_with_cpu():
@@ -612,6 +635,27 @@ def test_cuda_tensors_agree_with_cpu():
     gpu = [y.detach(), xg.grad] + [p.grad for p in m.parameters()]
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_a_cuda_training_loop_has_no_host_sync():
+    """Issue 21: the steady state of a training loop through rnngen.torch (a bool mask,
+    initial and final states) makes no call that waits for the GPU."""
+    m = rt.Recurrent("LSTM", D, H, return_sequences=True, return_state=True, seed=1,
+                     dtype=torch.float32).cuda()
+    x, mask = problem(torch.float32)
+    x, mask = x.cuda(), mask.cuda().bool()
+    s0 = [s.detach().cuda().float().requires_grad_(True) for s in states(m)]
+    for step in range(3):
+        if step >= 1:   # after the first call (which may compile and cache)
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            y, h, c = m(x, mask, s0)
+            (y.sum() + (h * h).sum() + c.sum()).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(s0[0].grad).all()
 
 
 def test_outputs_are_never_written_where_the_caller_can_still_reach():

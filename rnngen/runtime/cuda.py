@@ -77,19 +77,36 @@ class CudaKernel(Kernel):
         return arr
 
     def forward(self, x, mask, weights, H, training: bool, save=None, out=None, state0=None,
-                states_out: bool = False):
+                states_out: bool = False, states_into=None, work=None):
         """As Kernel.forward; x (and mask, weights, state0) may be device arrays: then y
-        (and the final states) are DeviceArrays computed on x's stream."""
-        return self._forward(x, mask, weights, H, training, save, out, state0, states_out)
+        (and the final states) are DeviceArrays computed on x's stream.  With device
+        inputs, a framework's own device memory can take the results and the scratch, so
+        that the call allocates nothing: ``out`` (y [B,T,H]), ``states_into`` (the final
+        states [S,B,H], with ``states_out``) and ``work`` (at least sizes()[1] elements of
+        x's dtype); each is written in place and returned where it is a result."""
+        return self._forward(x, mask, weights, H, training, save, out, state0, states_out,
+                             states_into, work)
 
     def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None,
-                 dstates=None, state0_grad: bool = False):
+                 dstates=None, state0_grad: bool = False, state0_grad_into=None, work=None):
         """As Kernel.backward; with a device x or dy, dx (and dstate0) are DeviceArrays
         (the weight gradients are numpy arrays, like the weights).  Device arrays given as
-        ``out`` (dx) and ``grads_out`` (every weight gradient) are written in place, on the
-        stream, with no copy to the host and no wait; they are returned."""
+        ``out`` (dx), ``grads_out`` (every weight gradient) and ``state0_grad_into``
+        (dstate0 [S,B,H]) are written in place, on the stream, with no copy to the host
+        and no wait; they are returned.  ``work``: as forward's."""
         return self._backward(x, mask, weights, save, dy, truncate, out, grads_out,
-                              dstates, state0_grad)
+                              dstates, state0_grad, state0_grad_into, work)
+
+    def _work(self, work, n_work: int, dtype):
+        """The scratch: a given device array of at least n_work elements of dtype, or this
+        thread's buffer kept between calls."""
+        if work is None or not is_device_array(work):
+            return self._device("work", n_work * dtype.itemsize).ptr
+        v = DeviceView.of(work, "work")
+        if v.dtype != dtype or int(np.prod(v.shape)) < n_work:
+            raise ValueError(f"work on the device has {int(np.prod(v.shape))} elements of "
+                             f"{v.dtype}, expected at least {n_work} of {np.dtype(dtype)}")
+        return self.ffi.cast("void *", v.ptr)
 
     def _weights_in(self, weights, dtype):
         """The weights' device pointers (numpy weights copied up) and their shapes."""
@@ -118,7 +135,8 @@ class CudaKernel(Kernel):
         a = np.empty(shape, dtype)
         return a, self._device(role, a.nbytes).ptr
 
-    def _forward(self, x, mask, weights, H, training, save, out, state0, states_out):
+    def _forward(self, x, mask, weights, H, training, save, out, state0, states_out,
+                 states_into=None, work=None):
         dev = is_device_array(x)
         xv = DeviceView.of(x, "x") if dev else None
         B, T, D = xv.shape if dev else x.shape
@@ -143,13 +161,18 @@ class CudaKernel(Kernel):
             y = _fit(out, (B, T, H), dtype)
             yptr = self._device("y", y.nbytes).ptr
         S = self.nstates
-        last, lastptr = self._result("last", dev, (S, B, H), dtype, stream) if states_out \
-            else (None, self.ffi.NULL)
+        lastptr = self._given(states_into, "states_into", (S, B, H), dtype) \
+            if dev and states_out else None
+        if lastptr is not None:
+            last = states_into
+        else:
+            last, lastptr = self._result("last", dev, (S, B, H), dtype, stream) if states_out \
+                else (None, self.ffi.NULL)
         values = dict(T=T, B=B, D=D, H=H, x=self._in("x", x, (B, T, D), dtype),
                       mask=self._in("mask", mask, (B, T), np.uint8),
                       state0=self._in("state0", state0, (S, B, H), dtype), y=yptr,
                       state_last=lastptr, save=save.ptr if save is not None else self.ffi.NULL,
-                      work=self._device("work", n_work * dtype.itemsize).ptr)
+                      work=self._work(work if dev else None, n_work, dtype))
         values.update((f"w_{w.name}", p) for w, p in zip(self.ir.weights, ws))
         self._check(self._call("forward", sfx, self._context(stream), values), "forward")
         if not dev:
@@ -159,7 +182,7 @@ class CudaKernel(Kernel):
         return y, save, last
 
     def _backward(self, x, mask, weights, save, dy, truncate, out, grads_out, dstates,
-                  state0_grad):
+                  state0_grad, state0_grad_into=None, work=None):
         xv = DeviceView.of(x, "x") if is_device_array(x) else None
         dyv = DeviceView.of(dy, "dy") if is_device_array(dy) else None
         dev = xv is not None or dyv is not None
@@ -195,14 +218,19 @@ class CudaKernel(Kernel):
         dgs = gptrs if on_device else [self._device(f"dw{i}", g.nbytes).ptr
                                        for i, g in enumerate(grads)]
         S = self.nstates
-        d0, d0ptr = self._result("dstate0", dev, (S, B, H), dtype, stream) if state0_grad \
-            else (None, self.ffi.NULL)
+        d0ptr = self._given(state0_grad_into, "state0_grad_into", (S, B, H), dtype) \
+            if dev and state0_grad else None
+        if d0ptr is not None:
+            d0 = state0_grad_into
+        else:
+            d0, d0ptr = self._result("dstate0", dev, (S, B, H), dtype, stream) if state0_grad \
+                else (None, self.ffi.NULL)
         values = dict(T=T, B=B, D=D, H=H, truncate=int(truncate),
                       x=self._in("x", x, (B, T, D), dtype),
                       mask=self._in("mask", mask, (B, T), np.uint8), save=save.ptr,
                       dy=self._in("dy", dy, (B, T, H), dtype),
                       dstate_last=self._in("dstates", dstates, (S, B, H), dtype), dx=dxptr,
-                      dstate0=d0ptr, work=self._device("work", n_work * dtype.itemsize).ptr)
+                      dstate0=d0ptr, work=self._work(work if dev else None, n_work, dtype))
         for w, p, g in zip(self.ir.weights, ws, dgs):
             values[f"w_{w.name}"], values[f"dw_{w.name}"] = p, g
         self._check(self._call("backward", sfx, self._context(stream), values), "backward")

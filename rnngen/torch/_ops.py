@@ -162,38 +162,39 @@ def _buffer(k, t: torch.Tensor) -> DeviceBuffer:
     return DeviceBuffer.over(k, _OnStream(t))
 
 
-def _tensor_on(a, device) -> torch.Tensor:
-    """A tensor on ``device`` from a DeviceArray the CUDA kernels made (the final states
-    and their gradients: read in place on a GPU through its __cuda_array_interface__; on
-    the CPU, the emulation, copied out with its get())."""
-    if device.type == "cpu":
-        return torch.from_numpy(a.get())
-    return torch.as_tensor(a, device=device)
-
 
 def _forward_cuda(k, x, mask, state0, weights, H, training, states_out):
-    """y and save are torch's own tensors, which the kernels write in place."""
+    """y, save, the final states and the scratch are torch's own tensors (from its caching
+    allocator, on x's stream), which the kernels write in place: the call allocates no
+    device memory of its own."""
     B, T, D = x.shape
-    save = torch.empty(k.sizes(T, B, D, H)[0] if training else 0, dtype=x.dtype,
-                       device=x.device)
+    n_save, n_work = k.sizes(T, B, D, H)
+    save = torch.empty(n_save if training else 0, dtype=x.dtype, device=x.device)
     y = torch.empty((B, T, H), dtype=x.dtype, device=x.device)
-    _, _, last = k.forward(_dev(x), _dev(mask), [_dev(w) for w in weights], H, training,
-                           save=_buffer(k, save) if training else None, out=_OnStream(y),
-                           state0=_dev(state0), states_out=states_out)
-    last = _tensor_on(last, x.device) if states_out else _empty_states(x)
+    last = torch.empty((k.nstates, B, H), dtype=x.dtype, device=x.device) if states_out \
+        else _empty_states(x)
+    work = torch.empty(n_work, dtype=x.dtype, device=x.device)
+    k.forward(_dev(x), _dev(mask), [_dev(w) for w in weights], H, training,
+              save=_buffer(k, save) if training else None, out=_OnStream(y),
+              state0=_dev(state0), states_out=states_out,
+              states_into=_OnStream(last) if states_out else None, work=_OnStream(work))
     return y, save, last
 
 
 def _backward_cuda(k, x, mask, state0, weights, save, dy, dlast, truncate, state0_grad):
-    """dx and the weight gradients are torch's own tensors, written in place on torch's
-    stream (nothing goes through the host)."""
+    """dx, the weight gradients, dstate0 and the scratch are torch's own tensors, written
+    in place on torch's stream (nothing goes through the host, nothing is allocated
+    outside torch's allocator)."""
+    B, T, D = x.shape
     dx = torch.empty_like(x)
     grads = [torch.empty(w.shape, dtype=x.dtype, device=x.device) for w in weights]
-    _, _, ds0 = k.backward(
-        _dev(x), _dev(mask), [_dev(w) for w in weights], _buffer(k, save.contiguous()),
-        _dev(dy), truncate, out=_OnStream(dx), grads_out=[_OnStream(g) for g in grads],
-        dstates=_dev(dlast), state0_grad=state0_grad)
-    ds0 = _tensor_on(ds0, x.device) if state0_grad else _empty_states(x)
+    ds0 = torch.empty((k.nstates, B, dy.shape[2]), dtype=x.dtype, device=x.device) \
+        if state0_grad else _empty_states(x)
+    work = torch.empty(k.sizes(T, B, D, dy.shape[2])[1], dtype=x.dtype, device=x.device)
+    k.backward(_dev(x), _dev(mask), [_dev(w) for w in weights], _buffer(k, save.contiguous()),
+               _dev(dy), truncate, out=_OnStream(dx), grads_out=[_OnStream(g) for g in grads],
+               dstates=_dev(dlast), state0_grad=state0_grad,
+               state0_grad_into=_OnStream(ds0) if state0_grad else None, work=_OnStream(work))
     return [dx, ds0] + grads
 
 
