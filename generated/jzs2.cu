@@ -189,31 +189,7 @@ struct rnngen_jzs2_frame {
     R *d_h_new;
 };
 
-/* forward, phase 0 of step t: one thread per (sample, unit) */
-template <typename R>
-static __global__ void rnngen_jzs2_fwd0(const rnngen_jzs2_frame<R> F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
-    const int B = F.B;
-    const int H = F.H;
-    const int save = F.save;
-    const int Teff = F.Teff;
-    const size_t BH = (size_t)B * H;
-    const size_t LDSL = F.LDSL;
-    const size_t STEPSL = F.STEPSL;
-    R *SL = F.SL;
-    R *L_h_1 = F.L_h_1;
-    const size_t bj = (size_t)b * H + j;
-    const size_t bs = (size_t)b * LDSL + j;
-    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-    s_h_prev[bs] = L_h_1[bj];
-}
-
-/* forward, phase 1 of step t: one thread per (sample, unit) */
+/* forward, phase 1 of step t (and phase 0: the states into their slots): one thread per (sample, unit) */
 template <typename R>
 static __global__ void rnngen_jzs2_fwd1(const rnngen_jzs2_frame<R> F, const int t)
 {
@@ -244,8 +220,10 @@ static __global__ void rnngen_jzs2_fwd1(const rnngen_jzs2_frame<R> F, const int 
     const size_t bj = (size_t)b * H + j;
     const size_t bs = (size_t)b * LDSL + j;
     const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
     R *s_r = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(r_sum) */
     R *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
+    s_h_prev[bs] = L_h_1[bj];
     const R v_x_pmat = XW[rx * LDXW + OFFW + 1 * nU + j];
     const R v_b_r = w_b_r[j];
     const R v_x_pmat_plus_b_r = v_x_pmat + v_b_r;
@@ -589,10 +567,8 @@ static int forward_kernel(
 
     for (int t = 0; t < T; t++) {
         const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         R *s_r_times_h_prev = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
-        RNNGEN_CU_LAUNCH(rnngen_jzs2_fwd0<R>, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, L_h_1, (size_t)H, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_jzs2_fwd1<R>, grid, block, cs, F, t);
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_r_times_h_prev, H, (R)1, s_r_times_h_prev, LDSL, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (R)0, S_g_r_times_h_prev, LDS_g_r_times_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_jzs2_fwd2<R>, grid, block, cs, F, t);
@@ -720,7 +696,6 @@ static int backward_kernel(
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(R), cs));
 
     for (int t = T - 1; t >= t0; t--) {
-
         RNNGEN_CU_LAUNCH(rnngen_jzs2_bwd2<R>, grid, block, cs, F, t);
         /* dr_times_h_prev = dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_r_times_h_prev, (R)1, dS_g_r_times_h_prev + (size_t)t * DST * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (R)0, d_r_times_h_prev, (size_t)H));

@@ -651,12 +651,11 @@ static int forward_kernel(
 
     for (int t = 0; t < T; t++) {
         const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
         R *s_tanh_h_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(h_prev) */
         R *s_r_times_h_prev = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* r * h_prev */
         RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd0<R>, grid, block, cs, F, t);
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_tanh_h_prev, H, (R)1, s_tanh_h_prev, LDSL, Ucat_g_tanh_h_prev, LDS_g_tanh_h_prev, (R)0, S_g_tanh_h_prev, LDS_g_tanh_h_prev));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, L_h_1, (size_t)H, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd1<R>, grid, block, cs, F, t);
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_r_times_h_prev, H, (R)1, s_r_times_h_prev, LDSL, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (R)0, S_g_r_times_h_prev, LDS_g_r_times_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_jzs3_fwd2<R>, grid, block, cs, F, t);
@@ -794,7 +793,6 @@ static int backward_kernel(
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(R), cs));
 
     for (int t = T - 1; t >= t0; t--) {
-
         RNNGEN_CU_LAUNCH(rnngen_jzs3_bwd2<R>, grid, block, cs, F, t);
         /* dr_times_h_prev = dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_r_times_h_prev, (R)1, dS_g_r_times_h_prev + (size_t)t * DST * LDS_g_r_times_h_prev, DSB * LDS_g_r_times_h_prev, Ucat_g_r_times_h_prev, LDS_g_r_times_h_prev, (R)0, d_r_times_h_prev, (size_t)H));

@@ -186,34 +186,7 @@ struct rnngen_lstm_frame {
     R *d_h_new;
 };
 
-/* forward, phase 0 of step t: one thread per (sample, unit) */
-template <typename R>
-static __global__ void rnngen_lstm_fwd0(const rnngen_lstm_frame<R> F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
-    const int B = F.B;
-    const int H = F.H;
-    const int save = F.save;
-    const int Teff = F.Teff;
-    const size_t BH = (size_t)B * H;
-    const size_t LDSL = F.LDSL;
-    const size_t STEPSL = F.STEPSL;
-    R *SL = F.SL;
-    R *L_h_1 = F.L_h_1;
-    R *L_c_1 = F.L_c_1;
-    const size_t bj = (size_t)b * H + j;
-    const size_t bs = (size_t)b * LDSL + j;
-    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-    R *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
-    s_h_prev[bs] = L_h_1[bj];
-    if (save) s_c_prev[bs] = L_c_1[bj];
-}
-
-/* forward, phase 1 of step t: one thread per (sample, unit) */
+/* forward, phase 1 of step t (and phase 0: the states into their slots): one thread per (sample, unit) */
 template <typename R>
 static __global__ void rnngen_lstm_fwd1(const rnngen_lstm_frame<R> F, const int t)
 {
@@ -251,11 +224,15 @@ static __global__ void rnngen_lstm_fwd1(const rnngen_lstm_frame<R> F, const int 
     const size_t bj = (size_t)b * H + j;
     const size_t bs = (size_t)b * LDSL + j;
     const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
+    R *s_c_prev = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* c */
     R *s_i = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(i_sum) */
     R *s_f = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(f_sum) */
     R *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
     R *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
     R *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
+    s_h_prev[bs] = L_h_1[bj];
+    if (save) s_c_prev[bs] = L_c_1[bj];
     const R v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
     const R v_b_i = w_b_i[j];
     const R v_x_w_i_plus_b_i = v_x_w_i + v_b_i;
@@ -532,10 +509,7 @@ static int forward_kernel(
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (R)1, x, (size_t)D, Wcat, LDXW, (R)0, XW, LDXW));
 
     for (int t = 0; t < T; t++) {
-        const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        RNNGEN_CU_LAUNCH(rnngen_lstm_fwd0<R>, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, L_h_1, (size_t)H, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_lstm_fwd1<R>, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -670,7 +644,6 @@ static int backward_kernel(
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(R), cs));
 
     for (int t = T - 1; t >= t0; t--) {
-
         RNNGEN_CU_LAUNCH(rnngen_lstm_bwd1<R>, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (R)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (R)1, dL_h_1, (size_t)H));

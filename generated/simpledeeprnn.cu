@@ -196,37 +196,7 @@ struct rnngen_simpledeeprnn_frame {
     R *d_h_new;
 };
 
-/* forward, phase 0 of step t: one thread per (sample, unit) */
-template <typename R>
-static __global__ void rnngen_simpledeeprnn_fwd0(const rnngen_simpledeeprnn_frame<R> F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
-    const int B = F.B;
-    const int H = F.H;
-    const int save = F.save;
-    const int Teff = F.Teff;
-    const size_t BH = (size_t)B * H;
-    const size_t LDSL = F.LDSL;
-    const size_t STEPSL = F.STEPSL;
-    R *SL = F.SL;
-    R *L_h_1 = F.L_h_1;
-    R *L_h_2 = F.L_h_2;
-    R *L_h_3 = F.L_h_3;
-    const size_t bj = (size_t)b * H + j;
-    const size_t bs = (size_t)b * LDSL + j;
-    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-    R *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-    R *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-    s_h_prev[bs] = L_h_1[bj];
-    s_h_lag2[bs] = L_h_2[bj];
-    s_h_lag3[bs] = L_h_3[bj];
-}
-
-/* forward, phase 1 of step t: one thread per (sample, unit) */
+/* forward, phase 1 of step t (and phase 0: the states into their slots): one thread per (sample, unit) */
 template <typename R>
 static __global__ void rnngen_simpledeeprnn_fwd1(const rnngen_simpledeeprnn_frame<R> F, const int t)
 {
@@ -269,10 +239,16 @@ static __global__ void rnngen_simpledeeprnn_fwd1(const rnngen_simpledeeprnn_fram
     const size_t bj = (size_t)b * H + j;
     const size_t bs = (size_t)b * LDSL + j;
     const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
     R *s_h_hard_sigmoid = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_prev_u_1) */
+    R *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
     R *s_h_hard_sigmoid_2 = SL + 3 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag2_u_2) */
+    R *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
     R *s_h_hard_sigmoid_3 = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(h_lag3_u_3) */
     R *s_sigmoid_h_sum_2 = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum_2) */
+    s_h_prev[bs] = L_h_1[bj];
+    s_h_lag2[bs] = L_h_2[bj];
+    s_h_lag3[bs] = L_h_3[bj];
     const R v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const R v_b = w_b[j];
     const R v_x_w_plus_b = v_x_w + v_b;
@@ -511,14 +487,9 @@ static int forward_kernel(
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (R)1, x, (size_t)D, Wcat, LDXW, (R)0, XW, LDXW));
 
     for (int t = 0; t < T; t++) {
-        const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        R *s_h_lag2 = SL + 2 * (size_t)Teff * BH + ts * STEPSL;  /* h[-2] */
-        R *s_h_lag3 = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* h[-3] */
-        RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd0<R>, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag2, H, (R)1, s_h_lag2, LDSL, Ucat_g_h_lag2, LDS_g_h_lag2, (R)0, S_g_h_lag2, LDS_g_h_lag2));
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag3, H, (R)1, s_h_lag3, LDSL, Ucat_g_h_lag3, LDS_g_h_lag3, (R)0, S_g_h_lag3, LDS_g_h_lag3));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, L_h_1, (size_t)H, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag2, H, (R)1, L_h_2, (size_t)H, Ucat_g_h_lag2, LDS_g_h_lag2, (R)0, S_g_h_lag2, LDS_g_h_lag2));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_lag3, H, (R)1, L_h_3, (size_t)H, Ucat_g_h_lag3, LDS_g_h_lag3, (R)0, S_g_h_lag3, LDS_g_h_lag3));
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_fwd1<R>, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -646,7 +617,6 @@ static int backward_kernel(
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(R), cs));
 
     for (int t = T - 1; t >= t0; t--) {
-
         RNNGEN_CU_LAUNCH(rnngen_simpledeeprnn_bwd1<R>, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (R)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (R)1, dL_h_1, (size_t)H));

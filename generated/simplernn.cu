@@ -178,31 +178,7 @@ struct rnngen_simplernn_frame {
     R *d_h_new;
 };
 
-/* forward, phase 0 of step t: one thread per (sample, unit) */
-template <typename R>
-static __global__ void rnngen_simplernn_fwd0(const rnngen_simplernn_frame<R> F, const int t)
-{
-    const int j = (int)(blockIdx.x * blockDim.x + threadIdx.x);   /* hidden unit */
-    const int b = (int)(blockIdx.y * blockDim.y + threadIdx.y);   /* sample */
-    if (j >= F.H || b >= F.B) return;
-    /* the frame, under the names the statements use (unit j of product block k: column k*H + j) */
-    const int B = F.B;
-    const int H = F.H;
-    const int save = F.save;
-    const int Teff = F.Teff;
-    const size_t BH = (size_t)B * H;
-    const size_t LDSL = F.LDSL;
-    const size_t STEPSL = F.STEPSL;
-    R *SL = F.SL;
-    R *L_h_1 = F.L_h_1;
-    const size_t bj = (size_t)b * H + j;
-    const size_t bs = (size_t)b * LDSL + j;
-    const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-    s_h_prev[bs] = L_h_1[bj];
-}
-
-/* forward, phase 1 of step t: one thread per (sample, unit) */
+/* forward, phase 1 of step t (and phase 0: the states into their slots): one thread per (sample, unit) */
 template <typename R>
 static __global__ void rnngen_simplernn_fwd1(const rnngen_simplernn_frame<R> F, const int t)
 {
@@ -236,7 +212,9 @@ static __global__ void rnngen_simplernn_fwd1(const rnngen_simplernn_frame<R> F, 
     const size_t bj = (size_t)b * H + j;
     const size_t bs = (size_t)b * LDSL + j;
     const size_t ts = save ? (size_t)t : (size_t)(t & 1);
+    R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
     R *s_sigmoid_h_sum = SL + 1 * (size_t)Teff * BH + ts * STEPSL;  /* sigmoid(h_sum) */
+    s_h_prev[bs] = L_h_1[bj];
     const R v_x_w = XW[rx * LDXW + OFFW + 0 * nU + j];
     const R v_b = w_b[j];
     const R v_x_w_plus_b = v_x_w + v_b;
@@ -392,10 +370,7 @@ static int forward_kernel(
     RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B * T, (int)LDXW, D, (R)1, x, (size_t)D, Wcat, LDXW, (R)0, XW, LDXW));
 
     for (int t = 0; t < T; t++) {
-        const size_t ts = save ? (size_t)t : (size_t)(t & 1);
-        R *s_h_prev = SL + 0 * (size_t)Teff * BH + ts * STEPSL;  /* h */
-        RNNGEN_CU_LAUNCH(rnngen_simplernn_fwd0<R>, grid, block, cs, F, t);
-        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, s_h_prev, LDSL, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
+        RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_N, B, (int)LDS_g_h_prev, H, (R)1, L_h_1, (size_t)H, Ucat_g_h_prev, LDS_g_h_prev, (R)0, S_g_h_prev, LDS_g_h_prev));
         RNNGEN_CU_LAUNCH(rnngen_simplernn_fwd1<R>, grid, block, cs, F, t);
     }
     if (state_last) {   /* every state after the last real step */
@@ -493,7 +468,6 @@ static int backward_kernel(
     RNNGEN_CU(cudaMemsetAsync(dVec, 0, (size_t)NVEC * BH * sizeof(R), cs));
 
     for (int t = T - 1; t >= t0; t--) {
-
         RNNGEN_CU_LAUNCH(rnngen_simplernn_bwd1<R>, grid, block, cs, F, t);
         /* dh_prev += dS @ [U...]^T */
         RNNGEN_CUBLAS(rnngen_gemm(rnngen_handle, RNNGEN_N, RNNGEN_T, B, H, (int)LDS_g_h_prev, (R)1, dS_g_h_prev + (size_t)t * DST * LDS_g_h_prev, DSB * LDS_g_h_prev, Ucat_g_h_prev, LDS_g_h_prev, (R)1, dL_h_1, (size_t)H));

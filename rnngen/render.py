@@ -208,8 +208,8 @@ def used_only(decls: str, body: str, defines: str = "") -> str:
     """The lines of ``decls`` that ``body`` needs: a declaration of one name (``const R *x =
     F.x;``) is kept where the body, or a line kept after it, reads the name (through the
     ``#define`` lines of ``defines`` too), without [[maybe_unused]]; any other non-blank
-    line is kept as it is.  So a kernel's prologue declares only what its statements use,
-    and nothing needs marking as possibly unused."""
+    line is kept as it is (each kept line ends with a newline).  So a kernel's prologue
+    declares only what its statements use, and nothing needs marking as possibly unused."""
     macros = {}
     for line in defines.split("\n"):
         m = re.match(r"\s*#define\s+([A-Za-z_]\w*)(.*)$", line)
@@ -237,7 +237,8 @@ def used_only(decls: str, body: str, defines: str = "") -> str:
         if m and m.group(1) in words:
             keep[i] = True
             read(m.group(2))
-    return "\n".join(line.replace("[[maybe_unused]] ", "") for line, k in zip(lines, keep) if k)
+    kept = [line.replace("[[maybe_unused]] ", "") for line, k in zip(lines, keep) if k]
+    return "".join(line + "\n" for line in kept)
 
 
 @lru_cache(maxsize=None)
@@ -301,6 +302,18 @@ def cuda_layout(ir: CellIR, **choices) -> Layout:
     return compute_layout(ir, share_lags=False, **choices)
 
 
+def cuda_folds_phase0(prog) -> bool:
+    """Whether forward's phase 0 only copies states into their slots (``s_h_prev[bs] =
+    L_h_1[bj]``): then the CUDA frame runs those copies at the top of phase 1's kernel
+    and phase 1's GEMMs read the state registers themselves (the same values), one launch
+    per step fewer."""
+    fwd = prog.forward
+    return (len(fwd) > 1 and bool(fwd[0].body) and bool(fwd[1].body) and not fwd[0].gemms
+            and all(isinstance(st, P.Set) and isinstance(st.target, P.Access)
+                    and st.target.kind == "slot" and isinstance(st.value, P.Load)
+                    and st.value.access.kind == "state" for st in fwd[0].body))
+
+
 def render_cuda(ir: CellIR, source_name: str, layout: Layout = None,
                 schedule: Schedule = Schedule()) -> tuple[str, str]:
     """Return (header text, CUDA source text) for the cell: <name>_cuda.h and <name>.cu.
@@ -315,5 +328,6 @@ def render_cuda(ir: CellIR, source_name: str, layout: Layout = None,
     ctx = _context(ir, layout, source_name, CUDA_DIALECTS,
                    f"{ir.name}_cuda.h", Schedule())
     ctx["generic"] = Renderer(CUDA_R)
+    ctx["fold0"] = cuda_folds_phase0(ctx["prog"])
     return (env.get_template("cell.cuh.j2").render(**ctx),
             env.get_template("cell.cu.j2").render(**ctx))

@@ -482,3 +482,15 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_2(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "no usable GPU here" in r.stderr and "backend='cuda'" in r.stdout
     assert (tmp_path / "environment.log").is_file()
+
+
+def test_the_lstm_takes_two_launches_per_step_each_way():
+    """Issue 21's target: per step, the LSTM's forward is one GEMM and one kernel (phase 0,
+    the states into their slots, runs at the top of phase 1's kernel; the GEMM reads the
+    state register) and its backward one kernel and one GEMM."""
+    source = (GENERATED / "lstm.cu").read_text()
+    loops = re.findall(r"\n    for \(int t = .*?\n    \}\n", source, re.S)
+    assert len(loops) == 2                                  # forward, backward (one dtype)
+    for loop in loops:
+        assert len(re.findall(r"RNNGEN_CU_LAUNCH|RNNGEN_CUBLAS", loop)) == 2, loop
+    assert "rnngen_lstm_fwd0" not in source
