@@ -25,7 +25,7 @@ from typing import Optional, Union
 
 from .expr import unparse
 from .functions import FUNCTIONS
-from .ir import CellIR, Group, Node, c_name
+from .ir import CellIR, Group, Node
 from .layout import Layout
 
 
@@ -567,13 +567,13 @@ class _Lowering:
             held = Load(dstate(s, 1))
             if s == ir.output:
                 held = Bin("+", held, dy)
-            pre.append(Let(f"a_{c_name(s)}", held))
+            pre.append(Let(f"a_{s}", held))
             for k in range(1, ir.lags[s] + 1):
                 inits[dstate(s, k)] = (Load(dstate(s, k + 1)) if k < ir.lags[s] else Lit(0.0))
             if ir.owner.get(a) == p:
-                self._entry_inits[a] = Local(f"a_{c_name(s)}")
+                self._entry_inits[a] = Local(f"a_{s}")
             else:
-                inits[adj(a)] = Local(f"a_{c_name(s)}")
+                inits[adj(a)] = Local(f"a_{s}")
         for n in ir.buffered:   # (on real rows the first write of each starts it: _starts)
             if n.op != "assign":
                 padded.append(Set(adj(n), Lit(0.0)))
@@ -725,7 +725,7 @@ def _equation_notes(ir: CellIR) -> dict:
     nothing of the spec's file reaches the generated code but identifiers and numbers)."""
     notes = {}
     for eq in ir.spec.equations:
-        label = c_name(eq.target) + ("_new" if eq.target in ir.spec.states else "")
+        label = ir.equations[eq.target].label
         try:
             text = unparse(eq.expr)
         except RecursionError:             # thousands of terms: the fuzzer's worst cases

@@ -271,3 +271,57 @@ def test_x_read_elementwise(tmp_path, backend, text):
                 truncate_gradient=2, backend=backend)
     trunc(x, mask=mask)
     assert not np.any(trunc.backward(dy)[:, :T - 2])     # steps not reached: no gradient
+
+
+CASES = """
+name: Cases
+weights:
+  W: {shape: [input_dim, output_dim], init: glorot_uniform}
+  U: {shape: [output_dim, output_dim], init: orthogonal}
+  V: {shape: [output_dim, output_dim], init: orthogonal}
+state: [h, H]
+step: |
+  A = tanh(x @ W + H @ V)
+  a = sigmoid(h @ U)
+  h = a * A + (1 - a) * h
+  H = 0.5 * H + A
+output: h
+"""
+
+
+def cases_reference(W, x, mask):
+    Wx, U, V = W
+    h = np.zeros((x.shape[0], U.shape[0]))
+    H_ = np.zeros_like(h)
+    ys = []
+    for t in range(x.shape[1]):
+        A = np.tanh(x[:, t] @ Wx + H_ @ V)
+        a = 1 / (1 + np.exp(-(h @ U)))
+        m = mask[:, t:t + 1]
+        h, H_ = np.where(m, a * A + (1 - a) * h, h), np.where(m, 0.5 * H_ + A, H_)
+        ys.append(h)
+    return np.stack(ys, 1)
+
+
+@pytest.mark.parametrize("backend", ["c", "cuda-emulated"])
+def test_names_that_differ_only_in_case(tmp_path, backend):
+    """States h and H, locals A and a: C names are lowercase, so they are made unique
+    (h_new, h_new_2); it failed to compile (two `a_h` adjoints), and which one got `_2`
+    changed from run to run."""
+    _check(_cell(tmp_path, CASES, "cases"), cases_reference, backend)
+
+
+def test_the_generated_source_is_the_same_in_every_process(tmp_path):
+    """Names are made unique in node order, never in a set's (address) order."""
+    import subprocess
+    import sys
+    (tmp_path / "cases.yaml").write_text(CASES)
+    code = ("import sys, rnngen; from rnngen.ir import compute_ir; "
+            "from rnngen.render import render_c, render_cuda; "
+            "ir = compute_ir(rnngen.load_cell(sys.argv[1]).spec); "
+            "print(render_c(ir, 'x')[1] + render_cuda(ir, 'x')[1])")
+    outs = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "cases.yaml")],
+                           capture_output=True, text=True, check=True, cwd=ROOT,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout
+            for seed in range(4)}
+    assert len(outs) == 1

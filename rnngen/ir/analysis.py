@@ -55,9 +55,10 @@ def _name_values(nodes, assigns) -> None:
         taken.add(lab)
         return lab
 
-    named = {n for n in nodes if n.label}
+    named = [n for n in nodes if n.label]   # in node order: the same names on every run
     for n in named:
         n.label = unique(c_name(n.label))
+    named = set(named)
     whole = {a.args[0] for a in assigns.values()}   # the value of a state's equation
     for n in nodes:
         if n in named:
@@ -218,4 +219,6 @@ def compute_ir(spec: CellSpec, params: Optional[dict] = None) -> CellIR:
                   roots=tuple(roots), hoisted=tuple(hoisted), phases=ro(phase), nphases=nphases,
                   loops=tuple(tuple(lp) for lp in loops), groups=tuple(groups),
                   slots=tuple(slots), needed=frozenset(needed), owner=ro(owner), buffered=tuple(buffered),
-                  users=ro({n: tuple(us) for n, us in users.items()}))
+                  users=ro({n: tuple(us) for n, us in users.items()}),
+                  equations=ro({eq.target: assigns[eq.target] if eq.target in assigns
+                                else low.env[eq.target] for eq in spec.equations}))

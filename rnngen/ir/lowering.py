@@ -505,6 +505,7 @@ class _Lowering:
             assigns[name] = self.node("assign", (env[out],), name)
             self.lags[name] = 1
             self.output_state = name
+        self.env = env
         return assigns
 
 

@@ -93,6 +93,8 @@ class CellIR:
     owner: Mapping             # node -> loop index that owns its adjoint
     buffered: tuple            # nodes whose adjoint lives in a [B, H] buffer
     users: Mapping             # node -> tuple of the nodes that read it
+    equations: Mapping         # equation target -> the node of its value (a state's: its
+                               # assign node)
 
     def weight(self, name):
         return next(w for w in self.weights if w.name == name)
