@@ -41,6 +41,7 @@ extern "C" {
 static cublasHandle_t rnngen_handles[RNNGEN_CU_MAX_DEVICES];
 static int rnngen_init_status[RNNGEN_CU_MAX_DEVICES];
 static bool rnngen_init_tried[RNNGEN_CU_MAX_DEVICES];
+static char rnngen_init_message[RNNGEN_CU_MAX_DEVICES][sizeof rnngen_cu_message];   /* of a failure */
 static std::mutex rnngen_init_lock, rnngen_device_lock[RNNGEN_CU_MAX_DEVICES];
 
 /* The current device, with its handle made (once; a failure is returned again later). */
@@ -62,6 +63,9 @@ static int rnngen_cu_current(int *device)
         /* a GEMM on a failed handle crashes: never use it */
         rnngen_init_status[d] = s == CUBLAS_STATUS_SUCCESS ? RNNGEN_OK
                                 : rnngen_cu_fail_cublas(s, "cublasCreate", __LINE__);
+        std::memcpy(rnngen_init_message[d], rnngen_cu_message, sizeof rnngen_cu_message);
+    } else if (rnngen_init_status[d] != RNNGEN_OK) {   /* the failure's text, on this thread too */
+        std::memcpy(rnngen_cu_message, rnngen_init_message[d], sizeof rnngen_cu_message);
     }
     *device = d;
     return rnngen_init_status[d];
@@ -231,7 +235,7 @@ static __global__ void rnngen_lstm_fwd1(const rnngen_lstm_frame<R> F, const int 
     R *s_tanh_c_sum = SL + 4 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_sum) */
     R *s_o = SL + 5 * (size_t)Teff * BH + ts * STEPSL;  /* hard_sigmoid(o_sum) */
     R *s_tanh_c_new = SL + 6 * (size_t)Teff * BH + ts * STEPSL;  /* tanh(c_new) */
-    s_h_prev[bs] = L_h_1[bj];
+    if (save) s_h_prev[bs] = L_h_1[bj];
     if (save) s_c_prev[bs] = L_c_1[bj];
     const R v_x_w_i = XW[rx * LDXW + OFFW + 0 * nU + j];
     const R v_b_i = w_b_i[j];
@@ -690,13 +694,14 @@ int rnngen_lstm_forward_f32(const rnngen_cuda_ctx *ctx, const rnngen_lstm_forwar
     int previous = -1;
     if (ctx && ctx->device >= 0) {
         int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n
-            || cudaGetDevice(&previous) != cudaSuccess)
+        RNNGEN_CU(cudaGetDeviceCount(&n));
+        if (ctx->device >= n)
             return RNNGEN_ECTX;
+        RNNGEN_CU(cudaGetDevice(&previous));
         if (previous == ctx->device)
             previous = -1;
-        else if (cudaSetDevice(ctx->device) != cudaSuccess)
-            return RNNGEN_ECTX;
+        else
+            RNNGEN_CU(cudaSetDevice(ctx->device));
     }
     int st = forward_kernel<float>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->x, args->mask,
@@ -714,13 +719,14 @@ int rnngen_lstm_backward_f32(const rnngen_cuda_ctx *ctx, const rnngen_lstm_backw
     int previous = -1;
     if (ctx && ctx->device >= 0) {
         int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n
-            || cudaGetDevice(&previous) != cudaSuccess)
+        RNNGEN_CU(cudaGetDeviceCount(&n));
+        if (ctx->device >= n)
             return RNNGEN_ECTX;
+        RNNGEN_CU(cudaGetDevice(&previous));
         if (previous == ctx->device)
             previous = -1;
-        else if (cudaSetDevice(ctx->device) != cudaSuccess)
-            return RNNGEN_ECTX;
+        else
+            RNNGEN_CU(cudaSetDevice(ctx->device));
     }
     int st = backward_kernel<float>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,
@@ -743,13 +749,14 @@ int rnngen_lstm_forward_f64(const rnngen_cuda_ctx *ctx, const rnngen_lstm_forwar
     int previous = -1;
     if (ctx && ctx->device >= 0) {
         int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n
-            || cudaGetDevice(&previous) != cudaSuccess)
+        RNNGEN_CU(cudaGetDeviceCount(&n));
+        if (ctx->device >= n)
             return RNNGEN_ECTX;
+        RNNGEN_CU(cudaGetDevice(&previous));
         if (previous == ctx->device)
             previous = -1;
-        else if (cudaSetDevice(ctx->device) != cudaSuccess)
-            return RNNGEN_ECTX;
+        else
+            RNNGEN_CU(cudaSetDevice(ctx->device));
     }
     int st = forward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->x, args->mask,
@@ -767,13 +774,14 @@ int rnngen_lstm_backward_f64(const rnngen_cuda_ctx *ctx, const rnngen_lstm_backw
     int previous = -1;
     if (ctx && ctx->device >= 0) {
         int n = 0;
-        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n
-            || cudaGetDevice(&previous) != cudaSuccess)
+        RNNGEN_CU(cudaGetDeviceCount(&n));
+        if (ctx->device >= n)
             return RNNGEN_ECTX;
+        RNNGEN_CU(cudaGetDevice(&previous));
         if (previous == ctx->device)
             previous = -1;
-        else if (cudaSetDevice(ctx->device) != cudaSuccess)
-            return RNNGEN_ECTX;
+        else
+            RNNGEN_CU(cudaSetDevice(ctx->device));
     }
     int st = backward_kernel<double>(ctx ? ctx->stream : NULL,
         args->T, args->B, args->D, args->H, args->truncate, args->x,

@@ -140,13 +140,14 @@ def c_entry(ir: CellIR, prefix: str, entry: str, suffix: str, backend: str,
         check = ["    int previous = -1;",
                  "    if (ctx && ctx->device >= 0) {",
                  "        int n = 0;",
-                 "        if (cudaGetDeviceCount(&n) != cudaSuccess || ctx->device >= n",
-                 "            || cudaGetDevice(&previous) != cudaSuccess)",
+                 "        RNNGEN_CU(cudaGetDeviceCount(&n));",
+                 "        if (ctx->device >= n)",
                  "            return RNNGEN_ECTX;",
+                 "        RNNGEN_CU(cudaGetDevice(&previous));",
                  "        if (previous == ctx->device)",
                  "            previous = -1;",
-                 "        else if (cudaSetDevice(ctx->device) != cudaSuccess)",
-                 "            return RNNGEN_ECTX;",
+                 "        else",
+                 "            RNNGEN_CU(cudaSetDevice(ctx->device));",
                  "    }"]
     kernel = kernel or f"{entry}_kernel{suffix}"
     if backend == "c":

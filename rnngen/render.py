@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -227,6 +227,12 @@ def used_only(decls: str, body: str, defines: str = "") -> str:
 
     lines = [line for line in decls.split("\n") if line.strip()]
     found = [_DECLARATION.match(line) for line in lines]
+    for line, m in zip(lines, found):   # the filter judges a line by one name
+        code = re.sub(r"/\*.*?\*/", "", m.group(2)).strip() if m else ""
+        while m and re.search(r"\([^()]*\)", code):
+            code = re.sub(r"\([^()]*\)", "", code)
+        if m and ("," in code or not code.endswith(";")):
+            raise ValueError(f"used_only takes one whole declaration per line, got {line!r}")
     read(body)
     for line, m in zip(lines, found):
         if not m:
@@ -329,5 +335,10 @@ def render_cuda(ir: CellIR, source_name: str, layout: Layout = None,
                    f"{ir.name}_cuda.h", Schedule())
     ctx["generic"] = Renderer(CUDA_R)
     ctx["fold0"] = cuda_folds_phase0(ctx["prog"])
+    # folded, the copies are read by backward alone (the GEMMs read the registers): only
+    # when training
+    ctx["fold0_body"] = tuple(replace(st, when=st.when if "save" in st.when
+                                      else st.when + ("save",))
+                              for st in ctx["prog"].forward[0].body) if ctx["fold0"] else ()
     return (env.get_template("cell.cuh.j2").render(**ctx),
             env.get_template("cell.cu.j2").render(**ctx))

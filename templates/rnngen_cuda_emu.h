@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <cmath>
+#include <atomic>
 #include <thread>
 
 #define __global__
@@ -63,7 +64,7 @@ enum cudaMemcpyKind {
 };
 
 static thread_local cudaError_t rnngen_emu_last = cudaSuccess;   /* per host thread, until cudaGetLastError */
-static unsigned long long rnngen_emu_launches = 0;
+static std::atomic<unsigned long long> rnngen_emu_launches{0};   /* calls run on several threads */
 
 static inline const char *cudaGetErrorName(cudaError_t e)
 {

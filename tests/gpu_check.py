@@ -2,7 +2,7 @@
 that is lent one.  Each step runs with a time limit; one summary at the end.
 
 1. environment: the GPU (nvidia-smi), nvcc, torch's and JAX's view of CUDA;
-2. build: every library the later steps use, compiled for backend="cuda", in parallel;
+2. build: the libraries the later steps use, for backend="cuda" and "c", 8 at a time;
 3. gpu tests: ``pytest -m gpu`` (the seven seed layers and two user specs against the C
    backend on the GPU, rnngen.torch with CUDA tensors, rnngen.jax on XLA's GPU, devices
    and threads);
@@ -100,9 +100,10 @@ def main(argv=None) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     steps = [
         ("build", [PY, "-c", "import subprocess, sys; from concurrent.futures import "
-                   "ThreadPoolExecutor as P; cells = sys.argv[1:]; rc = list(P(8).map(lambda c: "
-                   "subprocess.run([sys.executable, '-m', 'rnngen', 'build', c, '--backend', "
-                   "'cuda']).returncode, cells)); sys.exit(max(rc))", *BUILD]),
+                   "ThreadPoolExecutor as P; jobs = [(c, b) for b in ('cuda', 'c') for c in "
+                   "sys.argv[1:]]; rc = list(P(8).map(lambda j: subprocess.run([sys.executable, "
+                   "'-m', 'rnngen', 'build', j[0], '--backend', j[1]]).returncode, jobs)); "
+                   "sys.exit(max(rc))", *BUILD]),
         ("gpu tests", [PY, "-m", "pytest", "-q", "-m", "gpu", "-rs", "-p", "no:cacheprovider",
                        "tests"]),
     ]

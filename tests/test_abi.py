@@ -124,7 +124,7 @@ def test_a_cuda_call_runs_on_the_device_of_its_context(monkeypatch, backend):
         np.testing.assert_array_equal(dx1, dx)
         for g1, g in zip(grads1, grads):
             np.testing.assert_array_equal(g1, g)
-    monkeypatch.setattr(k, "_context", lambda stream=0, device=-1: real(stream, n))
+    monkeypatch.setattr(k, "_context", lambda stream=0, device=-1: real(stream, 99))
     with pytest.raises(KernelError, match="device that does not exist"):
         k.forward(x, None, ws, H, False)
 

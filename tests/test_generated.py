@@ -57,3 +57,23 @@ def test_a_library_stays_mapped_after_it_is_closed(tmp_path):
     out = subprocess.run([sys.executable, str(script), str(lib)], capture_output=True,
                          text=True, check=True, timeout=120).stdout.strip()
     assert out == "True"
+
+
+def test_the_cuda_prologue_filter_keeps_exactly_what_the_body_reads():
+    """render.used_only: a declaration stays where the body, a kept line or a macro the body
+    uses reads its name (comments and member names apart); others go, and so does
+    [[maybe_unused]]; a line it cannot judge by one name is an error."""
+    import pytest
+    from rnngen.render import used_only
+    decls = ("    const int T = F.T;\n"
+             "    const int B = F.B;\n"
+             "    [[maybe_unused]] const size_t BH = (size_t)B * 4;\n"
+             "    if (j >= F.H) return;\n"
+             "    const int unused = F.T;   /* T B BH */\n")
+    assert used_only(decls, "x[DSB] = 1;", "#define DSB (W ? (size_t)T : 1)\n") == (
+        "    const int T = F.T;\n    if (j >= F.H) return;\n")
+    assert used_only(decls, "y = BH; /* unused */ z.unused = 0;") == (
+        "    const int B = F.B;\n    const size_t BH = (size_t)B * 4;\n"
+        "    if (j >= F.H) return;\n")
+    with pytest.raises(ValueError, match="one whole declaration per line"):
+        used_only("    const int a = 1, b = 2;\n", "a")

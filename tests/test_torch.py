@@ -638,6 +638,28 @@ def test_cuda_tensors_agree_with_cpu():
 
 
 @pytest.mark.gpu
+def test_a_model_on_the_second_gpu_while_the_first_is_current():
+    """Issue 21: the tensors' device selects the device of every call (torch keeps cuda:0
+    current); the results equal the CPU's."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    m = rt.Recurrent("GRU", D, H, return_sequences=True, dtype=torch.float64, seed=1)
+    x, mask = problem()
+    xc = x.clone().requires_grad_(True)
+    m(xc, mask).sum().backward()
+    cpu = [xc.grad] + [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.to("cuda:1")
+    torch.cuda.set_device(0)
+    xg = x.to("cuda:1").requires_grad_(True)
+    m(xg, mask.to("cuda:1")).sum().backward()
+    gpu = [xg.grad] + [p.grad for p in m.parameters()]
+    for a, b in zip(cpu, gpu):
+        assert b.device == torch.device("cuda:1")
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.gpu
 def test_a_cuda_training_loop_has_no_host_sync():
     """Issue 21: the steady state of a training loop through rnngen.torch (a bool mask,
     initial and final states) makes no call that waits for the GPU."""

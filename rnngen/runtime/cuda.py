@@ -77,25 +77,27 @@ class CudaKernel(Kernel):
         return arr
 
     def forward(self, x, mask, weights, H, training: bool, save=None, out=None, state0=None,
-                states_out: bool = False, states_into=None, work=None):
+                states_out: bool = False, states_into=None, work=None, device: int = -1):
         """As Kernel.forward; x (and mask, weights, state0) may be device arrays: then y
         (and the final states) are DeviceArrays computed on x's stream.  With device
         inputs, a framework's own device memory can take the results and the scratch, so
         that the call allocates nothing: ``out`` (y [B,T,H]), ``states_into`` (the final
         states [S,B,H], with ``states_out``) and ``work`` (at least sizes()[1] elements of
-        x's dtype); each is written in place and returned where it is a result."""
+        x's dtype); each is written in place and returned where it is a result.
+        ``device``: the GPU the call runs on (the inputs' device; -1: the current one)."""
         return self._forward(x, mask, weights, H, training, save, out, state0, states_out,
-                             states_into, work)
+                             states_into, work, device)
 
     def backward(self, x, mask, weights, save, dy, truncate: int, out=None, grads_out=None,
-                 dstates=None, state0_grad: bool = False, state0_grad_into=None, work=None):
+                 dstates=None, state0_grad: bool = False, state0_grad_into=None, work=None,
+                 device: int = -1):
         """As Kernel.backward; with a device x or dy, dx (and dstate0) are DeviceArrays
         (the weight gradients are numpy arrays, like the weights).  Device arrays given as
         ``out`` (dx), ``grads_out`` (every weight gradient) and ``state0_grad_into``
         (dstate0 [S,B,H]) are written in place, on the stream, with no copy to the host
-        and no wait; they are returned.  ``work``: as forward's."""
+        and no wait; they are returned.  ``work``, ``device``: as forward's."""
         return self._backward(x, mask, weights, save, dy, truncate, out, grads_out,
-                              dstates, state0_grad, state0_grad_into, work)
+                              dstates, state0_grad, state0_grad_into, work, device)
 
     def _work(self, work, n_work: int, dtype):
         """The scratch: a given device array of at least n_work elements of dtype, or this
@@ -136,7 +138,7 @@ class CudaKernel(Kernel):
         return a, self._device(role, a.nbytes).ptr
 
     def _forward(self, x, mask, weights, H, training, save, out, state0, states_out,
-                 states_into=None, work=None):
+                 states_into=None, work=None, device=-1):
         dev = is_device_array(x)
         xv = DeviceView.of(x, "x") if dev else None
         B, T, D = xv.shape if dev else x.shape
@@ -174,7 +176,8 @@ class CudaKernel(Kernel):
                       state_last=lastptr, save=save.ptr if save is not None else self.ffi.NULL,
                       work=self._work(work if dev else None, n_work, dtype))
         values.update((f"w_{w.name}", p) for w, p in zip(self.ir.weights, ws))
-        self._check(self._call("forward", sfx, self._context(stream), values), "forward")
+        self._check(self._call("forward", sfx, self._context(stream, device), values),
+                    "forward")
         if not dev:
             self._download(y, yptr)
             if last is not None:
@@ -182,7 +185,7 @@ class CudaKernel(Kernel):
         return y, save, last
 
     def _backward(self, x, mask, weights, save, dy, truncate, out, grads_out, dstates,
-                  state0_grad, state0_grad_into=None, work=None):
+                  state0_grad, state0_grad_into=None, work=None, device=-1):
         xv = DeviceView.of(x, "x") if is_device_array(x) else None
         dyv = DeviceView.of(dy, "dy") if is_device_array(dy) else None
         dev = xv is not None or dyv is not None
@@ -233,7 +236,8 @@ class CudaKernel(Kernel):
                       dstate0=d0ptr, work=self._work(work if dev else None, n_work, dtype))
         for w, p, g in zip(self.ir.weights, ws, dgs):
             values[f"w_{w.name}"], values[f"dw_{w.name}"] = p, g
-        self._check(self._call("backward", sfx, self._context(stream), values), "backward")
+        self._check(self._call("backward", sfx, self._context(stream, device), values),
+                    "backward")
         if not on_device:
             self._check(self._fn("cuda_sync")(self._stream_ptr(stream)), "cuda_sync")
             for g, d in zip(grads, dgs):

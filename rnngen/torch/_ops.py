@@ -163,6 +163,20 @@ def _buffer(k, t: torch.Tensor) -> DeviceBuffer:
 
 
 
+def _device_index(x: torch.Tensor) -> int:
+    """The GPU a CUDA call runs on: its tensors' (torch does not make it the current device
+    for a custom operator); -1 (the current one) for the emulation's CPU tensors."""
+    return x.device.index if x.device.type == "cuda" else -1
+
+
+def _scratch(n: int, x: torch.Tensor) -> torch.Tensor:
+    """The kernels' scratch from torch's allocator; on the emulation filled with NaN, as
+    its cudaMalloc fills fresh memory, so that a read of what nobody wrote shows."""
+    if x.device.type == "cuda":
+        return torch.empty(n, dtype=x.dtype, device=x.device)
+    return torch.full((n,), float("nan"), dtype=x.dtype)
+
+
 def _forward_cuda(k, x, mask, state0, weights, H, training, states_out):
     """y, save, the final states and the scratch are torch's own tensors (from its caching
     allocator, on x's stream), which the kernels write in place: the call allocates no
@@ -173,11 +187,12 @@ def _forward_cuda(k, x, mask, state0, weights, H, training, states_out):
     y = torch.empty((B, T, H), dtype=x.dtype, device=x.device)
     last = torch.empty((k.nstates, B, H), dtype=x.dtype, device=x.device) if states_out \
         else _empty_states(x)
-    work = torch.empty(n_work, dtype=x.dtype, device=x.device)
+    work = _scratch(n_work, x)
     k.forward(_dev(x), _dev(mask), [_dev(w) for w in weights], H, training,
               save=_buffer(k, save) if training else None, out=_OnStream(y),
               state0=_dev(state0), states_out=states_out,
-              states_into=_OnStream(last) if states_out else None, work=_OnStream(work))
+              states_into=_OnStream(last) if states_out else None, work=_OnStream(work),
+              device=_device_index(x))
     return y, save, last
 
 
@@ -190,11 +205,12 @@ def _backward_cuda(k, x, mask, state0, weights, save, dy, dlast, truncate, state
     grads = [torch.empty(w.shape, dtype=x.dtype, device=x.device) for w in weights]
     ds0 = torch.empty((k.nstates, B, dy.shape[2]), dtype=x.dtype, device=x.device) \
         if state0_grad else _empty_states(x)
-    work = torch.empty(k.sizes(T, B, D, dy.shape[2])[1], dtype=x.dtype, device=x.device)
+    work = _scratch(k.sizes(T, B, D, dy.shape[2])[1], x)
     k.backward(_dev(x), _dev(mask), [_dev(w) for w in weights], _buffer(k, save.contiguous()),
                _dev(dy), truncate, out=_OnStream(dx), grads_out=[_OnStream(g) for g in grads],
                dstates=_dev(dlast), state0_grad=state0_grad,
-               state0_grad_into=_OnStream(ds0) if state0_grad else None, work=_OnStream(work))
+               state0_grad_into=_OnStream(ds0) if state0_grad else None, work=_OnStream(work),
+               device=_device_index(x))
     return [dx, ds0] + grads
 
 
