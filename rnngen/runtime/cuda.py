@@ -128,6 +128,17 @@ class CudaKernel(Kernel):
                              f"expected {tuple(shape)} and {np.dtype(dtype)}")
         return self.ffi.cast("void *", v.ptr)
 
+    def _states(self, role, what, wanted: bool, given, dev: bool, shape, dtype, stream):
+        """(array, pointer) of an [S,B,H] result (the final states, dstate0): nothing when
+        not wanted; the device array given for it (``what``) where there is one; else as
+        _result."""
+        if not wanted:
+            return None, self.ffi.NULL
+        ptr = self._given(given, what, shape, dtype) if dev else None
+        if ptr is not None:
+            return given, ptr
+        return self._result(role, dev, shape, dtype, stream)
+
     def _result(self, role: str, dev: bool, shape, dtype, stream: int):
         """(array, device pointer) for a result: a DeviceArray when the inputs are on the
         device, else a numpy array and a device buffer kept for ``role``."""
@@ -163,13 +174,8 @@ class CudaKernel(Kernel):
             y = _fit(out, (B, T, H), dtype)
             yptr = self._device("y", y.nbytes).ptr
         S = self.nstates
-        lastptr = self._given(states_into, "states_into", (S, B, H), dtype) \
-            if dev and states_out else None
-        if lastptr is not None:
-            last = states_into
-        else:
-            last, lastptr = self._result("last", dev, (S, B, H), dtype, stream) if states_out \
-                else (None, self.ffi.NULL)
+        last, lastptr = self._states("last", "states_into", states_out, states_into, dev,
+                                     (S, B, H), dtype, stream)
         values = dict(T=T, B=B, D=D, H=H, x=self._in("x", x, (B, T, D), dtype),
                       mask=self._in("mask", mask, (B, T), np.uint8),
                       state0=self._in("state0", state0, (S, B, H), dtype), y=yptr,
@@ -221,13 +227,8 @@ class CudaKernel(Kernel):
         dgs = gptrs if on_device else [self._device(f"dw{i}", g.nbytes).ptr
                                        for i, g in enumerate(grads)]
         S = self.nstates
-        d0ptr = self._given(state0_grad_into, "state0_grad_into", (S, B, H), dtype) \
-            if dev and state0_grad else None
-        if d0ptr is not None:
-            d0 = state0_grad_into
-        else:
-            d0, d0ptr = self._result("dstate0", dev, (S, B, H), dtype, stream) if state0_grad \
-                else (None, self.ffi.NULL)
+        d0, d0ptr = self._states("dstate0", "state0_grad_into", state0_grad, state0_grad_into,
+                                 dev, (S, B, H), dtype, stream)
         values = dict(T=T, B=B, D=D, H=H, truncate=int(truncate),
                       x=self._in("x", x, (B, T, D), dtype),
                       mask=self._in("mask", mask, (B, T), np.uint8), save=save.ptr,
