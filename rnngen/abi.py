@@ -132,9 +132,11 @@ def c_entry(ir: CellIR, prefix: str, entry: str, suffix: str, backend: str,
     struct = struct_name(prefix, entry, suffix)
     names = [f"args->{f.name}" for f in fields(ir, entry)]
     call = ",\n        ".join(", ".join(names[i:i + 6]) for i in range(0, len(names), 6))
+    kernel = kernel or f"{entry}_kernel{suffix}"
     if backend == "c":
         ctx, lead = "rnngen_ctx", "ctx ? ctx->threads : 0"
         check = ["    if (ctx && ctx->threads < 0) return RNNGEN_ECTX;"]
+        run = [f"    return {kernel}({lead},", f"        {call});"]
     else:   # the call runs on the context's device, then the caller's is current again
         ctx, lead = "rnngen_cuda_ctx", "ctx ? ctx->stream : NULL"
         check = ["    int previous = -1;",
@@ -149,10 +151,6 @@ def c_entry(ir: CellIR, prefix: str, entry: str, suffix: str, backend: str,
                  "        else",
                  "            RNNGEN_CU(cudaSetDevice(ctx->device));",
                  "    }"]
-    kernel = kernel or f"{entry}_kernel{suffix}"
-    if backend == "c":
-        run = [f"    return {kernel}({lead},", f"        {call});"]
-    else:
         run = [f"    int st = {kernel}({lead},", f"        {call});",
                "    if (previous >= 0)",
                "        cudaSetDevice(previous);",

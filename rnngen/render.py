@@ -198,10 +198,13 @@ _DECLARATION = re.compile(r"\s*(?:\[\[maybe_unused\]\]\s+)?(?:const\s+)?[A-Za-z_
 _WORD = re.compile(r"[A-Za-z_]\w*")
 
 
+def _uncommented(text: str) -> str:
+    return re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+
+
 def _code_words(text: str) -> set:
     """The identifiers a piece of C reads, comments and member names apart."""
-    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    return set(_WORD.findall(re.sub(r"(\.|->)\s*[A-Za-z_]\w*", " ", text)))   # not F.B
+    return set(_WORD.findall(re.sub(r"(\.|->)\s*[A-Za-z_]\w*", " ", _uncommented(text))))
 
 
 def used_only(decls: str, body: str, defines: str = "") -> str:
@@ -227,16 +230,16 @@ def used_only(decls: str, body: str, defines: str = "") -> str:
 
     lines = [line for line in decls.split("\n") if line.strip()]
     found = [_DECLARATION.match(line) for line in lines]
-    for line, m in zip(lines, found):   # the filter judges a line by one name
-        code = re.sub(r"/\*.*?\*/", "", m.group(2)).strip() if m else ""
-        while m and re.search(r"\([^()]*\)", code):
-            code = re.sub(r"\([^()]*\)", "", code)
-        if m and ("," in code or not code.endswith(";")):
-            raise ValueError(f"used_only takes one whole declaration per line, got {line!r}")
     read(body)
     for line, m in zip(lines, found):
-        if not m:
+        if not m:          # kept as it is: what it reads is needed
             read(line)
+            continue
+        code = _uncommented(m.group(2)).strip()   # the filter judges a line by one name
+        while re.search(r"\([^()]*\)", code):
+            code = re.sub(r"\([^()]*\)", "", code)
+        if "," in code or not code.endswith(";"):
+            raise ValueError(f"used_only takes one whole declaration per line, got {line!r}")
     keep = [m is None for m in found]
     for i in reversed(range(len(lines))):   # a declaration reads only the lines above it
         m = found[i]
@@ -308,16 +311,19 @@ def cuda_layout(ir: CellIR, **choices) -> Layout:
     return compute_layout(ir, share_lags=False, **choices)
 
 
-def cuda_folds_phase0(prog) -> bool:
-    """Whether forward's phase 0 only copies states into their slots (``s_h_prev[bs] =
-    L_h_1[bj]``): then the CUDA frame runs those copies at the top of phase 1's kernel
-    and phase 1's GEMMs read the state registers themselves (the same values), one launch
-    per step fewer."""
+def cuda_phase0_fold(prog) -> tuple:
+    """Forward's phase 0 as the CUDA frame runs it at the top of phase 1's kernel, where it
+    only copies states into their slots (``s_h_prev[bs] = L_h_1[bj]``); else ().  Phase
+    1's GEMMs then read the state registers themselves (the same values), one launch per
+    step fewer, and the copies are read by backward alone: they run only when training."""
     fwd = prog.forward
-    return (len(fwd) > 1 and bool(fwd[0].body) and bool(fwd[1].body) and not fwd[0].gemms
+    if not (len(fwd) > 1 and fwd[0].body and fwd[1].body and not fwd[0].gemms
             and all(isinstance(st, P.Set) and isinstance(st.target, P.Access)
                     and st.target.kind == "slot" and isinstance(st.value, P.Load)
-                    and st.value.access.kind == "state" for st in fwd[0].body))
+                    and st.value.access.kind == "state" for st in fwd[0].body)):
+        return ()
+    return tuple(replace(st, when=st.when if "save" in st.when else st.when + ("save",))
+                 for st in fwd[0].body)
 
 
 def render_cuda(ir: CellIR, source_name: str, layout: Layout = None,
@@ -334,11 +340,6 @@ def render_cuda(ir: CellIR, source_name: str, layout: Layout = None,
     ctx = _context(ir, layout, source_name, CUDA_DIALECTS,
                    f"{ir.name}_cuda.h", Schedule())
     ctx["generic"] = Renderer(CUDA_R)
-    ctx["fold0"] = cuda_folds_phase0(ctx["prog"])
-    # folded, the copies are read by backward alone (the GEMMs read the registers): only
-    # when training
-    ctx["fold0_body"] = tuple(replace(st, when=st.when if "save" in st.when
-                                      else st.when + ("save",))
-                              for st in ctx["prog"].forward[0].body) if ctx["fold0"] else ()
+    ctx["fold0"] = cuda_phase0_fold(ctx["prog"])
     return (env.get_template("cell.cuh.j2").render(**ctx),
             env.get_template("cell.cu.j2").render(**ctx))

@@ -58,17 +58,19 @@ def environment() -> tuple[int, str]:
         r = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total",
                             "--format=csv,noheader"], capture_output=True, text=True)
         lines.append("GPU: " + (r.stdout.strip() or r.stderr.strip()))
-    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
-    r = subprocess.run([nvcc, "--version"], capture_output=True, text=True) \
-        if Path(nvcc).exists() else None
-    lines.append("nvcc: " + (r.stdout.strip().splitlines()[-1] if r and r.stdout else "none"))
+    sys.path.insert(0, str(ROOT))
+    from rnngen.targets import cuda_target
+    try:
+        t = cuda_target()   # nvcc as the builds find it (NVCC, PATH, CUDA_HOME)
+        lines.append(f"nvcc: {t.nvcc}: {t.describe()}")
+    except Exception as e:   # noqa: BLE001 - reported; check_cuda below decides
+        lines.append(f"nvcc: {' '.join(str(e).split())}")
     probe = ("import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, "
              "'devices', torch.cuda.device_count())")
     r = subprocess.run([PY, "-c", probe], capture_output=True, text=True)
     lines.append((r.stdout or r.stderr).strip().splitlines()[-1] if (r.stdout or r.stderr)
                  else "torch: none")
     try:
-        sys.path.insert(0, str(ROOT))
         from rnngen.backends import check_cuda
         check_cuda()
     except Exception as e:   # noqa: BLE001 - any reason the GPU backend cannot run
@@ -95,8 +97,9 @@ def main(argv=None) -> int:
     if status == 2:
         print("gpu-check: no usable GPU here; nothing else was run", file=sys.stderr)
         return 2
-    sanitizer = shutil.which("compute-sanitizer") or next(
-        (str(p) for p in (Path("/usr/local/cuda/bin/compute-sanitizer"),) if p.exists()), None)
+    from rnngen.targets import nvcc_path
+    beside = Path(nvcc_path()).parent / "compute-sanitizer"   # in the toolkit, by nvcc
+    sanitizer = shutil.which("compute-sanitizer") or (str(beside) if beside.is_file() else None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     steps = [
         ("build", [PY, "-c", "import subprocess, sys; from concurrent.futures import "

@@ -2,7 +2,6 @@
 on numpy arrays (copied to the device and back) or on device arrays in place."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import KernelError
@@ -180,7 +179,7 @@ class CudaKernel(Kernel):
                       mask=self._in("mask", mask, (B, T), np.uint8),
                       state0=self._in("state0", state0, (S, B, H), dtype), y=yptr,
                       state_last=lastptr, save=save.ptr if save is not None else self.ffi.NULL,
-                      work=self._work(work if dev else None, n_work, dtype))
+                      work=self._work(work, n_work, dtype))
         values.update((f"w_{w.name}", p) for w, p in zip(self.ir.weights, ws))
         self._check(self._call("forward", sfx, self._context(stream, device), values),
                     "forward")
@@ -234,7 +233,7 @@ class CudaKernel(Kernel):
                       mask=self._in("mask", mask, (B, T), np.uint8), save=save.ptr,
                       dy=self._in("dy", dy, (B, T, H), dtype),
                       dstate_last=self._in("dstates", dstates, (S, B, H), dtype), dx=dxptr,
-                      dstate0=d0ptr, work=self._work(work if dev else None, n_work, dtype))
+                      dstate0=d0ptr, work=self._work(work, n_work, dtype))
         for w, p, g in zip(self.ir.weights, ws, dgs):
             values[f"w_{w.name}"], values[f"dw_{w.name}"] = p, g
         self._check(self._call("backward", sfx, self._context(stream, device), values),

@@ -162,7 +162,6 @@ def _buffer(k, t: torch.Tensor) -> DeviceBuffer:
     return DeviceBuffer.over(k, _OnStream(t))
 
 
-
 def _device_index(x: torch.Tensor) -> int:
     """The GPU a CUDA call runs on: its tensors' (torch does not make it the current device
     for a custom operator); -1 (the current one) for the emulation's CPU tensors."""
